@@ -1,0 +1,34 @@
+"""medres: ResNets with classification and segmentation heads for CT/MR research cohorts.
+
+Public names are imported lazily, so ``import medres`` (and ``medres.config``) stays light and
+configurations validate without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from medres.errors import ConfigError, DataError, MedresError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_config": "medres.config",
+    "create_model": "medres.models",
+    "list_models": "medres.models",
+    "register_model": "medres.models",
+    "load_pretrained": "medres.models",
+    "DualHeadResNet": "medres.models",
+    "DualOutput": "medres.models",
+    "read_manifest": "medres.data",
+    "load_image": "medres.data",
+}
+
+__all__ = ["ConfigError", "DataError", "MedresError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medres' has no attribute {name!r}")
