@@ -1,0 +1,203 @@
+"""The configuration: pydantic models of the YAML files in ``configs/`` and ``load_config``.
+
+This module never imports torch, so a configuration validates instantly. Every problem is a
+``ConfigError`` naming the field's dotted path and, for a typo, the closest valid names.
+
+DRAFT SCHEMA (coordinator): field names here are the contract other modules build on.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "WindowConfig", "AugmentConfig", "DemoConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
+    "ClsLossConfig", "SegLossConfig", "TaskWeightConfig", "LossConfig", "OptimConfig", "ScheduleConfig",
+    "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WindowConfig(_Section):
+    """A CT intensity window in HU, mapped to one input channel in [0, 1]."""
+
+    name: str
+    center: float
+    width: float = Field(gt=0)
+
+
+class AugmentConfig(_Section):
+    """Training augmentation; every draw comes from the run's seed, so runs are reproducible."""
+
+    enabled: bool = True
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    flip_axes: list[int] | None = None  # None: all spatial axes
+    affine_prob: float = Field(0.3, ge=0, le=1)
+    rotate_deg: float = Field(10.0, ge=0)
+    scale: float = Field(0.1, ge=0)  # +/- relative zoom
+    intensity_prob: float = Field(0.3, ge=0, le=1)
+    intensity_shift: float = Field(0.05, ge=0)  # in normalized units
+    intensity_scale: float = Field(0.05, ge=0)
+    noise_std: float = Field(0.0, ge=0)
+    # 2D natural-image recipe (ImageNet-style)
+    random_resized_crop: bool = False
+
+
+class DemoConfig(_Section):
+    """The built-in synthetic chest-CT cohort, generated on first use if ``out`` does not hold it."""
+
+    out: str = "demo_data/ct_chest"
+    n_patients: int = Field(100, ge=4)
+    seed: int = 0
+
+
+class DataConfig(_Section):
+    manifest: str | None = None  # CSV; relative paths are relative to the config file's folder
+    demo: DemoConfig | None = None  # used when manifest is None
+    image_folder: str | None = None  # 2D: a folder of class subfolders of PNG/JPEG images (ImageNet style)
+    root: str | None = None  # data root; paths may not escape it (default: the manifest's folder)
+    labels: list[str] = Field(default_factory=lambda: ["normal", "nodule"])  # class vocabulary, index order
+    positive_label: str | None = None  # binary reports: the positive class (default: labels[-1])
+    mask_labels: dict[int, str] = Field(default_factory=lambda: {0: "background", 1: "nodule"})
+    image_columns: list[str] = Field(default_factory=lambda: ["image"])  # several = input channels
+    mask_column: str | None = "mask"
+    spatial_dims: Literal[2, 3] = 3
+    modality: Literal["CT", "MR", "natural"] = "CT"
+    windows: list[WindowConfig] = Field(default_factory=list)  # CT: one channel per window
+    normalize: Literal["window", "zscore", "imagenet", "none"] = "window"
+    orientation: str | None = "RAS"
+    spacing: list[float] | None = None  # target spacing in mm (None: keep)
+    patch_size: list[int] = Field(default_factory=lambda: [48, 48, 48])
+    pos_fraction: float = Field(0.5, ge=0, le=1)  # share of crops centred on mask foreground
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    cache: Literal["memory", "disk", "none"] = "memory"
+    cache_dir: str | None = None  # disk cache folder (default: <output.dir>/.cache)
+    num_workers: int = Field(0, ge=0)
+
+
+class PretrainedConfig(_Section):
+    path: str
+    source: Literal["torchvision", "medicalnet", "medres"] = "torchvision"
+
+
+class ModelConfig(_Section):
+    name: str = "dual_resnet18"
+    spatial_dims: Literal[2, 3] | None = None  # default: data.spatial_dims
+    in_channels: int | None = Field(None, ge=1)  # default: from data (windows / image columns)
+    num_classes: int | None = Field(None, ge=1)  # default: len(data.labels)
+    seg_classes: int | None = Field(None, ge=1)  # default: len(data.mask_labels)
+    cls_head: bool = True
+    seg_head: bool = True
+    options: dict[str, object] = Field(default_factory=dict)  # passed to create_model (base_channels, norm, ...)
+    pretrained: PretrainedConfig | None = None
+
+
+class ClsLossConfig(_Section):
+    type: Literal["ce", "focal"] = "ce"
+    weights: Literal["balanced"] | list[float] | None = None  # balanced: inverse frequency on the training fold
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    balanced_sampler: bool = False
+
+
+class SegLossConfig(_Section):
+    type: Literal["dice_ce"] = "dice_ce"
+    class_weights: list[float] | None = None
+    include_background: bool = False
+    lambda_dice: float = Field(1.0, ge=0)
+    lambda_ce: float = Field(1.0, ge=0)
+
+
+class TaskWeightConfig(_Section):
+    """How the two heads' losses combine: fixed weights, a warm-up of the classification weight,
+    or learned uncertainty weighting (Kendall, Gal and Cipolla, CVPR 2018)."""
+
+    mode: Literal["fixed", "warmup", "uncertainty"] = "fixed"
+    cls: float = Field(1.0, ge=0)
+    seg: float = Field(1.0, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class LossConfig(_Section):
+    cls: ClsLossConfig = Field(default_factory=ClsLossConfig)
+    seg: SegLossConfig = Field(default_factory=SegLossConfig)
+    task: TaskWeightConfig = Field(default_factory=TaskWeightConfig)
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["none", "step", "cosine"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(30, ge=1)  # epochs, for step
+    gamma: float = Field(0.1, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class EarlyStoppingConfig(_Section):
+    monitor: str = "val_auroc"
+    mode: Literal["max", "min"] = "max"
+    patience: int | None = None  # None: no early stopping; the best checkpoint still follows `monitor`
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    accumulate: int = Field(1, ge=1)
+    clip_grad_norm: float | None = None
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    pin_memory: bool | Literal["auto"] = "auto"
+    device: str = "auto"
+    checkpoint_every_steps: int | None = None
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    val_every: int = Field(1, ge=1)
+
+
+class CVConfig(_Section):
+    folds: int = Field(5, ge=2)
+    seed: int = 0
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # validation subset of each training fold, by patient
+
+
+class EvalConfig(_Section):
+    bootstrap_resamples: int = Field(2000, ge=100)
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    threshold: Literal["youden", "sensitivity", "specificity", "cost"] = "youden"
+    threshold_target: float = 0.9
+    subgroups: list[str] = Field(default_factory=lambda: ["site", "scanner", "sex", "age_band"])
+    min_positives: int = Field(5, ge=1)
+    nsd_tolerance_mm: float = Field(2.0, gt=0)
+    sliding_window_overlap: float = Field(0.25, ge=0, lt=1)
+    tta_flips: bool = False
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    name: str = "run"
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    cv: CVConfig = Field(default_factory=CVConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
