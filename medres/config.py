@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 __all__ = [
     "WindowConfig", "AugmentConfig", "DemoConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
@@ -20,7 +20,7 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class WindowConfig(_Section):
@@ -93,13 +93,15 @@ class ModelConfig(_Section):
     seg_classes: int | None = Field(None, ge=1)  # default: len(data.mask_labels)
     cls_head: bool = True
     seg_head: bool = True
-    options: dict[str, object] = Field(default_factory=dict)  # passed to create_model (base_channels, norm, ...)
+    # passed to create_model (base_channels, norm, ...)
+    options: dict[str, object] = Field(default_factory=dict)
     pretrained: PretrainedConfig | None = None
 
 
 class ClsLossConfig(_Section):
     type: Literal["ce", "focal"] = "ce"
-    weights: Literal["balanced"] | list[float] | None = None  # balanced: inverse frequency on the training fold
+    # balanced: inverse frequency w_c = N / (K n_c) on the training fold; or one weight per class
+    weights: Literal["balanced"] | list[float] | None = None
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     focal_gamma: float = Field(2.0, ge=0)
     balanced_sampler: bool = False
@@ -111,6 +113,9 @@ class SegLossConfig(_Section):
     include_background: bool = False
     lambda_dice: float = Field(1.0, ge=0)
     lambda_ce: float = Field(1.0, ge=0)
+    # a scan without a mask file: "background" = its all-zero mask is the truth (nothing to segment);
+    # "skip" = left out of the segmentation loss (the batch must then carry a `has_mask` flag)
+    missing_mask: Literal["background", "skip"] = "background"
 
 
 class TaskWeightConfig(_Section):
@@ -120,7 +125,8 @@ class TaskWeightConfig(_Section):
     mode: Literal["fixed", "warmup", "uncertainty"] = "fixed"
     cls: float = Field(1.0, ge=0)
     seg: float = Field(1.0, ge=0)
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int = Field(0, ge=0)  # warmup: the cls weight ramps linearly from 0 to `cls`
+    init_log_var: float = 0.0  # uncertainty: initial s_i = log sigma_i^2 of both tasks
 
 
 class LossConfig(_Section):
@@ -136,6 +142,8 @@ class OptimConfig(_Section):
     nesterov: bool = False
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)  # AdamW
+    decay_norm_and_bias: bool = False  # False: no weight decay on norm layers, biases, learned task weights
 
 
 class ScheduleConfig(_Section):
@@ -172,6 +180,7 @@ class CVConfig(_Section):
     folds: int = Field(5, ge=2)
     seed: int = 0
     val_fraction: float = Field(0.2, gt=0, lt=1)  # validation subset of each training fold, by patient
+    folds_file: str | None = None  # an edited folds.csv (patient_id, fold) to use instead of drawing folds
 
 
 class EvalConfig(_Section):
@@ -192,6 +201,9 @@ class OutputConfig(_Section):
 
 
 class Config(_Section):
+    """The whole configuration. Build it with ``load_config``, which also fills the derived defaults
+    (``resolved()``), resolves relative input paths and checks cross-field consistency."""
+
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -201,3 +213,61 @@ class Config(_Section):
     cv: CVConfig = Field(default_factory=CVConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    # where it came from (not part of the dump or the hash)
+    _source: str | None = PrivateAttr(default=None)
+    _original_paths: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> str | None:
+        """The configuration file this was read from, or None."""
+        return self._source
+
+    @property
+    def original_paths(self) -> dict[str, str]:
+        """Input paths as written (dotted field -> text), before resolution; for display."""
+        return dict(self._original_paths)
+
+    def resolved(self) -> Config:
+        """A copy with the derived model defaults filled in (idempotent):
+
+        - ``model.spatial_dims`` <- ``data.spatial_dims``
+        - ``model.num_classes`` <- ``len(data.labels)``
+        - ``model.seg_classes`` <- ``len(data.mask_labels)``
+        - ``model.in_channels`` <- ``len(data.windows) * len(data.image_columns)`` for CT with windows,
+          ``len(data.image_columns)`` otherwise (one channel per sequence/column), 3 for natural images.
+        """
+        d, m = self.data, self.model
+        if d.modality == "natural":
+            channels = 3
+        elif d.modality == "CT" and d.windows:
+            channels = len(d.windows) * len(d.image_columns)
+        else:
+            channels = len(d.image_columns)
+        model = m.model_copy(update={
+            "spatial_dims": m.spatial_dims if m.spatial_dims is not None else d.spatial_dims,
+            "num_classes": m.num_classes if m.num_classes is not None else len(d.labels),
+            "seg_classes": m.seg_classes if m.seg_classes is not None else len(d.mask_labels),
+            "in_channels": m.in_channels if m.in_channels is not None else channels,
+        })
+        out = self.model_copy(update={"model": model})
+        out._source, out._original_paths = self._source, dict(self._original_paths)
+        return out
+
+
+# Loading, overrides, dumping and comparing live in medres/_config_load.py (this file is the schema).
+from medres._config_load import (  # noqa: E402
+    INPUT_PATH_FIELDS,
+    RESUME_IGNORED_FIELDS,
+    check_resume_config,
+    config_hash,
+    config_to_yaml,
+    diff_configs,
+    load_config,
+    save_resolved,
+)
+
+__all__ += [
+    "load_config", "config_to_yaml", "save_resolved", "config_hash", "diff_configs",
+    "check_resume_config", "INPUT_PATH_FIELDS", "RESUME_IGNORED_FIELDS",
+]

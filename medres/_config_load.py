@@ -1,0 +1,448 @@
+"""``load_config`` and friends: YAML -> validated ``Config``, ``--set`` overrides, dumps, hashes, diffs.
+
+Public names are re-exported by ``medres.config``; import them from there.
+
+Path rule: the input paths ``INPUT_PATH_FIELDS`` written in a config file are relative to that file's
+folder; given with ``--set`` (or in a dict without a file) they are relative to the working directory.
+Outputs (``output.dir``, ``data.cache_dir``) stay relative to the working directory. The text as
+written is kept in ``cfg.original_paths`` for display.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from medres._config_yaml import AmbiguousInt, Yaml11Bool, load_yaml, load_yaml_value
+from medres.config import Config
+from medres.errors import ConfigError
+
+INPUT_PATH_FIELDS = (
+    "data.manifest", "data.root", "data.image_folder", "data.demo.out", "model.pretrained.path",
+    "cv.folds_file",
+)
+# Settings that may change when a run is resumed without --force: they do not change what is learned.
+RESUME_IGNORED_FIELDS = (
+    "data.num_workers", "data.cache", "data.cache_dir", "train.pin_memory", "train.checkpoint_every_steps",
+    "evaluate.*",
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# schema walking
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_mapping(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (dict, Mapping):
+        return True
+    union = origin in (typing.Union, types.UnionType)
+    return union and any(_is_mapping(a) for a in typing.get_args(annotation))
+
+
+def _type_name(annotation: Any) -> str:
+    """A short readable type: ``int``, ``'sgd' | 'adamw'``, ``list of float | null``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"{origin.__name__} of " + ", ".join(_type_name(a) for a in args if a is not Ellipsis)
+    if origin is dict:
+        return f"mapping {_type_name(args[0])} -> {_type_name(args[1])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _walk(loc: Iterable[str | int]) -> tuple[str, Any, type[BaseModel] | None]:
+    """(dotted path, annotation of the last field, model holding the last key) for a pydantic loc.
+
+    Union-member tags that pydantic adds to a loc (``'str'``, ``'list[float]'``) are dropped.
+    """
+    parts: list[str] = []
+    model: type[BaseModel] | None = Config
+    holder: type[BaseModel] | None = Config
+    annotation: Any = Config
+    free = False  # inside a dict: every key is allowed
+    for item in loc:
+        if isinstance(item, int) or free:
+            parts.append(str(item))
+            free = False
+        elif model is not None and item in model.model_fields:
+            holder = model
+            annotation = model.model_fields[item].annotation
+            parts.append(item)
+            model = _model_in(annotation)
+            free = _is_mapping(annotation)
+        elif model is not None:  # a key the model does not have
+            holder = model
+            parts.append(str(item))
+            model = None
+        # else: a union-member tag pydantic adds ('str', 'list[float]'); not part of the path
+    return ".".join(parts), annotation, holder
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str | None:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# YAML markers -> values
+
+
+def _unmark(obj: Any, path: str, notes: dict[str, str], source: str | None) -> Any:
+    if isinstance(obj, Yaml11Bool):
+        notes[path] = obj.text
+        return obj.value
+    if isinstance(obj, AmbiguousInt):
+        kind = "octal" if ":" not in obj.text else "base-60"
+        raise ConfigError(
+            f"{obj.text!r} is read by YAML 1.1 as the {kind} number {obj.value}", field=path or None,
+            path=source, hint=f"write {obj.text.lstrip('0') or '0'} for the decimal number, or quote it "
+            f"('{obj.text}') for text",
+        )
+    if isinstance(obj, dict):
+        return {(k.value if isinstance(k, Yaml11Bool) else k.value if isinstance(k, AmbiguousInt) else k):
+                _unmark(v, f"{path}.{k.text if isinstance(k, (Yaml11Bool, AmbiguousInt)) else k}".lstrip("."),
+                        notes, source)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unmark(v, f"{path}.{i}", notes, source) for i, v in enumerate(obj)]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------------
+# pydantic errors -> ConfigError
+
+
+def _describe(err: dict, notes: dict[str, str]) -> tuple[str, str, str]:
+    """(dotted field, reason, hint) for one pydantic error."""
+    field, annotation, holder = _walk(err["loc"])
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1])
+        valid = list(holder.model_fields) if holder is not None else []
+        close = _suggest(key, valid)
+        reason = f"unknown key {key!r}" + (f" — did you mean {close!r}?" if close else "")
+        parent = field.rpartition(".")[0] or "the top level"
+        return field, reason, f"valid keys in {parent}: {', '.join(valid)}"
+    if kind == "missing":
+        return field, "required setting is missing", f"add {field.rpartition('.')[2]}: ... here"
+    reason = f"{err['msg']}; got {value!r}"
+    hint = f"expected {_type_name(annotation)}"
+    if kind == "literal_error" and isinstance(value, str):
+        options = [a for a in _literals(annotation) if isinstance(a, str)]
+        close = _suggest(value, options)
+        if close:
+            reason += f" — did you mean {close!r}?"
+    if field in notes:
+        reason = (f"{notes[field]!r} is read by YAML 1.1 as the boolean {value!r}, not as text; "
+                  f"{err['msg']}")
+        hint = f"quote it: '{notes[field]}'"
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and kind == "string_type":
+        hint = f"quote it for text: '{value}'"
+    return field, reason, hint
+
+
+def _literals(annotation: Any) -> list[Any]:
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return [v for a in typing.get_args(annotation) for v in _literals(a)]
+
+
+def _translate(exc: ValidationError, notes: dict[str, str], source: str | None) -> ConfigError:
+    described = [_describe(e, notes) for e in exc.errors()]
+    # a union reports each member's failure; keep the most specific (deepest) ones
+    fields = [f for f, _, _ in described]
+    described = [d for d in described if not any(g.startswith(d[0] + ".") for g in fields)]
+    by_field: dict[str, tuple[str, str, str]] = {}
+    for d in described:  # one line per field: prefer the one with a suggestion
+        if d[0] not in by_field or ("did you mean" in d[1] and "did you mean" not in by_field[d[0]][1]):
+            by_field[d[0]] = d
+    described = list(by_field.values())
+    if len(described) == 1:
+        field, reason, hint = described[0]
+        return ConfigError(reason, field=field or None, hint=hint, path=source)
+    lines = "\n".join(f"  - {f}: {r} ({h})" for f, r, h in described)
+    return ConfigError(f"{len(described)} problems:\n{lines}", field=described[0][0] or None,
+                       hint="fix every listed setting", path=source)
+
+
+# ---------------------------------------------------------------------------------------------------
+# overrides
+
+
+def _check_override_path(parts: list[str], text: str) -> None:
+    """ConfigError with a suggestion when ``a.b.c`` is not a setting of the schema."""
+    model: type[BaseModel] | None = Config
+    annotation: Any = Config
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        if model is None:
+            if _is_mapping(annotation) or part.isdigit():
+                annotation, model = Any, None
+                continue
+            raise ConfigError(f"--set {text!r}: {'.'.join(parts[:depth])} has no sub-settings", field=here)
+        if part not in model.model_fields:
+            close = _suggest(part, model.model_fields)
+            raise ConfigError(
+                f"--set {text!r}: unknown key {part!r}" + (f" — did you mean {close!r}?" if close else ""),
+                field=here, hint=f"valid keys: {', '.join(model.model_fields)}",
+            )
+        annotation = model.model_fields[part].annotation
+        model = _model_in(annotation)
+
+
+def _apply_override(raw: dict, text: str, notes: dict[str, str]) -> str:
+    """Apply ``a.b.c=value`` to the raw mapping; returns the dotted key."""
+    key, sep, value_text = text.partition("=")
+    key = key.strip().removeprefix("--set").strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE", hint="e.g. --set train.epochs=5")
+    parts = key.split(".")
+    _check_override_path(parts, text)
+    value = _unmark(load_yaml_value(value_text, field=key), key, notes, None)
+    node: Any = raw
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        child = node.get(part)
+        if not isinstance(child, (dict, list)):
+            child = node[part] = {}
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        if int(last) >= len(node):
+            raise ConfigError(f"--set {text!r}: index {last} is past the list's end ({len(node)} items)",
+                              field=key)
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return key
+
+
+# ---------------------------------------------------------------------------------------------------
+# consistency checks after validation
+
+
+def _check(cfg: Config, source: str | None) -> None:
+    def fail(field: str, reason: str, hint: str = "") -> None:
+        raise ConfigError(reason, field=field, hint=hint, path=source)
+
+    d, m, loss = cfg.data, cfg.model, cfg.loss
+    if not d.labels or len(set(d.labels)) != len(d.labels):
+        fail("data.labels", f"the class vocabulary must be non-empty and unique; got {d.labels}")
+    if d.positive_label is not None and d.positive_label not in d.labels:
+        close = _suggest(d.positive_label, d.labels)
+        fail("data.positive_label", f"{d.positive_label!r} is not one of data.labels {d.labels}",
+             f"did you mean {close!r}?" if close else "use one of data.labels")
+    if sorted(d.mask_labels) != list(range(len(d.mask_labels))):
+        fail("data.mask_labels", f"mask label values must be 0..K-1 with 0 = background; got "
+             f"{sorted(d.mask_labels)}")
+    dims = m.spatial_dims
+    if dims != d.spatial_dims:
+        fail("model.spatial_dims", f"model.spatial_dims={dims} but data.spatial_dims={d.spatial_dims}",
+             "remove model.spatial_dims; it follows the data")
+    if len(d.patch_size) != dims:
+        fail("data.patch_size", f"{len(d.patch_size)} sizes for {dims}D data", f"give {dims} sizes")
+    if d.spacing is not None and len(d.spacing) != dims:
+        fail("data.spacing", f"{len(d.spacing)} spacings for {dims}D data", f"give {dims} values in mm")
+    if d.normalize == "window" and d.modality != "CT":
+        fail("data.normalize", f"window normalization is for CT (HU); data.modality is {d.modality}",
+             "use zscore for MR, imagenet for natural images")
+    if not (m.cls_head or m.seg_head):
+        fail("model.cls_head", "both heads are switched off", "keep at least one of cls_head / seg_head")
+    if d.image_folder is None and m.num_classes != len(d.labels):
+        fail("model.num_classes", f"model.num_classes={m.num_classes} but data.labels has "
+             f"{len(d.labels)} classes", "remove model.num_classes; it follows data.labels")
+    if isinstance(loss.cls.weights, list) and len(loss.cls.weights) != m.num_classes:
+        fail("loss.cls.weights", f"{len(loss.cls.weights)} class weights for {m.num_classes} classes")
+    if loss.seg.class_weights is not None and len(loss.seg.class_weights) != m.seg_classes:
+        fail("loss.seg.class_weights", f"{len(loss.seg.class_weights)} weights for {m.seg_classes} "
+             "segmentation classes (background included)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# public API
+
+
+def _resolve_paths(cfg: Config, base: Path, cwd_fields: set[str]) -> Config:
+    raw = cfg.model_dump(mode="python")
+    originals: dict[str, str] = {}
+    for field in INPUT_PATH_FIELDS:
+        *parents, leaf = field.split(".")
+        node: Any = raw
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or node.get(leaf) is None:
+            continue
+        text = node[leaf]
+        originals[field] = text
+        anchor = Path.cwd() if field in cwd_fields else base
+        node[leaf] = os.path.normpath(anchor / Path(text).expanduser())
+    out = Config.model_validate(raw)
+    out._source, out._original_paths = cfg.source, originals
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+                overrides: Iterable[str] = (), *, data: Mapping[str, Any] | None = None) -> Config:
+    """Read, override, validate and resolve a configuration.
+
+    Args:
+        path: a YAML file (or a mapping, like ``data``); None with ``data`` None: all defaults.
+        overrides: ``"a.b.c=value"`` strings (``--set``); each value is read as YAML (``5``, ``1e-3``,
+            ``[32,32,32]``, ``balanced``) and validated like the file's.
+        data: the configuration as a mapping instead of a file (relative paths: working directory).
+
+    Returns:
+        The validated ``Config`` with derived defaults filled (``Config.resolved``) and input paths
+        absolute (see the module docstring).
+
+    Raises:
+        ConfigError: naming the file, the dotted field, what is wrong and a hint (closest valid key).
+    """
+    if isinstance(path, Mapping):
+        path, data = None, path
+    if path is not None and data is not None:
+        raise ConfigError("give a config file or a mapping, not both")
+    source = None
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError("config file not found", path=source,
+                              hint="check the --config path; configs/ holds the shipped ones") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read the config file: {e.__class__.__name__}", path=source) from None
+        raw = load_yaml(text, path=source)
+        base = Path(path).expanduser().resolve().parent
+    else:
+        raw = dict(data) if data is not None else {}
+        base = Path.cwd()
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the top level must be a mapping of sections, not {type(raw).__name__}",
+                          path=source, hint="start with e.g. 'data:' on the first line")
+    notes: dict[str, str] = {}
+    raw = _unmark(raw, "", notes, source)
+    cwd_fields: set[str] = set()
+    for text in overrides:
+        key = _apply_override(raw, text, notes)
+        cwd_fields.update(f for f in INPUT_PATH_FIELDS if f == key or f.startswith(key + "."))
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise _translate(e, notes, source) from None
+    cfg._source = source
+    cfg = _resolve_paths(cfg.resolved(), base, cwd_fields)
+    _check(cfg, source)
+    return cfg
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved configuration as YAML (every field, defaults included); ``load_config`` reads it back
+    to an equal ``Config``."""
+    return yaml.safe_dump(_plain(cfg.model_dump(mode="python")), sort_keys=False, allow_unicode=True)
+
+
+def save_resolved(cfg: Config, path: str | os.PathLike[str]) -> Path:
+    """Write ``config_to_yaml(cfg)`` to ``path`` (e.g. ``runs/<name>/config.yaml``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"# resolved medres configuration (sha256 {config_hash(cfg)[:12]})\n")
+        f.write(config_to_yaml(cfg))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 (hex) of the resolved dump: equal configurations, equal hash, on every run."""
+    return hashlib.sha256(config_to_yaml(cfg).encode("utf-8")).hexdigest()
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def _ignored(field: str, ignore: Iterable[str]) -> bool:
+    return any(field == p or (p.endswith(".*") and field.startswith(p[:-1])) for p in ignore)
+
+
+def diff_configs(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any], *,
+                 ignore: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """The settings that differ, as ``(dotted field, value in a, value in b)`` sorted by field.
+
+    Accepts Configs or plain dicts (a checkpoint's ``config``). Fields matching ``ignore`` (exact or
+    ``section.*``) are left out. Lists compare whole (``data.patch_size``).
+    """
+    fa = _flatten(_plain(a.model_dump(mode="python") if isinstance(a, Config) else dict(a)))
+    fb = _flatten(_plain(b.model_dump(mode="python") if isinstance(b, Config) else dict(b)))
+    ignore = tuple(ignore)
+    missing = object()
+    out = []
+    for field in sorted(set(fa) | set(fb)):
+        va, vb = fa.get(field, missing), fb.get(field, missing)
+        if va != vb and not _ignored(field, ignore):
+            out.append((field, None if va is missing else va, None if vb is missing else vb))
+    return out
+
+
+def check_resume_config(saved: Config | Mapping[str, Any], current: Config, *, force: bool = False,
+                        ignore: Iterable[str] = RESUME_IGNORED_FIELDS) -> list[tuple[str, Any, Any]]:
+    """Compare a run's saved configuration with the current one before resuming.
+
+    Returns the differences (including ignored ones, for logging when ``force``); raises ConfigError
+    listing them when any learning-relevant setting changed and ``force`` is False.
+    """
+    changes = diff_configs(saved, current, ignore=ignore)
+    if changes and not force:
+        lines = "\n".join(f"  - {f}: {va!r} -> {vb!r}" for f, va, vb in changes[:20])
+        more = f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else ""
+        raise ConfigError(f"the configuration changed since the run started:\n{lines}{more}",
+                          field=changes[0][0],
+                          hint="resume with the run's config.yaml, start a new run (output.name), or pass "
+                               "--force to continue anyway")
+    return changes
