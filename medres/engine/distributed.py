@@ -1,0 +1,96 @@
+"""DistributedDataParallel from torchrun's environment, nanoGPT-style.
+
+``torchrun --nproc_per_node=N -m medres.train ...`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them (gloo on the CPU, nccl on
+GPUs). Only rank 0 writes files. Validation predictions are gathered from every rank and the padding
+that ``DistributedSampler`` adds (it repeats the first indices so that every rank gets the same number
+of samples) is dropped by dataset index, so no case is counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "gather_records", "all_reduce_mean",
+           "barrier", "broadcast_object"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(*, backend: str | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun; a single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (identity without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_mean(values: Sequence[float], device: torch.device | None = None) -> list[float]:
+    """The mean over ranks of a few floats (e.g. the epoch's loss terms)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+def gather_records(records: list[dict[str, Any]], *, key: str = "index") -> list[dict[str, Any]]:
+    """Every rank's records, on every rank, one per ``key`` (the dataset index), sorted by it.
+
+    ``DistributedSampler`` pads the last round with repeated indices; keeping the first record of each
+    index drops those duplicates, so each case counts once.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[list[dict[str, Any]]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+        dist.all_gather_object(parts, records)
+        records = [r for part in parts for r in part]
+    unique: dict[Any, dict[str, Any]] = {}
+    for r in records:
+        unique.setdefault(r[key], r)
+    return [unique[k] for k in sorted(unique)]

@@ -1,0 +1,392 @@
+"""The training loop: one epoch of training, one pass of validation, and ``fit`` that ties them together.
+
+Plain PyTorch, meant to be read top to bottom (nanoGPT's shape): one autocast context, gradient
+accumulation and clipping, a per-step learning-rate schedule, early stopping on a validation metric,
+checkpoints every epoch (and every N steps), a guard against non-finite inputs and losses, and a stop
+flag set by SIGTERM / SIGINT that ends the run at the next optimizer step with a resumable checkpoint.
+
+Exact resume relies on three things (REFERENCE.md §4): the data order and augmentation of epoch ``e``
+are functions of ``(seed, e, index)`` (the dataset's ``set_epoch`` and a seeded sampler), the already
+trained batches of a mid-epoch checkpoint are skipped at the sampler (never loaded), and the RNG states
+are restored at the exact point where they were saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from medres.engine.checkpoint import (
+    BEST,
+    LAST,
+    copy_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap_model,
+)
+from medres.engine.distributed import all_reduce_mean, gather_records
+from medres.engine.precision import FastPath
+from medres.errors import DataError, MedresError
+
+__all__ = ["LoopState", "TrainingDiverged", "Interrupted", "train_one_epoch", "evaluate_epoch", "fit",
+           "val_metrics", "restore_state", "forward_volume"]
+
+log = logging.getLogger("medres.engine")
+
+
+class TrainingDiverged(MedresError, RuntimeError):
+    """A non-finite loss or gradient: training stopped, the last good checkpoint is kept."""
+
+
+class Interrupted(MedresError):
+    """SIGTERM / SIGINT arrived: a resumable checkpoint was written; exit with ``128 + signum``."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"stopped by signal {signum}; resume with --resume (checkpoint: {checkpoint})")
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in every checkpoint (plain types)."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of epoch `epoch` already trained on (>0: mid-epoch checkpoint)
+    sums: dict[str, float] = field(default_factory=dict)  # running loss sums of the current epoch
+    samples: int = 0  # samples seen in the current epoch
+    best: float | None = None
+    best_epoch: int = -1
+    bad_rounds: int = 0  # validation rounds without improvement (early stopping)
+    finished: bool = False
+
+    def new_epoch(self) -> None:
+        self.batch_in_epoch, self.sums, self.samples = 0, {}, 0
+
+
+def _check_inputs(image: Tensor, case_ids: list[str], step: int) -> None:
+    """Non-finite voxels are a data problem: name the cases before any forward pass sees them."""
+    finite = torch.isfinite(image.flatten(1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = [c for c, ok in zip(case_ids, finite.tolist()) if not ok]
+        raise DataError(f"non-finite (NaN/inf) voxels in the network input at step {step}",
+                        case_id=", ".join(bad), hint="check these scans and their intensity normalization")
+
+
+def _to_device(batch: Mapping[str, Any], fast: FastPath, spatial_dims: int) -> tuple[Tensor, Tensor, Tensor]:
+    nb = fast.pin_memory
+    image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
+    image = image.to(fast.device, non_blocking=nb).contiguous(memory_format=fast.memory_format(spatial_dims))
+    mask = batch["mask"]
+    mask = (mask.as_tensor() if hasattr(mask, "as_tensor") else mask).to(fast.device, non_blocking=nb)
+    labels = torch.as_tensor(batch["label"]).to(fast.device, non_blocking=nb)
+    return image, labels, mask
+
+
+def _loss_terms(terms: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in terms.items()}
+
+
+def train_one_epoch(
+    model: nn.Module, loader: Iterable[Mapping[str, Any]], loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler, fast: FastPath,
+    state: LoopState, *, spatial_dims: int,
+    accumulate: int = 1, clip_grad_norm: float | None = None, total_batches: int | None = None,
+    should_stop: Callable[[], bool] = lambda: False, on_step: Callable[[], None] | None = None,
+    restore_rng: Mapping[str, Any] | None = None, progress: bool = False,
+) -> bool:
+    """Train on the batches of epoch ``state.epoch`` not done yet; return True when stopped early by a signal.
+
+    ``loader`` yields ``{"image": [B, C, *spatial], "mask": [B, 1, *spatial], "label": [B], "case_id"}``
+    starting at batch ``state.batch_in_epoch``. ``state`` is updated after every batch. ``on_step`` runs
+    after each optimizer step (mid-epoch checkpoints). ``restore_rng`` (a mid-epoch resume) is applied
+    right after the loader's iterator is created, where the interrupted run saved it.
+    """
+    from tqdm.auto import tqdm
+
+    model.train()
+    loss_fn.train()
+    ddp = dist.is_available() and dist.is_initialized()
+    it = iter(loader)
+    if restore_rng is not None:
+        set_rng_state(restore_rng)
+    bar = tqdm(it, total=total_batches, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    for batch in bar:
+        image, labels, mask = _to_device(batch, fast, spatial_dims)
+        case_ids = list(batch["case_id"])
+        _check_inputs(image, case_ids, state.step)
+        boundary = (state.batch_in_epoch + 1) % accumulate == 0 or state.batch_in_epoch + 1 == total_batches
+        sync = boundary or not ddp or not hasattr(model, "no_sync")
+        with (model.no_sync() if not sync else _null()), fast.autocast():
+            out = model(image)
+            loss, terms = loss_fn(out, labels, mask, state.epoch)
+        if not torch.isfinite(loss.detach()):
+            raise TrainingDiverged(
+                f"non-finite loss ({float(loss.detach())}) at step {state.step} (epoch {state.epoch + 1}, "
+                f"batch {state.batch_in_epoch + 1}), cases {case_ids}; training stopped and the last good "
+                "checkpoint kept (try a lower lr, gradient clipping or train.precision=fp32)")
+        scaler.scale(loss / accumulate).backward()
+
+        terms = {"loss": float(loss.detach()), **{k: v for k, v in _loss_terms(terms).items() if k != "loss"}}
+        for k, v in terms.items():
+            state.sums[k] = state.sums.get(k, 0.0) + v * len(case_ids)
+        state.samples += len(case_ids)
+        state.batch_in_epoch += 1
+        if not boundary:
+            continue
+
+        _sync_extra_grads(loss_fn, ddp)
+        if clip_grad_norm is not None or not scaler.is_enabled():
+            scaler.unscale_(optimizer)
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm if clip_grad_norm else math.inf)
+            if not scaler.is_enabled() and not torch.isfinite(norm):
+                raise TrainingDiverged(f"non-finite gradient norm at step {state.step}, cases {case_ids}; "
+                                       "training stopped and the last good checkpoint kept")
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        state.step += 1
+        bar.set_postfix(loss=f"{state.sums['loss'] / max(state.samples, 1):.4f}", refresh=False)
+        if on_step is not None:
+            on_step()
+        if _any_rank(should_stop(), fast.device):
+            return True
+    return False
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank's flag is set (so all ranks stop at the same step)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _sync_extra_grads(loss_fn: nn.Module, ddp: bool) -> None:
+    """Average the gradients of learned loss parameters (uncertainty weights) across ranks; DDP does not."""
+    if not ddp:
+        return
+    for p in loss_fn.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def forward_volume(model: nn.Module, image: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """``image`` [1, C, *spatial] -> (cls_logits [1, K], seg_logits [1, S, *spatial])."""
+    out = model(image)
+    return out.cls_logits, out.seg_logits
+
+
+@torch.no_grad()
+def evaluate_epoch(
+    model: nn.Module, loader: Iterable[Mapping[str, Any]], loss_fn: nn.Module | None, fast: FastPath, *,
+    spatial_dims: int, epoch: int = 0,
+    infer: Callable[[nn.Module, Tensor], tuple[Tensor | None, Tensor | None]] = forward_volume,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Predict every validation case; return one record per case, gathered from all ranks.
+
+    Records: ``index`` (dataset index), ``case_id``, ``label``, ``probs`` (softmax, list), ``dice``
+    (mean foreground Dice of the argmax mask, NaN when the reference has no foreground) and ``loss``.
+    The loader must use batch size 1 (volumes differ in size) and a sampler whose order is known
+    (``loader.batch_sampler`` gives each batch's dataset indices).
+    """
+    from monai.metrics import compute_dice
+    from tqdm.auto import tqdm
+
+    model.eval()
+    index_batches = list(loader.batch_sampler)
+    records = []
+    for indices, batch in tqdm(zip(index_batches, loader), total=len(index_batches), desc="validate",
+                               disable=not progress, leave=False, dynamic_ncols=True):
+        image, labels, mask = _to_device(batch, fast, spatial_dims)
+        case_ids = list(batch["case_id"])
+        _check_inputs(image, case_ids, -1)
+        with fast.autocast():
+            cls_logits, seg_logits = infer(model, image)
+            loss = None
+            if loss_fn is not None:
+                from medres.models import DualOutput
+
+                loss, _ = loss_fn(DualOutput(cls_logits, seg_logits), labels, mask, epoch)
+        rec = {"index": int(indices[0]), "case_id": case_ids[0], "label": int(labels[0]),
+               "loss": float(loss) if loss is not None else math.nan, "probs": [], "dice": math.nan}
+        if cls_logits is not None:
+            rec["probs"] = torch.softmax(cls_logits.float(), dim=1)[0].tolist()
+        if seg_logits is not None:
+            n = seg_logits.shape[1]
+            pred = nn.functional.one_hot(seg_logits.argmax(1), n).movedim(-1, 1)
+            ref = nn.functional.one_hot(mask[:, 0].long().clamp(0, n - 1), n).movedim(-1, 1)
+            d = compute_dice(pred, ref, include_background=False, ignore_empty=True)
+            rec["dice"] = float(torch.nanmean(d)) if not bool(torch.isnan(d).all()) else math.nan
+        records.append(rec)
+    return gather_records(records)
+
+
+def val_metrics(records: list[dict[str, Any]], *, positive: int = -1) -> dict[str, float]:
+    """``val_loss``, ``val_auroc`` (scikit-learn; NaN with one class) and ``val_dice`` (mean over cases
+    whose reference mask has foreground) from :func:`evaluate_epoch`'s records."""
+    from sklearn.metrics import roc_auc_score
+
+    out = {"val_loss": float(np.nanmean([r["loss"] for r in records])) if records else math.nan,
+           "val_auroc": math.nan, "val_dice": math.nan}
+    y = np.array([r["label"] for r in records])
+    keep = y >= 0
+    if records and records[0]["probs"] and len(np.unique(y[keep])) > 1:
+        p = np.array([r["probs"] for r in records])[keep]
+        k = p.shape[1]
+        if k == 2:
+            out["val_auroc"] = float(roc_auc_score(y[keep], p[:, positive]))
+        elif len(np.unique(y[keep])) == k:
+            out["val_auroc"] = float(roc_auc_score(y[keep], p, multi_class="ovr"))
+    dice = [r["dice"] for r in records if not math.isnan(r["dice"])]
+    if dice:
+        out["val_dice"] = float(np.mean(dice))
+    return out
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def fit(
+    model: nn.Module, *, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+    scaler: torch.amp.GradScaler, fast: FastPath, train_cfg: Any, spatial_dims: int,
+    train_loader_for: Callable[[int, int], tuple[Iterable, int]], val_loader: Iterable | None,
+    fold_dir: Path, meta: Mapping[str, Any], tracker: Any = None, state: LoopState | None = None,
+    resume_rng: Mapping[str, Any] | None = None, is_main: bool = True,
+    should_stop: Callable[[], int | None] = lambda: None,
+    infer: Callable = forward_volume, progress: bool = False, positive: int = -1,
+) -> LoopState:
+    """Train for ``train_cfg.epochs`` epochs from ``state`` (a fresh or resumed :class:`LoopState`).
+
+    ``train_loader_for(epoch, skip_batches)`` returns ``(loader, batches_in_epoch)`` for that epoch with
+    the first ``skip_batches`` batches left out. ``meta`` (config, model_spec, version) goes into each
+    checkpoint. ``should_stop()`` returns the number of a received signal or None. Raises
+    :class:`Interrupted` after saving when a signal arrived, :class:`TrainingDiverged` on a NaN/inf loss.
+    """
+    state = state or LoopState()
+    es = train_cfg.early_stopping
+    epochs = train_cfg.epochs
+
+    def checkpoint() -> None:
+        if not is_main:
+            return
+        save_checkpoint({
+            "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict(), "loss": loss_fn.state_dict(), "rng": rng_state(),
+            **asdict(state), **meta,
+        }, fold_dir / LAST)
+
+    def mid_epoch_checkpoint() -> None:
+        n = train_cfg.checkpoint_every_steps
+        if n and state.step % n == 0:
+            checkpoint()
+
+    if resume_rng is not None and state.batch_in_epoch == 0:
+        set_rng_state(resume_rng)
+        resume_rng = None
+    while state.epoch < epochs and not state.finished:
+        t0 = time.perf_counter()
+        if state.batch_in_epoch == 0:
+            state.new_epoch()
+        loader, n_batches = train_loader_for(state.epoch, state.batch_in_epoch)
+        stopped = train_one_epoch(
+            model, loader, loss_fn, optimizer, scheduler, scaler, fast, state, spatial_dims=spatial_dims,
+            accumulate=train_cfg.accumulate, clip_grad_norm=train_cfg.clip_grad_norm, total_batches=n_batches,
+            should_stop=lambda: should_stop() is not None, on_step=mid_epoch_checkpoint,
+            restore_rng=resume_rng, progress=progress)
+        resume_rng = None
+        if stopped and state.batch_in_epoch < n_batches:
+            checkpoint()
+            raise Interrupted(should_stop() or 15, fold_dir / LAST if is_main else None)
+        seconds = time.perf_counter() - t0
+
+        means = dict(zip(state.sums, all_reduce_mean([v / max(state.samples, 1) for v in state.sums.values()],
+                                                     fast.device)))
+        row = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
+               "seconds": seconds, "samples_per_s": state.samples * _world() / max(seconds, 1e-9), **means}
+        improved = False
+        last_epoch = state.epoch + 1 == epochs
+        if val_loader is not None and ((state.epoch + 1) % train_cfg.val_every == 0 or last_epoch):
+            row.update(val_metrics(evaluate_epoch(model, val_loader, loss_fn, fast, spatial_dims=spatial_dims,
+                                                  epoch=state.epoch, infer=infer, progress=progress),
+                                   positive=positive))
+            value = row.get(es.monitor, math.nan)
+            improved = _improved(value, state.best, es.mode)
+            if improved:
+                state.best, state.best_epoch, state.bad_rounds = value, state.epoch + 1, 0
+            else:
+                state.bad_rounds += 1
+            if es.patience is not None and state.bad_rounds > es.patience:
+                log.info("early stopping: %s has not improved for %d validation rounds "
+                         "(best %.4f at epoch %d)",
+                         es.monitor, state.bad_rounds, state.best if state.best is not None else math.nan,
+                         state.best_epoch)
+                state.finished = True
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        if state.epoch == epochs:
+            state.finished = True
+        if is_main:
+            if tracker is not None:
+                tracker.log_epoch(row)
+            shown = (f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
+            log.info("epoch %d/%d: %s", state.epoch, epochs, ", ".join(shown))
+        checkpoint()
+        if is_main and (improved or (state.finished and not (fold_dir / BEST).exists())):
+            copy_checkpoint(fold_dir / LAST, fold_dir / BEST)
+        if should_stop() is not None and not state.finished:
+            raise Interrupted(should_stop(), fold_dir / LAST if is_main else None)
+    return state
+
+
+def restore_state(ckpt: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  scheduler: Any, scaler: torch.amp.GradScaler,
+                  loss_fn: nn.Module) -> tuple[LoopState, dict[str, Any]]:
+    """Load a checkpoint's states into the objects; return the :class:`LoopState` and the RNG state
+    (apply it with ``fit(resume_rng=...)``, which restores it at the point where it was saved)."""
+    unwrap_model(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    loss_fn.load_state_dict(ckpt["loss"])
+    names = LoopState.__dataclass_fields__
+    state = LoopState(**{k: ckpt[k] for k in names if k in ckpt})
+    return state, ckpt["rng"]
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,65 @@
+"""The training order of an epoch as a pure function of ``(seed, epoch)``, with batches to skip on resume.
+
+``EpochSampler`` shuffles like ``DistributedSampler`` (a permutation from a generator seeded with
+``seed + epoch``, padded so every rank gets the same count, rank ``r`` taking every ``world``-th index),
+or draws with replacement by class-balancing weights, and leaves out the first ``skip`` indices of this
+rank's share: a mid-epoch resume starts at the next unseen batch without loading the ones before.
+Hand-written because torch's samplers either draw from the global RNG or cannot skip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["EpochSampler", "balanced_weights"]
+
+
+class EpochSampler(Sampler[int]):
+    """Dataset indices of one rank for one epoch.
+
+    Args:
+        n: dataset length.
+        seed, epoch: the order is a function of ``seed + epoch`` only.
+        shuffle: False keeps ``0..n-1`` (validation).
+        rank, world_size: this process's share (``DistributedSampler``'s padding and striding).
+        skip: indices of this rank's share already consumed (``batches_done * batch_size``).
+        weights: per-sample weights for drawing ``n`` samples with replacement (class-balanced sampler).
+    """
+
+    def __init__(self, n: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, skip: int = 0, weights: Sequence[float] | None = None) -> None:
+        self.n, self.seed, self.epoch, self.shuffle = n, seed, epoch, shuffle
+        self.rank, self.world_size, self.skip = rank, world_size, skip
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.per_rank = math.ceil(n / world_size)
+
+    def indices(self) -> list[int]:
+        """This rank's full share for the epoch (before skipping)."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.per_rank * self.world_size
+        order += (order * math.ceil(total / max(len(order), 1)))[: total - len(order)]  # pad by repeating
+        return order[self.rank:total:self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.skip:])
+
+    def __len__(self) -> int:
+        return max(self.per_rank - self.skip, 0)
+
+
+def balanced_weights(labels: Sequence[int]) -> list[float]:
+    """Per-sample weights ``1 / count(label)`` so each class is drawn equally often (unlabelled: 0)."""
+    counts: dict[int, int] = {}
+    for y in labels:
+        counts[y] = counts.get(y, 0) + 1
+    return [0.0 if y < 0 else 1.0 / counts[y] for y in labels]
