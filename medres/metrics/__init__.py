@@ -1,0 +1,70 @@
+"""Metrics for cohort evaluation, with honest uncertainty. Importing this package never imports torch.
+
+- classification: `auroc`, `average_precision` (+ `prevalence`), `metrics_at_threshold` (sensitivity,
+  specificity, PPV, NPV, balanced accuracy, MCC, F1, LR+, LR-), one-vs-rest and macro forms;
+- operating points: `choose_threshold` on validation data, applied unchanged to held-out data;
+- uncertainty: `patient_bootstrap_ci` (cluster bootstrap, percentile / BCa, vectorised),
+  `paired_bootstrap_ci`, `delong_roc_ci`, `delong_roc_test`, `wilson_interval`;
+- records: `to_records` / `MetricRecord` (the long-format rows of the report).
+
+Undefined values are NaN with a reason (`UndefinedMetricWarning`), never a substitute such as 0.5.
+"""
+
+from medres.metrics.bootstrap import (
+    VECTORISED_METRICS,
+    BootstrapResult,
+    paired_bootstrap_ci,
+    patient_bootstrap,
+    patient_bootstrap_ci,
+)
+from medres.metrics.classification import (
+    THRESHOLD_METRICS,
+    ConfusionCounts,
+    ThresholdMetrics,
+    auroc,
+    average_precision,
+    class_balance_reason,
+    confusion_counts,
+    macro_average,
+    metrics_at_threshold,
+    metrics_from_counts,
+    one_vs_rest,
+    prevalence,
+)
+from medres.metrics.delong import DeLongCI, DeLongTest, delong_covariance, delong_roc_ci, delong_roc_test
+from medres.metrics.operating_points import candidate_thresholds, choose_threshold
+from medres.metrics.proportions import wilson_interval
+from medres.metrics.records import RECORD_COLUMNS, MetricRecord, to_records
+from medres.metrics.undefined import UndefinedMetricWarning
+
+__all__ = [
+    "RECORD_COLUMNS",
+    "THRESHOLD_METRICS",
+    "VECTORISED_METRICS",
+    "BootstrapResult",
+    "ConfusionCounts",
+    "DeLongCI",
+    "DeLongTest",
+    "MetricRecord",
+    "ThresholdMetrics",
+    "UndefinedMetricWarning",
+    "auroc",
+    "average_precision",
+    "candidate_thresholds",
+    "choose_threshold",
+    "class_balance_reason",
+    "confusion_counts",
+    "delong_covariance",
+    "delong_roc_ci",
+    "delong_roc_test",
+    "macro_average",
+    "metrics_at_threshold",
+    "metrics_from_counts",
+    "one_vs_rest",
+    "paired_bootstrap_ci",
+    "patient_bootstrap",
+    "patient_bootstrap_ci",
+    "prevalence",
+    "to_records",
+    "wilson_interval",
+]
