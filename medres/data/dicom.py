@@ -1,0 +1,463 @@
+"""DICOM files and series folders -> ``(array, meta)`` with geometry checks.
+
+Arrays come out spatial-first like MONAI's ``PydicomReader``: ``[X, Y]`` for one frame, ``[X, Y, Z]`` for
+a series or a multi-frame file (X along the rows, i.e. the column index; Z along the slice normal), with
+a trailing colour axis ``[..., 3]`` for RGB. ``meta["affine"]`` maps voxel indices to RAS millimetres.
+
+Slices are ordered by ImagePositionPatient projected on the slice normal (the cross product of the two
+ImageOrientationPatient vectors), never by InstanceNumber or file name. A series that cannot be
+assembled into one regular volume (missing, duplicate or unevenly spaced slices, several orientations or
+sizes, drifting positions) raises :class:`medres.errors.DataError`.
+
+Only acquisition fields in :data:`ACQUISITION_FIELDS` leave this module; patient names, ids, dates,
+institutions and UIDs never do.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from medres.errors import DataError
+
+__all__ = ["ACQUISITION_FIELDS", "read_dicom_file", "read_dicom_series", "safe_message"]
+
+logger = logging.getLogger(__name__)
+
+#: The only DICOM fields copied into a tensor's metadata (always present; "" when the file lacks one).
+ACQUISITION_FIELDS = (
+    "Modality", "Manufacturer", "ManufacturerModelName", "BodyPartExamined", "SliceThickness", "KVP",
+    "ConvolutionKernel", "MagneticFieldStrength", "RepetitionTime", "EchoTime", "FlipAngle",
+    "PhotometricInterpretation",
+)
+
+ORIENTATION_ATOL = 1e-3  # direction cosines
+POSITION_ATOL_MM = 0.05  # slice positions off the stacking line / duplicates
+SPACING_RTOL = 0.01  # slice gaps must agree to 1% of the smallest gap
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# SOP classes that hold no scan: refused with their name and what to do.
+_NON_IMAGE_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.481.": ("a radiotherapy object", "medres reads scans; convert RT structures "
+                                     "to a NIfTI mask (e.g. with rt-utils or platipy) for the `mask` column"),
+    "1.2.840.10008.5.1.4.1.1.66": ("a segmentation, registration or raw-data object", "convert a DICOM "
+                                   "SEG to NIfTI (e.g. with dcmqi or highdicom) for the `mask` column"),
+    "1.2.840.10008.5.1.4.1.1.88.": ("a structured report", "point the manifest at the image series"),
+    "1.2.840.10008.5.1.4.1.1.11.": ("a presentation state", "point the manifest at the image series"),
+    "1.2.840.10008.5.1.4.1.1.9.": ("a waveform", "point the manifest at an image series"),
+    "1.2.840.10008.5.1.4.1.1.104.": ("an encapsulated document", "point the manifest at an image series"),
+    "1.2.840.10008.1.3.10": ("a DICOMDIR index", "point the manifest at the series folder it lists"),
+}
+_IMAGE_EXCEPTIONS = {"1.2.840.10008.5.1.4.1.1.481.1"}  # RT Image is a projection image
+
+_QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
+
+
+def safe_message(exc: BaseException, limit: int = 160) -> str:
+    """A reader's exception as text with quoted values removed (they may hold patient data)."""
+    text = _QUOTED.sub("'…'", str(exc)).replace("\n", " ")
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class _Frame:
+    """One 2D frame: pixels ``[rows, cols(, 3)]`` plus its plane geometry (LPS mm) when present."""
+
+    pixels: np.ndarray
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    pixel_spacing: tuple[float, float] | None  # (between rows, between columns)
+    thickness: float | None
+    source: str
+
+
+def _sop_refusal(ds: Dataset, path: Path) -> DataError | None:
+    sop = str(ds.get("SOPClassUID", "") or "")
+    name = UID(sop).name if sop else "unknown SOP class"
+    if sop not in _IMAGE_EXCEPTIONS:
+        for prefix, (what, hint) in _NON_IMAGE_PREFIXES.items():
+            if sop.startswith(prefix):
+                return DataError(f"is {what} ({name}), not an image", path=path, hint=hint)
+    if sop == "1.2.840.10008.5.1.4.1.1.481.2":
+        return DataError(f"is an RT Dose grid ({name}), not a scan", path=path,
+                         hint="point the manifest at the CT/MR series")
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        return DataError(f"holds no pixel data ({name})", path=path,
+                         hint="point the manifest at an image file or series folder")
+    return None
+
+
+def _read_dataset(path: Path) -> Dataset:
+    """Parse a DICOM file; files without the 'DICM' marker are read only if they hold an image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(path)
+            except InvalidDicomError:
+                ds = pydicom.dcmread(path, force=True)
+                if "SOPClassUID" not in ds and ("Rows" not in ds or "PixelData" not in ds):
+                    raise DataError(
+                        "is not a DICOM file (no 'DICM' marker at byte 128 and no readable image elements)",
+                        path=path, hint="check that the file is a DICOM image and not truncated") from None
+                tsyntax = (pydicom.uid.ImplicitVRLittleEndian if ds.original_encoding[0]
+                           else pydicom.uid.ExplicitVRLittleEndian if ds.original_encoding[1]
+                           else pydicom.uid.ExplicitVRBigEndian)
+                ds.file_meta = pydicom.dataset.FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = tsyntax
+            # force the lazy parse of everything but the pixel data now, inside this guard
+            for keyword in ("SOPClassUID", "Rows", "Columns", "NumberOfFrames", "SeriesInstanceUID"):
+                ds.get(keyword)
+    except DataError:
+        raise
+    except IsADirectoryError:
+        raise DataError("is a folder where a DICOM file was expected", path=path) from None
+    except OSError as exc:
+        raise DataError(f"could not be read ({safe_message(exc)})", path=path,
+                        hint="check that the file exists and is readable") from None
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise DataError(f"is a damaged DICOM file ({safe_message(exc)})", path=path,
+                        hint="re-export it from the source system") from None
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        raise DataError("has no Transfer Syntax UID in its file meta header, so its pixel data cannot be "
+                        "decoded", path=path, hint="re-export the file with a complete file meta header")
+    return ds
+
+
+def _decoded_pixels(ds: Dataset, path: Path) -> np.ndarray:
+    """``ds.pixel_array`` with the missing-decoder case named; frames first when several."""
+    tsyntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if tsyntax.is_compressed:
+        try:
+            decoder = pydicom.pixels.get_decoder(tsyntax)
+        except NotImplementedError:
+            raise DataError(f"uses the transfer syntax {tsyntax.name}, which no installed DICOM decoder "
+                            "supports", path=path, hint="re-export the series uncompressed") from None
+        if not decoder.is_available:
+            needs = "; or ".join(d.split(" - requires ")[-1] for d in decoder.missing_dependencies)
+            raise DataError(f"is compressed as {tsyntax.name} and no decoder for it is installed (needs "
+                            f"{needs})", path=path,
+                            hint=f"pip install one of: {needs} (gdcm's pip package is python-gdcm)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = ds.pixel_array
+            if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+                pixels = pydicom.pixels.apply_color_lut(pixels, ds)
+    except Exception as exc:
+        what = "truncated" if "less than expected" in str(exc) else "could not be decoded"
+        raise DataError(f"pixel data {what} ({tsyntax.name}; {safe_message(exc)})", path=path,
+                        hint="re-export the file; for JPEG files that pylibjpeg cannot decode, python-gdcm "
+                             "may") from None
+    if pixels.dtype.byteorder == ">":
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+    return pixels
+
+
+def _floats(value: object, n: int, what: str, path: Path) -> np.ndarray | None:
+    if value is None or value == "":
+        return None
+    try:
+        out = np.asarray([float(v) for v in value], dtype=np.float64)
+    except Exception:
+        raise DataError(f"has an unreadable {what}", path=path, hint="re-export the file") from None
+    if out.shape != (n,) or not np.all(np.isfinite(out)):
+        raise DataError(f"has an invalid {what} ({out.size} values)", path=path, hint="re-export the file")
+    return out
+
+
+def _item(ds: Dataset, sequence: str) -> Dataset | None:
+    seq = ds.get(sequence)
+    return seq[0] if seq else None
+
+
+def _functional(groups: list[Dataset | None], sequence: str, keyword: str) -> object:
+    """The first value of ``sequence[0].keyword`` found in per-frame then shared functional groups."""
+    for group in groups:
+        item = _item(group, sequence) if group is not None else None
+        if item is not None and keyword in item:
+            return item.get(keyword)
+    return None
+
+
+def _rescale(pixels: np.ndarray, slope: object, intercept: object, path: Path) -> np.ndarray:
+    try:
+        s = 1.0 if slope in (None, "") else float(slope)
+        b = 0.0 if intercept in (None, "") else float(intercept)
+    except Exception:
+        raise DataError("has an unreadable RescaleSlope/RescaleIntercept", path=path) from None
+    if not (np.isfinite(s) and np.isfinite(b)) or s == 0:
+        raise DataError(f"has an invalid rescale (slope {s}, intercept {b})", path=path)
+    if s == 1.0 and b == 0.0:
+        return pixels
+    return pixels.astype(np.float32) * np.float32(s) + np.float32(b)
+
+
+def _frames(ds: Dataset, path: Path) -> list[_Frame]:
+    """Split a dataset into 2D frames with per-frame geometry and HU/rescale applied."""
+    try:
+        n_frames = int(ds.get("NumberOfFrames") or 1)
+    except Exception:
+        raise DataError("has an unreadable NumberOfFrames", path=path) from None
+    pixels = _decoded_pixels(ds, path)
+    rgb = ds.get("SamplesPerPixel", 1) != 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
+    if n_frames == 1 or pixels.ndim == (3 if rgb else 2):
+        pixels = pixels[None]
+    shared = _item(ds, "SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if per_frame and len(per_frame) != pixels.shape[0]:
+        raise DataError(f"lists {len(per_frame)} per-frame groups for {pixels.shape[0]} frames", path=path)
+    top_position = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
+    top_orientation = _floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path)
+    top_spacing = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", path)
+    frames = []
+    for i in range(pixels.shape[0]):
+        groups = [per_frame[i] if per_frame else None, shared]
+        position = _floats(_functional(groups, "PlanePositionSequence", "ImagePositionPatient"), 3,
+                           "ImagePositionPatient", path)
+        orientation = _floats(_functional(groups, "PlaneOrientationSequence", "ImageOrientationPatient"), 6,
+                              "ImageOrientationPatient", path)
+        spacing = _floats(_functional(groups, "PixelMeasuresSequence", "PixelSpacing"), 2, "PixelSpacing",
+                          path)
+        thickness = _functional(groups, "PixelMeasuresSequence", "SliceThickness")
+        slope = _functional(groups, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _functional(groups, "PixelValueTransformationSequence", "RescaleIntercept")
+        if slope is None and intercept is None:
+            slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        if "ModalityLUTSequence" in ds and not per_frame:
+            frame_pixels = pydicom.pixels.apply_modality_lut(pixels[i], ds)
+        else:
+            frame_pixels = _rescale(pixels[i], slope, intercept, path)
+        frames.append(_Frame(
+            pixels=frame_pixels,
+            position=position if position is not None else (top_position if n_frames == 1 else None),
+            orientation=orientation if orientation is not None else top_orientation,
+            pixel_spacing=tuple(spacing if spacing is not None else top_spacing)
+            if (spacing is not None or top_spacing is not None) else None,
+            thickness=_float_or_none(thickness if thickness is not None else ds.get("SliceThickness")),
+            source=path.name if pixels.shape[0] == 1 else f"{path.name} frame {i + 1}",
+        ))
+    if n_frames > 1 and all(f.position is None for f in frames) and top_position is not None:
+        # legacy multi-frame (e.g. NM): one position, frames stacked along the normal in file order
+        gap = _float_or_none(ds.get("SpacingBetweenSlices")) or _float_or_none(ds.get("SliceThickness"))
+        if top_orientation is not None and gap:
+            normal = np.cross(top_orientation[:3], top_orientation[3:])
+            for i, f in enumerate(frames):
+                f.position = top_position + i * gap * normal
+    return frames
+
+
+def _float_or_none(value: object) -> float | None:
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except Exception:
+        return None
+    return out if np.isfinite(out) and out > 0 else None
+
+
+def acquisition_meta(ds: Dataset) -> dict[str, str]:
+    """The whitelisted acquisition fields as strings ("" when absent); nothing patient-identifying."""
+    out = {}
+    for keyword in ACQUISITION_FIELDS:
+        try:
+            value = ds.get(keyword)
+        except Exception:
+            value = None
+        if isinstance(value, pydicom.multival.MultiValue):
+            value = "\\".join(str(v) for v in value)
+        out[keyword] = "" if value is None else str(value)
+    return out
+
+
+def _affine(orientation: np.ndarray, pixel_spacing: tuple[float, float], slice_step: np.ndarray,
+            origin: np.ndarray) -> np.ndarray:
+    """RAS affine of ``[X, Y, Z]`` voxels (X: column index, Y: row index), as MONAI's PydicomReader."""
+    lps = np.eye(4)
+    lps[:3, 0] = orientation[:3] * pixel_spacing[1]
+    lps[:3, 1] = orientation[3:] * pixel_spacing[0]
+    lps[:3, 2] = slice_step
+    lps[:3, 3] = origin
+    return _LPS_TO_RAS @ lps
+
+
+def _assemble(frames: list[_Frame], path: Path, *, volume: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Check and stack frames into ``[X, Y(, Z)](, 3)`` and its RAS affine."""
+    sizes: dict[tuple[int, ...], list[str]] = {}
+    for f in frames:
+        sizes.setdefault(f.pixels.shape, []).append(f.source)
+    if len(sizes) > 1:
+        listing = "; ".join(f"{'x'.join(map(str, s))}: {len(v)} slice(s) (e.g. {v[0]})"
+                            for s, v in sizes.items())
+        raise DataError(f"slices differ in size or colour ({listing})", path=path,
+                        hint="keep one series per folder, or choose one with series_uid")
+    geometric = [f for f in frames if f.position is not None and f.orientation is not None]
+    if len(frames) == 1 and not volume:
+        f = frames[0]
+        orientation = f.orientation if f.orientation is not None else np.array([1.0, 0, 0, 0, 1, 0])
+        normal = np.cross(orientation[:3], orientation[3:])
+        origin = f.position if f.position is not None else np.zeros(3)
+        affine = _affine(orientation, f.pixel_spacing or (1.0, 1.0), normal, origin)
+        return np.swapaxes(f.pixels, 0, 1), affine
+    if len(geometric) != len(frames):
+        if len(geometric) == 0 and len(frames) > 1 and not volume:
+            # frames of one file without positions (cine, secondary capture): keep the file's order
+            logger.info("%s: frames carry no positions; stacked in file order with 1 mm steps", path.name)
+            stack = np.stack([np.swapaxes(f.pixels, 0, 1) for f in frames], axis=2)
+            return stack, _affine(np.array([1.0, 0, 0, 0, 1, 0]), frames[0].pixel_spacing or (1.0, 1.0),
+                                  np.array([0.0, 0.0, 1.0]), np.zeros(3))
+        missing = [f.source for f in frames if f.position is None or f.orientation is None]
+        raise DataError(f"{len(missing)} slice(s) lack ImagePositionPatient/ImageOrientationPatient "
+                        f"(e.g. {missing[0]}), so the slices cannot be ordered", path=path,
+                        hint="re-export the series with its geometry tags")
+    ref = frames[0].orientation
+    tilted = [f.source for f in frames if np.max(np.abs(f.orientation - ref)) > ORIENTATION_ATOL]
+    if tilted:
+        raise DataError(f"{len(tilted)} of {len(frames)} slices have another orientation (tilted or "
+                        f"re-oriented; e.g. {tilted[0]}): a volume needs one ImageOrientationPatient",
+                        path=path, hint="remove the localizer/reformatted slices or split the series")
+    if any(f.pixel_spacing is None for f in frames):
+        raise DataError("slices lack PixelSpacing", path=path, hint="re-export the series with its geometry")
+    spacing = frames[0].pixel_spacing
+    if any(not np.allclose(f.pixel_spacing, spacing, rtol=1e-3, atol=0) for f in frames):
+        raise DataError("slices differ in PixelSpacing", path=path, hint="keep one series per folder")
+    row, col = ref[:3], ref[3:]
+    normal = np.cross(row, col)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-2):
+        raise DataError("has an ImageOrientationPatient whose vectors are not orthonormal", path=path)
+    normal = normal / np.linalg.norm(normal)
+    depth = np.array([f.position @ normal for f in frames])
+    order = np.argsort(depth, kind="stable")
+    frames = [frames[i] for i in order]
+    depth = depth[order]
+    gaps = np.diff(depth)
+    dup = np.flatnonzero(gaps < POSITION_ATOL_MM)
+    if dup.size:
+        i = dup[0]
+        raise DataError(f"{dup.size} duplicate slice position(s): e.g. {frames[i].source} and "
+                        f"{frames[i + 1].source} both lie at {depth[i]:.2f} mm along the slice normal",
+                        path=path, hint="remove duplicate files, or split echoes/phases/acquisitions into "
+                                        "their own series")
+    if len(frames) > 1:
+        step = float(gaps.min())
+        off = np.abs(gaps - step) > max(SPACING_RTOL * step, 1e-3)
+        if off.any():
+            ratios = gaps / step
+            multiple = off & (np.abs(ratios - np.round(ratios)) * step <= max(SPACING_RTOL * step, 1e-3))
+            if multiple.all() or (multiple == off).all():
+                i = int(np.flatnonzero(multiple)[0])
+                n_missing = int(np.sum(np.round(ratios[multiple]) - 1))
+                raise DataError(f"{n_missing} slice(s) missing: the gap between {frames[i].source} and "
+                                f"{frames[i + 1].source} is {gaps[i]:.2f} mm where the series steps "
+                                f"{step:.2f} mm", path=path,
+                                hint="re-export the complete series (a slice file is missing)")
+            raise DataError(f"uneven slice spacing: gaps between slices range from {gaps.min():.2f} to "
+                            f"{gaps.max():.2f} mm", path=path,
+                            hint="resample the series to even spacing (e.g. dcm2niix) and use the NIfTI")
+        slice_step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
+        drift = [np.linalg.norm((f.position - frames[0].position) - (d - depth[0]) * normal)
+                 for f, d in zip(frames, depth)]
+        if max(drift) > POSITION_ATOL_MM:
+            raise DataError(f"slice positions drift within the slice plane by up to {max(drift):.2f} mm "
+                            "(gantry tilt or a shifted slice)", path=path,
+                            hint="resample the series (e.g. dcm2niix corrects gantry tilt) and use the NIfTI")
+        slice_step = normal * float(slice_step @ normal)
+    else:
+        slice_step = normal * (frames[0].thickness or 1.0)
+    stack = np.stack([np.swapaxes(f.pixels, 0, 1) for f in frames], axis=2)
+    return stack, _affine(ref, spacing, slice_step, frames[0].position)
+
+
+def _result(stack: np.ndarray, affine: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict]:
+    rgb = ds.get("SamplesPerPixel", 1) != 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
+    spatial = stack.shape[:-1] if rgb else stack.shape
+    meta = {"affine": affine, "spatial_shape": np.asarray(spatial),
+            "original_channel_dim": -1 if rgb else float("nan"),
+            "spacing": np.linalg.norm(affine[:3, : len(spatial)], axis=0), "_colour": rgb,
+            **acquisition_meta(ds)}
+    return np.ascontiguousarray(stack), meta
+
+
+def read_dicom_file(path: str | Path) -> tuple[np.ndarray, dict]:
+    """One DICOM file: ``[X, Y]`` for one frame, ``[X, Y, F]`` for a multi-frame file (plus ``[..., 3]``
+    for colour), and its metadata (RAS ``affine``, ``spacing``, acquisition fields)."""
+    path = Path(path)
+    ds = _read_dataset(path)
+    refusal = _sop_refusal(ds, path)
+    if refusal is not None:
+        raise refusal
+    stack, affine = _assemble(_frames(ds, path), path, volume=False)
+    return _result(stack, affine, ds)
+
+
+def _describe(datasets: list[tuple[Path, Dataset]]) -> str:
+    ds = datasets[0][1]
+    number = ds.get("SeriesNumber")
+    desc = str(ds.get("SeriesDescription") or "").strip()
+    label = f"series #{number}" if number not in (None, "") else "series without a number"
+    return f"{label}{f' {desc!r}' if desc else ''} ({len(datasets)} file(s), {ds.get('Modality', '?')})"
+
+
+def _by_number(series: dict[str, list[tuple[Path, Dataset]]]) -> list[list[tuple[Path, Dataset]]]:
+    def key(items: list[tuple[Path, Dataset]]) -> float:
+        return _float_or_none(items[0][1].get("SeriesNumber")) or 0.0
+    return sorted(series.values(), key=key)
+
+
+def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray, dict]:
+    """A folder holding one DICOM series -> ``[X, Y, Z](, 3)`` in slice-position order, and its metadata.
+
+    Non-DICOM files (e.g. ``.DS_Store``, notes) and non-image objects (e.g. an RT Struct exported beside
+    the slices) are skipped with a log line; sub-folders are not searched. Several image series need
+    ``series_uid`` (the SeriesInstanceUID to keep).
+    """
+    folder = Path(folder)
+    series: dict[str, list[tuple[Path, Dataset]]] = {}
+    skipped: list[DataError] = []
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for file in files:
+        try:
+            ds = _read_dataset(file)
+        except DataError as err:
+            if "is not a DICOM file" not in err.reason:
+                raise
+            logger.warning("%s: skipping %s, which is not a DICOM file", folder, file.name)
+            continue
+        refusal = _sop_refusal(ds, file)
+        if refusal is not None:
+            logger.warning("%s: skipping %s: %s", folder, file.name, refusal.reason)
+            skipped.append(refusal)
+            continue
+        series.setdefault(str(ds.get("SeriesInstanceUID", "") or ""), []).append((file, ds))
+    if not series:
+        if skipped:
+            raise DataError(f"holds no image slices, only non-image objects ({skipped[0].reason})",
+                            path=folder, hint=skipped[0].hint)
+        raise DataError(f"holds no DICOM files ({len(files)} other file(s))", path=folder,
+                        hint="point the manifest at the folder that holds the .dcm slices")
+    if series_uid is not None:
+        if series_uid not in series:
+            listing = "; ".join(_describe(v) for v in _by_number(series))
+            raise DataError(f"holds no series with the requested series_uid; it holds {listing}",
+                            path=folder, hint="check the manifest's series_uid column")
+        chosen = series[series_uid]
+    elif len(series) > 1:
+        listing = "; ".join(_describe(v) for v in _by_number(series))
+        raise DataError(f"holds {len(series)} image series: {listing}", path=folder,
+                        hint="put each series in its own folder, or give the SeriesInstanceUID to keep in "
+                             "the manifest's series_uid column")
+    else:
+        chosen = next(iter(series.values()))
+    frames = [f for file, ds in chosen for f in _frames(ds, file)]
+    stack, affine = _assemble(frames, folder, volume=True)
+    return _result(stack, affine, chosen[0][1])
