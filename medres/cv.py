@@ -1,0 +1,317 @@
+"""Cross-validation by patient: stratified group folds, an editable split file, a leakage audit.
+
+Every scan of a patient lands in the same fold, so no patient is ever on both sides of a split
+(plain ``KFold`` over scans puts about half the patients there, REFERENCE.md §4). Folds are drawn
+with scikit-learn's ``StratifiedGroupKFold`` (shuffle, ``random_state=seed``) over the scans, grouped
+by ``patient_id`` and stratified by the *patient's* label: a patient whose scans carry different labels
+(a normal baseline and a follow-up with a nodule) is stratified on the highest label in vocabulary
+order, so put the abnormal class last in ``data.labels``. Rows with ``split=test`` are held out of every
+fold (``split_test``). Ids are compared as text: ``00123`` and ``123`` are two patients.
+
+``folds.csv`` (``patient_id,fold``) is the split file: written with every run, editable, and validated
+when read back (``read_folds``). ``audit_folds`` checks a manifest against it before any training.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from medres.errors import DataError, DataErrors
+
+__all__ = [
+    "split_test", "make_folds", "folds_table", "write_folds", "read_folds", "fold_split", "audit_folds",
+    "inner_validation_split",
+]
+
+_UNLABELLED = -1
+
+
+def _rows(df: pd.DataFrame, mask: Iterable[bool] | None = None) -> list[int]:
+    """1-based manifest data rows (index label + 1 for the integer index read_manifest gives)."""
+    index = df.index if mask is None else df.index[np.asarray(mask, dtype=bool)]
+    if pd.api.types.is_integer_dtype(index):
+        return [int(i) + 1 for i in index]
+    positions = np.arange(len(df)) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
+    return [int(p) + 1 for p in positions]
+
+
+def _ids(df: pd.DataFrame, col: str) -> pd.Series:
+    """The id column as text, refusing numbers (which merge 00123 and 123) and blanks."""
+    if col not in df.columns:
+        raise DataError(f"the manifest has no {col!r} column", hint=f"add a {col} column (text ids)")
+    ids = df[col]
+    if pd.api.types.is_numeric_dtype(ids):
+        raise DataError(f"column {col!r} was read as numbers, which merges ids such as '00123' and '123'",
+                        hint="read the manifest with medres.data.read_manifest (dtype=str, "
+                             "keep_default_na=False)")
+    ids = ids.astype(str)
+    blank = (ids.str.strip() == "") | df[col].isna().to_numpy()
+    if blank.any():
+        raise DataError(f"{int(blank.sum())} row(s) have no {col}: rows {_rows(df, blank)[:10]}",
+                        hint=f"every scan needs its {col}")
+    return ids
+
+
+def split_test(df: pd.DataFrame, *, split_col: str = "split") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(development rows, test rows): rows with ``split == "test"`` are held out of every fold."""
+    if split_col not in df.columns:
+        return df, df.iloc[:0]
+    split = df[split_col].astype(str).str.strip().str.lower()
+    bad = ~split.isin(["", "train", "test", "nan"])
+    if bad.any():
+        raise DataError(f"unknown {split_col} value(s) {sorted(set(df[split_col][bad]))[:5]} in rows "
+                        f"{_rows(df, bad)[:10]}", hint="use 'train', 'test' or leave it empty")
+    test = (split == "test").to_numpy()
+    return df[~test], df[test]
+
+
+def _label_rank(labels: pd.Series, vocabulary: Sequence[str] | None) -> np.ndarray:
+    """Integer rank of each row's label (-1 unlabelled): vocabulary index, else number, else sorted text."""
+    text = labels.astype(str).str.strip()
+    empty = text.isin(["", "nan", "None", "-1"]) | labels.isna().to_numpy()
+    if vocabulary is not None:
+        index = {name: i for i, name in enumerate(vocabulary)}
+        unknown = ~empty & ~text.isin(list(index))
+        if unknown.any():
+            raise DataError(f"label(s) {sorted(set(text[unknown]))[:5]} are not in the vocabulary "
+                            f"{list(vocabulary)}", hint="fix the rows or data.labels")
+        return np.array([_UNLABELLED if e else index[t] for t, e in zip(text, empty)], dtype=int)
+    numbers = pd.to_numeric(text.where(~empty), errors="coerce")
+    if numbers[~empty].notna().all():
+        return np.where(empty, _UNLABELLED, numbers.fillna(_UNLABELLED)).astype(int)
+    order = {name: i for i, name in enumerate(sorted(set(text[~empty])))}
+    return np.array([_UNLABELLED if e else order[t] for t, e in zip(text, empty)], dtype=int)
+
+
+def _patient_strata(df: pd.DataFrame, label_col: str, group_col: str,
+                    labels: Sequence[str] | None) -> tuple[pd.Series, pd.Series]:
+    """(patient ids per row, each row's stratum = its patient's highest label)."""
+    ids = _ids(df, group_col)
+    if label_col not in df.columns:
+        rank = np.full(len(df), _UNLABELLED)
+    else:
+        rank = _label_rank(df[label_col], labels)
+    per_patient = pd.Series(rank, index=df.index).groupby(ids.to_numpy()).transform("max")
+    return ids, per_patient
+
+
+def make_folds(df: pd.DataFrame, *, n_folds: int = 5, seed: int = 0, label_col: str = "label",
+               group_col: str = "patient_id", labels: Sequence[str] | None = None,
+               split_col: str = "split") -> pd.DataFrame:
+    """Assign every development patient to one of ``n_folds`` folds.
+
+    Args:
+        df: the manifest (one row per scan, ids as text).
+        labels: the class vocabulary (``data.labels``) giving the label order for mixed-label patients;
+            without it labels are ranked as numbers, or else alphabetically.
+
+    Returns:
+        ``folds.csv``'s table: ``patient_id`` (text), ``fold`` (int, 0..n_folds-1), sorted by patient.
+        Test patients (``split=test``) are not in it; they are in ``result.attrs["test_patients"]``
+        and ``split_test(df)``.
+
+    Raises:
+        DataError: fewer patients than folds, or a class with fewer patients than folds.
+    """
+    dev, test = split_test(df, split_col=split_col)
+    test_ids = sorted(set(_ids(test, group_col))) if len(test) else []
+    if len(dev) == 0:
+        raise DataError("no development rows: every row has split=test", hint="mark some rows split=train")
+    dev = dev.assign(**{"_pid": _ids(dev, group_col)}).sort_values("_pid", kind="stable")
+    ids, strata = _patient_strata(dev, label_col, group_col, labels)
+    patients = pd.DataFrame({"patient_id": ids.to_numpy(), "stratum": strata.to_numpy()}).drop_duplicates()
+    if len(patients) < n_folds:
+        raise DataError(f"{len(patients)} patients cannot fill {n_folds} folds",
+                        hint="lower cv.folds or add patients")
+    counts = patients["stratum"].value_counts()
+    short = counts[counts < n_folds]
+    if len(short):
+        names = {s: (labels[s] if labels is not None and s >= 0 else ("unlabelled" if s < 0 else s))
+                 for s in short.index}
+        detail = ", ".join(f"{names[s]!r}: {int(n)} patient(s)" for s, n in short.items())
+        raise DataError(f"a class has fewer patients than folds ({detail}; cv.folds={n_folds}), so some "
+                        "folds would hold none of it", hint="lower cv.folds or add patients of that class")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold = np.full(len(dev), -1)
+    for k, (_, held) in enumerate(splitter.split(np.zeros(len(dev)), strata.to_numpy(), ids.to_numpy())):
+        fold[held] = k
+    out = (pd.DataFrame({"patient_id": ids.to_numpy(), "fold": fold}).drop_duplicates("patient_id")
+           .sort_values("patient_id", kind="stable").reset_index(drop=True))
+    out.attrs["test_patients"] = test_ids
+    return out
+
+
+def folds_table(folds: pd.DataFrame | dict[str, int]) -> pd.DataFrame:
+    """Normalize a fold assignment (table or ``{patient_id: fold}``) to ``patient_id`` text, ``fold`` int."""
+    if isinstance(folds, dict):
+        folds = pd.DataFrame({"patient_id": list(folds), "fold": list(folds.values())})
+    out = pd.DataFrame({"patient_id": folds["patient_id"].astype(str).to_numpy(),
+                        "fold": folds["fold"].astype(int).to_numpy()})
+    return out.sort_values(["fold", "patient_id"], kind="stable").reset_index(drop=True)
+
+
+def write_folds(folds: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write ``folds.csv`` (``patient_id,fold``, sorted by fold then patient)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folds_table(folds).to_csv(path, index=False)
+    return path
+
+
+def read_folds(path: str | os.PathLike[str], *, n_folds: int | None = None) -> pd.DataFrame:
+    """Read and validate an (edited) ``folds.csv``: ids as text, one fold per patient, folds 0..k-1.
+
+    Raises:
+        DataError: naming the file, the rows and the patient ids concerned.
+    """
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError("folds file not found", path=path, hint="check cv.folds_file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"not a readable CSV ({e.__class__.__name__})", path=path) from None
+    raw.columns = [c.strip() for c in raw.columns]
+    if not {"patient_id", "fold"} <= set(raw.columns):
+        raise DataError(f"columns must include patient_id and fold; found {list(raw.columns)}", path=path)
+    problems: list[DataError] = []
+    ids = raw["patient_id"]
+    for i in np.flatnonzero(ids.str.strip() == ""):
+        problems.append(DataError("empty patient_id", path=path, row=int(i) + 1))
+    fold_num = pd.to_numeric(raw["fold"].str.strip(), errors="coerce")
+    for i in np.flatnonzero(fold_num.isna() | (fold_num < 0) | (fold_num % 1 != 0)):
+        problems.append(DataError(f"fold {raw['fold'].iloc[i]!r} is not a whole number >= 0",
+                                  path=path, row=int(i) + 1))
+    if problems:
+        raise DataErrors(problems, path=path)
+    table = pd.DataFrame({"patient_id": ids.to_numpy(), "fold": fold_num.astype(int).to_numpy()})
+    dup = table.duplicated("patient_id", keep=False)
+    for pid, group in table[dup].groupby("patient_id"):
+        rows = [int(i) + 1 for i in group.index]
+        if group["fold"].nunique() > 1:
+            reason = (f"patient {pid!r} is in folds {sorted(set(group['fold']))} (rows {rows}): its scans "
+                      "would be on both sides of a split")
+        else:
+            reason = f"patient {pid!r} is listed twice (rows {rows})"
+        problems.append(DataError(reason, path=path, hint="give each patient exactly one fold"))
+    present = sorted(set(table["fold"]))
+    k = n_folds if n_folds is not None else (max(present) + 1 if present else 0)
+    if present != list(range(k)):
+        problems.append(DataError(f"folds must be 0..{k - 1}, each non-empty; found {present}", path=path,
+                                  hint="renumber the folds or set cv.folds to match"))
+    if problems:
+        raise problems[0] if len(problems) == 1 else DataErrors(problems, path=path)
+    return folds_table(table)
+
+
+def fold_split(df: pd.DataFrame, folds: pd.DataFrame, fold: int, *, group_col: str = "patient_id",
+               split_col: str = "split") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, held-out rows) of one fold; test rows are in neither."""
+    dev, _ = split_test(df, split_col=split_col)
+    of = dict(zip(folds["patient_id"].astype(str), folds["fold"].astype(int)))
+    row_fold = _ids(dev, group_col).map(of)
+    if row_fold.isna().any():
+        raise DataError(f"{int(row_fold.isna().sum())} row(s) have a patient not in folds.csv: rows "
+                        f"{_rows(dev, row_fold.isna())[:10]}", hint="re-draw the folds or add the patients")
+    held = (row_fold == fold).to_numpy()
+    return dev[~held], dev[held]
+
+
+def _shared(df: pd.DataFrame, key: str, by: pd.Series, what: str, owner: str,
+            hint: str) -> list[DataError]:
+    """One error per value of ``df[key]`` that maps to more than one value of ``by``."""
+    out = []
+    values = df[key].astype(str).str.strip()
+    ok = values != ""
+    frame = pd.DataFrame({"v": values[ok].to_numpy(), "by": by[ok].astype(str).to_numpy(),
+                          "row": _rows(df, ok)})
+    for v, group in frame.groupby("v", sort=True):
+        owners = sorted(set(group["by"]))
+        if len(owners) > 1:
+            listed = ", ".join(owners)
+            out.append(DataError(f"{what} {v!r} appears in {owner}{listed} (rows {sorted(group['row'])})",
+                                 hint=hint))
+    return out
+
+
+def audit_folds(df: pd.DataFrame, folds: pd.DataFrame, *, group_col: str = "patient_id",
+                study_col: str = "study_uid", split_col: str = "split") -> None:
+    """Fail on leakage between folds, or between the folds and the test set.
+
+    Checks: each patient has one fold; no patient has rows both in the test set and in the folds; every
+    development patient has a fold; a study (``study_col``, when present) belongs to one patient, one
+    fold, and not to both a fold and the test set; one image file is not listed under two patients.
+
+    Raises:
+        DataError (or DataErrors for several): naming the patient / study ids and the manifest rows.
+    """
+    problems: list[DataError] = []
+    table = pd.DataFrame({"patient_id": folds["patient_id"].astype(str).to_numpy(),
+                          "fold": folds["fold"].astype(int).to_numpy()})
+    for pid, group in table[table.duplicated("patient_id", keep=False)].groupby("patient_id"):
+        if group["fold"].nunique() > 1:
+            problems.append(DataError(f"patient {pid!r} is in folds {sorted(set(group['fold']))}: its scans "
+                                      "are on both sides of a split", hint="give each patient one fold"))
+    of = dict(zip(table["patient_id"], table["fold"]))
+    ids = _ids(df, group_col)
+    dev_mask = ~df.index.isin(split_test(df, split_col=split_col)[1].index)
+    # where each row sits: its fold number, or "test"
+    where = pd.Series(np.where(dev_mask, ids.map(lambda p: str(of.get(p, "none"))), "test"), index=df.index)
+    missing = dev_mask & (where == "none").to_numpy()
+    if missing.any():
+        problems.append(DataError(f"patients {sorted(set(ids[missing]))[:10]} have no fold (rows "
+                                  f"{_rows(df, missing)[:10]})", hint="re-draw folds.csv or add them to it"))
+    problems += _shared(df, group_col, where.map(lambda w: "test" if w == "test" else "training folds"),
+                        "patient", "both ", "a patient's scans all go to the test set or all to the folds")
+    tested = set(ids[~dev_mask])
+    for pid in sorted(tested & set(of)):
+        problems.append(DataError(f"patient {pid!r} is in the test set and in fold {of[pid]} of folds.csv",
+                                  hint="remove the test patient from folds.csv"))
+    if study_col in df.columns:
+        problems += _shared(df, study_col, ids, "study", "patients ",
+                            "a study belongs to one patient: fix the patient ids (or the study_uid)")
+        problems += _shared(df, study_col, where.map(lambda w: "test" if w == "test" else f"fold {w}"),
+                            "study", "", "all scans of a study must sit in one fold (or all in the test set)")
+    if "image" in df.columns:
+        for e in _shared(df, "image", ids, "image", "patients ", "one file, one patient"):
+            rows = e.reason[e.reason.index("(rows"):]  # the path itself is not shown
+            problems.append(DataError(f"one image file is listed under several patients {rows}",
+                                      hint=e.hint))
+    if problems:
+        raise problems[0] if len(problems) == 1 else DataErrors(problems)
+
+
+def inner_validation_split(train_df: pd.DataFrame, *, fraction: float, seed: int, label_col: str = "label",
+                           group_col: str = "patient_id", labels: Sequence[str] | None = None
+                           ) -> tuple[list[str], list[str]]:
+    """(training patient ids, validation patient ids) inside one training fold, grouped and stratified.
+
+    Uses the first split of ``StratifiedGroupKFold(n_splits=round(1/fraction), shuffle=True,
+    random_state=seed)``: unlike ``GroupShuffleSplit`` it keeps the class balance, which early stopping
+    and threshold choice on a small validation set need. Each class needs ``n_splits`` patients to
+    appear in the validation set for sure; with fewer a UserWarning says so.
+    """
+    n_splits = max(2, round(1 / fraction))
+    ids, strata = _patient_strata(train_df, label_col, group_col, labels)
+    n_patients = ids.nunique()
+    if n_patients < n_splits:
+        raise DataError(f"{n_patients} training patients cannot give a {fraction:.0%} validation subset",
+                        hint="raise cv.val_fraction, lower cv.folds or add patients")
+    order = np.argsort(ids.to_numpy(), kind="stable")  # independent of the manifest's row order
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        train_idx, val_idx = next(splitter.split(np.zeros(len(ids)), strata.to_numpy()[order],
+                                                 ids.to_numpy()[order]))
+    per_class = pd.Series(strata.to_numpy()).groupby(ids.to_numpy()).max().value_counts()
+    if (per_class < n_splits).any():
+        warnings.warn(f"inner validation: a class has fewer than {n_splits} patients in this training fold, "
+                      "so the validation subset may miss it", UserWarning, stacklevel=2)
+    sorted_ids = ids.to_numpy()[order]
+    return sorted(set(sorted_ids[train_idx])), sorted(set(sorted_ids[val_idx]))

@@ -1,0 +1,196 @@
+"""medres.cv: patient-level folds never leak, stay stratified, and planted leakage fails the audit."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.model_selection import KFold
+
+from medres.cv import (
+    audit_folds,
+    fold_split,
+    inner_validation_split,
+    make_folds,
+    read_folds,
+    split_test,
+    write_folds,
+)
+from medres.errors import DataError
+
+LABELS = ["normal", "nodule"]
+
+
+def cohort(n_patients: int = 60, seed: int = 0, n_test: int = 6) -> pd.DataFrame:
+    """A manifest as read_manifest gives it (all text): 1-3 scans per patient, about a third with
+    nodules, some patients with a normal baseline and a nodule follow-up, ids '00123' and '123' both."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        pid = f"{p:05d}" if p % 2 else str(p)  # '00001', '2', '00003', ... and below '00123' vs '123'
+        if p == 7:
+            pid = "00123"
+        if p == 8:
+            pid = "123"
+        n_scans = int(rng.integers(1, 4))
+        positive = p % 3 == 0
+        for s in range(n_scans):
+            label = "nodule" if positive and (s > 0 or n_scans == 1 or p % 2) else "normal"
+            rows.append({"case_id": f"c{p}_{s}", "patient_id": pid, "label": label,
+                         "study_uid": f"1.2.3.{p}.{s // 2}", "image": f"img/{p}_{s}.nii.gz",
+                         "split": "test" if p >= n_patients - n_test else "train"})
+    return pd.DataFrame(rows).astype(str)
+
+
+def test_plain_kfold_leaks_but_our_folds_do_not():
+    df = cohort()
+    dev, test = split_test(df)
+    leaked = set()
+    for tr, te in KFold(5, shuffle=True, random_state=0).split(dev):
+        leaked |= set(dev.patient_id.iloc[tr]) & set(dev.patient_id.iloc[te])
+    assert len(leaked) >= 5  # the failure this module exists to prevent (REFERENCE.md §4)
+
+    folds = make_folds(df, n_folds=5, seed=0, labels=LABELS)
+    assert list(folds.columns) == ["patient_id", "fold"]
+    assert sorted(folds.patient_id) == sorted(set(dev.patient_id)) and folds.patient_id.is_unique
+    assert set(folds.fold) == set(range(5))
+    assert folds.attrs["test_patients"] == sorted(set(test.patient_id))
+    for k in range(5):
+        train, held = fold_split(df, folds, k)
+        assert not set(train.patient_id) & set(held.patient_id)
+        assert not set(test.patient_id) & (set(train.patient_id) | set(held.patient_id))
+        assert len(train) + len(held) == len(dev)
+    audit_folds(df, folds)  # no leakage: passes silently
+
+
+def test_stratified_by_patient_and_deterministic():
+    df = cohort(n_patients=100, n_test=0)
+    folds = make_folds(df, n_folds=5, seed=3, labels=LABELS)
+    positive = df.groupby("patient_id").label.agg(lambda s: "nodule" in set(s))
+    share = positive.mean()
+    for k in range(5):
+        in_fold = folds.patient_id[folds.fold == k]
+        assert abs(positive[in_fold].mean() - share) <= 0.1
+        assert 15 <= len(in_fold) <= 25
+    # the manifest's row order does not matter; the seed does
+    shuffled = df.sample(frac=1, random_state=1)
+    assert make_folds(shuffled, n_folds=5, seed=3, labels=LABELS).equals(folds)
+    assert not make_folds(df, n_folds=5, seed=4, labels=LABELS).equals(folds)
+
+
+def test_mixed_label_patient_is_stratified_on_its_highest_label():
+    # 5 patients with only normal scans, 5 with a normal baseline and a nodule follow-up
+    rows = [{"patient_id": f"p{i}", "label": lab} for i in range(10)
+            for lab in (["normal"] if i < 5 else ["normal", "nodule"])]
+    folds = make_folds(pd.DataFrame(rows), n_folds=5, seed=0, labels=LABELS)
+    mixed = folds.patient_id.isin([f"p{i}" for i in range(5, 10)])
+    assert folds[mixed].fold.value_counts().to_dict() == {k: 1 for k in range(5)}
+    # without a vocabulary, text labels rank alphabetically ('nodule' < 'normal'): every patient then
+    # counts as 'normal' and the 5 normal-only patients are no longer spread one per fold for sure
+    counts = [make_folds(pd.DataFrame(rows), n_folds=5, seed=s)[lambda f: ~f.patient_id.isin(
+        [f"p{i}" for i in range(5, 10)])].fold.nunique() for s in range(10)]
+    assert min(counts) < 5
+
+
+def test_ids_stay_text():
+    df = cohort()
+    folds = make_folds(df, n_folds=5, seed=0, labels=LABELS)
+    assert {"00123", "123"} <= set(folds.patient_id)
+    # ... through folds.csv too
+    with pytest.MonkeyPatch.context() as mp, __import__("tempfile").TemporaryDirectory() as d:
+        mp.chdir(d)
+        back = read_folds(write_folds(folds, "folds.csv"))
+    assert {"00123", "123"} <= set(back.patient_id)
+    assert dict(zip(back.patient_id, back.fold)) == dict(zip(folds.patient_id, folds.fold))
+    numeric = df.assign(patient_id=pd.to_numeric(df.patient_id))
+    with pytest.raises(DataError, match="read as numbers"):
+        make_folds(numeric)
+
+
+def test_too_few_patients_or_a_rare_class():
+    df = pd.DataFrame({"patient_id": ["a", "b", "c"], "label": ["normal", "nodule", "normal"]})
+    with pytest.raises(DataError, match="3 patients cannot fill 5 folds") as e:
+        make_folds(df, n_folds=5)
+    assert "cv.folds" in e.value.hint
+    df = cohort(n_patients=30, n_test=0)
+    df.loc[df.patient_id.isin(["0", "00003", "6"]), "label"] = "normal"  # leave few nodule patients
+    df.loc[df.label == "nodule", "label"] = "normal"
+    df.loc[df.patient_id.isin(["00009", "12"]), "label"] = "nodule"
+    with pytest.raises(DataError, match=r"'nodule': 2 patient\(s\); cv.folds=5"):
+        make_folds(df, n_folds=5, labels=LABELS)
+    with pytest.raises(DataError, match="unknown split value"):
+        make_folds(df.assign(split="validation"))
+
+
+def test_edited_folds_file_with_a_patient_in_two_folds(tmp_path):
+    df = cohort()
+    folds = make_folds(df, n_folds=5, seed=0, labels=LABELS)
+    path = write_folds(folds, tmp_path / "folds.csv")
+    text = path.read_text()
+    victim = folds.patient_id[folds.fold == 0].iloc[0]
+    path.write_text(text + f"{victim},3\n")  # the same patient added to fold 3 by hand
+    with pytest.raises(DataError) as e:
+        read_folds(path)
+    assert f"patient '{victim}' is in folds [0, 3]" in str(e.value) and e.value.path == str(path)
+    with pytest.raises(DataError, match=f"patient '{victim}' is in folds \\[0, 3\\]"):
+        audit_folds(df, pd.concat([folds, pd.DataFrame({"patient_id": [victim], "fold": [3]})]))
+    path.write_text("patient_id,fold\na,0\nb,x\nc,2\n")
+    with pytest.raises(DataError, match="row 2.*fold 'x' is not a whole number"):
+        read_folds(path)
+    path.write_text("patient_id,fold\na,0\nb,2\n")
+    with pytest.raises(DataError, match=r"folds must be 0..2, each non-empty; found \[0, 2\]"):
+        read_folds(path)
+
+
+def test_study_shared_by_two_patients_fails_the_audit():
+    df = cohort()
+    folds = make_folds(df, n_folds=5, seed=0, labels=LABELS)
+    a, b = (folds.patient_id[folds.fold == k].iloc[0] for k in (0, 1))
+    planted = df.copy()
+    row_b = planted.index[planted.patient_id == b][0]
+    study = planted.loc[planted.patient_id == a, "study_uid"].iloc[0]
+    planted.loc[row_b, "study_uid"] = study  # one study filed under two patient ids
+    with pytest.raises(DataError) as e:
+        audit_folds(planted, folds)
+    message = str(e.value)
+    assert f"study '{study}' appears in patients {', '.join(sorted([a, b]))}" in message
+    rows = re.search(r"patients [^(]*\(rows \[([\d, ]+)\]", message).group(1)
+    rows_a = {i + 1 for i in planted.index[(planted.patient_id == a) & (planted.study_uid == study)]}
+    assert {int(r) for r in rows.split(",")} == rows_a | {row_b + 1}  # the manifest rows are named
+    assert "study" in message and "fold 0, fold 1" in message
+
+
+def test_patient_in_training_and_test_fails_the_audit():
+    df = cohort()
+    folds = make_folds(df, n_folds=5, seed=0, labels=LABELS)
+    multi = df[df.split == "train"].patient_id.value_counts()
+    pid = multi.index[multi >= 2][0]
+    planted = df.copy()
+    row = planted.index[planted.patient_id == pid][-1]
+    planted.loc[row, "split"] = "test"  # one scan of a training patient moved to the test set
+    with pytest.raises(DataError, match=f"patient '{pid}' appears in both test, training folds"):
+        audit_folds(planted, folds)
+    test_pid = folds.attrs["test_patients"][0]
+    with pytest.raises(DataError, match=f"patient '{test_pid}' is in the test set and in fold 2"):
+        audit_folds(df, pd.concat([folds, pd.DataFrame({"patient_id": [test_pid], "fold": [2]})]))
+    planted = df.copy()
+    planted.loc[planted.index[planted.patient_id == "123"], "image"] = planted.image.iloc[0]
+    with pytest.raises(DataError, match="one image file is listed under several patients"):
+        audit_folds(planted, folds)
+
+
+def test_inner_validation_split_grouped_and_stratified():
+    df = cohort(n_patients=100, n_test=0)
+    folds = make_folds(df, n_folds=5, seed=0, labels=LABELS)
+    train, _ = fold_split(df, folds, 0)
+    tr_ids, val_ids = inner_validation_split(train, fraction=0.2, seed=0, labels=LABELS)
+    assert not set(tr_ids) & set(val_ids)
+    assert set(tr_ids) | set(val_ids) == set(train.patient_id)
+    assert 0.15 <= len(val_ids) / train.patient_id.nunique() <= 0.25
+    positive = train.groupby("patient_id").label.agg(lambda s: "nodule" in set(s))
+    assert abs(positive[val_ids].mean() - positive.mean()) <= 0.1
+    assert inner_validation_split(train, fraction=0.2, seed=0, labels=LABELS) == (tr_ids, val_ids)
+    with pytest.raises(DataError, match="validation subset"):
+        inner_validation_split(train.iloc[:3], fraction=0.2, seed=0)
