@@ -234,7 +234,7 @@ def _shared(df: pd.DataFrame, key: str, by: pd.Series, what: str, owner: str,
     for v, group in frame.groupby("v", sort=True):
         owners = sorted(set(group["by"]))
         if len(owners) > 1:
-            listed = ", ".join(owners)
+            listed = ", ".join(repr(o) if owner == "patients " else o for o in owners)
             out.append(DataError(f"{what} {v!r} appears in {owner}{listed} (rows {sorted(group['row'])})",
                                  hint=hint))
     return out

@@ -155,7 +155,7 @@ def test_study_shared_by_two_patients_fails_the_audit():
     with pytest.raises(DataError) as e:
         audit_folds(planted, folds)
     message = str(e.value)
-    assert f"study '{study}' appears in patients {', '.join(sorted([a, b]))}" in message
+    assert f"study '{study}' appears in patients {', '.join(repr(p) for p in sorted([a, b]))}" in message
     rows = re.search(r"patients [^(]*\(rows \[([\d, ]+)\]", message).group(1)
     rows_a = {i + 1 for i in planted.index[(planted.patient_id == a) & (planted.study_uid == study)]}
     assert {int(r) for r in rows.split(",")} == rows_a | {row_b + 1}  # the manifest rows are named
