@@ -3,6 +3,8 @@
 - classification: `auroc`, `average_precision` (+ `prevalence`), `metrics_at_threshold` (sensitivity,
   specificity, PPV, NPV, balanced accuracy, MCC, F1, LR+, LR-), one-vs-rest and macro forms;
 - operating points: `choose_threshold` on validation data, applied unchanged to held-out data;
+- calibration: `brier`, `ece` (bin count stated), `reliability_curve`, `calibration_intercept_slope`;
+- clinical utility: `decision_curve` (net benefit, treat-all, treat-none);
 - uncertainty: `patient_bootstrap_ci` (cluster bootstrap, percentile / BCa, vectorised),
   `paired_bootstrap_ci`, `delong_roc_ci`, `delong_roc_test`, `wilson_interval`;
 - records: `to_records` / `MetricRecord` (the long-format rows of the report).
@@ -16,6 +18,14 @@ from medres.metrics.bootstrap import (
     paired_bootstrap_ci,
     patient_bootstrap,
     patient_bootstrap_ci,
+)
+from medres.metrics.calibration import (
+    CalibrationFit,
+    ReliabilityCurve,
+    brier,
+    calibration_intercept_slope,
+    ece,
+    reliability_curve,
 )
 from medres.metrics.classification import (
     THRESHOLD_METRICS,
@@ -31,6 +41,7 @@ from medres.metrics.classification import (
     one_vs_rest,
     prevalence,
 )
+from medres.metrics.decision import DecisionCurve, decision_curve
 from medres.metrics.delong import DeLongCI, DeLongTest, delong_covariance, delong_roc_ci, delong_roc_test
 from medres.metrics.operating_points import candidate_thresholds, choose_threshold
 from medres.metrics.proportions import wilson_interval
@@ -42,21 +53,28 @@ __all__ = [
     "THRESHOLD_METRICS",
     "VECTORISED_METRICS",
     "BootstrapResult",
+    "CalibrationFit",
     "ConfusionCounts",
+    "DecisionCurve",
     "DeLongCI",
     "DeLongTest",
     "MetricRecord",
+    "ReliabilityCurve",
     "ThresholdMetrics",
     "UndefinedMetricWarning",
     "auroc",
     "average_precision",
+    "brier",
+    "calibration_intercept_slope",
     "candidate_thresholds",
     "choose_threshold",
     "class_balance_reason",
     "confusion_counts",
+    "decision_curve",
     "delong_covariance",
     "delong_roc_ci",
     "delong_roc_test",
+    "ece",
     "macro_average",
     "metrics_at_threshold",
     "metrics_from_counts",
@@ -65,6 +83,7 @@ __all__ = [
     "patient_bootstrap",
     "patient_bootstrap_ci",
     "prevalence",
+    "reliability_curve",
     "to_records",
     "wilson_interval",
 ]
