@@ -1,0 +1,49 @@
+"""The cohort report: aggregation into long-format records, figures, the HTML page and the bundle.
+
+Imports only ``medres.metrics``, ``medres.config`` and ``medres.errors`` (no torch), so a report can
+be rebuilt in a notebook from a run's saved predictions::
+
+    from medres.report import load_run, build_bundle
+    build_bundle(load_run("runs/ct_chest"), "runs/ct_chest/report")
+"""
+
+from medres.report.aggregate import (
+    RECORD_FIELDS,
+    BinaryTask,
+    across_fold_records,
+    add_age_band,
+    binary_task,
+    classification_records,
+    one_vs_rest_records,
+    operating_points,
+    segmentation_records,
+    subgroup_records,
+)
+from medres.report.bundle import Bundle, GalleryItem, build_bundle, pseudonymise
+from medres.report.cohort import cohort_table, split_audit
+from medres.report.guidelines import guideline_table
+from medres.report.provenance import provenance
+from medres.report.run_folder import RunData, load_run
+
+__all__ = [
+    "RECORD_FIELDS",
+    "BinaryTask",
+    "Bundle",
+    "GalleryItem",
+    "RunData",
+    "across_fold_records",
+    "add_age_band",
+    "binary_task",
+    "build_bundle",
+    "classification_records",
+    "cohort_table",
+    "guideline_table",
+    "load_run",
+    "one_vs_rest_records",
+    "operating_points",
+    "provenance",
+    "pseudonymise",
+    "segmentation_records",
+    "split_audit",
+    "subgroup_records",
+]

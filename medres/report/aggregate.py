@@ -1,0 +1,446 @@
+"""Cohort metrics as long-format records: per fold, pooled out-of-fold, mean ± SD across folds, subgroups.
+
+A record is one dict with the DESIGN.md fields ``scope, subgroup, fold, head, class, metric, value,
+ci_low, ci_high, ci_method, n, n_pos`` plus ``note`` (why a value is missing or "not estimable").
+Scopes: ``fold`` (one fold's held-out cases), ``pooled`` (all out-of-fold cases together),
+``fold_mean`` / ``fold_sd`` (across folds), ``subgroup`` (pooled, one level of a manifest column).
+
+Operating points are chosen per fold on that fold's inner-validation predictions and applied
+unchanged to its held-out cases (never chosen on held-out data). Intervals resample patients.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from medres.config import Config
+from medres.errors import DataError
+from medres.metrics.bootstrap import patient_bootstrap_ci
+from medres.metrics.classification import auroc, confusion_counts, metrics_from_counts
+from medres.metrics.delong import delong_roc_ci
+from medres.metrics.operating_points import choose_threshold
+from medres.metrics.proportions import wilson_interval
+from medres.metrics.records import RECORD_COLUMNS, MetricRecord
+
+__all__ = [
+    "RECORD_FIELDS",
+    "BinaryTask",
+    "binary_task",
+    "add_age_band",
+    "operating_points",
+    "classification_records",
+    "subgroup_records",
+    "segmentation_records",
+    "across_fold_records",
+    "one_vs_rest_records",
+]
+
+RECORD_FIELDS = RECORD_COLUMNS
+AGE_BANDS = (
+    (0, 40, "<40"),
+    (40, 50, "40-49"),
+    (50, 60, "50-59"),
+    (60, 70, "60-69"),
+    (70, 80, "70-79"),
+    (80, math.inf, "80+"),
+)
+
+
+@dataclass(frozen=True)
+class BinaryTask:
+    """The report's binary question: the positive class against the rest."""
+
+    positive: str  # class name
+    index: int  # its index in data.labels
+    score_col: str  # p_<positive>
+
+
+def binary_task(config: Config) -> BinaryTask:
+    labels = list(config.data.labels)
+    pos = config.data.positive_label or labels[-1]
+    if pos not in labels:
+        raise DataError(
+            f"data.positive_label {pos!r} is not one of data.labels {labels}",
+            hint="set data.positive_label to one of the class names",
+        )
+    return BinaryTask(pos, labels.index(pos), f"p_{pos}")
+
+
+def _record(
+    scope: str,
+    metric: str,
+    value: float,
+    *,
+    subgroup: str = "all",
+    fold: int | str = "pooled",
+    head: str = "classification",
+    cls: str = "",
+    ci: tuple[float, float] = (math.nan, math.nan),
+    ci_method: str = "",
+    n: int = 0,
+    n_pos: int = 0,
+    note: str = "",
+) -> dict:
+    """One record row (`medres.metrics.MetricRecord`'s columns)."""
+    return MetricRecord(
+        scope=scope,
+        subgroup=subgroup,
+        fold=str(fold),
+        head=head,
+        class_name=cls,
+        metric=metric,
+        value=float(value),
+        ci_low=float(ci[0]),
+        ci_high=float(ci[1]),
+        ci_method=ci_method,
+        n=int(n),
+        n_pos=int(n_pos),
+        note=note,
+    ).as_row()
+
+
+def add_age_band(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``age_band`` (decades, "<40" .. "80+") from a text ``age`` column like "57" or "057Y"."""
+    if "age" not in df.columns:
+        return df
+    out = df.copy()
+    years = pd.to_numeric(
+        out["age"].astype(str).str.extract(r"(\d+(?:\.\d+)?)", expand=False), errors="coerce"
+    )
+    out["age_years"] = years
+    band = pd.Series("missing", index=out.index, dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        band[(years >= lo) & (years < hi)] = name
+    out["age_band"] = band
+    return out
+
+
+def operating_points(
+    predictions: pd.DataFrame,
+    inner_val: pd.DataFrame,
+    task: BinaryTask,
+    *,
+    method: str = "youden",
+    target: float = 0.9,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Choose one threshold per fold on its inner-validation predictions; apply it to its held-out cases.
+
+    Returns:
+        the predictions with ``threshold`` and ``y_pred_op`` (1 = called positive, NaN where the
+        fold has no operating point), and a table per fold: fold, method, target, threshold, n_val,
+        n_val_pos, note.
+    """
+    out = predictions.copy()
+    out["threshold"] = np.nan
+    rows = []
+    for fold in sorted(out["fold"].unique()):
+        val = inner_val[inner_val["fold"] == fold]
+        y = (val["y_true"].to_numpy() == task.index).astype(np.int8)
+        note, thr = "", math.nan
+        if len(val) == 0:
+            note = "no inner-validation predictions for this fold: no operating point"
+        elif y.sum() == 0 or y.sum() == y.size:
+            note = f"inner validation holds one class only (n_pos={int(y.sum())}): no operating point"
+        else:
+            thr = choose_threshold(y, val[task.score_col].to_numpy(), method, target=target)
+        rows.append(
+            {
+                "fold": int(fold),
+                "method": method,
+                "target": target if method in ("sensitivity", "specificity") else math.nan,
+                "threshold": thr,
+                "n_val": len(val),
+                "n_val_pos": int(y.sum()),
+                "note": note,
+            }
+        )
+        out.loc[out["fold"] == fold, "threshold"] = thr
+    called = out[task.score_col] >= out["threshold"]
+    out["y_pred_op"] = called.astype(float).where(out["threshold"].notna())
+    return out, pd.DataFrame(rows)
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call a metric, returning (value, the undefined-metric warnings as one note)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = fn(*args, **kwargs)
+    return value, "; ".join(dict.fromkeys(str(w.message) for w in caught))
+
+
+def _boot(metric: str, y, s, g, ev, seed: int, **kw) -> tuple[float, tuple[float, float], str, str]:
+    if len(np.unique(g)) < 2:
+        return math.nan, (math.nan, math.nan), "", "fewer than 2 patients"
+    res, note = _quiet(
+        patient_bootstrap_ci,
+        metric,
+        y,
+        s,
+        g,
+        n_resamples=ev.bootstrap_resamples,
+        level=ev.ci_level,
+        seed=seed,
+        **kw,
+    )
+    note = "; ".join(x for x in (note, res.reason) if x)
+    return res.estimate, (res.ci_low, res.ci_high), res.ci_method, note
+
+
+def classification_records(
+    df: pd.DataFrame,
+    task: BinaryTask,
+    config: Config,
+    *,
+    scope: str,
+    fold: int | str = "pooled",
+    subgroup: str = "all",
+    seed: int = 0,
+    with_delong: bool = False,
+) -> list[dict]:
+    """Records of one set of cases: AUROC, AP with prevalence, Brier, metrics at the operating point.
+
+    ``df`` needs y_true, patient_id, the task's score column and (for the operating point)
+    ``y_pred_op``. Interval: patient bootstrap (percentile); sensitivity and the other ratios at the
+    operating point also resample patients; prevalence has a Wilson interval.
+    """
+    ev = config.evaluate
+    y = (df["y_true"].to_numpy() == task.index).astype(np.int8)
+    s = df[task.score_col].to_numpy(dtype=np.float64)
+    g = df["patient_id"].to_numpy()
+    n, n_pos = len(df), int(y.sum())
+    common = dict(subgroup=subgroup, fold=fold, cls=task.positive, n=n, n_pos=n_pos)
+    recs = [
+        _record(
+            scope,
+            "prevalence",
+            n_pos / n if n else math.nan,
+            ci=wilson_interval(n_pos, n, ev.ci_level) if n else (math.nan, math.nan),
+            ci_method="Wilson (scans)",
+            **common,
+        )
+    ]
+    for metric in ("auroc", "average_precision", "brier"):
+        value, ci, how, note = _boot(metric, y, s, g, ev, seed)
+        recs.append(_record(scope, metric, value, ci=ci, ci_method=how, note=note, **common))
+    if with_delong:
+        res, note = _quiet(delong_roc_ci, y, s, ev.ci_level)
+        recs.append(
+            _record(
+                scope,
+                "auroc",
+                res.auroc,
+                ci=(res.ci_low, res.ci_high),
+                ci_method="DeLong (scans as independent)",
+                note=note or res.reason,
+                **common,
+            )
+        )
+    if "y_pred_op" not in df.columns or df["y_pred_op"].isna().any():
+        recs.append(
+            _record(scope, "sensitivity", math.nan, note="no operating point (see thresholds)", **common)
+        )
+        return recs
+    op = df["y_pred_op"].to_numpy().astype(np.int8)
+    tm = metrics_from_counts(confusion_counts(y, op))
+    for name, value in tm.as_dict().items():
+        ci, how, note = (math.nan, math.nan), "", tm.reasons.get(name, "")
+        if name in ("sensitivity", "specificity", "ppv", "npv") and math.isfinite(value):
+            _, ci, how, bnote = _boot(name, y, op.astype(np.float64), g, ev, seed, threshold=0.5)
+            note = "; ".join(x for x in (note, bnote) if x)
+        recs.append(_record(scope, name, value, ci=ci, ci_method=how, note=note, **common))
+    return recs
+
+
+def one_vs_rest_records(
+    df: pd.DataFrame, config: Config, *, scope: str, fold: int | str = "pooled", seed: int = 0
+) -> list[dict]:
+    """AUROC of every class against the rest, and their macro average (multi-class runs)."""
+    ev = config.evaluate
+    recs, values = [], []
+    g = df["patient_id"].to_numpy()
+    for c, name in enumerate(config.data.labels):
+        y = (df["y_true"].to_numpy() == c).astype(np.int8)
+        value, ci, how, note = _boot("auroc", y, df[f"p_{name}"].to_numpy(np.float64), g, ev, seed)
+        values.append(value)
+        recs.append(
+            _record(
+                scope,
+                "auroc_ovr",
+                value,
+                fold=fold,
+                cls=name,
+                ci=ci,
+                ci_method=how,
+                n=len(df),
+                n_pos=int(y.sum()),
+                note=note,
+            )
+        )
+    macro = float(np.mean(values)) if np.isfinite(values).all() else math.nan
+    recs.append(
+        _record(
+            scope,
+            "auroc_macro",
+            macro,
+            fold=fold,
+            cls="macro",
+            n=len(df),
+            note="" if math.isfinite(macro) else "a class has no AUROC",
+        )
+    )
+    return recs
+
+
+def across_fold_records(fold_records: list[dict]) -> list[dict]:
+    """Mean and SD (ddof 1) across folds of every per-fold metric (bootstrap or point records)."""
+    df = pd.DataFrame([r for r in fold_records if r["scope"] == "fold" and "DeLong" not in r["ci_method"]])
+    recs = []
+    if df.empty:
+        return recs
+    for (head, cls, metric), grp in df.groupby(["head", "class", "metric"], sort=False):
+        v = grp["value"].to_numpy(np.float64)
+        ok = v[np.isfinite(v)]
+        note = "" if ok.size == v.size else f"{v.size - ok.size} of {v.size} folds undefined, left out"
+        mean = float(ok.mean()) if ok.size else math.nan
+        sd = float(ok.std(ddof=1)) if ok.size > 1 else math.nan
+        for scope, value in (("fold_mean", mean), ("fold_sd", sd)):
+            recs.append(
+                _record(
+                    scope,
+                    metric,
+                    value,
+                    fold="across folds",
+                    head=head,
+                    cls=cls,
+                    n=int(grp["n"].sum()),
+                    n_pos=int(grp["n_pos"].sum()),
+                    note=note,
+                )
+            )
+    return recs
+
+
+def subgroup_records(
+    df: pd.DataFrame, task: BinaryTask, config: Config, *, seed: int = 0
+) -> tuple[list[dict], list[str]]:
+    """Pooled out-of-fold metrics per level of every ``evaluate.subgroups`` column.
+
+    A level with fewer than ``evaluate.min_positives`` positive cases (or negatives) is "not
+    estimable": its records carry n and n_pos, value NaN and that note. Returns the records and
+    notes on requested columns that the predictions lack.
+    """
+    ev = config.evaluate
+    df = add_age_band(df)
+    recs, missing = [], []
+    for col in ev.subgroups:
+        if col not in df.columns:
+            missing.append(f"subgroup column {col!r} is not in the predictions")
+            continue
+        levels = df[col].astype(str).replace({"": "missing", "nan": "missing", "None": "missing"})
+        for level in sorted(levels.unique()):
+            part = df[levels == level]
+            y = part["y_true"].to_numpy() == task.index
+            n, n_pos = len(part), int(y.sum())
+            label = f"{col}={level}"
+            if n_pos < ev.min_positives or n - n_pos < ev.min_positives:
+                note = (
+                    f"not estimable: {n_pos} positive and {n - n_pos} negative cases "
+                    f"(minimum {ev.min_positives} of each)"
+                )
+                for metric in ("auroc", "sensitivity", "specificity"):
+                    recs.append(
+                        _record(
+                            "subgroup",
+                            metric,
+                            math.nan,
+                            subgroup=label,
+                            cls=task.positive,
+                            n=n,
+                            n_pos=n_pos,
+                            note=note,
+                        )
+                    )
+                continue
+            recs += [
+                r
+                for r in classification_records(
+                    part, task, config, scope="subgroup", subgroup=label, seed=seed
+                )
+                if r["metric"] in ("auroc", "sensitivity", "specificity", "prevalence")
+            ]
+    return recs, missing
+
+
+def segmentation_records(seg_cases: pd.DataFrame, config: Config, *, seed: int = 0) -> list[dict]:
+    """Mean per-case segmentation metrics with patient-bootstrap intervals, per fold and pooled.
+
+    ``seg_cases`` has one row per case and class: case_id, patient_id, fold, class, and metric
+    columns (dice, iou, hd95, nsd, assd, ...). ``n`` counts the cases where the metric is defined
+    (n_valid; see the declared empty-mask policy); undefined cases are left out of the mean.
+    """
+    ev = config.evaluate
+    metric_cols = [
+        c
+        for c in ("dice", "iou", "hd95", "nsd", "assd", "ref_volume_ml", "pred_volume_ml")
+        if c in seg_cases.columns
+    ]
+    recs = []
+    scopes = [
+        ("fold", str(int(f)), seg_cases[seg_cases["fold"] == f]) for f in sorted(seg_cases["fold"].unique())
+    ]
+    scopes.append(("pooled", "pooled", seg_cases))
+    for scope, fold, part in scopes:
+        for cls, grp in part.groupby("class", sort=False):
+            for m in metric_cols:
+                v = grp[m].to_numpy(np.float64)
+                ok = np.isfinite(v)
+                note = f"{int((~ok).sum())} of {v.size} cases undefined, left out" if (~ok).any() else ""
+                if ok.sum() >= 2 and len(np.unique(grp["patient_id"][ok])) >= 2:
+                    value, ci, how, bnote = _boot(
+                        "mean", None, v[ok], grp["patient_id"].to_numpy()[ok], ev, seed
+                    )
+                    note = "; ".join(x for x in (note, bnote) if x)
+                else:
+                    value = float(v[ok].mean()) if ok.any() else math.nan
+                    ci, how = (math.nan, math.nan), ""
+                recs.append(
+                    _record(
+                        scope,
+                        m,
+                        value,
+                        fold=fold,
+                        head="segmentation",
+                        cls=str(cls),
+                        ci=ci,
+                        ci_method=how,
+                        n=int(ok.sum()),
+                        note=note,
+                    )
+                )
+                if m in ("dice", "hd95"):
+                    med = float(np.median(v[ok])) if ok.any() else math.nan
+                    recs.append(
+                        _record(
+                            scope,
+                            f"{m}_median",
+                            med,
+                            fold=fold,
+                            head="segmentation",
+                            cls=str(cls),
+                            n=int(ok.sum()),
+                            note=note,
+                        )
+                    )
+    return recs
+
+
+def auroc_point(df: pd.DataFrame, task: BinaryTask) -> float:
+    """The AUROC of a predictions table (NaN with one class), without an interval."""
+    y = (df["y_true"].to_numpy() == task.index).astype(np.int8)
+    value, _ = _quiet(auroc, y, df[task.score_col].to_numpy(np.float64))
+    return value

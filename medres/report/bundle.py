@@ -1,0 +1,457 @@
+"""Build the report bundle from a run's saved predictions: report.html, summary.json and the CSV tables.
+
+``build_bundle`` needs no torch: it takes the run's DataFrames (`load_run`), optional per-case
+segmentation metrics and ready gallery images, and writes
+
+- ``report.html``: self-contained (inline CSS and PNG figures, no script, no external URL);
+- ``summary.json``: the long-format metric records (``records``) with the operating points and task;
+- ``predictions.csv``: the out-of-fold predictions with the operating point, patient ids replaced by
+  pseudonymous keys (``P0001`` ...) and no file paths;
+- ``seg_cases.csv``: per-case segmentation metrics (same keys); ``cohort.csv``: the cohort table.
+
+No patient identifier leaves the run folder: the report shows case ids (pseudonymous by the
+manifest's design) and counts of patients, never the manifest's ``patient_id`` values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medres.metrics.bootstrap import paired_bootstrap_ci
+from medres.metrics.calibration import calibration_intercept_slope, reliability_curve
+from medres.metrics.decision import decision_curve
+from medres.metrics.delong import delong_roc_test
+from medres.report import figures
+from medres.report.aggregate import (
+    _quiet,
+    _record,
+    across_fold_records,
+    binary_task,
+    classification_records,
+    one_vs_rest_records,
+    operating_points,
+    segmentation_records,
+    subgroup_records,
+)
+from medres.report.cohort import SPACING_COLUMNS, cohort_table, split_audit
+from medres.report.guidelines import guideline_table
+from medres.report.html import (
+    fmt,
+    fmt_ci,
+    fold_table,
+    render_html,
+    segmentation_table,
+    subgroup_table,
+    table_html,
+)
+from medres.report.run_folder import RunData
+
+__all__ = ["GalleryItem", "build_bundle", "pseudonymise", "ECE_BINS"]
+
+ECE_BINS = 10
+KNOWN_SUBGROUPS = ("site", "scanner", "sex", "age", "age_band")
+DEFAULT_SEG_POLICY = (
+    "Empty-mask policy: a case whose reference and prediction are both empty has no "
+    "defined Dice or distance and is left out (n counts the cases where each metric "
+    "is defined)."
+)
+
+
+@dataclass
+class GalleryItem:
+    """One worst case, drawn by the caller: ``src`` is a data URI (see `figures.gallery_figure`)."""
+
+    case_id: str
+    src: str
+    caption: str
+
+
+@dataclass
+class _Figure:
+    src: str
+    alt: str
+    caption: str = ""
+
+
+@dataclass
+class Bundle:
+    """What `build_bundle` computed, for callers that want more than the files."""
+
+    output: Path
+    records: pd.DataFrame
+    predictions: pd.DataFrame
+    thresholds: pd.DataFrame
+    extras: dict = field(default_factory=dict)
+
+
+def pseudonymise(patient_ids: pd.Series) -> pd.Series:
+    """Replace patient ids by ``P0001``, ``P0002``, ... in order of first appearance."""
+    codes, _ = pd.factorize(patient_ids)
+    return pd.Series([f"P{c + 1:04d}" for c in codes], index=patient_ids.index)
+
+
+def _export(df: pd.DataFrame, config_subgroups: list[str], keys: pd.Series) -> pd.DataFrame:
+    """An allow-listed copy for sharing: no patient ids, no file paths, no unknown free-text columns
+    except those the configuration names as subgroups."""
+    keep = ["case_id", "fold", "y_true"] + [c for c in df.columns if c.startswith("p_")]
+    keep += ["y_pred", "threshold", "y_pred_op"]
+    keep += [c for c in (*KNOWN_SUBGROUPS, *config_subgroups, *SPACING_COLUMNS) if c in df.columns]
+    out = df[[c for c in dict.fromkeys(keep) if c in df.columns]].copy()
+    out.insert(1, "patient_key", keys.to_numpy())
+    return out
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return _json_safe(float(value))
+    return value
+
+
+def _comparison(run: RunData, other: RunData, task, seed: int) -> tuple[list[dict], dict]:
+    """Paired DeLong test and paired patient-bootstrap differences on the cases both runs predicted."""
+    ev = run.config.evaluate
+    a = run.predictions.set_index("case_id")
+    b = other.predictions.set_index("case_id")
+    common = a.index.intersection(b.index)
+    note = (
+        f"{len(common)} cases predicted by both runs (of {len(a)} and {len(b)}); "
+        "differences are this run minus the other."
+    )
+    a, b = a.loc[common], b.loc[common]
+    if (a["y_true"].to_numpy() != b["y_true"].to_numpy()).any():
+        note += " WARNING: the runs disagree on some labels; this run's labels are used."
+    y = (a["y_true"].to_numpy() == task.index).astype(np.int8)
+    sa, sb = a[task.score_col].to_numpy(float), b[task.score_col].to_numpy(float)
+    g = a["patient_id"].to_numpy()
+    recs = []
+    test, tnote = _quiet(delong_roc_test, y, sa, sb, ev.ci_level)
+    recs.append(
+        _record(
+            "comparison",
+            "auroc_difference",
+            test.difference,
+            ci=(test.ci_low, test.ci_high),
+            ci_method=f"paired DeLong (z={fmt(test.z, 2)}, p={fmt(test.p_value, 4)})",
+            n=len(y),
+            n_pos=int(y.sum()),
+            note=tnote or test.reason,
+        )
+    )
+    rows = [
+        {
+            "comparison": "AUROC, paired DeLong",
+            "this run": fmt(test.auroc_a),
+            "other run": fmt(test.auroc_b),
+            "difference [CI]": fmt_ci(test.difference, test.ci_low, test.ci_high),
+            "z": fmt(test.z, 2),
+            "p": fmt(test.p_value, 4),
+        }
+    ]
+    for metric in ("auroc", "average_precision", "brier"):
+        res, bnote = _quiet(
+            paired_bootstrap_ci,
+            metric,
+            y,
+            sa,
+            sb,
+            g,
+            n_resamples=ev.bootstrap_resamples,
+            level=ev.ci_level,
+            seed=seed,
+        )
+        recs.append(
+            _record(
+                "comparison",
+                f"{metric}_difference",
+                res.estimate,
+                ci=(res.ci_low, res.ci_high),
+                ci_method="paired " + res.ci_method,
+                n=len(y),
+                n_pos=int(y.sum()),
+                note="; ".join(x for x in (bnote, res.reason) if x),
+            )
+        )
+        rows.append(
+            {
+                "comparison": f"{metric}, paired patient bootstrap",
+                "this run": "",
+                "other run": "",
+                "difference [CI]": fmt_ci(res.estimate, res.ci_low, res.ci_high),
+                "z": "",
+                "p": "",
+            }
+        )
+    return recs, {"other_name": other.run_dir.name, "note": note, "table": table_html(pd.DataFrame(rows))}
+
+
+def build_bundle(
+    run: RunData,
+    output: str | Path,
+    *,
+    seg_cases: pd.DataFrame | None = None,
+    gallery: list[GalleryItem] | None = None,
+    provenance: dict[str, str] | None = None,
+    compare: RunData | None = None,
+    seg_policy: str = DEFAULT_SEG_POLICY,
+    gallery_note: str = "",
+) -> Bundle:
+    """Compute every record, table and figure of a run and write the bundle into ``output``."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    cfg, ev = run.config, run.config.evaluate
+    seed = cfg.train.seed
+    task = binary_task(cfg)
+    preds, thresholds = operating_points(
+        run.predictions, run.inner_val, task, method=ev.threshold, target=ev.threshold_target
+    )
+
+    records: list[dict] = []
+    fold_recs: list[dict] = []
+    for f in sorted(preds["fold"].unique()):
+        fold_recs += classification_records(
+            preds[preds["fold"] == f], task, cfg, scope="fold", fold=int(f), seed=seed
+        )
+    records += fold_recs
+    pooled = classification_records(preds, task, cfg, scope="pooled", seed=seed, with_delong=True)
+    records += pooled
+    y = (preds["y_true"].to_numpy() == task.index).astype(np.int8)
+    p = preds[task.score_col].to_numpy(np.float64)
+    rc = reliability_curve(y, p, ECE_BINS)
+    fit, fit_note = _quiet(calibration_intercept_slope, y, p)
+    common = dict(cls=task.positive, n=len(y), n_pos=int(y.sum()))
+    records += [
+        _record("pooled", f"ece_{ECE_BINS}_bins", rc.ece, note=f"{ECE_BINS} equal-width bins", **common),
+        _record("pooled", "calibration_intercept", fit.intercept, note=fit_note or fit.reason, **common),
+        _record("pooled", "calibration_slope", fit.slope, note=fit_note or fit.reason, **common),
+    ]
+    if len(cfg.data.labels) > 2:
+        for f in sorted(preds["fold"].unique()):
+            records += one_vs_rest_records(
+                preds[preds["fold"] == f], cfg, scope="fold", fold=int(f), seed=seed
+            )
+        records += one_vs_rest_records(preds, cfg, scope="pooled", seed=seed)
+    sub_recs, sub_missing = subgroup_records(preds, task, cfg, seed=seed)
+    seg_recs = (
+        segmentation_records(seg_cases, cfg, seed=seed) if seg_cases is not None and len(seg_cases) else []
+    )
+    records += across_fold_records(fold_recs + [r for r in seg_recs if r["scope"] == "fold"])
+    records += sub_recs + seg_recs
+    comparison = None
+    if compare is not None:
+        comp_recs, comparison = _comparison(run, compare, task, seed)
+        records += comp_recs
+    rec_df = pd.DataFrame(records)
+
+    # figures
+    g = preds["patient_id"].to_numpy()
+    fold = preds["fold"].to_numpy()
+    by = rec_df[(rec_df["scope"] == "pooled") & (rec_df["head"] == "classification")]
+    boot = by[by["ci_method"].str.startswith("patient bootstrap")].set_index("metric")
+    au = boot.loc["auroc"]
+    band = figures.roc_band(
+        y, p, g, n_resamples=min(ev.bootstrap_resamples, 500), level=ev.ci_level, seed=seed
+    )
+    dc = decision_curve(y, p)
+    cls_figures = [
+        _Figure(
+            figures.roc_figure(
+                y, p, fold, band, auroc=au["value"], ci=(au["ci_low"], au["ci_high"]), level=ev.ci_level
+            ),
+            "ROC curve",
+            "Pooled out-of-fold ROC (black) with its pointwise patient-bootstrap band, and each fold's curve.",
+        ),
+        _Figure(
+            figures.pr_figure(y, p, fold, ap=boot.loc["average_precision", "value"]),
+            "precision-recall curve",
+            "Precision-recall; dotted: the prevalence, the AP of a model that ranks at random.",
+        ),
+        _Figure(
+            figures.reliability_figure(
+                rc.mean_predicted, rc.observed, rc.counts, n_bins=ECE_BINS, ece=rc.ece
+            ),
+            "reliability diagram",
+            f"Reliability diagram, {ECE_BINS} equal-width bins, with cases per bin.",
+        ),
+        _Figure(
+            figures.decision_curve_figure(dc.thresholds, dc.model, dc.treat_all),
+            "decision curve",
+            "Net benefit across threshold probabilities (Vickers and Elkin 2006).",
+        ),
+    ]
+    sub_df = pd.DataFrame(sub_recs)
+    forest = (
+        figures.forest_figure(sub_df, metric="auroc", pooled=au["value"])
+        if len(sub_df) and (sub_df["metric"] == "auroc").any()
+        else ""
+    )
+
+    seg_ctx = None
+    if seg_recs:
+        seg_ctx = {
+            "policy": seg_policy,
+            "table": table_html(segmentation_table(rec_df)),
+            "figures": [
+                _Figure(
+                    figures.seg_distribution_figure(seg_cases),
+                    "Dice and HD95 distributions",
+                    "Per-case Dice and HD95 by fold; undefined cases left out.",
+                )
+            ],
+        }
+
+    audit = split_audit(preds, run.folds, run.inner_val, run.test)
+    cohort = cohort_table(preds, cfg.data.labels)
+    cards = _cards(rec_df, task, preds, seg_recs)
+    cal = pd.DataFrame(
+        [
+            {
+                "metric": m,
+                "value": fmt(
+                    rec_df.loc[(rec_df["scope"] == "pooled") & (rec_df["metric"] == k), "value"].iloc[0]
+                ),
+            }
+            for m, k in (
+                ("Brier", "brier"),
+                (f"ECE ({ECE_BINS} bins)", f"ece_{ECE_BINS}_bins"),
+                ("calibration intercept (ideal 0)", "calibration_intercept"),
+                ("calibration slope (ideal 1)", "calibration_slope"),
+            )
+        ]
+    )
+    thr_show = thresholds.assign(threshold=thresholds["threshold"].map(fmt))
+    ovr = rec_df[rec_df["metric"].isin(["auroc_ovr", "auroc_macro"])]
+    context = {
+        "run_name": run.run_dir.name,
+        "task_description": f"{task.positive} vs rest (classes: {', '.join(cfg.data.labels)})",
+        "n_folds": int(preds["fold"].nunique()),
+        "positive": task.positive,
+        "audit_failed": not bool(audit["passed"].all()),
+        "cards": cards,
+        "n_resamples": ev.bootstrap_resamples,
+        "seed": seed,
+        "ci_level": f"{ev.ci_level:.0%}",
+        "privacy_note": (
+            "Patient identifiers are not shown: the report counts patients and names cases by "
+            "their manifest case id only."
+        ),
+        "cohort_table": table_html(cohort, index=True),
+        "audit": audit.to_dict("records"),
+        "fold_table": table_html(fold_table(rec_df, thresholds)),
+        "threshold_method": ev.threshold
+        + (f" (target {ev.threshold_target})" if ev.threshold in ("sensitivity", "specificity") else ""),
+        "delong_note": _delong_note(rec_df),
+        "threshold_table": table_html(thr_show),
+        "ovr_table": table_html(ovr[["scope", "fold", "class", "value", "ci_low", "ci_high", "n", "n_pos"]])
+        if len(ovr)
+        else "",
+        "calibration_table": table_html(cal),
+        "cls_figures": cls_figures,
+        "subgroup_columns": ", ".join(ev.subgroups),
+        "min_positives": ev.min_positives,
+        "subgroup_missing": " ".join(sub_missing),
+        "subgroup_table": table_html(subgroup_table(rec_df)),
+        "forest": forest,
+        "seg": seg_ctx,
+        "gallery": gallery or [],
+        "gallery_note": gallery_note,
+        "comparison": comparison,
+        "guideline_table": table_html(guideline_table()),
+        "provenance": {"medres_version": (provenance or {}).get("medres version", "")},
+        "provenance_rows": list((provenance or {}).items()),
+    }
+    (output / "report.html").write_text(render_html(context), encoding="utf-8")
+
+    keys = pseudonymise(preds["patient_id"])
+    key_of = dict(zip(preds["patient_id"], keys))
+    _export(preds, list(ev.subgroups), keys).to_csv(output / "predictions.csv", index=False)
+    if seg_cases is not None:
+        sc = seg_cases.drop(
+            columns=[c for c in ("patient_id", "image", "mask", "seg_path") if c in seg_cases]
+        )
+        sc.insert(1, "patient_key", seg_cases["patient_id"].map(key_of).to_numpy())
+        sc.to_csv(output / "seg_cases.csv", index=False)
+    cohort.to_csv(output / "cohort.csv")
+    summary = {
+        "run": run.run_dir.name,
+        "task": {"positive_class": task.positive, "score_column": task.score_col, "labels": cfg.data.labels},
+        "operating_points": [{k: _json_safe(v) for k, v in r.items()} for r in thresholds.to_dict("records")],
+        "split_audit": audit.to_dict("records"),
+        "records": [{k: _json_safe(v) for k, v in r.items()} for r in records],
+    }
+    (output / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
+    return Bundle(output, rec_df, preds, thresholds)
+
+
+def _delong_note(rec: pd.DataFrame) -> str:
+    d = rec[(rec["scope"] == "pooled") & rec["ci_method"].str.contains("DeLong")]
+    if d.empty:
+        return ""
+    r = d.iloc[0]
+    return (
+        f"For comparison, DeLong's interval of the pooled AUROC (treating scans as independent): "
+        f"{fmt_ci(r['value'], r['ci_low'], r['ci_high'])}."
+    )
+
+
+def _cards(rec: pd.DataFrame, task, preds: pd.DataFrame, seg_recs: list[dict]) -> list[dict]:
+    pooled = rec[
+        (rec["scope"] == "pooled")
+        & (rec["head"] == "classification")
+        & ~rec["ci_method"].str.contains("DeLong")
+    ].set_index("metric")
+
+    def ci(m: str) -> str:
+        r = pooled.loc[m]
+        return fmt_ci(r["value"], r["ci_low"], r["ci_high"])
+
+    cards = [
+        {
+            "label": "patients / scans",
+            "value": f"{preds['patient_id'].nunique()} / {len(preds)}",
+            "detail": f"{int(pooled.loc['auroc', 'n_pos'])} scans {task.positive}",
+            "id": "",
+        },
+        {
+            "label": "AUROC",
+            "value": fmt(pooled.loc["auroc", "value"]),
+            "id": "pooled-auroc",
+            "detail": ci("auroc"),
+        },
+        {
+            "label": "average precision",
+            "value": fmt(pooled.loc["average_precision", "value"]),
+            "id": "",
+            "detail": f"prevalence {fmt(pooled.loc['prevalence', 'value'])}",
+        },
+    ]
+    if "sensitivity" in pooled.index and math.isfinite(pooled.loc["sensitivity", "value"]):
+        cards.append(
+            {
+                "label": "sensitivity / specificity at the operating point",
+                "id": "",
+                "value": f"{fmt(pooled.loc['sensitivity', 'value'])} / "
+                f"{fmt(pooled.loc['specificity', 'value'])}",
+                "detail": f"{ci('sensitivity')} / {ci('specificity')}",
+            }
+        )
+    seg = [r for r in seg_recs if r["scope"] == "pooled" and r["metric"] == "dice"]
+    for r in seg:
+        cards.append(
+            {
+                "label": f"Dice ({r['class']}), mean",
+                "value": fmt(r["value"]),
+                "id": "",
+                "detail": f"{fmt_ci(r['value'], r['ci_low'], r['ci_high'])}, n={r['n']}",
+            }
+        )
+    return cards

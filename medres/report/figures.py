@@ -1,0 +1,247 @@
+"""The report's figures, drawn with matplotlib's Agg backend and returned as inline ``data:`` URIs.
+
+Every function takes ready numbers (curves, records, image slices) and returns a PNG data URI, so
+the HTML needs no external file. Colours come from matplotlib's colour-blind-safe ``tab10`` cycle.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: figures are rendered to bytes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+__all__ = [
+    "to_data_uri",
+    "roc_figure",
+    "pr_figure",
+    "reliability_figure",
+    "decision_curve_figure",
+    "forest_figure",
+    "seg_distribution_figure",
+    "gallery_figure",
+    "roc_band",
+]
+
+FPR_GRID = np.linspace(0, 1, 101)
+
+
+def to_data_uri(fig: plt.Figure) -> str:
+    """Render a figure to a base64 PNG ``data:`` URI and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def roc_band(
+    y: np.ndarray,
+    s: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_resamples: int = 500,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise patient-bootstrap band of the ROC curve: TPR low/high [101] on `FPR_GRID`.
+
+    Resamples patients (all their rows) with a seeded generator; resamples with one class are skipped.
+    Hand-written because the band is a figure aid: the reported AUROC interval comes from
+    `medres.metrics.patient_bootstrap_ci`.
+    """
+    _, cluster = np.unique(groups, return_inverse=True)
+    n_clusters = int(cluster.max()) + 1
+    rng = np.random.default_rng(seed)
+    curves = []
+    for _ in range(n_resamples):
+        w = np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)[cluster]
+        if w[y == 1].sum() == 0 or w[y == 0].sum() == 0:
+            continue
+        keep = w > 0
+        fpr, tpr, _ = roc_curve(y[keep], s[keep], sample_weight=w[keep])
+        curves.append(np.interp(FPR_GRID, fpr, tpr))
+    if not curves:
+        return np.full_like(FPR_GRID, np.nan), np.full_like(FPR_GRID, np.nan)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(np.array(curves), [a, 1 - a], axis=0)
+    return lo, hi
+
+
+def roc_figure(
+    y: np.ndarray,
+    s: np.ndarray,
+    fold: np.ndarray,
+    band: tuple[np.ndarray, np.ndarray],
+    *,
+    auroc: float,
+    ci: tuple[float, float],
+    level: float = 0.95,
+) -> str:
+    """Pooled out-of-fold ROC curve with its bootstrap band, and one thin curve per fold."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    for k in np.unique(fold):
+        m = fold == k
+        if 0 < y[m].sum() < m.sum():
+            fpr, tpr, _ = roc_curve(y[m], s[m])
+            ax.plot(fpr, tpr, lw=0.9, alpha=0.6, label=f"fold {int(k)}")
+    ax.fill_between(
+        FPR_GRID, band[0], band[1], color="0.6", alpha=0.35, label=f"{level:.0%} band (patient bootstrap)"
+    )
+    fpr, tpr, _ = roc_curve(y, s)
+    ax.plot(fpr, tpr, color="k", lw=2, label=f"pooled AUROC {auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+    ax.plot([0, 1], [0, 1], ls=":", color="0.5", lw=1)
+    ax.set(
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="ROC, out-of-fold",
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    return to_data_uri(fig)
+
+
+def pr_figure(y: np.ndarray, s: np.ndarray, fold: np.ndarray, *, ap: float) -> str:
+    """Pooled precision-recall curve, per-fold curves and the prevalence (a useless model's AP)."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    for k in np.unique(fold):
+        m = fold == k
+        if y[m].sum() > 0:
+            p, r, _ = precision_recall_curve(y[m], s[m])
+            ax.step(r, p, where="post", lw=0.9, alpha=0.6, label=f"fold {int(k)}")
+    p, r, _ = precision_recall_curve(y, s)
+    ax.step(r, p, where="post", color="k", lw=2, label=f"pooled AP {ap:.3f}")
+    prev = float(np.mean(y))
+    ax.axhline(prev, ls=":", color="0.5", lw=1, label=f"prevalence {prev:.3f}")
+    ax.set(
+        xlabel="recall (sensitivity)",
+        ylabel="precision (PPV)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="Precision-recall, out-of-fold",
+    )
+    ax.legend(fontsize=7, loc="lower left")
+    return to_data_uri(fig)
+
+
+def reliability_figure(
+    mean_predicted: np.ndarray, observed: np.ndarray, counts: np.ndarray, *, n_bins: int, ece: float
+) -> str:
+    """Reliability diagram: observed frequency against mean predicted probability per bin, with counts."""
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(4.6, 5.0), height_ratios=[3, 1], sharex=True)
+    ok = np.asarray(counts) > 0
+    ax.plot([0, 1], [0, 1], ls=":", color="0.5", lw=1, label="perfect calibration")
+    ax.plot(
+        np.asarray(mean_predicted)[ok],
+        np.asarray(observed)[ok],
+        "o-",
+        color="C0",
+        label=f"model (ECE {ece:.3f}, {n_bins} equal-width bins)",
+    )
+    ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title="Reliability diagram")
+    ax.legend(fontsize=7, loc="upper left")
+    edges = np.linspace(0, 1, n_bins + 1)
+    axc.bar(edges[:-1], counts, width=1 / n_bins, align="edge", color="C0", alpha=0.5, edgecolor="w")
+    axc.set(xlabel="predicted probability", ylabel="cases")
+    return to_data_uri(fig)
+
+
+def decision_curve_figure(thresholds: np.ndarray, net_benefit: np.ndarray, treat_all: np.ndarray) -> str:
+    """Net benefit of the model, of treating everyone and of treating no one across thresholds."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    ax.plot(thresholds, net_benefit, color="C0", lw=2, label="model")
+    ax.plot(thresholds, treat_all, color="C1", lw=1, label="treat all")
+    ax.axhline(0, color="0.3", lw=1, label="treat none")
+    top = np.nanmax(np.concatenate([net_benefit, treat_all, [0.01]]))
+    ax.set(
+        xlabel="threshold probability",
+        ylabel="net benefit",
+        ylim=(-0.05 * top - 0.01, 1.15 * top),
+        title="Decision curve",
+    )
+    ax.legend(fontsize=7)
+    return to_data_uri(fig)
+
+
+def forest_figure(records: pd.DataFrame, *, metric: str = "auroc", pooled: float = math.nan) -> str:
+    """Subgroup forest plot: one row per subgroup level with its interval; "not estimable" rows marked."""
+    df = records[records["metric"] == metric].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6.2, 0.32 * len(df) + 1.2))
+    ypos = np.arange(len(df))[::-1]
+    for yi, (_, r) in zip(ypos, df.iterrows()):
+        label = f"{r['subgroup']}  (n={r['n']}, pos={r['n_pos']})"
+        ax.text(-0.02, yi, label, ha="right", va="center", fontsize=7, transform=ax.get_yaxis_transform())
+        if math.isfinite(r["value"]):
+            if math.isfinite(r["ci_low"]):
+                ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color="C0", lw=1.5)
+            ax.plot(r["value"], yi, "s", color="C0", ms=5)
+        else:
+            ax.text(0.5, yi, "not estimable", ha="center", va="center", fontsize=7, color="0.4")
+    if math.isfinite(pooled):
+        ax.axvline(pooled, color="k", ls="--", lw=1, label=f"pooled {pooled:.3f}")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.axvline(0.5, color="0.6", ls=":", lw=1)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(-0.8, len(df) - 0.2),
+        yticks=[],
+        xlabel=f"{metric.upper()} (95% CI)",
+        title=f"Subgroups: {metric.upper()}",
+    )
+    return to_data_uri(fig)
+
+
+def seg_distribution_figure(seg_cases: pd.DataFrame) -> str:
+    """Per-case Dice and HD95 distributions by fold (box plots with every case as a dot)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.6))
+    folds = sorted(seg_cases["fold"].unique())
+    for ax, col, label in ((axes[0], "dice", "Dice"), (axes[1], "hd95", "HD95 (mm)")):
+        data = [seg_cases.loc[seg_cases["fold"] == f, col].dropna().to_numpy() for f in folds]
+        keep = [i for i, d in enumerate(data) if d.size]
+        if keep:
+            ax.boxplot([data[i] for i in keep], positions=[i + 1 for i in keep], widths=0.5, showfliers=False)
+        for i, d in enumerate(data):
+            jitter = np.random.default_rng(i).uniform(-0.12, 0.12, d.size)
+            ax.plot(np.full(d.size, i + 1) + jitter, d, ".", color="C0", alpha=0.6, ms=4)
+        ax.set_xticks(range(1, len(folds) + 1), [f"fold {int(f)}" for f in folds])
+        n_valid = sum(d.size for d in data)
+        ax.set(ylabel=label, title=f"{label} per case (n_valid={n_valid})")
+    return to_data_uri(fig)
+
+
+def gallery_figure(
+    image: np.ndarray,
+    reference: np.ndarray | None,
+    predicted: np.ndarray | None,
+    cam: np.ndarray | None = None,
+    *,
+    title: str = "",
+) -> str:
+    """One worst case: a 2D slice [H, W] with reference (green) and predicted (red) mask outlines,
+    and the classification head's Grad-CAM map [H, W] beside it when given."""
+    ncols = 2 if cam is not None else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(3.2 * ncols, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    lo, hi = np.percentile(image, [1, 99])
+    ax.imshow(image.T, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
+    for mask, color, name in ((reference, "lime", "reference"), (predicted, "red", "predicted")):
+        if mask is not None and mask.any() and not mask.all():
+            ax.contour(mask.T.astype(float), levels=[0.5], colors=color, linewidths=1.2, origin="lower")
+        ax.plot([], [], color=color, label=name)
+    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    if cam is not None:
+        ax2 = axes[0, 1]
+        ax2.imshow(image.T, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
+        ax2.imshow(cam.T, cmap="jet", alpha=0.45, origin="lower")
+        ax2.set_title("Grad-CAM (classification head)", fontsize=8)
+        ax2.axis("off")
+    return to_data_uri(fig)

@@ -1,0 +1,147 @@
+"""Render the report: record tables formatted for reading, and the jinja2 template filled in.
+
+The page is self-contained: inline CSS, figures as ``data:`` URIs, no script and no external URL.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup
+
+__all__ = ["fmt", "fmt_ci", "table_html", "fold_table", "subgroup_table", "segmentation_table", "render_html"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+CLS_COLUMNS = (
+    ("auroc", "AUROC"),
+    ("average_precision", "AP"),
+    ("brier", "Brier"),
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("ppv", "PPV"),
+    ("npv", "NPV"),
+    ("f1", "F1"),
+    ("mcc", "MCC"),
+)
+SEG_COLUMNS = (
+    ("dice", "Dice"),
+    ("dice_median", "Dice median"),
+    ("iou", "IoU"),
+    ("hd95", "HD95 (mm)"),
+    ("hd95_median", "HD95 median"),
+    ("nsd", "NSD"),
+    ("assd", "ASSD (mm)"),
+    ("ref_volume_ml", "reference mL"),
+    ("pred_volume_ml", "predicted mL"),
+)
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """A number for a table: ``n/a`` for NaN, ``inf`` for infinity."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}f}"
+
+
+def fmt_ci(value: float, lo: float, hi: float, digits: int = 3) -> str:
+    """``0.871 [0.802, 0.925]``, or the value alone without an interval."""
+    text = fmt(value, digits)
+    if text != "n/a" and not (math.isnan(lo) or math.isnan(hi)):
+        text += f" [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+    return text
+
+
+def table_html(df: pd.DataFrame, *, index: bool = False) -> Markup:
+    """A DataFrame as an HTML table, every cell escaped."""
+    return Markup(df.to_html(index=index, escape=True, na_rep="n/a", border=0, classes="data"))
+
+
+def _cell(rec: pd.Series, digits: int = 3) -> str:
+    return fmt_ci(rec["value"], rec["ci_low"], rec["ci_high"], digits)
+
+
+def fold_table(records: pd.DataFrame, thresholds: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows: each fold, pooled out-of-fold, mean ± SD across folds; columns: n, n_pos and metrics."""
+    cls = records[(records["head"] == "classification") & ~records["ci_method"].str.contains("DeLong")]
+    rows = []
+    folds = sorted(cls.loc[cls["scope"] == "fold", "fold"].unique(), key=int)
+    for label, part in [(f"fold {f}", cls[(cls["scope"] == "fold") & (cls["fold"] == f)]) for f in folds] + [
+        ("pooled out-of-fold", cls[cls["scope"] == "pooled"])
+    ]:
+        by = part.set_index("metric")
+        any_rec = part.iloc[0] if len(part) else None
+        row = {
+            "": label,
+            "scans": int(any_rec["n"]) if any_rec is not None else 0,
+            "positives": int(any_rec["n_pos"]) if any_rec is not None else 0,
+        }
+        for key, name in CLS_COLUMNS:
+            row[name] = _cell(by.loc[key]) if key in by.index else "n/a"
+        if thresholds is not None and label.startswith("fold "):
+            t = thresholds.set_index("fold").loc[int(label.split()[1]), "threshold"]
+            row["threshold"] = fmt(float(t))
+        else:
+            row["threshold"] = "per fold"
+        rows.append(row)
+    mean = cls[cls["scope"] == "fold_mean"].set_index("metric")
+    sd = cls[cls["scope"] == "fold_sd"].set_index("metric")
+    row = {"": "mean ± SD across folds", "scans": "", "positives": ""}
+    for key, name in CLS_COLUMNS:
+        row[name] = (
+            f"{fmt(mean.loc[key, 'value'])} ± {fmt(sd.loc[key, 'value'])}"
+            if key in mean.index and key in sd.index
+            else "n/a"
+        )
+    row["threshold"] = ""
+    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def subgroup_table(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per subgroup level: n, n_pos, prevalence, AUROC, sensitivity, specificity, note."""
+    rows = []
+    for sub, part in records[records["scope"] == "subgroup"].groupby("subgroup", sort=False):
+        by = part.set_index("metric")
+        first = part.iloc[0]
+        notes = "; ".join(dict.fromkeys(n for n in part["note"] if n))
+        estimable = not notes.startswith("not estimable")
+        row = {"subgroup": sub, "scans": int(first["n"]), "positives": int(first["n_pos"])}
+        for key, name in (("auroc", "AUROC"), ("sensitivity", "sensitivity"), ("specificity", "specificity")):
+            row[name] = _cell(by.loc[key]) if estimable and key in by.index else "not estimable"
+        row["note"] = notes
+        rows.append(row)
+    return pd.DataFrame(
+        rows, columns=["subgroup", "scans", "positives", "AUROC", "sensitivity", "specificity", "note"]
+    )
+
+
+def segmentation_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Rows: each fold and pooled, per class; mean [CI] (n_valid) of each per-case metric."""
+    seg = records[records["head"] == "segmentation"]
+    rows = []
+    for (scope, fold, cls), part in seg.groupby(["scope", "fold", "class"], sort=False):
+        if scope not in ("fold", "pooled"):
+            continue
+        by = part.set_index("metric")
+        row = {"": f"fold {fold}" if scope == "fold" else "pooled", "class": cls}
+        for key, name in SEG_COLUMNS:
+            if key in by.index:
+                r = by.loc[key]
+                digits = 3 if key in ("dice", "dice_median", "iou", "nsd") else 2
+                row[name] = f"{_cell(r, digits)} (n={int(r['n'])})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_html(context: dict[str, Any]) -> str:
+    """Fill ``templates/report.html`` (autoescaped; tables come in as `Markup`)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    return env.get_template("report.html").render(**context)
