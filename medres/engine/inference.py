@@ -1,0 +1,299 @@
+"""Predictions for cases: probabilities, and masks that overlay the SOURCE scan.
+
+Each case goes through the evaluation pipeline (``medres.data.transforms.build_transforms(data,
+train=False)``: load, orientation, spacing, intensity), then whole-volume inference
+(:func:`medres.engine.sliding.infer_volume`: MONAI sliding windows, optional flip TTA). The stitched
+segmentation logits live on the pipeline's grid (e.g. RAS at 1.5 mm); they are softmaxed and resampled
+with MONAI's ``SpatialResample`` from that grid's affine to the source scan's affine and shape (both kept
+by the reader as ``meta["original_affine"]`` / ``meta["spatial_shape"]``), then argmaxed. Resampling by
+affines rather than inverting the pipeline step by step works for any pipeline that tracks its affine,
+and the mask written has exactly the source's shape and affine, so it overlays the original scan.
+
+Masks are written with nibabel from a fresh header (only the array and the affine), so no DICOM field
+can reach them. The predictions table follows DESIGN.md (see :func:`predict_cases`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import MetaTensor
+from monai.transforms import SpatialResample
+from torch import Tensor, nn
+
+from medres.engine.sliding import Aggregate, infer_volume
+from medres.errors import DataError
+
+__all__ = [
+    "mask_to_source", "save_mask", "predict_cases", "write_fold_predictions", "Prediction", "Predictor",
+    "RECORD_KEYS",
+]
+
+#: Record keys that are not subgroup columns (UIDs are identifiers and never copied to predictions).
+RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "fold", "study_uid", "series_uid")
+
+
+def _affine(a: Any) -> np.ndarray:
+    a = a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+    return a.astype(np.float64)
+
+
+def source_geometry(image: MetaTensor) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The source scan's RAS affine ``[4, 4]`` and spatial shape, as the reader recorded them."""
+    meta = getattr(image, "meta", {})
+    if "original_affine" not in meta or "spatial_shape" not in meta:
+        raise DataError("the evaluation pipeline lost the source geometry (meta 'original_affine' / "
+                        "'spatial_shape')", hint="load images with medres.data.MedresReader")
+    return _affine(meta["original_affine"]), tuple(int(s) for s in np.asarray(meta["spatial_shape"]).ravel())
+
+
+def mask_to_source(seg_logits: Tensor, grid_affine: Any, src_affine: Any,
+                   src_shape: Sequence[int]) -> MetaTensor:
+    """Label map in the source geometry from logits on the pipeline's grid.
+
+    Args:
+        seg_logits: ``[S, *spatial]`` logits on the grid described by ``grid_affine`` (4x4, RAS).
+        src_affine, src_shape: the source scan's 4x4 RAS affine and spatial shape. A source with fewer
+            spatial axes than the grid (one 2D slice read into a 3D pipeline) gets size-1 axes.
+
+    Returns a ``MetaTensor`` ``[*src_shape]`` of uint8 class indices whose affine is ``src_affine``.
+    """
+    probs = MetaTensor(torch.softmax(seg_logits.float(), dim=0), affine=torch.as_tensor(_affine(grid_affine)))
+    nsp = seg_logits.ndim - 1
+    shape = tuple(src_shape) + (1,) * (nsp - len(src_shape))
+    out = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=False, dtype=torch.float64)(
+        probs, dst_affine=torch.as_tensor(_affine(src_affine)), spatial_size=shape)
+    labels = torch.argmax(out.as_tensor(), dim=0).to(torch.uint8)
+    labels = labels.reshape(tuple(src_shape)) if len(src_shape) < nsp else labels
+    return MetaTensor(labels, affine=torch.as_tensor(_affine(src_affine)))
+
+
+def save_mask(mask: MetaTensor, path: str | os.PathLike[str]) -> Path:
+    """Write a label map as NIfTI: uint8, its affine as sform and qform, nothing else in the header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(mask.detach().cpu().numpy(), dtype=np.uint8), _affine(mask.affine))
+    img.set_sform(img.affine, code=1)
+    img.set_qform(img.affine, code=1)
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    nib.save(img, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def safe_name(case_id: str) -> str:
+    """A file name for a case id (characters other than letters, digits, ``._-`` become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(case_id)) or "case"
+
+
+def _data_error(exc: BaseException) -> DataError | None:
+    """The DataError behind an exception (MONAI's Compose wraps transform errors in RuntimeError)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, DataError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _path_text(image: Any) -> str:
+    if isinstance(image, (list, tuple)):
+        return ";".join(map(str, image))
+    return "" if image is None else str(image)
+
+
+def _eval_transform(data_cfg: Any) -> Callable[[dict], dict]:
+    from medres.data.transforms import build_transforms
+
+    return build_transforms(data_cfg, train=False)
+
+
+def predict_cases(model: nn.Module, records: Iterable[Mapping[str, Any]], data_cfg: Any, *,
+                  labels: Sequence[str] | None = None, fold: int = -1,
+                  seg_dir: str | os.PathLike[str] | None = None,
+                  seg_relative_to: str | os.PathLike[str] | None = None,
+                  transform: Callable[[dict], dict] | None = None, overlap: float = 0.25, tta: bool = False,
+                  cls_aggregate: Aggregate = "max", sw_batch_size: int = 1,
+                  device: torch.device | str | None = None) -> pd.DataFrame:
+    """Predict every record; write masks to ``seg_dir``; return the predictions table.
+
+    Args:
+        model: a model whose output is ``DualOutput`` (or plain logits), in any mode (run in eval mode).
+        records: dicts as ``medres.data.datasets.manifest_to_records`` makes them: ``case_id``,
+            ``patient_id``, ``image`` (path or list of paths, one per channel), ``mask``, ``label``
+            (index into ``labels``, -1 when unknown) and subgroup columns.
+        data_cfg: ``Config.data``; ``patch_size`` is the sliding window, ``labels`` the class names.
+        seg_dir: where ``<case_id>.nii.gz`` masks go (None: no masks written).
+        seg_relative_to: ``seg_path`` is written relative to this folder (default: absolute).
+        transform: the evaluation pipeline (default: ``build_transforms(data_cfg, train=False)``).
+        overlap, tta, cls_aggregate, sw_batch_size, device: see ``infer_volume``.
+
+    Returns one row per record: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred``, the
+    subgroup columns, ``image`` and ``mask`` (source paths; several channels joined by ``;``, "" when
+    none) and ``seg_path`` when masks are written. ``y_pred`` is the argmax class (-1 without a
+    classification head). Raises ``DataError`` naming the case when a scan cannot be processed.
+    """
+    labels = list(labels if labels is not None else data_cfg.labels)
+    transform = transform or _eval_transform(data_cfg)
+    rows = []
+    for rec in records:
+        case_id = str(rec["case_id"])
+        try:
+            sample = transform({"image": rec["image"]})
+        except Exception as exc:
+            err = _data_error(exc)
+            if err is None:
+                raise
+            raise err.located(case_id=case_id) from None
+        image = sample["image"]
+        pred = infer_volume(model, image, roi_size=list(data_cfg.patch_size), overlap=overlap, tta=tta,
+                            cls_aggregate=cls_aggregate, sw_batch_size=sw_batch_size, device=device)
+        label = rec.get("label", -1)
+        row: dict[str, Any] = {"case_id": case_id, "patient_id": str(rec.get("patient_id", "") or ""),
+                               "fold": int(fold), "y_true": int(-1 if label is None else label)}
+        probs = pred.cls_probs
+        for k, name in enumerate(labels):
+            row[f"p_{name}"] = float(probs[k]) if probs is not None else float("nan")
+        row["y_pred"] = int(torch.argmax(probs)) if probs is not None else -1
+        row.update({k: v for k, v in rec.items() if k not in RECORD_KEYS})
+        row["image"], row["mask"] = _path_text(rec["image"]), _path_text(rec.get("mask"))
+        if seg_dir is not None and pred.seg_logits is not None:
+            src_affine, src_shape = source_geometry(image)
+            mask = mask_to_source(pred.seg_logits, image.affine, src_affine, src_shape)
+            path = save_mask(mask, Path(seg_dir) / f"{safe_name(case_id)}.nii.gz")
+            row["seg_path"] = (os.path.relpath(path, seg_relative_to) if seg_relative_to is not None
+                               else str(path))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a predictions table atomically (``.parquet`` or ``.csv`` by suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".parquet":
+        df.to_parquet(tmp, index=False)
+    else:
+        df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def write_fold_predictions(run_dir: str | os.PathLike[str], fold: int, model: nn.Module,
+                           records: Iterable[Mapping[str, Any]], cfg: Any, name: str = "predictions", *,
+                           masks: bool = True, device: torch.device | str | None = None) -> pd.DataFrame:
+    """Predict a fold's cases into ``run_dir/fold_<fold>/<name>.parquet`` and masks into ``fold_<fold>/seg/``.
+
+    ``name`` is ``"predictions"`` (held-out cases), ``"inner_val_predictions"`` or ``"test_predictions"``;
+    the case sets are disjoint within a fold, so all masks share ``seg/``. ``seg_path`` is relative to
+    ``run_dir``. Window overlap, TTA and window aggregation come from ``cfg.evaluate``
+    (``sliding_window_overlap``, ``tta_flips``, ``cls_aggregate`` when the schema has it, else ``"max"``).
+    """
+    run_dir = Path(run_dir)
+    fold_dir = run_dir / f"fold_{fold}"
+    ev = cfg.evaluate
+    df = predict_cases(model, records, cfg.data, fold=fold, seg_dir=fold_dir / "seg" if masks else None,
+                       seg_relative_to=run_dir, overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
+                       cls_aggregate=getattr(ev, "cls_aggregate", "max"), device=device)
+    write_table(df, fold_dir / f"{name}.parquet")
+    return df
+
+
+@dataclass
+class Prediction:
+    """One scan's prediction: class probabilities by class name and the mask in the source geometry."""
+
+    probabilities: dict[str, float]
+    mask: MetaTensor | None
+
+    @property
+    def label(self) -> str | None:
+        """The most probable class (None without a classification head)."""
+        return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
+
+
+class Predictor:
+    """A trained model with its evaluation pipeline, for notebooks.
+
+    >>> pred = Predictor.from_checkpoint("runs/ct_chest/fold_0/checkpoint_best.pt")
+    >>> p = pred.predict("scan.nii.gz")          # or a DICOM series folder, or a loaded MetaTensor
+    >>> p.probabilities, p.mask.shape, p.mask.affine   # mask overlays the source scan
+    """
+
+    def __init__(self, model: nn.Module, config: Any, *, device: torch.device | str = "auto",
+                 tta: bool | None = None, overlap: float | None = None,
+                 cls_aggregate: Aggregate | None = None, sw_batch_size: int = 1) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        ev = config.evaluate
+        self.tta = ev.tta_flips if tta is None else tta
+        self.overlap = ev.sliding_window_overlap if overlap is None else overlap
+        self.cls_aggregate = cls_aggregate or getattr(ev, "cls_aggregate", "max")
+        self.sw_batch_size = sw_batch_size
+        self.transform = _eval_transform(config.data)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
+        """Load ``path`` with ``medres.engine.checkpoint.load_model``; keyword arguments as ``__init__``."""
+        from medres.engine.checkpoint import load_model
+
+        model, config = load_model(path)
+        return cls(model, config, **kwargs)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config.data.labels)
+
+    def predict_records(self, records: Iterable[Mapping[str, Any]],
+                        seg_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> pd.DataFrame:
+        """The predictions table for several records (see :func:`predict_cases`)."""
+        return predict_cases(self.model, records, self.config.data, seg_dir=seg_dir, transform=self.transform,
+                             overlap=self.overlap, tta=self.tta, cls_aggregate=self.cls_aggregate,
+                             sw_batch_size=self.sw_batch_size, device=self.device, **kwargs)
+
+    def predict(self, image: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Tensor | np.ndarray
+                ) -> Prediction:
+        """Predict one scan: a path (file or DICOM series folder), a list of paths (one per channel), or an
+        array/``MetaTensor`` as ``medres.data.load_image`` returns it (``[*spatial]``, or ``[C, *spatial]``
+        for several image columns; a plain array gets an identity affine)."""
+        with tempfile.TemporaryDirectory(prefix="medres-predict-") as tmp:
+            is_path = isinstance(image, (str, os.PathLike, list, tuple))
+            source = image if is_path else self._to_files(image, tmp)
+            df = self.predict_records([{"case_id": "case", "image": source}], seg_dir=tmp)
+            row = df.iloc[0]
+            probs = {c: float(row[f"p_{c}"]) for c in self.labels} if row["y_pred"] >= 0 else {}
+            mask = None
+            if "seg_path" in row and isinstance(row["seg_path"], str):
+                nii = nib.load(row["seg_path"])
+                mask = MetaTensor(torch.from_numpy(np.asarray(nii.dataobj)),
+                                  affine=torch.as_tensor(nii.affine))
+        return Prediction(probs, mask)
+
+    def _to_files(self, image: Tensor | np.ndarray, folder: str) -> list[str]:
+        """Write an in-memory scan as float32 NIfTI file(s): it then goes through the pipeline as a path."""
+        arr = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
+        affine = _affine(image.affine) if isinstance(image, MetaTensor) else np.eye(4)
+        channels = len(self.config.data.image_columns)
+        arrays = list(arr) if channels > 1 else [arr]
+        if len(arrays) != channels:
+            raise DataError(f"expected {channels} channels (one per image column), got an array of shape "
+                            f"{arr.shape}", hint="pass [C, *spatial] with C = len(data.image_columns)")
+        paths = []
+        for i, a in enumerate(arrays):
+            paths.append(os.path.join(folder, f"input_{i}.nii.gz"))
+            nib.save(nib.Nifti1Image(np.asarray(a, dtype=np.float32), affine), paths[-1])
+        return paths

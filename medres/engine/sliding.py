@@ -1,0 +1,149 @@
+"""Whole-volume inference for a two-headed model: MONAI sliding windows, flip TTA, window aggregation.
+
+A volume larger than the training patch is covered by overlapping windows (MONAI's
+``sliding_window_inference``). The two heads need different treatment:
+
+* **segmentation logits** ``[S, *window]`` are stitched into a full-volume map by MONAI (Gaussian
+  blending by default, so window borders weigh less);
+* **classification logits** ``[K]`` come one per window and are aggregated into one case-level
+  probability vector. The default ``"max"`` takes the probability vector of the *most abnormal
+  window* (the one with the lowest probability of ``labels[0]``, the reference/normal class); in the
+  binary case this is exactly max-pooling ``p(positive)`` over windows. This is the right pooling
+  for nodule detection, where a finding occupies one window: a mean over windows would dilute one
+  confident positive window among many empty ones, so the same nodule would score lower in a larger
+  scan. ``"mean"`` (softmax of the mean window logit) suits diffuse findings that every window sees.
+  A volume no larger than the patch is a single window, and both choices give the plain model output.
+
+Flip test-time augmentation runs the identity and one flip per spatial axis (``1 + spatial_dims``
+passes); each pass's segmentation logits are flipped back before averaging, and the case-level
+class probabilities are averaged over passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from monai.inferers import sliding_window_inference
+from torch import Tensor, nn
+
+__all__ = ["VolumePrediction", "split_output", "aggregate_windows", "infer_volume"]
+
+Aggregate = Literal["max", "mean"]
+
+
+@dataclass
+class VolumePrediction:
+    """One volume's prediction on the grid it was given (the evaluation pipeline's grid).
+
+    Attributes:
+        cls_probs: ``[K]`` case-level class probabilities, or None without a classification head.
+        seg_logits: ``[S, *spatial]`` stitched (TTA-averaged) segmentation logits, or None.
+        window_probs: ``[passes, windows, K]`` per-window class probabilities (for inspection).
+    """
+
+    cls_probs: Tensor | None
+    seg_logits: Tensor | None
+    window_probs: Tensor | None
+
+
+def split_output(out: object) -> tuple[Tensor | None, Tensor | None]:
+    """``(cls_logits [B, K] | None, seg_logits [B, S, *spatial] | None)`` from a model's output.
+
+    Accepts ``DualOutput`` (or any object with ``cls_logits`` / ``seg_logits``), a plain tensor (a
+    2-D tensor is classification logits, a larger one segmentation logits) or a ``(cls, seg)`` pair.
+    """
+    if hasattr(out, "cls_logits") and hasattr(out, "seg_logits"):
+        return out.cls_logits, out.seg_logits
+    if isinstance(out, Tensor):
+        return (out, None) if out.ndim == 2 else (None, out)
+    if isinstance(out, (tuple, list)) and len(out) == 2:
+        return out[0], out[1]
+    raise TypeError(f"cannot read classification/segmentation logits from a {type(out).__name__}")
+
+
+def aggregate_windows(probs: Tensor, how: Aggregate = "max") -> Tensor:
+    """Case-level class probabilities ``[K]`` from per-window probabilities ``[N, K]``.
+
+    ``"max"``: the row of the window with the lowest probability of class 0 (the reference class);
+    for two classes this is ``max_n p[n, 1]``. ``"mean"``: softmax of the mean window log-probability,
+    i.e. of the mean logit up to a per-window constant (a geometric mean of the windows' beliefs).
+    """
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"expected [windows, classes] probabilities, got shape {tuple(probs.shape)}")
+    if how == "max":
+        return probs[torch.argmin(probs[:, 0])]
+    if how == "mean":
+        return torch.softmax(torch.log(probs.clamp_min(1e-12)).mean(0), dim=0)
+    raise ValueError(f"unknown window aggregation {how!r}; use 'max' or 'mean'")
+
+
+def _one_pass(model: nn.Module, x: Tensor, roi_size: Sequence[int], overlap: float, sw_batch_size: int,
+              blend: str, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """Sliding windows over ``x`` [1, C, *spatial].
+
+    Returns (per-window class probabilities [N, K] | None, stitched seg logits [1, S, *spatial] | None).
+    """
+    window_probs: list[Tensor] = []
+    has_seg: list[bool] = []
+
+    def predictor(patch: Tensor, _coords: object) -> Tensor:
+        cls, seg = split_output(model(patch.to(device)))
+        if cls is not None:
+            window_probs.append(torch.softmax(cls.float(), dim=1).cpu())
+        has_seg.append(seg is not None)
+        # A classification-only model still needs a tensor for MONAI to stitch: one empty channel.
+        return seg.float() if seg is not None else patch.new_zeros((patch.shape[0], 1, *patch.shape[2:]))
+
+    seg = sliding_window_inference(x, roi_size, sw_batch_size, predictor, overlap=overlap, mode=blend,
+                                   sw_device=device, device=torch.device("cpu"), with_coord=True)
+    probs = torch.cat(window_probs) if window_probs else None
+    return probs, (seg if has_seg and has_seg[0] else None)
+
+
+@torch.inference_mode()
+def infer_volume(model: nn.Module, image: Tensor, *, roi_size: Sequence[int], overlap: float = 0.25,
+                 tta: bool = False, cls_aggregate: Aggregate = "max", sw_batch_size: int = 1,
+                 blend: Literal["gaussian", "constant"] = "gaussian",
+                 device: torch.device | str | None = None) -> VolumePrediction:
+    """Predict one volume ``image`` [C, *spatial] (after the evaluation pipeline) with ``model`` in eval mode.
+
+    Args:
+        roi_size: the window, normally the training patch (``data.patch_size``); a volume smaller than
+            it is padded (MONAI) and the output cropped back.
+        overlap: window overlap fraction per axis (``evaluate.sliding_window_overlap``).
+        tta: flip test-time augmentation (identity + one flip per spatial axis).
+        cls_aggregate: ``"max"`` (most abnormal window; default) or ``"mean"``; see the module docstring.
+        sw_batch_size: windows per forward pass.
+        blend: MONAI's blending of overlapping segmentation windows.
+        device: where the model runs (default: the model's parameters' device).
+
+    Returns a ``VolumePrediction`` on the CPU, on ``image``'s grid.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    x = torch.as_tensor(image).float()[None]  # plain tensor [1, C, *spatial]
+    spatial = list(range(2, x.ndim))
+    flips: list[tuple[int, ...]] = [()] + ([(d,) for d in spatial] if tta else [])
+    all_probs, case_probs, seg_sum = [], [], None
+    try:
+        for dims in flips:
+            xf = torch.flip(x, dims) if dims else x
+            probs, seg = _one_pass(model, xf, list(roi_size), overlap, sw_batch_size, blend, device)
+            if probs is not None:
+                all_probs.append(probs)
+                case_probs.append(aggregate_windows(probs, cls_aggregate))
+            if seg is not None:
+                seg = torch.flip(seg, dims) if dims else seg
+                seg_sum = seg if seg_sum is None else seg_sum + seg
+    finally:
+        model.train(was_training)
+    cls = torch.stack(case_probs).mean(0) if case_probs else None
+    seg_logits = (seg_sum / len(flips))[0] if seg_sum is not None else None
+    window_probs = torch.stack(all_probs) if all_probs and len({p.shape for p in all_probs}) == 1 else None
+    return VolumePrediction(cls, seg_logits, window_probs)
