@@ -5,6 +5,8 @@
 - operating points: `choose_threshold` on validation data, applied unchanged to held-out data;
 - calibration: `brier`, `ece` (bin count stated), `reliability_curve`, `calibration_intercept_slope`;
 - clinical utility: `decision_curve` (net benefit, treat-all, treat-none);
+- segmentation: `binary_segmentation_metrics` / `segmentation_metrics` (Dice, IoU, HD, HD95, ASSD,
+  NSD, volumes in mL; spacing-aware; one declared empty-mask policy), `summarise_segmentation` (n_valid);
 - uncertainty: `patient_bootstrap_ci` (cluster bootstrap, percentile / BCa, vectorised),
   `paired_bootstrap_ci`, `delong_roc_ci`, `delong_roc_test`, `wilson_interval`;
 - records: `to_records` / `MetricRecord` (the long-format rows of the report).
@@ -46,10 +48,20 @@ from medres.metrics.delong import DeLongCI, DeLongTest, delong_covariance, delon
 from medres.metrics.operating_points import candidate_thresholds, choose_threshold
 from medres.metrics.proportions import wilson_interval
 from medres.metrics.records import RECORD_COLUMNS, MetricRecord, to_records
+from medres.metrics.segmentation import (
+    SEGMENTATION_METRICS,
+    SegmentationResult,
+    SegmentationSummary,
+    binary_segmentation_metrics,
+    segmentation_metrics,
+    summarise_segmentation,
+    surface_distances,
+)
 from medres.metrics.undefined import UndefinedMetricWarning
 
 __all__ = [
     "RECORD_COLUMNS",
+    "SEGMENTATION_METRICS",
     "THRESHOLD_METRICS",
     "VECTORISED_METRICS",
     "BootstrapResult",
@@ -60,10 +72,13 @@ __all__ = [
     "DeLongTest",
     "MetricRecord",
     "ReliabilityCurve",
+    "SegmentationResult",
+    "SegmentationSummary",
     "ThresholdMetrics",
     "UndefinedMetricWarning",
     "auroc",
     "average_precision",
+    "binary_segmentation_metrics",
     "brier",
     "calibration_intercept_slope",
     "candidate_thresholds",
@@ -84,6 +99,9 @@ __all__ = [
     "patient_bootstrap_ci",
     "prevalence",
     "reliability_curve",
+    "segmentation_metrics",
+    "summarise_segmentation",
+    "surface_distances",
     "to_records",
     "wilson_interval",
 ]

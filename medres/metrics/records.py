@@ -15,6 +15,7 @@ from typing import Any
 from medres.metrics.bootstrap import BootstrapResult
 from medres.metrics.classification import ThresholdMetrics
 from medres.metrics.delong import DeLongCI
+from medres.metrics.segmentation import SegmentationSummary
 
 __all__ = ["RECORD_COLUMNS", "MetricRecord", "to_records"]
 
@@ -54,8 +55,9 @@ def to_records(results: Mapping[str, Any], *, scope: str, subgroup: str = "all",
     """Turn ``{metric name: result}`` into record rows sharing scope, subgroup, fold, head and class.
 
     A result may be a number, a `BootstrapResult` (estimate and interval), a `DeLongCI` (AUROC and
-    its DeLong interval) or a `ThresholdMetrics` (one row per metric, named ``"<name>_<metric>"``,
-    with its NaN/inf reasons as notes). ``notes`` adds a note per metric name.
+    its DeLong interval), a `ThresholdMetrics` (one row per metric, named ``"<name>_<metric>"``,
+    with its NaN/inf reasons as notes) or a `SegmentationSummary` (the mean of the valid values, ``n``
+    = cases with a valid value, the note says how many of all). ``notes`` adds a note per metric name.
 
     Example:
         >>> to_records({"auroc": patient_bootstrap_ci("auroc", y, p, patients)}, scope="oof", n=len(y))
@@ -79,6 +81,11 @@ def to_records(results: Mapping[str, Any], *, scope: str, subgroup: str = "all",
                 reason = result.reasons.get(metric, "")
                 out.append(MetricRecord(metric=f"{name}_{metric}", value=float(value),
                                         note="; ".join(x for x in (note, reason) if x), **common))
+        elif isinstance(result, SegmentationSummary):
+            counted = f"mean of {result.n_valid} valid of {result.n} cases"
+            seg = {**common, "n": result.n_valid}
+            out.append(MetricRecord(metric=name, value=result.mean,
+                                    note="; ".join(x for x in (note, counted) if x), **seg))
         else:
             out.append(MetricRecord(metric=name, value=float(result), note=note, **common))
     return [r.as_row() for r in out]
