@@ -132,7 +132,8 @@ def train_one_epoch(
         sync = boundary or not ddp or not hasattr(model, "no_sync")
         with (model.no_sync() if not sync else _null()), fast.autocast():
             out = model(image)
-            loss, terms = loss_fn(out, labels, mask, state.epoch)
+            extra = {"has_mask": batch["has_mask"]} if "has_mask" in batch else {}
+            loss, terms = loss_fn(out, labels, mask, state.epoch, **extra)
         if not torch.isfinite(loss.detach()):
             raise TrainingDiverged(
                 f"non-finite loss ({float(loss.detach())}) at step {state.step} (epoch {state.epoch + 1}, "
