@@ -116,6 +116,7 @@ class SegLossConfig(_Section):
     # a scan without a mask file: "background" = its all-zero mask is the truth (nothing to segment);
     # "skip" = left out of the segmentation loss (the batch must then carry a `has_mask` flag)
     missing_mask: Literal["background", "skip"] = "background"
+    batch_dice: bool = True  # Dice summed over the batch before dividing (stable with many empty masks)
 
 
 class TaskWeightConfig(_Section):

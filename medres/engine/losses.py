@@ -1,0 +1,244 @@
+"""Losses for the dual-head model: weighted classification, Dice + CE segmentation, task weighting.
+
+``build_loss(cfg.loss, class_counts=...)`` gives a ``MultiTaskLoss`` whose forward takes the model's
+``DualOutput`` (``cls_logits [B, K]`` and/or ``seg_logits [B, S, *spatial]``), the labels ``[B]``
+(``-1`` = unlabelled, ignored by the classification term), the masks ``[B, 1, *spatial]`` and the epoch,
+and returns ``(total, terms)``.
+
+Conventions, stated once:
+
+- ``balanced`` class weights are scikit-learn's ``compute_class_weight("balanced")``,
+  ``w_c = N / (K * n_c)``, from the *training fold's* counts only.
+- Cross-entropy is torch's (weighted mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}``, torch's label
+  smoothing). Focal loss (Lin et al., ICCV 2017) is ``-alpha_{y} (1 - p_y)^gamma log p_y`` averaged over
+  the labelled samples, ``alpha`` = the class weights when given.
+- Segmentation is MONAI's ``DiceCELoss`` (softmax, one-hot targets, ``weight`` = class weights for
+  both the CE and the Dice terms; MONAI applies the Dice weights only when more than one channel is
+  left after dropping the background, so for a binary mask they weight the CE alone). A scan with
+  no mask file has an all-zero mask; with
+  ``loss.seg.missing_mask: background`` that is its truth (nothing to segment), with ``skip`` the
+  scan is left out of the segmentation term when the batch carries ``has_mask``.
+- Task weights: ``fixed`` (``w_cls``, ``w_seg``), ``warmup`` (``w_cls * min(1, epoch / warmup_epochs)``,
+  0-based epochs: the segmentation head trains alone in epoch 0), or ``uncertainty`` (Kendall, Gal and
+  Cipolla, CVPR 2018): ``L = sum_i exp(-s_i) L_i + s_i`` with learnable ``s_i = log sigma_i^2``. This is
+  twice Kendall's regression form ``L_i / (2 sigma^2) + log sigma`` (same minimiser ``s_i = log L_i``);
+  the paper's classification form ``L_i / sigma^2 + log sigma`` would halve the ``s_i`` term. The
+  ``s_i`` are parameters of the loss module: give ``loss.parameters()`` to the optimizer
+  (``build_optimizer`` puts them in the no-weight-decay group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import Tensor, nn
+
+from medres.config import LossConfig
+from medres.errors import ConfigError, DataError
+
+__all__ = [
+    "balanced_class_weights", "sampler_weights", "FocalLoss", "ClassificationLoss", "SegmentationLoss",
+    "MultiTaskLoss", "build_loss",
+]
+
+IGNORE = -1
+
+
+def balanced_class_weights(class_counts: Sequence[int]) -> Tensor:
+    """``w_c = N / (K * n_c)`` from the training fold's class counts (scikit-learn's ``balanced``).
+
+    Raises:
+        DataError: a class has no training sample (its weight would be infinite).
+    """
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if (counts <= 0).any():
+        missing = [int(i) for i in np.flatnonzero(counts <= 0)]
+        raise DataError(f"class index(es) {missing} have no sample in this training fold, so 'balanced' "
+                        "weights are undefined",
+                        hint="use explicit loss.cls.weights, fewer folds or more data")
+    return torch.as_tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
+def sampler_weights(labels: Sequence[int], class_counts: Sequence[int] | None = None) -> Tensor:
+    """Per-sample weights for ``torch.utils.data.WeightedRandomSampler``: the balanced weight of each
+    sample's class, so every class is drawn equally often; unlabelled samples (-1) get 1.0, the mean
+    weight, i.e. they are drawn as often as under uniform sampling.
+
+    Args:
+        labels: each training sample's class index ``[N]``.
+        class_counts: counts per class (default: counted from ``labels``).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    if class_counts is None:
+        k = int(y.max()) + 1 if (y >= 0).any() else 0
+        class_counts = np.bincount(y[y >= 0], minlength=k)
+    w = balanced_class_weights(class_counts).double().numpy()
+    return torch.as_tensor(np.where(y >= 0, w[np.clip(y, 0, None)], 1.0), dtype=torch.double)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017) for ``logits [B, K]`` and ``target [B]`` (``-1`` ignored):
+    ``mean_i -alpha_{y_i} (1 - p_{i,y_i})^gamma log p_{i,y_i}`` over labelled samples."""
+
+    def __init__(self, gamma: float = 2.0, alpha: Tensor | None = None, ignore_index: int = IGNORE) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.ignore_index = ignore_index
+        self.register_buffer("alpha", None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32))
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        keep = target != self.ignore_index
+        logits, target = logits[keep], target[keep]
+        log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1 - log_p.exp()) ** self.gamma) * log_p
+        if self.alpha is not None:
+            loss = loss * self.alpha[target]
+        return loss.mean()
+
+
+class ClassificationLoss(nn.Module):
+    """Cross-entropy (weighted, label smoothing) or focal loss over labelled samples.
+
+    Returns 0 (still attached to the graph) for a batch with no labelled sample, never NaN.
+    """
+
+    def __init__(self, kind: str = "ce", weight: Tensor | None = None, label_smoothing: float = 0.0,
+                 gamma: float = 2.0) -> None:
+        super().__init__()
+        self.kind = kind
+        self.label_smoothing = label_smoothing
+        weight = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
+        self.register_buffer("weight", weight)
+        self.focal = FocalLoss(gamma, self.weight) if kind == "focal" else None
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``logits [B, K]``, ``target [B]`` long with ``-1`` for unlabelled."""
+        target = target.long()
+        if not bool((target != IGNORE).any()):
+            return logits.sum() * 0.0
+        if self.focal is not None:
+            return self.focal(logits, target)
+        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=IGNORE,
+                               label_smoothing=self.label_smoothing)
+
+
+class SegmentationLoss(nn.Module):
+    """MONAI ``DiceCELoss`` on ``logits [B, S, *spatial]`` and ``mask [B, 1, *spatial]`` (class indices),
+    optionally restricted to the samples whose ``has_mask`` is True."""
+
+    def __init__(self, *, class_weights: Sequence[float] | None = None, include_background: bool = False,
+                 lambda_dice: float = 1.0, lambda_ce: float = 1.0, batch_dice: bool = True,
+                 skip_missing: bool = False) -> None:
+        super().__init__()
+        weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.dice_ce = DiceCELoss(include_background=include_background, to_onehot_y=True, softmax=True,
+                                  batch=batch_dice, weight=weight, lambda_dice=lambda_dice,
+                                  lambda_ce=lambda_ce)
+        self.skip_missing = skip_missing
+
+    def forward(self, logits: Tensor, mask: Tensor, has_mask: Tensor | None = None) -> Tensor:
+        if self.skip_missing and has_mask is not None:
+            keep = has_mask.to(device=logits.device, dtype=torch.bool).reshape(-1)
+            if not bool(keep.any()):
+                return logits.sum() * 0.0
+            logits, mask = logits[keep], mask[keep]
+        return self.dice_ce(logits.float(), mask.long())
+
+
+class MultiTaskLoss(nn.Module):
+    """Combine the heads' losses: ``(total, terms)`` with terms ``loss_cls``, ``loss_seg``, ``w_cls``,
+    ``w_seg`` (detached; ``loss_*`` only for the heads present)."""
+
+    def __init__(self, cls_loss: ClassificationLoss | None, seg_loss: SegmentationLoss | None, *,
+                 mode: str = "fixed", w_cls: float = 1.0, w_seg: float = 1.0, warmup_epochs: int = 0,
+                 init_log_var: float = 0.0) -> None:
+        super().__init__()
+        self.cls_loss, self.seg_loss = cls_loss, seg_loss
+        self.mode, self.w_cls, self.w_seg, self.warmup_epochs = mode, w_cls, w_seg, warmup_epochs
+        # s = log sigma^2 for (cls, seg); only a parameter when learned
+        self.log_vars = nn.Parameter(torch.full((2,), float(init_log_var))) if mode == "uncertainty" else None
+
+    def task_weights(self, epoch: int) -> tuple[Tensor | float, Tensor | float]:
+        """The factors applied to ``L_cls`` and ``L_seg`` at ``epoch`` (0-based)."""
+        if self.mode == "uncertainty":
+            w = torch.exp(-self.log_vars)
+            return w[0], w[1]
+        if self.mode == "warmup" and self.warmup_epochs > 0:
+            return self.w_cls * min(1.0, epoch / self.warmup_epochs), self.w_seg
+        return self.w_cls, self.w_seg
+
+    def forward(self, output: Any, labels: Tensor | None, masks: Tensor | None, epoch: int = 0,
+                has_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``output``: anything with ``.cls_logits [B, K]`` and ``.seg_logits [B, S, *spatial]`` (either
+        may be None); ``labels [B]`` long (-1 unlabelled); ``masks [B, 1, *spatial]`` long;
+        ``has_mask [B]`` bool (only used with ``missing_mask: skip``)."""
+        cls_logits = getattr(output, "cls_logits", None)
+        seg_logits = getattr(output, "seg_logits", None)
+        w_cls, w_seg = self.task_weights(epoch)
+        parts: list[Tensor] = []
+        terms: dict[str, Tensor] = {}
+        if cls_logits is not None and self.cls_loss is not None:
+            if labels is None:
+                raise ValueError("the classification head needs labels")
+            labels = labels.to(cls_logits.device)
+            loss_cls = self.cls_loss(cls_logits, labels)
+            # s_cls is left alone when the batch has no labelled sample (its gradient would be pure drift)
+            learned = self.log_vars is not None and bool((labels != IGNORE).any())
+            parts.append(w_cls * loss_cls + (self.log_vars[0] if learned else 0.0))
+            terms["loss_cls"] = loss_cls.detach()
+        if seg_logits is not None and self.seg_loss is not None:
+            if masks is None:
+                raise ValueError("the segmentation head needs masks")
+            loss_seg = self.seg_loss(seg_logits, masks.to(seg_logits.device), has_mask)
+            parts.append(w_seg * loss_seg + (self.log_vars[1] if self.log_vars is not None else 0.0))
+            terms["loss_seg"] = loss_seg.detach()
+        if not parts:
+            raise ValueError("the model output has neither cls_logits nor seg_logits for this loss")
+        total = torch.stack([p if isinstance(p, Tensor) else torch.tensor(p) for p in parts]).sum()
+        terms["w_cls"] = torch.as_tensor(w_cls).detach().float()
+        terms["w_seg"] = torch.as_tensor(w_seg).detach().float()
+        return total, terms
+
+
+def build_loss(loss_cfg: LossConfig, *, class_counts: Sequence[int] | None = None,
+               num_classes: int | None = None, seg_classes: int | None = None,
+               cls_head: bool = True, seg_head: bool = True) -> MultiTaskLoss:
+    """The configured ``MultiTaskLoss``.
+
+    Args:
+        loss_cfg: ``cfg.loss``.
+        class_counts: scans per class in the *training fold* (needed for ``weights: balanced``).
+        num_classes, seg_classes: ``cfg.model.num_classes`` / ``seg_classes``, to check weight lengths.
+        cls_head, seg_head: which heads the model has.
+    """
+    c, s, t = loss_cfg.cls, loss_cfg.seg, loss_cfg.task
+    cls_loss = seg_loss = None
+    if cls_head:
+        weight = None
+        if c.weights == "balanced":
+            if class_counts is None:
+                raise ConfigError("'balanced' class weights need the training fold's class counts",
+                                  field="loss.cls.weights")
+            weight = balanced_class_weights(class_counts)
+        elif c.weights is not None:
+            weight = torch.as_tensor(c.weights, dtype=torch.float32)
+        k = num_classes
+        if k is None and class_counts is not None:
+            k = len(class_counts)
+        if weight is not None and k is not None and len(weight) != k:
+            raise ConfigError(f"{len(weight)} class weights for {k} classes", field="loss.cls.weights")
+        cls_loss = ClassificationLoss(c.type, weight, c.label_smoothing, c.focal_gamma)
+    if seg_head:
+        if s.class_weights is not None and seg_classes is not None and len(s.class_weights) != seg_classes:
+            raise ConfigError(f"{len(s.class_weights)} weights for {seg_classes} segmentation classes",
+                              field="loss.seg.class_weights")
+        seg_loss = SegmentationLoss(class_weights=s.class_weights, include_background=s.include_background,
+                                    lambda_dice=s.lambda_dice, lambda_ce=s.lambda_ce, batch_dice=s.batch_dice,
+                                    skip_missing=s.missing_mask == "skip")
+    return MultiTaskLoss(cls_loss, seg_loss, mode=t.mode, w_cls=t.cls, w_seg=t.seg,
+                         warmup_epochs=t.warmup_epochs, init_log_var=t.init_log_var)
