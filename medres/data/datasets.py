@@ -1,0 +1,352 @@
+"""Datasets, caching and loaders.
+
+- :func:`manifest_to_records` turns a validated manifest into the records pipelines read.
+- :func:`build_dataset` gives a :class:`CaseDataset`: the deterministic geometric part of the pipeline
+  (load, check, orient, resample: ``medres.data.transforms.load_transforms``) is cached in memory or on
+  disk; intensity normalization and the per-sample part run on every access. Augmentation of sample ``i``
+  in epoch ``e`` is a pure function of ``(seed, e, i)``: the random transforms are re-seeded per item, so
+  results do not depend on DataLoader workers, order or resumption (``set_epoch``).
+- :func:`build_loader` gives a DataLoader with a seeded order per ``(seed, epoch)``, an optional
+  class-balanced sampler and distributed sampling.
+
+Cache keys (SHA-256) cover every input file's identity and state — resolved path, size, mtime_ns,
+ctime_ns and inode, for each file of a DICOM series folder — and the pipeline settings
+(``preprocess_signature``), so a rewritten scan or a changed setting is never served from a stale cache.
+(ctime cannot be set back by a user, so even a same-size rewrite with a restored mtime is caught.) Every
+access re-checks the key, the in-memory cache included. Cached entries hold tensors, the affine and
+acquisition fields only: no file names, manifest fields or DICOM patient fields. CT images are cached in
+float16 HU (at most 0.5 HU rounding below 1024 HU, 2 HU up to 3071), a quarter of MONAI CacheDataset's
+memory for two float32 windows; windows are applied after the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import MetaTensor
+from monai.data.utils import list_data_collate
+from monai.transforms import Compose
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
+
+from medres.config import DataConfig
+from medres.data.dicom import ACQUISITION_FIELDS, safe_message
+from medres.data.transforms import (
+    intensity_transforms,
+    load_transforms,
+    preprocess_signature,
+    sample_transforms,
+)
+from medres.errors import DataError
+
+__all__ = ["manifest_to_records", "build_dataset", "build_loader", "CaseDataset", "item_seed",
+           "balanced_sample_weights", "file_fingerprint", "RECORD_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: Keys every record has; the others are subgroup columns (site, scanner, sex, age, ...), all text.
+RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "row")
+_CACHE_VERSION = 1
+_META_KEEP = ("affine", "original_affine", "spatial_shape", "spacing", "space", "original_channel_dim",
+              *ACQUISITION_FIELDS)
+
+
+def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[dict[str, Any]]:
+    """Records for :func:`build_dataset` from a manifest read by ``medres.data.read_manifest``.
+
+    Each record: ``case_id``, ``patient_id``, ``image`` (a path, or a list of paths when
+    ``data.image_columns`` names several: one channel each), ``mask`` (path or None), ``label`` (index
+    into ``data.labels``; -1 when the manifest has no label column or the cell is empty), ``row``
+    (1-based manifest row), plus every other column as text.
+    """
+    problems = []
+    columns = list(df.columns)
+    missing = [c for c in data_cfg.image_columns if c not in columns]
+    if missing:
+        raise DataError(f"manifest lacks the image column(s) {missing} named in data.image_columns",
+                        path=df.attrs.get("manifest"), hint=f"the manifest has columns {columns}")
+    mask_col = data_cfg.mask_column if data_cfg.mask_column in columns else None
+    labels = {name: i for i, name in enumerate(data_cfg.labels)}
+    skip = {*data_cfg.image_columns, "case_id", "patient_id", "label", mask_col or "mask"}
+    records = []
+    for row, rec in enumerate(df.to_dict("records"), start=1):
+        label_text = str(rec.get("label", "") or "")
+        if label_text and label_text not in labels:
+            problems.append(DataError(f"label {label_text!r} is not one of data.labels {list(labels)}",
+                                      row=row, case_id=str(rec.get("case_id")), path=df.attrs.get("manifest"),
+                                      hint="fix the label or add it to data.labels"))
+            continue
+        images = [str(rec[c]) for c in data_cfg.image_columns]
+        mask = str(rec.get(mask_col, "") or "") if mask_col else ""
+        out = {"case_id": str(rec["case_id"]), "patient_id": str(rec["patient_id"]),
+               "image": images[0] if len(images) == 1 else images, "mask": mask or None,
+               "label": labels.get(label_text, -1), "row": row}
+        out.update({k: "" if v is None else str(v) for k, v in rec.items() if k not in skip})
+        records.append(out)
+    if problems:
+        from medres.errors import DataErrors
+
+        raise DataErrors(problems, path=df.attrs.get("manifest"))
+    return records
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` (a 32-bit int, stable across runs)."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(epoch)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> list[list[Any]]:
+    """``[path, size, mtime_ns, ctime_ns, inode]`` for a file, or for every file under a folder (sorted)."""
+    p = Path(path).resolve()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append([str(f), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    return out
+
+
+def _paths(record: Mapping[str, Any]) -> list[str]:
+    image = record["image"]
+    images = [image] if isinstance(image, (str, os.PathLike)) else list(image)
+    mask = record.get("mask")
+    return [str(p) for p in images] + ([str(mask)] if mask else [])
+
+
+def _strip_meta(t: torch.Tensor) -> dict[str, Any]:
+    """The whitelisted meta of a MetaTensor, as plain types (tensors, lists, numbers, strings)."""
+    meta = getattr(t, "meta", {})
+    out: dict[str, Any] = {}
+    for k in _META_KEEP:
+        if k not in meta:
+            continue
+        v = meta[k]
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu().clone()
+        elif isinstance(v, np.ndarray):
+            v = torch.as_tensor(v).clone() if v.dtype.kind in "fiub" else v.tolist()
+        elif isinstance(v, (np.generic,)):
+            v = v.item()
+        plain = v is None or isinstance(v, (torch.Tensor, int, float, str, list, tuple, bool))
+        out[k] = v if plain else str(v)
+    if isinstance(t, MetaTensor):
+        out["affine"] = t.affine.detach().cpu().clone()
+    return out
+
+
+class CaseDataset(Dataset):
+    """Cases through a cached pipeline. ``dataset[i]`` is a dict (see ``sample_transforms``) plus the
+    record's other fields (``label``, ``case_id``, ``patient_id``, subgroup columns, ``row``).
+
+    Args:
+        records: from :func:`manifest_to_records` (or dicts with ``image`` and optional ``mask``).
+        data_cfg: the ``data`` section.
+        train: training samples (patch crop + augmentation) or evaluation samples (whole volume).
+        cache: ``"memory"``, ``"disk"`` (needs ``cache_dir``) or ``"none"``.
+        cache_dir: folder of the disk cache (entries named by their key; shared safely between runs).
+        seed: the run's seed; augmentation of item ``i`` in epoch ``e`` uses ``item_seed(seed, e, i)``.
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], data_cfg: DataConfig, *, train: bool,
+                 cache: Literal["memory", "disk", "none"] = "memory",
+                 cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> None:
+        if cache == "disk" and cache_dir is None:
+            raise ValueError("cache='disk' needs a cache_dir")
+        self.records = [dict(r) for r in records]
+        self.cfg, self.train, self.cache, self.seed = data_cfg, train, cache, int(seed)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.epoch = 0
+        self.load = Compose(load_transforms(data_cfg))
+        self.tail = Compose([*intensity_transforms(data_cfg), *sample_transforms(data_cfg, train=train)])
+        self.signature = preprocess_signature(data_cfg)
+        self.half = data_cfg.modality == "CT"
+        self._memory: dict[int, tuple[str, dict[str, Any]]] = {}
+        self.stats = {"hits": 0, "misses": 0}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation ``__getitem__`` draws (call before iterating)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def labels(self) -> list[int]:
+        return [int(r.get("label", -1)) for r in self.records]
+
+    def cache_key(self, index: int) -> str:
+        files = [file_fingerprint(p) for p in _paths(self.records[index])]
+        blob = json.dumps({"v": _CACHE_VERSION, "pipeline": self.signature, "files": files,
+                           "half": self.half}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _compute(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        d = self.load({k: rec[k] for k in ("image", "mask") if k in rec})
+        entry: dict[str, Any] = {}
+        for k in ("image", "mask"):
+            if k in d:
+                t = d[k]
+                data = t.as_tensor() if isinstance(t, MetaTensor) else torch.as_tensor(t)
+                if k == "image" and self.half:
+                    data = data.to(torch.float16)
+                entry[k] = data.contiguous().clone()
+                entry[f"{k}_meta"] = _strip_meta(t)
+        return entry
+
+    def _read_disk(self, path: Path) -> dict[str, Any] | None:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None
+        except Exception:  # a truncated or foreign file: recompute and overwrite
+            log.warning("unreadable cache entry %s; recomputing it", path.name)
+            return None
+
+    def _write_disk(self, path: Path, entry: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(entry, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def cached(self, index: int) -> dict[str, Any]:
+        """The geometric part's output for ``index`` (from the cache when its key still matches)."""
+        if self.cache == "none":
+            return self._compute(index)
+        key = self.cache_key(index)
+        if self.cache == "memory":
+            hit = self._memory.get(index)
+            if hit is not None and hit[0] == key:
+                self.stats["hits"] += 1
+                return hit[1]
+            entry = self._compute(index)
+            self._memory[index] = (key, entry)
+        else:
+            path = self.cache_dir / f"{key}.pt"
+            entry = self._read_disk(path) if path.exists() else None
+            if entry is not None:
+                self.stats["hits"] += 1
+                return entry
+            entry = self._compute(index)
+            self._write_disk(path, entry)
+        self.stats["misses"] += 1
+        return entry
+
+    def fill_cache(self) -> None:
+        """Compute every entry now (before DataLoader workers fork, so they share the memory cache)."""
+        for i in range(len(self)):
+            self._located(i, self.cached)
+
+    def _located(self, index: int, fn: Any) -> Any:
+        rec = self.records[index]
+        try:
+            return fn(index)
+        except Exception as exc:
+            err = _find_data_error(exc)
+            if err is None:
+                err = DataError(f"could not be preprocessed ({type(exc).__name__}: {safe_message(exc)})",
+                                path=_paths(rec)[0], hint="run python -m medres.data.check on the manifest")
+            raise err.located(row=rec.get("row"), case_id=rec.get("case_id")) from None
+
+    def _item(self, index: int) -> dict[str, Any]:
+        entry = self.cached(index)
+        rec = self.records[index]
+        d: dict[str, Any] = {k: v for k, v in rec.items() if k not in ("image", "mask")}
+        for k in ("image", "mask"):
+            if k in entry:
+                meta = dict(entry[f"{k}_meta"])
+                t = entry[k]
+                t = t.float() if t.dtype == torch.float16 else t.clone()  # never hand out the cached tensor
+                d[k] = MetaTensor(t, affine=meta.pop("affine"), meta=meta)
+        if self.train:
+            self.tail.set_random_state(seed=item_seed(self.seed, self.epoch, index))
+        return self.tail(d)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._located(int(index), self._item)
+
+
+def _find_data_error(exc: BaseException | None) -> DataError | None:
+    """The DataError behind an exception (MONAI's Compose wraps transform errors in RuntimeError)."""
+    for _ in range(10):
+        if exc is None:
+            return None
+        if isinstance(exc, DataError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def build_dataset(records: Sequence[Mapping[str, Any]], data_cfg: DataConfig, *, train: bool,
+                  cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> CaseDataset:
+    """A :class:`CaseDataset` with the configured cache (``data.cache``; ``disk`` goes to ``cache_dir``,
+    default ``data.cache_dir``; with neither, the memory cache)."""
+    cache = data_cfg.cache
+    folder = cache_dir if cache_dir is not None else data_cfg.cache_dir
+    if cache == "disk" and folder is None:
+        log.info("data.cache is 'disk' but no cache folder is set; caching in memory")
+        cache = "memory"
+    return CaseDataset(records, data_cfg, train=train, cache=cache, cache_dir=folder, seed=seed)
+
+
+def balanced_sample_weights(labels: Sequence[int]) -> torch.Tensor:
+    """Per-sample weights ``1 / count(label)`` (unlabelled samples, -1, get weight 0)."""
+    labels_t = torch.as_tensor(list(labels), dtype=torch.long)
+    weights = torch.zeros(len(labels_t), dtype=torch.double)
+    for c in labels_t.unique().tolist():
+        if c >= 0:
+            sel = labels_t == c
+            weights[sel] = 1.0 / int(sel.sum())
+    return weights
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(item_seed(seed, epoch, -1))
+
+
+def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
+                 sampler: Sampler | Literal["balanced"] | None = None, num_workers: int = 0,
+                 distributed: bool = False, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose order is a pure function of ``(seed, epoch)``.
+
+    Args:
+        dataset: usually a :class:`CaseDataset` (its ``set_epoch`` is called with ``epoch``).
+        shuffle: a seeded random order (ignored when ``sampler`` is given).
+        sampler: a Sampler, ``"balanced"`` (``WeightedRandomSampler`` with inverse class frequencies,
+            seeded), or None.
+        distributed: split the samples over ranks with ``DistributedSampler`` (seeded, ``set_epoch``).
+        num_workers: worker processes; a memory cache is filled first so that workers share it.
+    """
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    if distributed:
+        if sampler is not None:
+            raise ValueError("distributed loading takes no other sampler (balance with class weights)")
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler.set_epoch(epoch)
+    elif sampler == "balanced":
+        weights = balanced_sample_weights(dataset.labels())
+        sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
+                                        generator=_generator(seed, epoch))
+    elif isinstance(sampler, str):
+        raise ValueError(f"unknown sampler {sampler!r}; use 'balanced', a Sampler or None")
+    if num_workers > 0 and isinstance(dataset, CaseDataset) and dataset.cache == "memory":
+        dataset.fill_cache()
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
+                      sampler=sampler, num_workers=num_workers, collate_fn=list_data_collate,
+                      generator=_generator(seed, epoch), drop_last=drop_last, pin_memory=pin_memory,
+                      persistent_workers=False)

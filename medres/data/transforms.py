@@ -1,0 +1,272 @@
+"""MONAI dictionary pipelines built from ``DataConfig``: keys ``image`` (channels first) and ``mask``.
+
+A pipeline has two parts:
+
+- :func:`preprocess_transforms` — deterministic: load (``MedresReader``: DICOM series, NIfTI, PNG/JPEG with
+  geometry checks), image/mask agreement check, channels first, RAS orientation, resampling to
+  ``data.spacing`` (image bilinear, mask nearest), intensity normalization (CT windows in HU -> one
+  channel per window in [0, 1]; MR per-channel z-score over non-zero voxels; ImageNet mean/std for
+  natural images). This part is what datasets cache.
+- :func:`sample_transforms` — per sample: an all-zero mask for scans without one, then for training
+  pad + a foreground-aware patch crop (``pos_fraction`` of the patches centred on mask foreground) and
+  augmentation (flips, small rotation/zoom, intensity scale/shift/noise), or for evaluation the whole
+  resampled volume (a ``MetaTensor`` with its affine, for sliding-window inference).
+
+The 2D path: natural images (``modality: natural``) get torchvision's ImageNet recipe (random-resized
+crop + horizontal flip for training; resize + centre crop for evaluation). With ``spatial_dims: 2`` and
+CT/MR volumes, training samples are axial slices: a ``[*patch_size, 1]`` patch (foreground-aware like
+3D) squeezed to 2D; evaluation returns the whole volume and the caller runs the 2D model slice by slice.
+
+Every random draw comes from the transforms' random state: ``Compose.set_random_state(seed)`` makes a
+sample's augmentation a pure function of the seed (see ``medres.data.datasets``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    CastToTyped,
+    CenterSpatialCropd,
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Lambda,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RepeatChanneld,
+    Resized,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+    SqueezeDimd,
+    Transform,
+)
+
+from medres.config import DataConfig
+from medres.data.intensity import CTWindowsd
+from medres.data.io import MedresReader
+from medres.data.spatial import CheckImageMaskd, MaskOrZerosd, RandPatchCropd, RandResizedCropd
+
+__all__ = ["build_transforms", "preprocess_transforms", "load_transforms", "intensity_transforms",
+           "sample_transforms", "input_channels",
+           "ct_windows", "preprocess_signature", "to_source_geometry", "DEFAULT_CT_WINDOWS",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
+
+#: Used when a CT configuration with ``normalize: window`` lists no windows: one channel, -1000..400 HU
+#: (one channel, as ``Config.resolved`` derives ``model.in_channels``).
+DEFAULT_CT_WINDOWS = ((-300.0, 1400.0),)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE, MASK = "image", "mask"
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def ct_windows(cfg: DataConfig) -> list[tuple[float, float]]:
+    """The configured ``(center, width)`` windows in HU, or :data:`DEFAULT_CT_WINDOWS`."""
+    return [(w.center, w.width) for w in cfg.windows] or [tuple(w) for w in DEFAULT_CT_WINDOWS]
+
+
+def input_channels(cfg: DataConfig) -> int:
+    """Number of channels the pipeline gives the model: image columns x CT windows (when windowing CT),
+    3 for ImageNet-normalized natural images, else one per image column."""
+    if cfg.modality == "natural" and cfg.normalize == "imagenet":
+        return 3
+    n = len(cfg.image_columns)
+    if cfg.modality == "CT" and cfg.normalize == "window":
+        n *= len(ct_windows(cfg))
+    return n
+
+
+def _has_mask(cfg: DataConfig) -> bool:
+    return cfg.mask_column is not None and cfg.modality != "natural"
+
+
+def _drop_missing(data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+    """Remove keys whose value is None or "" (a scan without a mask), so LoadImaged skips them."""
+    return {k: v for k, v in data.items() if not (k == MASK and v in (None, ""))}
+
+
+def load_transforms(cfg: DataConfig) -> list[Transform]:
+    """The deterministic geometric part: load, check image/mask agreement, channels first, orient, resample.
+
+    Output: ``image`` float32 MetaTensor ``[C_in, *spatial]`` in source units (HU for CT; one channel per
+    image column), ``mask`` uint8 ``[1, *spatial]`` on the same grid when the record has one. Datasets cache
+    this part (its settings: :func:`preprocess_signature`).
+    """
+    natural = cfg.modality == "natural"
+    ndim = 2 if natural else 3
+    keys = [IMAGE, MASK] if _has_mask(cfg) else [IMAGE]
+    t: list[Transform] = [
+        Lambda(_drop_missing),
+        LoadImaged(IMAGE, reader=MedresReader(ndim=ndim), dtype=np.float32, image_only=True),
+    ]
+    if _has_mask(cfg):
+        t += [LoadImaged(MASK, reader=MedresReader(ndim=ndim), dtype=None, image_only=True,
+                         allow_missing_keys=True),
+              CheckImageMaskd(MASK, IMAGE, labels=sorted(cfg.mask_labels))]
+    t.append(EnsureChannelFirstd(keys, allow_missing_keys=True))
+    if cfg.orientation and not natural:
+        t.append(Orientationd(keys, axcodes=cfg.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
+    if cfg.spacing and not natural:
+        t.append(Spacingd(keys, pixdim=cfg.spacing, mode=("bilinear", "nearest")[: len(keys)],
+                          dtype=np.float32, allow_missing_keys=True))
+    if _has_mask(cfg):
+        t.append(CastToTyped(MASK, dtype=torch.uint8, allow_missing_keys=True))
+    t.append(Lambda(_sync_spacing))
+    return t
+
+
+def intensity_transforms(cfg: DataConfig) -> list[Transform]:
+    """The deterministic intensity part: CT windows in HU -> one channel per window in [0, 1] (float32),
+    MR per-channel z-score over non-zero voxels, or ImageNet mean/std (greyscale repeated to RGB)."""
+    if cfg.normalize == "window":
+        if cfg.modality != "CT":
+            raise ValueError("normalize: window applies to CT only (use zscore for MR)")
+        return [CTWindowsd(IMAGE, ct_windows(cfg))]
+    if cfg.normalize == "zscore":
+        return [EnsureTyped(IMAGE, dtype=torch.float32), NormalizeIntensityd(IMAGE, nonzero=True,
+                                                                             channel_wise=True)]
+    if cfg.normalize == "imagenet":
+        return [_GreyToRGBd(IMAGE), EnsureTyped(IMAGE, dtype=torch.float32),
+                ScaleIntensityRanged(IMAGE, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
+                NormalizeIntensityd(IMAGE, subtrahend=IMAGENET_MEAN, divisor=IMAGENET_STD, channel_wise=True)]
+    return [EnsureTyped(IMAGE, dtype=torch.float32)]
+
+
+def preprocess_transforms(cfg: DataConfig) -> list[Transform]:
+    """The whole deterministic part, :func:`load_transforms` then :func:`intensity_transforms`.
+
+    Output: ``image`` float32 MetaTensor ``[C, *spatial]`` (C = :func:`input_channels`), ``mask`` uint8
+    ``[1, *spatial]`` when the record has one.
+    """
+    return [*load_transforms(cfg), *intensity_transforms(cfg)]
+
+
+def _sync_spacing(data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+    """Set ``meta["spacing"]`` to the voxel size of the current affine (the loader's value predates
+    resampling; distance metrics read it)."""
+    d = dict(data)
+    for key in (IMAGE, MASK):
+        value = d.get(key)
+        if isinstance(value, MetaTensor):
+            n = value.ndim - 1
+            value.meta["spacing"] = np.linalg.norm(np.asarray(value.affine)[:n, :n], axis=0).tolist()
+    return d
+
+
+class _GreyToRGBd(MapTransform):
+    """Repeat a one-channel (greyscale) image to 3 channels for ImageNet-normalized models."""
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if d[key].shape[0] == 1:
+                d[key] = RepeatChanneld(key, repeats=3)({key: d[key]})[key]
+        return d
+
+
+def _augment(cfg: DataConfig, keys: list[str], spatial_dims: int, *, natural: bool = False
+             ) -> list[Transform]:
+    """Flips (all spatial axes by default; horizontal only for natural images), small affine (not for
+    natural images, whose crop already zooms), intensity scale/shift/noise."""
+    a = cfg.augment
+    if not a.enabled:
+        return []
+    t: list[Transform] = []
+    default_axes = [0] if natural else list(range(spatial_dims))
+    flip_axes = a.flip_axes if a.flip_axes is not None else default_axes
+    t += [RandFlipd(keys, prob=a.flip_prob, spatial_axis=ax) for ax in flip_axes if a.flip_prob > 0]
+    if not natural and a.affine_prob > 0 and (a.rotate_deg > 0 or a.scale > 0):
+        rot = math.radians(a.rotate_deg)
+        t.append(RandAffined(keys, prob=a.affine_prob, rotate_range=[rot] * (1 if spatial_dims == 2 else 3),
+                             scale_range=[a.scale] * spatial_dims, mode=("bilinear", "nearest")[: len(keys)],
+                             padding_mode=("border", "zeros")[: len(keys)]))
+    if a.intensity_prob > 0:
+        if a.intensity_scale > 0:
+            t.append(RandScaleIntensityd(IMAGE, factors=a.intensity_scale, prob=a.intensity_prob))
+        if a.intensity_shift > 0:
+            t.append(RandShiftIntensityd(IMAGE, offsets=a.intensity_shift, prob=a.intensity_prob))
+        if a.noise_std > 0:
+            t.append(RandGaussianNoised(IMAGE, std=a.noise_std, prob=a.intensity_prob))
+    return t
+
+
+def sample_transforms(cfg: DataConfig, *, train: bool) -> list[Transform]:
+    """The per-sample part, after :func:`preprocess_transforms` (and after a cache).
+
+    Training output: ``image`` float32 Tensor ``[C, *patch_size]``, ``mask`` int64 ``[1, *patch_size]``
+    (zeros when the scan has no mask), ``has_mask`` bool. Evaluation output: ``image`` float32
+    MetaTensor ``[C, *spatial]`` (whole resampled volume, affine in its meta), ``mask`` int64 MetaTensor
+    ``[1, *spatial]``, ``has_mask``. Natural images: ``[C, *patch_size]`` in both.
+    """
+    patch = list(cfg.patch_size)
+    if cfg.modality == "natural":
+        if train:
+            crop = (RandResizedCropd(IMAGE, patch) if cfg.augment.random_resized_crop
+                    else Resized(IMAGE, spatial_size=patch))
+            t = [crop, *_augment(cfg, [IMAGE], 2, natural=True)]
+        else:  # torchvision's eval recipe: resize to patch / 0.875 (256 for 224), centre crop
+            t = [Resized(IMAGE, spatial_size=[round(s / 0.875) for s in patch]),
+                 CenterSpatialCropd(IMAGE, patch)]
+        return [*t, EnsureTyped(IMAGE, dtype=torch.float32, track_meta=not train)]
+    keys = [IMAGE, MASK]
+    t = [MaskOrZerosd(MASK, ref_key=IMAGE)]
+    if train:
+        slices = cfg.spatial_dims == 2
+        crop_size = [*patch, 1] if slices else patch
+        if len(crop_size) != 3:
+            raise ValueError(f"patch_size {patch} does not fit spatial_dims {cfg.spatial_dims}")
+        t += [SpatialPadd(keys, spatial_size=crop_size),
+              RandPatchCropd(keys, label_key=MASK, spatial_size=crop_size, pos_fraction=cfg.pos_fraction)]
+        if slices:
+            t.append(SqueezeDimd(keys, dim=3))
+        t += _augment(cfg, keys, len(patch))
+    t += [EnsureTyped(IMAGE, dtype=torch.float32, track_meta=not train),
+          EnsureTyped(MASK, dtype=torch.long, track_meta=not train)]
+    return t
+
+
+def build_transforms(cfg: DataConfig, *, train: bool) -> Compose:
+    """The whole pipeline for records of ``medres.data.datasets.manifest_to_records``.
+
+    ``Compose(build_transforms(cfg, train=True)).set_random_state(seed)`` fixes every random draw.
+    """
+    return Compose([*preprocess_transforms(cfg), *sample_transforms(cfg, train=train)])
+
+
+def preprocess_signature(cfg: DataConfig) -> str:
+    """The settings :func:`load_transforms` depends on, as canonical JSON (part of every cache key)."""
+    import monai
+
+    fields = ["modality", "image_columns", "mask_column", "mask_labels", "orientation", "spacing"]
+    spec = cfg.model_dump(include=set(fields), mode="json")
+    spec["pipeline_version"] = 1
+    spec["monai"] = monai.__version__
+    return json.dumps(spec, sort_keys=True)
+
+
+def to_source_geometry(pred: torch.Tensor, *, mode: str = "nearest") -> torch.Tensor:
+    """Resample ``pred`` ``[C, *spatial]`` (a MetaTensor on the preprocessed grid, e.g. a predicted mask
+    with the evaluation image's meta) back onto the source scan's grid, using the ``original_affine`` and
+    ``spatial_shape`` the loader recorded. Returns a MetaTensor whose affine is the source affine."""
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    if not isinstance(pred, MetaTensor) or "original_affine" not in pred.meta:
+        raise ValueError("to_source_geometry needs a MetaTensor carrying the loader's original_affine")
+    dst = torch.as_tensor(np.asarray(pred.meta["original_affine"]), dtype=torch.float64)
+    shape = [int(s) for s in np.asarray(pred.meta["spatial_shape"]).tolist()]
+    return SpatialResample(mode=mode, padding_mode="zeros")(pred, dst_affine=dst, spatial_size=shape)
