@@ -92,10 +92,16 @@ def _sop_refusal(ds: Dataset, path: Path) -> DataError | None:
     if sop == "1.2.840.10008.5.1.4.1.1.481.2":
         return DataError(f"is an RT Dose grid ({name}), not a scan", path=path,
                          hint="point the manifest at the CT/MR series")
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        return DataError(f"holds no pixel data ({name})", path=path,
-                         hint="point the manifest at an image file or series folder")
     return None
+
+
+def _check_pixels_present(ds: Dataset, path: Path) -> None:
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        sop = str(ds.get("SOPClassUID", "") or "")
+        name = UID(sop).name if sop else "unknown SOP class"
+        raise DataError(f"holds no pixel data ({name}); if it should be an image, the file is truncated",
+                        path=path, hint="point the manifest at an image file or series folder, or re-copy "
+                                        "the file")
 
 
 def _read_dataset(path: Path) -> Dataset:
@@ -396,6 +402,7 @@ def read_dicom_file(path: str | Path) -> tuple[np.ndarray, dict]:
     refusal = _sop_refusal(ds, path)
     if refusal is not None:
         raise refusal
+    _check_pixels_present(ds, path)
     stack, affine = _assemble(_frames(ds, path), path, volume=False)
     return _result(stack, affine, ds)
 
@@ -438,6 +445,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> t
             logger.warning("%s: skipping %s: %s", folder, file.name, refusal.reason)
             skipped.append(refusal)
             continue
+        _check_pixels_present(ds, file)
         series.setdefault(str(ds.get("SeriesInstanceUID", "") or ""), []).append((file, ds))
     if not series:
         if skipped:

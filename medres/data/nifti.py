@@ -125,7 +125,7 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, dict]:
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise DataError(f"has an invalid shape {shape}", path=path, hint="re-export the file")
     dtype = header.get_data_dtype()
-    offset = int(header.get("vox_offset", 0)) if header.sizeof_hdr == 348 else int(header["vox_offset"])
+    offset = int(getattr(img.dataobj, "offset", 0))
     need = offset + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
     have = _gzip_size(path) if compressed else path.stat().st_size
     if need > have and not (compressed and need >= 2**32):
