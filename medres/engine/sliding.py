@@ -16,7 +16,8 @@ A volume larger than the training patch is covered by overlapping windows (MONAI
 
 Flip test-time augmentation runs the identity and one flip per spatial axis (``1 + spatial_dims``
 passes); each pass's segmentation logits are flipped back before averaging, and the case-level
-class probabilities are averaged over passes.
+class probabilities are averaged over passes. A 2D model on a volume runs slice by slice, each
+slice's windows joining the case's windows.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ def infer_volume(model: nn.Module, image: Tensor, *, roi_size: Sequence[int], ov
                  device: torch.device | str | None = None) -> VolumePrediction:
     """Predict one volume ``image`` [C, *spatial] (after the evaluation pipeline) with ``model`` in eval mode.
 
+    A 2D model on a volume (``image`` [C, X, Y, Z] with a 2D ``roi_size``) runs slice by slice along the
+    last (axial, after RAS orientation) axis; every slice's windows then count as the case's windows.
+
     Args:
         roi_size: the window, normally the training patch (``data.patch_size``); a volume smaller than
             it is padded (MONAI) and the output cropped back.
@@ -128,13 +132,23 @@ def infer_volume(model: nn.Module, image: Tensor, *, roi_size: Sequence[int], ov
     was_training = model.training
     model.eval()
     x = torch.as_tensor(image).float()[None]  # plain tensor [1, C, *spatial]
-    spatial = list(range(2, x.ndim))
+    by_slice = x.ndim - 2 == len(roi_size) + 1  # a 2D model on a volume: axial slices (last axis)
+    spatial = list(range(2, x.ndim - 1 if by_slice else x.ndim))
     flips: list[tuple[int, ...]] = [()] + ([(d,) for d in spatial] if tta else [])
     all_probs, case_probs, seg_sum = [], [], None
+
+    def run(xf: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        return _one_pass(model, xf, list(roi_size), overlap, sw_batch_size, blend, device)
+
     try:
         for dims in flips:
             xf = torch.flip(x, dims) if dims else x
-            probs, seg = _one_pass(model, xf, list(roi_size), overlap, sw_batch_size, blend, device)
+            if by_slice:
+                parts = [run(xf[..., z]) for z in range(xf.shape[-1])]
+                probs = torch.cat([p for p, _ in parts]) if parts[0][0] is not None else None
+                seg = torch.stack([s for _, s in parts], dim=-1) if parts[0][1] is not None else None
+            else:
+                probs, seg = run(xf)
             if probs is not None:
                 all_probs.append(probs)
                 case_probs.append(aggregate_windows(probs, cls_aggregate))

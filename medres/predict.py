@@ -1,0 +1,148 @@
+"""``python -m medres.predict``: a trained model on new scans -> class probabilities (CSV) and masks (NIfTI).
+
+    python -m medres.predict --checkpoint runs/ct_chest/fold_0/checkpoint_best.pt \\
+        --input scans/ --output predictions/ [--tta] [--device cpu]
+
+``--input`` is one of:
+
+- a scan: a NIfTI file, a DICOM file, or a DICOM series folder;
+- a manifest CSV (as for training: ``case_id``, ``patient_id``, ``image``/``image_*``; ``label``
+  optional, giving ``y_true``);
+- a folder of scans: each NIfTI/DICOM/PNG/JPEG file in it is a case, or, when it holds only folders,
+  each sub-folder is a DICOM series.
+
+The scans go through the checkpoint's own evaluation pipeline (orientation, spacing, windows) and
+MONAI sliding-window inference. Written to ``--output``: ``predictions.csv`` (the predictions-table
+columns of DESIGN.md: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred``, subgroup columns,
+``image``, ``mask``, ``seg_path``; ``y_true`` and ``fold`` are -1 where unknown) and
+``seg/<case_id>.nii.gz``, each mask in its source scan's geometry (it overlays the original).
+A problem with the input is reported as one message and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medres.errors import ConfigError, DataError, MedresError
+
+__all__ = ["main", "input_records"]
+
+log = logging.getLogger("medres.predict")
+
+_FILE_SCANS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")  # one file = one case in a folder of scans
+_SCAN_SUFFIXES = (*_FILE_SCANS, ".dcm", ".dicom", ".ima")  # DICOM files in a folder form one series
+
+
+def _case_id(path: Path) -> str:
+    name = path.name
+    for s in _SCAN_SUFFIXES:
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _scan_records(paths: list[Path]) -> list[dict[str, Any]]:
+    ids = [_case_id(p) for p in paths]
+    return [{"case_id": cid if ids.count(cid) == 1 else p.name, "patient_id": "", "image": str(p),
+             "mask": None, "label": -1} for cid, p in zip(ids, paths)]
+
+
+def input_records(path: str | Path, config: Any) -> list[dict[str, Any]]:
+    """The cases named by ``--input`` as records (see :func:`medres.engine.inference.predict_cases`)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("does not exist", path=path, hint="pass a scan, a DICOM series folder, a folder of "
+                                                          "scans or a manifest CSV")
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _manifest_records(path, config)
+    if path.is_file():
+        return _scan_records([path])
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    scans = [p for p in entries if p.is_file() and p.name.lower().endswith(_FILE_SCANS)]
+    if scans:
+        return _scan_records(scans)
+    files = [p for p in entries if p.is_file()]
+    if files and any(_is_dicom(p) for p in files):
+        return _scan_records([path])  # one DICOM series
+    folders = [p for p in entries if p.is_dir()]
+    if folders and not files:
+        return _scan_records(folders)
+    raise DataError("holds no scans (NIfTI/PNG/JPEG files, DICOM files or series sub-folders)", path=path,
+                    hint="point --input at a scan, a series folder, a folder of scans or a manifest CSV")
+
+
+def _manifest_records(path: Path, config: Any) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    from medres.data.datasets import manifest_to_records
+    from medres.data.manifest import read_manifest
+
+    data = config.data
+    header = pd.read_csv(path, nrows=0, dtype=str).columns
+    has_labels = "label" in header
+    df = read_manifest(path, vocabulary=data.labels if has_labels else None)
+    if not has_labels:
+        df["label"] = ""
+    return manifest_to_records(df, data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m medres.predict", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a medres checkpoint (e.g. fold_0/checkpoint_best.pt)")
+    p.add_argument("--input", required=True, help="a scan, a DICOM series folder, a folder of scans or a "
+                                                  "manifest CSV")
+    p.add_argument("--output", required=True, help="folder for predictions.csv and seg/<case_id>.nii.gz")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (1 + spatial_dims passes)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: config)")
+    p.add_argument("--aggregate", choices=("max", "mean"), default=None,
+                   help="window -> case probability: max (most abnormal window; default) or mean")
+    p.add_argument("--no-masks", action="store_true", help="write probabilities only")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return _run(args)
+    except MedresError as e:
+        print(f"medres.predict: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from medres.engine.inference import Predictor, write_table
+
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: no CUDA device is available", hint="use --device cpu")
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise DataError("checkpoint not found", path=ckpt, hint="pass a fold's checkpoint_best.pt")
+    predictor = Predictor.from_checkpoint(ckpt, device=args.device, tta=args.tta or None,
+                                          overlap=args.overlap, cls_aggregate=args.aggregate)
+    records = input_records(args.input, predictor.config)
+    if not records:
+        raise DataError("lists no cases", path=args.input)
+    out = Path(args.output)
+    seg_dir = None if args.no_masks else out / "seg"
+    df = predictor.predict_records(records, seg_dir=seg_dir, seg_relative_to=out)
+    table = write_table(df, out / "predictions.csv")
+    log.info("%d case(s) -> %s%s", len(df), table, "" if args.no_masks else f"; masks in {out / 'seg'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

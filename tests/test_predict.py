@@ -1,0 +1,161 @@
+"""``python -m medres.predict`` and ``Predictor`` on scans the model has not seen (nothing is trained)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+from medres.config import load_config
+from medres.data.io import load_image
+from medres.engine.checkpoint import save_checkpoint
+from medres.engine.fold import build_model, model_spec
+from medres.engine.inference import Predictor
+from medres.predict import main
+from tests.data.dicom_factory import CT_SMALL, write_series
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ["case_id", "patient_id", "fold", "y_true", "p_normal", "p_nodule", "y_pred", "image", "mask",
+           "seg_path"]
+AFFINE = np.array([[0.0, -1.6, 0.0, 40.0], [-1.4, 0.0, 0.0, 30.0], [0.0, 0.0, 3.0, -20.0], [0, 0, 0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A dual-head ResNet-10 with random weights, saved through the engine's checkpoint writer."""
+    cfg = load_config({
+        "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],
+                 "normalize": "window", "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
+        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
+    })
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = tmp_path_factory.mktemp("run") / "checkpoint_best.pt"
+    save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
+                     "model_spec": model_spec(cfg), "epoch": 1}, path)
+    return path
+
+
+def ct_volume(shape=(30, 26, 9)) -> np.ndarray:
+    """HU: air with a soft-tissue ellipsoid (off-centre)."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")).astype(float)
+    inside = ((grid[0] - 18) / 8) ** 2 + ((grid[1] - 10) / 6) ** 2 + ((grid[2] - 4) / 3) ** 2 < 1
+    return np.where(inside, 40.0, -1000.0).astype(np.float32)
+
+
+@pytest.fixture
+def scans(tmp_path) -> Path:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(ct_volume(), AFFINE), folder / "a.nii.gz")
+    nib.save(nib.Nifti1Image(ct_volume((20, 22, 7))[::-1].copy(), np.diag([2.0, 2.0, 2.5, 1.0])),
+             folder / "b.nii")
+    return folder
+
+
+def test_folder_of_scans_gives_table_and_overlaying_masks(checkpoint, scans, tmp_path):
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--input", str(scans), "--output", str(out)]) == 0
+    df = pd.read_csv(out / "predictions.csv", dtype={"patient_id": str}, keep_default_na=False)
+    assert list(df.columns) == COLUMNS
+    assert df["case_id"].tolist() == ["a", "b"]
+    assert df["y_true"].tolist() == [-1, -1] and df["fold"].tolist() == [-1, -1]
+    np.testing.assert_allclose(df[["p_normal", "p_nodule"]].sum(axis=1), 1.0, atol=1e-6)
+    assert df["y_pred"].tolist() == (df["p_nodule"] > df["p_normal"]).astype(int).tolist()
+    for row in df.itertuples():
+        src, mask = nib.load(row.image), nib.load(out / row.seg_path)
+        assert mask.shape == src.shape and mask.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(mask.affine, src.affine, atol=1e-5)
+
+
+def test_predictor_on_path_and_on_loaded_tensor_agree(checkpoint, scans):
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    by_path = predictor.predict(scans / "a.nii.gz")
+    by_tensor = predictor.predict(load_image(scans / "a.nii.gz"))
+    assert set(by_path.probabilities) == {"normal", "nodule"}
+    assert sum(by_path.probabilities.values()) == pytest.approx(1.0)
+    for k, v in by_path.probabilities.items():
+        assert by_tensor.probabilities[k] == pytest.approx(v, abs=1e-5)
+    assert by_path.mask.shape == ct_volume().shape
+    np.testing.assert_allclose(by_path.mask.affine.numpy(), AFFINE, atol=1e-5)
+    assert torch.equal(by_path.mask, by_tensor.mask)
+    tta = Predictor.from_checkpoint(checkpoint, device="cpu", tta=True).predict(scans / "a.nii.gz")
+    assert tta.mask.shape == by_path.mask.shape
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "medres.predict", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _patient_bytes() -> list[bytes]:
+    ds = pydicom.dcmread(CT_SMALL)
+    values = [str(ds.PatientName), str(ds.PatientID), str(ds.PatientName).replace("^", " ")]
+    return [v.encode() for v in values if len(v) >= 3]
+
+
+@pytest.mark.slow
+def test_cli_on_dicom_series_leaks_no_patient_fields(checkpoint, tmp_path):
+    series = tmp_path / "series_1"
+    write_series(series, 4)  # copies of pydicom's CT_small: PatientName and PatientID kept
+    secrets = _patient_bytes()
+    assert any(s in (series / "IM0000.dcm").read_bytes() for s in secrets)  # the input does hold them
+    out = tmp_path / "out"
+    done = _run_cli("--checkpoint", str(checkpoint), "--input", str(series), "--output", str(out), "--tta")
+    assert done.returncode == 0, done.stderr
+    df = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert df["case_id"].tolist() == ["series_1"]
+    src = load_image(series)
+    mask = nib.load(out / df.loc[0, "seg_path"])
+    assert mask.shape == tuple(src.shape)
+    np.testing.assert_allclose(mask.affine, src.affine.numpy(), atol=1e-4)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) == 2
+    for path in files:
+        raw = path.read_bytes()
+        raw += gzip.decompress(raw) if path.name.endswith(".gz") else b""
+        for s in secrets:
+            assert s not in raw, f"{s!r} found in {path.name}"
+    for s in secrets:
+        assert s.decode() not in done.stdout + done.stderr
+
+
+def test_bad_inputs_are_one_message_and_exit_2(checkpoint, tmp_path, capsys):
+    # One CT slice where the checkpoint's pipeline needs a volume: a DataError naming the file.
+    assert main(["--checkpoint", str(checkpoint), "--input", str(CT_SMALL),
+                 "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "CT_small.dcm" in err and "volume" in err and "Traceback" not in err
+    assert not any(s.decode() in err for s in _patient_bytes())
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert main(["--checkpoint", str(tmp_path / "bad.pt"), "--input", str(CT_SMALL),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "no usable checkpoint" in capsys.readouterr().err
+    (tmp_path / "m.csv").write_text("id,path\n1,x.nii.gz\n")
+    assert main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "m.csv"),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "required column 'case_id' is missing" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_input_and_checkpoint_exit_2(checkpoint, tmp_path, capsys):
+    assert main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "nope.nii.gz"),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "nope.nii.gz: does not exist" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--input", str(tmp_path),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "empty"),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "holds no scans" in capsys.readouterr().err
