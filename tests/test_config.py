@@ -198,3 +198,13 @@ def test_dump_roundtrip_hash_and_diff(tmp_path):
 def test_config_class_defaults_still_validate():
     # other modules build Config() directly in their tests
     assert Config().resolved().model.num_classes == 2
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_configs_load_and_roundtrip(path, tmp_path):
+    cfg = load_config(path)
+    again = load_config(save_resolved(cfg, tmp_path / "config.yaml"))
+    assert config_hash(again) == config_hash(cfg)
