@@ -117,6 +117,17 @@ def test_flip_tta_unflips_segmentation():
     assert (flipped - plain.seg_logits).abs().max() > 1.0
 
 
+def test_2d_model_on_a_volume_runs_slice_by_slice():
+    x = torch.from_numpy(blob_volume())[None]  # [1, 40, 34, 18]
+    model = ThresholdModel()
+    pred = infer_volume(model, x, roi_size=[16, 16], tta=True)
+    with torch.no_grad():
+        full = model(x[None]).seg_logits[0]
+    torch.testing.assert_close(pred.seg_logits, full, atol=1e-4, rtol=1e-4)
+    assert pred.window_probs.shape[:2] == (3, 18 * 9)  # identity + 2 flips; 18 slices of 3x3 windows
+    assert pred.cls_probs[1] > 0.9
+
+
 def test_mask_overlays_source_after_reorient_and_resample(source, tmp_path):
     """A perfect model run on the RAS 1.5 mm grid gives back the thresholded SOURCE within 1 grid voxel."""
     sample = eval_pipeline()({"image": str(source)})
@@ -152,12 +163,9 @@ def test_mask_to_source_identity_is_exact():
     assert torch.equal(mask.as_tensor(), torch.argmax(logits, 0).to(torch.uint8))
 
 
-def test_predictions_table_and_fold_files(source, tmp_path, monkeypatch):
-    cfg = Config()
-    cfg.data = data_cfg()
-    import medres.engine.inference as inf
-
-    monkeypatch.setattr(inf, "_eval_transform", lambda _: eval_pipeline())  # until build_transforms lands
+def test_predictions_table_and_fold_files(source, tmp_path):
+    cfg = Config()  # the default evaluation pipeline (medres.data.transforms), intensities kept as they are
+    cfg.data = data_cfg().model_copy(update={"normalize": "none", "spacing": [1.5, 1.5, 1.5]})
     recs = [{"case_id": "a", "patient_id": "p1", "image": str(source), "mask": None, "label": 1,
              "site": "A", "sex": "F", "study_uid": "1.2.3"},
             {"case_id": "b", "patient_id": "p2", "image": str(source), "mask": str(source), "label": 0,
