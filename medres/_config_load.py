@@ -10,11 +10,8 @@ written is kept in ``cfg.original_paths`` for display.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from medres._config_errors import is_mapping, model_in, suggest, translate_validation_error
 from medres._config_yaml import AmbiguousInt, Yaml11Bool, load_yaml, load_yaml_value
 from medres.config import Config
 from medres.errors import ConfigError
@@ -35,78 +33,6 @@ RESUME_IGNORED_FIELDS = (
     "data.num_workers", "data.cache", "data.cache_dir", "train.pin_memory", "train.checkpoint_every_steps",
     "evaluate.*",
 )
-
-
-# ---------------------------------------------------------------------------------------------------
-# schema walking
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation (``X``, ``X | None``, ``list[X]``), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _is_mapping(annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin in (dict, Mapping):
-        return True
-    union = origin in (typing.Union, types.UnionType)
-    return union and any(_is_mapping(a) for a in typing.get_args(annotation))
-
-
-def _type_name(annotation: Any) -> str:
-    """A short readable type: ``int``, ``'sgd' | 'adamw'``, ``list of float | null``."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is type(None):
-        return "null"
-    if origin is typing.Literal:
-        return " | ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args)
-    if origin in (list, tuple):
-        return f"{origin.__name__} of " + ", ".join(_type_name(a) for a in args if a is not Ellipsis)
-    if origin is dict:
-        return f"mapping {_type_name(args[0])} -> {_type_name(args[1])}"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _walk(loc: Iterable[str | int]) -> tuple[str, Any, type[BaseModel] | None]:
-    """(dotted path, annotation of the last field, model holding the last key) for a pydantic loc.
-
-    Union-member tags that pydantic adds to a loc (``'str'``, ``'list[float]'``) are dropped.
-    """
-    parts: list[str] = []
-    model: type[BaseModel] | None = Config
-    holder: type[BaseModel] | None = Config
-    annotation: Any = Config
-    free = False  # inside a dict: every key is allowed
-    for item in loc:
-        if isinstance(item, int) or free:
-            parts.append(str(item))
-            free = False
-        elif model is not None and item in model.model_fields:
-            holder = model
-            annotation = model.model_fields[item].annotation
-            parts.append(item)
-            model = _model_in(annotation)
-            free = _is_mapping(annotation)
-        elif model is not None:  # a key the model does not have
-            holder = model
-            parts.append(str(item))
-            model = None
-        # else: a union-member tag pydantic adds ('str', 'list[float]'); not part of the path
-    return ".".join(parts), annotation, holder
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str | None:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return match[0] if match else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,70 +51,15 @@ def _unmark(obj: Any, path: str, notes: dict[str, str], source: str | None) -> A
             f"('{obj.text}') for text",
         )
     if isinstance(obj, dict):
-        return {(k.value if isinstance(k, Yaml11Bool) else k.value if isinstance(k, AmbiguousInt) else k):
-                _unmark(v, f"{path}.{k.text if isinstance(k, (Yaml11Bool, AmbiguousInt)) else k}".lstrip("."),
-                        notes, source)
-                for k, v in obj.items()}
+        out = {}
+        for k, v in obj.items():
+            # a key written yes/on is meant as text; 012 as a key (mask_labels) keeps YAML's number
+            key = k.text if isinstance(k, Yaml11Bool) else k.value if isinstance(k, AmbiguousInt) else k
+            out[key] = _unmark(v, f"{path}.{key}" if path else str(key), notes, source)
+        return out
     if isinstance(obj, list):
         return [_unmark(v, f"{path}.{i}", notes, source) for i, v in enumerate(obj)]
     return obj
-
-
-# ---------------------------------------------------------------------------------------------------
-# pydantic errors -> ConfigError
-
-
-def _describe(err: dict, notes: dict[str, str]) -> tuple[str, str, str]:
-    """(dotted field, reason, hint) for one pydantic error."""
-    field, annotation, holder = _walk(err["loc"])
-    kind, value = err["type"], err.get("input")
-    if kind == "extra_forbidden":
-        key = str(err["loc"][-1])
-        valid = list(holder.model_fields) if holder is not None else []
-        close = _suggest(key, valid)
-        reason = f"unknown key {key!r}" + (f" — did you mean {close!r}?" if close else "")
-        parent = field.rpartition(".")[0] or "the top level"
-        return field, reason, f"valid keys in {parent}: {', '.join(valid)}"
-    if kind == "missing":
-        return field, "required setting is missing", f"add {field.rpartition('.')[2]}: ... here"
-    reason = f"{err['msg']}; got {value!r}"
-    hint = f"expected {_type_name(annotation)}"
-    if kind == "literal_error" and isinstance(value, str):
-        options = [a for a in _literals(annotation) if isinstance(a, str)]
-        close = _suggest(value, options)
-        if close:
-            reason += f" — did you mean {close!r}?"
-    if field in notes:
-        reason = (f"{notes[field]!r} is read by YAML 1.1 as the boolean {value!r}, not as text; "
-                  f"{err['msg']}")
-        hint = f"quote it: '{notes[field]}'"
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and kind == "string_type":
-        hint = f"quote it for text: '{value}'"
-    return field, reason, hint
-
-
-def _literals(annotation: Any) -> list[Any]:
-    if typing.get_origin(annotation) is typing.Literal:
-        return list(typing.get_args(annotation))
-    return [v for a in typing.get_args(annotation) for v in _literals(a)]
-
-
-def _translate(exc: ValidationError, notes: dict[str, str], source: str | None) -> ConfigError:
-    described = [_describe(e, notes) for e in exc.errors()]
-    # a union reports each member's failure; keep the most specific (deepest) ones
-    fields = [f for f, _, _ in described]
-    described = [d for d in described if not any(g.startswith(d[0] + ".") for g in fields)]
-    by_field: dict[str, tuple[str, str, str]] = {}
-    for d in described:  # one line per field: prefer the one with a suggestion
-        if d[0] not in by_field or ("did you mean" in d[1] and "did you mean" not in by_field[d[0]][1]):
-            by_field[d[0]] = d
-    described = list(by_field.values())
-    if len(described) == 1:
-        field, reason, hint = described[0]
-        return ConfigError(reason, field=field or None, hint=hint, path=source)
-    lines = "\n".join(f"  - {f}: {r} ({h})" for f, r, h in described)
-    return ConfigError(f"{len(described)} problems:\n{lines}", field=described[0][0] or None,
-                       hint="fix every listed setting", path=source)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -202,18 +73,18 @@ def _check_override_path(parts: list[str], text: str) -> None:
     for depth, part in enumerate(parts):
         here = ".".join(parts[: depth + 1])
         if model is None:
-            if _is_mapping(annotation) or part.isdigit():
+            if is_mapping(annotation) or part.isdigit():
                 annotation, model = Any, None
                 continue
             raise ConfigError(f"--set {text!r}: {'.'.join(parts[:depth])} has no sub-settings", field=here)
         if part not in model.model_fields:
-            close = _suggest(part, model.model_fields)
+            close = suggest(part, model.model_fields)
             raise ConfigError(
                 f"--set {text!r}: unknown key {part!r}" + (f" — did you mean {close!r}?" if close else ""),
                 field=here, hint=f"valid keys: {', '.join(model.model_fields)}",
             )
         annotation = model.model_fields[part].annotation
-        model = _model_in(annotation)
+        model = model_in(annotation)
 
 
 def _apply_override(raw: dict, text: str, notes: dict[str, str]) -> str:
@@ -257,7 +128,7 @@ def _check(cfg: Config, source: str | None) -> None:
     if not d.labels or len(set(d.labels)) != len(d.labels):
         fail("data.labels", f"the class vocabulary must be non-empty and unique; got {d.labels}")
     if d.positive_label is not None and d.positive_label not in d.labels:
-        close = _suggest(d.positive_label, d.labels)
+        close = suggest(d.positive_label, d.labels)
         fail("data.positive_label", f"{d.positive_label!r} is not one of data.labels {d.labels}",
              f"did you mean {close!r}?" if close else "use one of data.labels")
     if sorted(d.mask_labels) != list(range(len(d.mask_labels))):
@@ -358,7 +229,7 @@ def load_config(path: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        raise _translate(e, notes, source) from None
+        raise translate_validation_error(e, notes, source) from None
     cfg._source = source
     cfg = _resolve_paths(cfg.resolved(), base, cwd_fields)
     _check(cfg, source)
