@@ -395,7 +395,11 @@ def segmentation_records(seg_cases: pd.DataFrame, config: Config, *, seed: int =
     ]
     scopes.append(("pooled", "pooled", seg_cases))
     for scope, fold, part in scopes:
-        for cls, grp in part.groupby("class", sort=False):
+        groups = list(part.groupby("class", sort=False))
+        if "empty" in part.columns:  # the same metrics on the cases whose reference holds the class
+            present = part[~part["empty"].isin(["both", "reference"])]
+            groups += [(f"{c} (reference present)", g) for c, g in present.groupby("class", sort=False)]
+        for cls, grp in groups:
             for m in metric_cols:
                 v = grp[m].to_numpy(np.float64)
                 ok = np.isfinite(v)

@@ -268,7 +268,8 @@ def build_bundle(
                 y, p, fold, band, auroc=au["value"], ci=(au["ci_low"], au["ci_high"]), level=ev.ci_level
             ),
             "ROC curve",
-            "Pooled out-of-fold ROC (black) with its pointwise patient-bootstrap band, and each fold's curve.",
+            "Pooled out-of-fold ROC (black) with its pointwise patient-bootstrap band, "
+            "and each fold's curve.",
         ),
         _Figure(
             figures.pr_figure(y, p, fold, ap=boot.loc["average_precision", "value"]),

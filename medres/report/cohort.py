@@ -59,7 +59,9 @@ def cohort_table(predictions: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     df = add_age_band(predictions)
     cols = {f"fold {int(f)}": _column(df[df["fold"] == f], labels) for f in sorted(df["fold"].unique())}
     cols["all"] = _column(df, labels)
-    table = pd.DataFrame(cols).reindex(list(cols["all"])).fillna("0")
+    table = pd.DataFrame(cols).reindex(list(cols["all"]))
+    for row in table.index:  # a level absent from a fold
+        table.loc[row] = table.loc[row].fillna("0 (0%)" if row.endswith("n (%)") else "0")
     table.index.name = "characteristic"
     return table
 

@@ -93,7 +93,8 @@ GUIDELINE_ITEMS: tuple[tuple[str, str, str, str], ...] = (
         "CLAIM, TRIPOD+AI",
         "Performance metrics and their uncertainty",
         COVERED,
-        "Classification and Segmentation: per fold, pooled, mean ± SD; patient-bootstrap and DeLong intervals",
+        "Classification and Segmentation: per fold, pooled, mean ± SD; "
+        "patient-bootstrap and DeLong intervals",
     ),
     (
         "CLAIM, TRIPOD+AI",

@@ -30,11 +30,9 @@ CLS_COLUMNS = (
 SEG_COLUMNS = (
     ("dice", "Dice"),
     ("dice_median", "Dice median"),
-    ("iou", "IoU"),
     ("hd95", "HD95 (mm)"),
     ("hd95_median", "HD95 median"),
     ("nsd", "NSD"),
-    ("assd", "ASSD (mm)"),
     ("ref_volume_ml", "reference mL"),
     ("pred_volume_ml", "predicted mL"),
 )
@@ -109,7 +107,7 @@ def subgroup_table(records: pd.DataFrame) -> pd.DataFrame:
     for sub, part in records[records["scope"] == "subgroup"].groupby("subgroup", sort=False):
         by = part.set_index("metric")
         first = part.iloc[0]
-        notes = "; ".join(dict.fromkeys(n for n in part["note"] if n))
+        notes = "; ".join(dict.fromkeys(_short(n) for n in part["note"] if n))
         estimable = not notes.startswith("not estimable")
         row = {"subgroup": sub, "scans": int(first["n"]), "positives": int(first["n_pos"])}
         for key, name in (("auroc", "AUROC"), ("sensitivity", "sensitivity"), ("specificity", "specificity")):
@@ -119,6 +117,12 @@ def subgroup_table(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         rows, columns=["subgroup", "scans", "positives", "AUROC", "sensitivity", "specificity", "note"]
     )
+
+
+def _short(note: str) -> str:
+    if "resamples had an undefined metric" in note:
+        return "some bootstrap resamples held one class only and were dropped (counts in summary.json)"
+    return note
 
 
 def segmentation_table(records: pd.DataFrame) -> pd.DataFrame:

@@ -73,7 +73,8 @@ def provenance(config: Config, run_dir: Path, checkpoints: list[Path], *, report
         "medres git commit": git_commit(Path(medres.__file__).parent),
         "configuration sha256": config_hash(config),
         "model": f"{config.model.name} (cls_head={config.model.cls_head}, seg_head={config.model.seg_head})",
-        "seeds": f"train.seed={config.train.seed}, cv.seed={config.cv.seed}, report bootstrap seed={report_seed}",
+        "seeds": f"train.seed={config.train.seed}, cv.seed={config.cv.seed}, "
+        f"report bootstrap seed={report_seed}",
         "python": f"{platform.python_version()} ({platform.system()} {platform.machine()})",
         "libraries": ", ".join(f"{lib} {_version(lib)}" for lib in LIBRARIES),
         "report generated (UTC)": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
