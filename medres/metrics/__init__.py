@@ -2,6 +2,7 @@
 
 - classification: `auroc`, `average_precision` (+ `prevalence`), `metrics_at_threshold` (sensitivity,
   specificity, PPV, NPV, balanced accuracy, MCC, F1, LR+, LR-), one-vs-rest and macro forms;
+- curves: `roc_curve`, `precision_recall_curve`, `roc_band` (pointwise patient-bootstrap band);
 - operating points: `choose_threshold` on validation data, applied unchanged to held-out data;
 - calibration: `brier`, `ece` (bin count stated), `reliability_curve`, `calibration_intercept_slope`;
 - clinical utility: `decision_curve` (net benefit, treat-all, treat-none);
@@ -43,6 +44,7 @@ from medres.metrics.classification import (
     one_vs_rest,
     prevalence,
 )
+from medres.metrics.curves import RocBand, precision_recall_curve, roc_band, roc_curve
 from medres.metrics.decision import DecisionCurve, decision_curve
 from medres.metrics.delong import DeLongCI, DeLongTest, delong_covariance, delong_roc_ci, delong_roc_test
 from medres.metrics.operating_points import candidate_thresholds, choose_threshold
@@ -72,6 +74,7 @@ __all__ = [
     "DeLongTest",
     "MetricRecord",
     "ReliabilityCurve",
+    "RocBand",
     "SegmentationResult",
     "SegmentationSummary",
     "ThresholdMetrics",
@@ -97,8 +100,11 @@ __all__ = [
     "paired_bootstrap_ci",
     "patient_bootstrap",
     "patient_bootstrap_ci",
+    "precision_recall_curve",
     "prevalence",
     "reliability_curve",
+    "roc_band",
+    "roc_curve",
     "segmentation_metrics",
     "summarise_segmentation",
     "surface_distances",
