@@ -38,7 +38,7 @@ from medres.errors import DataError
 
 __all__ = ["generate_demo", "DEMO_VERSION", "SITES"]
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # bump when the output changes: older cohorts on disk are then regenerated
 _STAMP = "demo_cohort.json"
 MANIFEST_COLUMNS = ["case_id", "patient_id", "study_uid", "image", "mask", "label", "site", "scanner",
                     "sex", "age"]
@@ -70,9 +70,10 @@ SITES = (
     Site("site_c", "Helix Systems", "Spiral 128", "nifti", 3.0, 80, 6.0, 40, 18.0, (1, 1, 1)),
 )
 
-# nodule kinds: (share, radius range in mm, description); radius 12.5-30 mm is 2.5-6 voxels at 5 mm
-_KINDS = (("solid", 0.62, (12.5, 30.0)), ("small", 0.13, (6.0, 11.0)),
-          ("part_solid", 0.13, (12.0, 24.0)), ("ground_glass", 0.12, (12.0, 22.0)))
+# nodule kinds: (share of the nodule patients, radius range in mm); 12.5-30 mm is 2.5-6 voxels at 5 mm.
+# Shares are exact quotas (not draws), so every cohort size and seed has the same mix of easy and hard.
+_KINDS = (("solid", 0.67, (12.5, 30.0)), ("part_solid", 0.12, (12.0, 24.0)),
+          ("ground_glass", 0.1, (12.0, 22.0)), ("small", 0.11, (6.0, 11.0)))
 
 
 @dataclass
@@ -104,7 +105,10 @@ def _plan(n_patients: int, seed: int) -> list[_Patient]:
     g = _rng(seed, 1)
     n_nodule = max(1, round(n_patients / 3))
     n_follow = max(1, round(n_patients / 5))
-    nodule_set = set(g.permutation(n_patients)[:n_nodule].tolist())
+    nodule_ids = g.permutation(n_patients)[:n_nodule].tolist()
+    quota = [kind for kind, share, _ in _KINDS[1:] for _ in range(round(share * n_nodule))]
+    quota = ["solid"] * (n_nodule - len(quota)) + quota
+    kind_of = dict(zip(nodule_ids, g.permutation(quota).tolist()))
     follow_set = set(g.permutation(n_patients)[:n_follow].tolist())
     site_of = [int(s) for s in g.permutation(np.arange(n_patients) % len(SITES))]
     patients = []
@@ -115,9 +119,10 @@ def _plan(n_patients: int, seed: int) -> list[_Patient]:
         a, b = scale * r.uniform(100, 112), scale * r.uniform(70, 82)
         lung_z = r.uniform(-15, 15)
         nodules = []
-        if i in nodule_set:
-            for k in range(1 if r.random() < 0.8 else 2):
-                nodules.append(_draw_nodule(r, a, b, lung_z, first=k == 0))
+        if i in kind_of:
+            nodules.append(_draw_nodule(r, a, b, lung_z, kind_of[i]))
+            if r.random() < 0.2:  # a second, small nodule
+                nodules.append(_draw_nodule(r, a, b, lung_z, "small"))
         vessels = []
         for side in (-1, 1):
             hilum = np.array([side * 0.22 * a, 0.0, lung_z])
@@ -143,11 +148,8 @@ def _point_in_lung(r: np.random.Generator, side: int, a: float, b: float, lung_z
     return centre + margin * semi * u
 
 
-def _draw_nodule(r: np.random.Generator, a: float, b: float, lung_z: float, first: bool) -> _Nodule:
-    kinds = [k for k, _, _ in _KINDS]
-    p = np.array([s for _, s, _ in _KINDS])
-    kind = kinds[int(r.choice(len(kinds), p=p / p.sum()))] if first else "small"
-    lo, hi = dict((k, rng) for k, _, rng in _KINDS)[kind]
+def _draw_nodule(r: np.random.Generator, a: float, b: float, lung_z: float, kind: str) -> _Nodule:
+    lo, hi = {k: rng for k, _, rng in _KINDS}[kind]
     radius = r.uniform(lo, hi)
     semi = radius * r.uniform(0.85, 1.15, size=3)
     side = -1 if r.random() < 0.5 else 1
