@@ -131,7 +131,7 @@ def make_folds(df: pd.DataFrame, *, n_folds: int = 5, seed: int = 0, label_col: 
         raise DataError(f"{len(patients)} patients cannot fill {n_folds} folds",
                         hint="lower cv.folds or add patients")
     counts = patients["stratum"].value_counts()
-    short = counts[counts < n_folds]
+    short = counts[(counts < n_folds) & (counts.index >= 0)]  # a few unlabelled patients are fine
     if len(short):
         names = {s: (labels[s] if labels is not None and s >= 0 else ("unlabelled" if s < 0 else s))
                  for s in short.index}
@@ -140,7 +140,10 @@ def make_folds(df: pd.DataFrame, *, n_folds: int = 5, seed: int = 0, label_col: 
                         "folds would hold none of it", hint="lower cv.folds or add patients of that class")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.full(len(dev), -1)
-    for k, (_, held) in enumerate(splitter.split(np.zeros(len(dev)), strata.to_numpy(), ids.to_numpy())):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = list(splitter.split(np.zeros(len(dev)), strata.to_numpy(), ids.to_numpy()))
+    for k, (_, held) in enumerate(splits):
         fold[held] = k
     out = (pd.DataFrame({"patient_id": ids.to_numpy(), "fold": fold}).drop_duplicates("patient_id")
            .sort_values("patient_id", kind="stable").reset_index(drop=True))

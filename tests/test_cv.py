@@ -120,6 +120,11 @@ def test_too_few_patients_or_a_rare_class():
     df.loc[df.patient_id.isin(["00009", "12"]), "label"] = "nodule"
     with pytest.raises(DataError, match=r"'nodule': 2 patient\(s\); cv.folds=5"):
         make_folds(df, n_folds=5, labels=LABELS)
+    # a few unlabelled patients (segmentation-only scans) are their own stratum, not an error
+    few = cohort(n_patients=30, n_test=0)
+    few.loc[few.patient_id.isin(["0", "00001"]), "label"] = ""
+    folds = make_folds(few, n_folds=5, labels=LABELS)
+    assert len(folds) == 30
     with pytest.raises(DataError, match="unknown split value"):
         make_folds(df.assign(split="validation"))
 
