@@ -1,0 +1,186 @@
+"""DualHeadResNet: a ResNet backbone with a classification head and a deconvolutional segmentation head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+from medres.errors import ConfigError
+from medres.models.heads import ClassificationHead, DeconvDecoder
+from medres.models.registry import register_model
+from medres.models.resnet import ARCHS, BasicBlock, Bottleneck, ResNet
+
+__all__ = ["DualOutput", "DualHeadResNet"]
+
+
+class DualOutput(NamedTuple):
+    """``cls_logits`` [B, C] and ``seg_logits`` [B, K, *spatial]; None where that head is off."""
+
+    cls_logits: Tensor | None
+    seg_logits: Tensor | None
+
+
+class DualHeadResNet(nn.Module):
+    """ResNet backbone + classification head + segmentation decoder, in 2D or 3D.
+
+    Args:
+        block, layers: as for ``ResNet``.
+        spatial_dims, in_channels: input layout ``[B, in_channels, *spatial]`` (defaults: 3D, 1 channel).
+        num_classes: classification logits.
+        seg_classes: segmentation logit channels (2 for background / foreground with softmax).
+        cls_head, seg_head: build the head (False: its output is None, no parameters).
+        skip_connections: concatenate stem/layer1..3 maps into the decoder (U-Net-like); False gives a
+            plain deconvolution stack from layer4.
+        dropout: dropout before the classification layer.
+        decoder_channels: widths of the four decoder stages (default: the channels of the levels reached).
+        **backbone_kwargs: passed to ``ResNet`` (norm, act, base_channels, groups, width_per_group,
+            stem_kernel, stem_stride, stem_pool, replace_stride_with_dilation, grad_checkpointing, ...).
+            ``norm`` and ``act`` also shape the decoder.
+
+    ``forward(x)`` returns ``DualOutput``; the segmentation logits have exactly the input's spatial size,
+    whatever that size (see ``DeconvDecoder``). ``load_pretrained`` applies to the backbone.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        *,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        seg_classes: int = 2,
+        cls_head: bool = True,
+        seg_head: bool = True,
+        skip_connections: bool = True,
+        dropout: float | None = None,
+        decoder_channels: Sequence[int] | None = None,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not (cls_head or seg_head):
+            raise ConfigError(
+                "both heads are switched off",
+                field="model",
+                hint="keep cls_head or seg_head, or use a plain ResNet for features",
+            )
+        drop_rate = backbone_kwargs.pop("drop_rate", 0.0)
+        dropout = drop_rate if dropout is None else dropout
+        self.spatial_dims, self.in_channels = spatial_dims, in_channels
+        self.num_classes, self.seg_classes = num_classes, seg_classes
+        self.backbone = ResNet(
+            block,
+            layers,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            num_classes=0,
+            **backbone_kwargs,
+        )
+        self.cls_head = (
+            ClassificationHead(
+                self.backbone.num_features, num_classes, spatial_dims=spatial_dims, dropout=dropout
+            )
+            if cls_head
+            else None
+        )
+        self.seg_head = (
+            DeconvDecoder(
+                self.backbone.feature_info,
+                seg_classes,
+                spatial_dims=spatial_dims,
+                skip_connections=skip_connections,
+                decoder_channels=decoder_channels,
+                norm=backbone_kwargs.get("norm", "batch"),
+                act=backbone_kwargs.get("act", "relu"),
+                grad_checkpointing=backbone_kwargs.get("grad_checkpointing", False),
+            )
+            if seg_head
+            else None
+        )
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        return [{**d, "module": f"backbone.{d['module']}"} for d in self.backbone.feature_info]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+        if self.seg_head is not None:
+            self.seg_head.grad_checkpointing = enable
+
+    def forward(self, x: Tensor) -> DualOutput:
+        """``x`` [B, in_channels, *spatial] -> DualOutput(cls [B, C] | None, seg [B, K, *spatial] | None)"""
+        if self.seg_head is not None:
+            feats = self.backbone.forward_intermediates(x)
+            seg = self.seg_head(feats, x.shape[2:])
+            top = feats[-1]
+        else:
+            top, seg = self.backbone.forward_features(x), None
+        cls = self.cls_head(top) if self.cls_head is not None else None
+        return DualOutput(cls, seg)
+
+
+def _dual(arch: str, kwargs: dict[str, Any]) -> DualHeadResNet:
+    block, layers, defaults = ARCHS[arch]
+    return DualHeadResNet(block, layers, **{**defaults, **kwargs})
+
+
+@register_model
+def dual_resnet10(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head ResNet-10 (BasicBlock [1, 1, 1, 1])."""
+    return _dual("resnet10", kwargs)
+
+
+@register_model
+def dual_resnet18(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head ResNet-18."""
+    return _dual("resnet18", kwargs)
+
+
+@register_model
+def dual_resnet34(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head ResNet-34."""
+    return _dual("resnet34", kwargs)
+
+
+@register_model
+def dual_resnet50(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head ResNet-50."""
+    return _dual("resnet50", kwargs)
+
+
+@register_model
+def dual_resnet101(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head ResNet-101."""
+    return _dual("resnet101", kwargs)
+
+
+@register_model
+def dual_resnet152(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head ResNet-152."""
+    return _dual("resnet152", kwargs)
+
+
+@register_model
+def dual_resnext50_32x4d(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head ResNeXt-50 32x4d."""
+    return _dual("resnext50_32x4d", kwargs)
+
+
+@register_model
+def dual_resnext101_32x8d(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head ResNeXt-101 32x8d."""
+    return _dual("resnext101_32x8d", kwargs)
+
+
+@register_model
+def dual_wide_resnet50_2(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head Wide ResNet-50-2."""
+    return _dual("wide_resnet50_2", kwargs)
+
+
+@register_model
+def dual_wide_resnet101_2(**kwargs: Any) -> DualHeadResNet:
+    """Dual-head Wide ResNet-101-2."""
+    return _dual("wide_resnet101_2", kwargs)
