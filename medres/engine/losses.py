@@ -195,7 +195,9 @@ class MultiTaskLoss(nn.Module):
             if masks is None:
                 raise ValueError("the segmentation head needs masks")
             loss_seg = self.seg_loss(seg_logits, masks.to(seg_logits.device), has_mask)
-            parts.append(w_seg * loss_seg + (self.log_vars[1] if self.log_vars is not None else 0.0))
+            skipped_all = self.seg_loss.skip_missing and has_mask is not None and not bool(has_mask.any())
+            learned = self.log_vars is not None and not skipped_all
+            parts.append(w_seg * loss_seg + (self.log_vars[1] if learned else 0.0))
             terms["loss_seg"] = loss_seg.detach()
         if not parts:
             raise ValueError("the model output has neither cls_logits nor seg_logits for this loss")
