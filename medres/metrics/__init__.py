@@ -42,6 +42,7 @@ from medres.metrics.classification import (
     metrics_at_threshold,
     metrics_from_counts,
     one_vs_rest,
+    one_vs_rest_threshold_metrics,
     prevalence,
 )
 from medres.metrics.curves import RocBand, precision_recall_curve, roc_band, roc_curve
@@ -97,6 +98,7 @@ __all__ = [
     "metrics_at_threshold",
     "metrics_from_counts",
     "one_vs_rest",
+    "one_vs_rest_threshold_metrics",
     "paired_bootstrap_ci",
     "patient_bootstrap",
     "patient_bootstrap_ci",

@@ -33,6 +33,7 @@ __all__ = [
     "metrics_at_threshold",
     "metrics_from_counts",
     "one_vs_rest",
+    "one_vs_rest_threshold_metrics",
     "prevalence",
 ]
 
@@ -216,6 +217,29 @@ def one_vs_rest(metric: Callable[[np.ndarray, np.ndarray], float], y_true: Array
         raise DataError(f"y_true must hold class indices 0..{p.shape[1] - 1}",
                         hint="map class names to the column order of proba")
     return np.array([metric((y == c).astype(np.int8), p[:, c]) for c in range(p.shape[1])])
+
+
+def one_vs_rest_threshold_metrics(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int
+                                  ) -> list[ThresholdMetrics]:
+    """Confusion metrics per class of a multi-class decision (class c against the rest).
+
+    Args:
+        y_true: class indices [N]; y_pred: predicted class indices [N] (e.g. the argmax of the
+            probabilities); n_classes: C.
+
+    Returns:
+        C `ThresholdMetrics` (their ``threshold`` is NaN: the decision is the argmax). Macro forms:
+        `macro_average` of a field, e.g. the macro sensitivity (= multi-class balanced accuracy).
+    """
+    y, d = np.asarray(y_true), np.asarray(y_pred)
+    if y.shape != d.shape or y.ndim != 1:
+        raise DataError(f"y_true {y.shape} and y_pred {d.shape} must be matching vectors [N]")
+    for name, v in (("y_true", y), ("y_pred", d)):
+        if v.size and (not np.issubdtype(v.dtype, np.integer) or v.min() < 0 or v.max() >= n_classes):
+            raise DataError(f"{name} must hold class indices 0..{n_classes - 1}",
+                            hint="map class names to indices in the configuration's class order")
+    return [metrics_from_counts(confusion_counts((y == c).astype(np.int8), (d == c).astype(np.int8)))
+            for c in range(n_classes)]
 
 
 def macro_average(values: ArrayLike) -> float:

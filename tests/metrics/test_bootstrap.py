@@ -144,3 +144,16 @@ def test_bad_arguments_are_config_errors():
         patient_bootstrap_ci("sensitivity", y, p, groups)
     with pytest.raises(ConfigError, match="method"):
         patient_bootstrap_ci("auroc", y, p, groups, method="basic")
+
+
+def test_mean_of_per_case_values_by_patient():
+    """E.g. per-scan Dice: the bootstrap mean resamples patients and averages all their scans."""
+    rng = np.random.default_rng(12)
+    groups = np.repeat(np.arange(30), rng.integers(1, 4, 30))
+    dice = rng.uniform(0.5, 1.0, groups.size)
+    dist = patient_bootstrap("mean", None, dice, groups, n_resamples=10, seed=4)
+    draws = np.random.default_rng(4)
+    for r in range(10):
+        drawn = draws.integers(0, 30, 30)
+        rows = np.concatenate([np.flatnonzero(groups == g) for g in drawn])
+        assert dist[r] == pytest.approx(dice[rows].mean())

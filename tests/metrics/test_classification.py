@@ -19,6 +19,7 @@ from medres.metrics import (
     macro_average,
     metrics_at_threshold,
     one_vs_rest,
+    one_vs_rest_threshold_metrics,
     prevalence,
 )
 
@@ -160,3 +161,17 @@ def test_one_vs_rest_and_macro_match_sklearn():
     with pytest.warns(UndefinedMetricWarning):
         values = one_vs_rest(auroc, y_missing, p)
         assert math.isnan(values[2]) and math.isnan(macro_average(values))
+
+
+def test_multiclass_threshold_metrics_match_sklearn():
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 4, 200)
+    pred = np.where(rng.random(200) < 0.6, y, rng.integers(0, 4, 200))
+    per_class = one_vs_rest_threshold_metrics(y, pred, 4)
+    np.testing.assert_allclose([m.sensitivity for m in per_class], skm.recall_score(y, pred, average=None))
+    np.testing.assert_allclose([m.ppv for m in per_class], skm.precision_score(y, pred, average=None))
+    assert macro_average([m.f1 for m in per_class]) == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert macro_average([m.sensitivity for m in per_class]) == pytest.approx(
+        skm.balanced_accuracy_score(y, pred))
+    with pytest.raises(DataError, match="class indices"):
+        one_vs_rest_threshold_metrics(y, pred, 3)

@@ -43,6 +43,13 @@ def test_asah_ndka_and_paired_test_match_proc(asah):
     y, table = asah
     ndka = delong_roc_ci(y, table["ndka"].to_numpy())
     assert ndka.auroc == pytest.approx(0.6120, abs=5e-5)
+    # A figure of 0.5063-0.7175 has been quoted for pROC here; it disagrees with DeLong's formula on
+    # this file (checked by the brute force below) and with pROC's own published Z for s100b vs ndka,
+    # which uses this same variance. The interval below is therefore a regression value, not a citation.
+    assert (ndka.ci_low, ndka.ci_high) == pytest.approx((0.5012, 0.7227), abs=5e-5)
+    y_brute, scores = y, table[["s100b", "ndka"]].to_numpy().T
+    aucs, cov = _brute_force(y_brute, scores)
+    assert ndka.variance == pytest.approx(cov[1, 1], rel=1e-10)
     # pROC: roc.test(roc(outcome, s100b), roc(outcome, ndka)) -> Z = 1.3908, p-value = 0.1643
     t = delong_roc_test(y, table["s100b"].to_numpy(), table["ndka"].to_numpy())
     assert t.auroc_a == pytest.approx(0.7314, abs=5e-5) and t.auroc_b == pytest.approx(0.6120, abs=5e-5)
