@@ -157,3 +157,24 @@ def test_mean_of_per_case_values_by_patient():
         drawn = draws.integers(0, 30, 30)
         rows = np.concatenate([np.flatnonzero(groups == g) for g in drawn])
         assert dist[r] == pytest.approx(dice[rows].mean())
+
+
+def test_cluster_bca_matches_scipy_given_patient_indices():
+    """scipy's BCa over patient indices, with a statistic that expands them to rows, is a cluster BCa."""
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(13)
+    per = rng.integers(1, 5, 80)
+    groups = np.repeat(np.arange(80), per)
+    x = rng.lognormal(sigma=1.0, size=groups.size)
+    sums, sizes = np.bincount(groups, weights=x), np.bincount(groups)
+
+    def ratio_mean(idx, axis=-1):
+        return sums[idx].sum(axis=axis) / sizes[idx].sum(axis=axis)
+
+    ref = bootstrap((np.arange(80),), ratio_mean, n_resamples=20000, method="BCa",
+                    rng=np.random.default_rng(0)).confidence_interval
+    ours = patient_bootstrap_ci("mean", None, x, groups, n_resamples=20000, method="bca", seed=1)
+    width = ref.high - ref.low
+    assert ours.ci_low == pytest.approx(ref.low, abs=0.03 * width)
+    assert ours.ci_high == pytest.approx(ref.high, abs=0.03 * width)
