@@ -446,6 +446,8 @@ def _cards(rec: pd.DataFrame, task, preds: pd.DataFrame, seg_recs: list[dict]) -
             }
         )
     seg = [r for r in seg_recs if r["scope"] == "pooled" and r["metric"] == "dice"]
+    present = [r for r in seg if r["class"].endswith("(reference present)")]
+    seg = present or seg  # Dice over scans that hold the structure, when both-empty scans exist
     for r in seg:
         cards.append(
             {
