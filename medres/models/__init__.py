@@ -14,6 +14,7 @@ from medres.models.dual import (
     dual_wide_resnet50_2,
     dual_wide_resnet101_2,
 )
+from medres.models.pretrained import LoadReport, load_pretrained, medicalnet_kwargs
 from medres.models.registry import create_model, list_models, register_model
 from medres.models.resnet import (
     BasicBlock,
@@ -40,6 +41,9 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "load_pretrained",
+    "LoadReport",
+    "medicalnet_kwargs",
     "resnet10",
     "resnet18",
     "resnet34",
