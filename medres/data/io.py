@@ -216,7 +216,8 @@ def _affine_of(meta_or_tensor: Any) -> np.ndarray:
 
 def _geometry_mismatch(a: dict, b: dict, atol: float) -> str:
     """'' when two metas describe the same grid, else what differs."""
-    shape_a, shape_b = tuple(np.asarray(a["spatial_shape"])), tuple(np.asarray(b["spatial_shape"]))
+    shape_a = tuple(int(v) for v in np.asarray(a["spatial_shape"]))
+    shape_b = tuple(int(v) for v in np.asarray(b["spatial_shape"]))
     if shape_a != shape_b:
         return f"shape {shape_b} differs from {shape_a}"
     aff_a, aff_b = _affine_of(a), _affine_of(b)
@@ -250,7 +251,7 @@ def check_image_mask(image: MetaTensor, mask: MetaTensor, *, labels: Iterable[in
     problem = _geometry_mismatch(dict(image.meta, affine=image.affine), dict(mask.meta, affine=mask.affine),
                                  atol)
     if problem:
-        raise DataError(f"mask does not match its image ({image.meta.get('filename_or_obj')}): {problem}",
+        raise DataError(f"mask does not match its image: {problem}",
                         path=path, hint="resample the mask onto the image grid (nearest neighbour) or "
                                         "fix the manifest pairing")
     values = torch.unique(mask.as_tensor())
