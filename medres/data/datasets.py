@@ -76,7 +76,8 @@ def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[dict[str
                         path=df.attrs.get("manifest"), hint=f"the manifest has columns {columns}")
     mask_col = data_cfg.mask_column if data_cfg.mask_column in columns else None
     labels = {name: i for i, name in enumerate(data_cfg.labels)}
-    skip = {*data_cfg.image_columns, "case_id", "patient_id", "label", mask_col or "mask"}
+    skip = {*RECORD_KEYS, *data_cfg.image_columns, mask_col or "mask"}
+    skip |= {c for c in columns if c.startswith("image_")}  # unused image columns are paths, not subgroups
     records = []
     for row, rec in enumerate(df.to_dict("records"), start=1):
         label_text = str(rec.get("label", "") or "")
