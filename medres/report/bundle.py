@@ -44,6 +44,7 @@ from medres.report.guidelines import guideline_table
 from medres.report.html import (
     fmt,
     fmt_ci,
+    fmt_p,
     fold_table,
     render_html,
     segmentation_table,
@@ -141,7 +142,7 @@ def _comparison(run: RunData, other: RunData, task, seed: int) -> tuple[list[dic
             "auroc_difference",
             test.difference,
             ci=(test.ci_low, test.ci_high),
-            ci_method=f"paired DeLong (z={fmt(test.z, 2)}, p={fmt(test.p_value, 4)})",
+            ci_method=f"paired DeLong (z={fmt(test.z, 2)}, p={fmt_p(test.p_value)})",
             n=len(y),
             n_pos=int(y.sum()),
             note=tnote or test.reason,
@@ -154,7 +155,7 @@ def _comparison(run: RunData, other: RunData, task, seed: int) -> tuple[list[dic
             "other run": fmt(test.auroc_b),
             "difference [CI]": fmt_ci(test.difference, test.ci_low, test.ci_high),
             "z": fmt(test.z, 2),
-            "p": fmt(test.p_value, 4),
+            "p": fmt_p(test.p_value),
         }
     ]
     for metric in ("auroc", "average_precision", "brier"):

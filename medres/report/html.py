@@ -13,7 +13,16 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-__all__ = ["fmt", "fmt_ci", "table_html", "fold_table", "subgroup_table", "segmentation_table", "render_html"]
+__all__ = [
+    "fmt",
+    "fmt_ci",
+    "fmt_p",
+    "table_html",
+    "fold_table",
+    "subgroup_table",
+    "segmentation_table",
+    "render_html",
+]
 
 TEMPLATES = Path(__file__).parent / "templates"
 CLS_COLUMNS = (
@@ -45,6 +54,13 @@ def fmt(value: float, digits: int = 3) -> str:
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return f"{value:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value: four decimals, ``<0.0001`` below that, ``n/a`` when undefined."""
+    if p is None or math.isnan(p):
+        return "n/a"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def fmt_ci(value: float, lo: float, hi: float, digits: int = 3) -> str:
