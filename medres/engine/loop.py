@@ -131,7 +131,7 @@ def train_one_epoch(
         boundary = (state.batch_in_epoch + 1) % accumulate == 0 or state.batch_in_epoch + 1 == total_batches
         sync = boundary or not ddp or not hasattr(model, "no_sync")
         with (model.no_sync() if not sync else _null()), fast.autocast():
-            out = model(image)
+            out = _as_dual(model(image))
             extra = {"has_mask": batch["has_mask"]} if "has_mask" in batch else {}
             loss, terms = loss_fn(out, labels, mask, state.epoch, **extra)
         if not torch.isfinite(loss.detach()):
@@ -169,6 +169,16 @@ def train_one_epoch(
         if _any_rank(should_stop(), fast.device):
             return True
     return False
+
+
+def _as_dual(out: Any) -> Any:
+    """A plain classifier's logits ``[B, K]`` as a DualOutput without segmentation."""
+    if hasattr(out, "cls_logits"):
+        return out
+    from medres.engine.sliding import split_output
+    from medres.models import DualOutput
+
+    return DualOutput(*split_output(out))
 
 
 def _null():
@@ -310,6 +320,8 @@ def fit(
         n = train_cfg.checkpoint_every_steps
         if n and state.step % n == 0:
             checkpoint()
+            log.info("checkpoint: step %d (epoch %d, batch %d)", state.step, state.epoch + 1,
+                     state.batch_in_epoch)
 
     if resume_rng is not None and state.batch_in_epoch == 0:
         set_rng_state(resume_rng)
