@@ -7,7 +7,8 @@
 Each model is timed twice: plain fp32 (contiguous memory format), then the fast path: autocast
 (bf16 on CPU; on CUDA bf16 where supported, else fp16 with a GradScaler), channels_last
 (channels_last_3d for volumes), and ``torch.compile`` with ``--compile``. One training step is
-forward + loss + backward + SGD update; samples/s counts the timed steps only, after warm-up.
+forward + loss + backward + SGD update. The two modes' steps alternate after warm-up, so a shared
+machine's load hits both alike, and samples/s is the batch over the median step time.
 
 The device is chosen automatically (CUDA when present), so the script runs unchanged on a GPU.
 There, ``--batch-2d auto`` (the GPU default) picks the largest batch that fits, halving from 512
@@ -23,6 +24,7 @@ import argparse
 import contextlib
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -108,21 +110,31 @@ def synthetic_batch(kind: str, batch: int, shape: tuple[int, ...], channels: int
     return {k: v.pin_memory() for k, v in out.items()} if pin else out
 
 
-def time_model(build: Callable[[], torch.nn.Module], kind: str, mode: str, batch: int, data_kw: dict,
-               device: torch.device, warmup: int, steps: int, compile_model: bool) -> Result:
-    torch.manual_seed(0)
-    step = make_step(build(), kind, device, mode != "fp32", compile_model and mode != "fp32")
+def time_pair(build: Callable[[], torch.nn.Module], kind: str, batch: int, data_kw: dict,
+              device: torch.device, warmup: int, steps: int, compile_model: bool) -> tuple[Result, Result]:
+    """fp32 and fast-path steps timed alternately (fp32, fast, fp32, ...), so load from other processes
+    on a shared machine hits both alike; samples/s = batch / median step time."""
+    modes = ("fp32", "fast")
+    steps_fn = {}
+    for mode in modes:
+        torch.manual_seed(0)
+        steps_fn[mode] = make_step(build(), kind, device, mode == "fast", compile_model and mode == "fast")
     data = synthetic_batch(kind, batch, pin=device.type == "cuda", **data_kw)
-    for _ in range(warmup):
-        step(data)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    loss = 0.0
+    for mode in modes:
+        for _ in range(warmup):
+            steps_fn[mode](data)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    loss = dict.fromkeys(modes, 0.0)
     for _ in range(steps):
-        loss = step(data)  # float() syncs each step
-    dt = time.perf_counter() - t0
-    return Result(build.__name__, mode, batch, steps, batch * steps / dt, loss)
+        for mode in modes:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            loss[mode] = steps_fn[mode](data)  # float() waits for the step to finish
+            times[mode].append(time.perf_counter() - t0)
+    fp32, fast = (Result(build.__name__, m, batch, steps, batch / statistics.median(times[m]), loss[m])
+                  for m in modes)
+    return fp32, fast
 
 
 def largest_batch(build: Callable[[], torch.nn.Module], kind: str, data_kw: dict, device: torch.device,
@@ -131,8 +143,7 @@ def largest_batch(build: Callable[[], torch.nn.Module], kind: str, data_kw: dict
     batch = start
     while batch >= 1:
         try:
-            for mode in ("fp32", "fast"):
-                time_model(build, kind, mode, batch, data_kw, device, 1, 1, compile_model)
+            time_pair(build, kind, batch, data_kw, device, 1, 1, compile_model)
             return batch
         except torch.cuda.OutOfMemoryError:
             batch //= 2
@@ -191,8 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[Result] = []
 
     def run(build: Callable[[], torch.nn.Module], kind: str, batch: int, data_kw: dict) -> None:
-        pair = [time_model(build, kind, mode, batch, data_kw, device, warmup, steps, a.compile)
-                for mode in ("fp32", "fast")]
+        pair = time_pair(build, kind, batch, data_kw, device, warmup, steps, a.compile)
         results.extend(pair)
         unit = "images/s" if kind == "2d" else "volumes/s"
         for r in pair:
