@@ -157,9 +157,10 @@ def _slice(volume: np.ndarray, z: int) -> np.ndarray:
 
 def gallery(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> tuple[list[GalleryItem], str]:
     """The worst cases drawn: source slice with reference and predicted outlines, and Grad-CAM if possible."""
-    from medres.report import binary_task
+    from medres.report import binary_task, case_labels
 
     task = binary_task(run.config)
+    labels, _ = case_labels(run.predictions)
     by_case = run.predictions.set_index("case_id")
     cams = _GradCam(run)
     items = []
@@ -182,7 +183,7 @@ def gallery(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> tuple[list[Gal
         )
         cam = cams(r, image.shape, z)
         title = (
-            f"{case} (fold {int(r['fold'])}): {run.labels[int(r['y_true'])]}, "
+            f"{labels[case]} (fold {int(r['fold'])}): {run.labels[int(r['y_true'])]}, "
             f"p({task.positive})={r[task.score_col]:.2f}"
         )
         src = gallery_figure(
@@ -192,7 +193,7 @@ def gallery(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> tuple[list[Gal
             cam,
             title=title,
         )
-        items.append(GalleryItem(case, src, f"{why}; slice {z}"))
+        items.append(GalleryItem(labels[case], src, f"{why}; slice {z}"))
     note = (
         "Worst cases: the largest classification errors (|label - p|) and the lowest Dice scores. "
         "Green: reference mask, red: predicted mask, on the source scan. " + cams.note

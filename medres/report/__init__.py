@@ -19,7 +19,7 @@ from medres.report.aggregate import (
     segmentation_records,
     subgroup_records,
 )
-from medres.report.bundle import Bundle, GalleryItem, build_bundle, pseudonymise
+from medres.report.bundle import Bundle, GalleryItem, build_bundle, case_labels, pseudonymise
 from medres.report.cohort import cohort_table, split_audit
 from medres.report.guidelines import guideline_table
 from medres.report.provenance import provenance
@@ -35,6 +35,7 @@ __all__ = [
     "add_age_band",
     "binary_task",
     "build_bundle",
+    "case_labels",
     "classification_records",
     "cohort_table",
     "guideline_table",

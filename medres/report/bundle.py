@@ -6,11 +6,13 @@ segmentation metrics and ready gallery images, and writes
 - ``report.html``: self-contained (inline CSS and PNG figures, no script, no external URL);
 - ``summary.json``: the long-format metric records (``records``) with the operating points and task;
 - ``predictions.csv``: the out-of-fold predictions with the operating point, patient ids replaced by
-  pseudonymous keys (``P0001`` ...) and no file paths;
+  pseudonymous keys (``patient-0001`` ...) and no file paths;
 - ``seg_cases.csv``: per-case segmentation metrics (same keys); ``cohort.csv``: the cohort table.
 
-No patient identifier leaves the run folder: the report shows case ids (pseudonymous by the
-manifest's design) and counts of patients, never the manifest's ``patient_id`` values.
+No patient identifier leaves the run folder: the report shows counts of patients, never the
+manifest's ``patient_id`` values, and names cases by their case ids -- unless a case id contains its
+patient id (as ``P0001_S1`` does), then by keys ``case-0001`` ... (`case_labels`), with the map in
+``private/case_keys.csv``, which is not meant for sharing.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from medres.report.html import (
 )
 from medres.report.run_folder import RunData
 
-__all__ = ["GalleryItem", "build_bundle", "pseudonymise", "ECE_BINS"]
+__all__ = ["GalleryItem", "build_bundle", "case_labels", "pseudonymise", "ECE_BINS"]
 
 ECE_BINS = 10
 KNOWN_SUBGROUPS = ("site", "scanner", "sex", "age", "age_band")
@@ -91,19 +93,36 @@ class Bundle:
     extras: dict = field(default_factory=dict)
 
 
-def pseudonymise(patient_ids: pd.Series) -> pd.Series:
-    """Replace patient ids by ``P0001``, ``P0002``, ... in order of first appearance."""
-    codes, _ = pd.factorize(patient_ids)
-    return pd.Series([f"P{c + 1:04d}" for c in codes], index=patient_ids.index)
+def pseudonymise(ids: pd.Series, prefix: str = "patient-") -> pd.Series:
+    """Replace ids by ``patient-0001``, ``patient-0002``, ... in order of first appearance."""
+    codes, _ = pd.factorize(ids)
+    return pd.Series([f"{prefix}{c + 1:04d}" for c in codes], index=ids.index)
 
 
-def _export(df: pd.DataFrame, config_subgroups: list[str], keys: pd.Series) -> pd.DataFrame:
+def case_labels(predictions: pd.DataFrame) -> tuple[dict[str, str], bool]:
+    """How the report names cases: by case id, unless a case id contains (or is) its patient id.
+
+    Returns ``{case_id: label}`` and whether the case ids are shown. When a case id would reveal
+    a patient id (e.g. ``P0001_S1`` for patient ``P0001``) every case is named ``case-0001`` ... instead.
+    """
+    cids = predictions["case_id"].astype(str)
+    pids = predictions["patient_id"].astype(str)
+    unsafe = any(p and p in c for c, p in zip(cids, pids)) or bool(set(cids) & set(pids))
+    if not unsafe:
+        return dict(zip(cids, cids)), True
+    return dict(zip(cids, pseudonymise(cids, "case-"))), False
+
+
+def _export(
+    df: pd.DataFrame, config_subgroups: list[str], keys: pd.Series, labels: dict[str, str], ids_shown: bool
+) -> pd.DataFrame:
     """An allow-listed copy for sharing: no patient ids, no file paths, no unknown free-text columns
-    except those the configuration names as subgroups."""
-    keep = ["case_id", "fold", "y_true"] + [c for c in df.columns if c.startswith("p_")]
+    except those the configuration names as subgroups; case ids replaced by keys when unsafe."""
+    keep = ["fold", "y_true"] + [c for c in df.columns if c.startswith("p_")]
     keep += ["y_pred", "threshold", "y_pred_op"]
     keep += [c for c in (*KNOWN_SUBGROUPS, *config_subgroups, *SPACING_COLUMNS) if c in df.columns]
     out = df[[c for c in dict.fromkeys(keep) if c in df.columns]].copy()
+    out.insert(0, "case_id" if ids_shown else "case_key", df["case_id"].map(labels).to_numpy())
     out.insert(1, "patient_key", keys.to_numpy())
     return out
 
@@ -212,6 +231,7 @@ def build_bundle(
     cfg, ev = run.config, run.config.evaluate
     seed = cfg.train.seed
     task = binary_task(cfg)
+    labels, ids_shown = case_labels(run.predictions)
     preds, thresholds = operating_points(
         run.predictions, run.inner_val, task, method=ev.threshold, target=ev.threshold_target
     )
@@ -343,8 +363,12 @@ def build_bundle(
         "seed": seed,
         "ci_level": f"{ev.ci_level:.0%}",
         "privacy_note": (
-            "Patient identifiers are not shown: the report counts patients and names cases by "
-            "their manifest case id only."
+            "Patient identifiers are not shown: the report counts patients and names cases by their manifest "
+            "case id only."
+            if ids_shown
+            else "Patient identifiers are not shown: the report counts patients. The manifest's case ids "
+            "contain patient ids, so cases are named by keys (case-0001, ...); the key-to-case map is in "
+            "private/case_keys.csv next to this report: do not share that file."
         ),
         "cohort_table": table_html(cohort, index=True),
         "audit": audit.to_dict("records"),
@@ -375,13 +399,22 @@ def build_bundle(
 
     keys = pseudonymise(preds["patient_id"])
     key_of = dict(zip(preds["patient_id"], keys))
-    _export(preds, list(ev.subgroups), keys).to_csv(output / "predictions.csv", index=False)
+    _export(preds, list(ev.subgroups), keys, labels, ids_shown).to_csv(
+        output / "predictions.csv", index=False
+    )
     if seg_cases is not None:
         sc = seg_cases.drop(
-            columns=[c for c in ("patient_id", "image", "mask", "seg_path") if c in seg_cases]
+            columns=[c for c in ("case_id", "patient_id", "image", "mask", "seg_path") if c in seg_cases]
         )
+        sc.insert(0, "case_id" if ids_shown else "case_key", seg_cases["case_id"].map(labels).to_numpy())
         sc.insert(1, "patient_key", seg_cases["patient_id"].map(key_of).to_numpy())
         sc.to_csv(output / "seg_cases.csv", index=False)
+    if not ids_shown:  # the key -> case id map stays out of the shareable files
+        private = output / "private"
+        private.mkdir(exist_ok=True)
+        pd.DataFrame({"case_key": preds["case_id"].map(labels), "case_id": preds["case_id"]}).to_csv(
+            private / "case_keys.csv", index=False
+        )
     cohort.to_csv(output / "cohort.csv")
     summary = {
         "run": run.run_dir.name,

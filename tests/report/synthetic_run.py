@@ -53,11 +53,13 @@ def write_synthetic_run(
     bootstrap_resamples: int = 200,
     extra_scans: int = 6,
     dicom_image: Path | None = None,
+    case_ids_with_patient_id: bool = False,
 ) -> Path:
     """Write a manifest, its NIfTIs and a run folder under ``root``; return the run folder.
 
     ``extra_scans`` patients get a second scan (so patient clustering matters). With ``dicom_image``
-    the first case's image is that DICOM file (copied), to check DICOM fields never leak.
+    the first case's image is that DICOM file (copied), to check DICOM fields never leak. With
+    ``case_ids_with_patient_id`` case ids embed the patient id (``SECRETPAT0001_S0``), as the demo's do.
     """
     rng = np.random.default_rng(seed)
     data = root / "data"
@@ -70,7 +72,7 @@ def write_synthetic_run(
         y = int(i % 3 == 0)  # prevalence 1/3
         n_scans = 2 if i < extra_scans else 1
         for s in range(n_scans):
-            case = f"case{i:03d}_{s}"
+            case = f"{patient_id(i)}_S{s}" if case_ids_with_patient_id else f"case{i:03d}_{s}"
             rows.append(
                 {
                     "case_id": case,

@@ -13,8 +13,8 @@ import torch
 from monai.metrics import compute_dice
 from sklearn.metrics import roc_auc_score
 
-from medres.report import load_run
-from tests.report.synthetic_run import patient_id
+from medres.report import build_bundle, load_run
+from tests.report.synthetic_run import patient_id, write_synthetic_run
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +110,21 @@ def test_report_is_self_contained(bundle_dir):
     ):
         assert heading in html, heading
     assert "configuration sha256" in html and "medres git commit" in html
+
+
+def test_case_ids_that_hold_patient_ids_are_replaced_by_keys(tmp_path):
+    run_dir = write_synthetic_run(
+        tmp_path, with_seg=False, case_ids_with_patient_id=True, bootstrap_resamples=100
+    )
+    run = load_run(run_dir)
+    out = tmp_path / "bundle"
+    build_bundle(run, out)
+    for name in ("report.html", "summary.json", "predictions.csv", "cohort.csv"):
+        text = (out / name).read_text()
+        assert "SECRETPAT" not in text, name
+    preds = pd.read_csv(out / "predictions.csv")
+    assert "case_id" not in preds.columns and preds.case_key.str.match(r"case-\d{4}$").all()
+    keys = pd.read_csv(out / "private" / "case_keys.csv")
+    assert set(keys.case_id) == set(run.predictions.case_id)
+    assert "case-0001" in keys.case_key.tolist()
+    assert "private/case_keys.csv" in (out / "report.html").read_text()
