@@ -179,7 +179,21 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
     finally:
         if tracker is not None:
             tracker.close()
+    if dist_info.enabled:  # each rank records its parameters: equal digests = replicas in sync
+        # (batch-norm running statistics stay per rank, as DDP keeps them; rank 0's are saved)
+        (fold_dir / f"weights_rank{dist_info.rank}.sha256").write_text(weights_digest(model) + "\n")
     return state
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over every parameter's name and bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in unwrap_model(model).named_parameters():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _positive_index(cfg: Config) -> int:
