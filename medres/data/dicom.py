@@ -15,9 +15,11 @@ institutions and UIDs never do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,7 @@ _NON_IMAGE_PREFIXES = {
 }
 _IMAGE_EXCEPTIONS = {"1.2.840.10008.5.1.4.1.1.481.1"}  # RT Image is a projection image
 
+_VALID_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
 
 
@@ -68,6 +71,29 @@ def safe_message(exc: BaseException, limit: int = 160) -> str:
     text = _QUOTED.sub("'…'", str(exc)).replace("\n", " ")
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom while medres reads: its validation warnings and log lines quote element values,
+    which may be patient names or ids. medres reports every problem itself, without values."""
+    pd_logger = logging.getLogger("pydicom")
+    drop = _DropRecords()
+    old_mode = pydicom.config.settings.reading_validation_mode
+    pd_logger.addFilter(drop)
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom.config.settings.reading_validation_mode = old_mode
+        pd_logger.removeFilter(drop)
 
 
 @dataclass
@@ -84,6 +110,11 @@ class _Frame:
 
 def _sop_refusal(ds: Dataset, path: Path) -> DataError | None:
     sop = str(ds.get("SOPClassUID", "") or "")
+    if not sop and "SOPClassUID" not in ds:  # e.g. a DICOMDIR names its class in the file meta only
+        sop = str(getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID", "") or "")
+    if sop and not _VALID_UID.fullmatch(sop):
+        return DataError("has a damaged header: its SOP Class UID is not a valid UID", path=path,
+                         hint="the file is corrupt: re-export or re-copy it")
     name = UID(sop).name if sop else "unknown SOP class"
     if sop not in _IMAGE_EXCEPTIONS:
         for prefix, (what, hint) in _NON_IMAGE_PREFIXES.items():
@@ -144,10 +175,13 @@ def _read_dataset(path: Path) -> Dataset:
 def _decoded_pixels(ds: Dataset, path: Path) -> np.ndarray:
     """``ds.pixel_array`` with the missing-decoder case named; frames first when several."""
     tsyntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if not tsyntax.is_transfer_syntax:
+        raise DataError("has a Transfer Syntax UID that is not a known transfer syntax (damaged file meta "
+                        "header?)", path=path, hint="re-export the file")
     if tsyntax.is_compressed:
         try:
             decoder = pydicom.pixels.get_decoder(tsyntax)
-        except NotImplementedError:
+        except Exception:  # NotImplementedError for known syntaxes without decoders, others for junk
             raise DataError(f"uses the transfer syntax {tsyntax.name}, which no installed DICOM decoder "
                             "supports", path=path, hint="re-export the series uncompressed") from None
         if not decoder.is_available:
@@ -162,10 +196,14 @@ def _decoded_pixels(ds: Dataset, path: Path) -> np.ndarray:
             if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
                 pixels = pydicom.pixels.apply_color_lut(pixels, ds)
     except Exception as exc:
-        what = "truncated" if "less than expected" in str(exc) else "could not be decoded"
-        raise DataError(f"pixel data {what} ({tsyntax.name}; {safe_message(exc)})", path=path,
-                        hint="re-export the file; for JPEG files that pylibjpeg cannot decode, python-gdcm "
-                             "may") from None
+        if "less than expected" in str(exc):
+            raise DataError(f"pixel data truncated ({safe_message(exc)})", path=path,
+                            hint="the file is cut short: re-copy or re-export it") from None
+        hint = "re-export the file"
+        if tsyntax.is_compressed:
+            hint += "; python-gdcm decodes some files that pylibjpeg cannot"
+        raise DataError(f"pixel data could not be decoded ({tsyntax.name}; {safe_message(exc)})", path=path,
+                        hint=hint) from None
     if pixels.dtype.byteorder == ">":
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     return pixels
@@ -398,13 +436,14 @@ def read_dicom_file(path: str | Path) -> tuple[np.ndarray, dict]:
     """One DICOM file: ``[X, Y]`` for one frame, ``[X, Y, F]`` for a multi-frame file (plus ``[..., 3]``
     for colour), and its metadata (RAS ``affine``, ``spacing``, acquisition fields)."""
     path = Path(path)
-    ds = _read_dataset(path)
-    refusal = _sop_refusal(ds, path)
-    if refusal is not None:
-        raise refusal
-    _check_pixels_present(ds, path)
-    stack, affine = _assemble(_frames(ds, path), path, volume=False)
-    return _result(stack, affine, ds)
+    with _quiet_pydicom():
+        ds = _read_dataset(path)
+        refusal = _sop_refusal(ds, path)
+        if refusal is not None:
+            raise refusal
+        _check_pixels_present(ds, path)
+        stack, affine = _assemble(_frames(ds, path), path, volume=False)
+        return _result(stack, affine, ds)
 
 
 def _describe(datasets: list[tuple[Path, Dataset]]) -> str:
@@ -428,7 +467,11 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> t
     the slices) are skipped with a log line; sub-folders are not searched. Several image series need
     ``series_uid`` (the SeriesInstanceUID to keep).
     """
-    folder = Path(folder)
+    with _quiet_pydicom():
+        return _read_series(Path(folder), series_uid)
+
+
+def _read_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, dict]:
     series: dict[str, list[tuple[Path, Dataset]]] = {}
     skipped: list[DataError] = []
     files = sorted(p for p in folder.iterdir() if p.is_file())

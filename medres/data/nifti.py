@@ -74,12 +74,20 @@ def _check_header(raw: bytes, path: Path) -> type[nib.Nifti1Image]:
             if raw[344:348] == b"ni1\x00":
                 raise DataError("is a two-file NIfTI header (.hdr/.img pair) stored as .nii", path=path,
                                 hint="convert it to a single .nii/.nii.gz file (e.g. nibabel.save)")
-            raise DataError("is an Analyze 7.5 file, not NIfTI (no 'n+1' magic); Analyze has no reliable "
-                            "orientation", path=path, hint="convert it to NIfTI with its true orientation")
+            if raw[344:348] == b"\x00\x00\x00\x00":
+                raise DataError("has no NIfTI magic (bytes 344-347 are zero): an Analyze 7.5 file or a "
+                                "damaged NIfTI header; Analyze has no reliable orientation", path=path,
+                                hint="convert it to NIfTI with its true orientation, or re-copy the file")
+            raise DataError(f"has a damaged NIfTI header: the magic at byte 344 is {bytes(raw[344:348])!r}, "
+                            "not 'n+1'", path=path, hint="the file is corrupt: re-export or re-copy it")
         if len(raw) >= 4 and struct.unpack(order + "i", raw[:4])[0] == 540:
             if len(raw) >= 8 and raw[4:8] == b"n+2\x00":
                 return nib.Nifti2Image
             break
+    if len(raw) >= 348 and raw[344:348] == b"n+1\x00":
+        size = struct.unpack("<i", raw[:4])[0]
+        raise DataError(f"has a damaged NIfTI-1 header: sizeof_hdr is {size}, not 348", path=path,
+                        hint="the file is corrupt: re-export or re-copy it")
     if len(raw) < 348:
         raise DataError(f"is too short for a NIfTI header ({len(raw)} bytes; a header has 348 or 540)",
                         path=path, hint="the file is truncated or empty: re-export or re-copy it")

@@ -118,6 +118,12 @@ def test_refused_dicom_files_name_the_true_reason(dicom_files, name, reason):
     assert info.value.hint
 
 
+def test_dicomdir_is_refused_with_what_to_do(dicom_files):
+    with pytest.raises(DataError, match="is a DICOMDIR index") as info:
+        load_image(dicom_files / "dicomdirtests" / "DICOMDIR")
+    assert "series folder" in info.value.hint
+
+
 def test_analyze_header_is_refused_as_a_format(nibabel_files):
     with pytest.raises(DataError, match="Analyze"):
         load_image(nibabel_files / "analyze.hdr")

@@ -110,6 +110,7 @@ def test_stray_files_are_skipped_with_a_log_line(tmp_path, caplog, dicom_files):
     (tmp_path / "s" / "notes.txt").write_text("scanned on the new scanner\n")
     (tmp_path / "s" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
     (tmp_path / "s" / "rtplan.dcm").write_bytes((dicom_files / "rtplan.dcm").read_bytes())
+    (tmp_path / "s" / "DICOMDIR").write_bytes((dicom_files / "dicomdirtests" / "DICOMDIR").read_bytes())
     (tmp_path / "s" / "sub").mkdir()  # sub-folders are not searched
     with caplog.at_level(logging.WARNING, logger="medres"):
         img = load_image(tmp_path / "s")
@@ -117,6 +118,7 @@ def test_stray_files_are_skipped_with_a_log_line(tmp_path, caplog, dicom_files):
     text = caplog.text
     assert "skipping notes.txt" in text and "skipping .DS_Store" in text
     assert "skipping rtplan.dcm: is a radiotherapy object (RT Plan Storage)" in text
+    assert "skipping DICOMDIR: is a DICOMDIR index" in text
 
 
 def test_folder_without_images_says_what_it_holds(tmp_path, dicom_files):
