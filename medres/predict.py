@@ -86,18 +86,11 @@ def input_records(path: str | Path, config: Any) -> list[dict[str, Any]]:
 
 
 def _manifest_records(path: Path, config: Any) -> list[dict[str, Any]]:
-    import pandas as pd
-
+    """Records of a manifest; ``label`` may be absent or empty (``y_true`` -1), else from ``data.labels``."""
     from medres.data.datasets import manifest_to_records
     from medres.data.manifest import read_manifest
 
-    data = config.data
-    header = pd.read_csv(path, nrows=0, dtype=str).columns
-    has_labels = "label" in header
-    df = read_manifest(path, vocabulary=data.labels if has_labels else None)
-    if not has_labels:
-        df["label"] = ""
-    return manifest_to_records(df, data)
+    return manifest_to_records(read_manifest(path), config.data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

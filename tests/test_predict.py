@@ -77,6 +77,19 @@ def test_folder_of_scans_gives_table_and_overlaying_masks(checkpoint, scans, tmp
         np.testing.assert_allclose(mask.affine, src.affine, atol=1e-5)
 
 
+def test_manifest_input_gives_labels_and_subgroups(checkpoint, scans, tmp_path):
+    (scans / "m.csv").write_text("case_id,patient_id,image,label,site,series_uid\n"
+                                 "c1,p1,a.nii.gz,nodule,A,1.2.3\nc2,p2,b.nii,,B,1.2.4\n")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--input", str(scans / "m.csv"), "--output", str(out),
+                 "--no-masks"]) == 0
+    df = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert list(df.columns) == [*COLUMNS[:7], "site", "image", "mask"]  # no UID, no seg_path
+    assert df["y_true"].tolist() == ["1", "-1"] and df["site"].tolist() == ["A", "B"]
+    assert df["image"].tolist() == [str(scans / "a.nii.gz"), str(scans / "b.nii")]
+    assert not (out / "seg").exists()
+
+
 def test_predictor_on_path_and_on_loaded_tensor_agree(checkpoint, scans):
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     by_path = predictor.predict(scans / "a.nii.gz")

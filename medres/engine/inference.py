@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Record keys that are not subgroup columns (UIDs are identifiers and never copied to predictions).
-RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "fold", "study_uid", "series_uid")
+RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "row", "fold", "study_uid", "series_uid")
 
 
 def _affine(a: Any) -> np.ndarray:
