@@ -4,10 +4,9 @@ Arrays come out spatial-first like MONAI's ``PydicomReader``: ``[X, Y]`` for one
 a series or a multi-frame file (X along the rows, i.e. the column index; Z along the slice normal), with
 a trailing colour axis ``[..., 3]`` for RGB. ``meta["affine"]`` maps voxel indices to RAS millimetres.
 
-Slices are ordered by ImagePositionPatient projected on the slice normal (the cross product of the two
-ImageOrientationPatient vectors), never by InstanceNumber or file name. A series that cannot be
-assembled into one regular volume (missing, duplicate or unevenly spaced slices, several orientations or
-sizes, drifting positions) raises :class:`medres.errors.DataError`.
+Files are parsed here (SOP class refusals, transfer-syntax decoders, multi-frame functional groups,
+rescale to HU); frames are ordered and checked in :mod:`medres.data.dicom_geometry` (slice order from
+ImagePositionPatient on the slice normal, never InstanceNumber).
 
 Only acquisition fields in :data:`ACQUISITION_FIELDS` leave this module; patient names, ids, dates,
 institutions and UIDs never do.
@@ -15,12 +14,9 @@ institutions and UIDs never do.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +27,10 @@ from pydicom.uid import UID
 
 from medres.errors import DataError
 
-__all__ = ["ACQUISITION_FIELDS", "read_dicom_file", "read_dicom_series", "safe_message"]
+from .dicom_geometry import Frame, assemble
+from .redact import quiet_pydicom, safe_message
+
+__all__ = ["ACQUISITION_FIELDS", "acquisition_meta", "read_dicom_file", "read_dicom_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +40,6 @@ ACQUISITION_FIELDS = (
     "ConvolutionKernel", "MagneticFieldStrength", "RepetitionTime", "EchoTime", "FlipAngle",
     "PhotometricInterpretation",
 )
-
-ORIENTATION_ATOL = 1e-3  # direction cosines
-POSITION_ATOL_MM = 0.05  # slice positions off the stacking line / duplicates
-SPACING_RTOL = 0.01  # slice gaps must agree to 1% of the smallest gap
-
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # SOP classes that hold no scan: refused with their name and what to do.
 _NON_IMAGE_PREFIXES = {
@@ -63,49 +56,6 @@ _NON_IMAGE_PREFIXES = {
 _IMAGE_EXCEPTIONS = {"1.2.840.10008.5.1.4.1.1.481.1"}  # RT Image is a projection image
 
 _VALID_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
-
-
-def safe_message(exc: BaseException, limit: int = 160) -> str:
-    """A reader's exception as text with quoted values removed (they may hold patient data)."""
-    text = _QUOTED.sub("'…'", str(exc)).replace("\n", " ")
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class _DropRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
-    """Silence pydicom while medres reads: its validation warnings and log lines quote element values,
-    which may be patient names or ids. medres reports every problem itself, without values."""
-    pd_logger = logging.getLogger("pydicom")
-    drop = _DropRecords()
-    old_mode = pydicom.config.settings.reading_validation_mode
-    pd_logger.addFilter(drop)
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        pydicom.config.settings.reading_validation_mode = old_mode
-        pd_logger.removeFilter(drop)
-
-
-@dataclass
-class _Frame:
-    """One 2D frame: pixels ``[rows, cols(, 3)]`` plus its plane geometry (LPS mm) when present."""
-
-    pixels: np.ndarray
-    position: np.ndarray | None
-    orientation: np.ndarray | None
-    pixel_spacing: tuple[float, float] | None  # (between rows, between columns)
-    thickness: float | None
-    source: str
 
 
 def _sop_refusal(ds: Dataset, path: Path) -> DataError | None:
@@ -248,7 +198,7 @@ def _rescale(pixels: np.ndarray, slope: object, intercept: object, path: Path) -
     return pixels.astype(np.float32) * np.float32(s) + np.float32(b)
 
 
-def _frames(ds: Dataset, path: Path) -> list[_Frame]:
+def _frames(ds: Dataset, path: Path) -> list[Frame]:
     """Split a dataset into 2D frames with per-frame geometry and HU/rescale applied."""
     try:
         n_frames = int(ds.get("NumberOfFrames") or 1)
@@ -283,7 +233,7 @@ def _frames(ds: Dataset, path: Path) -> list[_Frame]:
             frame_pixels = pydicom.pixels.apply_modality_lut(pixels[i], ds)
         else:
             frame_pixels = _rescale(pixels[i], slope, intercept, path)
-        frames.append(_Frame(
+        frames.append(Frame(
             pixels=frame_pixels,
             position=position if position is not None else (top_position if n_frames == 1 else None),
             orientation=orientation if orientation is not None else top_orientation,
@@ -324,104 +274,6 @@ def acquisition_meta(ds: Dataset) -> dict[str, str]:
     return out
 
 
-def _affine(orientation: np.ndarray, pixel_spacing: tuple[float, float], slice_step: np.ndarray,
-            origin: np.ndarray) -> np.ndarray:
-    """RAS affine of ``[X, Y, Z]`` voxels (X: column index, Y: row index), as MONAI's PydicomReader."""
-    lps = np.eye(4)
-    lps[:3, 0] = orientation[:3] * pixel_spacing[1]
-    lps[:3, 1] = orientation[3:] * pixel_spacing[0]
-    lps[:3, 2] = slice_step
-    lps[:3, 3] = origin
-    return _LPS_TO_RAS @ lps
-
-
-def _assemble(frames: list[_Frame], path: Path, *, volume: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Check and stack frames into ``[X, Y(, Z)](, 3)`` and its RAS affine."""
-    sizes: dict[tuple[int, ...], list[str]] = {}
-    for f in frames:
-        sizes.setdefault(f.pixels.shape, []).append(f.source)
-    if len(sizes) > 1:
-        listing = "; ".join(f"{'x'.join(map(str, s))}: {len(v)} slice(s) (e.g. {v[0]})"
-                            for s, v in sizes.items())
-        raise DataError(f"slices differ in size or colour ({listing})", path=path,
-                        hint="keep one series per folder, or choose one with series_uid")
-    geometric = [f for f in frames if f.position is not None and f.orientation is not None]
-    if len(frames) == 1 and not volume:
-        f = frames[0]
-        orientation = f.orientation if f.orientation is not None else np.array([1.0, 0, 0, 0, 1, 0])
-        normal = np.cross(orientation[:3], orientation[3:])
-        origin = f.position if f.position is not None else np.zeros(3)
-        affine = _affine(orientation, f.pixel_spacing or (1.0, 1.0), normal, origin)
-        return np.swapaxes(f.pixels, 0, 1), affine
-    if len(geometric) != len(frames):
-        if len(geometric) == 0 and len(frames) > 1 and not volume:
-            # frames of one file without positions (cine, secondary capture): keep the file's order
-            logger.info("%s: frames carry no positions; stacked in file order with 1 mm steps", path.name)
-            stack = np.stack([np.swapaxes(f.pixels, 0, 1) for f in frames], axis=2)
-            return stack, _affine(np.array([1.0, 0, 0, 0, 1, 0]), frames[0].pixel_spacing or (1.0, 1.0),
-                                  np.array([0.0, 0.0, 1.0]), np.zeros(3))
-        missing = [f.source for f in frames if f.position is None or f.orientation is None]
-        raise DataError(f"{len(missing)} slice(s) lack ImagePositionPatient/ImageOrientationPatient "
-                        f"(e.g. {missing[0]}), so the slices cannot be ordered", path=path,
-                        hint="re-export the series with its geometry tags")
-    ref = frames[0].orientation
-    tilted = [f.source for f in frames if np.max(np.abs(f.orientation - ref)) > ORIENTATION_ATOL]
-    if tilted:
-        raise DataError(f"{len(tilted)} of {len(frames)} slices have another orientation (tilted or "
-                        f"re-oriented; e.g. {tilted[0]}): a volume needs one ImageOrientationPatient",
-                        path=path, hint="remove the localizer/reformatted slices or split the series")
-    if any(f.pixel_spacing is None for f in frames):
-        raise DataError("slices lack PixelSpacing", path=path, hint="re-export the series with its geometry")
-    spacing = frames[0].pixel_spacing
-    if any(not np.allclose(f.pixel_spacing, spacing, rtol=1e-3, atol=0) for f in frames):
-        raise DataError("slices differ in PixelSpacing", path=path, hint="keep one series per folder")
-    row, col = ref[:3], ref[3:]
-    normal = np.cross(row, col)
-    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-2):
-        raise DataError("has an ImageOrientationPatient whose vectors are not orthonormal", path=path)
-    normal = normal / np.linalg.norm(normal)
-    depth = np.array([f.position @ normal for f in frames])
-    order = np.argsort(depth, kind="stable")
-    frames = [frames[i] for i in order]
-    depth = depth[order]
-    gaps = np.diff(depth)
-    dup = np.flatnonzero(gaps < POSITION_ATOL_MM)
-    if dup.size:
-        i = dup[0]
-        raise DataError(f"{dup.size} duplicate slice position(s): e.g. {frames[i].source} and "
-                        f"{frames[i + 1].source} both lie at {depth[i]:.2f} mm along the slice normal",
-                        path=path, hint="remove duplicate files, or split echoes/phases/acquisitions into "
-                                        "their own series")
-    if len(frames) > 1:
-        step = float(gaps.min())
-        off = np.abs(gaps - step) > max(SPACING_RTOL * step, 1e-3)
-        if off.any():
-            ratios = gaps / step
-            multiple = off & (np.abs(ratios - np.round(ratios)) * step <= max(SPACING_RTOL * step, 1e-3))
-            if multiple.all() or (multiple == off).all():
-                i = int(np.flatnonzero(multiple)[0])
-                n_missing = int(np.sum(np.round(ratios[multiple]) - 1))
-                raise DataError(f"{n_missing} slice(s) missing: the gap between {frames[i].source} and "
-                                f"{frames[i + 1].source} is {gaps[i]:.2f} mm where the series steps "
-                                f"{step:.2f} mm", path=path,
-                                hint="re-export the complete series (a slice file is missing)")
-            raise DataError(f"uneven slice spacing: gaps between slices range from {gaps.min():.2f} to "
-                            f"{gaps.max():.2f} mm", path=path,
-                            hint="resample the series to even spacing (e.g. dcm2niix) and use the NIfTI")
-        slice_step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
-        drift = [np.linalg.norm((f.position - frames[0].position) - (d - depth[0]) * normal)
-                 for f, d in zip(frames, depth)]
-        if max(drift) > POSITION_ATOL_MM:
-            raise DataError(f"slice positions drift within the slice plane by up to {max(drift):.2f} mm "
-                            "(gantry tilt or a shifted slice)", path=path,
-                            hint="resample the series (e.g. dcm2niix corrects gantry tilt) and use the NIfTI")
-        slice_step = normal * float(slice_step @ normal)
-    else:
-        slice_step = normal * (frames[0].thickness or 1.0)
-    stack = np.stack([np.swapaxes(f.pixels, 0, 1) for f in frames], axis=2)
-    return stack, _affine(ref, spacing, slice_step, frames[0].position)
-
-
 def _result(stack: np.ndarray, affine: np.ndarray, ds: Dataset) -> tuple[np.ndarray, dict]:
     rgb = ds.get("SamplesPerPixel", 1) != 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
     spatial = stack.shape[:-1] if rgb else stack.shape
@@ -436,13 +288,13 @@ def read_dicom_file(path: str | Path) -> tuple[np.ndarray, dict]:
     """One DICOM file: ``[X, Y]`` for one frame, ``[X, Y, F]`` for a multi-frame file (plus ``[..., 3]``
     for colour), and its metadata (RAS ``affine``, ``spacing``, acquisition fields)."""
     path = Path(path)
-    with _quiet_pydicom():
+    with quiet_pydicom():
         ds = _read_dataset(path)
         refusal = _sop_refusal(ds, path)
         if refusal is not None:
             raise refusal
         _check_pixels_present(ds, path)
-        stack, affine = _assemble(_frames(ds, path), path, volume=False)
+        stack, affine = assemble(_frames(ds, path), path, volume=False)
         return _result(stack, affine, ds)
 
 
@@ -467,7 +319,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> t
     the slices) are skipped with a log line; sub-folders are not searched. Several image series need
     ``series_uid`` (the SeriesInstanceUID to keep).
     """
-    with _quiet_pydicom():
+    with quiet_pydicom():
         return _read_series(Path(folder), series_uid)
 
 
@@ -510,5 +362,5 @@ def _read_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, dict
     else:
         chosen = next(iter(series.values()))
     frames = [f for file, ds in chosen for f in _frames(ds, file)]
-    stack, affine = _assemble(frames, folder, volume=True)
+    stack, affine = assemble(frames, folder, volume=True)
     return _result(stack, affine, chosen[0][1])

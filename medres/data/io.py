@@ -32,8 +32,9 @@ from monai.data import ImageReader, MetaTensor
 
 from medres.errors import DataError
 
-from .dicom import ACQUISITION_FIELDS, read_dicom_file, read_dicom_series, safe_message
+from .dicom import ACQUISITION_FIELDS, read_dicom_file, read_dicom_series
 from .nifti import read_nifti
+from .redact import safe_message
 
 __all__ = ["ACQUISITION_FIELDS", "MedresReader", "load_image", "check_image_mask", "SUFFIXES"]
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from medres.errors import DataError
 
-from .dicom import safe_message
+from .redact import safe_message
 
 __all__ = ["read_nifti", "sniff"]
 
@@ -115,7 +115,7 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, dict]:
         raise DataError(f"could not be read ({safe_message(exc)})", path=path) from None
     image_class = _check_header(raw, path)
     try:
-        img = image_class.from_filename(path)
+        img = image_class.from_filename(path, mmap=False)
         header = img.header
         shape = tuple(int(s) for s in img.shape)
         qcode, scode = int(header["qform_code"]), int(header["sform_code"])
