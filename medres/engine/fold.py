@@ -138,7 +138,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
                                    loss_fn=loss_fn)
         log.info("fold %d: resuming after step %d (epoch %d%s)", data.fold, state.step, state.epoch + 1,
                  f", batch {state.batch_in_epoch}" if state.batch_in_epoch else "")
-        if state.finished:
+        if state.early_stopped or state.epoch >= t.epochs:
             return state
 
     net = model

@@ -70,7 +70,8 @@ class LoopState:
     best: float | None = None
     best_epoch: int = -1
     bad_rounds: int = 0  # validation rounds without improvement (early stopping)
-    finished: bool = False
+    early_stopped: bool = False
+    finished: bool = False  # all epochs done or stopped early (recomputed on resume: epochs may grow)
 
     def new_epoch(self) -> None:
         self.batch_in_epoch, self.sums, self.samples = 0, {}, 0
@@ -316,9 +317,11 @@ def fit(
             **asdict(state), **meta,
         }, fold_dir / LAST)
 
+    n_batches = 0
+
     def mid_epoch_checkpoint() -> None:
         n = train_cfg.checkpoint_every_steps
-        if n and state.step % n == 0:
+        if n and state.step % n == 0 and state.batch_in_epoch < n_batches:  # the epoch's end saves anyway
             checkpoint()
             log.info("checkpoint: step %d (epoch %d, batch %d)", state.step, state.epoch + 1,
                      state.batch_in_epoch)
@@ -326,7 +329,8 @@ def fit(
     if resume_rng is not None and state.batch_in_epoch == 0:
         set_rng_state(resume_rng)
         resume_rng = None
-    while state.epoch < epochs and not state.finished:
+    state.finished = state.early_stopped or state.epoch >= epochs
+    while not state.finished:
         t0 = time.perf_counter()
         if state.batch_in_epoch == 0:
             state.new_epoch()
@@ -363,11 +367,10 @@ def fit(
                          "(best %.4f at epoch %d)",
                          es.monitor, state.bad_rounds, state.best if state.best is not None else math.nan,
                          state.best_epoch)
-                state.finished = True
+                state.early_stopped = True
         state.epoch += 1
         state.batch_in_epoch = 0
-        if state.epoch == epochs:
-            state.finished = True
+        state.finished = state.early_stopped or state.epoch >= epochs
         if is_main:
             if tracker is not None:
                 tracker.log_epoch(row)
