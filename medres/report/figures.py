@@ -1,4 +1,4 @@
-"""The report's figures, drawn with matplotlib's Agg backend and returned as inline ``data:`` URIs.
+"""The report's figures, rendered by matplotlib (Agg canvas, no pyplot) to inline ``data:`` URIs.
 
 Every function takes ready numbers (curves, records, image slices) and returns a PNG data URI, so
 the HTML needs no external file. Colours come from matplotlib's colour-blind-safe ``tab10`` cycle.
@@ -10,13 +10,10 @@ import base64
 import io
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: figures are rendered to bytes
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 __all__ = [
     "to_data_uri",
@@ -33,11 +30,16 @@ __all__ = [
 FPR_GRID = np.linspace(0, 1, 101)
 
 
-def to_data_uri(fig: plt.Figure) -> str:
+def _subplots(*args, figsize: tuple[float, float], **kwargs):
+    """``Figure(...).subplots(...)``: no pyplot, so the caller's backend (e.g. a notebook's) is untouched."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def to_data_uri(fig: Figure) -> str:
     """Render a figure to a base64 PNG ``data:`` URI and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -85,7 +87,7 @@ def roc_figure(
     level: float = 0.95,
 ) -> str:
     """Pooled out-of-fold ROC curve with its bootstrap band, and one thin curve per fold."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    fig, ax = _subplots(figsize=(4.6, 4.4))
     for k in np.unique(fold):
         m = fold == k
         if 0 < y[m].sum() < m.sum():
@@ -110,7 +112,7 @@ def roc_figure(
 
 def pr_figure(y: np.ndarray, s: np.ndarray, fold: np.ndarray, *, ap: float) -> str:
     """Pooled precision-recall curve, per-fold curves and the prevalence (a useless model's AP)."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    fig, ax = _subplots(figsize=(4.6, 4.4))
     for k in np.unique(fold):
         m = fold == k
         if y[m].sum() > 0:
@@ -135,7 +137,7 @@ def reliability_figure(
     mean_predicted: np.ndarray, observed: np.ndarray, counts: np.ndarray, *, n_bins: int, ece: float
 ) -> str:
     """Reliability diagram: observed frequency against mean predicted probability per bin, with counts."""
-    fig, (ax, axc) = plt.subplots(2, 1, figsize=(4.6, 5.0), height_ratios=[3, 1], sharex=True)
+    fig, (ax, axc) = _subplots(2, 1, figsize=(4.6, 5.0), height_ratios=[3, 1], sharex=True)
     ok = np.asarray(counts) > 0
     ax.plot([0, 1], [0, 1], ls=":", color="0.5", lw=1, label="perfect calibration")
     ax.plot(
@@ -155,7 +157,7 @@ def reliability_figure(
 
 def decision_curve_figure(thresholds: np.ndarray, net_benefit: np.ndarray, treat_all: np.ndarray) -> str:
     """Net benefit of the model, of treating everyone and of treating no one across thresholds."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    fig, ax = _subplots(figsize=(4.6, 4.0))
     ax.plot(thresholds, net_benefit, color="C0", lw=2, label="model")
     ax.plot(thresholds, treat_all, color="C1", lw=1, label="treat all")
     ax.axhline(0, color="0.3", lw=1, label="treat none")
@@ -173,7 +175,7 @@ def decision_curve_figure(thresholds: np.ndarray, net_benefit: np.ndarray, treat
 def forest_figure(records: pd.DataFrame, *, metric: str = "auroc", pooled: float = math.nan) -> str:
     """Subgroup forest plot: one row per subgroup level with its interval; "not estimable" rows marked."""
     df = records[records["metric"] == metric].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(6.2, 0.32 * len(df) + 1.2))
+    fig, ax = _subplots(figsize=(6.2, 0.32 * len(df) + 1.2))
     ypos = np.arange(len(df))[::-1]
     for yi, (_, r) in zip(ypos, df.iterrows()):
         label = f"{r['subgroup']}  (n={r['n']}, pos={r['n_pos']})"
@@ -200,7 +202,7 @@ def forest_figure(records: pd.DataFrame, *, metric: str = "auroc", pooled: float
 
 def seg_distribution_figure(seg_cases: pd.DataFrame) -> str:
     """Per-case Dice and HD95 distributions by fold (box plots with every case as a dot)."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.6))
+    fig, axes = _subplots(1, 2, figsize=(8.0, 3.6))
     folds = sorted(seg_cases["fold"].unique())
     for ax, col, label in ((axes[0], "dice", "Dice"), (axes[1], "hd95", "HD95 (mm)")):
         data = [seg_cases.loc[seg_cases["fold"] == f, col].dropna().to_numpy() for f in folds]
@@ -227,7 +229,7 @@ def gallery_figure(
     """One worst case: a 2D slice [H, W] with reference (green) and predicted (red) mask outlines,
     and the classification head's Grad-CAM map [H, W] beside it when given."""
     ncols = 2 if cam is not None else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(3.2 * ncols, 3.4), squeeze=False)
+    fig, axes = _subplots(1, ncols, figsize=(3.2 * ncols, 3.4), squeeze=False)
     ax = axes[0, 0]
     lo, hi = np.percentile(image, [1, 99])
     ax.imshow(image.T, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")

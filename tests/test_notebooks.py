@@ -1,0 +1,57 @@
+"""The notebooks run top to bottom (nbclient, the ``python3`` kernel) and are stored without outputs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _execute(name: str, cwd: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> nbformat.NotebookNode:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # the kernel spec runs `python`: make it this interpreter
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    # the checkout's medres, whether or not it is pip-installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH", "")]))
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
+                                     resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return nb
+
+
+@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_cohort_analysis.ipynb"])
+def test_stored_without_outputs(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.outputs == [] and c.execution_count is None for c in code)
+
+
+def test_cohort_analysis_notebook(tmp_path, monkeypatch):
+    from tests.report.synthetic_run import write_synthetic_run
+
+    run = write_synthetic_run(tmp_path, with_seg=False, bootstrap_resamples=100)
+    nb = _execute("02_cohort_analysis.ipynb", tmp_path, monkeypatch, MEDRES_RUN=str(run))
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "site=" in text and "AUROC" in text
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert (run / "report" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_quickstart_notebook(tmp_path, monkeypatch):
+    nb = _execute("01_quickstart.ipynb", NOTEBOOKS, monkeypatch, MEDRES_NOTEBOOK_OUT=str(tmp_path))
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "cls_logits (1, 2)" in text and "seg_logits (1, 2, 24, 24, 24)" in text
+    assert (tmp_path / "runs" / "smoke" / "report" / "report.html").is_file()
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2  # the scan and the prediction overlay
