@@ -100,3 +100,15 @@ def test_module_entry_point(tmp_path, monkeypatch, capsys):
     assert info.value.code == 1
     out = capsys.readouterr().out
     assert "problem(s)" in out and "slice(s) missing" in out
+
+
+def test_manifest_from_the_config_and_config_errors(tmp_path, capsys):
+    _cohort(tmp_path, planted=False)
+    (tmp_path / "with_manifest.yaml").write_text("data:\n  manifest: manifest.csv\n"
+                                                 "  labels: [normal, nodule]\n")
+    assert main(["--config", str(tmp_path / "with_manifest.yaml")]) == 0  # path relative to the config
+    assert "OK: 2 rows" in capsys.readouterr().out
+    (tmp_path / "bad.yaml").write_text("data:\n  lables: [normal, nodule]\n")
+    assert main(["--manifest", str(tmp_path / "manifest.csv"), "--config", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "lables" in err and "Traceback" not in err

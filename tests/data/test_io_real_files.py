@@ -94,6 +94,21 @@ def test_colour_and_palette_files_keep_colour_last(dicom_files):
     np.testing.assert_array_equal(palette.numpy(), np.swapaxes(lut, 0, 1))
 
 
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "JPGExtended.dcm", "liver_1frame.dcm"])
+def test_nm_and_compressed_secondary_captures(dicom_files, name):
+    """JPEG 2000 (decoded by Pillow's openjpeg) and 12-bit JPEG Extended (pylibjpeg) load; the SEG not."""
+    path = dicom_files / name
+    if name.startswith("liver"):
+        with pytest.raises(DataError, match="Segmentation Storage"):
+            load_image(path)
+        return
+    img = load_image(path)
+    ds = pydicom.dcmread(path)
+    assert tuple(img.shape) == (256, 1024) and img.meta["Modality"] == "NM"
+    np.testing.assert_array_equal(img.numpy(), ds.pixel_array.T)
+    np.testing.assert_allclose(img.meta["spacing"], [float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0])])
+
+
 REFUSED = {
     "MR_truncated.dcm": "pixel data truncated",
     "no_meta.dcm": "not a DICOM file",
