@@ -16,13 +16,14 @@ import numpy as np
 
 from medres.errors import DataError
 
-__all__ = ["Frame", "assemble", "ORIENTATION_ATOL", "POSITION_ATOL_MM", "SPACING_RTOL"]
+__all__ = ["Frame", "assemble", "ORIENTATION_ATOL", "POSITION_ATOL_MM", "SPACING_RTOL", "GAP_ATOL_MM"]
 
 logger = logging.getLogger("medres.data.dicom")
 
 ORIENTATION_ATOL = 1e-3  # direction cosines
 POSITION_ATOL_MM = 0.05  # slice positions off the stacking line / duplicates
-SPACING_RTOL = 0.01  # slice gaps must agree to 1% of the smallest gap
+SPACING_RTOL = 0.01  # slice gaps must agree to 1% of the smallest gap ...
+GAP_ATOL_MM = 0.02  # ... or 0.02 mm, whichever is larger (positions are often rounded to 0.01 mm)
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -108,20 +109,26 @@ def assemble(frames: list[Frame], path: Path, *, volume: bool) -> tuple[np.ndarr
                         path=path, hint="remove duplicate files, or split echoes/phases/acquisitions into "
                                         "their own series")
     if len(frames) > 1:
-        step = float(gaps.min())
-        off = np.abs(gaps - step) > max(SPACING_RTOL * step, 1e-3)
+        tol = max(SPACING_RTOL * float(gaps.min()), GAP_ATOL_MM)
+        # the series' step: the smallest gap when it is the common one, else the median gap
+        common_min = 2 * np.sum(gaps - gaps.min() <= tol) >= len(gaps)
+        step = float(gaps.min()) if common_min else float(np.median(gaps))
+        off = np.abs(gaps - step) > tol
         if off.any():
             ratios = gaps / step
-            multiple = off & (np.abs(ratios - np.round(ratios)) * step <= max(SPACING_RTOL * step, 1e-3))
-            if multiple.all() or (multiple == off).all():
+            whole = np.round(ratios)
+            multiple = off & (ratios > 1.5) & (np.abs(gaps - whole * step) <= tol * whole)
+            if (multiple == off).all():
                 i = int(np.flatnonzero(multiple)[0])
                 n_missing = int(np.sum(np.round(ratios[multiple]) - 1))
                 raise DataError(f"{n_missing} slice(s) missing: the gap between {frames[i].source} and "
                                 f"{frames[i + 1].source} is {gaps[i]:.2f} mm where the series steps "
                                 f"{step:.2f} mm", path=path,
                                 hint="re-export the complete series (a slice file is missing)")
+            i = int(np.flatnonzero(off & ~multiple)[0])
             raise DataError(f"uneven slice spacing: gaps between slices range from {gaps.min():.2f} to "
-                            f"{gaps.max():.2f} mm", path=path,
+                            f"{gaps.max():.2f} mm (e.g. {gaps[i]:.2f} mm between {frames[i].source} and "
+                            f"{frames[i + 1].source}, where the series steps {step:.2f} mm)", path=path,
                             hint="resample the series to even spacing (e.g. dcm2niix) and use the NIfTI")
         slice_step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
         drift = [np.linalg.norm((f.position - frames[0].position) - (d - depth[0]) * normal)

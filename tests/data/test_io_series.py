@@ -72,6 +72,17 @@ def test_spacing_faults(tmp_path, depths, reason):
 def test_spacing_within_tolerance_is_accepted(tmp_path):
     write_series(tmp_path / "s", 4, positions=[(0.0, 0.0, z) for z in (0, 2.5004, 4.9998, 7.5003)])
     assert tuple(load_image(tmp_path / "s").shape) == (128, 128, 4)
+    # 0.625 mm slices with positions rounded to 0.01 mm (gaps 0.62 / 0.63) are one regular series
+    write_series(tmp_path / "r", 5, positions=[(0.0, 0.0, z) for z in (0, 0.62, 1.25, 1.88, 2.5)])
+    img = load_image(tmp_path / "r")
+    assert img.meta["spacing"][2] == pytest.approx(0.625)
+
+
+def test_an_extra_slice_is_uneven_not_missing(tmp_path):
+    write_series(tmp_path / "s", 6, positions=[(0.0, 0.0, z) for z in (0, 2.5, 5, 6.25, 7.5, 10)])
+    with pytest.raises(DataError, match="uneven slice spacing.*1.25 mm between IM0002.dcm and IM0003.dcm, "
+                                        "where the series steps 2.50 mm"):
+        load_image(tmp_path / "s")
 
 
 def test_tilted_slice_is_refused(tmp_path):
