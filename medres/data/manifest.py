@@ -30,8 +30,6 @@ __all__ = ["read_manifest", "validate_manifest", "image_columns_of", "SPLITS"]
 
 SPLITS = ("train", "test")
 _REQUIRED = ("case_id", "patient_id")
-_KNOWN = ("case_id", "patient_id", "image", "mask", "label", "study_uid", "series_uid", "site", "scanner",
-          "sex", "age", "split", "fold")
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
@@ -62,7 +60,7 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
     """
     path = Path(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError("manifest not found", path=path, hint="check the --manifest / data.manifest path") \
             from None
@@ -120,6 +118,10 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
         if not rec["patient_id"].strip():
             fail("patient_id is empty", row=row, case=case,
                  hint="every scan needs its patient's id: folds are split by patient")
+        for column in _REQUIRED:
+            if rec[column].strip() and rec[column] != rec[column].strip():
+                fail(f"{column} {rec[column]!r} has surrounding spaces", row=row, case=case,
+                     hint=f"write {rec[column].strip()!r}: ids with stray spaces split one patient in two")
         if vocab is not None:
             label = rec["label"]
             if label not in vocab:

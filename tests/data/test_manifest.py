@@ -116,3 +116,12 @@ def test_unreadable_manifests(tmp_path):
     (tmp_path / "header_only.csv").write_text("case_id,patient_id,image\n")
     with pytest.raises(DataErrors, match="has no data rows"):
         read_manifest(tmp_path / "header_only.csv")
+
+
+def test_byte_order_mark_and_ids_with_spaces(tmp_path):
+    path = _cohort(tmp_path, ["c1,P1,scans/a.nii.gz", "c2,P1 ,scans/b.nii.gz"],
+                   header="case_id,patient_id,image")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # Excel's UTF-8 with BOM
+    _, errors = validate_manifest(path)
+    [error] = errors  # the BOM is not part of the first column's name
+    assert error.row == 2 and "patient_id 'P1 ' has surrounding spaces" in error.reason
