@@ -86,12 +86,16 @@ def _check_inputs(image: Tensor, case_ids: list[str], step: int) -> None:
                         case_id=", ".join(bad), hint="check these scans and their intensity normalization")
 
 
-def _to_device(batch: Mapping[str, Any], fast: FastPath, spatial_dims: int) -> tuple[Tensor, Tensor, Tensor]:
+def _to_device(batch: Mapping[str, Any], fast: FastPath,
+               spatial_dims: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``image`` [B, C, *spatial] (in the fast path's memory format), ``label`` [B], ``mask`` [B, 1, *spatial]
+    or None (natural images have none)."""
     nb = fast.pin_memory
     image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
     image = image.to(fast.device, non_blocking=nb).contiguous(memory_format=fast.memory_format(spatial_dims))
-    mask = batch["mask"]
-    mask = (mask.as_tensor() if hasattr(mask, "as_tensor") else mask).to(fast.device, non_blocking=nb)
+    mask = batch.get("mask")
+    if mask is not None:
+        mask = (mask.as_tensor() if hasattr(mask, "as_tensor") else mask).to(fast.device, non_blocking=nb)
     labels = torch.as_tensor(batch["label"]).to(fast.device, non_blocking=nb)
     return image, labels, mask
 
@@ -247,9 +251,15 @@ def evaluate_epoch(
                 loss, _ = loss_fn(DualOutput(cls_logits, seg_logits), labels, mask, epoch)
         rec = {"index": int(indices[0]), "case_id": case_ids[0], "label": int(labels[0]),
                "loss": float(loss) if loss is not None else math.nan, "probs": [], "dice": math.nan}
+        for name, t in (("class", cls_logits), ("segmentation", seg_logits)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise TrainingDiverged(
+                    f"non-finite {name} output on validation case {case_ids[0]} after epoch {epoch + 1}; "
+                    "training stopped and the last good checkpoint kept (try a lower lr, gradient clipping "
+                    "or train.precision=fp32)")
         if cls_logits is not None:
             rec["probs"] = torch.softmax(cls_logits.float(), dim=1)[0].tolist()
-        if seg_logits is not None:
+        if seg_logits is not None and mask is not None:
             n = seg_logits.shape[1]
             pred = nn.functional.one_hot(seg_logits.argmax(1), n).movedim(-1, 1)
             ref = nn.functional.one_hot(mask[:, 0].long().clamp(0, n - 1), n).movedim(-1, 1)

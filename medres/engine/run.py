@@ -161,8 +161,9 @@ def run_cv(cfg: Config, *, fast: FastPath, dist_info: DistInfo | None = None,
         result.states[k] = train_fold(cfg, data, fold_dir, fast=fast, dist_info=dist_info, resume=resume,
                                       force=force, progress=progress, should_stop=should_stop,
                                       cache_dir=cache_dir)
-        if dist_info.is_main and predict:
-            _predict_fold(cfg, data, fold_dir, run_dir, fast)
+        if dist_info.is_main:
+            if predict:
+                _predict_fold(cfg, data, fold_dir, run_dir, fast)
             result.metrics[k] = pd.read_csv(fold_dir / "metrics.csv")
             if (fold_dir / "predictions.parquet").exists():
                 result.predictions[k] = pd.read_parquet(fold_dir / "predictions.parquet")

@@ -1,0 +1,104 @@
+"""``medres.train.run`` end to end on the smoke config, the ImageNet-style recipe on a folder of PNGs, and
+multi-channel MR from generated NIfTIs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medres.config import load_config
+from medres.train import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_run_api_smoke_fold(tmp_path):
+    cfg = load_config(ROOT / "configs" / "smoke.yaml",
+                      [f"data.demo.out={tmp_path / 'demo'}", f"output.dir={tmp_path / 'runs'}"])
+    result = run(cfg, folds=[0], quiet=True)
+    d = result.run_dir
+    assert d == tmp_path / "runs" / "smoke"
+    for name in ("config.yaml", "folds.csv", "fold_0/checkpoint_last.pt", "fold_0/checkpoint_best.pt",
+                 "fold_0/metrics.csv", "fold_0/predictions.parquet", "fold_0/inner_val_predictions.parquet"):
+        assert (d / name).exists(), name
+    assert not (d / "fold_1").exists()  # --fold trains one fold
+    m = result.metrics[0]
+    assert list(m["epoch"]) == [1, 2]
+    for col in ("lr", "seconds", "samples_per_s", "loss", "loss_cls", "loss_seg", "val_loss", "val_auroc",
+                "val_dice"):
+        assert col in m.columns, col
+    folds = pd.read_csv(d / "folds.csv", dtype=str)
+    held = set(folds.loc[folds["fold"] == "0", "patient_id"])
+    pred = result.predictions[0]
+    assert set(pred["patient_id"]) == held  # exactly the held-out patients, each case once
+    assert pred["case_id"].is_unique
+    assert np.allclose(pred["p_normal"] + pred["p_nodule"], 1, atol=1e-5)
+    inner = pd.read_parquet(d / "fold_0" / "inner_val_predictions.parquet")
+    assert not set(inner["patient_id"]) & held
+    assert result.oof.shape[0] == len(pred)
+
+
+def _png_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for c, (lo, hi) in {"cat": (0, 120), "dog": (130, 255)}.items():
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(lo, hi, (40, 44, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_imagenet_recipe_one_step_on_a_png_folder(tmp_path):
+    folder = _png_folder(tmp_path / "images")
+    recipe = load_config(ROOT / "configs" / "imagenet_resnet50.yaml")
+    assert (recipe.optim.name, recipe.optim.lr, recipe.optim.momentum, recipe.optim.weight_decay) == (
+        "sgd", 0.1, 0.9, 1e-4)
+    assert (recipe.schedule.name, recipe.schedule.step_size, recipe.schedule.gamma) == ("step", 30, 0.1)
+    assert (recipe.train.epochs, recipe.train.batch_size, recipe.model.name) == (90, 256, "resnet50")
+    assert recipe.data.augment.random_resized_crop and recipe.data.augment.flip_prob == 0.5
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", [
+        f"data.image_folder={folder}", "model.num_classes=2", "data.patch_size=[32,32]", "data.num_workers=0",
+        "train.batch_size=4", "train.epochs=1", "optim.lr=0.001", "cv.folds=2", "cv.val_fraction=0.34",
+        f"output.dir={tmp_path / 'runs'}"])
+    result = run(cfg, folds=[0], quiet=True, predict=False)  # (lr 0.1 at batch 4 diverges within a step)
+    state = result.states[0]
+    assert state.epoch == 1 and state.step == 1
+    m = result.metrics[0]
+    assert np.isfinite(m["loss"].iloc[0]) and "loss_seg" not in m.columns
+
+
+def _nifti(path: Path, data: np.ndarray) -> str:
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    return path.name
+
+
+def test_mr_multichannel_one_epoch(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(12):
+        lesion = p % 2 == 1
+        mask = np.zeros((16, 16, 16), np.uint8)
+        if lesion:
+            mask[5:10, 6:11, 4:9] = 1
+        row = {"case_id": f"c{p}", "patient_id": f"p{p:03d}", "label": "lesion" if lesion else "normal",
+               "mask": _nifti(tmp_path / f"c{p}_mask.nii.gz", mask)}
+        for k, seq in enumerate(("t1", "t2", "flair")):
+            img = rng.normal(100 * (k + 1), 10, (16, 16, 16)).astype(np.float32) + 50 * mask
+            row[f"image_{seq}"] = _nifti(tmp_path / f"c{p}_{seq}.nii.gz", img)
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    cfg = load_config(ROOT / "configs" / "mr_multichannel.yaml", [
+        f"data.manifest={tmp_path / 'manifest.csv'}", "data.patch_size=[16,16,16]", "data.spacing=[2,2,2]",
+        "model.options.base_channels=4", "train.epochs=1", "train.batch_size=2", "cv.folds=2",
+        "cv.val_fraction=0.34", f"output.dir={tmp_path / 'runs'}"])
+    assert cfg.model.in_channels == 3
+    result = run(cfg, folds=[0], quiet=True)
+    assert result.states[0].epoch == 1
+    pred = result.predictions[0]
+    assert {"p_normal", "p_lesion", "image", "seg_path"} <= set(pred.columns)
+    assert len(pred) == 6
