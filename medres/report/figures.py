@@ -222,12 +222,12 @@ def gallery_figure(
     image: np.ndarray,
     reference: np.ndarray | None,
     predicted: np.ndarray | None,
-    cam: np.ndarray | None = None,
+    cam: tuple[np.ndarray, np.ndarray] | None = None,
     *,
     title: str = "",
 ) -> str:
-    """One worst case: a 2D slice [H, W] with reference (green) and predicted (red) mask outlines,
-    and the classification head's Grad-CAM map [H, W] beside it when given."""
+    """One worst case: a source slice [H, W] with reference (green) and predicted (red) mask outlines, and
+    beside it, when given, ``cam = (model-input slice [h, w], Grad-CAM map [h, w])`` on the model's grid."""
     ncols = 2 if cam is not None else 1
     fig, axes = _subplots(1, ncols, figsize=(3.2 * ncols, 3.4), squeeze=False)
     ax = axes[0, 0]
@@ -241,9 +241,13 @@ def gallery_figure(
     ax.set_title(title, fontsize=8)
     ax.axis("off")
     if cam is not None:
+        background, heat = cam
         ax2 = axes[0, 1]
-        ax2.imshow(image.T, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
-        ax2.imshow(cam.T, cmap="jet", alpha=0.45, origin="lower")
-        ax2.set_title("Grad-CAM (classification head)", fontsize=8)
+        blo, bhi = np.percentile(background, [1, 99])
+        ax2.imshow(background.T, cmap="gray", vmin=blo, vmax=bhi if bhi > blo else blo + 1, origin="lower")
+        ax2.imshow(heat.T, cmap="inferno", alpha=0.5, origin="lower")
+        flat = not np.ptp(heat) > 0
+        ax2.set_title("Grad-CAM, model input grid" + (" (flat: no positive evidence)" if flat else ""),
+                      fontsize=8)
         ax2.axis("off")
     return to_data_uri(fig)

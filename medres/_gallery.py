@@ -1,0 +1,238 @@
+"""The report's worst-case gallery for ``medres.evaluate``: source slices with masks, and Grad-CAM.
+
+Kept apart from ``medres.report`` (which never imports torch): this module loads scans and, when the
+fold's checkpoint is present, the model, to draw MONAI's Grad-CAM of the classification head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medres.errors import DataError
+from medres.report import GalleryItem, binary_task, case_labels
+from medres.report.figures import gallery_figure
+from medres.report.run_folder import RunData
+
+__all__ = ["load_scan", "first_path", "worst_cases", "gallery"]
+
+
+def first_path(value: object) -> str | None:
+    """The first channel's path of a predictions ``image``/``mask`` value (channels are joined by ``;``)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        value = value[0] if len(value) else ""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).split(";")[0].strip()
+    return text or None
+
+
+def load_scan(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel array, spacing (mm per axis) and voxel-to-RAS affine [4, 4] of a scan or mask.
+
+    NIfTI is read with nibabel directly (the array as stored, as medres's reader gives it, without
+    importing MONAI); DICOM and the rest go through `medres.data.load_image`.
+    """
+    if str(path).endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj)
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"cannot read NIfTI: {type(exc).__name__}", path=path, hint="the file is damaged or not NIfTI"
+            ) from None
+        return data, np.asarray(img.header.get_zooms(), dtype=np.float64)[: data.ndim], np.asarray(img.affine)
+    from medres.data import load_image
+
+    img = load_image(path)
+    spacing = np.asarray(img.meta.get("spacing", [1.0] * img.ndim), dtype=np.float64)[: img.ndim]
+    affine = img.meta.get("affine", np.eye(4))
+    return (
+        np.asarray(img),
+        spacing,
+        np.asarray(affine.cpu() if hasattr(affine, "cpu") else affine, dtype=float),
+    )
+
+
+def worst_cases(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> list[tuple[str, str]]:
+    """Up to ``k`` (case_id, why) pairs: the worst classification errors and the lowest Dice scores."""
+    task = binary_task(run.config)
+    p = run.predictions
+    y = p["y_true"].to_numpy() == task.index
+    score = p[task.score_col].to_numpy(np.float64)
+    err = np.where(y, 1 - score, score)
+    picks: dict[str, str] = {}
+    n_cls = k // 2 if len(seg_cases) else k
+    for i in np.argsort(-err, kind="stable")[:n_cls]:
+        picks[p["case_id"].iloc[i]] = f"classification error {err[i]:.2f}"
+    if len(seg_cases):
+        present = seg_cases[seg_cases["empty"] != "both"].sort_values("dice", kind="stable")
+        for case, dice in zip(present["case_id"], present["dice"]):
+            if len(picks) >= k:
+                break
+            picks.setdefault(case, f"Dice {dice:.2f}")
+    return list(picks.items())
+
+
+def _mask(value: object, run_dir: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    path = first_path(value)
+    if path is None:
+        return None
+    m = load_scan(run_dir / path if run_dir is not None else path)[0] > 0
+    return m if m.shape == shape else None
+
+
+def _cut(volume: np.ndarray, z: int) -> np.ndarray:
+    return volume[..., z] if volume.ndim == 3 else volume
+
+
+def gallery(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> tuple[list[GalleryItem], str]:
+    """The worst cases drawn: source slice with reference and predicted outlines, and Grad-CAM if possible."""
+    task = binary_task(run.config)
+    labels, _ = case_labels(run.predictions)
+    by_case = run.predictions.set_index("case_id")
+    cams = GradCam(run)
+    items = []
+    for case, why in worst_cases(run, seg_cases, k):
+        r = by_case.loc[case]
+        image, _, affine = load_scan(first_path(r["image"]))
+        ref = _mask(r.get("mask"), None, image.shape)
+        pred = _mask(r.get("seg_path"), run.run_dir, image.shape)
+        area = next((m for m in (ref, pred) if m is not None and m.any()), None)
+        centre = np.argwhere(area).mean(0) if area is not None else (np.asarray(image.shape) - 1) / 2
+        z = int(round(centre[-1])) if image.ndim == 3 else 0
+        title = (
+            f"{labels[case]} (fold {int(r['fold'])}): {run.labels[int(r['y_true'])]}, "
+            f"p({task.positive})={r[task.score_col]:.2f}"
+        )
+        src = gallery_figure(
+            _cut(image, z),
+            None if ref is None else _cut(ref, z),
+            None if pred is None else _cut(pred, z),
+            cams(r, centre, affine),
+            title=title,
+        )
+        items.append(GalleryItem(labels[case], src, f"{why}; slice {z}"))
+    note = (
+        "Worst cases: the largest classification errors (|label - p|) and the lowest Dice scores. "
+        "Left: the source scan, reference mask green, predicted mask red. " + cams.note
+    )
+    return items, note
+
+
+class GradCam:
+    """MONAI's Grad-CAM of the classification head (positive class) around a point of a case.
+
+    The case goes through the evaluation transforms (`medres.data.transforms.build_transforms`); a
+    ``data.patch_size`` box centred on the point (mapped from source voxels to the model's grid through
+    the affines) is fed to the fold's model (`medres.engine.checkpoint.load_model`), with the target
+    layer the last block of the encoder's last stage. Without a classification head or checkpoints no
+    map is drawn and ``note`` says why; any failure drops the maps with the reason in ``note``.
+    """
+
+    def __init__(self, run: RunData) -> None:
+        self.run = run
+        self.models: dict[int, object] = {}
+        self.transform = None
+        self.ok = run.config.model.cls_head and bool(run.checkpoints)
+        self.note = (
+            ""
+            if self.ok
+            else "Grad-CAM not shown: "
+            + (
+                "the model has no classification head."
+                if not run.config.model.cls_head
+                else "the run folder holds no checkpoints."
+            )
+        )
+
+    def _model(self, fold: int):
+        if fold not in self.models:
+            from medres.engine.checkpoint import load_model
+
+            fd = self.run.run_dir / f"fold_{fold}"
+            ckpt = next(
+                (fd / n for n in ("checkpoint_best.pt", "checkpoint_last.pt") if (fd / n).is_file()), None
+            )
+            if ckpt is None:
+                raise FileNotFoundError(f"no checkpoint in fold_{fold}")
+            self.models[fold] = load_model(ckpt)[0]
+        return self.models[fold]
+
+    def __call__(
+        self, row: pd.Series, centre: np.ndarray, src_affine: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.ok:
+            return None
+        try:
+            slices = self._cam(row, centre, src_affine)
+        except Exception as exc:  # noqa: BLE001 - a failure only drops the maps, with its reason shown
+            self.ok = False
+            self.note = f"Grad-CAM not shown: {type(exc).__name__}: {str(exc)[:160]}"
+            return None
+        self.note = (
+            "Right: Grad-CAM (MONAI) of the classification head for the positive class, on the "
+            "model's input grid (after the evaluation transforms; orientation may differ from the "
+            "source), in a patch centred on the lesion or the scan's centre."
+        )
+        return slices
+
+    def _cam(
+        self, row: pd.Series, centre: np.ndarray, src_affine: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        from monai.visualize import GradCAM
+
+        cfg = self.run.config
+        if self.transform is None:
+            from medres.data.transforms import build_transforms
+
+            self.transform = build_transforms(cfg.data, train=False)
+        paths = [p for p in str(row["image"]).split(";") if p]
+        img = self.transform({"image": paths if len(paths) > 1 else paths[0]})["image"]  # [C, *spatial]
+        spatial = np.asarray(img.shape[1:])
+        point = np.ones(4)
+        point[: centre.size] = centre
+        ijk = np.linalg.solve(np.asarray(img.affine, dtype=float), src_affine @ point)[: spatial.size]
+        size = np.minimum(np.asarray(cfg.data.patch_size), spatial)
+        start = np.clip(np.round(ijk - size / 2).astype(int), 0, spatial - size)
+        box = tuple(slice(int(a), int(a + n)) for a, n in zip(start, size))
+        crop = torch.as_tensor(np.asarray(img[(slice(None), *box)]), dtype=torch.float32)[None]
+        model = self._model(int(row["fold"]))
+        stage = getattr(getattr(model, "backbone", None), "layer4", None)
+        if stage is None or not len(stage):
+            raise ValueError("no encoder stage 'backbone.layer4' to take Grad-CAM from")
+        # the last block of the last stage (forward_intermediates does not call the stage itself as a
+        # module, so hooks on it would not fire)
+        layer = f"inner.backbone.layer4.{len(stage) - 1}"
+        cam = (
+            GradCAM(nn_module=_ClsLogits(model), target_layers=layer)(crop, class_idx=binary_task(cfg).index)
+            .detach()
+            .numpy()[0, 0]
+        )
+        background = crop[0, 0].numpy()
+        if background.ndim == 3:
+            zc = int(np.clip(round(ijk[2]) - start[2], 0, size[2] - 1))
+            return background[..., zc], cam[..., zc]
+        return background, cam
+
+
+def _ClsLogits(model):  # noqa: N802 - builds a module lazily so this file imports without torch
+    import torch
+
+    class ClsLogits(torch.nn.Module):
+        """The classification logits [B, K] of a dual-head model, for Grad-CAM."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.inner(x)
+            return out.cls_logits if hasattr(out, "cls_logits") else out
+
+    return ClsLogits(model)
