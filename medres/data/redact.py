@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -32,19 +33,35 @@ class _DropRecords(logging.Filter):
         return False
 
 
+_LOCK = threading.Lock()
+_DEPTH = 0
+_SAVED_MODE: int | None = None
+
+
 @contextlib.contextmanager
 def quiet_pydicom() -> Iterator[None]:
     """Silence pydicom while medres reads: its validation warnings and log lines quote element values,
-    which may be patient names or ids. medres reports every problem itself, without values."""
+    which may be patient names or ids. medres reports every problem itself, without values.
+
+    Re-entrant and safe across threads (a ThreadDataLoader): pydicom's validation mode is switched off by
+    the first reader in and restored by the last one out; each reader filters pydicom's log records.
+    """
+    global _DEPTH, _SAVED_MODE
     pd_logger = logging.getLogger("pydicom")
     drop = _DropRecords()
-    old_mode = pydicom.config.settings.reading_validation_mode
     pd_logger.addFilter(drop)
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    with _LOCK:
+        if _DEPTH == 0:
+            _SAVED_MODE = pydicom.config.settings.reading_validation_mode
+            pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        _DEPTH += 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        pydicom.config.settings.reading_validation_mode = old_mode
+        with _LOCK:
+            _DEPTH -= 1
+            if _DEPTH == 0 and _SAVED_MODE is not None:
+                pydicom.config.settings.reading_validation_mode = _SAVED_MODE
         pd_logger.removeFilter(drop)
