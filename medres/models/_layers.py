@@ -13,9 +13,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from monai.networks.layers.factories import Act, Conv, Norm, Pool
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from medres.errors import ConfigError
 
@@ -138,3 +140,14 @@ def match_size(x: Tensor, size: Sequence[int]) -> Tensor:
     if any(pad):
         x = F.pad(x, pad, mode="replicate")
     return x
+
+
+def maybe_checkpoint(enabled: bool, fn: Callable[..., Tensor], *args: Any) -> Tensor:
+    """``fn(*args)``, recomputed in the backward pass instead of kept when ``enabled`` and grad is on.
+
+    Non-reentrant checkpointing: gradients equal those without it. Batch-norm running statistics are
+    updated again during the recomputation (as in timm and torchvision).
+    """
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from medres.models._layers import (
     ActSpec,
@@ -18,6 +17,7 @@ from medres.models._layers import (
     make_act_factory,
     make_norm_factory,
     match_size,
+    maybe_checkpoint,
 )
 
 __all__ = ["ClassificationHead", "DeconvDecoder"]
@@ -138,14 +138,11 @@ class DeconvDecoder(nn.Module):
         Returns logits ``[B, seg_classes, *size]``.
         """
         feats = list(features)[::-1]
-        x = feats[0]
-        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        x, ckpt = feats[0], self.grad_checkpointing
         for stage, skip in zip(self.stages, feats[1:]):
-            s = skip if self.skip_connections else None
-            x = (
-                checkpoint(stage, x, s, skip.shape[2:], use_reentrant=False)
-                if use_ckpt
-                else stage(x, s, skip.shape[2:])
-            )
+            x = maybe_checkpoint(ckpt, stage, x, skip if self.skip_connections else None, skip.shape[2:])
+        return maybe_checkpoint(ckpt, self._final, x, size)  # the full-resolution end is the largest
+
+    def _final(self, x: Tensor, size: Sequence[int]) -> Tensor:
         x = match_size(self.final_up(x), size)
         return self.seg(self.final_act(self.final_norm(x)))

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from medres.errors import ConfigError
 from medres.models._layers import (
@@ -30,6 +29,7 @@ from medres.models._layers import (
     make_act_factory,
     make_norm_factory,
     max_pool_type,
+    maybe_checkpoint,
 )
 from medres.models.registry import register_model
 
@@ -381,14 +381,15 @@ class ResNet(nn.Module):
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """[B, C_in, *S] -> [B, base_channels, *S/stem_stride] (before the max-pool)."""
+        return maybe_checkpoint(self.grad_checkpointing, self._stem, x)
+
+    def _stem(self, x: Tensor) -> Tensor:
         return self.act(self.bn1(self.conv1(x)))
 
     def _run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for blk in stage:
-                x = checkpoint(blk, x, use_reentrant=False)
-            return x
-        return stage(x)
+        for blk in stage:
+            x = maybe_checkpoint(self.grad_checkpointing, blk, x)
+        return x
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """The stem output and layer1..4 outputs, in the order of ``feature_info``."""
