@@ -33,19 +33,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, get_track_meta, set_track_meta
 from monai.data.utils import list_data_collate
 from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 
 from medres.config import DataConfig
 from medres.data.dicom import ACQUISITION_FIELDS, safe_message
-from medres.data.transforms import (
-    intensity_transforms,
-    load_transforms,
-    preprocess_signature,
-    sample_transforms,
-)
+from medres.data.transforms import load_transforms, preprocess_signature, sample_transforms
 from medres.errors import DataError
 
 __all__ = ["manifest_to_records", "build_dataset", "build_loader", "CaseDataset", "item_seed",
@@ -168,7 +163,7 @@ class CaseDataset(Dataset):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.epoch = 0
         self.load = Compose(load_transforms(data_cfg))
-        self.tail = Compose([*intensity_transforms(data_cfg), *sample_transforms(data_cfg, train=train)])
+        self.tail = Compose(sample_transforms(data_cfg, train=train))
         self.signature = preprocess_signature(data_cfg)
         self.half = data_cfg.modality == "CT"
         self._memory: dict[int, tuple[str, dict[str, Any]]] = {}
@@ -273,9 +268,15 @@ class CaseDataset(Dataset):
                 t = entry[k]
                 t = t.float() if t.dtype == torch.float16 else t.clone()  # never hand out the cached tensor
                 d[k] = MetaTensor(t, affine=meta.pop("affine"), meta=meta)
-        if self.train:
-            self.tail.set_random_state(seed=item_seed(self.seed, self.epoch, index))
-        return self.tail(d)
+        if not self.train:
+            return self.tail(d)
+        self.tail.set_random_state(seed=item_seed(self.seed, self.epoch, index))
+        previous = get_track_meta()
+        set_track_meta(False)  # training samples carry no metadata: plain tensors skip MetaTensor overhead
+        try:
+            return self.tail({k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in d.items()})
+        finally:
+            set_track_meta(previous)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._located(int(index), self._item)

@@ -2,15 +2,17 @@
 
 A pipeline has two parts:
 
-- :func:`preprocess_transforms` — deterministic: load (``MedresReader``: DICOM series, NIfTI, PNG/JPEG with
-  geometry checks), image/mask agreement check, channels first, RAS orientation, resampling to
-  ``data.spacing`` (image bilinear, mask nearest), intensity normalization (CT windows in HU -> one
-  channel per window in [0, 1]; MR per-channel z-score over non-zero voxels; ImageNet mean/std for
-  natural images). This part is what datasets cache.
-- :func:`sample_transforms` — per sample: an all-zero mask for scans without one, then for training
-  pad + a foreground-aware patch crop (``pos_fraction`` of the patches centred on mask foreground) and
+- :func:`load_transforms` — deterministic and geometric: load (``MedresReader``: DICOM series, NIfTI,
+  PNG/JPEG with geometry checks), image/mask agreement check, channels first, RAS orientation,
+  resampling to ``data.spacing`` (image bilinear, mask nearest). Datasets cache this part.
+- :func:`sample_transforms` — after the cache: intensity normalization (:func:`intensity_transforms`:
+  CT windows in HU -> one channel per window in [0, 1]; MR per-channel z-score over non-zero voxels;
+  ImageNet mean/std), an all-zero mask for scans without one, then for training pad + a
+  foreground-aware patch crop (``pos_fraction`` of the patches centred on mask foreground) and
   augmentation (flips, small rotation/zoom, intensity scale/shift/noise), or for evaluation the whole
   resampled volume (a ``MetaTensor`` with its affine, for sliding-window inference).
+
+:func:`preprocess_transforms` is the deterministic whole (load + intensity), e.g. for inspection.
 
 The 2D path: natural images (``modality: natural``) get torchvision's ImageNet recipe (random-resized
 crop + horizontal flip for training; resize + centre crop for evaluation). With ``spatial_dims: 2`` and
@@ -204,15 +206,26 @@ def _augment(cfg: DataConfig, keys: list[str], spatial_dims: int, *, natural: bo
     return t
 
 
+def _pointwise_window(cfg: DataConfig) -> bool:
+    """CT windows act voxel by voxel, so a training pipeline applies them to the patch, not the volume."""
+    return cfg.modality == "CT" and cfg.normalize == "window"
+
+
 def sample_transforms(cfg: DataConfig, *, train: bool) -> list[Transform]:
-    """The per-sample part, after :func:`preprocess_transforms` (and after a cache).
+    """Everything after :func:`load_transforms` (i.e. after a dataset's cache): intensity normalization
+    and the per-sample part.
 
     Training output: ``image`` float32 Tensor ``[C, *patch_size]``, ``mask`` int64 ``[1, *patch_size]``
     (zeros when the scan has no mask), ``has_mask`` bool. Evaluation output: ``image`` float32
     MetaTensor ``[C, *spatial]`` (whole resampled volume, affine in its meta), ``mask`` int64 MetaTensor
     ``[1, *spatial]``, ``has_mask``. Natural images: ``[C, *patch_size]`` in both.
+
+    For CT windows in training the patch is cut first (padding with -1024 HU, air) and windowed after:
+    the same values as windowing the whole volume, at the cost of a patch. A z-score needs the whole
+    volume's statistics, so it always comes first.
     """
     patch = list(cfg.patch_size)
+    intensity = intensity_transforms(cfg)
     if cfg.modality == "natural":
         if train:
             crop = (RandResizedCropd(IMAGE, patch) if cfg.augment.random_resized_crop
@@ -221,30 +234,38 @@ def sample_transforms(cfg: DataConfig, *, train: bool) -> list[Transform]:
         else:  # torchvision's eval recipe: resize to patch / 0.875 (256 for 224), centre crop
             t = [Resized(IMAGE, spatial_size=[round(s / 0.875) for s in patch]),
                  CenterSpatialCropd(IMAGE, patch)]
-        return [*t, EnsureTyped(IMAGE, dtype=torch.float32, track_meta=not train)]
+        return [*intensity, *t, EnsureTyped(IMAGE, dtype=torch.float32, track_meta=not train)]
     keys = [IMAGE, MASK]
-    t = [MaskOrZerosd(MASK, ref_key=IMAGE)]
-    if train:
-        slices = cfg.spatial_dims == 2
-        crop_size = [*patch, 1] if slices else patch
-        if len(crop_size) != 3:
-            raise ValueError(f"patch_size {patch} does not fit spatial_dims {cfg.spatial_dims}")
-        t += [SpatialPadd(keys, spatial_size=crop_size),
-              RandPatchCropd(keys, label_key=MASK, spatial_size=crop_size, pos_fraction=cfg.pos_fraction)]
-        if slices:
-            t.append(SqueezeDimd(keys, dim=3))
-        t += _augment(cfg, keys, len(patch))
-    t += [EnsureTyped(IMAGE, dtype=torch.float32, track_meta=not train),
-          EnsureTyped(MASK, dtype=torch.long, track_meta=not train)]
+    if not train:
+        return [*intensity, MaskOrZerosd(MASK, ref_key=IMAGE), EnsureTyped(IMAGE, dtype=torch.float32),
+                EnsureTyped(MASK, dtype=torch.long)]
+    late = _pointwise_window(cfg)
+    t = [] if late else list(intensity)
+    t.append(MaskOrZerosd(MASK, ref_key=IMAGE))
+    slices = cfg.spatial_dims == 2
+    crop_size = [*patch, 1] if slices else patch
+    if len(crop_size) != 3:
+        raise ValueError(f"patch_size {patch} does not fit spatial_dims {cfg.spatial_dims}")
+    t += [SpatialPadd(IMAGE, spatial_size=crop_size, value=-1024.0 if late else 0.0),
+          SpatialPadd(MASK, spatial_size=crop_size),
+          RandPatchCropd(keys, label_key=MASK, spatial_size=crop_size, pos_fraction=cfg.pos_fraction)]
+    if slices:
+        t.append(SqueezeDimd(keys, dim=3))
+    if late:
+        t += intensity
+    t += _augment(cfg, keys, len(patch))
+    t += [EnsureTyped(IMAGE, dtype=torch.float32, track_meta=False),
+          EnsureTyped(MASK, dtype=torch.long, track_meta=False)]
     return t
 
 
 def build_transforms(cfg: DataConfig, *, train: bool) -> Compose:
-    """The whole pipeline for records of ``medres.data.datasets.manifest_to_records``.
+    """The whole pipeline for records of ``medres.data.datasets.manifest_to_records``:
+    :func:`load_transforms` then :func:`sample_transforms`.
 
-    ``Compose(build_transforms(cfg, train=True)).set_random_state(seed)`` fixes every random draw.
+    ``build_transforms(cfg, train=True).set_random_state(seed)`` fixes every random draw.
     """
-    return Compose([*preprocess_transforms(cfg), *sample_transforms(cfg, train=train)])
+    return Compose([*load_transforms(cfg), *sample_transforms(cfg, train=train)])
 
 
 def preprocess_signature(cfg: DataConfig) -> str:
