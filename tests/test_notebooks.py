@@ -20,10 +20,13 @@ def _execute(name: str, cwd: Path, monkeypatch: pytest.MonkeyPatch, **env: str) 
     # the kernel spec runs `python`: make it this interpreter
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     # the checkout's medres, whether or not it is pip-installed
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH", "")])
+    )
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
-                                     resources={"metadata": {"path": str(cwd)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(cwd)}}
+    )
     client.execute()
     return nb
 
@@ -52,6 +55,33 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
     nb = _execute("01_quickstart.ipynb", NOTEBOOKS, monkeypatch, MEDRES_NOTEBOOK_OUT=str(tmp_path))
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "cls_logits (1, 2)" in text and "seg_logits (1, 2, 24, 24, 24)" in text
-    assert (tmp_path / "runs" / "smoke" / "report" / "report.html").is_file()
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the scan and the prediction overlay
+    _check_real_report(tmp_path / "runs" / "smoke")
+
+
+def _check_real_report(run_dir: Path) -> None:
+    """The report of a real (smoke) training run: numbers agree, Grad-CAM drawn, no patient id shown."""
+    import json
+    import re
+
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from medres.report import load_run
+
+    run = load_run(run_dir)
+    html = (run_dir / "report" / "report.html").read_text()
+    records = pd.DataFrame(json.loads((run_dir / "report" / "summary.json").read_text())["records"])
+    auroc = records[
+        (records.scope == "pooled")
+        & (records.metric == "auroc")
+        & records.ci_method.str.startswith("patient bootstrap")
+    ]["value"].item()
+    preds = run.predictions
+    assert auroc == pytest.approx(roc_auc_score(preds.y_true == 1, preds.p_nodule))
+    assert f'id="pooled-auroc">{auroc:.3f}<' in html
+    assert "Right: Grad-CAM (MONAI)" in html and "Grad-CAM not shown" not in html
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)  # figures' bytes are not text
+    leaked = [p for p in preds.patient_id.unique() if p in text]
+    assert leaked == [], "patient ids in report.html"
