@@ -100,6 +100,8 @@ def gallery(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> tuple[list[Gal
     for case, why in worst_cases(run, seg_cases, k):
         r = by_case.loc[case]
         image, _, affine = load_scan(first_path(r["image"]))
+        if run.config.data.spatial_dims == 2 and image.ndim == 3:  # colour [X, Y, 3]: show as grey
+            image = image.mean(axis=-1)
         ref = _mask(r.get("mask"), None, image.shape)
         pred = _mask(r.get("seg_path"), run.run_dir, image.shape)
         area = next((m for m in (ref, pred) if m is not None and m.any()), None)

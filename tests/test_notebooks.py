@@ -39,6 +39,7 @@ def test_stored_without_outputs(name):
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
 def test_cohort_analysis_notebook(tmp_path, monkeypatch):
     from tests.report.synthetic_run import write_synthetic_run
 
