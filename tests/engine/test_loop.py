@@ -22,9 +22,9 @@ from medres.engine.loop import (
     restore_state,
     val_metrics,
 )
-from medres.engine.precision import resolve_fast_path
+from medres.engine.precision import cpu_bf16_conv3d_is_sound, resolve_fast_path
 from medres.engine.sampling import EpochSampler
-from medres.errors import DataError
+from medres.errors import ConfigError, DataError
 from medres.models import DualOutput, create_model
 
 
@@ -182,3 +182,46 @@ def test_epoch_sampler_matches_distributed_sampler_and_skips():
         assert list(ours) == list(ref)
         assert list(EpochSampler(10, seed=5, epoch=2, rank=rank, world_size=3, skip=2)) == list(ref)[2:]
     assert LoopState().epoch == 0
+
+
+@pytest.mark.parametrize("device, precision", [
+    ("cpu", "bf16"),
+    pytest.param("cuda", "bf16", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                             reason="needs CUDA")]),
+    pytest.param("cuda", "fp16", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                             reason="needs CUDA")]),
+])
+def test_mixed_precision_paths_train(tmp_path, device, precision):
+    t = make(tmp_path, epochs=3, lr=1e-2)
+    t.cfg.device, t.cfg.precision, t.cfg.pin_memory = device, precision, "auto"
+    if device == "cpu" and not cpu_bf16_conv3d_is_sound():
+        with pytest.raises(ConfigError, match="wrong Conv3d weight gradients"):
+            resolve_fast_path(t.cfg, spatial_dims=3)
+        return
+    t.fast = resolve_fast_path(t.cfg, spatial_dims=3)
+    t.scaler = t.fast.grad_scaler()
+    assert t.scaler.is_enabled() == (precision == "fp16") and t.fast.pin_memory == (device == "cuda")
+    t.model.to(t.fast.device)
+    t.loss.to(t.fast.device)
+    before = val_metrics(evaluate_epoch(t.model, t.val_loader, t.loss, t.fast, spatial_dims=3))["val_loss"]
+    run_fit(t)
+    after = val_metrics(evaluate_epoch(t.model, t.val_loader, t.loss, t.fast, spatial_dims=3))["val_loss"]
+    assert math.isfinite(after) and after < before
+
+
+def test_bf16_conv3d_probe_agrees_with_a_direct_measurement():
+    """The probe's verdict matches bf16-vs-fp32 weight gradients measured in a real 3D model's layer4
+    (a 48^3 input reaches it at 2x2x2), so auto precision and the bf16 refusal rest on a fact."""
+    torch.manual_seed(1)
+    model = create_model("resnet10", spatial_dims=3, in_channels=1, num_classes=2, base_channels=8)
+    x = torch.randn(2, 1, 48, 48, 48)
+    grads = []
+    for bf16 in (True, False):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        out.float().sum().backward()
+        grads.append(model.layer4[0].conv2.weight.grad.float().clone())
+    err = float((grads[0] - grads[1]).norm() / grads[1].norm())
+    sound = math.isfinite(err) and err < 0.05
+    assert cpu_bf16_conv3d_is_sound() == sound, err
