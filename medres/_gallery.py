@@ -58,6 +58,17 @@ def load_scan(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
+def to_ras(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder a 3D volume's axes to RAS (nibabel's closest canonical) and return it with its new affine,
+    so every gallery slice is axial with anterior up (displayed radiologically by the figure)."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+    if volume.ndim != 3:
+        return volume, affine
+    ornt = io_orientation(affine)
+    return apply_orientation(volume, ornt), affine @ inv_ornt_aff(ornt, volume.shape)
+
+
 def worst_cases(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> list[tuple[str, str]]:
     """Up to ``k`` (case_id, why) pairs: the worst classification errors and the lowest Dice scores."""
     task = binary_task(run.config)
@@ -82,7 +93,8 @@ def _mask(value: object, run_dir: Path | None, shape: tuple[int, ...]) -> np.nda
     path = first_path(value)
     if path is None:
         return None
-    m = load_scan(run_dir / path if run_dir is not None else path)[0] > 0
+    m, _, affine = load_scan(run_dir / path if run_dir is not None else path)
+    m = to_ras(m > 0, affine)[0]
     return m if m.shape == shape else None
 
 
@@ -102,6 +114,7 @@ def gallery(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> tuple[list[Gal
         image, _, affine = load_scan(first_path(r["image"]))
         if run.config.data.spatial_dims == 2 and image.ndim == 3:  # colour [X, Y, 3]: show as grey
             image = image.mean(axis=-1)
+        image, affine = to_ras(image, affine)  # masks share the scan's geometry: same reordering
         ref = _mask(r.get("mask"), None, image.shape)
         pred = _mask(r.get("seg_path"), run.run_dir, image.shape)
         area = next((m for m in (ref, pred) if m is not None and m.any()), None)

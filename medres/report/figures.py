@@ -226,19 +226,23 @@ def gallery_figure(
     *,
     title: str = "",
 ) -> str:
-    """One worst case: a source slice [H, W] with reference (green) and predicted (red) mask outlines, and
-    beside it, when given, ``cam = (model-input slice [h, w], Grad-CAM map [h, w])`` on the model's grid."""
+    """One worst case: a source slice [X, Y] (RAS axis order) with reference (green) and predicted (red) mask
+    outlines, and beside it, when given, ``cam = (model-input slice, Grad-CAM map)`` on the model's grid.
+
+    Slices are shown radiologically: anterior up, the patient's right on the viewer's left."""
     ncols = 2 if cam is not None else 1
     fig, axes = _subplots(1, ncols, figsize=(3.2 * ncols, 3.4), squeeze=False)
     ax = axes[0, 0]
     lo, hi = np.percentile(image, [1, 99])
     ax.imshow(image.T, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
+    ax.invert_xaxis()  # radiological: the patient's right (high RAS x) on the viewer's left
     for mask, color, name in ((reference, "lime", "reference"), (predicted, "red", "predicted")):
         if mask is not None and mask.any() and not mask.all():
             ax.contour(mask.T.astype(float), levels=[0.5], colors=color, linewidths=1.2, origin="lower")
         ax.plot([], [], color=color, label=name)
     ax.legend(fontsize=6, loc="lower right")
-    ax.set_title(title, fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    ax.set_title("source scan", fontsize=7)
     ax.axis("off")
     if cam is not None:
         background, heat = cam
@@ -246,8 +250,8 @@ def gallery_figure(
         blo, bhi = np.percentile(background, [1, 99])
         ax2.imshow(background.T, cmap="gray", vmin=blo, vmax=bhi if bhi > blo else blo + 1, origin="lower")
         ax2.imshow(heat.T, cmap="inferno", alpha=0.5, origin="lower")
+        ax2.invert_xaxis()
         flat = not np.ptp(heat) > 0
-        ax2.set_title("Grad-CAM, model input grid" + (" (flat: no positive evidence)" if flat else ""),
-                      fontsize=8)
+        ax2.set_title("Grad-CAM, model grid" + (" (flat map)" if flat else ""), fontsize=7)
         ax2.axis("off")
     return to_data_uri(fig)
