@@ -195,7 +195,7 @@ class CaseDataset(Dataset):
                 data = t.as_tensor() if isinstance(t, MetaTensor) else torch.as_tensor(t)
                 if k == "image" and self.half:
                     data = data.to(torch.float16)
-                entry[k] = data.contiguous().clone()
+                entry[k] = data.contiguous()  # the pipeline's own tensor: nothing else holds it
                 entry[f"{k}_meta"] = _strip_meta(t)
         return entry
 

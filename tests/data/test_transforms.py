@@ -207,3 +207,17 @@ def test_prediction_back_to_source_geometry(tmp_path: Path) -> None:
     assert back.shape == (1, 12, 10, 8)
     np.testing.assert_allclose(back.affine.numpy(), affine, atol=1e-6)
     assert np.array_equal(back[0].numpy().astype(np.uint8), mask)
+
+
+@pytest.mark.parametrize(("values", "dtype", "expected"), [((0, 1, 2), np.uint8, "values [2]"),
+                                                          ((-1, 0, 1), np.int16, "values [-1]"),
+                                                          ((0, 0.5, 1), np.float32, "non-integer")])
+def test_mask_values_outside_the_labels_are_refused(tmp_path: Path, values: tuple, dtype: type,
+                                                    expected: str) -> None:
+    mask = np.zeros((6, 6, 6), dtype=dtype)
+    mask[0, 0, :3] = values
+    record = {"image": _nifti(tmp_path / "i.nii", np.zeros((6, 6, 6), np.int16), np.eye(4)),
+              "mask": _nifti(tmp_path / "m.nii", mask, np.eye(4))}
+    with pytest.raises(RuntimeError) as info:
+        build_transforms(DataConfig(), train=False)(record)
+    assert isinstance(info.value.__cause__, DataError) and expected in str(info.value.__cause__)
