@@ -79,6 +79,8 @@ def bench(name: str, records: list[dict], cfg: DataConfig, epochs: int) -> None:
     rng = np.random.default_rng(0)
     plain = [{"image": r["image"], "mask": r["mask"]} for r in records]
     rows = []
+    Compose(monai_transforms(cfg))(dict(plain[0]))  # warm-up (imports, reader set-up): not timed
+    build_dataset(records[:1], cfg, train=True, seed=0)[0]
     for kind in ("monai", "monai_cache", "medres"):
         start = time.perf_counter()
         if kind == "monai":
