@@ -67,7 +67,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
     if dist_info.is_main:
         log.info("%s; %d CPU threads%s", fast.describe(), torch.get_num_threads(),
                  f"; {dist_info.world_size} processes (DDP)" if dist_info.enabled else "")
-    progress = dist_info.is_main and not quiet and sys.stderr.isatty()
+    progress = dist_info.is_main and not quiet and sys.stdout.isatty() and sys.stderr.isatty()
     try:
         return run_cv(cfg, fast=fast, dist_info=dist_info, folds=folds, resume=resume, force=force,
                       progress=progress, should_stop=should_stop or (lambda: None), evaluate=evaluate,

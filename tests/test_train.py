@@ -42,6 +42,14 @@ def test_run_api_smoke_fold(tmp_path):
     inner = pd.read_parquet(d / "fold_0" / "inner_val_predictions.parquet")
     assert not set(inner["patient_id"]) & held
     assert result.oof.shape[0] == len(pred)
+    # the demo's DICOM site carries made-up patient fields: none may reach the run folder
+    dicom = pd.read_csv(tmp_path / "demo" / "manifest.csv", dtype=str)
+    assert (dicom["site"] == "site_a").any()
+    for f in d.rglob("*"):
+        if f.is_file() and f.suffix in (".pt", ".csv", ".yaml", ".parquet"):
+            data = pd.read_parquet(f).to_csv().encode() if f.suffix == ".parquet" else f.read_bytes()
+            for secret in (b"DEMO^", b"Demo Hospital", b"ACCP0", b"DEMO^REFERRER"):
+                assert secret not in data, (f, secret)
 
 
 def _png_folder(root: Path) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -413,6 +412,3 @@ def restore_state(ckpt: Mapping[str, Any], *, model: nn.Module, optimizer: torch
 def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
