@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from medres.errors import ConfigError
 from medres.models._layers import (
     ActSpec,
     NormSpec,
@@ -43,7 +44,10 @@ class ClassificationHead(nn.Module):
 
 
 class UpStage(nn.Module):
-    """Transposed conv by ``scale``, crop to the skip's size, concatenate the skip, 3x3 conv-norm-act."""
+    """Transposed conv by ``scale``, crop to the skip's size, concatenate the skip, conv-norm-act.
+
+    The fusing convolution is 3x3 (``kernel=3``) or 1x1 (``kernel=1``, used at high resolution).
+    """
 
     def __init__(
         self,
@@ -54,13 +58,14 @@ class UpStage(nn.Module):
         scale: tuple[int, ...],
         norm_layer: Any,
         act_layer: Any,
+        kernel: int = 3,
     ) -> None:
         super().__init__()
         self.up = conv_transpose_type(spatial_dims)(
             in_channels, out_channels, kernel_size=scale, stride=scale, bias=False
         )
         self.conv = conv_type(spatial_dims)(
-            out_channels + skip_channels, out_channels, kernel_size=3, padding=1, bias=False
+            out_channels + skip_channels, out_channels, kernel_size=kernel, padding=kernel // 2, bias=False
         )
         self.norm = norm_layer(out_channels)
         self.act = act_layer()
@@ -76,10 +81,17 @@ class DeconvDecoder(nn.Module):
     """Segmentation decoder from layer4 back to the full input resolution.
 
     Built from the backbone's ``feature_info`` (stem, layer1..layer4): one ``UpStage`` per step from
-    layer4 to the stem level, each upsampling by the ratio of the two levels' reductions (1 where a stage
-    is dilated), then a last transposed convolution by the stem's reduction and a 1x1 convolution to
-    ``seg_classes`` logits. Stage widths default to the channels of the level reached (512 -> 256 -> 128
-    -> 64 -> 64 for Basic nets, 2048 -> 1024 -> 512 -> 256 -> 64 for Bottleneck nets).
+    layer4 down to the stem's level, each a transposed convolution by the ratio of the two levels'
+    reductions (1 where a stage is dilated) followed by a fusing convolution with that level's skip;
+    then a transposed convolution by the stem's reduction straight to ``seg_classes`` logits.
+
+    Widths: the first stage reads layer4 (512 channels in Basic nets, 2048 in Bottleneck nets) and the
+    skips have the backbone's widths; the stages' own widths default to 4x, 2x, 1x and 1/2x the stem
+    width (256, 128, 64, 32 at base 64), so a Bottleneck net's decoder does not carry its 4x-expanded
+    widths up to high resolution. Cost: levels at reduction >= 4 fuse with a 3x3 convolution; the
+    stem's level (reduction 2, eight times the voxels of layer1 in 3D) fuses with a 1x1 convolution and
+    nothing wider than ``seg_classes`` is computed at full resolution; in 3D a 3x3 convolution there
+    would cost more than the whole ResNet-18 backbone.
 
     Sizes that are not a multiple of the reduction: strided convolutions give ``ceil(n / 2)`` at every
     level, so each upsampled map is at most one voxel larger than the level above; it is cropped at its
@@ -95,7 +107,6 @@ class DeconvDecoder(nn.Module):
         spatial_dims: int,
         skip_connections: bool = True,
         decoder_channels: Sequence[int] | None = None,
-        final_channels: int | None = None,
         norm: NormSpec = "batch",
         act: ActSpec = "relu",
         grad_checkpointing: bool = False,
@@ -104,33 +115,29 @@ class DeconvDecoder(nn.Module):
         norm_layer, act_layer = make_norm_factory(norm, spatial_dims), make_act_factory(act)
         levels = feature_info[::-1]  # layer4, layer3, layer2, layer1, stem
         if decoder_channels is None:
-            decoder_channels = [lvl["num_chs"] for lvl in levels[1:]]
+            stem = feature_info[0]["num_chs"]
+            decoder_channels = [stem * 4, stem * 2, stem, max(stem // 2, 8)]
         if len(decoder_channels) != len(levels) - 1:
-            raise ValueError(
-                f"decoder_channels needs {len(levels) - 1} entries, got {list(decoder_channels)}"
+            raise ConfigError(
+                f"decoder_channels needs {len(levels) - 1} entries, got {list(decoder_channels)}",
+                field="decoder_channels",
             )
         self.skip_connections = skip_connections
         self.grad_checkpointing = grad_checkpointing
         stages, cin = [], levels[0]["num_chs"]
         for src, dst, cout in zip(levels[:-1], levels[1:], decoder_channels):
-            scale = tuple(
-                a // b
-                for a, b in zip(
-                    _as_tuple(src["reduction"], spatial_dims), _as_tuple(dst["reduction"], spatial_dims)
-                )
+            src_red, dst_red = (
+                _as_tuple(src["reduction"], spatial_dims),
+                _as_tuple(dst["reduction"], spatial_dims),
             )
+            scale = tuple(a // b for a, b in zip(src_red, dst_red))
             skip = dst["num_chs"] if skip_connections else 0
-            stages.append(UpStage(spatial_dims, cin, skip, cout, scale, norm_layer, act_layer))
+            kernel = 3 if min(dst_red) >= 4 else 1
+            stages.append(UpStage(spatial_dims, cin, skip, cout, scale, norm_layer, act_layer, kernel))
             cin = cout
         self.stages = nn.ModuleList(stages)
-        final_channels = final_channels or max(cin // 2, 8)
         scale = _as_tuple(levels[-1]["reduction"], spatial_dims)
-        self.final_up = conv_transpose_type(spatial_dims)(
-            cin, final_channels, kernel_size=scale, stride=scale, bias=False
-        )
-        self.final_norm = norm_layer(final_channels)
-        self.final_act = act_layer()
-        self.seg = conv_type(spatial_dims)(final_channels, seg_classes, kernel_size=1)
+        self.final_up = conv_transpose_type(spatial_dims)(cin, seg_classes, kernel_size=scale, stride=scale)
 
     def forward(self, features: Sequence[Tensor], size: Sequence[int]) -> Tensor:
         """``features``: [stem, layer1, ..., layer4] maps; ``size``: the input's spatial size.
@@ -141,8 +148,4 @@ class DeconvDecoder(nn.Module):
         x, ckpt = feats[0], self.grad_checkpointing
         for stage, skip in zip(self.stages, feats[1:]):
             x = maybe_checkpoint(ckpt, stage, x, skip if self.skip_connections else None, skip.shape[2:])
-        return maybe_checkpoint(ckpt, self._final, x, size)  # the full-resolution end is the largest
-
-    def _final(self, x: Tensor, size: Sequence[int]) -> Tensor:
-        x = match_size(self.final_up(x), size)
-        return self.seg(self.final_act(self.final_norm(x)))
+        return match_size(self.final_up(x), size)

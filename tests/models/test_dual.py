@@ -55,16 +55,24 @@ def test_classification_head_sees_the_unpadded_image():
         torch.testing.assert_close(m(x).cls_logits, expected)
 
 
-@pytest.mark.parametrize(
-    "name, widths", [("dual_resnet18", [256, 128, 64, 64]), ("dual_resnet50", [1024, 512, 256, 64])]
-)
-def test_decoder_widths_follow_the_backbone(name, widths):
-    m = create_model(name, spatial_dims=2, in_channels=1)
-    assert m.backbone.num_features == (512 if name == "dual_resnet18" else 2048)
-    assert [s.up.out_channels for s in m.seg_head.stages] == widths
+@pytest.mark.parametrize("name, top", [("dual_resnet18", 512), ("dual_resnet50", 2048)])
+def test_decoder_widths_follow_the_backbone(name, top):
+    m = create_model(name, spatial_dims=3, in_channels=1, base_channels=16)
+    assert m.backbone.num_features == top // 4
     assert m.seg_head.stages[0].up.in_channels == m.backbone.num_features
+    assert [s.up.out_channels for s in m.seg_head.stages] == [64, 32, 16, 8]
     skips = [d["num_chs"] for d in m.backbone.feature_info[::-1][1:]]
-    assert [s.conv.in_channels for s in m.seg_head.stages] == [w + c for w, c in zip(widths, skips)]
+    assert skips == ([64, 32, 16, 16] if top == 512 else [256, 128, 64, 16])
+    assert [s.conv.in_channels for s in m.seg_head.stages] == [w + c for w, c in zip([64, 32, 16, 8], skips)]
+    # 3x3 fusion at reductions 16, 8, 4; 1x1 at the stem's level (reduction 2); logits straight from a deconv
+    assert [s.conv.kernel_size for s in m.seg_head.stages] == [(3, 3, 3)] * 3 + [(1, 1, 1)]
+    assert m.seg_head.final_up.out_channels == 2 and m.seg_head.final_up.stride == (2, 2, 2)
+    custom = create_model(
+        name, spatial_dims=2, in_channels=1, base_channels=16, decoder_channels=[40, 30, 20, 10]
+    )
+    assert [s.up.out_channels for s in custom.seg_head.stages] == [40, 30, 20, 10]
+    with pytest.raises(ConfigError, match="decoder_channels"):
+        create_model(name, spatial_dims=2, base_channels=16, decoder_channels=[8, 8])
 
 
 def test_without_skip_connections_the_decoder_sees_only_layer4():
