@@ -202,13 +202,17 @@ def _positive_index(cfg: Config) -> int:
 
 
 def _volume_infer(cfg: Config):
-    """Validation inference: MONAI sliding windows over the whole volume (one window when it fits)."""
+    """Validation inference: MONAI sliding windows over the whole volume; a volume of exactly the patch
+    size is one plain forward pass (what a single blended window gives, without building the window)."""
+    from medres.engine.loop import forward_volume
     from medres.engine.sliding import infer_volume
 
     roi = list(cfg.data.patch_size)
     overlap = cfg.evaluate.sliding_window_overlap
 
     def infer(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if list(image.shape[2:]) == roi:
+            return forward_volume(unwrap_model(model), image)
         pred = infer_volume(unwrap_model(model), image[0], roi_size=roi, overlap=overlap)
         probs, seg = pred.cls_probs, pred.seg_logits
         cls = torch.log(probs.clamp_min(1e-12))[None].to(image.device) if probs is not None else None

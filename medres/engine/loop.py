@@ -212,7 +212,7 @@ def _sync_extra_grads(loss_fn: nn.Module, ddp: bool) -> None:
 
 def forward_volume(model: nn.Module, image: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """``image`` [1, C, *spatial] -> (cls_logits [1, K], seg_logits [1, S, *spatial])."""
-    out = model(image)
+    out = _as_dual(model(image))
     return out.cls_logits, out.seg_logits
 
 

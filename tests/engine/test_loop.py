@@ -225,3 +225,19 @@ def test_bf16_conv3d_probe_agrees_with_a_direct_measurement():
     err = float((grads[0] - grads[1]).norm() / grads[1].norm())
     sound = math.isfinite(err) and err < 0.05
     assert cpu_bf16_conv3d_is_sound() == sound, err
+
+
+def test_patch_sized_volume_shortcut_matches_sliding_window(tmp_path):
+    from medres.config import Config
+    from medres.engine.fold import _volume_infer
+    from medres.engine.sliding import infer_volume
+
+    t = make(tmp_path)
+    t.model.eval()
+    cfg = Config.model_validate({"data": {"patch_size": [16, 16, 16]}})
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        cls, seg = _volume_infer(cfg)(t.model, x)
+    ref = infer_volume(t.model, x[0], roi_size=[16, 16, 16])
+    assert torch.allclose(torch.softmax(cls, 1)[0], ref.cls_probs, atol=1e-5)
+    assert torch.allclose(seg[0], ref.seg_logits, atol=1e-4)
