@@ -61,14 +61,15 @@ from medres.config import DataConfig
 from medres.data.intensity import CTWindowsd
 from medres.data.io import MedresReader
 from medres.data.spatial import CheckImageMaskd, MaskOrZerosd, RandPatchCropd, RandResizedCropd
+from medres.errors import ConfigError
 
 __all__ = ["build_transforms", "preprocess_transforms", "load_transforms", "intensity_transforms",
            "sample_transforms", "input_channels",
            "ct_windows", "preprocess_signature", "to_source_geometry", "DEFAULT_CT_WINDOWS",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
-#: Used when a CT configuration with ``normalize: window`` lists no windows: one channel, -1000..400 HU
-#: (one channel, as ``Config.resolved`` derives ``model.in_channels``).
+#: Used when a CT configuration with ``normalize: window`` lists no windows: -1000..400 HU, one channel
+#: (as ``Config.resolved`` derives ``model.in_channels``).
 DEFAULT_CT_WINDOWS = ((-300.0, 1400.0),)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,7 +127,8 @@ def load_transforms(cfg: DataConfig) -> list[Transform]:
         t.append(Spacingd(keys, pixdim=cfg.spacing, mode=("bilinear", "nearest")[: len(keys)],
                           dtype=np.float32, allow_missing_keys=True))
     if _has_mask(cfg):
-        t.append(CastToTyped(MASK, dtype=torch.uint8, allow_missing_keys=True))
+        small = max(cfg.mask_labels, default=0) < 256
+        t.append(CastToTyped(MASK, dtype=torch.uint8 if small else torch.int16, allow_missing_keys=True))
     t.append(Lambda(_sync_spacing))
     return t
 
@@ -136,7 +138,8 @@ def intensity_transforms(cfg: DataConfig) -> list[Transform]:
     MR per-channel z-score over non-zero voxels, or ImageNet mean/std (greyscale repeated to RGB)."""
     if cfg.normalize == "window":
         if cfg.modality != "CT":
-            raise ValueError("normalize: window applies to CT only (use zscore for MR)")
+            raise ConfigError(f"normalize: window applies to CT only, but data.modality is {cfg.modality}",
+                              field="data.normalize", hint="use zscore for MR, imagenet for natural images")
         return [CTWindowsd(IMAGE, ct_windows(cfg))]
     if cfg.normalize == "zscore":
         return [EnsureTyped(IMAGE, dtype=torch.float32), NormalizeIntensityd(IMAGE, nonzero=True,
@@ -245,7 +248,9 @@ def sample_transforms(cfg: DataConfig, *, train: bool) -> list[Transform]:
     slices = cfg.spatial_dims == 2
     crop_size = [*patch, 1] if slices else patch
     if len(crop_size) != 3:
-        raise ValueError(f"patch_size {patch} does not fit spatial_dims {cfg.spatial_dims}")
+        raise ConfigError(f"patch_size {patch} has {len(patch)} values but data.spatial_dims is "
+                          f"{cfg.spatial_dims}", field="data.patch_size",
+                          hint="give one size per spatial axis")
     t += [SpatialPadd(IMAGE, spatial_size=crop_size, value=-1024.0 if late else 0.0),
           SpatialPadd(MASK, spatial_size=crop_size),
           RandPatchCropd(keys, label_key=MASK, spatial_size=crop_size, pos_fraction=cfg.pos_fraction)]

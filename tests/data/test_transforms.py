@@ -221,3 +221,14 @@ def test_mask_values_outside_the_labels_are_refused(tmp_path: Path, values: tupl
     with pytest.raises(RuntimeError) as info:
         build_transforms(DataConfig(), train=False)(record)
     assert isinstance(info.value.__cause__, DataError) and expected in str(info.value.__cause__)
+
+
+def test_inconsistent_settings_are_config_errors() -> None:
+    from medres.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="CT only") as info:
+        build_transforms(DataConfig(modality="MR", normalize="window"), train=False)
+    assert info.value.field == "data.normalize"
+    with pytest.raises(ConfigError, match="spatial_dims") as info:
+        build_transforms(DataConfig(patch_size=[32, 32]), train=True)
+    assert info.value.field == "data.patch_size"
