@@ -11,8 +11,11 @@ Geometry: every scan covers a 240 mm cube (64x64x48 at 3.75x3.75x5 mm, 60x60x80 
 at 3x3x6 mm), so resampling to the shipped configs' 5 mm spacing gives 48^3 voxels, the patch size.
 Anatomy (HU): air -1000, subcutaneous fat -100, soft tissue 40, lungs about -850 with a gravity
 gradient, heart 45, spine 250-700, a table, and soft-tissue vessels in the lungs (distractors).
-About a third of the patients have nodules (labelled ``nodule``): mostly solid ones of radius 12-30 mm
-(2.5-6 voxels at 5 mm), a minority hard: small solid (6-11 mm), part-solid and ground-glass (-600 HU).
+About a third of the patients have nodules (all their studies labelled ``nodule``; the follow-up's
+nodule grown by 15%): two thirds of them a solid nodule of radius 12.5-30 mm (2.5-6 voxels at 5 mm,
+-60..60 HU), the rest hard cases as exact quotas: part-solid (a -560 HU halo around a solid core),
+ground-glass (-650..-550 HU) and small solid (6-11 mm); a fifth also carry a second, small nodule.
+Noise (30, 45, 18 HU at the three sites, spatially correlated) and blur follow the sites.
 
 Output is byte-identical for a given (n_patients, seed); a folder that already holds a complete cohort
 for the same settings is reused, not rewritten.
