@@ -112,14 +112,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"output.dir={Path(args.output).resolve()}"] if args.output else [])
     try:
         cfg = load_config(args.config, overrides)
-        run(cfg, folds=args.fold, resume=args.resume, force=args.force, quiet=args.quiet,
-            predict=args.predict, should_stop=stop)
+        result = run(cfg, folds=args.fold, resume=args.resume, force=args.force, quiet=args.quiet,
+                     predict=args.predict, should_stop=stop)
     except Interrupted as e:
         print(f"medres.train: {e}", file=sys.stderr)
         return 128 + e.signum
     except MedresError as e:
         print(f"medres.train: error: {e}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {result.run_dir.resolve()}")
+        if result.predictions:
+            print(f"predictions: {result.run_dir.resolve()}/fold_*/predictions.parquet")
+        if result.report is not None:
+            print(f"report: {Path(result.report).resolve()}")
     return 0
 
 
