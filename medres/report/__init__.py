@@ -11,19 +11,19 @@ from medres.report.aggregate import (
     RECORD_FIELDS,
     BinaryTask,
     across_fold_records,
-    add_age_band,
     binary_task,
     classification_records,
     one_vs_rest_records,
     operating_points,
-    segmentation_records,
-    subgroup_records,
 )
-from medres.report.bundle import Bundle, GalleryItem, build_bundle, case_labels, pseudonymise
+from medres.report.bundle import Bundle, GalleryItem, build_bundle
 from medres.report.cohort import cohort_table, split_audit
 from medres.report.guidelines import guideline_table
+from medres.report.privacy import case_labels, pseudonymise
 from medres.report.provenance import provenance
 from medres.report.run_folder import RunData, load_run
+from medres.report.seg_records import segmentation_records
+from medres.report.subgroups import add_age_band, subgroup_records
 
 __all__ = [
     "RECORD_FIELDS",

@@ -21,7 +21,7 @@ import pandas as pd
 from medres.config import Config
 from medres.errors import DataError
 from medres.metrics.bootstrap import patient_bootstrap_ci
-from medres.metrics.classification import auroc, confusion_counts, metrics_from_counts
+from medres.metrics.classification import confusion_counts, metrics_from_counts
 from medres.metrics.delong import delong_roc_ci
 from medres.metrics.operating_points import choose_threshold
 from medres.metrics.proportions import wilson_interval
@@ -31,24 +31,13 @@ __all__ = [
     "RECORD_FIELDS",
     "BinaryTask",
     "binary_task",
-    "add_age_band",
     "operating_points",
     "classification_records",
-    "subgroup_records",
-    "segmentation_records",
-    "across_fold_records",
     "one_vs_rest_records",
+    "across_fold_records",
 ]
 
 RECORD_FIELDS = RECORD_COLUMNS
-AGE_BANDS = (
-    (0, 40, "<40"),
-    (40, 50, "40-49"),
-    (50, 60, "50-59"),
-    (60, 70, "60-69"),
-    (70, 80, "70-79"),
-    (80, math.inf, "80+"),
-)
 
 
 @dataclass(frozen=True)
@@ -102,22 +91,6 @@ def _record(
         n_pos=int(n_pos),
         note=note,
     ).as_row()
-
-
-def add_age_band(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``age_band`` (decades, "<40" .. "80+") from a text ``age`` column like "57" or "057Y"."""
-    if "age" not in df.columns:
-        return df
-    out = df.copy()
-    years = pd.to_numeric(
-        out["age"].astype(str).str.extract(r"(\d+(?:\.\d+)?)", expand=False), errors="coerce"
-    )
-    out["age_years"] = years
-    band = pd.Series("missing", index=out.index, dtype=object)
-    for lo, hi, name in AGE_BANDS:
-        band[(years >= lo) & (years < hi)] = name
-    out["age_band"] = band
-    return out
 
 
 def operating_points(
@@ -323,128 +296,3 @@ def across_fold_records(fold_records: list[dict]) -> list[dict]:
                 )
             )
     return recs
-
-
-def subgroup_records(
-    df: pd.DataFrame, task: BinaryTask, config: Config, *, seed: int = 0
-) -> tuple[list[dict], list[str]]:
-    """Pooled out-of-fold metrics per level of every ``evaluate.subgroups`` column.
-
-    A level with fewer than ``evaluate.min_positives`` positive cases (or negatives) is "not
-    estimable": its records carry n and n_pos, value NaN and that note. Returns the records and
-    notes on requested columns that the predictions lack.
-    """
-    ev = config.evaluate
-    df = add_age_band(df)
-    recs, missing = [], []
-    for col in ev.subgroups:
-        if col not in df.columns:
-            missing.append(f"subgroup column {col!r} is not in the predictions")
-            continue
-        levels = df[col].astype(str).replace({"": "missing", "nan": "missing", "None": "missing"})
-        for level in sorted(levels.unique()):
-            part = df[levels == level]
-            y = part["y_true"].to_numpy() == task.index
-            n, n_pos = len(part), int(y.sum())
-            label = f"{col}={level}"
-            if n_pos < ev.min_positives or n - n_pos < ev.min_positives:
-                note = (
-                    f"not estimable: {n_pos} positive and {n - n_pos} negative cases "
-                    f"(minimum {ev.min_positives} of each)"
-                )
-                for metric in ("auroc", "sensitivity", "specificity"):
-                    recs.append(
-                        _record(
-                            "subgroup",
-                            metric,
-                            math.nan,
-                            subgroup=label,
-                            cls=task.positive,
-                            n=n,
-                            n_pos=n_pos,
-                            note=note,
-                        )
-                    )
-                continue
-            recs += [
-                r
-                for r in classification_records(
-                    part, task, config, scope="subgroup", subgroup=label, seed=seed
-                )
-                if r["metric"] in ("auroc", "sensitivity", "specificity", "prevalence")
-            ]
-    return recs, missing
-
-
-def segmentation_records(seg_cases: pd.DataFrame, config: Config, *, seed: int = 0) -> list[dict]:
-    """Mean per-case segmentation metrics with patient-bootstrap intervals, per fold and pooled.
-
-    ``seg_cases`` has one row per case and class: case_id, patient_id, fold, class, and metric
-    columns (dice, iou, hd95, nsd, assd, ...). ``n`` counts the cases where the metric is defined
-    (n_valid; see the declared empty-mask policy); undefined cases are left out of the mean.
-    """
-    ev = config.evaluate
-    metric_cols = [
-        c
-        for c in ("dice", "iou", "hd95", "nsd", "assd", "ref_volume_ml", "pred_volume_ml")
-        if c in seg_cases.columns
-    ]
-    recs = []
-    scopes = [
-        ("fold", str(int(f)), seg_cases[seg_cases["fold"] == f]) for f in sorted(seg_cases["fold"].unique())
-    ]
-    scopes.append(("pooled", "pooled", seg_cases))
-    for scope, fold, part in scopes:
-        groups = list(part.groupby("class", sort=False))
-        if "empty" in part.columns:  # the same metrics on the cases whose reference holds the class
-            present = part[~part["empty"].isin(["both", "reference"])]
-            groups += [(f"{c} (reference present)", g) for c, g in present.groupby("class", sort=False)]
-        for cls, grp in groups:
-            for m in metric_cols:
-                v = grp[m].to_numpy(np.float64)
-                ok = np.isfinite(v)
-                note = f"{int((~ok).sum())} of {v.size} cases undefined, left out" if (~ok).any() else ""
-                if ok.sum() >= 2 and len(np.unique(grp["patient_id"][ok])) >= 2:
-                    value, ci, how, bnote = _boot(
-                        "mean", None, v[ok], grp["patient_id"].to_numpy()[ok], ev, seed
-                    )
-                    note = "; ".join(x for x in (note, bnote) if x)
-                else:
-                    value = float(v[ok].mean()) if ok.any() else math.nan
-                    ci, how = (math.nan, math.nan), ""
-                recs.append(
-                    _record(
-                        scope,
-                        m,
-                        value,
-                        fold=fold,
-                        head="segmentation",
-                        cls=str(cls),
-                        ci=ci,
-                        ci_method=how,
-                        n=int(ok.sum()),
-                        note=note,
-                    )
-                )
-                if m in ("dice", "hd95"):
-                    med = float(np.median(v[ok])) if ok.any() else math.nan
-                    recs.append(
-                        _record(
-                            scope,
-                            f"{m}_median",
-                            med,
-                            fold=fold,
-                            head="segmentation",
-                            cls=str(cls),
-                            n=int(ok.sum()),
-                            note=note,
-                        )
-                    )
-    return recs
-
-
-def auroc_point(df: pd.DataFrame, task: BinaryTask) -> float:
-    """The AUROC of a predictions table (NaN with one class), without an interval."""
-    y = (df["y_true"].to_numpy() == task.index).astype(np.int8)
-    value, _ = _quiet(auroc, y, df[task.score_col].to_numpy(np.float64))
-    return value

@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medres.metrics.bootstrap import paired_bootstrap_ci
 from medres.metrics.calibration import calibration_intercept_slope, reliability_curve
 from medres.metrics.decision import decision_curve
-from medres.metrics.delong import delong_roc_test
 from medres.report import figures
 from medres.report.aggregate import (
     _quiet,
@@ -38,27 +36,28 @@ from medres.report.aggregate import (
     classification_records,
     one_vs_rest_records,
     operating_points,
-    segmentation_records,
-    subgroup_records,
 )
-from medres.report.cohort import SPACING_COLUMNS, cohort_table, split_audit
+from medres.report.cohort import cohort_table, split_audit
+from medres.report.compare import comparison as compare_runs
 from medres.report.guidelines import guideline_table
 from medres.report.html import (
+    delong_note,
     fmt,
-    fmt_ci,
-    fmt_p,
     fold_table,
     render_html,
     segmentation_table,
     subgroup_table,
+    summary_cards,
     table_html,
 )
+from medres.report.privacy import case_labels, export_predictions, pseudonymise
 from medres.report.run_folder import RunData
+from medres.report.seg_records import segmentation_records
+from medres.report.subgroups import subgroup_records
 
-__all__ = ["GalleryItem", "build_bundle", "case_labels", "pseudonymise", "ECE_BINS"]
+__all__ = ["Bundle", "GalleryItem", "build_bundle", "ECE_BINS"]
 
 ECE_BINS = 10
-KNOWN_SUBGROUPS = ("site", "scanner", "sex", "age", "age_band")
 DEFAULT_SEG_POLICY = (
     "Empty-mask policy: a case whose reference and prediction are both empty has no "
     "defined Dice or distance and is left out (n counts the cases where each metric "
@@ -93,40 +92,6 @@ class Bundle:
     extras: dict = field(default_factory=dict)
 
 
-def pseudonymise(ids: pd.Series, prefix: str = "patient-") -> pd.Series:
-    """Replace ids by ``patient-0001``, ``patient-0002``, ... in order of first appearance."""
-    codes, _ = pd.factorize(ids)
-    return pd.Series([f"{prefix}{c + 1:04d}" for c in codes], index=ids.index)
-
-
-def case_labels(predictions: pd.DataFrame) -> tuple[dict[str, str], bool]:
-    """How the report names cases: by case id, unless a case id contains (or is) its patient id.
-
-    Returns ``{case_id: label}`` and whether the case ids are shown. When a case id would reveal
-    a patient id (e.g. ``P0001_S1`` for patient ``P0001``) every case is named ``case-0001`` ... instead.
-    """
-    cids = predictions["case_id"].astype(str)
-    pids = predictions["patient_id"].astype(str)
-    unsafe = any(p and p in c for c, p in zip(cids, pids)) or bool(set(cids) & set(pids))
-    if not unsafe:
-        return dict(zip(cids, cids)), True
-    return dict(zip(cids, pseudonymise(cids, "case-"))), False
-
-
-def _export(
-    df: pd.DataFrame, config_subgroups: list[str], keys: pd.Series, labels: dict[str, str], ids_shown: bool
-) -> pd.DataFrame:
-    """An allow-listed copy for sharing: no patient ids, no file paths, no unknown free-text columns
-    except those the configuration names as subgroups; case ids replaced by keys when unsafe."""
-    keep = ["fold", "y_true"] + [c for c in df.columns if c.startswith("p_")]
-    keep += ["y_pred", "threshold", "y_pred_op"]
-    keep += [c for c in (*KNOWN_SUBGROUPS, *config_subgroups, *SPACING_COLUMNS) if c in df.columns]
-    out = df[[c for c in dict.fromkeys(keep) if c in df.columns]].copy()
-    out.insert(0, "case_id" if ids_shown else "case_key", df["case_id"].map(labels).to_numpy())
-    out.insert(1, "patient_key", keys.to_numpy())
-    return out
-
-
 def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -135,83 +100,6 @@ def _json_safe(value):
     if isinstance(value, (np.floating,)):
         return _json_safe(float(value))
     return value
-
-
-def _comparison(run: RunData, other: RunData, task, seed: int) -> tuple[list[dict], dict]:
-    """Paired DeLong test and paired patient-bootstrap differences on the cases both runs predicted."""
-    ev = run.config.evaluate
-    a = run.predictions.set_index("case_id")
-    b = other.predictions.set_index("case_id")
-    common = a.index.intersection(b.index)
-    note = (
-        f"{len(common)} cases predicted by both runs (of {len(a)} and {len(b)}); "
-        "differences are this run minus the other."
-    )
-    a, b = a.loc[common], b.loc[common]
-    if (a["y_true"].to_numpy() != b["y_true"].to_numpy()).any():
-        note += " WARNING: the runs disagree on some labels; this run's labels are used."
-    y = (a["y_true"].to_numpy() == task.index).astype(np.int8)
-    sa, sb = a[task.score_col].to_numpy(float), b[task.score_col].to_numpy(float)
-    g = a["patient_id"].to_numpy()
-    recs = []
-    test, tnote = _quiet(delong_roc_test, y, sa, sb, ev.ci_level)
-    recs.append(
-        _record(
-            "comparison",
-            "auroc_difference",
-            test.difference,
-            ci=(test.ci_low, test.ci_high),
-            ci_method=f"paired DeLong (z={fmt(test.z, 2)}, p={fmt_p(test.p_value)})",
-            n=len(y),
-            n_pos=int(y.sum()),
-            note=tnote or test.reason,
-        )
-    )
-    rows = [
-        {
-            "comparison": "AUROC, paired DeLong",
-            "this run": fmt(test.auroc_a),
-            "other run": fmt(test.auroc_b),
-            "difference [CI]": fmt_ci(test.difference, test.ci_low, test.ci_high),
-            "z": fmt(test.z, 2),
-            "p": fmt_p(test.p_value),
-        }
-    ]
-    for metric in ("auroc", "average_precision", "brier"):
-        res, bnote = _quiet(
-            paired_bootstrap_ci,
-            metric,
-            y,
-            sa,
-            sb,
-            g,
-            n_resamples=ev.bootstrap_resamples,
-            level=ev.ci_level,
-            seed=seed,
-        )
-        recs.append(
-            _record(
-                "comparison",
-                f"{metric}_difference",
-                res.estimate,
-                ci=(res.ci_low, res.ci_high),
-                ci_method="paired " + res.ci_method,
-                n=len(y),
-                n_pos=int(y.sum()),
-                note="; ".join(x for x in (bnote, res.reason) if x),
-            )
-        )
-        rows.append(
-            {
-                "comparison": f"{metric}, paired patient bootstrap",
-                "this run": "",
-                "other run": "",
-                "difference [CI]": fmt_ci(res.estimate, res.ci_low, res.ci_high),
-                "z": "",
-                "p": "",
-            }
-        )
-    return recs, {"other_name": other.run_dir.name, "note": note, "table": table_html(pd.DataFrame(rows))}
 
 
 def build_bundle(
@@ -269,7 +157,7 @@ def build_bundle(
     records += sub_recs + seg_recs
     comparison = None
     if compare is not None:
-        comp_recs, comparison = _comparison(run, compare, task, seed)
+        comp_recs, comparison = compare_runs(run, compare, task, seed)
         records += comp_recs
     rec_df = pd.DataFrame(records)
 
@@ -333,7 +221,7 @@ def build_bundle(
 
     audit = split_audit(preds, run.folds, run.inner_val, run.test)
     cohort = cohort_table(preds, cfg.data.labels)
-    cards = _cards(rec_df, task, preds, seg_recs)
+    cards = summary_cards(rec_df, task, preds, seg_recs)
     cal = pd.DataFrame(
         [
             {
@@ -375,7 +263,7 @@ def build_bundle(
         "fold_table": table_html(fold_table(rec_df, thresholds)),
         "threshold_method": ev.threshold
         + (f" (target {ev.threshold_target})" if ev.threshold in ("sensitivity", "specificity") else ""),
-        "delong_note": _delong_note(rec_df),
+        "delong_note": delong_note(rec_df),
         "threshold_table": table_html(thr_show),
         "ovr_table": table_html(ovr[["scope", "fold", "class", "value", "ci_low", "ci_high", "n", "n_pos"]])
         if len(ovr)
@@ -399,7 +287,7 @@ def build_bundle(
 
     keys = pseudonymise(preds["patient_id"])
     key_of = dict(zip(preds["patient_id"], keys))
-    _export(preds, list(ev.subgroups), keys, labels, ids_shown).to_csv(
+    export_predictions(preds, list(ev.subgroups), keys, labels, ids_shown).to_csv(
         output / "predictions.csv", index=False
     )
     if seg_cases is not None:
@@ -425,70 +313,3 @@ def build_bundle(
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
     return Bundle(output, rec_df, preds, thresholds)
-
-
-def _delong_note(rec: pd.DataFrame) -> str:
-    d = rec[(rec["scope"] == "pooled") & rec["ci_method"].str.contains("DeLong")]
-    if d.empty:
-        return ""
-    r = d.iloc[0]
-    return (
-        f"For comparison, DeLong's interval of the pooled AUROC (treating scans as independent): "
-        f"{fmt_ci(r['value'], r['ci_low'], r['ci_high'])}."
-    )
-
-
-def _cards(rec: pd.DataFrame, task, preds: pd.DataFrame, seg_recs: list[dict]) -> list[dict]:
-    pooled = rec[
-        (rec["scope"] == "pooled")
-        & (rec["head"] == "classification")
-        & ~rec["ci_method"].str.contains("DeLong")
-    ].set_index("metric")
-
-    def ci(m: str) -> str:
-        r = pooled.loc[m]
-        return fmt_ci(r["value"], r["ci_low"], r["ci_high"])
-
-    cards = [
-        {
-            "label": "patients / scans",
-            "value": f"{preds['patient_id'].nunique()} / {len(preds)}",
-            "detail": f"{int(pooled.loc['auroc', 'n_pos'])} scans {task.positive}",
-            "id": "",
-        },
-        {
-            "label": "AUROC",
-            "value": fmt(pooled.loc["auroc", "value"]),
-            "id": "pooled-auroc",
-            "detail": ci("auroc"),
-        },
-        {
-            "label": "average precision",
-            "value": fmt(pooled.loc["average_precision", "value"]),
-            "id": "",
-            "detail": f"prevalence {fmt(pooled.loc['prevalence', 'value'])}",
-        },
-    ]
-    if "sensitivity" in pooled.index and math.isfinite(pooled.loc["sensitivity", "value"]):
-        cards.append(
-            {
-                "label": "sensitivity / specificity at the operating point",
-                "id": "",
-                "value": f"{fmt(pooled.loc['sensitivity', 'value'])} / "
-                f"{fmt(pooled.loc['specificity', 'value'])}",
-                "detail": f"{ci('sensitivity')} / {ci('specificity')}",
-            }
-        )
-    seg = [r for r in seg_recs if r["scope"] == "pooled" and r["metric"] == "dice"]
-    present = [r for r in seg if r["class"].endswith("(reference present)")]
-    seg = present or seg  # Dice over scans that hold the structure, when both-empty scans exist
-    for r in seg:
-        cards.append(
-            {
-                "label": f"Dice ({r['class']}), mean",
-                "value": fmt(r["value"]),
-                "id": "",
-                "detail": f"{fmt_ci(r['value'], r['ci_low'], r['ci_high'])}, n={r['n']}",
-            }
-        )
-    return cards

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from medres.report.aggregate import add_age_band
+from medres.report.subgroups import add_age_band
 
 __all__ = ["cohort_table", "split_audit"]
 

@@ -22,6 +22,8 @@ __all__ = [
     "subgroup_table",
     "segmentation_table",
     "render_html",
+    "delong_note",
+    "summary_cards",
 ]
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -165,3 +167,70 @@ def render_html(context: dict[str, Any]) -> str:
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
     )
     return env.get_template("report.html").render(**context)
+
+
+def delong_note(rec: pd.DataFrame) -> str:
+    d = rec[(rec["scope"] == "pooled") & rec["ci_method"].str.contains("DeLong")]
+    if d.empty:
+        return ""
+    r = d.iloc[0]
+    return (
+        f"For comparison, DeLong's interval of the pooled AUROC (treating scans as independent): "
+        f"{fmt_ci(r['value'], r['ci_low'], r['ci_high'])}."
+    )
+
+
+def summary_cards(rec: pd.DataFrame, task, preds: pd.DataFrame, seg_recs: list[dict]) -> list[dict]:
+    pooled = rec[
+        (rec["scope"] == "pooled")
+        & (rec["head"] == "classification")
+        & ~rec["ci_method"].str.contains("DeLong")
+    ].set_index("metric")
+
+    def ci(m: str) -> str:
+        r = pooled.loc[m]
+        return fmt_ci(r["value"], r["ci_low"], r["ci_high"])
+
+    cards = [
+        {
+            "label": "patients / scans",
+            "value": f"{preds['patient_id'].nunique()} / {len(preds)}",
+            "detail": f"{int(pooled.loc['auroc', 'n_pos'])} scans {task.positive}",
+            "id": "",
+        },
+        {
+            "label": "AUROC",
+            "value": fmt(pooled.loc["auroc", "value"]),
+            "id": "pooled-auroc",
+            "detail": ci("auroc"),
+        },
+        {
+            "label": "average precision",
+            "value": fmt(pooled.loc["average_precision", "value"]),
+            "id": "",
+            "detail": f"prevalence {fmt(pooled.loc['prevalence', 'value'])}",
+        },
+    ]
+    if "sensitivity" in pooled.index and math.isfinite(pooled.loc["sensitivity", "value"]):
+        cards.append(
+            {
+                "label": "sensitivity / specificity at the operating point",
+                "id": "",
+                "value": f"{fmt(pooled.loc['sensitivity', 'value'])} / "
+                f"{fmt(pooled.loc['specificity', 'value'])}",
+                "detail": f"{ci('sensitivity')} / {ci('specificity')}",
+            }
+        )
+    seg = [r for r in seg_recs if r["scope"] == "pooled" and r["metric"] == "dice"]
+    present = [r for r in seg if r["class"].endswith("(reference present)")]
+    seg = present or seg  # Dice over scans that hold the structure, when both-empty scans exist
+    for r in seg:
+        cards.append(
+            {
+                "label": f"Dice ({r['class']}), mean",
+                "value": fmt(r["value"]),
+                "id": "",
+                "detail": f"{fmt_ci(r['value'], r['ci_low'], r['ci_high'])}, n={r['n']}",
+            }
+        )
+    return cards

@@ -1,0 +1,88 @@
+"""Subgroups: pooled out-of-fold metrics per level of any manifest column, age bands included."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from medres.config import Config
+from medres.report.aggregate import BinaryTask, _record, classification_records
+
+__all__ = ["AGE_BANDS", "add_age_band", "subgroup_records"]
+
+AGE_BANDS = (
+    (0, 40, "<40"),
+    (40, 50, "40-49"),
+    (50, 60, "50-59"),
+    (60, 70, "60-69"),
+    (70, 80, "70-79"),
+    (80, math.inf, "80+"),
+)
+
+
+def add_age_band(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``age_band`` (decades, "<40" .. "80+") from a text ``age`` column like "57" or "057Y"."""
+    if "age" not in df.columns:
+        return df
+    out = df.copy()
+    years = pd.to_numeric(
+        out["age"].astype(str).str.extract(r"(\d+(?:\.\d+)?)", expand=False), errors="coerce"
+    )
+    out["age_years"] = years
+    band = pd.Series("missing", index=out.index, dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        band[(years >= lo) & (years < hi)] = name
+    out["age_band"] = band
+    return out
+
+
+def subgroup_records(
+    df: pd.DataFrame, task: BinaryTask, config: Config, *, seed: int = 0
+) -> tuple[list[dict], list[str]]:
+    """Pooled out-of-fold metrics per level of every ``evaluate.subgroups`` column.
+
+    A level with fewer than ``evaluate.min_positives`` positive cases (or negatives) is "not
+    estimable": its records carry n and n_pos, value NaN and that note. Returns the records and
+    notes on requested columns that the predictions lack.
+    """
+    ev = config.evaluate
+    df = add_age_band(df)
+    recs, missing = [], []
+    for col in ev.subgroups:
+        if col not in df.columns:
+            missing.append(f"subgroup column {col!r} is not in the predictions")
+            continue
+        levels = df[col].astype(str).replace({"": "missing", "nan": "missing", "None": "missing"})
+        for level in sorted(levels.unique()):
+            part = df[levels == level]
+            y = part["y_true"].to_numpy() == task.index
+            n, n_pos = len(part), int(y.sum())
+            label = f"{col}={level}"
+            if n_pos < ev.min_positives or n - n_pos < ev.min_positives:
+                note = (
+                    f"not estimable: {n_pos} positive and {n - n_pos} negative cases "
+                    f"(minimum {ev.min_positives} of each)"
+                )
+                for metric in ("auroc", "sensitivity", "specificity"):
+                    recs.append(
+                        _record(
+                            "subgroup",
+                            metric,
+                            math.nan,
+                            subgroup=label,
+                            cls=task.positive,
+                            n=n,
+                            n_pos=n_pos,
+                            note=note,
+                        )
+                    )
+                continue
+            recs += [
+                r
+                for r in classification_records(
+                    part, task, config, scope="subgroup", subgroup=label, seed=seed
+                )
+                if r["metric"] in ("auroc", "sensitivity", "specificity", "prevalence")
+            ]
+    return recs, missing
