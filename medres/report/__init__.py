@@ -13,6 +13,7 @@ from medres.report.aggregate import (
     across_fold_records,
     binary_task,
     classification_records,
+    holdout_test_records,
     one_vs_rest_records,
     operating_points,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "build_bundle",
     "case_labels",
     "classification_records",
+    "holdout_test_records",
     "cohort_table",
     "guideline_table",
     "load_run",

@@ -35,6 +35,7 @@ __all__ = [
     "classification_records",
     "one_vs_rest_records",
     "across_fold_records",
+    "holdout_test_records",
 ]
 
 RECORD_FIELDS = RECORD_COLUMNS
@@ -295,4 +296,35 @@ def across_fold_records(fold_records: list[dict]) -> list[dict]:
                     note=note,
                 )
             )
+    return recs
+
+
+def holdout_test_records(
+    test: pd.DataFrame, thresholds: pd.DataFrame, task: BinaryTask, config: Config, *, seed: int = 0
+) -> list[dict]:
+    """Records on the held-out test set (``split=test``), predicted by every fold's model.
+
+    Scope ``test``: each fold's model with its own operating point (chosen on its inner validation).
+    Scope ``test_ensemble``: the mean of the fold models' probabilities per case, called positive at
+    the mean of the fold thresholds (NaN when a fold has none).
+    """
+    thr = dict(zip(thresholds["fold"], thresholds["threshold"]))
+    df = test.copy()
+    df["threshold"] = df["fold"].map(thr).astype(float)
+    df["y_pred_op"] = (df[task.score_col] >= df["threshold"]).astype(float).where(df["threshold"].notna())
+    recs = []
+    for f in sorted(df["fold"].unique()):
+        recs += classification_records(
+            df[df["fold"] == f], task, config, scope="test", fold=int(f), seed=seed
+        )
+    scores = [f"p_{c}" for c in config.data.labels]
+    ens = (
+        df.groupby("case_id", sort=False)
+        .agg({"patient_id": "first", "y_true": "first", **{c: "mean" for c in scores}})
+        .reset_index()
+    )
+    cut = float(np.mean(list(thr.values()))) if thr and all(np.isfinite(list(thr.values()))) else math.nan
+    if math.isfinite(cut):
+        ens["y_pred_op"] = (ens[task.score_col] >= cut).astype(float)
+    recs += classification_records(ens, task, config, scope="test_ensemble", fold="mean of folds", seed=seed)
     return recs

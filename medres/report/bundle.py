@@ -34,6 +34,7 @@ from medres.report.aggregate import (
     across_fold_records,
     binary_task,
     classification_records,
+    holdout_test_records,
     one_vs_rest_records,
     operating_points,
 )
@@ -44,6 +45,7 @@ from medres.report.html import (
     delong_note,
     fmt,
     fold_table,
+    holdout_test_table,
     render_html,
     segmentation_table,
     subgroup_table,
@@ -155,6 +157,9 @@ def build_bundle(
     )
     records += across_fold_records(fold_recs + [r for r in seg_recs if r["scope"] == "fold"])
     records += sub_recs + seg_recs
+    has_test = run.test is not None and len(run.test) > 0
+    if has_test:
+        records += holdout_test_records(run.test, thresholds, task, cfg, seed=seed)
     comparison = None
     if compare is not None:
         comp_recs, comparison = compare_runs(run, compare, task, seed)
@@ -261,6 +266,7 @@ def build_bundle(
         "cohort_table": table_html(cohort, index=True),
         "audit": audit.to_dict("records"),
         "fold_table": table_html(fold_table(rec_df, thresholds)),
+        "holdout_test_table": table_html(holdout_test_table(rec_df, thresholds)) if has_test else "",
         "threshold_method": ev.threshold
         + (f" (target {ev.threshold_target})" if ev.threshold in ("sensitivity", "specificity") else ""),
         "delong_note": delong_note(rec_df),

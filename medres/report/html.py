@@ -19,6 +19,7 @@ __all__ = [
     "fmt_p",
     "table_html",
     "fold_table",
+    "holdout_test_table",
     "subgroup_table",
     "segmentation_table",
     "render_html",
@@ -82,29 +83,33 @@ def _cell(rec: pd.Series, digits: int = 3) -> str:
     return fmt_ci(rec["value"], rec["ci_low"], rec["ci_high"], digits)
 
 
+def _metric_row(label: str, part: pd.DataFrame, threshold: str) -> dict[str, object]:
+    by = part.set_index("metric")
+    first = part.iloc[0] if len(part) else None
+    row: dict[str, object] = {
+        "": label,
+        "scans": int(first["n"]) if first is not None else 0,
+        "positives": int(first["n_pos"]) if first is not None else 0,
+    }
+    for key, name in CLS_COLUMNS:
+        row[name] = _cell(by.loc[key]) if key in by.index else "n/a"
+    row["threshold"] = threshold
+    return row
+
+
+def _classification(records: pd.DataFrame) -> pd.DataFrame:
+    return records[(records["head"] == "classification") & ~records["ci_method"].str.contains("DeLong")]
+
+
 def fold_table(records: pd.DataFrame, thresholds: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows: each fold, pooled out-of-fold, mean ± SD across folds; columns: n, n_pos and metrics."""
-    cls = records[(records["head"] == "classification") & ~records["ci_method"].str.contains("DeLong")]
+    cls = _classification(records)
+    thr = {} if thresholds is None else dict(zip(thresholds["fold"].astype(str), thresholds["threshold"]))
     rows = []
-    folds = sorted(cls.loc[cls["scope"] == "fold", "fold"].unique(), key=int)
-    for label, part in [(f"fold {f}", cls[(cls["scope"] == "fold") & (cls["fold"] == f)]) for f in folds] + [
-        ("pooled out-of-fold", cls[cls["scope"] == "pooled"])
-    ]:
-        by = part.set_index("metric")
-        any_rec = part.iloc[0] if len(part) else None
-        row = {
-            "": label,
-            "scans": int(any_rec["n"]) if any_rec is not None else 0,
-            "positives": int(any_rec["n_pos"]) if any_rec is not None else 0,
-        }
-        for key, name in CLS_COLUMNS:
-            row[name] = _cell(by.loc[key]) if key in by.index else "n/a"
-        if thresholds is not None and label.startswith("fold "):
-            t = thresholds.set_index("fold").loc[int(label.split()[1]), "threshold"]
-            row["threshold"] = fmt(float(t))
-        else:
-            row["threshold"] = "per fold"
-        rows.append(row)
+    for f in sorted(cls.loc[cls["scope"] == "fold", "fold"].unique(), key=int):
+        part = cls[(cls["scope"] == "fold") & (cls["fold"] == f)]
+        rows.append(_metric_row(f"fold {f}", part, fmt(float(thr.get(f, math.nan)))))
+    rows.append(_metric_row("pooled out-of-fold", cls[cls["scope"] == "pooled"], "per fold"))
     mean = cls[cls["scope"] == "fold_mean"].set_index("metric")
     sd = cls[cls["scope"] == "fold_sd"].set_index("metric")
     row = {"": "mean ± SD across folds", "scans": "", "positives": ""}
@@ -116,6 +121,24 @@ def fold_table(records: pd.DataFrame, thresholds: pd.DataFrame | None = None) ->
         )
     row["threshold"] = ""
     rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def holdout_test_table(records: pd.DataFrame, thresholds: pd.DataFrame) -> pd.DataFrame:
+    """The held-out test set: each fold's model (its own threshold) and the mean of the fold models."""
+    cls = _classification(records)
+    thr = dict(zip(thresholds["fold"].astype(str), thresholds["threshold"]))
+    rows = [
+        _metric_row(
+            f"fold {f} model",
+            cls[(cls["scope"] == "test") & (cls["fold"] == f)],
+            fmt(float(thr.get(f, math.nan))),
+        )
+        for f in sorted(cls.loc[cls["scope"] == "test", "fold"].unique(), key=int)
+    ]
+    ens = cls[cls["scope"] == "test_ensemble"]
+    if len(ens):
+        rows.append(_metric_row("mean of the fold models", ens, "mean of the fold thresholds"))
     return pd.DataFrame(rows)
 
 

@@ -10,7 +10,7 @@ from tests.report.synthetic_run import write_synthetic_run
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory):
     """A run folder following the run-folder contract (3 folds, 30 patients, seg masks)."""
-    return write_synthetic_run(tmp_path_factory.mktemp("synth"))
+    return write_synthetic_run(tmp_path_factory.mktemp("synth"), n_test_patients=6)
 
 
 @pytest.fixture(scope="session")

@@ -54,12 +54,15 @@ def write_synthetic_run(
     extra_scans: int = 6,
     dicom_image: Path | None = None,
     case_ids_with_patient_id: bool = False,
+    n_test_patients: int = 0,
 ) -> Path:
     """Write a manifest, its NIfTIs and a run folder under ``root``; return the run folder.
 
     ``extra_scans`` patients get a second scan (so patient clustering matters). With ``dicom_image``
     the first case's image is that DICOM file (copied), to check DICOM fields never leak. With
     ``case_ids_with_patient_id`` case ids embed the patient id (``SECRETPAT0001_S0``), as the demo's do.
+    ``n_test_patients`` more patients form a ``split=test`` set that every fold's model predicts
+    (``fold_k/test_predictions.parquet``).
     """
     rng = np.random.default_rng(seed)
     data = root / "data"
@@ -68,7 +71,7 @@ def write_synthetic_run(
     run.mkdir(parents=True, exist_ok=True)
 
     rows = []
-    for i in range(n_patients):
+    for i in range(n_patients + n_test_patients):
         y = int(i % 3 == 0)  # prevalence 1/3
         n_scans = 2 if i < extra_scans else 1
         for s in range(n_scans):
@@ -87,6 +90,9 @@ def write_synthetic_run(
                 }
             )
     manifest = pd.DataFrame(rows)
+    if n_test_patients:
+        test_ids = {patient_id(i) for i in range(n_patients, n_patients + n_test_patients)}
+        manifest["split"] = np.where(manifest.patient_id.isin(test_ids), "test", "train")
 
     for k, row in manifest.iterrows():
         img = rng.normal(0, 20, SHAPE).astype(np.float32) - 600
@@ -119,6 +125,8 @@ def write_synthetic_run(
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     manifest["y"] = [LABELS.index(v) for v in manifest.label]
+    test_df = manifest[manifest.get("split", pd.Series("train", index=manifest.index)) == "test"]
+    manifest = manifest.drop(index=test_df.index)
     patients = manifest.patient_id.unique()
     # stratified by label: every fold gets positives and negatives
     positive = manifest.groupby("patient_id", sort=False)["y"].max().reindex(patients).to_numpy()
@@ -172,6 +180,8 @@ def write_synthetic_run(
         inner = train[train.patient_id.isin(val_patients)]
         predictions(held, fold, True).to_parquet(fdir / "predictions.parquet", index=False)
         predictions(inner, fold, False).to_parquet(fdir / "inner_val_predictions.parquet", index=False)
+        if len(test_df):
+            predictions(test_df, fold, False).to_parquet(fdir / "test_predictions.parquet", index=False)
         pd.DataFrame(
             {
                 "epoch": [1, 2],

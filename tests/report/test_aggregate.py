@@ -10,18 +10,21 @@ import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from medres.config import load_config
-from medres.metrics import choose_threshold
+from medres.metrics import choose_threshold, patient_bootstrap_ci
 from medres.report import (
     across_fold_records,
     add_age_band,
     binary_task,
     classification_records,
+    holdout_test_records,
     load_run,
     one_vs_rest_records,
     operating_points,
     segmentation_records,
+    split_audit,
     subgroup_records,
 )
+from tests.report.synthetic_run import write_synthetic_run
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +104,21 @@ def test_bootstrap_resamples_patients(run, op):
     dup = _get(classification_records(doubled, task, cfg, scope="pooled"), metric="auroc")
     width = (base.ci_high - base.ci_low).item()
     assert (dup.ci_high - dup.ci_low).item() == pytest.approx(width, rel=0.25)
-    # treating the copies as new patients would shrink it by about sqrt(2)
-    fake = doubled.assign(patient_id=doubled.case_id)
-    narrow = _get(classification_records(fake, task, cfg, scope="pooled"), metric="auroc")
-    assert (narrow.ci_high - narrow.ci_low).item() < 0.85 * width
+    # the interval is exactly the patient bootstrap of medres.metrics, clustered by patient_id
+    y = (preds.y_true == 1).to_numpy()
+    ref = patient_bootstrap_ci(
+        "auroc",
+        y,
+        preds.p_nodule.to_numpy(),
+        preds.patient_id.to_numpy(),
+        n_resamples=cfg.evaluate.bootstrap_resamples,
+        seed=0,
+    )
+    assert (base.ci_low.item(), base.ci_high.item()) == (ref.ci_low, ref.ci_high)
+    by_scan = patient_bootstrap_ci(
+        "auroc", y, preds.p_nodule.to_numpy(), None, n_resamples=cfg.evaluate.bootstrap_resamples, seed=0
+    )
+    assert (by_scan.ci_low, by_scan.ci_high) != (ref.ci_low, ref.ci_high)
 
 
 def test_subgroups_counts_and_not_estimable(run, op):
@@ -191,3 +205,23 @@ def test_segmentation_records_count_valid_cases(run):
         "metric"
     )
     assert present.loc["dice", "value"] == pytest.approx(0.4) and present.loc["dice", "n"] == 3
+
+
+def test_holdout_test_set_records(tmp_path):
+    run = load_run(write_synthetic_run(tmp_path, with_seg=False, n_test_patients=9, bootstrap_resamples=100))
+    task = binary_task(run.config)
+    assert run.test is not None and run.test.case_id.nunique() == 9
+    _, thresholds = operating_points(run.predictions, run.inner_val, task)
+    recs = pd.DataFrame(holdout_test_records(run.test, thresholds, task, run.config))
+    for f, part in run.test.groupby("fold"):
+        got = recs[(recs.scope == "test") & (recs.fold == str(f)) & (recs.metric == "auroc")]["value"].item()
+        assert got == pytest.approx(roc_auc_score(part.y_true == 1, part.p_nodule))
+        thr = thresholds.set_index("fold").loc[f, "threshold"]
+        sens = recs[(recs.scope == "test") & (recs.fold == str(f)) & (recs.metric == "sensitivity")]["value"]
+        pos = part[part.y_true == 1]
+        assert sens.item() == pytest.approx((pos.p_nodule >= thr).mean())
+    mean = run.test.groupby("case_id").agg(y=("y_true", "first"), p=("p_nodule", "mean"))
+    ens = recs[(recs.scope == "test_ensemble") & (recs.metric == "auroc")]["value"].item()
+    assert ens == pytest.approx(roc_auc_score(mean.y == 1, mean.p))
+    audit = split_audit(run.predictions, run.folds, run.inner_val, run.test).set_index("check")
+    assert audit.loc["test patients outside cross-validation", "passed"]
