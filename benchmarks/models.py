@@ -79,12 +79,12 @@ def make_step(models: list[nn.Module], forward: Callable, x: torch.Tensor, mode:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
 
-def race(steps: dict[str, Callable[[], float]], n: int, warmup: int) -> dict[str, float]:
+def race(steps: dict[str, Callable[[], float]], n: int, warmup: int, label: str) -> dict[str, float]:
     """Median seconds per step of each contender, their steps interleaved."""
     for step in steps.values():
         for _ in range(warmup):
@@ -96,7 +96,7 @@ def race(steps: dict[str, Callable[[], float]], n: int, warmup: int) -> dict[str
             loss = step()
             times[k].append(time.perf_counter() - t)
             if not torch.isfinite(torch.tensor(loss)):
-                print(f"  warning: {k} loss is {loss}")
+                print(f"  warning: {label}: {k} loss is {loss}")
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -125,7 +125,7 @@ def bench_2d(depth: int, size: int, batch: int, args: argparse.Namespace) -> lis
             "medres": make_step([ours], lambda x, m=ours: F.cross_entropy(m(x), y), x, mode),
             "monai": make_step([peer], lambda x, m=peer: F.cross_entropy(m(x), y), x, mode),
         }
-        t = race(steps, args.steps, args.warmup)
+        t = race(steps, args.steps, args.warmup, f"resnet{depth} 2D {mode}")
         for k, m in (("medres", ours), ("monai", peer)):
             rows.append(Row(f"resnet{depth} 2D {size}^2", k, mode, batch, n_params(m), t[k], batch / t[k]))
     return rows
@@ -160,7 +160,7 @@ def bench_3d(patch: tuple[int, int, int], batch: int, args: argparse.Namespace) 
             "medres dual": make_step([dual], dual_loss, x, mode),
             "monai resnet+unet": make_step([cls, unet], pair_loss, x, mode),
         }
-        t = race(steps, args.steps, args.warmup)
+        t = race(steps, args.steps, args.warmup, f"3D {mode}")
         name = f"dual resnet18 3D {'x'.join(map(str, patch))}"
         rows.append(
             Row(name, "medres dual", mode, batch, n_params(dual), t["medres dual"], batch / t["medres dual"])
@@ -209,23 +209,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes and few steps (a smoke run)")
     p.add_argument("--only", choices=("2d", "3d"), help="run one part")
     p.add_argument("--depths", type=int, nargs="+", default=[18, 50], help="2D ResNet depths")
-    p.add_argument("--size", type=int, default=224, help="2D image size")
-    p.add_argument("--batch-2d", type=int, default=16)
-    p.add_argument("--patch", type=int, nargs=3, default=[64, 96, 96], help="3D patch D H W")
+    p.add_argument("--size", type=int, help="2D image size (default 224; --quick 112)")
+    p.add_argument("--batch-2d", type=int, help="2D batch (default 16; --quick 8)")
+    p.add_argument("--patch", type=int, nargs=3, help="3D patch D H W (default 64 96 96; --quick 32 48 48)")
     p.add_argument("--batch-3d", type=int, default=2)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--steps", type=int, default=5, help="timed steps per contender")
+    p.add_argument("--steps", type=int, help="timed steps per contender (default 5; --quick 3)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
+    defaults = {"size": 224, "batch_2d": 16, "patch": [64, 96, 96], "steps": 5}
     if args.quick:
-        args.size, args.batch_2d, args.patch, args.steps = 112, 8, [32, 48, 48], 3
+        defaults = {"size": 112, "batch_2d": 8, "patch": [32, 48, 48], "steps": 3}
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"load average {os.getloadavg()[0]:.1f}; 2D {args.size}^2 batch {args.batch_2d}, "
+        f"3D {'x'.join(map(str, args.patch))} batch {args.batch_3d}, {args.steps} timed steps, "
+        f"modes {' '.join(args.modes)}"
     )
     rows: list[Row] = []
     if args.only in (None, "2d"):
