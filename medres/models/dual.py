@@ -34,7 +34,7 @@ class DualHeadResNet(nn.Module):
         skip_connections: concatenate stem/layer1..3 maps into the decoder (U-Net-like); False gives a
             plain deconvolution stack from layer4.
         dropout: dropout before the classification layer.
-        decoder_channels: widths of the four decoder stages (default: the channels of the levels reached).
+        decoder_channels: widths of the four decoder stages (default 4x, 2x, 1x, 1/2x base_channels).
         **backbone_kwargs: passed to ``ResNet`` (norm, act, base_channels, groups, width_per_group,
             stem_kernel, stem_stride, stem_pool, replace_stride_with_dilation, grad_checkpointing, ...).
             ``norm`` and ``act`` also shape the decoder.

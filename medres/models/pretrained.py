@@ -40,10 +40,12 @@ SOURCES = ("torchvision", "medicalnet", "medres")
 
 @dataclasses.dataclass
 class LoadReport:
-    """What ``load_pretrained`` did, key by key (names as in the model's ``state_dict``).
+    """What ``load_pretrained`` did, key by key.
 
-    ``adapted`` maps keys that were changed to fit (input channels, 2D -> 3D) to what was done;
-    ``skipped`` maps file keys that were not loaded to the reason.
+    ``loaded``, ``missing`` and ``adapted`` use the model's ``state_dict`` names; ``adapted`` maps keys
+    that were changed to fit (input channels, 2D -> 3D) to what was done. ``unexpected`` (in the file,
+    not in the model) and ``skipped`` (not loaded, with the reason) use the file's names after the
+    ``module.`` / ``backbone.`` prefixes are removed.
     """
 
     path: str
