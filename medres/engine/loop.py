@@ -13,6 +13,7 @@ are restored at the exact point where they were saved.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -134,11 +135,11 @@ def train_one_epoch(
         _check_inputs(image, case_ids, state.step)
         boundary = (state.batch_in_epoch + 1) % accumulate == 0 or state.batch_in_epoch + 1 == total_batches
         sync = boundary or not ddp or not hasattr(model, "no_sync")
-        with (model.no_sync() if not sync else _null()), fast.autocast():
+        with (model.no_sync() if not sync else contextlib.nullcontext()), fast.autocast():
             out = _as_dual(model(image))
             extra = {"has_mask": batch["has_mask"]} if "has_mask" in batch else {}
             loss, terms = loss_fn(out, labels, mask, state.epoch, **extra)
-        if not torch.isfinite(loss.detach()):
+        if _any_rank(not bool(torch.isfinite(loss.detach())), fast.device):  # every rank stops together
             raise TrainingDiverged(
                 f"non-finite loss ({float(loss.detach())}) at step {state.step} (epoch {state.epoch + 1}, "
                 f"batch {state.batch_in_epoch + 1}), cases {case_ids}; training stopped and the last good "
@@ -183,12 +184,6 @@ def _as_dual(out: Any) -> Any:
     from medres.models import DualOutput
 
     return DualOutput(*split_output(out))
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
