@@ -17,7 +17,7 @@ def test_resume_checks_config_and_survives_a_truncated_checkpoint(tmp_path_facto
     fold = out / "smoke" / "fold_0"
     train(out, demo, "--set", "train.epochs=1", "--set", "train.checkpoint_every_steps=1")
     assert torch.load(fold / "checkpoint_last.pt", weights_only=True)["epoch"] == 1
-    assert (fold / "checkpoint_prev.pt").exists()  # the step-1 checkpoint, kept as the fallback
+    assert torch.load(fold / "checkpoint_prev.pt", weights_only=True)["step"] == 4  # kept as the fallback
 
     again = train(out, demo, "--set", "train.epochs=1", check=False)  # neither --resume nor --force
     assert again.returncode == 2 and "already holds a checkpoint" in again.stderr
@@ -31,6 +31,6 @@ def test_resume_checks_config_and_survives_a_truncated_checkpoint(tmp_path_facto
     (fold / "checkpoint_last.pt").write_bytes(data[: len(data) // 3])  # e.g. a full disk
     forced = train(out, demo, "--resume", "--force", "--set", "train.epochs=2")
     assert "previous good checkpoint" in forced.stderr
-    assert "resuming after step 1 " in forced.stderr  # the fallback's position
+    assert "resuming after step 4 " in forced.stderr  # the fallback: the last mid-epoch checkpoint
     ckpt = torch.load(fold / "checkpoint_last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["finished"] and ckpt["config"]["train"]["epochs"] == 2
