@@ -23,6 +23,16 @@ _LAZY = {
     "DualOutput": "medres.models",
     "read_manifest": "medres.data",
     "load_image": "medres.data",
+    "generate_demo": "medres.data",
+    "make_folds": "medres.cv",
+    "audit_folds": "medres.cv",
+    "read_folds": "medres.cv",
+    "config_hash": "medres.config",
+    "Predictor": "medres.engine.inference",
+    "Prediction": "medres.engine.inference",
+    "delong_roc_ci": "medres.metrics",
+    "delong_roc_test": "medres.metrics",
+    "patient_bootstrap_ci": "medres.metrics",
 }
 
 __all__ = ["ConfigError", "DataError", "MedresError", "__version__", *_LAZY]

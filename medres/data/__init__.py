@@ -9,6 +9,15 @@ _LAZY = {
     "read_manifest": "medres.data.manifest",
     "load_image": "medres.data.io",
     "MedresReader": "medres.data.io",
+    "check_image_mask": "medres.data.io",
+    "ACQUISITION_FIELDS": "medres.data.io",
+    "validate_manifest": "medres.data.manifest",
+    "check_cohort": "medres.data.check",
+    "generate_demo": "medres.data.demo",
+    "build_transforms": "medres.data.transforms",
+    "manifest_to_records": "medres.data.datasets",
+    "build_dataset": "medres.data.datasets",
+    "build_loader": "medres.data.datasets",
 }
 
 __all__ = list(_LAZY)
