@@ -13,6 +13,7 @@ from medres.models._layers import (
     ActSpec,
     NormSpec,
     adaptive_avg_pool_type,
+    as_tuple,
     conv_transpose_type,
     conv_type,
     make_act_factory,
@@ -22,10 +23,6 @@ from medres.models._layers import (
 )
 
 __all__ = ["ClassificationHead", "DeconvDecoder"]
-
-
-def _as_tuple(reduction: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
-    return (reduction,) * spatial_dims if isinstance(reduction, int) else tuple(reduction)
 
 
 class ClassificationHead(nn.Module):
@@ -127,8 +124,8 @@ class DeconvDecoder(nn.Module):
         stages, cin = [], levels[0]["num_chs"]
         for src, dst, cout in zip(levels[:-1], levels[1:], decoder_channels):
             src_red, dst_red = (
-                _as_tuple(src["reduction"], spatial_dims),
-                _as_tuple(dst["reduction"], spatial_dims),
+                as_tuple(src["reduction"], spatial_dims, "reduction"),
+                as_tuple(dst["reduction"], spatial_dims, "reduction"),
             )
             scale = tuple(a // b for a, b in zip(src_red, dst_red))
             skip = dst["num_chs"] if skip_connections else 0
@@ -136,7 +133,7 @@ class DeconvDecoder(nn.Module):
             stages.append(UpStage(spatial_dims, cin, skip, cout, scale, norm_layer, act_layer, kernel))
             cin = cout
         self.stages = nn.ModuleList(stages)
-        scale = _as_tuple(levels[-1]["reduction"], spatial_dims)
+        scale = as_tuple(levels[-1]["reduction"], spatial_dims, "reduction")
         self.final_up = conv_transpose_type(spatial_dims)(cin, seg_classes, kernel_size=scale, stride=scale)
 
     def forward(self, features: Sequence[Tensor], size: Sequence[int]) -> Tensor:
