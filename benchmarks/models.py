@@ -85,13 +85,14 @@ def make_step(models: list[nn.Module], forward: Callable, x: torch.Tensor, mode:
 
 
 def race(steps: dict[str, Callable[[], float]], n: int, warmup: int, label: str) -> dict[str, float]:
-    """Median seconds per step of each contender, their steps interleaved."""
+    """Median seconds per step of each contender, their steps interleaved (order flipped each round)."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(n):
-        for k, step in steps.items():
+    for i in range(n):
+        order = list(steps.items())
+        for k, step in order if i % 2 == 0 else order[::-1]:  # neither contender always goes first
             t = time.perf_counter()
             loss = step()
             times[k].append(time.perf_counter() - t)
