@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
 from medres.errors import DataError, DataErrors
 
@@ -310,8 +310,15 @@ def inner_validation_split(train_df: pd.DataFrame, *, fraction: float, seed: int
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        train_idx, val_idx = next(splitter.split(np.zeros(len(ids)), strata.to_numpy()[order],
-                                                 ids.to_numpy()[order]))
+        try:
+            train_idx, val_idx = next(splitter.split(np.zeros(len(ids)), strata.to_numpy()[order],
+                                                     ids.to_numpy()[order]))
+        except ValueError:  # every class has fewer patients than n_splits: stratifying is impossible
+            warnings.warn(f"inner validation: every class has fewer than {n_splits} patients in this "
+                          "training fold; the validation subset is drawn by patient without stratification",
+                          UserWarning, stacklevel=2)
+            shuffle = GroupShuffleSplit(n_splits=1, test_size=1 / n_splits, random_state=seed)
+            train_idx, val_idx = next(shuffle.split(np.zeros(len(ids)), groups=ids.to_numpy()[order]))
     per_class = pd.Series(strata.to_numpy()).groupby(ids.to_numpy()).max().value_counts()
     if (per_class < n_splits).any():
         warnings.warn(f"inner validation: a class has fewer than {n_splits} patients in this training fold, "

@@ -199,3 +199,15 @@ def test_inner_validation_split_grouped_and_stratified():
     assert inner_validation_split(train, fraction=0.2, seed=0, labels=LABELS) == (tr_ids, val_ids)
     with pytest.raises(DataError, match="validation subset"):
         inner_validation_split(train.iloc[:3], fraction=0.2, seed=0)
+
+
+def test_inner_validation_split_too_few_per_class_falls_back_to_grouped_split():
+    # 4 patients, 2 per class, 3 splits asked for: stratification is impossible (scikit-learn raises);
+    # medres warns and still returns a grouped split.
+    df = pd.DataFrame({"case_id": [f"c{i}" for i in range(4)],
+                       "patient_id": ["p1", "p2", "p3", "p4"],
+                       "label": ["normal", "nodule", "normal", "nodule"]})
+    with pytest.warns(UserWarning, match="without stratification"):
+        tr_ids, val_ids = inner_validation_split(df, fraction=0.34, seed=0, labels=LABELS)
+    assert val_ids and tr_ids and not set(tr_ids) & set(val_ids)
+    assert set(tr_ids) | set(val_ids) == {"p1", "p2", "p3", "p4"}
