@@ -26,7 +26,9 @@ sample's augmentation a pure function of the seed (see ``medres.data.datasets``)
 from __future__ import annotations
 
 import json
+import logging
 import math
+import warnings
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -102,6 +104,24 @@ def _drop_missing(data: Mapping[Hashable, object]) -> dict[Hashable, object]:
     return {k: v for k, v in data.items() if not (k == MASK and v in (None, ""))}
 
 
+def _load_imaged(*args: object, **kwargs: object) -> LoadImaged:
+    """``LoadImaged`` without the noise of MONAI building its GPU DICOM reader on a machine without it.
+
+    LoadImage instantiates every registered reader even when ``reader=`` names one; MONAI 1.6's
+    NvImgCodecPydicomReader then warns and logs "nvImageCodec is not available" each time. medres reads
+    with MedresReader only, so those lines would only confuse a user.
+    """
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
+            return LoadImaged(*args, **kwargs)
+    finally:
+        plugin_log.setLevel(level)
+
+
 def load_transforms(cfg: DataConfig) -> list[Transform]:
     """The deterministic geometric part: load, check image/mask agreement, channels first, orient, resample.
 
@@ -114,11 +134,11 @@ def load_transforms(cfg: DataConfig) -> list[Transform]:
     keys = [IMAGE, MASK] if _has_mask(cfg) else [IMAGE]
     t: list[Transform] = [
         Lambda(_drop_missing),
-        LoadImaged(IMAGE, reader=MedresReader(ndim=ndim), dtype=np.float32, image_only=True),
+        _load_imaged(IMAGE, reader=MedresReader(ndim=ndim), dtype=np.float32, image_only=True),
     ]
     if _has_mask(cfg):
-        t += [LoadImaged(MASK, reader=MedresReader(ndim=ndim), dtype=None, image_only=True,
-                         allow_missing_keys=True),
+        t += [_load_imaged(MASK, reader=MedresReader(ndim=ndim), dtype=None, image_only=True,
+                           allow_missing_keys=True),
               CheckImageMaskd(MASK, IMAGE, labels=sorted(cfg.mask_labels))]
     t.append(EnsureChannelFirstd(keys, allow_missing_keys=True))
     if cfg.orientation and not natural:

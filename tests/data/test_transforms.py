@@ -232,3 +232,12 @@ def test_inconsistent_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="spatial_dims") as info:
         build_transforms(DataConfig(patch_size=[32, 32]), train=True)
     assert info.value.field == "data.patch_size"
+
+
+def test_building_a_pipeline_prints_no_gpu_reader_noise(caplog, recwarn):
+    # MONAI's LoadImage builds its nvImageCodec DICOM reader too; without CUDA that warns and logs on
+    # every pipeline build. medres reads with MedresReader only, so none of that may reach the user.
+    caplog.set_level("DEBUG")
+    build_transforms(DataConfig(windows=[{"name": "lung", "center": -600, "width": 1500}]), train=True)
+    assert not [w for w in recwarn if "nvImageCodec" in str(w.message)]
+    assert "nvImageCodec" not in caplog.text
