@@ -198,6 +198,17 @@ def _rescale(pixels: np.ndarray, slope: object, intercept: object, path: Path) -
     return pixels.astype(np.float32) * np.float32(s) + np.float32(b)
 
 
+def _monochrome1_to_monochrome2(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values of a MONOCHROME1 image (low = white) mirrored within the stored range, so that
+    higher means brighter as in every other greyscale image; applied before the modality rescale."""
+    bits = int(ds.get("BitsStored") or pixels.dtype.itemsize * 8)
+    if int(ds.get("PixelRepresentation") or 0) == 1:
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    else:
+        lo, hi = 0, (1 << bits) - 1
+    return ((lo + hi) - pixels.astype(np.int64)).astype(pixels.dtype)
+
+
 def _frames(ds: Dataset, path: Path) -> list[Frame]:
     """Split a dataset into 2D frames with per-frame geometry and HU/rescale applied."""
     try:
@@ -205,6 +216,8 @@ def _frames(ds: Dataset, path: Path) -> list[Frame]:
     except Exception:
         raise DataError("has an unreadable NumberOfFrames", path=path) from None
     pixels = _decoded_pixels(ds, path)
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        pixels = _monochrome1_to_monochrome2(pixels, ds)
     rgb = ds.get("SamplesPerPixel", 1) != 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
     if n_frames == 1 or pixels.ndim == (3 if rgb else 2):
         pixels = pixels[None]
@@ -281,6 +294,8 @@ def _result(stack: np.ndarray, affine: np.ndarray, ds: Dataset) -> tuple[np.ndar
             "original_channel_dim": -1 if rgb else float("nan"),
             "spacing": np.linalg.norm(affine[:3, : len(spatial)], axis=0), "_colour": rgb,
             **acquisition_meta(ds)}
+    if meta.get("PhotometricInterpretation") == "MONOCHROME1":
+        meta["PhotometricInterpretation"] = "MONOCHROME2"  # the pixels were inverted on reading
     return np.ascontiguousarray(stack), meta
 
 

@@ -184,3 +184,20 @@ def test_png_and_jpeg_like_monais_pil_reader(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     with pytest.raises(DataError, match="not a readable PNG/JPEG"):
         load_image(tmp_path / "bad.png")
+
+
+def test_monochrome1_is_inverted_to_monochrome2(dicom_files, tmp_path):
+    # MONOCHROME1 shows the lowest stored value as white; medres mirrors the stored values within their
+    # range before the rescale, so higher means brighter for every greyscale scan.
+    ds = pydicom.dcmread(dicom_files / "CT_small.dcm")
+    stored = ds.pixel_array.astype(np.int64)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "mono1.dcm")
+    img = load_image(tmp_path / "mono1.dcm")
+    bits, signed = int(ds.BitsStored), int(ds.PixelRepresentation) == 1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    expected = ((lo + hi) - stored) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(img.numpy(), expected.T)
+    assert img.meta["PhotometricInterpretation"] == "MONOCHROME2"
+    normal = load_image(dicom_files / "CT_small.dcm").numpy()
+    assert np.corrcoef(img.numpy().ravel(), normal.ravel())[0, 1] < -0.99  # really inverted
