@@ -110,3 +110,15 @@ def test_mr_multichannel_one_epoch(tmp_path):
     pred = result.predictions[0]
     assert {"p_normal", "p_lesion", "image", "seg_path"} <= set(pred.columns)
     assert len(pred) == 6
+
+
+@pytest.mark.slow
+def test_balanced_sampler_and_focal_loss_train_a_fold(tmp_path):
+    # the class-balanced sampler (loss.cls.balanced_sampler) and focal loss wired through a real fold
+    cfg = load_config(ROOT / "configs" / "smoke.yaml",
+                      [f"data.demo.out={tmp_path / 'demo'}", f"output.dir={tmp_path / 'runs'}",
+                       "loss.cls.balanced_sampler=true", "loss.cls.type=focal", "train.epochs=1"])
+    result = run(cfg, folds=[0], quiet=True, evaluate=False)
+    m = result.metrics[0]
+    assert list(m["epoch"]) == [1] and np.isfinite(m["loss_cls"]).all()
+    assert len(result.predictions[0]) > 0

@@ -21,7 +21,7 @@ from medres.engine.checkpoint import BEST, LAST, load_checkpoint, unwrap_model
 from medres.engine.distributed import DistInfo
 from medres.engine.loop import LoopState, fit, restore_state
 from medres.engine.precision import FastPath
-from medres.engine.sampling import EpochSampler, balanced_weights
+from medres.engine.sampling import EpochSampler
 from medres.engine.tracking import MetricsTracker
 from medres.errors import ConfigError
 
@@ -90,7 +90,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
     Raises ConfigError when ``fold_dir`` already holds a checkpoint and neither ``resume`` nor ``force``
     is given, or when resuming with a changed configuration without ``force``.
     """
-    from medres.data.datasets import build_dataset
+    from medres.data.datasets import balanced_sample_weights, build_dataset
     from medres.engine.losses import build_loss
     from medres.engine.optim import build_optimizer, build_scheduler
 
@@ -123,7 +123,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
     train_set = build_dataset(data.train, d, train=True, cache_dir=cache_dir, seed=fold_seed)
     val_set = build_dataset(data.inner_val, d, train=False, cache_dir=cache_dir) if data.inner_val else None
     labels = [int(r["label"]) for r in data.train]
-    weights = balanced_weights(labels) if cfg.loss.cls.balanced_sampler else None
+    weights = balanced_sample_weights(labels).tolist() if cfg.loss.cls.balanced_sampler else None
     per_rank = math.ceil(len(train_set) / dist_info.world_size)
     # a last batch of one sample breaks batch norm (one value per channel at layer4): drop it
     drop_last = per_rank % t.batch_size == 1 and per_rank > 1

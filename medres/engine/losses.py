@@ -42,7 +42,7 @@ from medres.config import LossConfig
 from medres.errors import ConfigError, DataError
 
 __all__ = [
-    "balanced_class_weights", "sampler_weights", "FocalLoss", "ClassificationLoss", "SegmentationLoss",
+    "balanced_class_weights", "FocalLoss", "ClassificationLoss", "SegmentationLoss",
     "MultiTaskLoss", "build_loss",
 ]
 
@@ -62,23 +62,6 @@ def balanced_class_weights(class_counts: Sequence[int]) -> Tensor:
                         "weights are undefined",
                         hint="use explicit loss.cls.weights, fewer folds or more data")
     return torch.as_tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
-
-
-def sampler_weights(labels: Sequence[int], class_counts: Sequence[int] | None = None) -> Tensor:
-    """Per-sample weights for ``torch.utils.data.WeightedRandomSampler``: the balanced weight of each
-    sample's class, so every class is drawn equally often; unlabelled samples (-1) get 1.0, the mean
-    weight, i.e. they are drawn as often as under uniform sampling.
-
-    Args:
-        labels: each training sample's class index ``[N]``.
-        class_counts: counts per class (default: counted from ``labels``).
-    """
-    y = np.asarray(labels, dtype=np.int64)
-    if class_counts is None:
-        k = int(y.max()) + 1 if (y >= 0).any() else 0
-        class_counts = np.bincount(y[y >= 0], minlength=k)
-    w = balanced_class_weights(class_counts).double().numpy()
-    return torch.as_tensor(np.where(y >= 0, w[np.clip(y, 0, None)], 1.0), dtype=torch.double)
 
 
 class FocalLoss(nn.Module):

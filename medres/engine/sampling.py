@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["EpochSampler", "balanced_weights"]
+__all__ = ["EpochSampler"]
 
 
 class EpochSampler(Sampler[int]):
@@ -55,11 +55,3 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(self.per_rank - self.skip, 0)
-
-
-def balanced_weights(labels: Sequence[int]) -> list[float]:
-    """Per-sample weights ``1 / count(label)`` so each class is drawn equally often (unlabelled: 0)."""
-    counts: dict[int, int] = {}
-    for y in labels:
-        counts[y] = counts.get(y, 0) + 1
-    return [0.0 if y < 0 else 1.0 / counts[y] for y in labels]

@@ -185,3 +185,17 @@ def test_errors_name_the_row_and_case(records: list[dict], tmp_path: Path) -> No
     with pytest.raises(DataError) as info:
         ds[0]
     assert info.value.row == 7 and info.value.case_id == "c7" and "gone.nii.gz" in str(info.value)
+
+
+def test_balanced_weights_balance_the_draws() -> None:
+    # the weights the training loop's class-balanced sampler uses (medres.engine.fold)
+    labels = [0] * 80 + [1] * 15 + [2] * 5 + [-1] * 10
+    w = balanced_sample_weights(labels)
+    y = np.array(labels)
+    sums = [w[torch.tensor(y == c)].sum().item() for c in range(3)]
+    np.testing.assert_allclose(sums, [sums[0]] * 3)  # every class carries the same total weight
+    assert torch.all(w[torch.tensor(y == -1)] == 0.0)  # unlabelled scans are not drawn
+    draws = torch.utils.data.WeightedRandomSampler(w, 30000, generator=torch.Generator().manual_seed(0))
+    drawn = np.bincount(y[list(draws)] + 1, minlength=4) / 30000
+    assert drawn[0] == 0
+    np.testing.assert_allclose(drawn[1:], [1 / 3] * 3, atol=0.02)

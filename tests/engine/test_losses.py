@@ -15,7 +15,6 @@ from medres.engine.losses import (
     SegmentationLoss,
     balanced_class_weights,
     build_loss,
-    sampler_weights,
 )
 from medres.errors import ConfigError, DataError
 
@@ -180,16 +179,3 @@ def test_uncertainty_weighting_by_hand_and_its_gradients():
     # d/ds_i [exp(-s_i) L_i + s_i] = 1 - exp(-s_i) L_i
     np.testing.assert_allclose(params["log_vars"].grad.numpy(), [1 - np.exp(-s) * lc, 1 - np.exp(-s) * ls],
                                rtol=1e-5)
-
-
-def test_sampler_weights_balance_the_draws():
-    labels = [0] * 80 + [1] * 15 + [2] * 5 + [-1] * 10
-    w = sampler_weights(labels)
-    y = np.array(labels)
-    sums = [w[torch.tensor(y == c)].sum().item() for c in range(3)]
-    np.testing.assert_allclose(sums, [sums[0]] * 3)  # every class carries the same total weight
-    assert torch.all(w[torch.tensor(y == -1)] == 1.0)
-    draws = torch.utils.data.WeightedRandomSampler(w, 30000, generator=torch.Generator().manual_seed(0))
-    drawn = np.bincount(y[list(draws)] + 1, minlength=4)[1:] / 30000
-    share = sums[0] / w.sum().item()
-    np.testing.assert_allclose(drawn, [share] * 3, atol=0.02)
