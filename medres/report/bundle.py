@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medres.metrics.calibration import calibration_intercept_slope, reliability_curve
+from medres.metrics.curves import roc_band
 from medres.metrics.decision import decision_curve
 from medres.report import figures
 from medres.report.aggregate import (
@@ -172,9 +173,9 @@ def build_bundle(
     by = rec_df[(rec_df["scope"] == "pooled") & (rec_df["head"] == "classification")]
     boot = by[by["ci_method"].str.startswith("patient bootstrap")].set_index("metric")
     au = boot.loc["auroc"]
-    band = figures.roc_band(
-        y, p, g, n_resamples=min(ev.bootstrap_resamples, 500), level=ev.ci_level, seed=seed
-    )
+    roc = roc_band(y, p, g, fpr_grid=figures.FPR_GRID, n_resamples=min(ev.bootstrap_resamples, 500),
+                   level=ev.ci_level, seed=seed)
+    band = (roc.tpr_low, roc.tpr_high)
     dc = decision_curve(y, p)
     cls_figures = [
         _Figure(

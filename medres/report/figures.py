@@ -24,7 +24,6 @@ __all__ = [
     "forest_figure",
     "seg_distribution_figure",
     "gallery_figure",
-    "roc_band",
 ]
 
 FPR_GRID = np.linspace(0, 1, 101)
@@ -41,39 +40,6 @@ def to_data_uri(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def roc_band(
-    y: np.ndarray,
-    s: np.ndarray,
-    groups: np.ndarray,
-    *,
-    n_resamples: int = 500,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pointwise patient-bootstrap band of the ROC curve: TPR low/high [101] on `FPR_GRID`.
-
-    Resamples patients (all their rows) with a seeded generator; resamples with one class are skipped.
-    Hand-written because the band is a figure aid: the reported AUROC interval comes from
-    `medres.metrics.patient_bootstrap_ci`.
-    """
-    _, cluster = np.unique(groups, return_inverse=True)
-    n_clusters = int(cluster.max()) + 1
-    rng = np.random.default_rng(seed)
-    curves = []
-    for _ in range(n_resamples):
-        w = np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)[cluster]
-        if w[y == 1].sum() == 0 or w[y == 0].sum() == 0:
-            continue
-        keep = w > 0
-        fpr, tpr, _ = roc_curve(y[keep], s[keep], sample_weight=w[keep])
-        curves.append(np.interp(FPR_GRID, fpr, tpr))
-    if not curves:
-        return np.full_like(FPR_GRID, np.nan), np.full_like(FPR_GRID, np.nan)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(np.array(curves), [a, 1 - a], axis=0)
-    return lo, hi
 
 
 def roc_figure(
