@@ -84,16 +84,22 @@ def _check_level(level: float) -> float:
     return float(norm.ppf(0.5 + level / 2))
 
 
-def delong_roc_ci(y_true: ArrayLike, score: ArrayLike, level: float = 0.95) -> DeLongCI:
-    """AUROC, its DeLong variance and the ``level`` confidence interval (pROC's ``ci.auc``)."""
-    z = _check_level(level)
-    y = as_labels(y_true)
-    s = as_scores(score, y.size)
+def _class_counts(y: np.ndarray) -> tuple[int, int, str]:
+    """(n_pos, n_neg, reason DeLong's variance is undefined or "")."""
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     reason = class_balance_reason(y)
     if not reason and min(n_pos, n_neg) < 2:
         reason = f"DeLong's variance needs at least 2 cases of each class (n_pos={n_pos}, n_neg={n_neg})"
+    return n_pos, n_neg, reason
+
+
+def delong_roc_ci(y_true: ArrayLike, score: ArrayLike, level: float = 0.95) -> DeLongCI:
+    """AUROC, its DeLong variance and the ``level`` confidence interval (pROC's ``ci.auc``)."""
+    z = _check_level(level)
+    y = as_labels(y_true)
+    s = as_scores(score, y.size)
+    n_pos, n_neg, reason = _class_counts(y)
     if reason:
         nan = undefined(f"DeLong interval undefined: {reason}")
         return DeLongCI(nan, nan, nan, nan, level, n_pos, n_neg, reason)
@@ -114,11 +120,7 @@ def delong_roc_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike,
     y = as_labels(y_true)
     a = as_scores(score_a, y.size, name="score_a")
     b = as_scores(score_b, y.size, name="score_b")
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    reason = class_balance_reason(y)
-    if not reason and min(n_pos, n_neg) < 2:
-        reason = f"DeLong's variance needs at least 2 cases of each class (n_pos={n_pos}, n_neg={n_neg})"
+    n_pos, n_neg, reason = _class_counts(y)
     if reason:
         nan = undefined(f"DeLong test undefined: {reason}")
         return DeLongTest(nan, nan, nan, nan, nan, nan, nan, nan, level, n_pos, n_neg, reason)
