@@ -232,6 +232,20 @@ def _geometry_mismatch(a: dict, b: dict, atol: float) -> str:
     return ""
 
 
+def _distinct_values(t: torch.Tensor) -> torch.Tensor:
+    """Sorted distinct values; integer tensors are counted with bincount (torch.unique sorts the whole
+    mask, which cost about as much as resampling the scan), other dtypes and huge ranges use unique."""
+    flat = t.reshape(-1)
+    if flat.numel() == 0 or flat.dtype.is_floating_point or flat.dtype == torch.bool:
+        return torch.unique(flat)
+    lo, hi = (int(v) for v in torch.aminmax(flat))
+    if hi - lo > 65535:
+        return torch.unique(flat)
+    counts = torch.bincount(flat if flat.dtype == torch.uint8 else flat.to(torch.int64) - lo)
+    present = torch.nonzero(counts).flatten()
+    return present if flat.dtype == torch.uint8 else present + lo
+
+
 def check_image_mask(image: MetaTensor, mask: MetaTensor, *, labels: Iterable[int] | None = None,
                      atol: float = 1e-3) -> None:
     """Raise a DataError unless ``mask`` lies on ``image``'s grid and holds only ``labels``.
@@ -255,7 +269,7 @@ def check_image_mask(image: MetaTensor, mask: MetaTensor, *, labels: Iterable[in
         raise DataError(f"mask does not match its image: {problem}",
                         path=path, hint="resample the mask onto the image grid (nearest neighbour) or "
                                         "fix the manifest pairing")
-    values = torch.unique(mask.as_tensor())
+    values = _distinct_values(mask.as_tensor())
     if values.is_floating_point() and not torch.all(values == torch.round(values)):
         bad = values[values != torch.round(values)][:3].tolist()
         raise DataError(f"mask holds non-integer values (e.g. {bad}): a probability map, or resampled "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
 from medres.data.io import MedresReader, check_image_mask, load_image
@@ -128,3 +129,13 @@ def test_four_d_mask_is_refused(tmp_path):
     image, mask, _ = _pair(tmp_path, np.zeros((8, 8, 6, 2), np.uint8))
     with pytest.raises(DataError, match="one label image"):
         check_image_mask(image, mask)
+
+
+@pytest.mark.parametrize("values", [
+    torch.tensor([3, 1, 1, 0], dtype=torch.uint8), torch.tensor([-5, 2, 2, -5], dtype=torch.int16),
+    torch.tensor([0, 70000]), torch.tensor([0.0, 1.5, 1.5]), torch.tensor([True, False]),
+    torch.zeros(0, dtype=torch.int32)])
+def test_distinct_mask_values_match_torch_unique(values):
+    # check_image_mask counts integer labels with bincount; it must agree with torch.unique
+    from medres.data.io import _distinct_values
+    assert _distinct_values(values).tolist() == torch.unique(values).tolist()
