@@ -28,7 +28,7 @@ from pydicom.uid import UID
 from medres.errors import DataError
 
 from .dicom_geometry import Frame, assemble
-from .redact import quiet_pydicom, safe_message
+from .redact import decoder_message, quiet_pydicom, safe_message
 
 __all__ = ["ACQUISITION_FIELDS", "acquisition_meta", "read_dicom_file", "read_dicom_series"]
 
@@ -66,13 +66,13 @@ def _sop_refusal(ds: Dataset, path: Path) -> DataError | None:
         return DataError("has a damaged header: its SOP Class UID is not a valid UID", path=path,
                          hint="the file is corrupt: re-export or re-copy it")
     name = UID(sop).name if sop else "unknown SOP class"
+    if sop == "1.2.840.10008.5.1.4.1.1.481.2":  # before the general radiotherapy rule, which it matches
+        return DataError(f"is an RT Dose grid ({name}), not a scan", path=path,
+                         hint="point the manifest at the CT/MR series the dose was planned on")
     if sop not in _IMAGE_EXCEPTIONS:
         for prefix, (what, hint) in _NON_IMAGE_PREFIXES.items():
             if sop.startswith(prefix):
                 return DataError(f"is {what} ({name}), not an image", path=path, hint=hint)
-    if sop == "1.2.840.10008.5.1.4.1.1.481.2":
-        return DataError(f"is an RT Dose grid ({name}), not a scan", path=path,
-                         hint="point the manifest at the CT/MR series")
     return None
 
 
@@ -152,8 +152,8 @@ def _decoded_pixels(ds: Dataset, path: Path) -> np.ndarray:
         hint = "re-export the file"
         if tsyntax.is_compressed:
             hint += "; python-gdcm decodes some files that pylibjpeg cannot"
-        raise DataError(f"pixel data could not be decoded ({tsyntax.name}; {safe_message(exc)})", path=path,
-                        hint=hint) from None
+        raise DataError(f"pixel data could not be decoded ({tsyntax.name}; {decoder_message(exc)})",
+                        path=path, hint=hint) from None
     if pixels.dtype.byteorder == ">":
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     return pixels
@@ -313,18 +313,71 @@ def read_dicom_file(path: str | Path) -> tuple[np.ndarray, dict]:
         return _result(stack, affine, ds)
 
 
-def _describe(datasets: list[tuple[Path, Dataset]]) -> str:
-    ds = datasets[0][1]
-    number = ds.get("SeriesNumber")
-    desc = str(ds.get("SeriesDescription") or "").strip()
-    label = f"series #{number}" if number not in (None, "") else "series without a number"
-    return f"{label}{f' {desc!r}' if desc else ''} ({len(datasets)} file(s), {ds.get('Modality', '?')})"
+def _orientation(ds: Dataset) -> str:
+    """'axial', 'coronal', 'sagittal' or 'oblique' from ImageOrientationPatient ('' when absent)."""
+    try:
+        iop = np.asarray([float(v) for v in ds.get("ImageOrientationPatient") or []], dtype=np.float64)
+    except Exception:
+        return ""
+    if iop.shape != (6,) or not np.all(np.isfinite(iop)):
+        return ""
+    normal = np.cross(iop[:3], iop[3:])
+    norm = float(np.linalg.norm(normal))
+    if norm == 0:
+        return ""
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) / norm < 0.8:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
 
 
-def _by_number(series: dict[str, list[tuple[Path, Dataset]]]) -> list[list[tuple[Path, Dataset]]]:
-    def key(items: list[tuple[Path, Dataset]]) -> float:
-        return _float_or_none(items[0][1].get("SeriesNumber")) or 0.0
-    return sorted(series.values(), key=key)
+#: A series is named in messages by the end of its SeriesInstanceUID: enough to tell the folder's series
+#: apart and to write into the manifest's ``series_uid`` column, never the whole UID.
+_UID_TAIL = 8
+
+
+def uid_tails(uids: list[str]) -> dict[str, str]:
+    """For each UID the shortest tail (at least :data:`_UID_TAIL` characters) no other UID ends with."""
+    out = {}
+    for uid in uids:
+        n = min(_UID_TAIL, len(uid))
+        while n < len(uid) and any(o != uid and o.endswith(uid[-n:]) for o in uids):
+            n += 1
+        if n < len(uid) and uid[-n] == ".":
+            n += 1  # '3.8.498.1', not '.8.498.1'
+        out[uid] = uid[-n:]
+    return out
+
+
+def _describe(series: dict[str, list[tuple[Path, Dataset]]]) -> str:
+    """Each series by what identifies no-one: index, modality, file count, orientation, UID tail."""
+    ordered = _by_number(series)
+    tails = uid_tails([uid for uid in series if uid])
+    parts = []
+    for index, (uid, items) in enumerate(ordered, start=1):
+        ds = items[0][1]
+        what = [str(ds.get("Modality") or "?"), f"{len(items)} file(s)"]
+        if orientation := _orientation(ds):
+            what.append(orientation)
+        what.append(f"series_uid ending {tails[uid]!r}" if uid else "no SeriesInstanceUID")
+        parts.append(f"series {index} of {len(ordered)} ({', '.join(what)})")
+    return "; ".join(parts)
+
+
+def _by_number(series: dict[str, list[tuple[Path, Dataset]]]
+               ) -> list[tuple[str, list[tuple[Path, Dataset]]]]:
+    def key(item: tuple[str, list[tuple[Path, Dataset]]]) -> tuple[float, str]:
+        return (_float_or_none(item[1][0][1].get("SeriesNumber")) or 0.0, item[0][::-1])
+    return sorted(series.items(), key=key)
+
+
+def _choose(series: dict[str, list[tuple[Path, Dataset]]], wanted: str) -> list[tuple[Path, Dataset]] | None:
+    """The series whose SeriesInstanceUID is ``wanted`` or ends with it (the tail shown in messages)."""
+    wanted = wanted.strip().lstrip("…").strip("'\"")
+    if wanted in series:
+        return series[wanted]
+    matches = [uid for uid in series if uid and len(wanted) >= 4 and uid.endswith(wanted)]
+    return series[matches[0]] if len(matches) == 1 else None
 
 
 def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray, dict]:
@@ -332,7 +385,9 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> t
 
     Non-DICOM files (e.g. ``.DS_Store``, notes) and non-image objects (e.g. an RT Struct exported beside
     the slices) are skipped with a log line; sub-folders are not searched. Several image series need
-    ``series_uid`` (the SeriesInstanceUID to keep).
+    ``series_uid``: the SeriesInstanceUID to keep, or its ending as the error message lists it (series
+    are described by index, modality, file count, orientation and UID ending, never by their free-text
+    SeriesDescription, which scanners' users fill with patient names).
     """
     with quiet_pydicom():
         return _read_series(Path(folder), series_uid)
@@ -364,16 +419,17 @@ def _read_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, dict
         raise DataError(f"holds no DICOM files ({len(files)} other file(s))", path=folder,
                         hint="point the manifest at the folder that holds the .dcm slices")
     if series_uid is not None:
-        if series_uid not in series:
-            listing = "; ".join(_describe(v) for v in _by_number(series))
-            raise DataError(f"holds no series with the requested series_uid; it holds {listing}",
-                            path=folder, hint="check the manifest's series_uid column")
-        chosen = series[series_uid]
+        found = _choose(series, series_uid)
+        if found is None:
+            raise DataError(f"holds no series whose SeriesInstanceUID is or ends with the requested "
+                            f"series_uid; it holds {_describe(series)}", path=folder,
+                            hint="write the SeriesInstanceUID, or the ending shown here, in the manifest's "
+                                 "series_uid column")
+        chosen = found
     elif len(series) > 1:
-        listing = "; ".join(_describe(v) for v in _by_number(series))
-        raise DataError(f"holds {len(series)} image series: {listing}", path=folder,
-                        hint="put each series in its own folder, or give the SeriesInstanceUID to keep in "
-                             "the manifest's series_uid column")
+        raise DataError(f"holds {len(series)} image series: {_describe(series)}", path=folder,
+                        hint="put each series in its own folder, or write the ending of the series_uid "
+                             "to keep (as shown here) in the manifest's series_uid column")
     else:
         chosen = next(iter(series.values()))
     frames = [f for file, ds in chosen for f in _frames(ds, file)]
