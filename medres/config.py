@@ -91,6 +91,11 @@ class DataConfig(_Section):
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: str | None = None  # disk cache folder (default: <output.dir>/.cache)
     num_workers: int = Field(0, ge=0)
+    # --- hostile input (issue 8): begin ---------------------------------------------------------------
+    # scans whose header declares more voxels are refused before decompressing (never more than the
+    # memory free at load time either; medres.data.limits)
+    max_voxels: int = Field(2**31, ge=1)
+    # --- hostile input (issue 8): end -----------------------------------------------------------------
 
 
 class PretrainedConfig(_Section):

@@ -41,7 +41,7 @@ class CheckResult:
 def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = None,
                  root: str | Path | None = None, image_columns: Sequence[str] | None = None,
                  mask_column: str | None = "mask", mask_labels: Sequence[int] | None = None,
-                 ndim: int | None = None, atol: float = 1e-3) -> CheckResult:
+                 ndim: int | None = None, atol: float = 1e-3, max_voxels: int | None = None) -> CheckResult:
     """Check every row, file and image/mask pair of a manifest; never stops at the first problem."""
     result = CheckResult()
     try:
@@ -64,11 +64,12 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
         series_uid = rec.get("series_uid") or None
         try:
             paths = [rec[c] for c in images]
-            image = load_image(paths[0] if len(paths) == 1 else paths, series_uid=series_uid, ndim=ndim)
+            image = load_image(paths[0] if len(paths) == 1 else paths, series_uid=series_uid, ndim=ndim,
+                               max_voxels=max_voxels)
             result.images += len(paths)
             mask_path = rec.get(mask_column) if mask_column else None
             if mask_path:
-                mask = load_image(mask_path, ndim=ndim)
+                mask = load_image(mask_path, ndim=ndim, dtype=None, max_voxels=max_voxels)
                 result.masks += 1
                 check_image_mask(image, mask, labels=mask_labels, atol=atol)
         except DataError as err:
@@ -104,7 +105,8 @@ def _from_config(path: str) -> dict:
     data = cfg.data
     return {"vocabulary": list(data.labels), "mask_labels": sorted(int(k) for k in data.mask_labels),
             "image_columns": list(data.image_columns), "mask_column": data.mask_column,
-            "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest}
+            "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest,
+            "max_voxels": data.max_voxels}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from pydicom.uid import UID
 from medres.errors import DataError
 
 from .dicom_geometry import Frame, assemble
+from .limits import check_declared
 from .redact import decoder_message, quiet_pydicom, safe_message
 
 __all__ = ["ACQUISITION_FIELDS", "acquisition_meta", "read_dicom_file", "read_dicom_series"]
@@ -85,9 +87,55 @@ def _check_pixels_present(ds: Dataset, path: Path) -> None:
                                         "the file")
 
 
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
+
+
+def _check_deflated(path: Path) -> None:
+    """Refuse a Deflated Explicit VR file whose dataset inflates beyond the memory free now.
+
+    pydicom inflates such a dataset whole, in memory, before parsing it (a few MiB can inflate a
+    thousandfold); here the stream is inflated in 1 MiB steps and only counted.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if _DEFLATED not in head or head[128:132] != b"DICM":
+        return
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength") or 0)
+    except Exception:
+        return  # _read_dataset reports the damaged header
+    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED.decode():
+        return
+    from .limits import DEFAULT_MAX_VOXELS, available_memory
+
+    free = available_memory()
+    bound = min(DEFAULT_MAX_VOXELS, free // 2) if free is not None else DEFAULT_MAX_VOXELS
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while chunk := fh.read(1 << 16):
+            try:
+                data = inflater.decompress(chunk, 1 << 20)
+                while True:
+                    total += len(data)
+                    if total > bound:
+                        raise DataError(f"is a deflated DICOM file whose dataset inflates to more than "
+                                        f"{bound / 2**20:.0f} MiB; refused before inflating (a "
+                                        "decompression bomb?)", path=path,
+                                        hint="re-export it uncompressed or with a pixel-data compression")
+                    if not inflater.unconsumed_tail:
+                        break
+                    data = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+            except zlib.error:
+                return  # damaged: pydicom's own error is reported by _read_dataset
+
+
 def _read_dataset(path: Path) -> Dataset:
     """Parse a DICOM file; files without the 'DICM' marker are read only if they hold an image."""
     try:
+        _check_deflated(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -120,6 +168,31 @@ def _read_dataset(path: Path) -> Dataset:
         raise DataError("has no Transfer Syntax UID in its file meta header, so its pixel data cannot be "
                         "decoded", path=path, hint="re-export the file with a complete file meta header")
     return ds
+
+
+def _declared(ds: Dataset, path: Path) -> tuple[list[int], int]:
+    """The declared ``[Rows, Columns, frames, samples]`` and bytes per sample, read before decoding."""
+    try:
+        dims = [int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), int(ds.get("NumberOfFrames") or 1),
+                int(ds.get("SamplesPerPixel") or 1)]
+        itemsize = max(1, (int(ds.get("BitsAllocated") or 8) + 7) // 8)
+    except Exception:
+        raise DataError("has an unreadable Rows/Columns/NumberOfFrames/BitsAllocated", path=path,
+                        hint="the header is damaged: re-export the file") from None
+    return dims, itemsize
+
+
+def _check_size(datasets: list[tuple[Path, Dataset]], where: Path, max_voxels: int | None) -> None:
+    """Refuse a file or series whose declared Rows x Columns x frames x files exceeds the cap."""
+    per_file = [_declared(ds, p) for p, ds in datasets]
+    (rows, cols, _, samples), itemsize = per_file[0]
+    frames = sum(d[2] for d, _ in per_file)
+    shape = [rows, cols, frames] + ([samples] if samples != 1 else [])
+    biggest = max(d[0] * d[1] * d[3] for d, _ in per_file)  # files may disagree; take the largest
+    if biggest > rows * cols * samples:
+        shape = [biggest, frames]
+    check_declared(shape, max(i for _, i in per_file), where, max_voxels=max_voxels,
+                   what="its DICOM header" if len(datasets) == 1 else f"its {len(datasets)} DICOM headers")
 
 
 def _decoded_pixels(ds: Dataset, path: Path) -> np.ndarray:
@@ -299,9 +372,10 @@ def _result(stack: np.ndarray, affine: np.ndarray, ds: Dataset) -> tuple[np.ndar
     return np.ascontiguousarray(stack), meta
 
 
-def read_dicom_file(path: str | Path) -> tuple[np.ndarray, dict]:
+def read_dicom_file(path: str | Path, *, max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
     """One DICOM file: ``[X, Y]`` for one frame, ``[X, Y, F]`` for a multi-frame file (plus ``[..., 3]``
-    for colour), and its metadata (RAS ``affine``, ``spacing``, acquisition fields)."""
+    for colour), and its metadata (RAS ``affine``, ``spacing``, acquisition fields). The declared size
+    is checked against ``max_voxels`` (:mod:`medres.data.limits`) before decoding."""
     path = Path(path)
     with quiet_pydicom():
         ds = _read_dataset(path)
@@ -309,6 +383,7 @@ def read_dicom_file(path: str | Path) -> tuple[np.ndarray, dict]:
         if refusal is not None:
             raise refusal
         _check_pixels_present(ds, path)
+        _check_size([(path, ds)], path, max_voxels)
         stack, affine = assemble(_frames(ds, path), path, volume=False)
         return _result(stack, affine, ds)
 
@@ -380,7 +455,8 @@ def _choose(series: dict[str, list[tuple[Path, Dataset]]], wanted: str) -> list[
     return series[matches[0]] if len(matches) == 1 else None
 
 
-def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray, dict]:
+def read_dicom_series(folder: str | Path, *, series_uid: str | None = None,
+                      max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
     """A folder holding one DICOM series -> ``[X, Y, Z](, 3)`` in slice-position order, and its metadata.
 
     Non-DICOM files (e.g. ``.DS_Store``, notes) and non-image objects (e.g. an RT Struct exported beside
@@ -390,10 +466,11 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> t
     SeriesDescription, which scanners' users fill with patient names).
     """
     with quiet_pydicom():
-        return _read_series(Path(folder), series_uid)
+        return _read_series(Path(folder), series_uid, max_voxels)
 
 
-def _read_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, dict]:
+def _read_series(folder: Path, series_uid: str | None, max_voxels: int | None = None
+                 ) -> tuple[np.ndarray, dict]:
     series: dict[str, list[tuple[Path, Dataset]]] = {}
     skipped: list[DataError] = []
     files = sorted(p for p in folder.iterdir() if p.is_file())
@@ -432,6 +509,7 @@ def _read_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, dict
                              "to keep (as shown here) in the manifest's series_uid column")
     else:
         chosen = next(iter(series.values()))
+    _check_size(chosen, folder, max_voxels)
     frames = [f for file, ds in chosen for f in _frames(ds, file)]
     stack, affine = assemble(frames, folder, volume=True)
     return _result(stack, affine, chosen[0][1])

@@ -33,6 +33,7 @@ from monai.data import ImageReader, MetaTensor
 from medres.errors import DataError
 
 from .dicom import ACQUISITION_FIELDS, read_dicom_file, read_dicom_series
+from .limits import check_declared
 from .nifti import read_nifti
 from .redact import safe_message
 
@@ -56,12 +57,18 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def _read_pil(path: Path) -> tuple[np.ndarray, dict]:
-    """PNG/JPEG -> ``[X, Y]`` (grayscale) or ``[X, Y, 3]`` (colour), identity affine as MONAI's PILReader."""
+def _read_pil(path: Path, max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
+    """PNG/JPEG -> ``[X, Y]`` (grayscale) or ``[X, Y, 3]`` (colour), identity affine as MONAI's PILReader.
+
+    Pillow's own decompression-bomb guard stays on (``Image.MAX_IMAGE_PIXELS``); the header's width x
+    height is also checked against ``max_voxels`` before decoding.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as img:
+            check_declared([*img.size, len(img.getbands())], 1, path, max_voxels=max_voxels,
+                           what="its image header")
             img.load()
             mode = img.mode
             if mode in ("1", "L", "LA", "P") and mode != "L":
@@ -69,7 +76,13 @@ def _read_pil(path: Path) -> tuple[np.ndarray, dict]:
             elif mode in ("RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
                 img = img.convert("RGB")
             data = np.asarray(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"its image header declares more pixels than Pillow's decompression-bomb guard "
+                        f"allows ({safe_message(exc)}); refused before decoding", path=path,
+                        hint="re-export the image at a sensible size") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"is not a readable PNG/JPEG image ({safe_message(exc)})", path=path,
                         hint="re-export the image") from None
     data = np.swapaxes(data, 0, 1)
@@ -79,20 +92,20 @@ def _read_pil(path: Path) -> tuple[np.ndarray, dict]:
     return np.ascontiguousarray(data), meta
 
 
-def _read_one(path: Path, series_uid: str | None) -> tuple[np.ndarray, dict]:
+def _read_one(path: Path, series_uid: str | None, max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
     suffix = _suffix(path)
     if not path.exists():
         raise DataError("does not exist", path=path, hint="check the path and the data root")
     if suffix in (".nii", ".nii.gz"):
-        return read_nifti(path)
+        return read_nifti(path, max_voxels=max_voxels)
     if path.is_dir():
-        return read_dicom_series(path, series_uid=series_uid)
+        return read_dicom_series(path, series_uid=series_uid, max_voxels=max_voxels)
     if suffix in _PIL_SUFFIXES:
-        return _read_pil(path)
+        return _read_pil(path, max_voxels)
     if suffix in _NOT_SUPPORTED:
         raise DataError(f"is {_NOT_SUPPORTED[suffix]}, a format medres does not read", path=path,
                         hint="convert it to NIfTI (.nii.gz)")
-    return read_dicom_file(path)  # DICOM files may have any suffix or none
+    return read_dicom_file(path, max_voxels=max_voxels)  # DICOM files may have any suffix or none
 
 
 def _check_ndim(data: np.ndarray, meta: dict, ndim: int | None, path: Path) -> np.ndarray:
@@ -128,15 +141,18 @@ class MedresReader(ImageReader):
     Args:
         series_uid: the SeriesInstanceUID to keep when a folder holds several series.
         ndim: expected number of spatial dimensions (2 or 3); other shapes raise a DataError.
+        max_voxels: the declared-size cap (``data.max_voxels``; :mod:`medres.data.limits`).
 
     Several paths at once (e.g. ``image_t1``, ``image_t2``) are stacked as channels ``[C, *spatial]``
     (``original_channel_dim = 0``) after checking they share shape and affine.
     """
 
-    def __init__(self, series_uid: str | None = None, ndim: int | None = None) -> None:
+    def __init__(self, series_uid: str | None = None, ndim: int | None = None,
+                 max_voxels: int | None = None) -> None:
         super().__init__()
         self.series_uid = series_uid or None
         self.ndim = ndim
+        self.max_voxels = max_voxels
 
     def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
         names = [filename] if isinstance(filename, (str, Path)) else list(filename)
@@ -149,7 +165,7 @@ class MedresReader(ImageReader):
         for p in paths:
             path = Path(p)
             try:
-                array, meta = _read_one(path, self.series_uid)
+                array, meta = _read_one(path, self.series_uid, self.max_voxels)
                 array = _check_ndim(array, meta, self.ndim, path)
             except DataError as err:
                 return _Loaded([], err)
@@ -193,16 +209,18 @@ def _stack_channels(items: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, d
 
 
 def load_image(path: str | Path | Sequence[str | Path], *, series_uid: str | None = None,
-               ndim: int | None = None, dtype: Any = np.float32) -> MetaTensor:
+               ndim: int | None = None, dtype: Any = np.float32,
+               max_voxels: int | None = None) -> MetaTensor:
     """Load a DICOM file, DICOM series folder, NIfTI or PNG/JPEG as a ``MetaTensor`` (no channel axis added).
 
     Shapes: ``[X, Y]``, ``[X, Y, Z]``, colour/4D with the extra axis last; a list of paths gives
     ``[C, *spatial]``. Builds the tensor the way MONAI's ``LoadImage`` does, so the result equals what a
     ``LoadImaged(reader=MedresReader())`` pipeline gets (without constructing MONAI's other readers).
+    ``max_voxels`` caps the size a header may declare (:mod:`medres.data.limits`).
     Raises :class:`DataError` on any problem.
     """
     names = [str(path)] if isinstance(path, (str, Path)) else [str(p) for p in path]
-    reader = MedresReader(series_uid=series_uid, ndim=ndim)
+    reader = MedresReader(series_uid=series_uid, ndim=ndim, max_voxels=max_voxels)
     array, meta = reader.get_data(reader.read(names))
     if dtype is not None:
         array = array.astype(dtype, copy=False)

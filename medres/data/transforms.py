@@ -134,10 +134,12 @@ def load_transforms(cfg: DataConfig) -> list[Transform]:
     keys = [IMAGE, MASK] if _has_mask(cfg) else [IMAGE]
     t: list[Transform] = [
         Lambda(_drop_missing),
-        _load_imaged(IMAGE, reader=MedresReader(ndim=ndim), dtype=np.float32, image_only=True),
+        _load_imaged(IMAGE, reader=MedresReader(ndim=ndim, max_voxels=cfg.max_voxels), dtype=np.float32,
+                     image_only=True),
     ]
     if _has_mask(cfg):
-        t += [_load_imaged(MASK, reader=MedresReader(ndim=ndim), dtype=None, image_only=True,
+        t += [_load_imaged(MASK, reader=MedresReader(ndim=ndim, max_voxels=cfg.max_voxels), dtype=None,
+                           image_only=True,
                            allow_missing_keys=True),
               CheckImageMaskd(MASK, IMAGE, labels=sorted(cfg.mask_labels))]
     t.append(EnsureChannelFirstd(keys, allow_missing_keys=True))
