@@ -22,6 +22,7 @@ from medres.engine.checkpoint import (
     BEST,
     LAST,
     copy_checkpoint,
+    load_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -151,7 +152,7 @@ def restore_state(ckpt: Mapping[str, Any], *, model: nn.Module, optimizer: torch
                   loss_fn: nn.Module) -> tuple[LoopState, dict[str, Any]]:
     """Load a checkpoint's states into the objects; return the :class:`LoopState` and the RNG state
     (apply it with ``fit(resume_rng=...)``, which restores it at the point where it was saved)."""
-    unwrap_model(model).load_state_dict(ckpt["model"])
+    load_weights(model, ckpt)
     optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from medres.config import Config, check_resume_config
-from medres.engine.checkpoint import BEST, LAST, load_checkpoint, unwrap_model
+from medres.engine.checkpoint import (
+    BEST,
+    LAST,
+    clean_stale_temporaries,
+    load_checkpoint,
+    load_weights,
+    unwrap_model,
+)
 from medres.engine.distributed import DistInfo
 from medres.engine.loop import LoopState, fit, restore_state
 from medres.engine.precision import FastPath
@@ -97,6 +104,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
     t, d = cfg.train, cfg.data
     fold_seed = t.seed + 1000 * data.fold
     fold_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(fold_dir)
     ckpt = None
     if (fold_dir / LAST).exists() or (fold_dir / "checkpoint_prev.pt").exists():
         if resume:
@@ -225,7 +233,7 @@ def _volume_infer(cfg: Config):
 def load_best_weights(model: nn.Module, fold_dir: Path) -> None:
     """Load ``checkpoint_best.pt`` (else the last) into ``model`` for prediction."""
     path = fold_dir / BEST if (fold_dir / BEST).exists() else fold_dir / LAST
-    unwrap_model(model).load_state_dict(load_checkpoint(path)["model"])
+    load_weights(model, load_checkpoint(path), path=path)
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
