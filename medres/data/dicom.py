@@ -78,6 +78,22 @@ def _sop_refusal(ds: Dataset, path: Path) -> DataError | None:
     return None
 
 
+def _check_not_mosaic(ds: Dataset, path: Path) -> None:
+    """Refuse a Siemens MOSAIC frame: its slices are tiled side by side in one 2D image, so reading it as
+    one slice (and a folder of them as a stack) gives a wrong volume with a wrong geometry."""
+    image_type = ds.get("ImageType") or []
+    kinds = [str(v).upper() for v in (image_type if isinstance(image_type, (list, tuple,
+                                                                             pydicom.multival.MultiValue))
+                                      else [image_type])]
+    if "MOSAIC" in kinds:
+        n = ds.get((0x0019, 0x100A))
+        tiles = f" ({int(n.value)} slices tiled in one {ds.get('Rows')}x{ds.get('Columns')} frame)" \
+            if n is not None and str(n.value).isdigit() else ""
+        raise DataError(f"is a Siemens MOSAIC image{tiles}, which medres does not unpack", path=path,
+                        hint="convert the series to NIfTI with dcm2niix (it unpacks mosaics with their "
+                             "slice geometry) and list the .nii.gz")
+
+
 def _check_pixels_present(ds: Dataset, path: Path) -> None:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = str(ds.get("SOPClassUID", "") or "")
@@ -383,6 +399,7 @@ def read_dicom_file(path: str | Path, *, max_voxels: int | None = None) -> tuple
         if refusal is not None:
             raise refusal
         _check_pixels_present(ds, path)
+        _check_not_mosaic(ds, path)
         _check_size([(path, ds)], path, max_voxels)
         stack, affine = assemble(_frames(ds, path), path, volume=False)
         return _result(stack, affine, ds)
@@ -488,6 +505,7 @@ def _read_series(folder: Path, series_uid: str | None, max_voxels: int | None = 
             skipped.append(refusal)
             continue
         _check_pixels_present(ds, file)
+        _check_not_mosaic(ds, file)
         series.setdefault(str(ds.get("SeriesInstanceUID", "") or ""), []).append((file, ds))
     if not series:
         if skipped:

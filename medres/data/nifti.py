@@ -173,6 +173,8 @@ def read_nifti(path: str | Path, *, max_voxels: int | None = None) -> tuple[np.n
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError("has a singular or non-finite affine (a voxel size of 0?)", path=path,
                         hint="re-export the file with valid pixdim/sform")
+    if not data.dtype.isnative:  # e.g. big-endian files: torch cannot wrap them (masks load as stored)
+        data = data.astype(data.dtype.newbyteorder("="))
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if np.issubdtype(data.dtype, np.floating):
