@@ -101,6 +101,15 @@ def _check_pixels_present(ds: Dataset, path: Path) -> None:
         raise DataError(f"holds no pixel data ({name}); if it should be an image, the file is truncated",
                         path=path, hint="point the manifest at an image file or series folder, or re-copy "
                                         "the file")
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            try:
+                value = ds[keyword].value
+            except Exception:
+                continue
+            if value is None or (isinstance(value, (bytes, bytearray)) and len(value) == 0):
+                raise DataError(f"has an empty {keyword} element (0 bytes): the image was not exported",
+                                path=path, hint="re-export the file from the source system")
 
 
 _DEFLATED = b"1.2.840.10008.1.2.1.99"

@@ -92,6 +92,38 @@ def _first_link(path: Path, root: str) -> Path:
     return path
 
 
+_DELIMITERS = {";": "semicolons (';')", "\t": "tabs", "|": "vertical bars ('|')"}
+
+
+def _check_header_line(path: Path, columns: list[str]) -> None:
+    """Refuse a header pandas would silently mend: repeated column names (read as ``label`` and
+    ``label.1``) and a file separated by something other than commas (read as one column)."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return
+    header = next(csv.reader([first]), [])
+    if len(columns) == 1:
+        counts = {d: first.count(d) for d in _DELIMITERS}
+        delimiter = max(counts, key=counts.get)
+        if counts[delimiter] > 0:
+            raise DataError(f"is separated by {_DELIMITERS[delimiter]}, not commas: its header "
+                            f"{first.strip()[:120]!r} reads as one column", path=path,
+                            hint="save the manifest as comma-separated CSV (Excel: 'CSV UTF-8 (Comma "
+                                 "delimited)')")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        key = name.strip()
+        if key in seen:
+            raise DataError(f"header names column {key!r} twice (columns {seen[key]} and {i}); pandas "
+                            f"would read the second as {key + '.1'!r} without a word", path=path,
+                            hint="rename or remove one of the two columns")
+        seen[key] = i
+
+
 def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str] | None = None,
                       root: str | os.PathLike[str] | None = None,
                       image_columns: Sequence[str] | None = None,
@@ -111,6 +143,7 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
         raise DataError(f"cannot be read as a CSV manifest ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:160]})", path=path,
                         hint="save the manifest as UTF-8 CSV with a header row") from None
+    _check_header_line(path, list(df.columns))
     base = os.path.abspath(path.parent)
     root_dir = os.path.abspath(root) if root is not None else base
     real_root = os.path.realpath(root_dir)

@@ -111,3 +111,38 @@ def test_dangling_and_looping_links_are_named(layout):
     _, errors = validate_manifest(_manifest(root, [("D", "P1", "d.nii.gz"), ("L", "P2", "loop1.nii.gz")]))
     assert len(errors) == 2
     assert all(e.row in (1, 2) for e in errors)
+
+
+# --- issue 8 item 8: careless manifests and files ------------------------------------------------
+
+
+def test_duplicate_header_column_is_refused(layout):
+    root, _ = layout
+    (root / "m.csv").write_text("case_id,patient_id,image,label,label\nA,P1,a.nii.gz,x,y\n")
+    with pytest.raises(DataError) as info:
+        read_manifest(root / "m.csv")
+    assert "names column 'label' twice (columns 4 and 5)" in info.value.reason
+
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs")])
+def test_other_delimiters_are_named(layout, sep, name):
+    root, _ = layout
+    (root / "m.csv").write_text(sep.join(["case_id", "patient_id", "image"]) + "\n" +
+                                sep.join(["A", "P1", "a.nii.gz"]) + "\n")
+    with pytest.raises(DataError) as info:
+        read_manifest(root / "m.csv")
+    assert f"is separated by {name}" in info.value.reason
+    assert not isinstance(info.value, DataErrors)  # one error, not four "missing column" ones
+
+
+def test_zero_length_pixel_data_is_a_data_error(tmp_path):
+    import copy
+
+    from medres.data.io import load_image
+    from tests.data.dicom_factory import ct_small
+
+    ds = copy.deepcopy(ct_small())
+    ds.PixelData = b""
+    ds.save_as(tmp_path / "empty.dcm")
+    with pytest.raises(DataError, match="empty PixelData element"):
+        load_image(tmp_path / "empty.dcm")
