@@ -21,9 +21,10 @@ Field names are the contract other modules build on: add fields, do not rename t
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 __all__ = [
     "WindowConfig", "AugmentConfig", "DemoConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
@@ -95,6 +96,22 @@ class DataConfig(_Section):
     # scans whose header declares more voxels are refused before decompressing (never more than the
     # memory free at load time either; medres.data.limits)
     max_voxels: int = Field(2**31, ge=1)
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, value: list[float] | None) -> list[float] | None:
+        """A voxel size of 0 or below (or not finite) would divide by zero or mirror the scan."""
+        if value is not None and not all(math.isfinite(v) and v > 0 for v in value):
+            raise ValueError(f"every spacing must be a positive number of mm, got {value}")
+        return value
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive_patch(cls, value: list[int]) -> list[int]:
+        """A patch side of 0 or below cannot be cropped (MONAI would read -1 as 'the whole image')."""
+        if not value or not all(v >= 1 for v in value):
+            raise ValueError(f"every patch side must be at least 1 voxel, got {value}")
+        return value
     # --- hostile input (issue 8): end -----------------------------------------------------------------
 
 

@@ -71,3 +71,12 @@ def test_empty_config_file_says_so(tmp_path, text):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "empty" in info.value.reason and info.value.path == str(path)
+
+
+@pytest.mark.parametrize("setting", ["data.spacing=[1.0,0,1.0]", "data.spacing=[-1,1,1]",
+                                     "data.patch_size=[-48,48,48]", "data.patch_size=[0,48,48]",
+                                     "data.patch_size=[]"])
+def test_schema_bounds_refuse_impossible_geometry(setting):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [setting])
+    assert setting.split("=")[0] in str(info.value)
