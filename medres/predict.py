@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medres.data.inputs import discover_inputs
 from medres.errors import ConfigError, DataError, MedresError
 
 __all__ = ["main", "input_records"]
@@ -71,18 +72,7 @@ def input_records(path: str | Path, config: Any) -> list[dict[str, Any]]:
         return _manifest_records(path, config)
     if path.is_file():
         return _scan_records([path])
-    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-    scans = [p for p in entries if p.is_file() and p.name.lower().endswith(_FILE_SCANS)]
-    if scans:
-        return _scan_records(scans)
-    files = [p for p in entries if p.is_file()]
-    if files and any(_is_dicom(p) for p in files):
-        return _scan_records([path])  # one DICOM series
-    folders = [p for p in entries if p.is_dir()]
-    if folders and not files:
-        return _scan_records(folders)
-    raise DataError("holds no scans (NIfTI/PNG/JPEG files, DICOM files or series sub-folders)", path=path,
-                    hint="point --input at a scan, a series folder, a folder of scans or a manifest CSV")
+    return _scan_records(discover_inputs(path)[0])  # skipped entries are logged with their reason
 
 
 def _manifest_records(path: Path, config: Any) -> list[dict[str, Any]]:
