@@ -63,3 +63,21 @@ def test_a_full_cache_disk_is_named_as_a_disk_problem(tmp_path):
     assert "a problem of the disk, not of the scan" in err.reason and str(cache) in err.reason
     assert err.row == 1 and "medres.data.check" not in str(err)
     assert not list(cache.glob(".tmp-*"))  # nothing half-written left
+
+
+def test_study_audit_errors_give_each_hint_once():
+    import pandas as pd
+
+    from medres.cv import audit_folds
+    from medres.errors import DataErrors
+
+    df = pd.DataFrame({"case_id": list("abcd"), "patient_id": ["p1", "p2", "p3", "p4"],
+                       "study_uid": ["s1", "s1", "s2", "s3"], "image": list("wxyz"), "label": ["n"] * 4})
+    folds = pd.DataFrame({"patient_id": ["p1", "p2", "p3", "p4"], "fold": [0, 1, 0, 1]})
+    with pytest.raises(DataErrors) as info:
+        audit_folds(df, folds)
+    text = str(info.value)
+    assert text.splitlines()[-1] == "Fix every listed row, then run again."  # on its own line
+    assert all(line.count("(hint:") <= 1 for line in text.splitlines())
+    located = info.value.located(row=3)  # a list of problems can be located like one
+    assert isinstance(located, DataErrors) and len(located.errors) == 2
