@@ -85,6 +85,19 @@ def _setup_logging(*, quiet: bool, is_main: bool) -> None:
     logger.addHandler(h)
     logger.setLevel(logging.WARNING if quiet or not is_main else logging.INFO)
     logger.propagate = False
+    if quiet:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """``--quiet``: MLflow's and alembic's INFO lines (store set-up, migrations) and MONAI's per-scan
+    warnings silenced; medres's own warnings and every error still print."""
+    import warnings
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("mlflow", "alembic", "monai"):
+        logging.getLogger(name).setLevel(logging.WARNING if name != "monai" else logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"monai(\..*)?$")
 
 
 def _parser() -> argparse.ArgumentParser:
