@@ -61,8 +61,10 @@ def _link_escape(full: str, root: str, real_root: str) -> str | None:
     """
     candidates = [Path(full)]
     if os.path.isdir(full):
+        # a regular file in a folder that resolves inside the root is inside too: only links need it
         try:
-            candidates += sorted(Path(full).iterdir())
+            with os.scandir(full) as entries:
+                candidates += sorted(Path(e.path) for e in entries if e.is_symlink())
         except OSError:
             return None  # unreadable folders are reported by the reader
     for candidate in candidates:
