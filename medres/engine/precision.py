@@ -1,4 +1,4 @@
-"""Fast paths: autocast dtype, gradient scaler, channels_last, pinned memory and ``torch.compile``.
+"""Compute settings: device, autocast dtype, gradient scaler, channels_last, pinned memory, ``torch.compile``.
 
 Every choice comes from ``train.*`` in the config; ``"auto"`` picks a sensible default for the device:
 
@@ -22,12 +22,16 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from medres.errors import ConfigError
 
-__all__ = ["FastPath", "resolve_fast_path", "resolve_device", "cpu_supports_bf16"]
+if TYPE_CHECKING:
+    from medres.config import TrainConfig
+
+__all__ = ["ComputeSettings", "resolve_compute_settings", "resolve_device", "cpu_supports_bf16"]
 
 log = logging.getLogger("medres.engine")
 
@@ -66,8 +70,8 @@ def resolve_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
 
 
 @dataclass(frozen=True)
-class FastPath:
-    """The resolved speed settings for one run."""
+class ComputeSettings:
+    """How one run computes: device, autocast dtype, memory format, pinned memory, compilation."""
 
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None = fp32
@@ -99,8 +103,9 @@ class FastPath:
                 f"pin_memory {self.pin_memory}, compile {self.compile}")
 
 
-def resolve_fast_path(train_cfg, *, spatial_dims: int, local_rank: int = 0) -> FastPath:
-    """Turn ``train.{device,precision,channels_last,pin_memory,compile}`` into a :class:`FastPath`."""
+def resolve_compute_settings(train_cfg: TrainConfig, *, spatial_dims: int,
+                             local_rank: int = 0) -> ComputeSettings:
+    """Turn ``train.{device,precision,channels_last,pin_memory,compile}`` into a :class:`ComputeSettings`."""
     device = resolve_device(train_cfg.device, local_rank=local_rank)
     gpu = device.type == "cuda"
     precision = train_cfg.precision
@@ -124,5 +129,5 @@ def resolve_fast_path(train_cfg, *, spatial_dims: int, local_rank: int = 0) -> F
     pin = train_cfg.pin_memory
     if pin == "auto":
         pin = gpu
-    return FastPath(device=device, dtype=dtype, channels_last=bool(channels_last),
+    return ComputeSettings(device=device, dtype=dtype, channels_last=bool(channels_last),
                     pin_memory=bool(pin and gpu), compile=bool(train_cfg.compile))
