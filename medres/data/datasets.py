@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +42,7 @@ from medres.config import DataConfig
 from medres.data.dicom import ACQUISITION_FIELDS, safe_message
 from medres.data.transforms import load_transforms, preprocess_signature, sample_transforms
 from medres.errors import DataError
+from medres.utils import atomic_write
 
 __all__ = ["manifest_to_records", "build_dataset", "build_loader", "CaseDataset", "item_seed",
            "balanced_sample_weights", "file_fingerprint", "RECORD_KEYS"]
@@ -214,17 +214,10 @@ class CaseDataset(Dataset):
             return None
 
     def _write_disk(self, path: Path, entry: dict[str, Any]) -> None:
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-            with os.fdopen(fd, "wb") as f:
-                torch.save(entry, f)
-            os.replace(tmp, path)
-        except BaseException as exc:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "inline_container" in str(exc)):
+            atomic_write(path, lambda tmp: torch.save(entry, tmp))
+        except (OSError, RuntimeError) as exc:
+            if isinstance(exc, OSError) or "inline_container" in str(exc):
                 raise disk_error(exc, path.parent, "writing the preprocessing cache") from None
             raise
 

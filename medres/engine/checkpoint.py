@@ -24,7 +24,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 
 from medres.errors import ConfigError, DataError
+from medres.layout import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV
+from medres.utils import atomic_write
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "load_weights", "to_plain", "rng_state",
@@ -41,9 +42,7 @@ __all__ = [
 
 log = logging.getLogger("medres.engine")
 
-LAST = "checkpoint_last.pt"
-PREV = "checkpoint_prev.pt"
-BEST = "checkpoint_best.pt"
+LAST, PREV, BEST = CHECKPOINT_LAST, CHECKPOINT_PREV, CHECKPOINT_BEST
 
 
 def to_plain(obj: Any) -> Any:
@@ -105,25 +104,21 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str], *,
     """
     path = Path(path)
     plain = to_plain(dict(state))
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(plain, f)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def keep_previous_file() -> None:
         if keep_previous and path.exists() and _loads(path):
-            os.replace(path, path.with_name(PREV if path.name == LAST else f"{path.stem}_prev.pt"))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)) and _is_write_failure(exc):
+            os.replace(path, _previous(path))
+
+    try:
+        return atomic_write(path, lambda tmp: torch.save(plain, tmp), before_replace=keep_previous_file)
+    except (OSError, RuntimeError) as exc:
+        if _is_write_failure(exc):
             raise _write_error(exc, path) from None
         raise
-    _fsync_dir(path.parent)
-    return path
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(PREV if path.name == LAST else f"{path.stem}_prev.pt")
 
 
 def _is_write_failure(exc: BaseException) -> bool:
@@ -145,8 +140,7 @@ def _write_error(exc: BaseException, path: Path) -> DataError:
     full = code in (errno.ENOSPC, errno.EDQUOT) or (not isinstance(exc, OSError) and free is not None
                                                     and free < 64 * 2**20)
     what = "disk full" if full else f"could not write ({os.strerror(code) if code else type(exc).__name__})"
-    good = [p for p in (path, path.with_name(PREV if path.name == LAST else f"{path.stem}_prev.pt"))
-            if p.exists() and _loads(p)]
+    good = [p for p in (path, _previous(path)) if p.exists() and _loads(p)]
     last = f"the last good checkpoint is {good[0]}" if good else "no earlier checkpoint was written"
     return DataError(f"{what} at {path.parent} while writing {path.name}; {last}", path=path,
                      hint="free disk space (or choose another output.dir) and run again with --resume; "
@@ -154,12 +148,13 @@ def _write_error(exc: BaseException, path: Path) -> DataError:
 
 
 def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Remove the ``.checkpoint_*.pt.*.tmp`` files a killed write left in ``folder`` (call at start)."""
-    removed = []
+    """Remove the temporary checkpoint files (``.checkpoint_*.pt.*.tmp*``) a killed write left in
+    ``folder``; called when a fold starts."""
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
-    for tmp in folder.glob(".*.pt.*.tmp"):
+    for tmp in folder.glob(".*.pt.*.tmp*"):
         try:
             tmp.unlink()
             removed.append(tmp)
@@ -169,17 +164,6 @@ def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
         log.info("removed %d unfinished checkpoint file(s) left by an interrupted write in %s",
                  len(removed), folder)
     return removed
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _loads(path: Path) -> bool:
@@ -249,7 +233,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     path = Path(path)
     candidates = [path]
     if fallback:
-        candidates.append(path.with_name(PREV if path.name == LAST else f"{path.stem}_prev.pt"))
+        candidates.append(_previous(path))
     problems = []
     for i, p in enumerate(candidates):
         if not p.exists():
@@ -329,14 +313,4 @@ def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device
 
 def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Atomically copy a checkpoint file (used for ``checkpoint_best.pt``)."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
