@@ -14,7 +14,7 @@ FOLDER = "DOE_JOHN_MRN123456"  # a folder named after a patient, as hospital exp
 
 @pytest.fixture(scope="module")
 def shared_files(tmp_path_factory):
-    from medres.evaluate import evaluate_run
+    from medres.evaluation import evaluate_run
 
     root = tmp_path_factory.mktemp("hostile") / FOLDER
     run = write_synthetic_run(root, n_test_patients=6)
