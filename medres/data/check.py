@@ -1,4 +1,5 @@
-"""Pre-flight check of a whole cohort: ``python -m medres.data.check --manifest M [--config C] [--root R]``.
+"""Pre-flight check of a whole cohort: ``python -m medres.data.check --manifest M [--config C] [--root R]
+[--manifest-only]``.
 
 Validates the manifest (every row), loads every row's image(s) and mask through the same reader
 training uses (in parallel worker processes), and checks each image/mask pair (shape, spacing, affine,
@@ -23,9 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from medres.errors import ConfigError, DataError
-
-from .io import check_image_mask, load_image
-from .manifest import validate_manifest
 
 __all__ = ["CheckResult", "check_cohort", "format_problems", "main"]
 
@@ -77,6 +75,8 @@ def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tupl
     warnings: list[DataError] = []
     shape = None
     n_images = n_masks = 0
+    from medres.data.io import check_image_mask, load_image  # torch and MONAI: only to read scans
+
     try:
         image = load_image(paths[0] if len(paths) == 1 else paths, series_uid=series_uid, ndim=ndim,
                            max_voxels=max_voxels)
@@ -115,7 +115,7 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
                  mask_column: str | None = "mask", mask_labels: Sequence[int] | None = None,
                  ndim: int | None = None, atol: float = 1e-3, max_voxels: int | None = None,
                  patch_size: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
-                 workers: int | None = None,
+                 workers: int | None = None, manifest_only: bool = False,
                  on_progress: Callable[[int, int, int], None] | None = None,
                  on_problem: Callable[[DataError, bool], None] | None = None) -> CheckResult:
     """Check every row, file and image/mask pair of a manifest; never stops at the first problem.
@@ -124,7 +124,11 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
     ``on_problem(error, is_warning)`` is called as each is found, ``on_progress(done, total, problems)``
     now and then. Warnings (not failures): patient ids equal after stripping zeros/case/spaces, all-zero
     images, one-slice volumes in a 3D cohort, a ``patch_size`` larger than every (resampled) image.
+    ``manifest_only``: the manifest's columns, rows, labels and paths only, without reading a scan (and
+    without importing torch or MONAI: seconds for a large cohort).
     """
+    from medres.data.manifest import validate_manifest  # pandas: imported here, so --help is instant
+
     result = CheckResult()
     report = on_problem or (lambda err, warning: None)
     try:
@@ -138,7 +142,8 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
     result.problems.extend(errors)
     result.rows = len(df)
     images = df.attrs.get("image_columns")
-    if images is None:  # column-level problems: the rows cannot be read
+    if images is None or manifest_only:  # column-level problems: the rows cannot be read
+        result.problems.sort(key=lambda e: -1 if e.row is None else e.row)
         return result
     for warning in similar_patient_ids(df):
         report(warning, True)
@@ -238,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=1e-3, help="image/mask affine tolerance (mm)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes reading scans (default: the CPUs, at most 8)")
+    parser.add_argument("--manifest-only", action="store_true",
+                        help="check the manifest (columns, rows, labels, paths) without reading the scans")
     args = parser.parse_args(argv)
     settings: dict = {"vocabulary": None, "mask_labels": None, "image_columns": None, "mask_column": "mask",
                       "ndim": None, "root": None, "manifest": None}
@@ -264,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def found(err: DataError, warning: bool) -> None:
         print(f"{'warning' if warning else 'problem'}: {err}", file=sys.stderr, flush=True)
 
-    result = check_cohort(manifest, atol=args.atol, on_progress=progress, on_problem=found, **settings)
+    result = check_cohort(manifest, atol=args.atol, on_progress=progress, on_problem=found,
+                          manifest_only=args.manifest_only, **settings)
     seconds = time.perf_counter() - start
     warned = f"; {len(result.warnings)} warning(s), listed on stderr" if result.warnings else ""
     if result.problems:
@@ -272,8 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({result.rows} rows, {seconds:.1f} s{warned})")
         print(format_problems(result.problems))
         return 1
-    print(f"medres data check: OK: {result.rows} rows, {result.images} image(s), {result.masks} mask(s) "
-          f"checked in {seconds:.1f} s ({manifest}){warned}")
+    what = "manifest only" if args.manifest_only else f"{result.images} image(s), {result.masks} mask(s)"
+    print(f"medres data check: OK: {result.rows} rows, {what} checked in {seconds:.1f} s "
+          f"({manifest}){warned}")
     return 0
 
 

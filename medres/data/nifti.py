@@ -18,10 +18,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medres.data.limits import check_declared
+from medres.data.redact import safe_message
 from medres.errors import DataError
-
-from .limits import check_declared
-from .redact import safe_message
 
 __all__ = ["read_nifti", "sniff"]
 
