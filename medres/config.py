@@ -26,7 +26,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 __all__ = [
-    "WindowConfig", "AugmentConfig", "DemoConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
+    "WindowConfig", "AugmentConfig", "DemoConfig", "IndexConfig",
+    "DataConfig", "PretrainedConfig", "ModelConfig",
     "ClsLossConfig", "SegLossConfig", "TaskWeightConfig", "LossConfig", "OptimConfig", "ScheduleConfig",
     "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
 ]
@@ -69,6 +70,30 @@ class DemoConfig(_Section):
     seed: int = 0
 
 
+# --- data.index: choosing series from a hospital export (python -m medres.data.index) ---------------
+class IndexConfig(_Section):
+    """Rules for ``python -m medres.data.index``: which series of an export become manifest rows."""
+
+    modalities: list[str] = Field(default_factory=lambda: ["CT"])  # empty: any modality
+    orientations: list[Literal["axial", "coronal", "sagittal", "oblique"]] = Field(
+        default_factory=lambda: ["axial"])  # empty: any
+    oblique_deg: float = Field(10.0, gt=0, lt=45)  # slice normal further than this from an axis: oblique
+    original_only: bool = True  # ImageType ORIGINAL (not DERIVED reformats / MIPs)
+    exclude_localizers: bool = True  # ImageType LOCALIZER (scouts, topograms)
+    require_regular: bool = True  # no missing/duplicate slices, even spacing (as the series reader needs)
+    min_slices: int = Field(30, ge=1)
+    per_study: Literal["one", "all"] = "one"  # one: the thinnest regular reconstruction (then most slices)
+    labels_key: Literal["AccessionNumber", "PatientID", "StudyInstanceUID"] = "AccessionNumber"
+    label_columns: list[str] = Field(default_factory=lambda: ["label"])  # copied from the labels file
+    annotation_names: dict[str, str] = Field(default_factory=dict)  # ROI/segment name pattern (fnmatch
+    # wildcards, case-insensitive) -> a data.mask_labels name; unmatched names are reported, not guessed
+    key_file: str | None = None  # project key for the pseudonyms (default ~/.config/medres/project.key;
+    # the MEDRES_PROJECT_KEY environment variable wins); generated on first use, never written to outputs
+    workers: int = Field(0, ge=0)  # header-reading processes (0: one per CPU, at most 8)
+    link: Literal["symlink", "hardlink", "copy"] = "symlink"  # how DIR/series/<case>/ holds the files
+# --- end data.index --------------------------------------------------------------------------------
+
+
 class DataConfig(_Section):
     manifest: str | None = None  # CSV; relative paths are relative to the config file's folder
     demo: DemoConfig | None = None  # used when manifest is None
@@ -91,6 +116,7 @@ class DataConfig(_Section):
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: str | None = None  # disk cache folder (default: <output.dir>/.cache)
     num_workers: int = Field(0, ge=0)
+    index: IndexConfig = Field(default_factory=IndexConfig)  # python -m medres.data.index
 
 
 class PretrainedConfig(_Section):

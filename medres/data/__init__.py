@@ -18,6 +18,7 @@ _LAZY = {
     "manifest_to_records": "medres.data.datasets",
     "build_dataset": "medres.data.datasets",
     "build_loader": "medres.data.datasets",
+    "index_dicom": "medres.data.index",
 }
 
 __all__ = list(_LAZY)
