@@ -12,7 +12,8 @@ on by the ``data.index`` rules. Writes:
   annotates it, else empty (not annotated);
 - ``DIR/index.csv``: every series, annotation object, skipped file and unmatched labels row, with its
   verdict and reason;
-- ``DIR/private/``: the header cache, ``files.csv`` (index file position -> path), ``pseudonyms.csv``
+- ``DIR/private/``: the header cache, ``files.csv`` (index file position -> path), ``series.csv``
+  (index row -> its files' positions), ``pseudonyms.csv``
   (original ids and series descriptions -> pseudonyms). Only this folder holds anything identifying.
 
 Pseudonyms are HMAC-SHA256 of the original ids under a project key (``MEDRES_PROJECT_KEY`` or the key
@@ -352,6 +353,9 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
          **{c: s.label.get(c, "") for c in rules.label_columns},
          "index_row": s.row, **{k: _fmt(s.info[k]) for k in ("modality", "orientation", "slices", "thickness",
                                                            "kernel", "contrast")}} for s in kept])
+    _write_csv(private / "series.csv", ["row", "case_id", "files"],
+               [{"row": s.row, "case_id": s.case_id, "files": " ".join(str(i.position) for i in s.instances)}
+                for s in series])
     if todo:
         _write_csv(private / "files.csv", ["file", "path"], [{"file": k + 1, "path": rel}
                                                             for k, (rel, _, _) in enumerate(files)])

@@ -98,6 +98,8 @@ def group_series(instances: list[Instance], case_of: Any) -> list[Series]:
 def _slice_geometry(s: Series) -> tuple[str, float | None, list[Instance]]:
     """(problem or "", median gap, instances in slice order) from positions on the slice normal."""
     f0 = s.instances[0].fields
+    if len(s.instances) == 1 and int(f0.get("frames") or 1) == 1:
+        return "", None, s.instances  # one 2D image (e.g. a radiograph): no slice geometry to check
     if any(not i.fields.get("iop") or not i.fields.get("ipp") for i in s.instances):
         return "slices lack ImagePositionPatient/ImageOrientationPatient", None, s.instances
     iop = np.asarray(f0["iop"], float)
