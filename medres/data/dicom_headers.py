@@ -34,6 +34,8 @@ _FAST_SYNTAXES_IMPLICIT = {"1.2.840.10008.1.2"}
 _SLOW_SYNTAXES = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
+_HH, _H = struct.Struct("<HH").unpack_from, struct.Struct("<H").unpack_from
+_L = struct.Struct("<L").unpack_from
 _PIXEL_TAG = 0x7FE00010
 
 # tag -> (record key, kind): kind "s" text, "m" multi-valued text, "f" floats, "u" unsigned short, "i" int
@@ -45,7 +47,10 @@ _WANTED = {
     0x0020000E: ("series_uid", "s"), 0x00200011: ("series_number", "s"), 0x00200032: ("ipp", "f"),
     0x00200037: ("iop", "f"), 0x00200052: ("for_uid", "s"), 0x00280008: ("frames", "i"),
     0x00280010: ("rows", "u"), 0x00280011: ("cols", "u"), 0x00280030: ("spacing", "f"),
+    0x00280002: ("samples", "u"), 0x00280100: ("bits", "u"),
 }
+_LAST_WANTED = max(_WANTED)
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _ID_KEYS = ("patient_id", "accession", "study_uid", "series_uid", "sop_uid", "for_uid", "description")
 _TEXT_KEYS = ("charset", "description", "patient_id", "accession", "contrast")
 
@@ -146,21 +151,74 @@ def _scan(path: str) -> dict[str, Any]:
         if syntax in _SLOW_SYNTAXES or not syntax:
             raise _NeedPydicom("syntax")
         explicit = syntax not in _FAST_SYNTAXES_IMPLICIT
-        while True:
-            if pos + 8 > size:
-                out["no_pixels"] = True
-                return out
-            tag, vpos, length, inner_explicit = _element_header(buf, pos, explicit)
+        native, peeked = syntax in _NATIVE, False
+        data = buf.data
+        n = len(data)
+        while True:  # _element_header inlined: this loop runs for every element of every file
+            if pos + 12 > n:
+                if pos + 8 > size:
+                    out["no_pixels"] = True
+                    return out
+                data = buf.need(min(pos + 12, size))
+                n = len(data)
+            group, elem = _HH(data, pos)
+            tag = (group << 16) | elem
+            if explicit and group != 0xFFFE:
+                vr = data[pos + 4:pos + 6]
+                if vr in _LONG_VRS:
+                    length, vpos = _L(data, pos + 8)[0], pos + 12
+                    inner_explicit = not (vr == b"UN" and length == _UNDEFINED)
+                else:
+                    if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+                        raise _NeedPydicom("not a VR")
+                    length, vpos, inner_explicit = _H(data, pos + 6)[0], pos + 8, True
+            else:
+                length, vpos, inner_explicit = _L(data, pos + 4)[0], pos + 8, explicit
             if tag == _PIXEL_TAG:
                 out["truncated"] = length != _UNDEFINED and vpos + length > size
                 return out
+            if tag > _LAST_WANTED and native and out.get("rows") and tag < _PIXEL_TAG and not peeked:
+                # uncompressed pixel data is usually the last element: when the file ends with a pixel
+                # data element of the expected length, nothing is cut and the private groups before it
+                # need not be scanned; otherwise scan on to the pixel data
+                peeked = True
+                if _ends_with_pixels(fh, size, out, explicit):
+                    out["truncated"] = False
+                    return out
             if tag in _WANTED:
                 if length == _UNDEFINED:
                     raise _NeedPydicom("undefined length value")
                 key, kind = _WANTED[tag]
-                value = buf.need(vpos + length)[vpos:vpos + length]
+                if vpos + length > n:
+                    data = buf.need(vpos + length)
+                    n = len(data)
+                value = data[vpos:vpos + length]
                 out[key] = value if key in _TEXT_KEYS and key != "charset" else _decode(value, kind)
-            pos = _skip_items(buf, vpos, inner_explicit) if length == _UNDEFINED else vpos + length
+            if length == _UNDEFINED:
+                pos = _skip_items(buf, vpos, inner_explicit)
+                data = buf.data
+                n = len(data)
+            else:
+                pos = vpos + length
+
+
+def _ends_with_pixels(fh: Any, size: int, out: dict[str, Any], explicit: bool) -> bool:
+    expected = (out["rows"] * (out.get("cols") or 0) * (out.get("samples") or 1)
+                * ((out.get("bits") or 16) // 8) * int(out.get("frames") or 1))
+    expected += expected & 1
+    if expected <= 0:
+        return False
+    length = struct.pack("<L", expected)
+    patterns = [b"\xe0\x7f\x10\x00" + vr + b"\x00\x00" + length for vr in (b"OW", b"OB")] if explicit \
+        else [b"\xe0\x7f\x10\x00" + length]
+    header = len(patterns[0])
+    last = size - expected - header  # the latest the pixel element can start; trailing padding may follow
+    start = max(132, last - 4096)
+    if last < 132:
+        return False
+    fh.seek(start)
+    window = fh.read(last - start + header)
+    return any(window.rfind(p) >= 0 for p in patterns)
 
 
 def _text(value: Any, charset: list[str] | None) -> str:

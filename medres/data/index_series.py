@@ -54,16 +54,22 @@ class Series:
         return self.instances[0].keys
 
 
+def _normal(iop: list[float]) -> tuple[float, float, float]:
+    """The slice normal (row x column direction cosines); plain floats, ~50x quicker than np.cross here."""
+    a, b = iop[:3], iop[3:]
+    return a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]
+
+
 def orientation_of(iop: list[float] | None, oblique_deg: float = 10.0) -> str:
     """axial / coronal / sagittal from the slice normal, oblique beyond ``oblique_deg`` from an axis."""
     if not iop:
         return "unknown"
-    normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
-    norm = float(np.linalg.norm(normal))
+    normal = _normal(iop)
+    norm = sum(v * v for v in normal) ** 0.5
     if norm < 1e-6:
         return "unknown"
-    normal = np.abs(normal / norm)
-    axis = int(np.argmax(normal))
+    normal = [abs(v) / norm for v in normal]
+    axis = max(range(3), key=normal.__getitem__)
     if normal[axis] < np.cos(np.deg2rad(oblique_deg)):
         return "oblique"
     return ("sagittal", "coronal", "axial")[axis]  # LPS: x normal = sagittal, y = coronal, z = axial
@@ -102,9 +108,8 @@ def _slice_geometry(s: Series) -> tuple[str, float | None, list[Instance]]:
         return "", None, s.instances  # one 2D image (e.g. a radiograph): no slice geometry to check
     if any(not i.fields.get("iop") or not i.fields.get("ipp") for i in s.instances):
         return "slices lack ImagePositionPatient/ImageOrientationPatient", None, s.instances
-    iop = np.asarray(f0["iop"], float)
-    normal = np.cross(iop[:3], iop[3:])
-    entries = [(float(np.dot(p, normal)), k, inst) for k, inst in enumerate(s.instances)
+    nx, ny, nz = _normal(f0["iop"])
+    entries = [(p[0] * nx + p[1] * ny + p[2] * nz, k, inst) for k, inst in enumerate(s.instances)
                for p in inst.fields["ipp"]]
     entries.sort(key=lambda e: (e[0], e[1]))
     ordered = list(dict.fromkeys(e[2].position for e in entries))
