@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medres.errors import DataError
 
-from .source_series import SourceSeries, series_in_folder
+from .source_series import PLANE_ATOL_MM, SourceSeries, series_in_folder
 
 __all__ = ["RTSTRUCT_SOP_CLASS", "write_rtstruct", "trace_slice", "rasterise_contours"]
 
@@ -200,3 +200,98 @@ def write_rtstruct(mask: np.ndarray, source_series_dir: str | Path, mask_labels:
     pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
     tmp.replace(out_path)
     return out_path
+
+
+def _roi_names(ds: Dataset) -> dict[int, str]:
+    out = {}
+    for roi in ds.get("StructureSetROISequence") or []:
+        try:
+            out[int(roi.ROINumber)] = str(roi.get("ROIName", "") or f"ROI {roi.ROINumber}")
+        except Exception:
+            continue
+    return out
+
+
+def _contour_points(contour: Dataset, name: str, where: Path) -> np.ndarray:
+    try:
+        points = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64)
+    except Exception:
+        raise DataError(f"ROI {name[:64]!r} has a contour with unreadable ContourData", path=where,
+                        hint="re-export the structure set") from None
+    if points.size == 0 or points.size % 3 or not np.all(np.isfinite(points)):
+        raise DataError(f"ROI {name[:64]!r} has a contour whose ContourData is not x, y, z triplets",
+                        path=where, hint="re-export the structure set")
+    return points.reshape(-1, 3)
+
+
+def rtstruct_layers(ds: Dataset, grid: SourceSeries, where: Path, mapping, warnings: list[str]
+                    ) -> list[tuple[str, str, np.ndarray]]:
+    """``(ROI name, label, [X, Y, Z] bool)`` for every ROI ``mapping(name)`` sends to a label.
+
+    Checks each CLOSED_PLANAR contour of a mapped ROI: on one source slice (within 0.01 mm of its plane),
+    inside the image, and on the slice its ContourImageSequence names. POINT and OPEN contours are
+    skipped with a warning (they enclose no area).
+    """
+    names = _roi_names(ds)
+    depths = grid.slice_depths
+    normal = grid.normal
+    spacing = np.linalg.norm(grid.affine[:3, :2], axis=0)  # mm per voxel along x (columns) and y (rows)
+    lo = -0.5 - PLANE_ATOL_MM / spacing
+    hi = np.array(grid.shape[:2], dtype=float) - 0.5 + PLANE_ATOL_MM / spacing
+    uid_to_z = {uid: z for z, uid in enumerate(grid.sop_uids)}
+    unmapped: list[str] = []
+    layers = []
+    for item in ds.get("ROIContourSequence") or []:
+        number = int(item.get("ReferencedROINumber", -1))
+        name = names.get(number, f"ROI {number}")
+        label = mapping(name)
+        if label is None:
+            unmapped.append(name)
+            continue
+        if label == "":
+            continue
+        layer = np.zeros(grid.shape, dtype=bool)
+        per_slice: dict[int, list[np.ndarray]] = {}
+        skipped = 0
+        for contour in item.get("ContourSequence") or []:
+            if str(contour.get("ContourGeometricType", "")).upper() != "CLOSED_PLANAR":
+                skipped += 1
+                continue
+            points = _contour_points(contour, name, where)
+            depth = points @ normal
+            z = np.abs(depth[:, None] - depths[None, :]).argmin(axis=1)
+            off = np.abs(depth - depths[z])
+            if off.max() > PLANE_ATOL_MM or len(set(z.tolist())) > 1:
+                raise DataError(f"ROI {name[:64]!r} has a contour off the image's slice planes (up to "
+                                f"{off.max():.3f} mm from the nearest slice; tolerance {PLANE_ATOL_MM} mm)",
+                                path=where, hint="the structure set was drawn on another series or "
+                                                 "reconstruction: pass that series, or re-contour")
+            z0 = int(z[0])
+            refs = [str(r.ReferencedSOPInstanceUID) for r in contour.get("ContourImageSequence") or []]
+            if refs and refs[0] in uid_to_z and uid_to_z[refs[0]] != z0:
+                raise DataError(f"ROI {name[:64]!r} has a contour lying on slice {z0 + 1} of the series that "
+                                f"names slice {uid_to_z[refs[0]] + 1} as its image", path=where,
+                                hint="the structure set's references are inconsistent: re-export it")
+            voxels = grid.lps_to_voxel(points)[:, :2]
+            if np.any(voxels < lo) or np.any(voxels > hi):
+                raise DataError(f"ROI {name[:64]!r} has a contour outside the image (slice {z0 + 1}: voxel "
+                                f"columns {voxels[:, 0].min():.1f}..{voxels[:, 0].max():.1f} of "
+                                f"0..{grid.shape[0] - 1}, rows {voxels[:, 1].min():.1f}.."
+                                f"{voxels[:, 1].max():.1f} of 0..{grid.shape[1] - 1})", path=where,
+                                hint="the structure set belongs to another series, or the contour extends "
+                                     "past the scan's field of view: fix or remove that contour")
+            if len(voxels) >= 3:
+                per_slice.setdefault(z0, []).append(voxels)
+        for z0, polygons in per_slice.items():
+            layer[:, :, z0] = rasterise_contours(polygons, grid.shape[:2])
+        if skipped:
+            warnings.append(f"ROI {name[:64]!r}: {skipped} POINT/OPEN contour(s) skipped (no area)")
+        layers.append((name, label, layer))
+    mapped = {n for n, _, _ in layers}
+    for name in names.values():  # ROIs declared without an ROIContourSequence item are empty
+        if name not in mapped and name not in unmapped and mapping(name) not in (None, ""):
+            layers.append((name, mapping(name), np.zeros(grid.shape, dtype=bool)))
+    if unmapped:
+        shown = ", ".join(repr(n[:64]) for n in unmapped[:10])
+        warnings.append(f"{len(unmapped)} ROI(s) map to no mask label and were ignored: {shown}")
+    return layers

@@ -24,7 +24,10 @@ from medres.errors import DataError
 from .dicom_geometry import Frame, assemble
 from .redact import quiet_pydicom, safe_message
 
-__all__ = ["SourceSeries", "read_headers", "source_series"]
+__all__ = ["PLANE_ATOL_MM", "SourceSeries", "read_headers", "series_in_folder", "source_series"]
+
+#: annotation frames and contours must lie this close (mm) to a source slice plane and the image edges
+PLANE_ATOL_MM = 0.01
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
