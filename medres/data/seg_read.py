@@ -138,11 +138,11 @@ def seg_layers(path: Path, grid: SourceSeries, mapping: Callable[[str], str | No
             for number, layer in layers.items():
                 layer[:, :, z] |= frame == number
             continue
-        ident = group.get("SegmentIdentificationSequence")
-        if not ident:
+        number = _group_value(groups, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
+        if number is None:
             raise DataError(f"SEG frame {i + 1} names no segment", path=path,
                             hint="re-export the segmentation")
-        number = int(ident[0].ReferencedSegmentNumber)
+        number = int(number)
         if number not in names:
             raise DataError(f"SEG frame {i + 1} belongs to segment {number}, which the SEG does not describe",
                             path=path, hint="re-export the segmentation")

@@ -104,3 +104,24 @@ def dciodvfy_errors(path: Path) -> list[str]:
     run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
     lines = (run.stdout + run.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
+
+
+def lps_of(voxels: np.ndarray, ordered: Sequence[pydicom.Dataset]) -> np.ndarray:
+    """The inverse of :func:`voxel_of`: ``[N, 3]`` (column, row, slice) -> LPS mm."""
+    first = ordered[0]
+    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
+    row_dir, col_dir = iop[:3], iop[3:]
+    dr, dc = (float(v) for v in first.PixelSpacing)
+    normal = np.cross(row_dir, col_dir)
+    depths = [np.asarray(ds.ImagePositionPatient, dtype=float) @ normal for ds in ordered]
+    gap = (depths[-1] - depths[0]) / max(len(depths) - 1, 1)
+    v = np.asarray(voxels, dtype=float)
+    origin = np.asarray(first.ImagePositionPatient, dtype=float)
+    return (origin + np.outer(v[:, 0] * dc, row_dir) + np.outer(v[:, 1] * dr, col_dir)
+            + np.outer(v[:, 2] * gap, normal))
+
+
+def circle(cx: float, cy: float, r: float, n: int = 40) -> np.ndarray:
+    """An ``n``-gon ``[n, 2]`` (x, y) approximating a circle."""
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.column_stack([cx + r * np.cos(t), cy + r * np.sin(t)])
