@@ -87,6 +87,8 @@ class IndexConfig(_Section):
     label_columns: list[str] = Field(default_factory=lambda: ["label"])  # copied from the labels file
     annotation_names: dict[str, str] = Field(default_factory=dict)  # ROI/segment name pattern (fnmatch
     # wildcards, case-insensitive) -> a data.mask_labels name; unmatched names are reported, not guessed
+    empty_annotations: Literal["negative", "skip"] = "negative"  # an object whose mapped segments/ROIs are
+    # all empty: an annotated negative (all-zero mask, said so in index.csv) or skip the series
     key_file: str | None = None  # project key for the pseudonyms (default ~/.config/medres/project.key;
     # the MEDRES_PROJECT_KEY environment variable wins); generated on first use, never written to outputs
     workers: int = Field(0, ge=0)  # header-reading processes (0: one per CPU, at most 8)

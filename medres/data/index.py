@@ -217,20 +217,24 @@ def _labels(path: Path | None, key_name: str, columns: list[str], pseudo: _Pseud
     """Labels file rows keyed by the pseudonym of ``key_name`` (matched before any other hashing)."""
     if path is None:
         return {}, []
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except Exception as exc:
+    try:  # every cell as text (ids like 00123 stay as written); csv, not pandas: starts in milliseconds
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            records = list(reader)
+            header = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"the labels file cannot be read as CSV ({type(exc).__name__})", path=path,
                         hint="save it as UTF-8 CSV with a header row") from None
-    missing = [c for c in [key_name, *columns] if c not in df.columns]
+    missing = [c for c in [key_name, *columns] if c not in header]
     if missing:
-        raise DataError(f"the labels file lacks the column(s) {missing} (it has {list(df.columns)})",
+        raise DataError(f"the labels file lacks the column(s) {missing} (it has {header})",
                         path=path, hint="name the key column as --labels-key and the label column 'label'")
     by_key: dict[str, list[int]] = defaultdict(list)
     rows = []
-    for i, rec in enumerate(df.to_dict("records")):
+    for i, rec in enumerate(records):
+        if any(rec.get(c) is None for c in [key_name, *columns]):
+            raise DataError(f"labels row {i + 1} has fewer cells than the header", path=path,
+                            hint="fix the row (or quote cells holding commas)")
         rows.append({c: rec[c].strip() for c in columns})
         by_key[pseudo(_LABEL_KEYS[key_name], rec[key_name].strip())].append(i + 1)
     return by_key, rows
@@ -302,6 +306,16 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     result = IndexResult(out=out, manifest=out / "manifest.csv", index=out / "index.csv")
 
     files = _walk(root, out)
+    state_path = private / "state.json"
+    state = _state_digest(files, rules, labels, mask_labels, pseudo.fingerprint, key_name)
+    if _unchanged(state_path, state, out):  # nothing changed since the last run: its outputs stand
+        saved = json.loads(state_path.read_text())["result"]
+        result.files, result.cached, result.series, result.kept = len(files), len(files), saved["series"], \
+            saved["kept"]
+        result.skipped_files = Counter(saved["skipped_files"])
+        result.seconds = time.perf_counter() - start
+        return result
+    state_path.unlink(missing_ok=True)
     cache_path = private / "header_cache.json"
     cache = _load_cache(cache_path, pseudo.fingerprint)
     entries: list[dict[str, Any]] = [None] * len(files)  # type: ignore[list-item]
@@ -334,7 +348,8 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
             result.skipped_files[e["status"]] += 1
             file_rows.append({"kind": "file", "verdict": "skipped", "reason": e["reason"], "file": k + 1})
             continue
-        inst = Instance(position=k + 1, path=files[k][0], fields=e["fields"], keys=e["keys"])
+        inst = Instance(position=k + 1, path=files[k][0], fields=e["fields"], keys=e["keys"],
+                        stamp=f"{files[k][1]}:{files[k][2]}")
         (annotations if "annotation" in e else images).append((inst, e.get("annotation")))
     series = group_series([i for i, _ in images], lambda key: f"c{key[:12]}")
     for s in series:
@@ -346,7 +361,12 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     select_series(series, rules)
     _apply_labels(series, label_index, label_rows, _LABEL_KEYS[key_name], key_name, bool(labels))
     first_free = len(series) + 1
-    annotation_rows = attach_annotations(series, annotations, first_free, root, out, rules, mask_labels)
+    masks_path = private / "masks.json"
+    previous_masks = _load_links(masks_path)
+    annotation_rows, masks_done = attach_annotations(series, annotations, first_free, root, out, rules,
+                                                     mask_labels, previous_masks)
+    if masks_done != previous_masks:
+        masks_path.write_text(json.dumps(masks_done))
     extra_rows = []
     r = first_free + len(annotation_rows)
     for row in file_rows:
@@ -390,8 +410,38 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                                             for k, (rel, _, _) in enumerate(files)])
     _merge_pseudonyms(private / "pseudonyms.csv", identities, series)
     result.series, result.kept = len(series), len(kept)
+    state_path.write_text(json.dumps({"digest": state, "result": {
+        "series": result.series, "kept": result.kept, "skipped_files": dict(result.skipped_files)}}))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _state_digest(files: list[tuple[str, int, int]], rules: Any, labels: Any, mask_labels: Any,
+                  fingerprint: str, key_name: str) -> str:
+    """A digest of everything an index run depends on: the files' paths, sizes and mtimes, the rules,
+    the labels file, the mask labels and the project key (by its fingerprint)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, rules.model_dump(mode="json"), sorted((mask_labels or {}).items()),
+                         fingerprint, key_name]).encode())
+    if labels:
+        h.update(Path(labels).read_bytes())
+    h.update("\n".join(f"{rel}\0{size}\0{mtime}" for rel, size, mtime in files)
+             .encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _unchanged(state_path: Path, digest: str, out: Path) -> bool:
+    try:
+        saved = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if saved.get("digest") != digest or not all((out / n).exists() for n in ("manifest.csv", "index.csv")):
+        return False
+    try:  # the outputs must be those this run wrote (not edited or replaced since)
+        return all(os.path.getmtime(out / name) <= os.path.getmtime(state_path)
+                   for name in ("manifest.csv", "index.csv"))
+    except OSError:
+        return False
 
 
 def _apply_labels(series: list[Series], by_key: dict[str, list[int]], rows: list[dict[str, str]],

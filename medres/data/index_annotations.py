@@ -10,6 +10,8 @@ silently. A series with no annotation object keeps an empty ``mask`` cell (not a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,13 @@ def _scrub(text: str, paths: list[str]) -> str:
 
 def attach_annotations(series: list[Series], annotations: list[tuple[Instance, dict[str, Any]]],
                        first_row: int, root: Path, out: Path, rules: Any,
-                       mask_labels: dict[int, str] | None) -> list[dict[str, Any]]:
-    """Link, check and convert; returns the annotation rows of index.csv (rows from ``first_row``)."""
+                       mask_labels: dict[int, str] | None, previous: dict[str, Any] | None = None
+                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Link, check and convert; returns the annotation rows of index.csv (rows from ``first_row``) and
+    the conversions done (case -> signature and outcome), so an unchanged annotation is not converted
+    again on the next run (``previous``)."""
+    previous = previous or {}
+    done: dict[str, Any] = {}
     by_series: dict[str, list[Series]] = {}
     by_sop: dict[str, Series] = {}
     for s in series:
@@ -89,8 +96,21 @@ def attach_annotations(series: list[Series], annotations: list[tuple[Instance, d
         if s.verdict != "kept":
             row.update(verdict="unused", reason=f"its source series (index row {s.row}) was not chosen")
             continue
-        _convert(s, row, inst, root, out, rules, mask_labels)
-    return rows
+        signature = json.dumps([inst.stamp, inst.path, [(i.path, i.stamp) for i in s.instances],
+                                sorted((mask_labels or {}).items()), sorted(rules.annotation_names.items()),
+                                rules.empty_annotations])
+        signature = hashlib.sha256(signature.encode("utf-8", "surrogateescape")).hexdigest()
+        old = previous.get(s.case_id)
+        if old and old["signature"] == signature and (not old["mask"] or (out / old["mask"]).exists()):
+            row.update(verdict=old["verdict"], reason=old["reason"])
+            s.mask = old["mask"]
+            if old["series_reason"]:
+                s.verdict, s.reason = "skipped", old["series_reason"]
+        else:
+            _convert(s, row, inst, root, out, rules, mask_labels)
+        done[s.case_id] = {"signature": signature, "verdict": row["verdict"], "reason": row["reason"],
+                           "mask": s.mask, "series_reason": s.reason if s.verdict == "skipped" else ""}
+    return rows, done
 
 
 def _convert(s: Series, row: dict[str, Any], inst: Instance, root: Path, out: Path, rules: Any,
@@ -107,7 +127,7 @@ def _convert(s: Series, row: dict[str, Any], inst: Instance, root: Path, out: Pa
     sources = [root / i.path for i in s.instances]
     try:
         result = annotation_to_mask(root / inst.path, sources, labels, dict(rules.annotation_names) or None,
-                                    target)
+                                    target, allow_empty=rules.empty_annotations == "negative")
     except DataError as err:
         paths = [str(p) for p in [root / inst.path, *sources, root]]
         reason = _scrub(err.reason + (f" ({err.hint})" if err.hint else ""), paths)
@@ -117,6 +137,7 @@ def _convert(s: Series, row: dict[str, Any], inst: Instance, root: Path, out: Pa
         return
     s.mask = f"masks/{s.case_id}.nii.gz"
     found = ", ".join(getattr(result, "labels_found", []) or [])
+    found = found or "none: an annotated negative, all-zero mask"
     warn = "; ".join(_scrub(str(w), [str(root)]) for w in getattr(result, "warnings", []) or [])
     row.update(verdict="used", reason=f"mask for index row {s.row}" + (f" (labels: {found})" if found else "")
                + (f"; {warn}" if warn else ""))

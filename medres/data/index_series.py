@@ -32,6 +32,7 @@ class Instance:
     path: str  # relative to the export root; never written outside private/
     fields: dict[str, Any]
     keys: dict[str, str]  # pseudonymised ids: patient, accession, study, series, sop, for
+    stamp: str = ""  # "size:mtime_ns": what the header cache keys on
 
 
 @dataclass
