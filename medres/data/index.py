@@ -126,7 +126,7 @@ def _walk(root: Path, skip: Path) -> list[tuple[str, int, int]]:
             continue
         for e in entries:
             try:
-                if e.is_dir():
+                if e.is_dir(follow_symlinks=False):
                     stack.append(e.path)
                 elif e.is_file():
                     st = e.stat()
