@@ -4,8 +4,10 @@ Writing: each class's mask, slice by slice, is traced with ``skimage.measure.fin
 (marching squares), so every contour runs half-way between a voxel inside and one outside; holes and
 islands become separate contours of the same ROI. Reading (:func:`rasterise_contours`): a voxel belongs
 to an ROI when its centre lies inside an odd number of the ROI's contours on that slice (even-odd rule,
-so holes are holes) or on a contour line, within 0.01 mm (contours traced through the centres of
-boundary voxels, as rt-utils and many tools write them, keep their boundary). The two are exact inverses.
+so holes are holes: PS3.3 C.8.8.6.3's "XOR" technique) or on a contour line, within 0.01 mm (the same
+section: "points lying along the path defined by the contour are considered to be part of the ROI", so
+contours traced through the centres of boundary voxels, as rt-utils writes them, keep their boundary).
+The two are exact inverses.
 
 Contour points are patient coordinates (LPS mm) mapped onto the source grid of
 :mod:`medres.data.source_series`.
@@ -31,6 +33,7 @@ __all__ = ["RTSTRUCT_SOP_CLASS", "write_rtstruct", "trace_slice", "rasterise_con
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 _STUDY_REFERENCE_CLASS = "1.2.840.10008.3.1.2.3.1"  # the retired Detached Study Management class
+_CLOSED = ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")  # PS3.3 C.8.8.6.1; both are combined by XOR here
 _COLOURS = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 200, 0), (255, 0, 255), (0, 200, 200)]
 # identifying what the structure set is about: the patient and study it belongs to (PS3.3 C.7.1.1, C.7.2.1)
 _PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
@@ -232,9 +235,9 @@ def rtstruct_layers(ds: Dataset, grid: SourceSeries, where: Path, mapping, warni
                     ) -> list[tuple[str, str, np.ndarray]]:
     """``(ROI name, label, [X, Y, Z] bool)`` for every ROI ``mapping(name)`` sends to a label.
 
-    Checks each CLOSED_PLANAR contour of a mapped ROI: on one source slice (within 0.01 mm of its plane),
-    inside the image, and on the slice its ContourImageSequence names. POINT and OPEN contours are
-    skipped with a warning (they enclose no area).
+    Checks each CLOSED_PLANAR (or CLOSEDPLANAR_XOR) contour of a mapped ROI: on one source slice (within
+    0.01 mm of its plane), inside the image, and on the slice its ContourImageSequence names. POINT and
+    OPEN contours are skipped with a warning (they enclose no area).
     """
     names = _roi_names(ds)
     depths = grid.slice_depths
@@ -258,7 +261,7 @@ def rtstruct_layers(ds: Dataset, grid: SourceSeries, where: Path, mapping, warni
         per_slice: dict[int, list[np.ndarray]] = {}
         skipped = 0
         for contour in item.get("ContourSequence") or []:
-            if str(contour.get("ContourGeometricType", "")).upper() != "CLOSED_PLANAR":
+            if str(contour.get("ContourGeometricType", "")).upper() not in _CLOSED:
                 skipped += 1
                 continue
             points = _contour_points(contour, name, where)
