@@ -203,7 +203,7 @@ def annotation_to_mask(annotation_file: str | Path | Sequence[str | Path], sourc
     if len(mask_labels) < 2:
         raise ConfigError("mask_labels needs background and at least one class", field="mask_labels")
     _check_name_map(name_map, mask_labels)
-    ds = _read(where, pixels=True)
+    ds = _read(where, pixels=False)  # an RTSTRUCT has no pixels; a SEG's frames are read by highdicom
     refs = annotation_references(ds)
     if not source_files:
         raise DataError(f"the {refs[0]}'s source series is absent (no source image files were given)",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from medres.errors import DataError
 from .redact import quiet_pydicom, safe_message
 from .source_series import SourceSeries, series_in_folder, source_series
 
-__all__ = ["segment_codes", "write_dicom_seg", "write_prediction_segs", "AFFINE_ATOL_MM"]
+__all__ = ["AFFINE_ATOL_MM", "file_sha256", "segment_codes", "write_dicom_seg", "write_prediction_segs"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ _KNOWN = {
     "bone": (_ANATOMY, "Bone"),
 }
 _GENERIC = ("Tissue", "Tissue")
+# where the source scanner stands: left out of the SEG's Contributing Equipment (PS3.3 C.12.1.1.5)
+_EQUIPMENT_SITE_FIELDS = ("InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+                          "InstitutionalDepartmentTypeCodeSequence", "StationName", "DeviceSerialNumber")
 
 
 def segment_codes(name: str) -> tuple[Any, Any]:
@@ -153,6 +156,10 @@ def write_dicom_seg(mask: Any, source_datasets: Sequence[Dataset | Path | str], 
     except Exception as exc:  # highdicom raises ValueError/TypeError on header problems of the source
         raise DataError(f"the DICOM SEG could not be built from the source series ({safe_message(exc)})",
                         path=out_path, hint="check the source series' headers") from None
+    for item in seg.get("ContributingEquipmentSequence") or []:  # highdicom records the scanner: keep
+        for keyword in _EQUIPMENT_SITE_FIELDS:                      # its make and model, not the site
+            if keyword in item:
+                delattr(item, keyword)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     seg.save_as(tmp, enforce_file_format=True)
@@ -160,14 +167,34 @@ def write_dicom_seg(mask: Any, source_datasets: Sequence[Dataset | Path | str], 
     return out_path
 
 
-def write_prediction_segs(table: Any, out_dir: str | Path, mask_labels: Sequence[str], *,
-                          model_hash: str, relative_to: str | Path | None = None) -> list[Path]:
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a file, e.g. a checkpoint: the model hash a SEG's algorithm identification
+    cites."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_prediction_segs(table: Any, out_dir: str | Path | None,
+                          mask_labels: Sequence[str] | Mapping[int, str], *, model_hash: str | None = None,
+                          checkpoint: str | Path | None = None, relative_to: str | Path | None = None
+                          ) -> list[Path]:
     """``python -m medres.predict``'s hook: for each predicted case whose source is a DICOM series folder
     (or one single-frame DICOM file), write ``out_dir/<case>.dcm`` beside its NIfTI mask.
 
-    ``table`` is the predictions table (``case_id``, ``image``, ``seg_path`` columns; ``seg_path``
-    relative to ``relative_to`` when given). NIfTI sources are skipped; a DICOM source that cannot take
-    a SEG (e.g. a multi-frame image) is skipped with a log line naming the case only.
+    Args:
+        table: the predictions table (``case_id``, ``image``, ``seg_path`` columns).
+        out_dir: where the SEGs go (``seg/``, beside the NIfTI masks); None writes nothing.
+        mask_labels: class names by value, a list or the config's ``{0: "background", 1: ...}``.
+        model_hash: the model's fingerprint; default: the sha256 of ``checkpoint``.
+        relative_to: the folder ``seg_path`` is relative to.
+
+    NIfTI/PNG sources are skipped; a DICOM source that cannot take a SEG (e.g. a multi-frame image) is
+    skipped with a log line naming the case only. Returns the SEGs written.
     """
     import nibabel as nib
 
@@ -176,29 +203,34 @@ def write_prediction_segs(table: Any, out_dir: str | Path, mask_labels: Sequence
     from .io import _suffix
 
     written: list[Path] = []
-    if table is None or "seg_path" not in getattr(table, "columns", ()):
+    if out_dir is None or table is None or "seg_path" not in getattr(table, "columns", ()):
         return written
+    if isinstance(mask_labels, Mapping):
+        mask_labels = [str(mask_labels[k]) for k in sorted(mask_labels, key=int)]
     base = Path(relative_to) if relative_to is not None else Path()
     for rec in table.to_dict("records"):
         image, seg_path = str(rec.get("image") or ""), rec.get("seg_path")
         if not image or ";" in image or not isinstance(seg_path, str) or not seg_path:
             continue
         source = Path(image)
-        if _suffix(source) in (".nii", ".nii.gz", ".png", ".jpg", ".jpeg"):
+        if _suffix(source) in (".nii", ".nii.gz", ".png", ".jpg", ".jpeg") or not source.exists():
             continue
         nifti = Path(seg_path) if Path(seg_path).is_absolute() else base / seg_path
         mask = nib.load(nifti)
-        data = np.asarray(mask.dataobj)
         name = nifti.name[: -len(".nii.gz")] if nifti.name.endswith(".nii.gz") else nifti.stem
         target = Path(out_dir) / f"{name}.dcm"
         try:
             grid = series_in_folder(source) if source.is_dir() else source_series([source], where=source)
-            write_dicom_seg(_OnGrid(data, mask.affine), grid.datasets, mask_labels, target,
-                            algorithm_version=__version__, model_hash=model_hash)
+            if model_hash is None:
+                model_hash = file_sha256(checkpoint) if checkpoint is not None else "unknown"
+            write_dicom_seg(_OnGrid(np.asarray(mask.dataobj), mask.affine), grid.datasets, mask_labels,
+                            target, algorithm_version=__version__, model_hash=model_hash)
         except DataError as err:
             log.warning("case %s: no DICOM SEG written: %s", rec.get("case_id"), err.reason)
             continue
         written.append(target)
+    if written:
+        log.info("%d DICOM SEG(s) -> %s", len(written), out_dir)
     return written
 
 

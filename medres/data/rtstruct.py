@@ -4,8 +4,10 @@ Writing: each class's mask, slice by slice, is traced with ``skimage.measure.fin
 (marching squares), so every contour runs half-way between a voxel inside and one outside; holes and
 islands become separate contours of the same ROI. Reading (:func:`rasterise_contours`): a voxel belongs
 to an ROI when its centre lies inside an odd number of the ROI's contours on that slice (even-odd rule,
-so holes are holes) or exactly on a contour line (contours traced through the centres of boundary
-voxels, as rt-utils and many tools write them, keep their boundary). The two are exact inverses.
+so holes are holes: PS3.3 C.8.8.6.3's "XOR" technique) or on a contour line, within 0.01 mm (the same
+section: "points lying along the path defined by the contour are considered to be part of the ROI", so
+contours traced through the centres of boundary voxels, as rt-utils writes them, keep their boundary).
+The two are exact inverses.
 
 Contour points are patient coordinates (LPS mm) mapped onto the source grid of
 :mod:`medres.data.source_series`.
@@ -31,6 +33,7 @@ __all__ = ["RTSTRUCT_SOP_CLASS", "write_rtstruct", "trace_slice", "rasterise_con
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 _STUDY_REFERENCE_CLASS = "1.2.840.10008.3.1.2.3.1"  # the retired Detached Study Management class
+_CLOSED = ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")  # PS3.3 C.8.8.6.1; both are combined by XOR here
 _COLOURS = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 200, 0), (255, 0, 255), (0, 200, 200)]
 # identifying what the structure set is about: the patient and study it belongs to (PS3.3 C.7.1.1, C.7.2.1)
 _PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
@@ -50,8 +53,10 @@ def trace_slice(mask2d: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def rasterise_contours(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """``[X, Y]`` bool: voxel centres inside an odd number of ``polygons`` (``[N, 2]`` x, y) or on one."""
+def rasterise_contours(polygons: Sequence[np.ndarray], shape: tuple[int, int], *,
+                       spacing: tuple[float, float] = (1.0, 1.0), atol_mm: float = 1e-6) -> np.ndarray:
+    """``[X, Y]`` bool: voxel centres inside an odd number of ``polygons`` (``[N, 2]`` x, y in voxels) or
+    within ``atol_mm`` of one's outline (``spacing``: mm per voxel along x and y)."""
     from skimage import draw
 
     inside = np.zeros(shape, dtype=bool)
@@ -61,25 +66,27 @@ def rasterise_contours(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -
         filled = np.zeros(shape, dtype=bool)
         filled[rr, cc] = True
         inside ^= filled
-        edge |= _on_outline(poly, shape)
+        edge |= _on_outline(poly, shape, np.asarray(spacing, dtype=np.float64), atol_mm)
     return inside | edge
 
 
-def _on_outline(poly: np.ndarray, shape: tuple[int, int], atol: float = 1e-6) -> np.ndarray:
-    """Voxel centres lying on the polygon's edges (within ``atol`` voxels)."""
+def _on_outline(poly: np.ndarray, shape: tuple[int, int], spacing: np.ndarray, atol_mm: float) -> np.ndarray:
+    """Voxel centres within ``atol_mm`` of the polygon's edges."""
     out = np.zeros(shape, dtype=bool)
+    reach = atol_mm / spacing  # voxels
     for a, b in zip(poly, np.roll(poly, -1, axis=0)):
-        lo = np.maximum(np.floor(np.minimum(a, b) - atol), 0).astype(int)
-        hi = np.minimum(np.ceil(np.maximum(a, b) + atol), np.array(shape) - 1).astype(int)
+        lo = np.maximum(np.floor(np.minimum(a, b) - reach), 0).astype(int)
+        hi = np.minimum(np.ceil(np.maximum(a, b) + reach), np.array(shape) - 1).astype(int)
         if np.any(hi < lo):
             continue
         xs, ys = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
         pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
-        d = b - a
+        a_mm, b_mm, p_mm = a * spacing, b * spacing, pts * spacing
+        d = b_mm - a_mm
         length2 = float(d @ d)
-        t = np.clip(((pts - a) @ d) / length2, 0, 1) if length2 > 0 else np.zeros(len(pts))
-        dist = np.linalg.norm(pts - (a + t[:, None] * d), axis=1)
-        hit = pts[dist <= atol].astype(int)
+        t = np.clip(((p_mm - a_mm) @ d) / length2, 0, 1) if length2 > 0 else np.zeros(len(pts))
+        dist = np.linalg.norm(p_mm - (a_mm + t[:, None] * d), axis=1)
+        hit = pts[dist <= atol_mm].astype(int)
         out[hit[:, 0], hit[:, 1]] = True
     return out
 
@@ -228,9 +235,9 @@ def rtstruct_layers(ds: Dataset, grid: SourceSeries, where: Path, mapping, warni
                     ) -> list[tuple[str, str, np.ndarray]]:
     """``(ROI name, label, [X, Y, Z] bool)`` for every ROI ``mapping(name)`` sends to a label.
 
-    Checks each CLOSED_PLANAR contour of a mapped ROI: on one source slice (within 0.01 mm of its plane),
-    inside the image, and on the slice its ContourImageSequence names. POINT and OPEN contours are
-    skipped with a warning (they enclose no area).
+    Checks each CLOSED_PLANAR (or CLOSEDPLANAR_XOR) contour of a mapped ROI: on one source slice (within
+    0.01 mm of its plane), inside the image, and on the slice its ContourImageSequence names. POINT and
+    OPEN contours are skipped with a warning (they enclose no area).
     """
     names = _roi_names(ds)
     depths = grid.slice_depths
@@ -254,7 +261,7 @@ def rtstruct_layers(ds: Dataset, grid: SourceSeries, where: Path, mapping, warni
         per_slice: dict[int, list[np.ndarray]] = {}
         skipped = 0
         for contour in item.get("ContourSequence") or []:
-            if str(contour.get("ContourGeometricType", "")).upper() != "CLOSED_PLANAR":
+            if str(contour.get("ContourGeometricType", "")).upper() not in _CLOSED:
                 skipped += 1
                 continue
             points = _contour_points(contour, name, where)
@@ -283,7 +290,8 @@ def rtstruct_layers(ds: Dataset, grid: SourceSeries, where: Path, mapping, warni
             if len(voxels) >= 3:
                 per_slice.setdefault(z0, []).append(voxels)
         for z0, polygons in per_slice.items():
-            layer[:, :, z0] = rasterise_contours(polygons, grid.shape[:2])
+            layer[:, :, z0] = rasterise_contours(polygons, grid.shape[:2], spacing=tuple(spacing),
+                                                 atol_mm=PLANE_ATOL_MM)
         if skipped:
             warnings.append(f"ROI {name[:64]!r}: {skipped} POINT/OPEN contour(s) skipped (no area)")
         layers.append((name, label, layer))

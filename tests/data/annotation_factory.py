@@ -27,21 +27,22 @@ _COL_DIR = np.array([-np.sin(_A) * np.cos(_B), np.cos(_A) * np.cos(_B), np.sin(_
 OBLIQUE = (*_ROW_DIR, *_COL_DIR)
 
 
-def _crop(k: int, ds: pydicom.Dataset) -> None:
+def _crop(ds: pydicom.Dataset, pixel_spacing: Sequence[float]) -> None:
     pixels = np.frombuffer(ds.PixelData, dtype=np.int16).reshape(128, 128)[:, :COLS]
     ds.Columns = COLS
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    ds.PixelSpacing = [0.7, 0.9]  # between rows, between columns
+    ds.PixelSpacing = list(pixel_spacing)  # between rows, between columns
 
 
 def write_source(folder: str | Path, n: int = 6, *, spacing: float = 2.0,
-                 orientation: Sequence[float] = OBLIQUE, frame_uid: str | None = None) -> list[Path]:
+                 orientation: Sequence[float] = OBLIQUE, frame_uid: str | None = None,
+                 pixel_spacing: Sequence[float] = (0.7, 0.9)) -> list[Path]:
     """A series of ``n`` slices ``[ROWS, COLS]``; file ``IM000k`` holds slice ``n-1-k`` (reversed), and
     InstanceNumbers are shuffled."""
     uid = frame_uid or pydicom.uid.generate_uid()
 
     def edit(k: int, ds: pydicom.Dataset) -> None:
-        _crop(k, ds)
+        _crop(ds, pixel_spacing)
         ds.FrameOfReferenceUID = uid
 
     numbers = list(np.random.default_rng(0).permutation(n) + 1)

@@ -43,15 +43,30 @@ def source(tmp_path):
     return folder, write_source(folder, 6)
 
 
+def _near_outline(poly: np.ndarray, ordered: list[pydicom.Dataset], atol_mm: float = 0.01) -> np.ndarray:
+    """``[X, Y]``: voxel centres within ``atol_mm`` of the polygon's outline (all centres, all edges)."""
+    dr, dc = (float(v) for v in ordered[0].PixelSpacing)
+    xs, ys = np.meshgrid(np.arange(COLS) * dc, np.arange(ROWS) * dr, indexing="ij")
+    centres = np.stack([xs, ys], axis=-1)
+    mm = poly * np.array([dc, dr])
+    near = np.zeros((COLS, ROWS), bool)
+    for a, b in zip(mm, np.roll(mm, -1, axis=0)):
+        t = np.clip(((centres - a) @ (b - a)) / ((b - a) @ (b - a)), 0, 1)
+        near |= np.linalg.norm(centres - (a + t[..., None] * (b - a)), axis=-1) <= atol_mm
+    return near
+
+
 def reference_rasterisation(rtstruct: pydicom.Dataset, ordered: list[pydicom.Dataset],
                             roi_values: dict[str, int]) -> np.ndarray:
     """Independent RTSTRUCT -> ``[X, Y, Z]`` labels: voxel centres inside an odd number of an ROI's
-    contours on a slice; ROIs painted in the order of ``roi_values``."""
+    contours on a slice, or within 0.01 mm of a contour line; ROIs painted in the order of
+    ``roi_values``."""
     names = {roi.ROINumber: roi.ROIName for roi in rtstruct.StructureSetROISequence}
     out = np.zeros((COLS, ROWS, len(ordered)), np.uint8)
     for roi in sorted(rtstruct.ROIContourSequence, key=lambda r: roi_values[names[r.ReferencedROINumber]]):
         value = roi_values[names[roi.ReferencedROINumber]]
         layer = np.zeros(out.shape, bool)
+        edges = np.zeros(out.shape, bool)
         for contour in getattr(roi, "ContourSequence", []):
             v = voxel_of(np.asarray(contour.ContourData, float).reshape(-1, 3), ordered)
             z = int(np.rint(v[0, 2]))
@@ -59,7 +74,8 @@ def reference_rasterisation(rtstruct: pydicom.Dataset, ordered: list[pydicom.Dat
             filled = np.zeros((COLS, ROWS), bool)
             filled[rr, cc] = True
             layer[:, :, z] ^= filled
-        out[layer] = value
+            edges[:, :, z] |= _near_outline(v[:, :2], ordered)
+        out[layer | edges] = value
     return out
 
 
@@ -365,3 +381,26 @@ def test_an_image_is_not_an_annotation(tmp_path, source):
     _, paths = source
     with pytest.raises(DataError, match="not a DICOM SEG or RTSTRUCT"):
         annotation_references(paths[0])
+
+
+def test_rtstruct_written_by_rt_utils_reads_back(tmp_path):
+    """rt-utils (another writer) traces contours through the centres of the boundary voxels; with square
+    pixels they convert back to the same voxels, also after rounding the points to 0.01 mm as many
+    exports do. (rt-utils 1.2.7 scales columns by the row spacing, so non-square pixels would not.)"""
+    rt_utils = pytest.importorskip("rt_utils")
+    folder = tmp_path / "series"
+    paths = write_source(folder, 6, pixel_spacing=(0.8, 0.8))
+    image = load_image(folder)
+    mask = labelled_mask(tuple(image.shape))
+    rt = rt_utils.RTStructBuilder.create_new(dicom_series_path=str(folder))
+    rt.add_roi(mask=(mask == 1).transpose(1, 0, 2), name="Nodule")  # rt-utils wants [rows, columns, slices]
+    rt.add_roi(mask=(mask == 2).transpose(1, 0, 2), name="Vessel")
+    rt.save(str(tmp_path / "rt_utils.dcm"))
+    ds = pydicom.dcmread(tmp_path / "rt_utils.dcm")
+    for roi in ds.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            contour.ContourData = [f"{float(v):.2f}" for v in contour.ContourData]
+    ds.save_as(tmp_path / "rounded.dcm")
+    for name in ("rt_utils.dcm", "rounded.dcm"):
+        result = annotation_to_mask(tmp_path / name, paths, LABELS, None, tmp_path / f"{name}.nii.gz")
+        np.testing.assert_array_equal(_loaded_mask(result, image), mask)

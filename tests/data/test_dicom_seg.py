@@ -141,3 +141,48 @@ def test_prediction_hook_writes_seg_for_dicom_inputs_only(tmp_path, source):
     written = write_prediction_segs(table, out / "seg", LABELS, model_hash="beef", relative_to=out)
     assert written == [out / "seg" / "case1.dcm"]
     np.testing.assert_array_equal(_read_back(written[0], paths), mask)
+
+
+def test_predict_cli_writes_a_valid_seg_for_a_dicom_series(tmp_path, source):
+    """End to end: ``python -m medres.predict`` on a DICOM series (random weights) -> seg/<case>.dcm that
+    dciodvfy accepts, that highdicom reads back to the NIfTI mask's voxels, and that cites the checkpoint."""
+    from medres.config import load_config
+    from medres.data.dicom_seg import file_sha256
+    from medres.engine.checkpoint import save_checkpoint
+    from medres.engine.fold import build_model, model_spec
+    from medres.predict import main
+
+    cfg = load_config({
+        "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],
+                 "normalize": "window", "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
+        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
+    })
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # bias the nodule channel so that the predicted mask is not empty
+        last = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))][-1]
+        assert last.out_channels == 2 and last.bias is not None
+        last.bias[1] += 10.0
+    ckpt = tmp_path / "checkpoint_best.pt"
+    save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
+                     "model_spec": model_spec(cfg), "epoch": 1}, ckpt)
+    folder, paths = source
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(ckpt), "--input", str(folder), "--output", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    seg_path = out / "seg" / "series.dcm"
+    assert seg_path.exists()
+    nifti = np.asarray(nib.load(out / "seg" / "series.nii.gz").dataobj)
+    assert nifti.any()  # something to compare (the voxel layout is tested on a labelled mask above)
+    np.testing.assert_array_equal(_read_back(seg_path, paths), nifti)
+    ds = pydicom.dcmread(seg_path)
+    params = str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
+    assert file_sha256(ckpt) in params
+    # a derived object for the patient's record: the patient module is copied, the institution is not
+    src = pydicom.dcmread(paths[0])
+    assert ds.PatientID == src.PatientID
+    raw = seg_path.read_bytes()
+    for keyword in ("InstitutionName", "StationName", "SeriesDescription"):
+        assert str(src.get(keyword)).encode() not in raw, keyword
+    if dciodvfy() is not None:
+        assert dciodvfy_errors(seg_path) == []
