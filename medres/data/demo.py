@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         from medres.data.demo_export import generate_export
 
         try:
-            labels = generate_export(args.out, n_patients=args.n_patients, seed=args.seed)
+            builtin = generate_demo(Path(args.out) / "builtin", n_patients=args.n_patients, seed=args.seed)
+            labels = generate_export(builtin, args.out, seed=args.seed)
         except DataError as e:
             parser.exit(2, f"error: {e}\n")
         export, indexed = Path(args.out) / "export", Path(args.out) / "indexed"

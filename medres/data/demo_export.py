@@ -135,18 +135,18 @@ def _study(study_dir: Path, hu: np.ndarray, mask: np.ndarray, affine: np.ndarray
                            include_empty=True)
 
 
-def generate_export(out: str | os.PathLike[str], *, n_patients: int = 100, seed: int = 0) -> Path:
-    """Write ``out/export/`` (the demo cohort as a hospital export) and ``out/labels.csv``; returns the
-    labels file. The built-in cohort is generated (or reused) in ``out/builtin/`` as the source."""
-    from medres.data.demo import generate_demo
+def generate_export(manifest: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0) -> Path:
+    """Write ``out/export/`` (the built-in demo cohort of ``manifest``, from
+    :func:`medres.data.demo.generate_demo`, as a hospital export) and ``out/labels.csv``; returns the
+    labels file. ``python -m medres.data.demo --layout export`` puts the built-in cohort in
+    ``out/builtin``."""
     from medres.data.io import load_image
 
-    out = Path(out)
+    out, manifest = Path(out), Path(manifest)
     export = out / "export"
     if export.exists():
         raise DataError("already holds an export; medres will not overwrite it", path=export,
                         hint="choose a new --out folder or delete the old export")
-    manifest = generate_demo(out / "builtin", n_patients=n_patients, seed=seed)
     with open(manifest, newline="") as fh:
         rows = list(csv.DictReader(fh))
     labels = []

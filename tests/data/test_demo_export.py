@@ -12,6 +12,7 @@ import pytest
 
 from medres.config import IndexConfig
 from medres.data.check import check_cohort
+from medres.data.demo import generate_demo
 from medres.data.demo_export import generate_export
 from medres.data.index import index_dicom
 from medres.data.io import load_image
@@ -25,7 +26,7 @@ def _read(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_export_indexes_back_to_the_builtin_cohort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDRES_PROJECT_KEY", "demo-export-test-key-0123456789")
-    labels = generate_export(tmp_path, n_patients=4)
+    labels = generate_export(generate_demo(tmp_path / "builtin", n_patients=4), tmp_path)
     export = tmp_path / "export"
     names = [p.name for p in export.rglob("*") if p.is_file()]
     assert names and all(re.fullmatch(r"[0-9]+(\.[0-9]+)+", n) for n in names)  # SOP UIDs, no extension
