@@ -513,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", help="CSV of labels keyed by --labels-key")
     parser.add_argument("--labels-key", choices=sorted(_LABEL_KEYS), help="default: data.index.labels_key")
     parser.add_argument("--config", help="YAML config: data.index rules, data.mask_labels")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. --set data.index.min_slices=20 data.index.per_study=all")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
