@@ -415,3 +415,20 @@ def test_rtstruct_written_by_rt_utils_reads_back(tmp_path):
     for name in ("rt_utils.dcm", "rounded.dcm"):
         result = annotation_to_mask(tmp_path / name, paths, LABELS, None, tmp_path / f"{name}.nii.gz")
         np.testing.assert_array_equal(_loaded_mask(result, image), mask)
+
+
+def test_damaged_annotation_files(tmp_path, source):
+    folder, paths = source
+    seg = write_dicom_seg(labelled_mask((COLS, ROWS, 6)), paths, LABELS, tmp_path / "seg.dcm",
+                          algorithm_version="1", model_hash="x")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(seg.read_bytes()[: seg.stat().st_size // 2])  # the pixel data is cut short
+    with pytest.raises(DataError) as err:
+        annotation_to_mask(cut, paths, LABELS, None, tmp_path / "m.nii.gz")
+    assert err.value.hint and "Traceback" not in str(err.value)
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a dicom file")
+    with pytest.raises(DataError, match="not a DICOM SEG or RTSTRUCT"):
+        annotation_to_mask(junk, paths, LABELS, None, tmp_path / "m.nii.gz")
+    with pytest.raises(DataError, match="could not be read"):
+        annotation_to_mask(tmp_path / "missing.dcm", paths, LABELS, None, tmp_path / "m.nii.gz")
