@@ -201,6 +201,17 @@ def test_fractional_seg_is_thresholded_at_one_half(tmp_path, source):
     np.testing.assert_array_equal(mask, expected.transpose(2, 1, 0))
 
 
+def test_labelmap_seg_reads_pixel_values_as_segments(tmp_path, source):
+    folder, paths = source
+    frames = np.zeros((6, ROWS, COLS), np.uint8)
+    frames[1:3, 10:40, 20:50] = 1
+    frames[2:5, 30:60, 40:70] = 2  # label maps cannot overlap: the later write wins in the fixture
+    seg_path = highdicom_seg(paths, frames, ["Nodule", "Vessel"], tmp_path / "seg.dcm", kind="LABELMAP")
+    assert pydicom.dcmread(seg_path).SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+    result = annotation_to_mask(seg_path, paths, LABELS, None, tmp_path / "mask.nii.gz")
+    np.testing.assert_array_equal(_loaded_mask(result, load_image(folder)), frames.transpose(2, 1, 0))
+
+
 # --- RTSTRUCTs with free-hand (non-voxel-aligned) contours ---------------------------------------------
 
 def rtstruct_fixture(folder, paths, tmp_path, rois, name="rt.dcm", refs=True):
@@ -404,3 +415,20 @@ def test_rtstruct_written_by_rt_utils_reads_back(tmp_path):
     for name in ("rt_utils.dcm", "rounded.dcm"):
         result = annotation_to_mask(tmp_path / name, paths, LABELS, None, tmp_path / f"{name}.nii.gz")
         np.testing.assert_array_equal(_loaded_mask(result, image), mask)
+
+
+def test_damaged_annotation_files(tmp_path, source):
+    folder, paths = source
+    seg = write_dicom_seg(labelled_mask((COLS, ROWS, 6)), paths, LABELS, tmp_path / "seg.dcm",
+                          algorithm_version="1", model_hash="x")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(seg.read_bytes()[: seg.stat().st_size // 2])  # the pixel data is cut short
+    with pytest.raises(DataError) as err:
+        annotation_to_mask(cut, paths, LABELS, None, tmp_path / "m.nii.gz")
+    assert err.value.hint and "Traceback" not in str(err.value)
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a dicom file")
+    with pytest.raises(DataError, match="not a DICOM SEG or RTSTRUCT"):
+        annotation_to_mask(junk, paths, LABELS, None, tmp_path / "m.nii.gz")
+    with pytest.raises(DataError, match="could not be read"):
+        annotation_to_mask(tmp_path / "missing.dcm", paths, LABELS, None, tmp_path / "m.nii.gz")
