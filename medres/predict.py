@@ -15,7 +15,8 @@ The scans go through the checkpoint's own evaluation pipeline (orientation, spac
 MONAI sliding-window inference. Written to ``--output``: ``predictions.csv`` (the predictions-table
 columns of DESIGN.md: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred``, subgroup columns,
 ``image``, ``mask``, ``seg_path``; ``y_true`` and ``fold`` are -1 where unknown) and
-``seg/<case_id>.nii.gz``, each mask in its source scan's geometry (it overlays the original).
+``seg/<case_id>.nii.gz``, each mask in its source scan's geometry (it overlays the original), and for a
+DICOM source also ``seg/<case_id>.dcm``, a DICOM SEG referencing the source series (for PACS viewers).
 A problem with the input is reported as one message and exit code 2, with no traceback.
 """
 
@@ -107,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from medres.data.dicom_seg import write_prediction_segs  # DICOM sources: also seg/<case_id>.dcm
     from medres.engine.inference import Predictor, write_table
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
@@ -122,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     seg_dir = None if args.no_masks else out / "seg"
     df = predictor.predict_records(records, seg_dir=seg_dir, seg_relative_to=out)
+    write_prediction_segs(df, seg_dir, predictor.config.data.mask_labels, checkpoint=ckpt, relative_to=out)
     table = write_table(df, out / "predictions.csv")
     log.info("%d case(s) -> %s%s", len(df), table, "" if args.no_masks else f"; masks in {out / 'seg'}")
     return 0

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 __all__ = [
     "DEFAULT_CT_WINDOWS", "ct_windows", "input_channels",
-    "WindowConfig", "AugmentConfig", "DemoConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
+    "WindowConfig", "AugmentConfig", "DemoConfig", "IndexConfig", "DataConfig", "PretrainedConfig",
+    "ModelConfig",
     "ClsLossConfig", "SegLossConfig", "TaskWeightConfig", "LossConfig", "OptimConfig", "ScheduleConfig",
     "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
 ]
@@ -53,6 +54,32 @@ class DemoConfig(_Section):
     out: str = "demo_data/ct_chest"
     n_patients: int = Field(100, ge=4)
     seed: int = 0
+
+
+# --- data.index: choosing series from a hospital export (python -m medres.data.index) ---------------
+class IndexConfig(_Section):
+    """Rules for ``python -m medres.data.index``: which series of an export become manifest rows."""
+
+    modalities: list[str] = Field(default_factory=lambda: ["CT"])  # empty: any modality
+    orientations: list[Literal["axial", "coronal", "sagittal", "oblique"]] = Field(
+        default_factory=lambda: ["axial"])  # empty: any
+    oblique_deg: float = Field(10.0, gt=0, lt=45)  # slice normal further than this from an axis: oblique
+    original_only: bool = True  # ImageType ORIGINAL (not DERIVED reformats / MIPs)
+    exclude_localizers: bool = True  # ImageType LOCALIZER (scouts, topograms)
+    require_regular: bool = True  # no missing/duplicate slices, even spacing (as the series reader needs)
+    min_slices: int = Field(30, ge=1)
+    per_study: Literal["one", "all"] = "one"  # one: the thinnest regular reconstruction (then most slices)
+    labels_key: Literal["AccessionNumber", "PatientID", "StudyInstanceUID"] = "AccessionNumber"
+    label_columns: list[str] = Field(default_factory=lambda: ["label"])  # copied from the labels file
+    annotation_names: dict[str, str] = Field(default_factory=dict)  # ROI/segment name pattern (fnmatch
+    # wildcards, case-insensitive) -> a data.mask_labels name; unmatched names are reported, not guessed
+    empty_annotations: Literal["negative", "skip"] = "negative"  # an object whose mapped segments/ROIs are
+    # all empty: an annotated negative (all-zero mask, said so in index.csv) or skip the series
+    key_file: str | None = None  # project key for the pseudonyms (default ~/.config/medres/project.key;
+    # the MEDRES_PROJECT_KEY environment variable wins); generated on first use, never written to outputs
+    workers: int = Field(0, ge=0)  # header-reading processes (0: one per CPU, at most 8)
+    link: Literal["symlink", "hardlink", "copy"] = "symlink"  # how DIR/series/<case>/ holds the files
+# --- end data.index --------------------------------------------------------------------------------
 
 
 class DataConfig(_Section):
@@ -98,6 +125,7 @@ class DataConfig(_Section):
             raise ValueError(f"every patch side must be at least 1 voxel, got {value}")
         return value
     # --- hostile input (issue 8): end -----------------------------------------------------------------
+    index: IndexConfig = Field(default_factory=IndexConfig)  # python -m medres.data.index
 
 
 class PretrainedConfig(_Section):

@@ -374,8 +374,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder to write (reused if it holds the same cohort)")
     parser.add_argument("--n-patients", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=["builtin", "export"], default="builtin",
+                        help="export: the cohort as a hospital DICOM export (medres.data.demo_export)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.layout == "export":
+        from medres.data.demo_export import generate_export
+
+        try:
+            builtin = generate_demo(Path(args.out) / "builtin", n_patients=args.n_patients, seed=args.seed)
+            labels = generate_export(builtin, args.out, seed=args.seed)
+        except DataError as e:
+            parser.exit(2, f"error: {e}\n")
+        export, indexed = Path(args.out) / "export", Path(args.out) / "indexed"
+        print(f"demo export: {export} and {labels} ({time.perf_counter() - start:.1f} s); next: "
+              f"python -m medres.data.index {export} --out {indexed} --labels {labels}")
+        return 0
     try:
         manifest = generate_demo(args.out, n_patients=args.n_patients, seed=args.seed)
     except DataError as e:
