@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from medres.errors import ConfigError, DataError
+from medres.utils import atomic_write
 
 from .dicom_headers import read_header
 from .index_annotations import attach_annotations
@@ -389,6 +390,9 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
         _link_series(s, root, out, rules.link, previous_links.get(s.case_id))
         links[s.case_id] = [i.path for i in s.instances]
     _drop_stale(out / "series", set(links))
+    if rules.link == "symlink":  # read_manifest follows links into this export only (manifest.link_roots)
+        atomic_write(private / "link_roots.txt",
+                     lambda tmp: tmp.write_text(os.path.realpath(root) + "\n", encoding="utf-8"))
     if links != previous_links:
         (private / "links.json").write_text(json.dumps(links))
 

@@ -9,7 +9,11 @@ and ``NA`` stays a string.
 Path rules: relative paths are relative to the manifest's folder; the path (lexically normalised) must
 lie inside the data root (default: the manifest's folder), so ``../`` and absolute paths elsewhere are
 refused; and with every symbolic link followed (the path's own and, for a series folder, each of its
-files') it must still lie inside the data root, so a link cannot lead out of it either. In the
+files') it must still lie inside the data root, so a link cannot lead out of it either. One
+exception, for manifests written by ``python -m medres.data.index``: its ``series/<case>/`` folders
+link into the DICOM export it indexed, and it names that export's folder in
+``<manifest folder>/private/link_roots.txt`` (one absolute folder a line); links into a folder named
+there are followed too (never ``/`` itself). In the
 returned frame the image and mask columns hold the **absolute** paths (mask ``""`` when a row has
 none); ``df.attrs`` holds ``manifest``, ``root`` and ``image_columns``.
 
@@ -48,7 +52,20 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
-def _link_escape(full: str, root: str, real_root: str) -> str | None:
+LINK_ROOTS_FILE = Path("private") / "link_roots.txt"
+
+
+def link_roots(manifest_dir: str | os.PathLike[str]) -> list[str]:
+    """The export folders ``medres.data.index`` recorded beside its manifest (real paths; never ``/``)."""
+    try:
+        lines = (Path(manifest_dir) / LINK_ROOTS_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    roots = [os.path.realpath(x.strip()) for x in lines if os.path.isabs(x.strip())]
+    return [r for r in roots if os.path.isdir(r) and r != os.path.realpath(os.sep)]
+
+
+def _link_escape(full: str, root: str, real_root: str, trusted: Sequence[str] = ()) -> str | None:
     """Why ``full`` (lexically inside ``root``) leaves the data root through a symbolic link, or None.
 
     Every link on the way is followed (``Path.resolve(strict=True)``), for the path itself and, for a
@@ -73,7 +90,7 @@ def _link_escape(full: str, root: str, real_root: str) -> str | None:
                 return (f"{os.path.relpath(candidate, root)} is a symbolic link to {target!r}, which does "
                         "not exist or loops")
             continue
-        if not _inside(real, real_root):
+        if not _inside(real, real_root) and not any(_inside(real, t) for t in trusted):
             link = _first_link(candidate, root)
             where = os.path.relpath(real, real_root)
             return (f"{os.path.relpath(link, root)} is a symbolic link to {where} (relative to the data "
@@ -146,6 +163,7 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
     base = os.path.abspath(path.parent)
     root_dir = os.path.abspath(root) if root is not None else base
     real_root = os.path.realpath(root_dir)
+    trusted = link_roots(base)
     errors: list[DataError] = []
 
     def fail(reason: str, *, row: int | None = None, hint: str = "", where: str | None = None,
@@ -227,7 +245,7 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
                 fail(f"{c} path {value!r} ({how}) leaves the data root {root_dir}", row=row, case=case,
                      hint="keep scans under the data root (or pass root= / --root / data.root)")
                 continue
-            escape = _link_escape(full, root_dir, real_root) if check_files else None
+            escape = _link_escape(full, root_dir, real_root, trusted) if check_files else None
             if escape is not None:
                 fail(f"{c} path {value!r} leaves the data root: {escape}", row=row, case=case,
                      hint="copy the scan under the data root or point the manifest at the real location "

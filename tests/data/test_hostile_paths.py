@@ -146,3 +146,22 @@ def test_zero_length_pixel_data_is_a_data_error(tmp_path):
     ds.save_as(tmp_path / "empty.dcm")
     with pytest.raises(DataError, match="empty PixelData element"):
         load_image(tmp_path / "empty.dcm")
+
+
+def test_links_into_an_indexed_export_are_followed_and_nothing_wider(layout, tmp_path):
+    """medres.data.index names its export in private/link_roots.txt: links into that folder are followed,
+    links elsewhere are still refused, and a recorded '/' trusts nothing."""
+    root, outside = layout
+    export = tmp_path / "export"
+    _nifti(export / "scan.nii.gz", 3)
+    os.symlink(export / "scan.nii.gz", root / "e.nii.gz")
+    os.symlink(outside / "passwd", root / "p.dcm")
+    (root / "private").mkdir()
+    (root / "private" / "link_roots.txt").write_text(f"{export}\n")
+    df = read_manifest(_manifest(root, [("E", "P1", "e.nii.gz")]))
+    assert df["image"].tolist() == [str(root / "e.nii.gz")]
+    errors = _problems(_manifest(root, [("E", "P1", "e.nii.gz"), ("P", "P2", "p.dcm")]))
+    assert [e.case_id for e in errors] == ["P"] and "outside the data root" in errors[0].reason
+    (root / "private" / "link_roots.txt").write_text("/\n")
+    errors = _problems(_manifest(root, [("E", "P1", "e.nii.gz")]))
+    assert [e.case_id for e in errors] == ["E"]
