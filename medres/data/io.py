@@ -34,6 +34,7 @@ from medres.errors import DataError
 
 from .dicom import ACQUISITION_FIELDS, read_dicom_file, read_dicom_series
 from .nifti import read_nifti
+from .radiograph import RadiographOptions, read_radiograph_if_any
 from .redact import safe_message
 
 __all__ = ["ACQUISITION_FIELDS", "MedresReader", "load_image", "check_image_mask", "SUFFIXES"]
@@ -79,20 +80,22 @@ def _read_pil(path: Path) -> tuple[np.ndarray, dict]:
     return np.ascontiguousarray(data), meta
 
 
-def _read_one(path: Path, series_uid: str | None) -> tuple[np.ndarray, dict]:
+def _read_one(path: Path, series_uid: str | None, radiograph: RadiographOptions | None = None
+              ) -> tuple[np.ndarray, dict]:
     suffix = _suffix(path)
     if not path.exists():
         raise DataError("does not exist", path=path, hint="check the path and the data root")
     if suffix in (".nii", ".nii.gz"):
         return read_nifti(path)
-    if path.is_dir():
-        return read_dicom_series(path, series_uid=series_uid)
+    if path.is_dir():  # a folder holding one radiograph is that image, not a one-slice series
+        return read_radiograph_if_any(path, radiograph) or read_dicom_series(path, series_uid=series_uid)
     if suffix in _PIL_SUFFIXES:
         return _read_pil(path)
     if suffix in _NOT_SUPPORTED:
         raise DataError(f"is {_NOT_SUPPORTED[suffix]}, a format medres does not read", path=path,
                         hint="convert it to NIfTI (.nii.gz)")
-    return read_dicom_file(path)  # DICOM files may have any suffix or none
+    # DICOM files may have any suffix or none; CR/DX go through the grayscale display pipeline
+    return read_radiograph_if_any(path, radiograph) or read_dicom_file(path)
 
 
 def _check_ndim(data: np.ndarray, meta: dict, ndim: int | None, path: Path) -> np.ndarray:
@@ -128,15 +131,19 @@ class MedresReader(ImageReader):
     Args:
         series_uid: the SeriesInstanceUID to keep when a folder holds several series.
         ndim: expected number of spatial dimensions (2 or 3); other shapes raise a DataError.
+        radiograph: how CR/DX radiographs are read (VOI choice, FOR PROCESSING, views); see
+            :mod:`medres.data.radiograph`.
 
     Several paths at once (e.g. ``image_t1``, ``image_t2``) are stacked as channels ``[C, *spatial]``
     (``original_channel_dim = 0``) after checking they share shape and affine.
     """
 
-    def __init__(self, series_uid: str | None = None, ndim: int | None = None) -> None:
+    def __init__(self, series_uid: str | None = None, ndim: int | None = None,
+                 radiograph: RadiographOptions | None = None) -> None:
         super().__init__()
         self.series_uid = series_uid or None
         self.ndim = ndim
+        self.radiograph = radiograph
 
     def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
         names = [filename] if isinstance(filename, (str, Path)) else list(filename)
@@ -149,7 +156,7 @@ class MedresReader(ImageReader):
         for p in paths:
             path = Path(p)
             try:
-                array, meta = _read_one(path, self.series_uid)
+                array, meta = _read_one(path, self.series_uid, self.radiograph)
                 array = _check_ndim(array, meta, self.ndim, path)
             except DataError as err:
                 return _Loaded([], err)
@@ -193,7 +200,8 @@ def _stack_channels(items: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, d
 
 
 def load_image(path: str | Path | Sequence[str | Path], *, series_uid: str | None = None,
-               ndim: int | None = None, dtype: Any = np.float32) -> MetaTensor:
+               ndim: int | None = None, dtype: Any = np.float32,
+               radiograph: RadiographOptions | None = None) -> MetaTensor:
     """Load a DICOM file, DICOM series folder, NIfTI or PNG/JPEG as a ``MetaTensor`` (no channel axis added).
 
     Shapes: ``[X, Y]``, ``[X, Y, Z]``, colour/4D with the extra axis last; a list of paths gives
@@ -202,7 +210,7 @@ def load_image(path: str | Path | Sequence[str | Path], *, series_uid: str | Non
     Raises :class:`DataError` on any problem.
     """
     names = [str(path)] if isinstance(path, (str, Path)) else [str(p) for p in path]
-    reader = MedresReader(series_uid=series_uid, ndim=ndim)
+    reader = MedresReader(series_uid=series_uid, ndim=ndim, radiograph=radiograph)
     array, meta = reader.get_data(reader.read(names))
     if dtype is not None:
         array = array.astype(dtype, copy=False)

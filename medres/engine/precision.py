@@ -120,7 +120,8 @@ def resolve_fast_path(train_cfg, *, spatial_dims: int, local_rank: int = 0) -> F
     gpu = device.type == "cuda"
     precision = train_cfg.precision
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "fp32"
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else (
+            "bf16" if spatial_dims == 2 and cpu_supports_bf16() else "fp32")  # 2D bf16 on the CPU is sound
     if precision == "bf16" and not gpu:
         if not cpu_supports_bf16():
             log.warning("this CPU has no native bf16; bf16 autocast will be slow (emulated)")

@@ -93,6 +93,8 @@ def load_cohort(cfg: Config, *, is_main: bool = True) -> tuple[Config, pd.DataFr
         if is_main:
             log.info("demo cohort: %s (generated on first use, %d patients)", Path(d.demo.out).resolve(),
                      d.demo.n_patients)
+            if d.demo.kind == "cxr":
+                from medres.data.demo_cxr import generate_cxr_demo as generate_demo  # noqa: F811
             manifest = generate_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed)
         barrier()
         manifest = broadcast_object(str(manifest) if is_main else None)
@@ -129,6 +131,9 @@ def run_cv(cfg: Config, *, fast: FastPath, dist_info: DistInfo | None = None,
     dist_info = dist_info or DistInfo()
     run_dir = Path(cfg.output.dir) / cfg.output.name
     cfg, df = load_cohort(cfg, is_main=dist_info.is_main)
+    from medres.engine.optim import with_scaled_lr
+
+    cfg = with_scaled_lr(cfg, world_size=dist_info.world_size)  # optim.lr for the actual batch, saved below
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir / "config.yaml")
