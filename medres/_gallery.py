@@ -289,7 +289,8 @@ def radiograph_figure(row: pd.Series, run: RunData, title: str) -> str:
     shown = radiograph_view(np.asarray(image, dtype=np.float32), orient, view)
     fig, axes = _subplots(1, 1, figsize=(3.6, 3.9), squeeze=False)
     ax = axes[0, 0]
-    ax.imshow(shown, cmap="gray", vmin=float(np.percentile(shown, 0.5)), vmax=float(np.percentile(shown, 99.5)))
+    lo, hi = (float(v) for v in np.percentile(shown, [0.5, 99.5]))
+    ax.imshow(shown, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
     colours = ["lime", "deepskyblue", "orange", "magenta", "yellow"]
     for source, style, path in (("reference", "solid", row.get("mask")),
                                 ("predicted", "dashed", row.get("seg_path"))):
@@ -300,14 +301,16 @@ def radiograph_figure(row: pd.Series, run: RunData, title: str) -> str:
         if labels.shape != np.asarray(image).shape:
             continue
         labels = radiograph_view(labels, orient, view)
-        for i, (value, name) in enumerate(sorted((int(k), v) for k, v in cfg.data.mask_labels.items() if int(k))):
+        classes = sorted((int(k), v) for k, v in cfg.data.mask_labels.items() if int(k))
+        for i, (value, name) in enumerate(classes):
             m = labels == value
             colour = colours[i % len(colours)]
             if m.any() and not m.all():
                 ax.contour(m.astype(float), levels=[0.5], colors=colour, linewidths=1.0, linestyles=style)
             ax.plot([], [], color=colour, linestyle=style, label=f"{name} ({source})")
     ax.legend(fontsize=5, loc="lower right")
-    ax.set_title(f"{title}: {run.labels[int(row['y_true'])]}, " + (f"view {view}, " if view else "")
-                 + ("patient's right on the left" if orient else "as stored (no PatientOrientation)"), fontsize=6)
+    side = "patient's right on the left" if orient else "as stored (no PatientOrientation)"
+    ax.set_title(f"{title}: {run.labels[int(row['y_true'])]}, " + (f"view {view}, " if view else "") + side,
+                 fontsize=6)
     ax.axis("off")
     return to_data_uri(fig)

@@ -26,7 +26,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 __all__ = [
-    "WindowConfig", "AugmentConfig", "DemoConfig", "RadiographConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
+    "WindowConfig", "AugmentConfig", "DemoConfig", "RadiographConfig", "DataConfig", "PretrainedConfig",
+    "ModelConfig",
     "ClsLossConfig", "SegLossConfig", "TaskWeightConfig", "LossConfig", "OptimConfig", "ScheduleConfig",
     "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
 ]

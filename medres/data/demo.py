@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medres.data.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write (reused if it holds the same cohort)")
     parser.add_argument("--kind", choices=("ct_chest", "cxr"), default="ct_chest",
-                        help="ct_chest: 3D chest CT (default); cxr: 2D chest radiographs (medres.data.demo_cxr)")
+                        help="ct_chest: 3D chest CT (default); cxr: 2D chest radiographs "
+                             "(medres.data.demo_cxr)")
     parser.add_argument("--n-patients", type=int, default=None, help="default: 100 (ct_chest), 150 (cxr)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -5,14 +5,15 @@ chest radiographs (a fifth of the patients have a follow-up) from three sites wh
 them differently, as real cohorts do:
 
 - ``site_a`` — CR, MONOCHROME1 (low stored value = white), 12 bits stored, a VOI LUT Sequence (16-bit
-  table) and no window tags, PixelSpacing 0.6 mm, 640 x 640;
+  table) and no window tags, PixelSpacing 0.6 mm, 636 x 636;
 - ``site_b`` — DX, MONOCHROME2, 12 bits stored in 16 with junk in the 4 unused high bits (as old overlay
   planes leave them), WindowCenter/WindowWidth (LINEAR), ImagerPixelSpacing 0.825 mm with
-  EstimatedRadiographicMagnificationFactor 1.1 (0.75 mm in the patient) and no PixelSpacing, 512 x 512;
+  EstimatedRadiographicMagnificationFactor 1.1 (0.75 mm in the patient) and no PixelSpacing, 508 x 508;
 - ``site_c`` — an 8-bit PNG export (already windowed), 1.0 mm per pixel given in the manifest's
-  ``pixel_spacing`` column, 384 x 384.
+  ``pixel_spacing`` column, 382 x 382.
 
-Every image covers the same 384 mm field, shown as radiologists read a PA film (PatientOrientation
+Every image covers the same 381 mm field (centre to centre of its edge pixels), shown as radiologists
+read a PA film (PatientOrientation
 ``L\\F``: the patient's right on the image's left, head up). Anatomy in projected density (0 = air,
 1 = dense bone): soft tissue of the trunk, two lungs with vessel texture, the heart shadow, mediastinum
 and spine, ribs, clavicles and the diaphragm domes. A third of the patients (exact quota) have a focal
@@ -41,7 +42,7 @@ from medres.errors import DataError
 __all__ = ["generate_cxr_demo", "CXR_DEMO_VERSION", "CXR_SITES", "FIELD_MM"]
 
 CXR_DEMO_VERSION = 1
-FIELD_MM = 384.0
+FIELD_MM = 381.0  # (n - 1) x pixel size at every site: 128 pixels of 3 mm after resampling
 _STAMP = "demo_cohort.json"
 MANIFEST_COLUMNS = ["case_id", "patient_id", "image", "mask", "label", "site", "scanner", "sex", "age",
                     "view", "pixel_spacing"]
@@ -54,13 +55,10 @@ class CxrSite:
     model: str
     fmt: str  # "cr_mono1_voilut", "dx_mono2_window", "png8"
     n: int  # pixels per side
+    pixel_mm: float  # pixel spacing in the patient
     noise: float  # in density units
     contrast: float  # detector/processing contrast
     blur_mm: float
-
-    @property
-    def pixel_mm(self) -> float:
-        return FIELD_MM / self.n
 
     @property
     def scanner(self) -> str:
@@ -68,9 +66,9 @@ class CxrSite:
 
 
 CXR_SITES = (
-    CxrSite("site_a", "Acme Medical", "Lumen CR", "cr_mono1_voilut", 640, 0.020, 1.0, 0.9),
-    CxrSite("site_b", "Nordlys Imaging", "Aurora DR", "dx_mono2_window", 512, 0.028, 0.9, 0.7),
-    CxrSite("site_c", "Helix Systems", "Export PNG", "png8", 384, 0.015, 1.1, 1.2),
+    CxrSite("site_a", "Acme Medical", "Lumen CR", "cr_mono1_voilut", 636, 0.6, 0.020, 1.0, 0.9),
+    CxrSite("site_b", "Nordlys Imaging", "Aurora DR", "dx_mono2_window", 508, 0.75, 0.028, 0.9, 0.7),
+    CxrSite("site_c", "Helix Systems", "Export PNG", "png8", 382, 1.0, 0.015, 1.1, 1.2),
 )
 _MAGNIFICATION = 1.1  # site_b: ImagerPixelSpacing = pixel spacing in the patient x magnification
 
@@ -153,7 +151,7 @@ def _render(p: _Patient, study: int, site: CxrSite, seed: int) -> tuple[np.ndarr
     """Display density in [0, 1] (float32 [rows, cols], 1 = white) and the label map (uint8)."""
     r = _rng(seed, 3, p.index, study)
     n, mm = site.n, site.pixel_mm
-    c = ((np.arange(n) + 0.5) * mm - FIELD_MM / 2).astype(np.float32)
+    c = ((np.arange(n) - (n - 1) / 2) * mm).astype(np.float32)
     shift = np.asarray(p.shift) + (r.uniform(-6, 6, 2) if study else 0.0)
     x = (c - np.float32(shift[0]))[None, :]  # [1, cols]: toward the patient's left
     y = (c - np.float32(shift[1]))[:, None]  # [rows, 1]: toward the feet
@@ -180,14 +178,16 @@ def _render(p: _Patient, study: int, site: CxrSite, seed: int) -> tuple[np.ndarr
     d += np.float32(0.07) * ribs
     ax = np.abs(x)  # clavicles
     tc = np.clip((ax - 15.0) / 125.0, 0, 1)
-    d += np.float32(0.12) * ((np.abs(y + 135.0 * s + 18.0 * tc * s) < 7.0 * s) & (ax > 15.0) & (ax < 145.0 * s))
+    clavicles = (np.abs(y + 135.0 * s + 18.0 * tc * s) < 7.0 * s) & (ax > 15.0) & (ax < 145.0 * s)
+    d += np.float32(0.12) * clavicles
     field = lungs & ~heart
     label = field.astype(np.uint8)
     growth = 1.0 + 0.1 * study
     for op in p.opacities:
         ca, sa = np.cos(op.angle), np.sin(op.angle)
         dx, dy = x - op.centre[0], y - op.centre[1]
-        rho = ((dx * ca + dy * sa) / (op.semi[0] * growth)) ** 2 + ((-dx * sa + dy * ca) / (op.semi[1] * growth)) ** 2
+        u, v = (dx * ca + dy * sa) / (op.semi[0] * growth), (-dx * sa + dy * ca) / (op.semi[1] * growth)
+        rho = u ** 2 + v ** 2
         d += (op.contrast * np.clip(1.25 - rho, 0, 1) ** 0.7 * field).astype(np.float32)
         label[(rho <= 1.0) & field] = 2
     d = gaussian_filter(d, sigma=site.blur_mm / mm)
@@ -277,7 +277,7 @@ def _is_complete(out: Path, n_patients: int, seed: int) -> bool:
 
 
 def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, seed: int = 0) -> Path:
-    """Write the chest X-ray demo cohort under ``out``; returns its ``manifest.csv`` (reused when complete)."""
+    """Write the chest X-ray demo cohort under ``out``; return its ``manifest.csv`` (reused if complete)."""
     out = Path(out)
     if n_patients < 6:
         raise DataError(f"the chest X-ray demo needs at least 6 patients, got {n_patients}", path=out,

@@ -111,7 +111,8 @@ def _lut(item: Dataset, what: str, ds: Dataset, path: Path) -> tuple[np.ndarray,
     hint = "re-export the radiograph with a valid LUT, or choose another data.radiograph.voi"
     desc = item.get("LUTDescriptor")
     if desc is None or "LUTData" not in item:
-        raise DataError(f"has a malformed {what}: an item lacks its LUTDescriptor or LUTData", path=path, hint=hint)
+        raise DataError(f"has a malformed {what}: an item lacks its LUTDescriptor or LUTData", path=path,
+                        hint=hint)
     try:
         desc = [int(v) for v in desc]
     except Exception:
@@ -122,7 +123,8 @@ def _lut(item: Dataset, what: str, ds: Dataset, path: Path) -> tuple[np.ndarray,
     n, first, bits = desc
     n = n or 65536
     if not 8 <= bits <= 16:
-        raise DataError(f"has a {what} with {bits} bits per entry (DICOM allows 8 to 16)", path=path, hint=hint)
+        raise DataError(f"has a {what} with {bits} bits per entry (DICOM allows 8 to 16)", path=path,
+                        hint=hint)
     elem = item["LUTData"]
     if elem.VR == "OW" or isinstance(elem.value, (bytes, bytearray)):
         raw = bytes(elem.value or b"")
@@ -131,7 +133,8 @@ def _lut(item: Dataset, what: str, ds: Dataset, path: Path) -> tuple[np.ndarray,
         if meta is not None and "TransferSyntaxUID" in meta:
             little = meta.TransferSyntaxUID != "1.2.840.10008.1.2.2"
         if len(raw) % 2:
-            raise DataError(f"has a malformed {what}: LUTData has an odd number of bytes", path=path, hint=hint)
+            raise DataError(f"has a malformed {what}: LUTData has an odd number of bytes", path=path,
+                            hint=hint)
         data = np.asarray(struct.unpack(f"{'<' if little else '>'}{len(raw) // 2}H", raw), dtype=np.int64)
     else:
         values = elem.value
@@ -157,7 +160,8 @@ def _choose(n: int, names: list[str], voi: int | str | None, what: str, path: Pa
         if 0 <= voi < n:
             return voi
         raise DataError(f"has {n} {what}(s), so data.radiograph.voi={voi} does not exist", path=path,
-                        hint=f"choose an index from 0 to {n - 1}" + (f" or a name of {names}" if any(names) else ""))
+                        hint=f"choose an index from 0 to {n - 1}"
+                        + (f" or a name of {names}" if any(names) else ""))
     for i, name in enumerate(names):
         if name.strip().upper() == voi.strip().upper():
             return i
@@ -181,8 +185,8 @@ def display_values(ds: Dataset, pixels: np.ndarray, path: str | Path, options: R
     options = options or RadiographOptions()
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
     if _int(ds, "SamplesPerPixel", 1, path) != 1 or pi not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DataError(f"is a colour image ({pi}) where a grayscale radiograph is expected (an RGB secondary "
-                        "capture or a screenshot?)", path=path,
+        raise DataError(f"is a colour image ({pi}) where a grayscale radiograph is expected (an RGB "
+                        "secondary capture or a screenshot?)", path=path,
                         hint="export the radiograph from the source system as grayscale DICOM (CR/DX)")
     _, stored, signed = _bits(ds, path)
     values = _mask_bits(pixels, stored, signed)
@@ -218,8 +222,8 @@ def display_values(ds: Dataset, pixels: np.ndarray, path: str | Path, options: R
         voi = f"VOI LUT {k + 1} of {len(seq)}" + (f" ({names[k]})" if names[k] else "")
     elif centers or widths:
         if len(centers) != len(widths):
-            raise DataError(f"has {len(centers)} WindowCenter but {len(widths)} WindowWidth values", path=path,
-                            hint="re-export the radiograph")
+            raise DataError(f"has {len(centers)} WindowCenter but {len(widths)} WindowWidth values",
+                            path=path, hint="re-export the radiograph")
         names = [str(v) for v in _multi(ds.get("WindowCenterWidthExplanation"))]
         names += [""] * (len(centers) - len(names))
         k = _choose(len(centers), names, options.voi, "window", path)
@@ -252,7 +256,8 @@ def _window(x: np.ndarray, c: float, w: float, func: str, y_lo: float, y_hi: flo
         if func == "LINEAR":
             if w < 1:
                 raise DataError(f"has WindowWidth {w:g}; a LINEAR window needs at least 1", path=path,
-                                hint="re-export the radiograph or choose another window (data.radiograph.voi)")
+                                hint="re-export the radiograph, or choose another window "
+                                     "(data.radiograph.voi)")
             c, w = c - 0.5, w - 1
         elif w <= 0:
             raise DataError(f"has WindowWidth {w:g}; a LINEAR_EXACT window needs more than 0", path=path,
@@ -267,7 +272,8 @@ def _window(x: np.ndarray, c: float, w: float, func: str, y_lo: float, y_hi: flo
             raise DataError(f"has WindowWidth {w:g}; a SIGMOID window needs more than 0", path=path,
                             hint="re-export the radiograph")
         return span / (1 + np.exp(-4 * (x - c) / w)) + y_lo
-    raise DataError(f"has VOILUTFunction {func!r}, which DICOM does not define (LINEAR, LINEAR_EXACT, SIGMOID)",
+    raise DataError(f"has VOILUTFunction {func!r}, which DICOM does not define (LINEAR, LINEAR_EXACT, "
+                    "SIGMOID)",
                     path=path, hint="re-export the radiograph")
 
 
@@ -300,7 +306,8 @@ def radiograph_spacing(ds: Dataset, path: str | Path = "") -> tuple[tuple[float,
     except Exception:
         factor = None
     if factor is not None and np.isfinite(factor) and factor > 0:
-        return (imager[0] / factor, imager[1] / factor), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+        source = "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+        return (imager[0] / factor, imager[1] / factor), source
     return imager, "ImagerPixelSpacing"
 
 
@@ -325,8 +332,8 @@ def read_radiograph(ds: Dataset, path: str | Path, options: RadiographOptions | 
             and not options.allow_for_processing:
         raise DataError("is a FOR PROCESSING radiograph (raw detector data without the vendor's processing): "
                         "its grey levels are not comparable with FOR PRESENTATION images", path=path,
-                        hint="export the FOR PRESENTATION image, or set data.radiograph.allow_for_processing: "
-                             "true if the whole cohort is raw data")
+                        hint="export the FOR PRESENTATION image, or set "
+                             "data.radiograph.allow_for_processing: true if the whole cohort is raw data")
     view = _text(ds, "ViewPosition").upper()
     if options.views is not None and view and view not in {v.upper() for v in options.views}:
         raise DataError(f"is a {view} view; the configuration keeps only {list(options.views)}", path=path,
@@ -342,7 +349,8 @@ def read_radiograph(ds: Dataset, path: str | Path, options: RadiographOptions | 
     spacing, source = radiograph_spacing(ds, path)
     row_mm, col_mm = spacing if spacing is not None else (1.0, 1.0)
     affine = np.diag([-col_mm, -row_mm, 1.0, 1.0])  # rows/cols along LPS x/y, as MONAI's PydicomReader
-    meta = {"affine": affine, "spatial_shape": np.asarray(values.shape[::-1]), "original_channel_dim": float("nan"),
+    meta = {"affine": affine, "spatial_shape": np.asarray(values.shape[::-1]),
+            "original_channel_dim": float("nan"),
             "spacing": np.asarray([col_mm, row_mm]), "_colour": False, **acquisition_meta(ds),
             "PhotometricInterpretation": "MONOCHROME2"}  # inverted on reading when it was MONOCHROME1
     meta.update({k: _text(ds, k) for k in RADIOGRAPH_META_FIELDS[:4]})
@@ -420,8 +428,9 @@ class RadiographGeometryd:
         meta = image.meta  # type: ignore[attr-defined]
         path = meta.get("filename_or_obj")
         if image.ndim != 2:  # type: ignore[attr-defined]
-            raise DataError(f"is a colour or multi-frame image (shape {tuple(image.shape)}) where a grayscale "
-                            "radiograph is expected", path=path, hint="export it as a grayscale image")
+            raise DataError(f"is a colour or multi-frame image (shape {tuple(image.shape)}) where a "
+                            "grayscale radiograph is expected", path=path,
+                            hint="export it as a grayscale image")
         is_dicom = bool(meta.get("spacing_source", ""))
         if not is_dicom:
             modality = str(meta.get("Modality", "") or "")
@@ -456,7 +465,8 @@ class RadiographGeometryd:
         mask = d.get("mask")
         if mask is not None:
             if tuple(mask.shape) != tuple(image.shape):  # type: ignore[attr-defined]
-                raise DataError(f"mask is {tuple(mask.shape)} pixels but its radiograph is {tuple(image.shape)}",
+                raise DataError(f"mask is {tuple(mask.shape)} pixels but its radiograph is "
+                                f"{tuple(image.shape)}",
                                 path=mask.meta.get("filename_or_obj"),  # type: ignore[attr-defined]
                                 hint="save the mask as a label map on the radiograph's own pixel grid")
             mask.affine = image.affine.clone()  # type: ignore[attr-defined]

@@ -306,7 +306,8 @@ def preprocess_signature(cfg: DataConfig) -> str:
     """The settings :func:`load_transforms` depends on, as canonical JSON (part of every cache key)."""
     import monai
 
-    fields = ["modality", "image_columns", "mask_column", "mask_labels", "orientation", "spacing", "radiograph"]
+    fields = ["modality", "image_columns", "mask_column", "mask_labels", "orientation", "spacing",
+              "radiograph"]
     spec = cfg.model_dump(include=set(fields), mode="json")
     spec["pipeline_version"] = 1
     spec["monai"] = monai.__version__

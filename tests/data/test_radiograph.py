@@ -102,7 +102,8 @@ def _lut_item(n: int = 4096, bits: int = 16, first: int = 0, data: list[int] | N
               explanation: str = "") -> Dataset:
     item = Dataset()
     item.add_new("LUTDescriptor", "US", [n, first, bits])
-    table = data if data is not None else [int(v) for v in np.rint(np.sqrt(np.arange(n) / (n - 1)) * (2 ** bits - 1))]
+    curve = np.rint(np.sqrt(np.arange(n) / (n - 1)) * (2 ** bits - 1))
+    table = data if data is not None else [int(v) for v in curve]
     item.add_new("LUTData", "US", table)
     if explanation:
         item.LUTExplanation = explanation
@@ -117,8 +118,8 @@ CASES = {
     "monochrome1": dict(PhotometricInterpretation="MONOCHROME1", WindowCenter=2000, WindowWidth=3000),
     "signed": dict(PixelRepresentation=1, WindowCenter=0, WindowWidth=2000),
     "voi_lut_sequence": dict(VOILUTSequence=Sequence([_lut_item()])),
-    "modality_lut_sequence": dict(ModalityLUTSequence=Sequence([_lut_item(bits=12)]), WindowCenter=2000,
-                                  WindowWidth=2000),
+    "modality_lut_sequence": dict(ModalityLUTSequence=Sequence([_lut_item(bits=16)]), WindowCenter=30000,
+                                  WindowWidth=40000),
     "monochrome1_voi_lut": dict(PhotometricInterpretation="MONOCHROME1", PresentationLUTShape="INVERSE",
                                 VOILUTSequence=Sequence([_lut_item()])),
 }
@@ -197,7 +198,8 @@ def test_spacing_sources():
 
 
 def test_meta_keeps_view_and_orientation_but_no_patient_fields(tmp_path):
-    img = load_image(_save(make_radiograph(ImageLaterality="U", WindowCenter=2000, WindowWidth=3000), tmp_path))
+    ds = make_radiograph(ImageLaterality="U", WindowCenter=2000, WindowWidth=3000)
+    img = load_image(_save(ds, tmp_path))
     assert img.meta["ViewPosition"] == "PA" and img.meta["PatientOrientation"] == "L\\F"
     assert img.meta["ImageLaterality"] == "U" and img.meta["spacing_source"] == "ImagerPixelSpacing"
     assert np.allclose(img.meta["spacing"], [0.25, 0.2])  # [X = along a row, Y = down the columns]
