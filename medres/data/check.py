@@ -41,8 +41,12 @@ class CheckResult:
 def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = None,
                  root: str | Path | None = None, image_columns: Sequence[str] | None = None,
                  mask_column: str | None = "mask", mask_labels: Sequence[int] | None = None,
-                 ndim: int | None = None, atol: float = 1e-3) -> CheckResult:
-    """Check every row, file and image/mask pair of a manifest; never stops at the first problem."""
+                 ndim: int | None = None, atol: float = 1e-3, radiograph: dict | None = None) -> CheckResult:
+    """Check every row, file and image/mask pair of a manifest; never stops at the first problem.
+
+    ``radiograph`` (``{"require_spacing": bool, "views": [...] | None}``, for ``data.modality: XR``) runs
+    the radiograph checks of ``medres.data.radiograph.RadiographGeometryd`` (spacing, view, mask size).
+    """
     result = CheckResult()
     try:
         df, errors = validate_manifest(manifest, vocabulary=vocabulary, root=root,
@@ -67,8 +71,17 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
             image = load_image(paths[0] if len(paths) == 1 else paths, series_uid=series_uid, ndim=ndim)
             result.images += len(paths)
             mask_path = rec.get(mask_column) if mask_column else None
-            if mask_path:
-                mask = load_image(mask_path, ndim=ndim)
+            mask = load_image(mask_path, ndim=ndim) if mask_path else None
+            if radiograph is not None:  # radiographs: manifest spacing/view, mask on the image's pixels
+                from .radiograph import RadiographGeometryd
+
+                views = radiograph.get("views")
+                d = RadiographGeometryd(require_spacing=bool(radiograph.get("require_spacing")),
+                                        views=tuple(views) if views is not None else None)(
+                    {"image": image, "mask": mask, "pixel_spacing": rec.get("pixel_spacing"),
+                     "view": rec.get("view")})
+                image, mask = d["image"], d["mask"]
+            if mask is not None:
                 result.masks += 1
                 check_image_mask(image, mask, labels=mask_labels, atol=atol)
         except DataError as err:
@@ -104,7 +117,9 @@ def _from_config(path: str) -> dict:
     data = cfg.data
     return {"vocabulary": list(data.labels), "mask_labels": sorted(int(k) for k in data.mask_labels),
             "image_columns": list(data.image_columns), "mask_column": data.mask_column,
-            "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest}
+            "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest,
+            "radiograph": {"require_spacing": bool(data.spacing), "views": data.radiograph.views}
+            if data.modality == "XR" else None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

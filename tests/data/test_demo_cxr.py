@@ -71,3 +71,19 @@ def test_output_is_byte_identical_and_reused(cohort, tmp_path):
     assert _digest(again.parent) == _digest(cohort.parent)
     before = again.stat().st_mtime_ns
     assert generate_cxr_demo(tmp_path / "again", n_patients=9, seed=0).stat().st_mtime_ns == before
+
+
+def test_preflight_check_passes_the_demo_and_names_a_mask_of_another_size(cohort, tmp_path):
+    from medres.data.check import check_cohort
+
+    settings = dict(vocabulary=["normal", "opacity"], mask_labels=[0, 1, 2], ndim=2,
+                    radiograph={"require_spacing": True, "views": ["PA", "AP"]})
+    assert check_cohort(cohort, **settings).ok
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    other = int(np.flatnonzero(df["site"] != df.loc[0, "site"])[0])  # another detector: another size
+    for col in ("image", "mask"):
+        df[col] = [str(cohort.parent / v) for v in df[col]]
+    df.loc[other, "mask"] = df.loc[0, "mask"]
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    problems = check_cohort(tmp_path / "bad.csv", **settings).problems
+    assert [e.row for e in problems] == [other + 1] and "pixels but its radiograph is" in problems[0].reason
