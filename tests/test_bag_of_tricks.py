@@ -49,9 +49,9 @@ def test_warm_up_then_step_or_cosine():
 @pytest.mark.slow
 def test_imagenet_recipe_at_batch_64_matches_a_linear_baseline_on_real_digits(tmp_path):
     """scikit-learn's 8x8 handwritten digits (every second of its 1,797 real images, 10 classes), written
-    as 32x32 PNG class folders. The shipped ImageNet recipe with only the image folder, the number of classes, the patch size
-    and the batch (64) overridden -- plus, to bound the test, 12 epochs and one fold -- against a logistic
-    regression on the same fold's pixels."""
+    as 32x32 PNG class folders. The shipped ImageNet recipe with only the image folder, the number of
+    classes, the patch size and the batch (64) overridden -- plus, to bound the test, 12 epochs and one
+    fold -- against a logistic regression on the same fold's pixels."""
     from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
