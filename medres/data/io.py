@@ -30,12 +30,11 @@ import numpy as np
 import torch
 from monai.data import ImageReader, MetaTensor
 
+from medres.data.dicom import ACQUISITION_FIELDS, read_dicom_file, read_dicom_series
+from medres.data.nifti import read_nifti
+from medres.data.radiograph import RadiographOptions, read_radiograph_if_any
+from medres.data.redact import safe_message
 from medres.errors import DataError
-
-from .dicom import ACQUISITION_FIELDS, read_dicom_file, read_dicom_series
-from .nifti import read_nifti
-from .radiograph import RadiographOptions, read_radiograph_if_any
-from .redact import safe_message
 
 __all__ = ["ACQUISITION_FIELDS", "MedresReader", "load_image", "check_image_mask", "SUFFIXES"]
 

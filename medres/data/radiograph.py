@@ -323,7 +323,7 @@ def read_radiograph(ds: Dataset, path: str | Path, options: RadiographOptions | 
                     ) -> tuple[np.ndarray, dict]:
     """A parsed radiograph dataset -> ``[X, Y]`` float32 display values in [0, 1] and its metadata
     (``affine``, ``spacing``, the acquisition fields and :data:`RADIOGRAPH_META_FIELDS`)."""
-    from .dicom import _check_pixels_present, _decoded_pixels, acquisition_meta
+    from medres.data.dicom import _check_pixels_present, _decoded_pixels, acquisition_meta
 
     path = Path(path)
     options = options or RadiographOptions()
@@ -368,8 +368,8 @@ def read_radiograph_if_any(path: Path, options: RadiographOptions | None = None
                            ) -> tuple[np.ndarray, dict] | None:
     """Read ``path`` (a DICOM file, or a folder holding exactly one file) as a radiograph when it is one;
     None otherwise, so the caller reads it as any other DICOM."""
-    from .dicom import _read_dataset, _sop_refusal
-    from .redact import quiet_pydicom
+    from medres.data.dicom import _read_dataset, _sop_refusal
+    from medres.data.redact import quiet_pydicom
 
     file = _single_file(path) if path.is_dir() else path
     if file is None:
