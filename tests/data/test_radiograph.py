@@ -26,6 +26,8 @@ REAL_CRS = sorted((TEST_FILES / "dicomdirtests" / "77654033").glob("CR*/*"))
 
 def _output_range(ds: Dataset) -> tuple[float, float]:
     """The VOI output range pydicom's apply_windowing uses (PS3.3 C.11.2.1.2), for scaling to [0, 1]."""
+    if ds.get("ModalityLUTSequence"):  # the table's entries set the range (PS3.3 C.11.1.1.1)
+        return 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
     bits = int(ds.BitsStored)
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if ds.PixelRepresentation else (0, 2 ** bits - 1)
     if "RescaleSlope" in ds:
