@@ -85,5 +85,5 @@ def test_preflight_check_passes_the_demo_and_names_a_mask_of_another_size(cohort
         df[col] = [str(cohort.parent / v) for v in df[col]]
     df.loc[other, "mask"] = df.loc[0, "mask"]
     df.to_csv(tmp_path / "bad.csv", index=False)
-    problems = check_cohort(tmp_path / "bad.csv", **settings).problems
+    problems = check_cohort(tmp_path / "bad.csv", root=cohort.parent, **settings).problems
     assert [e.row for e in problems] == [other + 1] and "pixels but its radiograph is" in problems[0].reason
