@@ -112,13 +112,17 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
 
         # -- the cohort (rank 0 first: it may write the demo cohort) and the run folder
         run_dir = Path(cfg.output.dir) / cfg.output.name
+        from medres.engine.optim import with_scaled_lr
+
         if is_main:
             cfg, df = load_cohort(cfg)
+            cfg = with_scaled_lr(cfg, world_size=dist_info.world_size)  # optim.lr for the actual batch
             run_dir.mkdir(parents=True, exist_ok=True)
             save_resolved(cfg, run_dir / "config.yaml")
         barrier()
         if not is_main:
             cfg, df = load_cohort(cfg)
+            cfg = with_scaled_lr(cfg, world_size=dist_info.world_size)
 
         # -- the folds, by patient
         dev, test = split_test(df)

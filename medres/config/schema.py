@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 __all__ = [
     "DEFAULT_CT_WINDOWS", "ct_windows", "input_channels",
-    "WindowConfig", "AugmentConfig", "DemoConfig", "IndexConfig", "DataConfig", "PretrainedConfig",
+    "WindowConfig", "AugmentConfig", "DemoConfig", "IndexConfig", "RadiographConfig", "DataConfig",
+    "PretrainedConfig",
     "ModelConfig",
     "ClsLossConfig", "SegLossConfig", "TaskWeightConfig", "LossConfig", "OptimConfig", "ScheduleConfig",
     "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
@@ -54,6 +55,17 @@ class DemoConfig(_Section):
     out: str = "demo_data/ct_chest"
     n_patients: int = Field(100, ge=4)
     seed: int = 0
+    kind: Literal["ct_chest", "cxr"] = "ct_chest"  # (radiographs) cxr: the chest X-ray demo cohort
+
+
+# --- radiographs (issue 13): projection radiographs, data.modality XR --------------------------------
+class RadiographConfig(_Section):
+    """How CR/DX radiographs are read (``medres.data.radiograph``; used when ``data.modality`` is XR)."""
+
+    voi: int | str | None = None  # which VOI window/LUT: index (0 = first) or its explanation; None: first
+    allow_for_processing: bool = False  # FOR PROCESSING (raw detector) images are refused unless true
+    views: list[str] | None = None  # ViewPosition / manifest `view` values kept (e.g. [PA, AP]); None: all
+# --- end radiographs ---------------------------------------------------------------------------------
 
 
 # --- data.index: choosing series from a hospital export (python -m medres.data.index) ---------------
@@ -93,7 +105,7 @@ class DataConfig(_Section):
     image_columns: list[str] = Field(default_factory=lambda: ["image"])  # several = input channels
     mask_column: str | None = "mask"
     spatial_dims: Literal[2, 3] = 3
-    modality: Literal["CT", "MR", "natural"] = "CT"
+    modality: Literal["CT", "MR", "natural", "XR"] = "CT"  # XR: projection radiographs (CR/DX/PNG)
     windows: list[WindowConfig] = Field(default_factory=list)  # CT: one channel per window
     normalize: Literal["window", "zscore", "imagenet", "none"] = "window"
     orientation: str | None = "RAS"
@@ -126,6 +138,7 @@ class DataConfig(_Section):
         return value
     # --- hostile input (issue 8): end -----------------------------------------------------------------
     index: IndexConfig = Field(default_factory=IndexConfig)  # python -m medres.data.index
+    radiograph: RadiographConfig = Field(default_factory=RadiographConfig)  # (radiographs) modality XR
 
 
 class PretrainedConfig(_Section):
@@ -187,6 +200,11 @@ class LossConfig(_Section):
 class OptimConfig(_Section):
     name: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
+    # (bag of tricks, issue 13) lr is stated for this total batch and scaled linearly to the actual one
+    # (batch_size x accumulate x processes; Goyal et al. 2017, He et al. 2018); None: lr is used as is.
+    # The scaled value is logged and saved in the run's config.yaml as lr_scaled.
+    reference_batch_size: int | None = Field(None, ge=1)
+    lr_scaled: float | None = Field(None, gt=0)  # filled in by the run; not to be set by hand
     momentum: float = Field(0.9, ge=0)
     nesterov: bool = False
     weight_decay: float = Field(1e-4, ge=0)

@@ -70,7 +70,8 @@ def similar_patient_ids(df: Any) -> list[DataError]:
 
 def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tuple[int, ...] | None, int, int]:
     """One manifest row (run in a worker process): problems, warnings, resampled shape, counts."""
-    row, case, paths, series_uid, mask_path, ndim, mask_labels, atol, max_voxels, spacing = task
+    (row, case, paths, series_uid, mask_path, ndim, mask_labels, atol, max_voxels, spacing, radiograph,
+     pixel_spacing, view) = task
     problems: list[DataError] = []
     warnings: list[DataError] = []
     shape = None
@@ -92,8 +93,16 @@ def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tupl
         if ndim == 3 and len(spatial) == 3 and 1 in spatial:
             warnings.append(DataError(f"is a one-slice volume {tuple(spatial)} in a 3D cohort", path=paths[0],
                                       row=row, case_id=case, hint="list the whole series, or drop the row"))
-        if mask_path:
-            mask = load_image(mask_path, ndim=ndim, dtype=None, max_voxels=max_voxels)
+        mask = load_image(mask_path, ndim=ndim, dtype=None, max_voxels=max_voxels) if mask_path else None
+        if radiograph is not None:  # radiographs: manifest spacing/view, mask on the image's pixels
+            from medres.data.radiograph import RadiographGeometryd
+
+            views = radiograph.get("views")
+            d = RadiographGeometryd(require_spacing=bool(radiograph.get("require_spacing")),
+                                    views=tuple(views) if views is not None else None)(
+                {"image": image, "mask": mask, "pixel_spacing": pixel_spacing, "view": view})
+            image, mask = d["image"], d["mask"]
+        if mask is not None:
             n_masks = 1
             check_image_mask(image, mask, labels=mask_labels, atol=atol)
     except DataError as err:
@@ -117,7 +126,8 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
                  patch_size: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
                  workers: int | None = None, manifest_only: bool = False,
                  on_progress: Callable[[int, int, int], None] | None = None,
-                 on_problem: Callable[[DataError, bool], None] | None = None) -> CheckResult:
+                 on_problem: Callable[[DataError, bool], None] | None = None,
+                 radiograph: dict | None = None) -> CheckResult:
     """Check every row, file and image/mask pair of a manifest; never stops at the first problem.
 
     Rows are read in ``workers`` processes (default: the CPUs, at most 8; 1 reads in this process).
@@ -126,7 +136,8 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
     images, one-slice volumes in a 3D cohort, a ``patch_size`` larger than every (resampled) image.
     ``manifest_only``: the manifest's columns, rows, labels and paths only, without reading a scan (and
     without importing torch or MONAI: seconds for a large cohort).
-    """
+    ``radiograph`` (``{"require_spacing": bool, "views": [...] | None}``, for ``data.modality: XR``) runs
+    the radiograph checks of ``medres.data.radiograph.RadiographGeometryd`` (spacing, view, mask size)."""
     from medres.data.manifest import validate_manifest  # pandas: imported here, so --help is instant
 
     result = CheckResult()
@@ -158,7 +169,8 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
         mask_path = rec.get(mask_column) if mask_column else None
         tasks.append((row, rec.get("case_id") or None, [rec[c] for c in images],
                       rec.get("series_uid") or None, mask_path or None, ndim, labels, atol, max_voxels,
-                      list(spacing) if spacing else None))
+                      list(spacing) if spacing else None, radiograph,
+                      rec.get("pixel_spacing"), rec.get("view")))
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     shapes = []
 
@@ -231,7 +243,9 @@ def _from_config(path: str) -> dict:
     return {"vocabulary": list(data.labels), "mask_labels": sorted(int(k) for k in data.mask_labels),
             "image_columns": list(data.image_columns), "mask_column": data.mask_column,
             "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest,
-            "max_voxels": data.max_voxels, "patch_size": list(data.patch_size), "spacing": data.spacing}
+            "max_voxels": data.max_voxels, "patch_size": list(data.patch_size), "spacing": data.spacing,
+            "radiograph": {"require_spacing": bool(data.spacing), "views": data.radiograph.views}
+            if data.modality == "XR" else None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, W
 
 from medres.config import DataConfig
 from medres.data.dicom import ACQUISITION_FIELDS, safe_message
+from medres.data.radiograph import RADIOGRAPH_META_FIELDS, RADIOGRAPH_RECORD_KEYS
 from medres.data.transforms import load_transforms, preprocess_signature, sample_transforms
 from medres.errors import DataError
 from medres.utils import atomic_write
@@ -53,7 +54,8 @@ log = logging.getLogger(__name__)
 RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "row")
 _CACHE_VERSION = 1
 _META_KEEP = ("affine", "original_affine", "spatial_shape", "spacing", "space", "original_channel_dim",
-              *ACQUISITION_FIELDS)
+              *ACQUISITION_FIELDS, *RADIOGRAPH_META_FIELDS)
+_LOAD_KEYS = ("image", "mask", *RADIOGRAPH_RECORD_KEYS)  # radiographs: manifest pixel_spacing and view
 
 
 def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[dict[str, Any]]:
@@ -186,13 +188,14 @@ class CaseDataset(Dataset):
 
     def cache_key(self, index: int) -> str:
         files = [file_fingerprint(p) for p in _paths(self.records[index])]
+        extra = {k: self.records[index][k] for k in RADIOGRAPH_RECORD_KEYS if self.records[index].get(k)}
         blob = json.dumps({"v": _CACHE_VERSION, "pipeline": self.signature, "files": files,
-                           "half": self.half}, sort_keys=True)
+                           "half": self.half, **({"record": extra} if extra else {})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _compute(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        d = self.load({k: rec[k] for k in ("image", "mask") if k in rec})
+        d = self.load({k: rec[k] for k in _LOAD_KEYS if k in rec})
         entry: dict[str, Any] = {}
         for k in ("image", "mask"):
             if k in d:
