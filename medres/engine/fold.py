@@ -79,7 +79,7 @@ def _loader(dataset: Any, sampler: EpochSampler, *, batch_size: int, cfg: Config
 
     return build_loader(dataset, batch_size=batch_size, shuffle=False, seed=cfg.train.seed, epoch=epoch,
                         sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=fast.pin_memory,
-                        drop_last=drop_last)
+                        drop_last=drop_last, prefetch_factor=cfg.data.prefetch_factor)
 
 
 def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, dist_info: DistInfo,
@@ -118,9 +118,16 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
     m = cfg.model
     loss_fn = build_loss(cfg.loss, class_counts=counts, num_classes=m.num_classes, seg_classes=m.seg_classes,
                          cls_head=m.cls_head, seg_head=m.seg_head).to(fast.device)
-    optimizer = build_optimizer(model, cfg.optim, extra_params=list(loss_fn.parameters()))
+    from medres.engine.compute import apply_backend_flags, compile_model, use_fused_optimizer
 
-    train_set = build_dataset(data.train, d, train=True, cache_dir=cache_dir, seed=fold_seed)
+    apply_backend_flags(t, fast.device)
+    optimizer = build_optimizer(model, cfg.optim, extra_params=list(loss_fn.parameters()),
+                                fused=use_fused_optimizer(t, fast.device) or None)
+
+    from medres.engine.device_input import device_batches, host_data_config
+
+    train_set = build_dataset(data.train, host_data_config(d), train=True, cache_dir=cache_dir,
+                              seed=fold_seed)
     val_set = build_dataset(data.inner_val, d, train=False, cache_dir=cache_dir) if data.inner_val else None
     labels = [int(r["label"]) for r in data.train]
     weights = balanced_sample_weights(labels).tolist() if cfg.loss.cls.balanced_sampler else None
@@ -146,7 +153,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[fast.device.index] if fast.device.type == "cuda" else None)
     if fast.compile:
-        net = torch.compile(net)
+        net = compile_model(net, t)
 
     def train_loader_for(epoch: int, skip_batches: int) -> tuple[Any, int]:
         sampler = EpochSampler(len(train_set), seed=fold_seed, epoch=epoch, rank=dist_info.rank,
@@ -154,7 +161,8 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
                                weights=weights)
         loader = _loader(train_set, sampler, batch_size=t.batch_size, cfg=cfg, fast=fast, epoch=epoch,
                          drop_last=drop_last)
-        return loader, batches
+        return device_batches(loader, d, fast, seed=fold_seed, epoch=epoch, first_batch=skip_batches,
+                              batch_size=t.batch_size), batches
 
     val_loader = None
     if val_set is not None:

@@ -75,9 +75,11 @@ def param_groups(params: nn.Module | Iterable[Any], weight_decay: float, *, deca
 
 
 def build_optimizer(params: nn.Module | Iterable[Any], optim_cfg: OptimConfig, *,
-                    extra_params: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
+                    extra_params: Iterable[nn.Parameter] = (),
+                    fused: bool | None = None) -> torch.optim.Optimizer:
     """SGD or AdamW over ``params`` (a model, ``{"model": m, "loss": l}``, or (name, param) pairs),
-    with ``extra_params`` (e.g. ``loss.parameters()``: learned task weights) never decayed."""
+    with ``extra_params`` (e.g. ``loss.parameters()``: learned task weights) never decayed.
+    ``fused``: torch's fused kernel (one launch for all parameters; ``medres.engine.compute``)."""
     extra = list(extra_params)
     groups = param_groups(params, optim_cfg.weight_decay, decay_norm_and_bias=optim_cfg.decay_norm_and_bias,
                           extra_params=extra)
@@ -89,8 +91,9 @@ def build_optimizer(params: nn.Module | Iterable[Any], optim_cfg: OptimConfig, *
         if optim_cfg.nesterov and optim_cfg.momentum <= 0:
             raise ConfigError("Nesterov momentum needs optim.momentum > 0", field="optim.nesterov")
         return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               nesterov=optim_cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+                               nesterov=optim_cfg.nesterov, fused=fused)
+    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
+                             fused=fused)
 
 
 def lr_factor(step: int, schedule_cfg: ScheduleConfig, *, epochs: int, steps_per_epoch: int,

@@ -9,6 +9,7 @@ predictions.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,9 @@ def load_cohort(cfg: Config, *, is_main: bool = True) -> tuple[Config, pd.DataFr
         if is_main:
             log.info("demo cohort: %s (generated on first use, %d patients)", Path(d.demo.out).resolve(),
                      d.demo.n_patients)
-            manifest = generate_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed)
+            manifest = generate_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed,
+                                     grid=d.demo.grid, grid_scale=d.demo.grid_scale,
+                                     workers=d.demo.workers or min(os.cpu_count() or 1, 16))
         barrier()
         manifest = broadcast_object(str(manifest) if is_main else None)
         cfg = cfg.model_copy(update={"data": d.model_copy(update={"manifest": str(manifest)})})
@@ -151,8 +154,8 @@ def run_cv(cfg: Config, *, fast: FastPath, dist_info: DistInfo | None = None,
         raise ConfigError(f"fold {bad[0]} does not exist (cv.folds={cfg.cv.folds})", field="cv.folds",
                           hint=f"use --fold 0..{cfg.cv.folds - 1}")
     result = Run(run_dir=run_dir, config=cfg)
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else (run_dir / ".cache" if
-                                                                     cfg.data.cache == "disk" else None)
+    on_disk = cfg.data.cache in ("disk", "mmap")
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else (run_dir / ".cache" if on_disk else None)
     for k in wanted:
         fold_dir = run_dir / f"fold_{k}"
         data = _fold_data(cfg, df, fold_table, k, test)
