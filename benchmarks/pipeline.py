@@ -31,6 +31,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Fill(torch.utils.data.Dataset):
+    """Index -> index, computing the dataset's cache entry on the way (in a worker: in parallel)."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> int:
+        self.ds._located(index, self.ds.cached)
+        return index
+
+
+def _fill(ds: Any, workers: int) -> None:
+    if ds.cache in ("mmap", "disk") and workers > 0:  # entries land on disk, shared with this process
+        for _ in torch.utils.data.DataLoader(_Fill(ds), batch_size=1, num_workers=workers):
+            pass
+    else:
+        for i in range(len(ds)):
+            ds._located(i, ds.cached)
+
+
 def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None) -> dict[str, Any]:
     """Samples/s the training input pipeline delivers on the training device (model removed)."""
     from medres.data.datasets import build_dataset, build_loader, manifest_to_records
@@ -47,8 +70,7 @@ def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None
     folder = folder or Path(tempfile.mkdtemp(prefix="medres-cache-"))
     ds = build_dataset(records, host_data_config(d), train=True, cache_dir=folder, seed=t.seed)
     t0 = time.perf_counter()
-    for i in range(len(ds)):  # preprocess once (or find it cached): not the steady state
-        ds._located(i, ds.cached)
+    _fill(ds, d.num_workers)  # preprocess once (or find it cached): not the steady state
     fill_s = time.perf_counter() - t0
     samples, seconds, first_batch_s, epoch = 0, 0.0, [], 0
     done = 0
