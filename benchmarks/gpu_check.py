@@ -53,6 +53,8 @@ DRY_CT_CHEST = ["data.demo.n_patients=8", "data.spacing=[10,10,10]", "data.patch
                 "model.options.base_channels=8", "train.batch_size=2", "loss.cls.weights=[1,1]",
                 "schedule.warmup_epochs=0", "evaluate.bootstrap_resamples=100"]
 
+DRY_E2E = ["train.epochs=1", "cv.folds=2", "cv.val_fraction=0.34"]
+
 
 class Check:
     """Results so far, rewritten to ``out`` after every stage."""
@@ -358,11 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         ("fullres_switches", lambda: fullres_switches(dry, compiled=False)),
         ("fullres_loader", lambda: fullres_loader(check, out, dry)),
         ("e2e_ct_chest", lambda: e2e("ct_chest.yaml", out, dry,
-                                     [*DRY_CT_CHEST, "train.epochs=1", "cv.folds=2", "cv.val_fraction=0.34"] if dry else
-                                     ["data.num_workers=8"],
+                                     [*DRY_CT_CHEST, *DRY_E2E] if dry else ["data.num_workers=8"],
                                      "fold 0 of 5, all epochs" if not dry else "dry run", 5)),
         ("e2e_fullres", lambda: e2e("ct_chest_fullres.yaml", out, dry,
-                                    [*DRY_FULLRES, "train.epochs=1", "cv.folds=2", "cv.val_fraction=0.34"] if dry else
+                                    [*DRY_FULLRES, *DRY_E2E] if dry else
                                     ["data.demo.n_patients=30", "train.epochs=8"],
                                     "fold 0, 30 patients, 8 epochs" if not dry else "dry run", 5)),
         ("resnet50_compile", lambda: resnet50(dry, "compile")),

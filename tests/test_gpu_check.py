@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow  # ~1 min on a quiet 2-core machine (several processes import torch)
 def test_gpu_check_dry_run(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
-    p = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--out", str(tmp_path), "--dry-run"],
-                       cwd=ROOT, env={**env, "GPU_CHECK_LIMIT_S": "580"}, capture_output=True, text=True,
-                       timeout=600)
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    p = subprocess.run(["bash", str(script), "--out", str(tmp_path), "--dry-run"], cwd=ROOT,
+                       env={**env, "GPU_CHECK_LIMIT_S": "580"}, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     stages = res["stages"]
@@ -29,7 +29,8 @@ def test_gpu_check_dry_run(tmp_path):
     assert stages["pytest_gpu"]["failed"] == 0 and stages["pytest_gpu"]["skipped"] >= 5  # no CUDA here
     r = stages["resnet50"]["eager"]
     assert r["medres"] > 0 and r["torchvision"] > 0
-    assert stages["fullres_loader"]["samples_per_s"] > 0 and stages["fullres_loader"]["loader_over_device"] > 0
+    loader = stages["fullres_loader"]
+    assert loader["samples_per_s"] > 0 and loader["loader_over_device"] > 0
     for e2e in ("e2e_ct_chest", "e2e_fullres"):
         assert stages[e2e]["seconds"] > 0 and stages[e2e]["epochs"] == 1
     table = (tmp_path / "gpu_check.md").read_text()
