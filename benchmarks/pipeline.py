@@ -57,14 +57,14 @@ def _fill(ds: Any, workers: int) -> None:
 def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None) -> dict[str, Any]:
     """Samples/s the training input pipeline delivers on the training device (model removed)."""
     from medres.data.datasets import build_dataset, build_loader, manifest_to_records
+    from medres.engine.compute import resolve_settings
     from medres.engine.device_input import device_batches, host_data_config
-    from medres.engine.precision import resolve_fast_path
     from medres.engine.run import load_cohort
     from medres.engine.sampling import EpochSampler
 
     cfg, df = load_cohort(cfg)
     d, t = cfg.data, cfg.train
-    fast = resolve_fast_path(t, spatial_dims=cfg.model.spatial_dims)
+    fast = resolve_settings(t, spatial_dims=cfg.model.spatial_dims)
     records = manifest_to_records(df, d)
     folder = cache_dir or (Path(d.cache_dir) if d.cache_dir else None)
     folder = folder or Path(tempfile.mkdtemp(prefix="medres-cache-"))
@@ -103,16 +103,20 @@ def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None
 
 def device_rate(cfg: Config, *, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
     """Samples/s of ``train_one_epoch`` on a batch already on the device (input pipeline removed)."""
-    from medres.engine.compute import apply_backend_flags, compile_model, use_fused_optimizer
+    from medres.engine.compute import (
+        apply_backend_flags,
+        compile_model,
+        resolve_settings,
+        use_fused_optimizer,
+    )
     from medres.engine.fold import build_model
     from medres.engine.loop import LoopState, train_one_epoch
     from medres.engine.losses import build_loss
     from medres.engine.optim import build_optimizer
-    from medres.engine.precision import resolve_fast_path
 
     cfg = cfg.resolved()
     m, t, d = cfg.model, cfg.train, cfg.data
-    fast = resolve_fast_path(t, spatial_dims=m.spatial_dims)
+    fast = resolve_settings(t, spatial_dims=m.spatial_dims)
     apply_backend_flags(t, fast.device)
     torch.manual_seed(0)
     model = build_model(cfg).to(fast.device, memory_format=fast.memory_format(m.spatial_dims))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["apply_backend_flags", "use_fused_optimizer", "compile_model"]
+__all__ = ["apply_backend_flags", "use_fused_optimizer", "compile_model", "resolve_settings"]
 
 log = logging.getLogger("medres.engine")
 
@@ -39,3 +39,12 @@ def compile_model(net: nn.Module, train_cfg: Any) -> nn.Module:
     """``torch.compile(net)`` in ``train.compile_mode`` (the first steps then include compile time)."""
     mode = getattr(train_cfg, "compile_mode", "default")
     return torch.compile(net, mode=None if mode == "default" else mode)
+
+
+def resolve_settings(train_cfg: Any, *, spatial_dims: int, local_rank: int = 0) -> Any:
+    """``medres.engine.precision``'s resolved speed settings for ``train_cfg`` (device, autocast dtype,
+    channels_last, pinned memory, compile), whichever name that module gives its resolver."""
+    from medres.engine import precision
+
+    resolve = getattr(precision, "resolve_compute_settings", None) or precision.resolve_fast_path
+    return resolve(train_cfg, spatial_dims=spatial_dims, local_rank=local_rank)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,9 @@ from torch import Tensor
 
 from medres.config import AugmentConfig, DataConfig
 from medres.data.datasets import item_seed
-from medres.engine.precision import FastPath
+
+if TYPE_CHECKING:  # the resolved speed settings (medres.engine.precision); only attributes are used
+    from medres.engine.precision import FastPath
 
 __all__ = ["DeviceAugment", "DeviceBatches", "host_data_config", "device_batches"]
 
@@ -34,8 +36,8 @@ _MOVED = ("image", "mask", "label")
 
 def host_data_config(data_cfg: DataConfig) -> DataConfig:
     """``data_cfg`` with the spatial augmentation left to the device when ``augment_on_device`` is set."""
-    if not (data_cfg.augment_on_device and data_cfg.augment.enabled):
-        return data_cfg
+    if not (data_cfg.augment_on_device and data_cfg.augment.enabled) or data_cfg.modality == "natural":
+        return data_cfg  # natural images keep their own recipe (random-resized crop, horizontal flip)
     aug = data_cfg.augment.model_copy(update={"flip_prob": 0.0, "affine_prob": 0.0})
     return data_cfg.model_copy(update={"augment": aug})
 
@@ -172,7 +174,7 @@ def device_batches(loader: Iterable[Mapping[str, Any]], data_cfg: DataConfig, fa
                    epoch: int, first_batch: int, batch_size: int) -> Iterable[Mapping[str, Any]]:
     """The training loader as the loop should read it: unchanged on the CPU without device augmentation,
     else a :class:`DeviceBatches` (CUDA prefetch and/or ``data.augment_on_device``)."""
-    on_device = data_cfg.augment_on_device and data_cfg.augment.enabled
+    on_device = data_cfg.augment_on_device and data_cfg.augment.enabled and data_cfg.modality != "natural"
     if fast.device.type != "cuda" and not on_device:
         return loader
     augment = DeviceAugment(data_cfg.augment, data_cfg.spatial_dims) if on_device else None

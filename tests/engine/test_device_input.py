@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from medres.config import AugmentConfig, DataConfig, TrainConfig
+from medres.engine.compute import resolve_settings
 from medres.engine.device_input import DeviceAugment, DeviceBatches, device_batches, host_data_config
-from medres.engine.precision import resolve_fast_path
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -49,7 +49,7 @@ def test_batches_resume_mid_epoch_with_the_same_augmentation():
     batches = [{"image": image[i:i + 2], "mask": mask[i:i + 2], "label": torch.tensor([0, 1]),
                 "case_id": [f"c{i}", f"c{i + 1}"]} for i in (0, 2, 4)]
     cfg = DataConfig(augment_on_device=True, augment={"flip_prob": 0.5, "affine_prob": 0.5})
-    fast = resolve_fast_path(TrainConfig(device="cpu"), spatial_dims=3)
+    fast = resolve_settings(TrainConfig(device="cpu"), spatial_dims=3)
     whole = list(device_batches(batches, cfg, fast, seed=1, epoch=2, first_batch=0, batch_size=2))
     resumed = list(device_batches(batches[1:], cfg, fast, seed=1, epoch=2, first_batch=1, batch_size=2))
     assert len(whole) == 3 and len(resumed) == 2
@@ -79,7 +79,7 @@ def test_cuda_batches_arrive_on_the_gpu_from_pinned_memory():
     image, mask = _batch()
     batches = [{"image": image.pin_memory(), "mask": mask.pin_memory(), "label": torch.tensor([0, 1, 0, 1]),
                 "case_id": list("abcd")}] * 3
-    fast = resolve_fast_path(TrainConfig(device="cuda"), spatial_dims=3)
+    fast = resolve_settings(TrainConfig(device="cuda"), spatial_dims=3)
     assert fast.pin_memory
     out = list(DeviceBatches(batches, fast, augment=None, seed=0, epoch=0))
     assert len(out) == 3 and all(b["image"].is_cuda and b["mask"].is_cuda for b in out)

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from medres.config import OptimConfig, TrainConfig
+from medres.engine.compute import resolve_settings
 from medres.engine.loop import LoopState, train_one_epoch
 from medres.engine.optim import build_optimizer
-from medres.engine.precision import resolve_fast_path
 from medres.models import create_model
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any CUDA use
@@ -43,7 +43,7 @@ def _setup(precision: str):
     from medres.config import LossConfig
     from medres.engine.losses import build_loss
 
-    fast = resolve_fast_path(TrainConfig(device="cuda", precision=precision, channels_last=True),
+    fast = resolve_settings(TrainConfig(device="cuda", precision=precision, channels_last=True),
                              spatial_dims=3)
     torch.manual_seed(0)
     model = create_model("dual_resnet10", spatial_dims=3, in_channels=1, num_classes=2, seg_classes=2,
@@ -107,7 +107,7 @@ def test_cuda_switches_resolve_as_documented():
     cfg = TrainConfig(device="cuda")
     assert apply_backend_flags(cfg, torch.device("cuda")) == {"cudnn_benchmark": True}
     assert torch.backends.cudnn.benchmark and use_fused_optimizer(cfg, torch.device("cuda"))
-    fast = resolve_fast_path(cfg, spatial_dims=3)
+    fast = resolve_settings(cfg, spatial_dims=3)
     assert fast.pin_memory and fast.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     assert apply_backend_flags(TrainConfig(cudnn_benchmark=False), torch.device("cuda")) == {
         "cudnn_benchmark": False}
