@@ -148,7 +148,8 @@ class CaseDataset(Dataset):
         records: from :func:`manifest_to_records` (or dicts with ``image`` and optional ``mask``).
         data_cfg: the ``data`` section.
         train: training samples (patch crop + augmentation) or evaluation samples (whole volume).
-        cache: ``"memory"``, ``"disk"`` (needs ``cache_dir``) or ``"none"``.
+        cache: ``"memory"``, ``"disk"`` (needs ``cache_dir``), ``"mmap"`` (memory-mapped ``.npy`` entries
+            under ``cache_dir``: ``medres.data.disk_cache``) or ``"none"``.
         cache_dir: folder of the disk cache (entries named by their key; shared safely between runs).
         seed: the run's seed; augmentation of item ``i`` in epoch ``e`` uses ``item_seed(seed, e, i)``.
     """

@@ -9,6 +9,8 @@ has a NIfTI mask in its own geometry (all zero for ``normal`` scans: annotated n
 
 Geometry: every scan covers a 240 mm cube (64x64x48 at 3.75x3.75x5 mm, 60x60x80 at 4x4x3 mm, 80x80x40
 at 3x3x6 mm), so resampling to the shipped configs' 5 mm spacing gives 48^3 voxels, the patch size.
+``grid="fullres"`` renders the same patients on a clinical grid instead (``FULLRES_SITES``: 0.7-0.9 mm
+pixels, 1.25-2 mm slices, 150-200 slices over a ~250 mm field; ``configs/ct_chest_fullres.yaml``).
 Anatomy (HU): air -1000, subcutaneous fat -100, soft tissue 40, lungs about -850 with a gravity
 gradient, heart 45, spine 250-700, a table, and soft-tissue vessels in the lungs (distractors).
 About a third of the patients have nodules (all their studies labelled ``nodule``; the follow-up's
