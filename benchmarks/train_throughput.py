@@ -16,6 +16,13 @@ on out-of-memory; on CPU the batch is a modest flag-controlled number.
 
     python benchmarks/train_throughput.py --quick            # CPU smoke figures (a few minutes)
     python benchmarks/train_throughput.py                    # on a GPU: the real figures
+
+Input pipeline against the model (``benchmarks/pipeline.py``), for a training configuration (default
+``configs/ct_chest_fullres.yaml``; ``--set`` overrides as for ``medres.train``):
+
+    python benchmarks/train_throughput.py --loader-only      # samples/s of the input pipeline alone
+    python benchmarks/train_throughput.py --device-only      # samples/s of training on on-device data
+    python benchmarks/train_throughput.py --loader-only --device-only   # both, and loader / device
 """
 
 from __future__ import annotations
@@ -182,9 +189,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path")
     p.add_argument("--skip-2d", action="store_true")
     p.add_argument("--skip-3d", action="store_true")
-    p.add_argument("--config", type=Path, default=ROOT / "configs" / "ct_chest.yaml")
+    p.add_argument("--config", type=Path, default=None,
+                   help="3D model spec (default configs/ct_chest.yaml); with --loader-only / --device-only "
+                        "the training configuration measured (default configs/ct_chest_fullres.yaml)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--loader-only", action="store_true",
+                   help="samples/s of the config's input pipeline with the model removed")
+    p.add_argument("--device-only", action="store_true",
+                   help="samples/s of the config's training loop on a batch already on the device")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for --loader-only / --device-only (repeatable)")
+    p.add_argument("--batches", type=int, default=None, help="batches / steps timed in those modes")
     a = p.parse_args(argv)
+    if a.loader_only or a.device_only:
+        pipeline_main(a)
+        return
+    a.config = a.config or ROOT / "configs" / "ct_chest.yaml"
 
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if a.device == "auto" else a.device))
@@ -241,6 +261,26 @@ def main(argv: list[str] | None = None) -> None:
     if a.json:
         a.json.write_text(json.dumps({"device": where, "torch": torch.__version__,
                                       "results": [asdict(r) for r in results]}, indent=2))
+
+
+def pipeline_main(a: argparse.Namespace) -> None:
+    """``--loader-only`` / ``--device-only``: the two rates of one training configuration, and the ratio."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from pipeline import device_rate, loader_rate, report
+
+    from medres.config import load_config
+
+    cfg = load_config(a.config or ROOT / "configs" / "ct_chest_fullres.yaml", a.overrides)
+    if a.device != "auto":
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": a.device})})
+    n = a.batches or (5 if a.quick else 20)
+    loader = loader_rate(cfg, batches=n) if a.loader_only else None
+    device = device_rate(cfg, steps=n, warmup=a.warmup or (1 if a.quick else 3)) if a.device_only else None
+    print(report(loader, device))
+    if a.json:
+        a.json.write_text(json.dumps({"loader": loader, "device": device}, indent=2))
 
 
 if __name__ == "__main__":

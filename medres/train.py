@@ -146,7 +146,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         # -- each fold: train, then predict its held-out cases
         result = Run(run_dir=run_dir, config=cfg)
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else (
-            run_dir / ".cache" if cfg.data.cache == "disk" else None)
+            run_dir / ".cache" if cfg.data.cache in ("disk", "mmap") else None)
         for k in wanted:
             fold_dir = run_dir / f"fold_{k}"
             data = fold_data(cfg, df, fold_table, k, test)

@@ -56,6 +56,10 @@ class DemoConfig(_Section):
     n_patients: int = Field(100, ge=4)
     seed: int = 0
     kind: Literal["ct_chest", "cxr"] = "ct_chest"  # (radiographs) cxr: the chest X-ray demo cohort
+    # --- full-resolution demo grid (issue 11) ---
+    grid: Literal["coarse", "fullres"] = "coarse"  # fullres: 0.7-0.9 mm pixels, 1.25-2 mm slices
+    grid_scale: float = Field(1.0, gt=0)  # voxels this many times larger, same field (quick tests)
+    workers: int = Field(1, ge=0)  # processes rendering scans; 0 = one per CPU core (at most 16)
 
 
 # --- radiographs (issue 13): projection radiographs, data.modality XR --------------------------------
@@ -113,7 +117,8 @@ class DataConfig(_Section):
     patch_size: list[int] = Field(default_factory=lambda: [48, 48, 48])
     pos_fraction: float = Field(0.5, ge=0, le=1)  # share of crops centred on mask foreground
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    cache: Literal["memory", "disk", "none"] = "memory"
+    # mmap: the disk cache as memory-mapped .npy files (float16 / uint8; medres.data.disk_cache)
+    cache: Literal["memory", "disk", "mmap", "none"] = "memory"
     cache_dir: str | None = None  # disk cache folder (default: <output.dir>/.cache)
     num_workers: int = Field(0, ge=0)
     # --- hostile input (issue 8): begin ---------------------------------------------------------------
@@ -139,6 +144,10 @@ class DataConfig(_Section):
     # --- hostile input (issue 8): end -----------------------------------------------------------------
     index: IndexConfig = Field(default_factory=IndexConfig)  # python -m medres.data.index
     radiograph: RadiographConfig = Field(default_factory=RadiographConfig)  # (radiographs) modality XR
+    # --- input pipeline for a GPU (issue 11; medres.engine.device_input) ---
+    prefetch_factor: int | None = Field(None, ge=1)  # batches each worker loads ahead (torch default 2)
+    # random flips / affine on the training device after the copy (batched), not in the workers
+    augment_on_device: bool = False
 
 
 class PretrainedConfig(_Section):
@@ -239,6 +248,11 @@ class TrainConfig(_Section):
     pin_memory: bool | Literal["auto"] = "auto"
     device: str = "auto"
     checkpoint_every_steps: int | None = None
+    # --- GPU fast paths (issue 11; medres.engine.compute). Defaults on a GPU are unmeasured. ---
+    cudnn_benchmark: bool | Literal["auto"] = "auto"  # auto: on with CUDA (fixed patch shapes)
+    fused_optimizer: bool | Literal["auto"] = "auto"  # auto: fused AdamW/SGD kernels with CUDA
+    # torch.compile's mode when train.compile is on; reduce-overhead = CUDA graphs
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     val_every: int = Field(1, ge=1)
 

@@ -9,6 +9,7 @@ demo cohort), then on the other ranks.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -62,13 +63,18 @@ def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
         if d.demo is None:
             raise ConfigError("no data: set data.manifest (a CSV), data.image_folder or data.demo",
                               field="data.manifest")
-        from medres.data.demo import generate_demo
-
         log.info("demo cohort: %s (generated on first use, %d patients)", Path(d.demo.out).resolve(),
                  d.demo.n_patients)
         if d.demo.kind == "cxr":  # the chest X-ray demo (medres.data.demo_cxr)
-            from medres.data.demo_cxr import generate_cxr_demo as generate_demo  # noqa: F811
-        manifest = generate_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed)
+            from medres.data.demo_cxr import generate_cxr_demo
+
+            manifest = generate_cxr_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed)
+        else:
+            from medres.data.demo import generate_demo
+
+            manifest = generate_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed,
+                                     grid=d.demo.grid, grid_scale=d.demo.grid_scale,
+                                     workers=d.demo.workers or min(os.cpu_count() or 1, 16))
         cfg = cfg.model_copy(update={"data": d.model_copy(update={"manifest": str(manifest)})})
     df = read_manifest(cfg.data.manifest, vocabulary=cfg.data.labels, root=cfg.data.root)
     return cfg, df

@@ -155,16 +155,17 @@ class CaseDataset(Dataset):
         records: from :func:`manifest_to_records` (or dicts with ``image`` and optional ``mask``).
         data_cfg: the ``data`` section.
         train: training samples (patch crop + augmentation) or evaluation samples (whole volume).
-        cache: ``"memory"``, ``"disk"`` (needs ``cache_dir``) or ``"none"``.
+        cache: ``"memory"``, ``"disk"`` (needs ``cache_dir``), ``"mmap"`` (memory-mapped ``.npy`` entries
+            under ``cache_dir``: ``medres.data.disk_cache``) or ``"none"``.
         cache_dir: folder of the disk cache (entries named by their key; shared safely between runs).
         seed: the run's seed; augmentation of item ``i`` in epoch ``e`` uses ``item_seed(seed, e, i)``.
     """
 
     def __init__(self, records: Sequence[Mapping[str, Any]], data_cfg: DataConfig, *, train: bool,
-                 cache: Literal["memory", "disk", "none"] = "memory",
+                 cache: Literal["memory", "disk", "mmap", "none"] = "memory",
                  cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> None:
-        if cache == "disk" and cache_dir is None:
-            raise ValueError("cache='disk' needs a cache_dir")
+        if cache in ("disk", "mmap") and cache_dir is None:
+            raise ValueError(f"cache={cache!r} needs a cache_dir")
         self.records = [dict(r) for r in records]
         self.cfg, self.train, self.cache, self.seed = data_cfg, train, cache, int(seed)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -236,6 +237,16 @@ class CaseDataset(Dataset):
                 return hit[1]
             entry = self._compute(index)
             self._memory[index] = (key, entry)
+        elif self.cache == "mmap":  # memory-mapped .npy entries (medres.data.disk_cache)
+            from medres.data.disk_cache import MmapCache
+
+            store = MmapCache(self.cache_dir)
+            entry = store.get(key)
+            if entry is not None:
+                self.stats["hits"] += 1
+                return entry
+            entry = self._compute(index)
+            store.put(key, entry)
         else:
             path = self.cache_dir / f"{key}.pt"
             entry = self._read_disk(path) if path.exists() else None
@@ -331,8 +342,8 @@ def build_dataset(records: Sequence[Mapping[str, Any]], data_cfg: DataConfig, *,
     default ``data.cache_dir``; with neither, the memory cache)."""
     cache = data_cfg.cache
     folder = cache_dir if cache_dir is not None else data_cfg.cache_dir
-    if cache == "disk" and folder is None:
-        log.info("data.cache is 'disk' but no cache folder is set; caching in memory")
+    if cache in ("disk", "mmap") and folder is None:
+        log.info("data.cache is %r but no cache folder is set; caching in memory", cache)
         cache = "memory"
     return CaseDataset(records, data_cfg, train=train, cache=cache, cache_dir=folder, seed=seed)
 
@@ -354,7 +365,8 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
                  sampler: Sampler | Literal["balanced"] | None = None, num_workers: int = 0,
-                 distributed: bool = False, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+                 distributed: bool = False, drop_last: bool = False, pin_memory: bool = False,
+                 prefetch_factor: int | None = None) -> DataLoader:
     """A DataLoader whose order is a pure function of ``(seed, epoch)``.
 
     Args:
@@ -364,6 +376,7 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int,
             seeded), or None.
         distributed: split the samples over ranks with ``DistributedSampler`` (seeded, ``set_epoch``).
         num_workers: worker processes; a memory cache is filled first so that workers share it.
+        prefetch_factor: batches each worker loads ahead (with workers; torch's default 2 when None).
     """
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -383,4 +396,4 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int,
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
                       sampler=sampler, num_workers=num_workers, collate_fn=list_data_collate,
                       generator=_generator(seed, epoch), drop_last=drop_last, pin_memory=pin_memory,
-                      persistent_workers=False)
+                      persistent_workers=False, prefetch_factor=prefetch_factor if num_workers > 0 else None)

@@ -9,6 +9,8 @@ has a NIfTI mask in its own geometry (all zero for ``normal`` scans: annotated n
 
 Geometry: every scan covers a 240 mm cube (64x64x48 at 3.75x3.75x5 mm, 60x60x80 at 4x4x3 mm, 80x80x40
 at 3x3x6 mm), so resampling to the shipped configs' 5 mm spacing gives 48^3 voxels, the patch size.
+``grid="fullres"`` renders the same patients on a clinical grid instead (``FULLRES_SITES``: 0.7-0.9 mm
+pixels, 1.25-2 mm slices, 150-200 slices over a ~250 mm field; ``configs/ct_chest_fullres.yaml``).
 Anatomy (HU): air -1000, subcutaneous fat -100, soft tissue 40, lungs about -850 with a gravity
 gradient, heart 45, spine 250-700, a table, and soft-tissue vessels in the lungs (distractors).
 About a third of the patients have nodules (all their studies labelled ``nodule``; the follow-up's
@@ -30,14 +32,15 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from medres.errors import DataError
 
-__all__ = ["generate_demo", "DEMO_VERSION", "SITES"]
+__all__ = ["generate_demo", "DEMO_VERSION", "SITES", "FULLRES_SITES", "demo_sites"]
 
 DEMO_VERSION = 2  # bump when the output changes: older cohorts on disk are then regenerated
 _STAMP = "demo_cohort.json"
@@ -70,6 +73,31 @@ SITES = (
     Site("site_b", "Nordlys Imaging", "Aurora 16", "nifti", 4.0, 60, 3.0, 80, 45.0, (-1, -1, 1)),
     Site("site_c", "Helix Systems", "Spiral 128", "nifti", 3.0, 80, 6.0, 40, 18.0, (1, 1, 1)),
 )
+
+# The full-resolution grid (``grid="fullres"``): the same anatomy, nodules and sites on a clinical chest-CT
+# grid: 0.7-0.9 mm pixels, 278-357 pixels across a ~250 mm field, 1.25-2.0 mm slices, 150-200 slices
+# (14-20 million voxels per scan; ~7 s each to render on one core, hence ``workers``).
+FULLRES_SITES = (
+    Site("site_a", "Acme Medical", "Voxa 64", "dicom", 0.78, 320, 1.25, 200, 30.0, (-1, -1, 1)),
+    Site("site_b", "Nordlys Imaging", "Aurora 16", "nifti", 0.86, 290, 1.5, 168, 45.0, (-1, -1, 1)),
+    Site("site_c", "Helix Systems", "Spiral 128", "nifti", 0.7, 357, 2.0, 150, 18.0, (1, 1, 1)),
+)
+
+
+def demo_sites(grid: str = "coarse", grid_scale: float = 1.0) -> tuple[Site, ...]:
+    """The sites of a grid (``coarse``: the 240 mm cube at 3-6 mm; ``fullres``: clinical spacing), with
+    every voxel ``grid_scale`` times larger and the field of view kept (``grid_scale > 1``: quick tests)."""
+    if grid not in ("coarse", "fullres"):
+        raise DataError(f"unknown demo grid {grid!r}", hint="use coarse or fullres")
+    if not grid_scale > 0:
+        raise DataError(f"demo grid_scale must be positive, got {grid_scale}", hint="use 1.0 (or more)")
+    sites = SITES if grid == "coarse" else FULLRES_SITES
+    if grid_scale == 1.0:
+        return sites
+    return tuple(replace(s, pixel_mm=s.pixel_mm * grid_scale, slice_mm=s.slice_mm * grid_scale,
+                         n=max(8, round(s.n / grid_scale)), n_slices=max(8, round(s.n_slices / grid_scale)))
+                 for s in sites)
+
 
 # nodule kinds: (share of the nodule patients, radius range in mm); 12.5-30 mm is 2.5-6 voxels at 5 mm.
 # Shares are exact quotas (not draws), so every cohort size and seed has the same mix of easy and hard.
@@ -213,9 +241,10 @@ def _render(p: _Patient, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, growth:
     return hu, mask
 
 
-def _scan(p: _Patient, study: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Site]:
+def _scan(p: _Patient, study: int, seed: int, sites: tuple[Site, ...] = SITES
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Site]:
     """One study of a patient on its site's grid: (HU int16 [X,Y,Z], mask uint8 [X,Y,Z], RAS affine, site)."""
-    site = SITES[p.studies[study]]
+    site = sites[p.studies[study]]
     r = _rng(seed, 3, p.index, study)
     shift = r.uniform(-8, 8, size=3) if study else np.zeros(3)  # repositioned patient at follow-up
     growth = 1.0 + 0.15 * study
@@ -298,18 +327,32 @@ def _write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, site: 
         ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
 
 
-def _is_complete(out: Path, n_patients: int, seed: int) -> bool:
+def _is_complete(out: Path, n_patients: int, seed: int, grid: str = "coarse",
+                 grid_scale: float = 1.0) -> bool:
     try:
         stamp = json.loads((out / _STAMP).read_text())
     except (OSError, ValueError):
         return False
     if (stamp.get("version"), stamp.get("n_patients"), stamp.get("seed")) != (DEMO_VERSION, n_patients, seed):
         return False
+    if (stamp.get("grid", "coarse"), float(stamp.get("grid_scale", 1.0))) != (grid, float(grid_scale)):
+        return False
     return all((out / f).exists() for f in stamp.get("files", []))
 
 
-def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: int = 0) -> Path:
+def _scan_job(job: tuple[_Patient, int, int, tuple[Site, ...]]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Site]:
+    return _scan(*job)
+
+
+def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: int = 0, grid: str = "coarse",
+                  grid_scale: float = 1.0, workers: int = 1) -> Path:
     """Write the demo cohort under ``out`` and return the path of its ``manifest.csv``.
+
+    ``grid``: ``coarse`` (the 240 mm cube at 3-6 mm, the shipped configs) or ``fullres`` (0.7-0.9 mm
+    pixels, 1.25-2 mm slices: ``configs/ct_chest_fullres.yaml``), see :func:`demo_sites`; patients,
+    anatomy and nodule quotas do not depend on the grid. ``workers`` > 1 renders scans in that many
+    processes (the output is the same).
 
     Reuses ``out`` when it already holds a complete cohort for the same ``n_patients`` and ``seed``.
     Writing goes to a sibling temporary folder renamed into place at the end, so an interrupted or
@@ -319,7 +362,8 @@ def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: i
     if n_patients < 4:
         raise DataError(f"the demo cohort needs at least 4 patients, got {n_patients}", path=out,
                         hint="use --n-patients 4 or more")
-    if _is_complete(out, n_patients, seed):
+    sites = demo_sites(grid, grid_scale)
+    if _is_complete(out, n_patients, seed, grid, grid_scale):
         return out / "manifest.csv"
     if out.exists() and any(out.iterdir()) and not (out / _STAMP).exists():
         raise DataError("the folder is not empty and holds no demo cohort; medres will not overwrite it",
@@ -332,35 +376,40 @@ def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: i
     rows, files = [], []
     from pydicom.uid import generate_uid
 
-    for p in _plan(n_patients, seed):
-        for study in range(len(p.studies)):
-            hu, mask, affine, site = _scan(p, study, seed)
-            case = f"P{p.index + 1:04d}_S{study + 1}"
-            uids = {k: str(generate_uid(entropy_srcs=[f"medres-demo-{seed}-{p.index}-{study}-{k}"]))
-                    for k in ("study", "series", "frame")}
-            if site.fmt == "dicom":
-                image = f"images/{case}"
-                _write_dicom_series(tmp / image, hu, affine, site, p, study, uids, seed)
-                files += [f"{image}/IM{k + 1:04d}.dcm" for k in range(hu.shape[2])]
-            else:
-                image = f"images/{case}.nii.gz"
-                _write_nifti(tmp / image, hu, affine)
-                files.append(image)
-            mask_path = f"masks/{case}.nii.gz"
-            _write_nifti(tmp / mask_path, mask, affine)
-            files.append(mask_path)
-            rows.append({"case_id": case, "patient_id": f"P{p.index + 1:04d}", "study_uid": uids["study"],
-                         "image": image, "mask": mask_path, "label": "nodule" if p.nodules else "normal",
-                         "site": site.name, "scanner": site.scanner, "sex": p.sex, "age": str(p.age + study)})
+    jobs = [(p, study, seed, sites) for p in _plan(n_patients, seed) for study in range(len(p.studies))]
+    pool = ProcessPoolExecutor(min(workers, len(jobs))) if workers > 1 else None
+    scans = pool.map(_scan_job, jobs) if pool is not None else map(_scan_job, jobs)
+    for (p, study, _, _), (hu, mask, affine, site) in zip(jobs, scans):
+        case = f"P{p.index + 1:04d}_S{study + 1}"
+        uids = {k: str(generate_uid(entropy_srcs=[f"medres-demo-{seed}-{p.index}-{study}-{k}"]))
+                for k in ("study", "series", "frame")}
+        if site.fmt == "dicom":
+            image = f"images/{case}"
+            _write_dicom_series(tmp / image, hu, affine, site, p, study, uids, seed)
+            files += [f"{image}/IM{k + 1:04d}.dcm" for k in range(hu.shape[2])]
+        else:
+            image = f"images/{case}.nii.gz"
+            _write_nifti(tmp / image, hu, affine)
+            files.append(image)
+        mask_path = f"masks/{case}.nii.gz"
+        _write_nifti(tmp / mask_path, mask, affine)
+        files.append(mask_path)
+        rows.append({"case_id": case, "patient_id": f"P{p.index + 1:04d}", "study_uid": uids["study"],
+                     "image": image, "mask": mask_path, "label": "nodule" if p.nodules else "normal",
+                     "site": site.name, "scanner": site.scanner, "sex": p.sex, "age": str(p.age + study)})
     with open(tmp / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     files.append("manifest.csv")
+    if pool is not None:
+        pool.shutdown()
     stamp = {"version": DEMO_VERSION, "n_patients": n_patients, "seed": seed, "n_scans": len(rows),
              "files": files}
+    if (grid, float(grid_scale)) != ("coarse", 1.0):  # a coarse cohort's stamp stays as it was
+        stamp.update(grid=grid, grid_scale=float(grid_scale))
     (tmp / _STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
-    if _is_complete(out, n_patients, seed):  # a concurrent generation finished first
+    if _is_complete(out, n_patients, seed, grid, grid_scale):  # a concurrent generation finished first
         shutil.rmtree(tmp)
     else:
         if out.exists():  # an older demo cohort (other seed/size/version): replace it

@@ -93,6 +93,8 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     """
     from medres import __version__
     from medres.data.datasets import balanced_sample_weights, build_dataset, build_loader
+    from medres.engine.compute import apply_backend_flags, compile_model, use_fused_optimizer
+    from medres.engine.device_input import device_batches, host_data_config
     from medres.engine.losses import build_loss
     from medres.engine.optim import build_optimizer, build_scheduler
 
@@ -124,10 +126,14 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     counts = [sum(1 for r in data.train if int(r["label"]) == c) for c in range(m.num_classes)]
     loss_fn = build_loss(cfg.loss, class_counts=counts, num_classes=m.num_classes, seg_classes=m.seg_classes,
                          cls_head=m.cls_head, seg_head=m.seg_head).to(compute.device)
-    optimizer = build_optimizer(model, cfg.optim, extra_params=list(loss_fn.parameters()))
+    apply_backend_flags(t, compute.device)
+    optimizer = build_optimizer(model, cfg.optim, extra_params=list(loss_fn.parameters()),
+                                fused=use_fused_optimizer(t, compute.device) or None)
 
-    # -- data: a seeded sampler per epoch, so epoch e's order and augmentation are f(seed, e, index)
-    train_set = build_dataset(data.train, cfg.data, train=True, cache_dir=cache_dir, seed=fold_seed)
+    # -- data: a seeded sampler per epoch, so epoch e's order and augmentation are f(seed, e, index);
+    # with data.augment_on_device the random spatial transforms run on the batch after the copy
+    train_set = build_dataset(data.train, host_data_config(cfg.data), train=True, cache_dir=cache_dir,
+                              seed=fold_seed)
     weights = (balanced_sample_weights([int(r["label"]) for r in data.train]).tolist()
                if cfg.loss.cls.balanced_sampler else None)
     per_rank = math.ceil(len(train_set) / dist_info.world_size)
@@ -141,7 +147,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     def loader(dataset: Any, sampler: EpochSampler, batch_size: int, epoch: int, drop: bool = False) -> Any:
         return build_loader(dataset, batch_size=batch_size, shuffle=False, seed=t.seed, epoch=epoch,
                             sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=compute.pin_memory,
-                            drop_last=drop)
+                            drop_last=drop, prefetch_factor=cfg.data.prefetch_factor)
 
     val_loader = None
     if data.inner_val:
@@ -164,7 +170,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[compute.device.index] if compute.device.type == "cuda" else None)
     if compute.compile:
-        net = torch.compile(net)
+        net = compile_model(net, t)
 
     meta = {"config": cfg.model_dump(mode="json"), "model_spec": model_spec(cfg),
             "medres_version": __version__, "fold": data.fold}
@@ -204,8 +210,11 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
             sampler = EpochSampler(len(train_set), seed=fold_seed, epoch=state.epoch, rank=dist_info.rank,
                                    world_size=dist_info.world_size, skip=state.batch_in_epoch * t.batch_size,
                                    weights=weights)
+            batches = device_batches(loader(train_set, sampler, t.batch_size, state.epoch, drop_last),
+                                     cfg.data, compute, seed=fold_seed, epoch=state.epoch,
+                                     first_batch=state.batch_in_epoch, batch_size=t.batch_size)
             stopped = train_one_epoch(
-                net, loader(train_set, sampler, t.batch_size, state.epoch, drop_last), loss_fn, optimizer,
+                net, batches, loss_fn, optimizer,
                 scheduler, scaler, compute, state, spatial_dims=m.spatial_dims, accumulate=t.accumulate,
                 clip_grad_norm=t.clip_grad_norm, total_batches=n_batches,
                 should_stop=lambda: should_stop() is not None, on_step=mid_epoch_checkpoint,

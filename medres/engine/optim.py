@@ -101,10 +101,12 @@ def with_scaled_lr(cfg: Any, *, world_size: int = 1) -> Any:
 
 
 def build_optimizer(params: nn.Module | Iterable[Any], optim_cfg: OptimConfig, *,
-                    extra_params: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
+                    extra_params: Iterable[nn.Parameter] = (),
+                    fused: bool | None = None) -> torch.optim.Optimizer:
     """SGD or AdamW over ``params`` (a model, ``{"model": m, "loss": l}``, or (name, param) pairs),
     with ``extra_params`` (e.g. ``loss.parameters()``: learned task weights) never decayed. The learning
-    rate is ``optim.lr_scaled`` when the run filled it in (:func:`with_scaled_lr`), else ``optim.lr``."""
+    rate is ``optim.lr_scaled`` when the run filled it in (:func:`with_scaled_lr`), else ``optim.lr``.
+    ``fused``: torch's fused kernel (one launch for all parameters; ``medres.engine.compute``)."""
     extra = list(extra_params)
     groups = param_groups(params, optim_cfg.weight_decay, decay_norm_and_bias=optim_cfg.decay_norm_and_bias,
                           extra_params=extra)
@@ -116,8 +118,9 @@ def build_optimizer(params: nn.Module | Iterable[Any], optim_cfg: OptimConfig, *
     if optim_cfg.name == "sgd":
         if optim_cfg.nesterov and optim_cfg.momentum <= 0:
             raise ConfigError("Nesterov momentum needs optim.momentum > 0", field="optim.nesterov")
-        return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+        return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov,
+                               fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=fused)
 
 
 def lr_factor(step: int, schedule_cfg: ScheduleConfig, *, epochs: int, steps_per_epoch: int,

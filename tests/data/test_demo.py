@@ -119,3 +119,31 @@ def test_full_size_plan() -> None:
     solid = [float(np.mean(p.nodules[0].semi)) / 5.0 for p in patients
              if p.nodules and p.nodules[0].kind == "solid"]
     assert min(radii) > 1.0 and max(radii) < 6.5 and min(solid) > 2.2
+
+
+def test_fullres_grid_same_cohort_on_a_finer_grid_and_parallel_rendering_is_identical(tmp_path):
+    import nibabel as nib
+
+    from medres.data.demo import FULLRES_SITES, demo_sites
+
+    # the grid table: clinical spacing, same three sites
+    assert [s.name for s in FULLRES_SITES] == [s.name for s in SITES]
+    scaled = demo_sites("fullres", 6.0)
+    for s, f in zip(scaled, FULLRES_SITES):  # larger voxels, the same field of view
+        assert abs(s.pixel_mm * s.n - f.pixel_mm * f.n) < 6.0 * f.pixel_mm
+    coarse = pd.read_csv(generate_demo(tmp_path / "coarse", n_patients=6, seed=0, grid_scale=2.0))
+    one = generate_demo(tmp_path / "one", n_patients=6, seed=0, grid="fullres", grid_scale=6.0)
+    two = generate_demo(tmp_path / "two", n_patients=6, seed=0, grid="fullres", grid_scale=6.0, workers=2)
+    fine = pd.read_csv(one)
+    # same patients, studies, labels and sites: only the grid differs
+    cols = ["case_id", "patient_id", "label", "site", "sex", "age"]
+    assert fine[cols].equals(coarse[cols])
+    files = sorted(p.relative_to(one.parent) for p in one.parent.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two.parent) for p in two.parent.rglob("*") if p.is_file())
+    assert all((one.parent / f).read_bytes() == (two.parent / f).read_bytes() for f in files)
+    row = fine[fine["site"] == "site_b"].iloc[0]
+    zooms = nib.load(str(one.parent / row["mask"])).header.get_zooms()
+    site_b = FULLRES_SITES[1]
+    assert zooms == pytest.approx([site_b.pixel_mm * 6] * 2 + [site_b.slice_mm * 6], rel=1e-5)
+    nodule = fine[fine["label"] == "nodule"].iloc[0]
+    assert np.asarray(nib.load(str(one.parent / nodule["mask"])).dataobj).any()

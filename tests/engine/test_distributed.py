@@ -9,6 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
+from torch.utils.data import Dataset, get_worker_info
 
 from medres.engine.distributed import gather_records
 from medres.engine.sampling import EpochSampler
@@ -50,3 +51,31 @@ def test_padded_duplicates_are_dropped_by_index():
     records = [{"index": i, "case_id": f"c{i}"} for share in shares for i in share]
     gathered = gather_records(records)
     assert [r["index"] for r in gathered] == [0, 1, 2, 3, 4]
+
+
+class _WhoLoads(Dataset):
+    """Index -> (index, worker id): which DataLoader worker produced each sample."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> dict:
+        info = get_worker_info()
+        return {"index": index, "worker": info.id if info is not None else -1}
+
+
+def test_cohort_is_sharded_over_ranks_and_workers_without_duplicates():
+    from medres.data.datasets import build_loader
+
+    seen = []
+    for rank in (0, 1):  # the engine's sampler for each of 2 ranks, each loader with 2 worker processes
+        sampler = EpochSampler(12, seed=0, epoch=3, rank=rank, world_size=2)
+        loader = build_loader(_WhoLoads(), batch_size=2, shuffle=False, seed=0, epoch=3, sampler=sampler,
+                              num_workers=2)
+        for batch in loader:
+            seen += [(rank, int(w), int(i)) for i, w in zip(batch["index"], batch["worker"])]
+    indices = [i for _, _, i in seen]
+    assert sorted(indices) == list(range(12))  # every case once, none twice
+    for rank in (0, 1):
+        assert {w for r, w, _ in seen if r == rank} == {0, 1}  # both workers of each rank loaded some
+    assert {i for r, _, i in seen if r == 0}.isdisjoint({i for r, _, i in seen if r == 1})
