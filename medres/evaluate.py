@@ -24,6 +24,7 @@ from medres.metrics.segmentation import segmentation_metrics
 from medres.report import build_bundle, load_run, provenance
 from medres.report.cohort import SPACING_COLUMNS
 from medres.report.run_folder import RunData
+from medres.report.test_split import test_segmentation_cases
 
 __all__ = ["evaluate_run", "segmentation_cases", "add_spacing", "main"]
 
@@ -119,6 +120,7 @@ def evaluate_run(
     out = Path(output) if output is not None else run.run_dir / "report"
     run.predictions = add_spacing(run.predictions)
     seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
+    test_seg = test_segmentation_cases(run, segmentation_cases)  # issue 10: test split, folds and ensemble
     items, note = gallery(run, seg, gallery_size)
     other = load_run(compare) if compare is not None else None
     prov = provenance(run.config, run.run_dir, run.checkpoints, report_seed=run.config.train.seed)
@@ -131,6 +133,7 @@ def evaluate_run(
         compare=other,
         seg_policy=SEG_POLICY.format(tol=run.config.evaluate.nsd_tolerance_mm),
         gallery_note=note,
+        test_seg_cases=test_seg,
     )
     log.info("report written to %s", out / "report.html")
     return out / "report.html"

@@ -170,6 +170,11 @@ def run_cv(cfg: Config, *, fast: FastPath, dist_info: DistInfo | None = None,
         barrier()
 
     complete = all((run_dir / f"fold_{k}" / "predictions.parquet").exists() for k in range(cfg.cv.folds))
+    if dist_info.is_main and predict and complete and len(test):  # issue 10: the test split by the ensemble
+        from medres.data.datasets import manifest_to_records
+        from medres.engine.ensemble import write_test_ensemble
+
+        write_test_ensemble(run_dir, manifest_to_records(test, cfg.data), cfg, device=fast.device)
     if dist_info.is_main and evaluate and predict and complete:
         result.report = _evaluate(run_dir)
     elif dist_info.is_main and not complete:
@@ -191,6 +196,9 @@ def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, fa
         if records:
             write_fold_predictions(run_dir, data.fold, model, records, cfg, name, masks=masks,
                                    device=fast.device)
+    from medres.engine.calibrate import calibrate_fold  # issue 10: fitted on inner validation only
+
+    calibrate_fold(fold_dir, cfg)
     log.info("fold %d predictions: %s", data.fold, (fold_dir / "predictions.parquet").resolve())
 
 
