@@ -149,7 +149,8 @@ def build_bundle(
         _record("pooled", "calibration_intercept", fit.intercept, note=fit_note or fit.reason, **common),
         _record("pooled", "calibration_slope", fit.slope, note=fit_note or fit.reason, **common),
     ]
-    recal = calibration_section(preds, cfg, positive=task.positive, n_bins=ECE_BINS, seed=seed)  # issue 10
+    recal = calibration_section(preds, cfg, positive=task.positive, n_bins=ECE_BINS, seed=seed,
+                                run_dir=run.run_dir)  # issue 10
     records += recal[0]
     if len(cfg.data.labels) > 2:
         for f in sorted(preds["fold"].unique()):

@@ -11,7 +11,9 @@ metric (``medres.metrics.calibration.weighted_ece``), Brier through the vectoris
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,9 +86,32 @@ def _figure(curves: dict[str, object], n_bins: int) -> str:
     return figures.to_data_uri(fig)
 
 
+def fold_maps(run_dir: str | Path | None) -> dict[int, dict]:
+    """Each fold's fitted map (``fold_k/calibration.json``) by fold number."""
+    out: dict[int, dict] = {}
+    for path in sorted(Path(run_dir).glob("fold_*/calibration.json")) if run_dir is not None else []:
+        try:
+            out[int(path.parent.name.split("_")[1])] = json.loads(path.read_text())
+        except (ValueError, OSError):
+            continue
+    return out
+
+
+def _describe(k: int, cal: dict) -> str:
+    if cal.get("method") == "temperature":
+        what = f"temperature T = {cal['temperature']:.3g}"
+    elif cal.get("method") == "platt":
+        what = f"Platt a = {cal['a']:.3g}, b = {cal['b']:.3g}"
+    else:
+        what = "identity (" + (cal.get("note") or "none") + ")"
+    return f"fold {k}: {what}, {cal.get('n', 0)} inner-validation cases"
+
+
 def calibration_section(preds: pd.DataFrame, config: Config, *, positive: str, n_bins: int = 10,
-                        seed: int = 0) -> tuple[list[dict], pd.DataFrame, str, str]:
-    """Records, the before/after table, the reliability figure (data URI) and the section's note."""
+                        seed: int = 0, run_dir: str | Path | None = None
+                        ) -> tuple[list[dict], pd.DataFrame, str, str]:
+    """Records, the before/after table, the reliability figure (data URI) and the section's note
+    (with each fold's fitted map, read from ``run_dir/fold_k/calibration.json``)."""
     labels = list(config.data.labels)
     y = (preds["y_true"].to_numpy() == labels.index(positive)).astype(np.int8)
     g = preds["patient_id"].astype(str).to_numpy()
@@ -113,6 +138,9 @@ def calibration_section(preds: pd.DataFrame, config: Config, *, positive: str, n
                 "calibration.json). Every other section of this report (discrimination, operating points, "
                 "decision curve, subgroups, test set) uses the calibrated probabilities; AUROC is unchanged "
                 "by temperature scaling, which keeps each case's ranking.")
+        maps = fold_maps(run_dir)
+        if maps:
+            note += " Fitted maps: " + "; ".join(_describe(k, c) for k, c in maps.items()) + "."
     return recs, pd.DataFrame(rows), _figure(curves, n_bins), note
 
 
