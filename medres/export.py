@@ -28,7 +28,6 @@ export alone.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -40,13 +39,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medres.engine.members import EXPORT_FORMAT, load_export, sha256_file
 from medres.errors import ConfigError, DataError, MedresError
 
 __all__ = ["export_run", "load_export", "main", "EXPORT_FORMAT", "MAX_ABS_DIFF"]
 
 log = logging.getLogger("medres.export")
 
-EXPORT_FORMAT = 1
 #: The largest difference of probabilities accepted between an exported graph and PyTorch.
 MAX_ABS_DIFF = 1e-4
 FORMATS = ("onnx", "torchscript")
@@ -55,14 +54,6 @@ ONNX_OPSET = 17
 #: Config fields that name files or folders (of the data, the run or pretrained weights): never exported.
 _PATH_FIELDS = {"data": ("manifest", "demo", "image_folder", "root", "cache_dir"), "model": ("pretrained",),
                 "cv": ("folds_file",)}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_config(config: Any) -> dict:
@@ -314,7 +305,7 @@ def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequenc
     checks = _run_checks(run_dir, out, config, models, members, ensemble_file, example) if check else {}
     (out / "checks.json").write_text(json.dumps(checks, indent=1) + "\n")
     versions = _versions()
-    hashes = {p.name: _sha256(p) for p in sorted(out.iterdir())
+    hashes = {p.name: sha256_file(p) for p in sorted(out.iterdir())
               if p.suffix in (".onnx", ".pt", ".safetensors") or p.name == "checks.json"}
     meta = {"format": EXPORT_FORMAT, "config": cfg_plain, "labels": list(config.data.labels),
             "members": members, "ensemble_onnx": ensemble_file, "onnx_opset": ONNX_OPSET,
@@ -543,43 +534,6 @@ def card_markdown(card: Mapping) -> str:
               "## Files (SHA-256)", ""]
     lines += [f"- {k}: `{v}`" for k, v in card["sha256"].items()]
     return "\n".join(lines) + "\n"
-
-
-def load_export(folder: str | Path) -> tuple[list[Any], Any, list[dict | None], list[str]]:
-    """Models (PyTorch, from the safetensors weights), Config, calibration maps and member names of an
-    export folder: everything ``Predictor`` needs, without the run folder."""
-    from safetensors.torch import load_file
-
-    from medres.config import Config
-    from medres.models import create_model
-
-    folder = Path(folder)
-    meta_path = folder / "export.json"
-    if not meta_path.is_file():
-        raise DataError("not a medres export (no export.json)", path=folder,
-                        hint="pass a folder written by python -m medres.export")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != EXPORT_FORMAT:
-        raise DataError(f"export format {meta.get('format')!r} is not {EXPORT_FORMAT}", path=meta_path)
-    try:
-        config = Config.model_validate(meta["config"])
-    except Exception as exc:  # noqa: BLE001 - a pydantic error: the export was edited or is damaged
-        raise DataError(f"the export's configuration is invalid: {str(exc).splitlines()[0]}",
-                        path=meta_path) from None
-    models, cals, names = [], [], []
-    for mm in meta["members"]:
-        path = folder / mm["files"]["safetensors"]
-        if not path.is_file():
-            raise DataError("weights file missing", path=path, hint="copy the whole export folder")
-        digest = meta.get("sha256", {}).get(path.name)
-        if digest is not None and _sha256(path) != digest:
-            raise DataError("weights file does not match its SHA-256 in export.json", path=path)
-        model = create_model(mm["model_spec"]["name"], **mm["model_spec"]["kwargs"])
-        model.load_state_dict(load_file(str(path)))
-        models.append(model.eval())
-        cals.append(mm.get("calibration"))
-        names.append(mm["name"])
-    return models, config, cals, names
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,8 +55,8 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
     Returns the map (``fit_calibration``'s dict plus ``fitted_on``, ``case_ids_sha256``), or None when
     the fold has no inner-validation logits (no classification head, or no inner validation).
     """
-    from medres.engine.ensemble import prediction_checkpoint
     from medres.engine.inference import write_table
+    from medres.engine.members import prediction_checkpoint
     from medres.metrics.calibration import fit_calibration
 
     fold_dir = Path(fold_dir)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from medres.engine.sliding import Aggregate, infer_volume_models
 from medres.errors import DataError
+from medres.utils import atomic_write
 
 __all__ = [
     "mask_to_source", "source_probabilities", "save_mask", "predict_cases", "write_fold_predictions",
@@ -92,15 +93,10 @@ def mask_to_source(seg_logits: Tensor, grid_affine: Any, src_affine: Any,
 
 def save_mask(mask: MetaTensor, path: str | os.PathLike[str]) -> Path:
     """Write a label map as NIfTI: uint8, its affine as sform and qform, nothing else in the header."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(mask.detach().cpu().numpy(), dtype=np.uint8), _affine(mask.affine))
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def safe_name(case_id: str) -> str:
@@ -234,14 +230,9 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
 def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a predictions table atomically (``.parquet`` or ``.csv`` by suffix)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
-    else:
-        df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+        return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def write_fold_predictions(run_dir: str | os.PathLike[str], fold: int, model: nn.Module,
@@ -314,7 +305,7 @@ class Predictor:
     def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
         """Load ``path`` with ``medres.engine.checkpoint.load_model`` (and its fitted calibration, if
         any); keyword arguments as ``__init__``."""
-        from medres.engine.ensemble import load_members
+        from medres.engine.members import load_members
 
         models, config, cals, _ = load_members([path])
         kwargs.setdefault("calibration", cals[0])
@@ -324,7 +315,7 @@ class Predictor:
     def from_run(cls, run_dir: str | os.PathLike[str], folds: Sequence[int] | None = None,
                  **kwargs: Any) -> Predictor:
         """The fold ensemble of a run folder (``folds``: a subset; default all trained folds)."""
-        from medres.engine.ensemble import load_run_members
+        from medres.engine.members import load_run_members
 
         models, config, cals, names = load_run_members(run_dir, folds)
         return cls(models, config, calibration=cals, member_names=names, **kwargs)
@@ -332,7 +323,7 @@ class Predictor:
     @classmethod
     def from_export(cls, folder: str | os.PathLike[str], **kwargs: Any) -> Predictor:
         """The model(s) of a ``python -m medres.export`` folder, without the run folder."""
-        from medres.export import load_export
+        from medres.engine.members import load_export
 
         models, config, cals, names = load_export(folder)
         return cls(models if len(models) > 1 else models[0], config, calibration=cals if len(models) > 1
