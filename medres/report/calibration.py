@@ -21,8 +21,8 @@ import pandas as pd
 from medres.config import Config
 from medres.metrics.bootstrap import patient_bootstrap_ci
 from medres.metrics.calibration import reliability_curve, weighted_ece
-from medres.report import figures
 from medres.report.aggregate import _quiet, _record
+from medres.report.figures import _subplots, to_data_uri
 
 __all__ = ["uncalibrated_scores", "calibration_records", "calibration_section"]
 
@@ -70,7 +70,7 @@ def calibration_records(y: np.ndarray, p: np.ndarray, groups: np.ndarray, config
 
 
 def _figure(curves: dict[str, object], n_bins: int) -> str:
-    fig, (ax, axc) = figures._subplots(2, 1, figsize=(4.6, 5.0), height_ratios=[3, 1], sharex=True)
+    fig, (ax, axc) = _subplots(2, 1, figsize=(4.6, 5.0), height_ratios=[3, 1], sharex=True)
     ax.plot([0, 1], [0, 1], ls=":", color="0.5", lw=1, label="perfect calibration")
     edges = np.linspace(0, 1, n_bins + 1)
     width = 1 / n_bins / max(len(curves), 1)
@@ -83,7 +83,7 @@ def _figure(curves: dict[str, object], n_bins: int) -> str:
            title=f"Reliability, {n_bins} equal-width bins")
     ax.legend(fontsize=7, loc="upper left")
     axc.set(xlabel="predicted probability", ylabel="cases")
-    return figures.to_data_uri(fig)
+    return to_data_uri(fig)
 
 
 def fold_maps(run_dir: str | Path | None) -> dict[int, dict]:
