@@ -1,7 +1,7 @@
 """Cross-validation by patient: stratified group folds, an editable split file, a leakage audit.
 
 Every scan of a patient lands in the same fold, so no patient is ever on both sides of a split
-(plain ``KFold`` over scans puts about half the patients there, REFERENCE.md §4). Folds are drawn
+(plain ``KFold`` over scans puts about half the patients there, docs/reference.md §4). Folds are drawn
 with scikit-learn's ``StratifiedGroupKFold`` (shuffle, ``random_state=seed``) over the scans, grouped
 by ``patient_id`` and stratified by the *patient's* label: a patient whose scans carry different labels
 (a normal baseline and a follow-up with a nodule) is stratified on the highest label in vocabulary

@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from medres.config import Config, load_config, save_resolved
 from medres.errors import ConfigError, MedresError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported where it is used, so that --help answers at once
+    import pandas as pd
     import torch
 
+    from medres.config import Config
     from medres.cv import FoldData
     from medres.engine.loop import LoopState
 
@@ -70,6 +69,8 @@ class Run:
     @property
     def oof(self) -> pd.DataFrame:
         """All folds' out-of-fold predictions in one table."""
+        import pandas as pd
+
         frames = [df for _, df in sorted(self.predictions.items())]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -86,8 +87,10 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
     Layout (DESIGN.md): ``runs/<name>/config.yaml``, ``folds.csv`` and ``fold_k/{checkpoint_last.pt,
     checkpoint_best.pt, metrics.csv, predictions.parquet, inner_val_predictions.parquet, ...}``.
     """
+    import pandas as pd
     import torch
 
+    from medres.config import Config, load_config, save_resolved
     from medres.cv import audit_folds, fold_data, make_folds, read_folds, split_test, write_folds
     from medres.data.cohort import load_cohort
     from medres.engine.distributed import barrier, cleanup_distributed, init_distributed
@@ -209,8 +212,9 @@ def _setup_logging(*, quiet: bool, is_main: bool) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m medres.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="YAML configuration (configs/ct_chest.yaml: the main job)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override settings, e.g. --set train.epochs=5 optim.lr=1e-3 (several per flag; "
+                        "the flag may repeat)")
     p.add_argument("--fold", type=int, action="append", help="train only this fold (repeatable); default all")
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoints")
     p.add_argument("--force", action="store_true",
@@ -224,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from medres.config import load_config
     from medres.engine.loop import Interrupted
 
     stop = _StopFlag()

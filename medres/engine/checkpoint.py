@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, plain types only, a fallback when the last file is damaged.
 
-A checkpoint is a dict that ``torch.load(weights_only=True)`` accepts (REFERENCE.md §4): tensors,
+A checkpoint is a dict that ``torch.load(weights_only=True)`` accepts (docs/reference.md §4): tensors,
 dicts, lists, tuples, numbers, strings. It holds ``model`` (state_dict), ``optimizer``, ``scheduler``,
 ``scaler``, ``rng`` (torch / numpy / python states converted to tensors and lists), ``epoch``,
 ``step``, ``batch_in_epoch`` (>0 for a mid-epoch checkpoint), ``best``, ``config`` (plain dict),

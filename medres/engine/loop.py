@@ -6,7 +6,7 @@ schedule, a guard against non-finite inputs, losses and gradients, and a stop fl
 checked after every optimizer step. The epochs around these, with checkpoints, early stopping and
 resume, are written out in ``medres.engine.fold.train_fold``, which is the only caller.
 
-Exact resume relies on three things (REFERENCE.md §4): the data order and augmentation of epoch ``e``
+Exact resume relies on three things (docs/reference.md §4): the data order and augmentation of epoch ``e``
 are functions of ``(seed, e, index)`` (the dataset's ``set_epoch`` and a seeded sampler), the already
 trained batches of a mid-epoch checkpoint are skipped at the sampler (never loaded), and the RNG states
 are restored at the exact point where they were saved.

@@ -10,8 +10,8 @@ Every choice comes from ``train.*`` in the config; ``"auto"`` picks a sensible d
   convolution over a 2x2x2 map; on an AMX CPU 0.087 in layer4 at 48^3 and a non-finite gradient
   norm within a few steps, while a small isolated convolution looked sound there). How wrong, and
   where, depends on the CPU's kernels, so no small probe can vouch for the run's model: the refusal
-  is unconditional (docs/reference.md, "bf16 on the CPU"). The loop's NaN guard is the backstop.
-- channels_last: on for 2D models (REFERENCE.md §6: ~1.3x for a 2D ResNet on this CPU); off for 3D,
+  is unconditional (docs/reference.md §6). The loop's NaN guard is the backstop.
+- channels_last: on for 2D models (docs/reference.md §6: ~1.3x for a 2D ResNet on this CPU); off for 3D,
   where ``channels_last_3d`` gained under 10% for the main job's model here (within the noise).
 - pin_memory: on with a GPU only.
 """

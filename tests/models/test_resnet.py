@@ -9,7 +9,7 @@ from torch import nn
 
 from medres.models import BasicBlock, Bottleneck, ResNet, create_model, list_models
 
-# REFERENCE.md section 1 (torchvision's num_params metadata) and state-dict key counts.
+# docs/reference.md §1 (torchvision's num_params metadata) and state-dict key counts.
 PARAMS = {
     "resnet18": (11_689_512, 122),
     "resnet34": (21_797_672, 218),
