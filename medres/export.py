@@ -39,10 +39,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medres.engine.members import EXPORT_FORMAT, load_export, sha256_file
 from medres.errors import ConfigError, DataError, MedresError
 
-__all__ = ["export_run", "load_export", "main", "EXPORT_FORMAT", "MAX_ABS_DIFF"]
+__all__ = ["export_run", "load_export", "main", "MAX_ABS_DIFF"]
 
 log = logging.getLogger("medres.export")
 
@@ -54,6 +53,20 @@ ONNX_OPSET = 17
 #: Config fields that name files or folders (of the data, the run or pretrained weights): never exported.
 _PATH_FIELDS = {"data": ("manifest", "demo", "image_folder", "root", "cache_dir"), "model": ("pretrained",),
                 "cv": ("folds_file",)}
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file (as recorded in export.json)."""
+    from medres.engine.members import sha256_file as digest
+
+    return digest(path)
+
+
+def load_export(folder: str | Path) -> tuple[list[Any], Any, list[dict | None], list[str]]:
+    """See :func:`medres.engine.members.load_export` (``medres.predict --model`` uses it)."""
+    from medres.engine.members import load_export as load
+
+    return load(folder)
 
 
 def export_config(config: Any) -> dict:
@@ -307,6 +320,8 @@ def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequenc
     versions = _versions()
     hashes = {p.name: sha256_file(p) for p in sorted(out.iterdir())
               if p.suffix in (".onnx", ".pt", ".safetensors") or p.name == "checks.json"}
+    from medres.engine.members import EXPORT_FORMAT
+
     meta = {"format": EXPORT_FORMAT, "config": cfg_plain, "labels": list(config.data.labels),
             "members": members, "ensemble_onnx": ensemble_file, "onnx_opset": ONNX_OPSET,
             "window": {"inputs": ["window [B, C, *patch]"], "outputs": ["cls_logits [B, K]",
