@@ -41,6 +41,7 @@ from medres.config.schema import (
     DemoConfig,
     EarlyStoppingConfig,
     EvalConfig,
+    IndexConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
@@ -61,5 +62,5 @@ __all__ = [
     "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
     "load_config", "config_to_yaml", "save_resolved", "config_hash", "diff_configs",
     "check_resume_config", "INPUT_PATH_FIELDS", "RESUME_IGNORED_FIELDS", "DEFAULT_CT_WINDOWS", "ct_windows",
-    "input_channels",
+    "input_channels", "IndexConfig",
 ]
