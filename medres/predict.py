@@ -1,7 +1,18 @@
 """``python -m medres.predict``: a trained model on new scans -> class probabilities (CSV) and masks (NIfTI).
 
-    python -m medres.predict --checkpoint runs/ct_chest/fold_0/checkpoint_best.pt \\
-        --input scans/ --output predictions/ [--tta] [--device cpu]
+    python -m medres.predict --run runs/ct_chest --input scans/ --output predictions/ \\
+        [--folds 0 1 2 3 4] [--tta] [--device cpu]
+    python -m medres.predict --checkpoint runs/ct_chest/fold_0/checkpoint_best.pt --input ... --output ...
+    python -m medres.predict --model exported/ --input ... --output ...
+
+The model is one of:
+
+- ``--run``: the run's fold ensemble (every fold with a checkpoint, or ``--folds``). Each window is
+  passed through all fold models while in memory; ``p_<class>`` is the mean of the folds' calibrated
+  class probabilities, the mask the argmax of the mean of their softmax maps, and each fold's
+  probabilities are written beside them as ``p_<class>_fold<k>``;
+- ``--checkpoint``: one fold's model (with its fitted calibration);
+- ``--model``: a folder written by ``python -m medres.export`` (no run folder needed).
 
 ``--input`` is one of:
 
@@ -86,7 +97,12 @@ def _manifest_records(path: Path, config: Any) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medres.predict", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a medres checkpoint (e.g. fold_0/checkpoint_best.pt)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a run folder (runs/NAME): the ensemble of its fold models")
+    which.add_argument("--checkpoint", help="one medres checkpoint (e.g. fold_0/checkpoint_best.pt)")
+    which.add_argument("--model", help="a folder written by python -m medres.export")
+    p.add_argument("--folds", type=int, nargs="+", default=None, help="with --run: the folds to ensemble "
+                                                                      "(default: all with a checkpoint)")
     p.add_argument("--input", required=True, help="a scan, a DICOM series folder, a folder of scans or a "
                                                   "manifest CSV")
     p.add_argument("--output", required=True, help="folder for predictions.csv and seg/<case_id>.nii.gz")
@@ -113,21 +129,50 @@ def _run(args: argparse.Namespace) -> int:
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available", hint="use --device cpu")
-    ckpt = Path(args.checkpoint)
-    if not ckpt.is_file():
-        raise DataError("checkpoint not found", path=ckpt, hint="pass a fold's checkpoint_best.pt")
-    predictor = Predictor.from_checkpoint(ckpt, device=args.device, tta=args.tta or None,
-                                          overlap=args.overlap, cls_aggregate=args.aggregate)
+    predictor = _predictor(args, Predictor)
     records = input_records(args.input, predictor.config)
     if not records:
         raise DataError("lists no cases", path=args.input)
     out = Path(args.output)
     seg_dir = None if args.no_masks else out / "seg"
     df = predictor.predict_records(records, seg_dir=seg_dir, seg_relative_to=out)
+    ckpt = _model_file(args)
     write_prediction_segs(df, seg_dir, predictor.config.data.mask_labels, checkpoint=ckpt, relative_to=out)
     table = write_table(df, out / "predictions.csv")
     log.info("%d case(s) -> %s%s", len(df), table, "" if args.no_masks else f"; masks in {out / 'seg'}")
     return 0
+
+
+def _model_file(args: argparse.Namespace) -> Path:
+    """The file whose SHA-256 fingerprints the model: the checkpoint, the export's export.json, or for
+    a run's ensemble its first fold's checkpoint."""
+    if args.checkpoint is not None:
+        return Path(args.checkpoint)
+    if args.model is not None:
+        return Path(args.model) / "export.json"
+    from medres.engine.members import prediction_checkpoint, run_folds
+
+    folds = args.folds or run_folds(args.run)
+    return prediction_checkpoint(Path(args.run) / f"fold_{folds[0]}")
+
+
+def _predictor(args: argparse.Namespace, predictor_cls: Any) -> Any:
+    """The Predictor of ``--run`` (fold ensemble), ``--checkpoint`` or ``--model`` (an export)."""
+    opts = {"device": args.device, "tta": args.tta or None, "overlap": args.overlap,
+            "cls_aggregate": args.aggregate}
+    if args.folds is not None and args.run is None:
+        raise ConfigError("--folds needs --run", hint="pass --run runs/NAME --folds 0 1 ...")
+    if args.run is not None:
+        return predictor_cls.from_run(args.run, args.folds, **opts)
+    if args.model is not None:
+        if not Path(args.model).is_dir():
+            raise DataError("export folder not found", path=args.model,
+                            hint="pass a folder written by python -m medres.export")
+        return predictor_cls.from_export(args.model, **opts)
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise DataError("checkpoint not found", path=ckpt, hint="pass a fold's checkpoint_best.pt")
+    return predictor_cls.from_checkpoint(ckpt, **opts)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,11 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         # -- the evaluation, once every fold has its predictions
         missing = [k for k in range(cfg.cv.folds)
                    if not (run_dir / f"fold_{k}" / "predictions.parquet").exists()]
+        if is_main and predict and not missing and len(test):  # issue 10: the test split by the ensemble
+            from medres.data.datasets import manifest_to_records
+            from medres.engine.ensemble import write_test_ensemble
+
+            write_test_ensemble(run_dir, manifest_to_records(test, cfg.data), cfg, device=compute.device)
         if is_main and evaluate and predict and not missing:
             from medres.evaluation import evaluate_run
 
@@ -191,6 +196,9 @@ def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, de
     for name, records, masks in sets:
         if records:
             write_fold_predictions(run_dir, data.fold, model, records, cfg, name, masks=masks, device=device)
+    from medres.engine.calibrate import calibrate_fold  # issue 10: fitted on inner validation only
+
+    calibrate_fold(fold_dir, cfg)
     log.info("fold %d predictions: %s", data.fold, (fold_dir / "predictions.parquet").resolve())
 
 

@@ -20,7 +20,8 @@ MAY_IMPORT = {
     "engine": BASE | {"config", "models", "data", "metrics", "cv"},
     "evaluation": BASE | {"config", "models", "data", "metrics", "cv", "engine", "report"},
 }
-ENTRY_POINTS = {"medres.train", "medres.evaluate", "medres.predict"}  # may import any part but these
+# may import any part but these
+ENTRY_POINTS = {"medres.train", "medres.evaluate", "medres.predict", "medres.export"}
 NO_TORCH = ("config", "metrics", "report", "cv", "errors", "utils", "layout")
 
 

@@ -274,6 +274,9 @@ class EvalConfig(_Section):
     nsd_tolerance_mm: float = Field(2.0, gt=0)
     sliding_window_overlap: float = Field(0.25, ge=0, lt=1)
     tta_flips: bool = False
+    # --- calibration (issue 10): recalibration map fitted per fold on its inner validation only,
+    # saved in the fold's checkpoint and applied to its held-out, test and new cases ---
+    calibration: Literal["temperature", "platt", "none"] = "temperature"
 
 
 class OutputConfig(_Section):

@@ -31,13 +31,13 @@ from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 from torch import Tensor, nn
 
-from medres.engine.sliding import Aggregate, infer_volume
+from medres.engine.sliding import Aggregate, infer_volume_models
 from medres.errors import DataError
 from medres.utils import atomic_write
 
 __all__ = [
-    "mask_to_source", "save_mask", "predict_cases", "write_fold_predictions", "Prediction", "Predictor",
-    "RECORD_KEYS",
+    "mask_to_source", "source_probabilities", "save_mask", "predict_cases", "write_fold_predictions",
+    "Prediction", "Predictor", "RECORD_KEYS",
 ]
 
 #: Record keys that are not subgroup columns (UIDs are identifiers and never copied to predictions).
@@ -58,23 +58,35 @@ def source_geometry(image: MetaTensor) -> tuple[np.ndarray, tuple[int, ...]]:
     return _affine(meta["original_affine"]), tuple(int(s) for s in np.asarray(meta["spatial_shape"]).ravel())
 
 
+def source_probabilities(probs: Tensor, grid_affine: Any, src_affine: Any,
+                         src_shape: Sequence[int]) -> Tensor:
+    """Class probabilities ``[S, *src_shape]`` resampled (bilinear, by affines) from the pipeline's grid to
+    the source geometry. Resampling is linear, so the mean of several models' resampled maps is the
+    resampled mean map (the fold ensemble's mask is the argmax of either)."""
+    probs = MetaTensor(probs.float(), affine=torch.as_tensor(_affine(grid_affine)))
+    nsp = probs.ndim - 1
+    shape = tuple(src_shape) + (1,) * (nsp - len(src_shape))
+    out = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=False, dtype=torch.float64)(
+        probs, dst_affine=torch.as_tensor(_affine(src_affine)), spatial_size=shape)
+    return out.as_tensor()
+
+
 def mask_to_source(seg_logits: Tensor, grid_affine: Any, src_affine: Any,
-                   src_shape: Sequence[int]) -> MetaTensor:
+                   src_shape: Sequence[int], *, probabilities: bool = False) -> MetaTensor:
     """Label map in the source geometry from logits on the pipeline's grid.
 
     Args:
-        seg_logits: ``[S, *spatial]`` logits on the grid described by ``grid_affine`` (4x4, RAS).
+        seg_logits: ``[S, *spatial]`` logits on the grid described by ``grid_affine`` (4x4, RAS)
+            (probabilities instead, e.g. a fold ensemble's mean softmax, with ``probabilities=True``).
         src_affine, src_shape: the source scan's 4x4 RAS affine and spatial shape. A source with fewer
             spatial axes than the grid (one 2D slice read into a 3D pipeline) gets size-1 axes.
 
     Returns a ``MetaTensor`` ``[*src_shape]`` of uint8 class indices whose affine is ``src_affine``.
     """
-    probs = MetaTensor(torch.softmax(seg_logits.float(), dim=0), affine=torch.as_tensor(_affine(grid_affine)))
+    probs = seg_logits.float() if probabilities else torch.softmax(seg_logits.float(), dim=0)
     nsp = seg_logits.ndim - 1
-    shape = tuple(src_shape) + (1,) * (nsp - len(src_shape))
-    out = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=False, dtype=torch.float64)(
-        probs, dst_affine=torch.as_tensor(_affine(src_affine)), spatial_size=shape)
-    labels = torch.argmax(out.as_tensor(), dim=0).to(torch.uint8)
+    out = source_probabilities(probs, grid_affine, src_affine, src_shape)
+    labels = torch.argmax(out, dim=0).to(torch.uint8)
     labels = labels.reshape(tuple(src_shape)) if len(src_shape) < nsp else labels
     return MetaTensor(labels, affine=torch.as_tensor(_affine(src_affine)))
 
@@ -114,17 +126,28 @@ def _eval_transform(data_cfg: Any) -> Callable[[dict], dict]:
     return build_transforms(data_cfg, train=False)
 
 
-def predict_cases(model: nn.Module, records: Iterable[Mapping[str, Any]], data_cfg: Any, *,
-                  labels: Sequence[str] | None = None, fold: int = -1,
+def _log_probs(probs: Tensor) -> np.ndarray:
+    """Case-level log-probabilities: the logits up to a per-case constant (what calibration needs)."""
+    return np.log(np.clip(probs.detach().cpu().double().numpy(), 1e-300, None))
+
+
+def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapping[str, Any]], data_cfg: Any,
+                  *, labels: Sequence[str] | None = None, fold: int = -1,
                   seg_dir: str | os.PathLike[str] | None = None,
                   seg_relative_to: str | os.PathLike[str] | None = None,
                   transform: Callable[[dict], dict] | None = None, overlap: float = 0.25, tta: bool = False,
                   cls_aggregate: Aggregate = "max", sw_batch_size: int = 1,
-                  device: torch.device | str | None = None) -> pd.DataFrame:
+                  device: torch.device | str | None = None,
+                  calibration: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+                  member_names: Sequence[str] | None = None, logits: bool = False) -> pd.DataFrame:
     """Predict every record; write masks to ``seg_dir``; return the predictions table.
 
     Args:
-        model: a model whose output is ``DualOutput`` (or plain logits), in any mode (run in eval mode).
+        model: a model whose output is ``DualOutput`` (or plain logits), in any mode (run in eval mode);
+            or several (a run's fold models): each window passes through all of them while in memory
+            (:func:`medres.engine.sliding.infer_volume_models`), and the table is their ensemble:
+            ``p_<class>`` the mean of the members' (calibrated) class probabilities, the mask the argmax
+            of the mean of their softmax maps, and per member ``p_<class>_<member>`` beside them.
         records: dicts as ``medres.data.datasets.manifest_to_records`` makes them: ``case_id``,
             ``patient_id``, ``image`` (path or list of paths, one per channel), ``mask``, ``label``
             (index into ``labels``, -1 when unknown) and subgroup columns.
@@ -133,12 +156,29 @@ def predict_cases(model: nn.Module, records: Iterable[Mapping[str, Any]], data_c
         seg_relative_to: ``seg_path`` is written relative to this folder (default: absolute).
         transform: the evaluation pipeline (default: ``build_transforms(data_cfg, train=False)``).
         overlap, tta, cls_aggregate, sw_batch_size, device: see ``infer_volume``.
+        calibration: the fitted recalibration map of the model (one per model for several), as
+            ``medres.metrics.calibration.fit_calibration`` returns it; None: plain softmax.
+        member_names: column suffixes of the members (default ``fold0``, ``fold1``, ...).
+        logits: also write ``logit_<class>`` (single model only; the fold tables have them).
 
     Returns one row per record: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred``, the
     subgroup columns, ``image`` and ``mask`` (source paths; several channels joined by ``;``, "" when
-    none) and ``seg_path`` when masks are written. ``y_pred`` is the argmax class (-1 without a
-    classification head). Raises ``DataError`` naming the case when a scan cannot be processed.
+    none), ``seg_path`` when masks are written, and with ``logits`` ``logit_<class>`` (the uncalibrated
+    case-level log-probabilities, from which calibration is fitted and ``p_`` rebuilt).
+    ``y_pred`` is the argmax class (-1 without a classification head). Raises ``DataError`` naming the
+    case when a scan cannot be processed.
     """
+    from medres.metrics.calibration import apply_calibration
+
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if calibration is None or isinstance(calibration, Mapping):
+        calibrations = [calibration] * len(models)
+    else:
+        calibrations = list(calibration)
+    if len(calibrations) != len(models):
+        raise ValueError(f"{len(calibrations)} calibrations for {len(models)} models")
+    ensemble = len(models) > 1
+    names = list(member_names) if member_names is not None else [f"fold{k}" for k in range(len(models))]
     labels = list(labels if labels is not None else data_cfg.labels)
     transform = transform or _eval_transform(data_cfg)
     rows = []
@@ -153,23 +193,37 @@ def predict_cases(model: nn.Module, records: Iterable[Mapping[str, Any]], data_c
                 raise
             raise err.located(case_id=case_id) from None
         image = sample["image"]
-        pred = infer_volume(model, image, roi_size=list(data_cfg.patch_size), overlap=overlap, tta=tta,
-                            cls_aggregate=cls_aggregate, sw_batch_size=sw_batch_size, device=device)
+        preds = infer_volume_models(models, image, roi_size=list(data_cfg.patch_size), overlap=overlap,
+                                    tta=tta, cls_aggregate=cls_aggregate, sw_batch_size=sw_batch_size,
+                                    device=device)
         label = rec.get("label", -1)
         row: dict[str, Any] = {"case_id": case_id, "patient_id": str(rec.get("patient_id", "") or ""),
                                "fold": int(fold), "y_true": int(-1 if label is None else label)}
-        probs = pred.cls_probs
+        has_cls = preds[0].cls_probs is not None
+        log_probs = [_log_probs(p.cls_probs) for p in preds] if has_cls else []
+        member_probs = [apply_calibration(z, c) for z, c in zip(log_probs, calibrations)]
+        probs = np.mean(member_probs, axis=0) if has_cls else None
         for k, name in enumerate(labels):
-            row[f"p_{name}"] = float(probs[k]) if probs is not None else float("nan")
-        row["y_pred"] = int(torch.argmax(probs)) if probs is not None else -1
+            row[f"p_{name}"] = float(probs[k]) if has_cls else float("nan")
+        row["y_pred"] = int(np.argmax(probs)) if has_cls else -1
         row.update({k: v for k, v in rec.items() if k not in RECORD_KEYS})
         row["image"], row["mask"] = _path_text(rec["image"]), _path_text(rec.get("mask"))
-        if seg_dir is not None and pred.seg_logits is not None:
+        segs = [p.seg_logits for p in preds]
+        if seg_dir is not None and segs[0] is not None:
             src_affine, src_shape = source_geometry(image)
-            mask = mask_to_source(pred.seg_logits, image.affine, src_affine, src_shape)
+            if ensemble:
+                mean = torch.stack([torch.softmax(s.float(), dim=0) for s in segs]).mean(0)
+                mask = mask_to_source(mean, image.affine, src_affine, src_shape, probabilities=True)
+            else:
+                mask = mask_to_source(segs[0], image.affine, src_affine, src_shape)
             path = save_mask(mask, Path(seg_dir) / f"{safe_name(case_id)}.nii.gz")
             row["seg_path"] = (os.path.relpath(path, seg_relative_to) if seg_relative_to is not None
                                else str(path))
+        if has_cls and ensemble:
+            for m, p in zip(names, member_probs):
+                row.update({f"p_{name}_{m}": float(p[k]) for k, name in enumerate(labels)})
+        elif has_cls and logits:
+            row.update({f"logit_{name}": float(log_probs[0][k]) for k, name in enumerate(labels)})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -197,7 +251,7 @@ def write_fold_predictions(run_dir: str | os.PathLike[str], fold: int, model: nn
     ev = cfg.evaluate
     df = predict_cases(model, records, cfg.data, fold=fold, seg_dir=fold_dir / "seg" if masks else None,
                        seg_relative_to=run_dir, overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
-                       cls_aggregate=getattr(ev, "cls_aggregate", "max"), device=device)
+                       cls_aggregate=getattr(ev, "cls_aggregate", "max"), device=device, logits=True)
     write_table(df, fold_dir / f"{name}.parquet")
     return df
 
@@ -216,20 +270,30 @@ class Prediction:
 
 
 class Predictor:
-    """A trained model with its evaluation pipeline, for notebooks.
+    """A trained model (or a run's fold ensemble) with its evaluation pipeline, for notebooks.
 
     >>> pred = Predictor.from_checkpoint("runs/ct_chest/fold_0/checkpoint_best.pt")
+    >>> pred = Predictor.from_run("runs/ct_chest")   # every fold's model: their ensemble
     >>> p = pred.predict("scan.nii.gz")          # or a DICOM series folder, or a loaded MetaTensor
     >>> p.probabilities, p.mask.shape, p.mask.affine   # mask overlays the source scan
+
+    ``calibration`` is each model's fitted recalibration map (a checkpoint's ``calibration`` entry);
+    class probabilities are calibrated with it before the members are averaged.
     """
 
-    def __init__(self, model: nn.Module, config: Any, *, device: torch.device | str = "auto",
-                 tta: bool | None = None, overlap: float | None = None,
-                 cls_aggregate: Aggregate | None = None, sw_batch_size: int = 1) -> None:
+    def __init__(self, model: nn.Module | Sequence[nn.Module], config: Any, *,
+                 device: torch.device | str = "auto", tta: bool | None = None, overlap: float | None = None,
+                 cls_aggregate: Aggregate | None = None, sw_batch_size: int = 1,
+                 calibration: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+                 member_names: Sequence[str] | None = None) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
+        self.models = [m.to(self.device).eval() for m in models]
+        self.model = self.models[0]
+        self.calibration = calibration
+        self.member_names = list(member_names) if member_names is not None else None
         self.config = config
         ev = config.evaluate
         self.tta = ev.tta_flips if tta is None else tta
@@ -240,11 +304,31 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
-        """Load ``path`` with ``medres.engine.checkpoint.load_model``; keyword arguments as ``__init__``."""
-        from medres.engine.checkpoint import load_model
+        """Load ``path`` with ``medres.engine.checkpoint.load_model`` (and its fitted calibration, if
+        any); keyword arguments as ``__init__``."""
+        from medres.engine.members import load_members
 
-        model, config = load_model(path)
-        return cls(model, config, **kwargs)
+        models, config, cals, _ = load_members([path])
+        kwargs.setdefault("calibration", cals[0])
+        return cls(models[0], config, **kwargs)
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike[str], folds: Sequence[int] | None = None,
+                 **kwargs: Any) -> Predictor:
+        """The fold ensemble of a run folder (``folds``: a subset; default all trained folds)."""
+        from medres.engine.members import load_run_members
+
+        models, config, cals, names = load_run_members(run_dir, folds)
+        return cls(models, config, calibration=cals, member_names=names, **kwargs)
+
+    @classmethod
+    def from_export(cls, folder: str | os.PathLike[str], **kwargs: Any) -> Predictor:
+        """The model(s) of a ``python -m medres.export`` folder, without the run folder."""
+        from medres.engine.members import load_export
+
+        models, config, cals, names = load_export(folder)
+        return cls(models if len(models) > 1 else models[0], config, calibration=cals if len(models) > 1
+                   else cals[0], member_names=names, **kwargs)
 
     @property
     def labels(self) -> list[str]:
@@ -253,9 +337,11 @@ class Predictor:
     def predict_records(self, records: Iterable[Mapping[str, Any]],
                         seg_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> pd.DataFrame:
         """The predictions table for several records (see :func:`predict_cases`)."""
-        return predict_cases(self.model, records, self.config.data, seg_dir=seg_dir, transform=self.transform,
+        model = self.models if len(self.models) > 1 else self.model
+        return predict_cases(model, records, self.config.data, seg_dir=seg_dir, transform=self.transform,
                              overlap=self.overlap, tta=self.tta, cls_aggregate=self.cls_aggregate,
-                             sw_batch_size=self.sw_batch_size, device=self.device, **kwargs)
+                             sw_batch_size=self.sw_batch_size, device=self.device,
+                             calibration=self.calibration, member_names=self.member_names, **kwargs)
 
     def predict(self, image: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Tensor | np.ndarray
                 ) -> Prediction:

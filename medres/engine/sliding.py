@@ -30,7 +30,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
-__all__ = ["VolumePrediction", "split_output", "aggregate_windows", "infer_volume"]
+__all__ = ["VolumePrediction", "split_output", "aggregate_windows", "infer_volume", "infer_volume_models"]
 
 Aggregate = Literal["max", "mean"]
 
@@ -81,27 +81,41 @@ def aggregate_windows(probs: Tensor, how: Aggregate = "max") -> Tensor:
     raise ValueError(f"unknown window aggregation {how!r}; use 'max' or 'mean'")
 
 
-def _one_pass(model: nn.Module, x: Tensor, roi_size: Sequence[int], overlap: float, sw_batch_size: int,
-              blend: str, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
-    """Sliding windows over ``x`` [1, C, *spatial].
+def _one_pass(models: Sequence[nn.Module], x: Tensor, roi_size: Sequence[int], overlap: float,
+              sw_batch_size: int, blend: str, device: torch.device
+              ) -> list[tuple[Tensor | None, Tensor | None]]:
+    """Sliding windows over ``x`` [1, C, *spatial]; each window goes through every model while in memory.
 
-    Returns (per-window class probabilities [N, K] | None, stitched seg logits [1, S, *spatial] | None).
+    Returns per model (per-window class probabilities [N, K] | None, stitched seg logits
+    [1, S, *spatial] | None). The models' segmentation logits are stitched together as one tensor of
+    concatenated channels: MONAI's blending is the same weighted sum per channel, so each model's share
+    is exactly what stitching it alone gives.
     """
-    window_probs: list[Tensor] = []
-    has_seg: list[bool] = []
+    window_probs: list[list[Tensor]] = [[] for _ in models]
+    channels: list[int | None] = [None] * len(models)  # seg channels per model (None: no seg head)
 
     def predictor(patch: Tensor, _coords: object) -> Tensor:
-        cls, seg = split_output(model(patch.to(device)))
-        if cls is not None:
-            window_probs.append(torch.softmax(cls.float(), dim=1).cpu())
-        has_seg.append(seg is not None)
-        # A classification-only model still needs a tensor for MONAI to stitch: one empty channel.
-        return seg.float() if seg is not None else patch.new_zeros((patch.shape[0], 1, *patch.shape[2:]))
+        patch = patch.to(device)
+        segs = []
+        for m, model in enumerate(models):
+            cls, seg = split_output(model(patch))
+            if cls is not None:
+                window_probs[m].append(torch.softmax(cls.float(), dim=1).cpu())
+            channels[m] = None if seg is None else int(seg.shape[1])
+            # A classification-only model still needs a tensor for MONAI to stitch: one empty channel.
+            segs.append(seg.float() if seg is not None else patch.new_zeros((patch.shape[0], 1,
+                                                                             *patch.shape[2:])))
+        return segs[0] if len(segs) == 1 else torch.cat(segs, dim=1)
 
     seg = sliding_window_inference(x, roi_size, sw_batch_size, predictor, overlap=overlap, mode=blend,
                                    sw_device=device, device=torch.device("cpu"), with_coord=True)
-    probs = torch.cat(window_probs) if window_probs else None
-    return probs, (seg if has_seg and has_seg[0] else None)
+    out, start = [], 0
+    for m in range(len(models)):
+        width = channels[m] or 1
+        probs = torch.cat(window_probs[m]) if window_probs[m] else None
+        out.append((probs, seg[:, start:start + width] if channels[m] is not None else None))
+        start += width
+    return out
 
 
 @torch.inference_mode()
@@ -126,38 +140,74 @@ def infer_volume(model: nn.Module, image: Tensor, *, roi_size: Sequence[int], ov
 
     Returns a ``VolumePrediction`` on the CPU, on ``image``'s grid.
     """
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    return infer_volume_models([model], image, roi_size=roi_size, overlap=overlap, tta=tta,
+                               cls_aggregate=cls_aggregate, sw_batch_size=sw_batch_size, blend=blend,
+                               device=device)[0]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def infer_volume_models(models: Sequence[nn.Module], image: Tensor, *, roi_size: Sequence[int],
+                        overlap: float = 0.25, tta: bool = False, cls_aggregate: Aggregate = "max",
+                        sw_batch_size: int = 1, blend: Literal["gaussian", "constant"] = "gaussian",
+                        device: torch.device | str | None = None) -> list[VolumePrediction]:
+    """:func:`infer_volume` for several models (the folds of a run) in one sweep of windows.
+
+    Each window (and each TTA flip, each slice of a 2D model) is cut once and passed through every
+    model while it is in memory; the result for each model is exactly what :func:`infer_volume` gives
+    for it alone (same windows, same blending). Returns one ``VolumePrediction`` per model.
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("infer_volume_models needs at least one model")
+    device = torch.device(device) if device is not None else _device_of(models[0])
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     x = torch.as_tensor(image).float()[None]  # plain tensor [1, C, *spatial]
     by_slice = x.ndim - 2 == len(roi_size) + 1  # a 2D model on a volume: axial slices (last axis)
     spatial = list(range(2, x.ndim - 1 if by_slice else x.ndim))
     flips: list[tuple[int, ...]] = [()] + ([(d,) for d in spatial] if tta else [])
-    all_probs, case_probs, seg_sum = [], [], None
+    n = len(models)
+    all_probs: list[list[Tensor]] = [[] for _ in models]
+    case_probs: list[list[Tensor]] = [[] for _ in models]
+    seg_sum: list[Tensor | None] = [None] * n
 
-    def run(xf: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        return _one_pass(model, xf, list(roi_size), overlap, sw_batch_size, blend, device)
+    def run(xf: Tensor) -> list[tuple[Tensor | None, Tensor | None]]:
+        return _one_pass(models, xf, list(roi_size), overlap, sw_batch_size, blend, device)
 
     try:
         for dims in flips:
             xf = torch.flip(x, dims) if dims else x
             if by_slice:
-                parts = [run(xf[..., z]) for z in range(xf.shape[-1])]
-                probs = torch.cat([p for p, _ in parts]) if parts[0][0] is not None else None
-                seg = torch.stack([s for _, s in parts], dim=-1) if parts[0][1] is not None else None
+                parts = [run(xf[..., z]) for z in range(xf.shape[-1])]  # [slice][model]
+                per_model = []
+                for m in range(n):
+                    ps = [p[m] for p in parts]
+                    probs = torch.cat([p for p, _ in ps]) if ps[0][0] is not None else None
+                    seg = torch.stack([s for _, s in ps], dim=-1) if ps[0][1] is not None else None
+                    per_model.append((probs, seg))
             else:
-                probs, seg = run(xf)
-            if probs is not None:
-                all_probs.append(probs)
-                case_probs.append(aggregate_windows(probs, cls_aggregate))
-            if seg is not None:
-                seg = torch.flip(seg, dims) if dims else seg
-                seg_sum = seg if seg_sum is None else seg_sum + seg
+                per_model = run(xf)
+            for m, (probs, seg) in enumerate(per_model):
+                if probs is not None:
+                    all_probs[m].append(probs)
+                    case_probs[m].append(aggregate_windows(probs, cls_aggregate))
+                if seg is not None:
+                    seg = torch.flip(seg, dims) if dims else seg
+                    seg_sum[m] = seg if seg_sum[m] is None else seg_sum[m] + seg
     finally:
-        model.train(was_training)
-    cls = torch.stack(case_probs).mean(0) if case_probs else None
-    seg_logits = (seg_sum / len(flips))[0] if seg_sum is not None else None
-    window_probs = torch.stack(all_probs) if all_probs and len({p.shape for p in all_probs}) == 1 else None
-    return VolumePrediction(cls, seg_logits, window_probs)
+        for m, was in zip(models, was_training):
+            m.train(was)
+    out = []
+    for m in range(n):
+        cls = torch.stack(case_probs[m]).mean(0) if case_probs[m] else None
+        seg_logits = (seg_sum[m] / len(flips))[0] if seg_sum[m] is not None else None
+        ap = all_probs[m]
+        window_probs = torch.stack(ap) if ap and len({p.shape for p in ap}) == 1 else None
+        out.append(VolumePrediction(cls, seg_logits, window_probs))
+    return out

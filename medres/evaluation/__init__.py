@@ -16,6 +16,7 @@ import pandas as pd
 from medres.evaluation.cases import add_spacing, segmentation_cases
 from medres.evaluation.gallery import gallery
 from medres.report import build_bundle, load_run, provenance
+from medres.report.test_split import test_segmentation_cases
 
 __all__ = ["evaluate_run", "segmentation_cases", "add_spacing"]
 
@@ -34,6 +35,7 @@ def evaluate_run(
     out = Path(output) if output is not None else run.run_dir / "report"
     run.predictions = add_spacing(run.predictions)
     seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
+    test_seg = test_segmentation_cases(run, segmentation_cases)  # issue 10: test split, folds and ensemble
     items, note = gallery(run, seg, gallery_size)
     other = load_run(compare) if compare is not None else None
     prov = provenance(run.config, run.run_dir, run.checkpoints, report_seed=run.config.train.seed)
@@ -45,6 +47,7 @@ def evaluate_run(
         provenance=prov,
         compare=other,
         gallery_note=note,
+        test_seg_cases=test_seg,
     )
     log.info("report written to %s", out / "report.html")
     return out / "report.html"

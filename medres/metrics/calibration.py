@@ -17,8 +17,8 @@ from medres.metrics._validation import as_labels, as_probabilities
 from medres.metrics.classification import class_balance_reason
 from medres.metrics.undefined import undefined
 
-__all__ = ["CalibrationFit", "ReliabilityCurve", "brier", "calibration_intercept_slope", "ece",
-           "reliability_curve"]
+__all__ = ["CALIBRATION_METHODS", "CalibrationFit", "ReliabilityCurve", "apply_calibration", "brier",
+           "calibration_intercept_slope", "ece", "fit_calibration", "reliability_curve", "weighted_ece"]
 
 _EPS = 1e-12
 
@@ -150,3 +150,139 @@ def calibration_intercept_slope(y_true: ArrayLike, p: ArrayLike) -> CalibrationF
         reasons.append("slope: the fit did not converge (are the classes perfectly separated?)")
     return CalibrationFit(math.nan if itl is None else float(itl[0]),
                           math.nan if fit is None else float(fit[1]), "; ".join(reasons))
+
+
+# --- Post-hoc recalibration: temperature scaling and Platt scaling (fitted on inner validation) -------
+#
+# Temperature scaling (Guo et al. 2017, "On calibration of modern neural networks") divides a model's
+# logits by one scalar T > 0 fitted by maximum likelihood on held-back predictions: the ranking, and the
+# argmax class, are unchanged, only how extreme the probabilities are. Platt scaling (Platt 1999) fits
+# ``sigmoid(a * z + b)`` on the binary logit ``z``, with Platt's smoothed targets
+# ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` so that separable data keep a finite fit. Both are fitted
+# with scipy.optimize on log-probabilities (logits up to a per-case constant, which softmax ignores).
+
+#: Bounds of the fitted temperature: a fit that reaches one says so in ``note``.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+CALIBRATION_METHODS = ("temperature", "platt", "none")
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _as_logits(logits: ArrayLike) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"expected logits of shape [cases, classes >= 2], got {z.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError("logits hold NaN or infinite values")
+    return z
+
+
+def fit_calibration(logits: ArrayLike, y_true: ArrayLike, method: str = "temperature", *,
+                    positive: int = -1) -> dict:
+    """Fit a recalibration map on (inner-validation) predictions; returns it as plain types.
+
+    Args:
+        logits: ``[N, K]`` class logits or log-probabilities of the cases it is fitted on.
+        y_true: ``[N]`` class indices in ``0..K-1``.
+        method: ``"temperature"`` (any K), ``"platt"`` (binary only) or ``"none"``.
+        positive: the positive class for Platt scaling (default: the last).
+
+    Returns a dict: ``method``, ``temperature`` (temperature) or ``a``, ``b``, ``positive`` (Platt),
+    ``n``, ``nll_before``, ``nll_after`` (mean negative log-likelihood on the fitted cases) and
+    ``note`` (why the identity map was kept, or that a bound was reached). With fewer than two classes
+    among the cases the identity map is kept (``method`` ``"none"``) and ``note`` says why.
+    """
+    from scipy.optimize import minimize, minimize_scalar
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; use one of {CALIBRATION_METHODS}")
+    z = _as_logits(logits)
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    n, k = z.shape
+    if y.size != n or (n and (y.min() < 0 or y.max() >= k)):
+        raise ValueError(f"y_true must hold {n} class indices in 0..{k - 1}")
+    rows = np.arange(n)
+
+    def nll(zz: np.ndarray) -> float:
+        return float(-_log_softmax(zz)[rows, y].mean()) if n else math.nan
+
+    before = nll(z)
+    identity = {"method": "none", "n": int(n), "nll_before": before, "nll_after": before}
+    if method == "none":
+        return {**identity, "note": "no recalibration configured"}
+    if len(np.unique(y)) < 2:
+        return {**identity, "note": f"not fitted: the {n} fitting case(s) hold fewer than two classes"}
+    if method == "temperature":
+        lo, hi = np.log(TEMPERATURE_BOUNDS)
+        res = minimize_scalar(lambda lt: nll(z / np.exp(lt)), bounds=(lo, hi), method="bounded",
+                              options={"xatol": 1e-6})
+        t = float(np.exp(res.x))
+        at_bound = min(abs(res.x - lo), abs(res.x - hi)) < 1e-3
+        note = f"temperature reached its bound {TEMPERATURE_BOUNDS} (separable or tiny fitting set)" \
+            if at_bound else ""
+        return {"method": "temperature", "temperature": t, "n": int(n), "nll_before": before,
+                "nll_after": nll(z / t), "note": note}
+    if k != 2:
+        raise ValueError("Platt scaling is binary; use method='temperature' for more than two classes")
+    pos = positive % k
+    d = z[:, pos] - z[:, 1 - pos]
+    yp = (y == pos).astype(np.float64)
+    n_pos, n_neg = yp.sum(), n - yp.sum()
+    target = np.where(yp == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+
+    def loss(ab: np.ndarray) -> float:
+        eta = ab[0] * d + ab[1]
+        return float(np.mean(np.logaddexp(0.0, eta) - target * eta))
+
+    res = minimize(loss, np.array([1.0, 0.0]), method="BFGS")
+    a, b = float(res.x[0]), float(res.x[1])
+    cal = {"method": "platt", "a": a, "b": b, "positive": int(pos), "n": int(n), "nll_before": before}
+    cal["nll_after"] = nll(_log_softmax_from_platt(d, a, b, pos))
+    cal["note"] = "" if res.success else f"optimizer: {res.message}"
+    return cal
+
+
+def _log_softmax_from_platt(d: np.ndarray, a: float, b: float, pos: int) -> np.ndarray:
+    eta = a * d + b
+    out = np.empty((d.size, 2))
+    out[:, pos] = -np.logaddexp(0.0, -eta)
+    out[:, 1 - pos] = -np.logaddexp(0.0, eta)
+    return out
+
+
+def apply_calibration(logits: ArrayLike, calibration: dict | None) -> np.ndarray:
+    """Calibrated probabilities ``[N, K]`` from logits/log-probabilities ``[N, K]`` and a fitted map
+    (:func:`fit_calibration`'s dict; None or ``method`` ``"none"``: plain softmax)."""
+    z = np.asarray(logits, dtype=np.float64)
+    single = z.ndim == 1
+    z = _as_logits(z[None] if single else z)
+    method = (calibration or {}).get("method", "none")
+    if method == "temperature":
+        out = _log_softmax(z / float(calibration["temperature"]))
+    elif method == "platt":
+        pos = int(calibration["positive"])
+        out = _log_softmax_from_platt(z[:, pos] - z[:, 1 - pos], float(calibration["a"]),
+                                      float(calibration["b"]), pos)
+    elif method == "none":
+        out = _log_softmax(z)
+    else:
+        raise ValueError(f"unknown calibration method {method!r}")
+    p = np.exp(out)
+    return p[0] if single else p
+
+
+def weighted_ece(y_true: ArrayLike, p: ArrayLike, sample_weight: ArrayLike | None = None,
+                 n_bins: int = 10) -> float:
+    """:func:`ece` with case weights (a bootstrap resample's counts), for ``patient_bootstrap_ci``."""
+    y = as_labels(y_true).astype(np.float64)
+    q = as_probabilities(p, y.size)
+    w = np.ones_like(q) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.searchsorted(edges[1:-1], q, side="left")
+    gap = np.abs(np.bincount(idx, weights=w * y, minlength=n_bins) - np.bincount(idx, weights=w * q,
+                                                                                  minlength=n_bins))
+    total = w.sum()
+    return float(gap.sum() / total) if total > 0 else math.nan

@@ -40,6 +40,7 @@ from medres.report.aggregate import (
     one_vs_rest_records,
     operating_points,
 )
+from medres.report.calibration import calibration_section
 from medres.report.cohort import cohort_table, split_audit
 from medres.report.compare import comparison as compare_runs
 from medres.report.guidelines import guideline_table
@@ -59,6 +60,7 @@ from medres.report.run_folder import RunData
 from medres.report.seg_classes import class_empty_counts
 from medres.report.seg_records import segmentation_records
 from medres.report.subgroups import subgroup_records
+from medres.report.test_split import test_segmentation_records, test_segmentation_table
 
 __all__ = ["Bundle", "GalleryItem", "build_bundle", "ECE_BINS"]
 
@@ -112,6 +114,7 @@ def build_bundle(
     compare: RunData | None = None,
     seg_policy: str | None = None,
     gallery_note: str = "",
+    test_seg_cases: pd.DataFrame | None = None,
 ) -> Bundle:
     """Compute every record, table and figure of a run and write the bundle into ``output``.
 
@@ -146,6 +149,9 @@ def build_bundle(
         _record("pooled", "calibration_intercept", fit.intercept, note=fit_note or fit.reason, **common),
         _record("pooled", "calibration_slope", fit.slope, note=fit_note or fit.reason, **common),
     ]
+    recal = calibration_section(preds, cfg, positive=task.positive, n_bins=ECE_BINS, seed=seed,
+                                run_dir=run.run_dir)  # issue 10
+    records += recal[0]
     if len(cfg.data.labels) > 2:
         for f in sorted(preds["fold"].unique()):
             records += one_vs_rest_records(
@@ -161,6 +167,8 @@ def build_bundle(
     has_test = run.test is not None and len(run.test) > 0
     if has_test:
         records += holdout_test_records(run.test, thresholds, task, cfg, seed=seed)
+    test_seg_recs = test_segmentation_records(test_seg_cases, cfg, seed=seed)  # issue 10: folds + ensemble
+    records += test_seg_recs
     comparison = None
     if compare is not None:
         comp_recs, comparison = compare_runs(run, compare, task, seed)
@@ -269,6 +277,7 @@ def build_bundle(
         "audit": audit.to_dict("records"),
         "fold_table": table_html(fold_table(rec_df, thresholds)),
         "holdout_test_table": table_html(holdout_test_table(rec_df, thresholds)) if has_test else "",
+        "test_seg_table": table_html(test_segmentation_table(rec_df)) if test_seg_recs else "",
         "threshold_method": ev.threshold
         + (f" (target {ev.threshold_target})" if ev.threshold in ("sensitivity", "specificity") else ""),
         "delong_note": delong_note(rec_df),
@@ -277,6 +286,7 @@ def build_bundle(
         if len(ovr)
         else "",
         "calibration_table": table_html(cal),
+        "recalibration": {"table": table_html(recal[1]), "figure": recal[2], "note": recal[3]},
         "cls_figures": cls_figures,
         "subgroup_columns": ", ".join(ev.subgroups),
         "min_positives": ev.min_positives,

@@ -173,8 +173,11 @@ def test_predictions_table_and_fold_files(source, tmp_path):
     df = write_fold_predictions(tmp_path / "run", 2, ThresholdModel(), recs, cfg)
     back = pd.read_parquet(tmp_path / "run" / "fold_2" / "predictions.parquet")
     assert list(back.columns) == ["case_id", "patient_id", "fold", "y_true", "p_normal", "p_nodule", "y_pred",
-                                  "site", "sex", "image", "mask", "seg_path"]
+                                  "site", "sex", "image", "mask", "seg_path", "logit_normal", "logit_nodule"]
     pd.testing.assert_frame_equal(back, df)
+    # the fold tables keep the case-level log-probabilities, from which calibration is fitted
+    np.testing.assert_allclose(np.exp(back[["logit_normal", "logit_nodule"]]), back[["p_normal", "p_nodule"]],
+                               atol=1e-12)
     assert back["y_true"].tolist() == [1, 0] and back["fold"].tolist() == [2, 2]
     assert back["y_pred"].tolist() == [1, 1] and np.allclose(back[["p_normal", "p_nodule"]].sum(axis=1), 1)
     assert back["mask"].tolist() == ["", str(source)]

@@ -1,0 +1,573 @@
+"""``python -m medres.export``: a run's fold models as ONNX, TorchScript and safetensors, with a model card.
+
+    python -m medres.export --run runs/ct_chest --out exported/ [--format onnx torchscript] [--folds 0 1]
+
+Written to ``--out``:
+
+- ``fold<k>.safetensors``: each fold model's weights (the format ``medres.predict --model`` loads);
+- ``fold<k>.onnx`` and ``ensemble.onnx`` (every fold model in one graph: a window in, the mean of the
+  folds' calibrated class probabilities and of their softmax maps out, and each fold's logits), and
+  ``fold<k>.torchscript.pt``; each takes one window ``[B, C, *patch]`` and returns
+  ``(cls_logits [B, K], seg_logits [B, S, *patch])``;
+- ``export.json``: everything needed to rebuild the exact preprocessing and inference without the run
+  folder: the resolved configuration with every path and the data source removed, each member's
+  architecture, calibration map and files with their SHA-256, the versions;
+- ``checks.json``: ONNX (onnxruntime) and TorchScript against PyTorch on a real scan of the cohort,
+  through the whole pipeline and sliding-window inference: maximum absolute difference of the class
+  probabilities and of the segmentation probabilities (must be at most 1e-4);
+- ``model_card.md`` and ``model_card.json``: intended use, the training cohort (counts by site,
+  scanner, sex, age band; label prevalence), preprocessing, architecture and parameter count, recipe,
+  out-of-fold and test metrics with their intervals (taken from the run's ``report/summary.json``, so
+  they match the report), calibration, subgroups, limitations, versions and hashes.
+
+No exported file holds a path or a patient identifier (TorchScript archives are written without
+their debug tables, which name source files). ``medres.predict --model DIR`` predicts from the
+export alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import platform
+import sys
+import warnings
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medres.errors import ConfigError, DataError, MedresError
+
+__all__ = ["export_run", "load_export", "main", "MAX_ABS_DIFF"]
+
+log = logging.getLogger("medres.export")
+
+#: The largest difference of probabilities accepted between an exported graph and PyTorch.
+MAX_ABS_DIFF = 1e-4
+FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 17
+
+#: Config fields that name files or folders (of the data, the run or pretrained weights): never exported.
+_PATH_FIELDS = {"data": ("manifest", "demo", "image_folder", "root", "cache_dir"), "model": ("pretrained",),
+                "cv": ("folds_file",)}
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file (as recorded in export.json)."""
+    from medres.engine.members import sha256_file as digest
+
+    return digest(path)
+
+
+def load_export(folder: str | Path) -> tuple[list[Any], Any, list[dict | None], list[str]]:
+    """See :func:`medres.engine.members.load_export` (``medres.predict --model`` uses it)."""
+    from medres.engine.members import load_export as load
+
+    return load(folder)
+
+
+def export_config(config: Any) -> dict:
+    """The resolved configuration as plain JSON, with every path and the data source removed."""
+    cfg = config.model_dump(mode="json")
+    for section, fields in _PATH_FIELDS.items():
+        for f in fields:
+            if f in cfg.get(section, {}):
+                cfg[section][f] = None
+    cfg["output"] = {"dir": "runs", "name": str(cfg.get("output", {}).get("name", "run"))}
+    return cfg
+
+
+class _Plain:
+    """Wrap a model so it returns a ``(cls_logits, seg_logits)`` pair of tensors (tracing needs tensors)."""
+
+    @staticmethod
+    def wrap(model: Any) -> Any:
+        import torch
+        from torch import nn
+
+        from medres.engine.sliding import split_output
+
+        class Plain(nn.Module):
+            def __init__(self, m: nn.Module) -> None:
+                super().__init__()
+                self.m = m
+
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                cls, seg = split_output(self.m(x))
+                if cls is None:
+                    cls = x.new_zeros((x.shape[0], 0))
+                if seg is None:
+                    seg = x.new_zeros((x.shape[0], 0, *x.shape[2:]))
+                return cls, seg
+
+        return Plain(model).eval()
+
+
+def _ensemble_module(models: Sequence[Any], calibrations: Sequence[Mapping | None]) -> Any:
+    """One module for all members: a window in; mean calibrated class probabilities, mean softmax map and
+    each member's class logits out. Temperature and Platt maps are applied in the graph."""
+    import torch
+    from torch import nn
+
+    class Ensemble(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList([_Plain.wrap(m) for m in models])
+            self.cal = [dict(c) if c else {"method": "none"} for c in calibrations]
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            probs, segs, logits = [], [], []
+            for member, cal in zip(self.members, self.cal):
+                cls, seg = member(x)
+                z = torch.log_softmax(cls, dim=1)
+                if cal["method"] == "temperature":
+                    p = torch.softmax(z / float(cal["temperature"]), dim=1)
+                elif cal["method"] == "platt":
+                    pos = int(cal["positive"])
+                    d = z[:, pos] - z[:, 1 - pos]
+                    pp = torch.sigmoid(float(cal["a"]) * d + float(cal["b"]))
+                    p = torch.stack([1 - pp, pp] if pos == 1 else [pp, 1 - pp], dim=1)
+                else:
+                    p = torch.softmax(z, dim=1)
+                probs.append(p)
+                segs.append(torch.softmax(seg, dim=1))
+                logits.append(cls)
+            return torch.stack(probs).mean(0), torch.stack(segs).mean(0), torch.stack(logits, dim=1)
+
+    return Ensemble().eval()
+
+
+def _onnx_export(module: Any, example: Any, path: Path, outputs: Sequence[str]) -> None:
+    import torch
+
+    # The TorchScript-based exporter (dynamo=False): it handles this fixed-shape convolutional graph in
+    # one pass, needs no onnxscript, and its outputs match PyTorch to ~1e-6 (checks.json).
+    torch.onnx.export(module, (example,), str(path), input_names=["window"], output_names=list(outputs),
+                      dynamic_axes={"window": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+                      opset_version=ONNX_OPSET, dynamo=False, do_constant_folding=True)
+
+
+def _torchscript_export(module: Any, example: Any, path: Path) -> None:
+    """Trace and save without the debug tables (``*.debug_pkl`` name the source files: paths)."""
+    import torch
+
+    traced = torch.jit.trace(module, (example,), check_trace=False)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    buf.seek(0)
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for item in src.infolist():
+            if item.filename.endswith(".debug_pkl"):
+                continue
+            dst.writestr(item, src.read(item.filename))
+
+
+class _OrtModel:
+    """An onnxruntime session behaving like a model for ``infer_volume``: window in, (cls, seg) out."""
+
+    @staticmethod
+    def wrap(path: Path) -> Any:
+        import onnxruntime as ort
+        import torch
+        from torch import nn
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+        class OrtModel(nn.Module):
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                cls, seg = session.run(["cls_logits", "seg_logits"], {"window": x.detach().cpu().numpy()})
+                return torch.from_numpy(cls), torch.from_numpy(seg)
+
+        return OrtModel()
+
+
+def _check_volume(config: Any, records: list[dict]) -> tuple[Any, str] | None:
+    """The first scan of the cohort through the evaluation pipeline, or None when none can be read."""
+    from medres.data.transforms import build_transforms
+
+    transform = build_transforms(config.data, train=False)
+    for rec in records[:3]:
+        try:
+            return transform({"image": rec["image"]})["image"], str(rec.get("case_id", ""))
+        except Exception:  # noqa: BLE001 - an unreadable scan: try the next one
+            continue
+    return None
+
+
+def _probabilities(models: Sequence[Any], image: Any, config: Any) -> list[tuple[Any, Any]]:
+    import torch
+
+    from medres.engine.sliding import infer_volume_models
+
+    ev = config.evaluate
+    out = []
+    for pred in infer_volume_models(models, image, roi_size=list(config.data.patch_size),
+                                    overlap=ev.sliding_window_overlap, device="cpu"):
+        seg = torch.softmax(pred.seg_logits.float(), 0) if pred.seg_logits is not None and \
+            pred.seg_logits.shape[0] else None
+        out.append((pred.cls_probs, seg))
+    return out
+
+
+def _max_diff(a: Any, b: Any) -> float:
+    import torch
+
+    if a is None or b is None:
+        return 0.0 if a is None and b is None else float("inf")
+    return float(torch.max(torch.abs(a.double() - b.double())))
+
+
+def _cohort(config: Any, manifest: Any) -> dict:
+    """Counts of the development cohort (``split`` != test): scans, patients, by site/scanner/sex/age band."""
+    from medres.report.subgroups import add_age_band
+
+    df = manifest.copy()
+    if "split" in df.columns:
+        df = df[df["split"].astype(str).str.lower() != "test"]
+    df = add_age_band(df)
+    out: dict[str, Any] = {"scans": int(len(df)), "patients": int(df["patient_id"].nunique())}
+    for col in ("site", "scanner", "sex", "age_band"):
+        if col in df.columns:
+            values = df[col].astype(str).replace({"": "unknown", "nan": "unknown", "None": "unknown"})
+            out[f"by_{col}"] = {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
+    if "label" in df.columns:
+        counts = df["label"].astype(str).value_counts()
+        out["labels"] = {c: {"scans": int(counts.get(c, 0)),
+                             "prevalence": float(counts.get(c, 0) / max(len(df), 1))}
+                         for c in config.data.labels}
+    return out
+
+
+def _summary_metrics(summary: Mapping) -> dict:
+    """The report's headline records (summary.json), grouped for the card: unchanged values."""
+    keep = {
+        "oof": lambda r: r["scope"] == "pooled" and r["subgroup"] == "all",
+        "test_folds": lambda r: r["scope"] == "test",
+        "test_ensemble": lambda r: r["scope"] == "test_ensemble",
+        "calibration": lambda r: r["scope"] == "calibration",
+        "subgroups": lambda r: r["scope"] == "subgroup" and r["metric"] in ("auroc", "prevalence"),
+    }
+    fields = ("scope", "subgroup", "fold", "head", "class", "metric", "value", "ci_low", "ci_high",
+              "ci_method", "n", "n_pos", "note")
+    return {name: [{k: r.get(k) for k in fields} for r in summary.get("records", []) if test(r)]
+            for name, test in keep.items()}
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, formats: Sequence[str] = FORMATS,
+               folds: Sequence[int] | None = None, check: bool = True) -> Path:
+    """Export a run folder's fold models (see the module docstring); returns ``out``."""
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        # the exporters' deprecation notices and the tracer's notes on shape checks in the model code
+        # (constant for the fixed window size exported) are not the user's concern
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.filterwarnings("ignore", category=category)
+        return _export_run(Path(run_dir), Path(out), formats, folds, check)
+
+
+def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequence[int] | None,
+                check: bool) -> Path:
+    import torch
+
+    from medres.engine.ensemble import load_run_members, prediction_checkpoint
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"unknown export format {bad[0]!r}", hint=f"use {' '.join(FORMATS)}")
+    summary_path = run_dir / "report" / "summary.json"
+    if not summary_path.is_file():
+        raise DataError("the run has no report/summary.json (the model card quotes its metrics)",
+                        path=run_dir, hint=f"python -m medres.evaluate --run {run_dir}")
+    models, config, cals, names = load_run_members(run_dir, folds)
+    summary = json.loads(summary_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_plain = export_config(config)
+    patch = list(config.data.patch_size)
+    in_ch = int(config.model.in_channels or 1)
+    example = torch.zeros((1, in_ch, *patch))
+    members = []
+    states = [torch.load(prediction_checkpoint(run_dir / f"fold_{n[4:]}"), map_location="cpu",
+                         weights_only=True) for n in names]
+    for name, model, cal, state in zip(names, models, cals, states):
+        from safetensors.torch import save_file
+
+        files = {"safetensors": f"{name}.safetensors"}
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / files["safetensors"]),
+                  metadata={"format": "medres", "member": name})
+        plain = _Plain.wrap(model)
+        if "onnx" in formats:
+            files["onnx"] = f"{name}.onnx"
+            _onnx_export(plain, example, out / files["onnx"], ("cls_logits", "seg_logits"))
+        if "torchscript" in formats:
+            files["torchscript"] = f"{name}.torchscript.pt"
+            _torchscript_export(plain, example, out / files["torchscript"])
+        members.append({"name": name, "fold": int(name[4:]), "model_spec": state["model_spec"],
+                        "calibration": cal, "epoch": int(state.get("epoch", 0)),
+                        "best": state.get("best"), "best_epoch": state.get("best_epoch"),
+                        "parameters": int(sum(p.numel() for p in model.parameters())), "files": files})
+    ensemble_file = None
+    if "onnx" in formats and len(models) > 1:
+        ensemble_file = "ensemble.onnx"
+        _onnx_export(_ensemble_module(models, cals), example, out / ensemble_file,
+                     ("cls_probs", "seg_probs", "member_cls_logits"))
+
+    checks = _run_checks(run_dir, out, config, models, members, ensemble_file, example) if check else {}
+    (out / "checks.json").write_text(json.dumps(checks, indent=1) + "\n")
+    versions = _versions()
+    hashes = {p.name: sha256_file(p) for p in sorted(out.iterdir())
+              if p.suffix in (".onnx", ".pt", ".safetensors") or p.name == "checks.json"}
+    from medres.engine.members import EXPORT_FORMAT
+
+    meta = {"format": EXPORT_FORMAT, "config": cfg_plain, "labels": list(config.data.labels),
+            "members": members, "ensemble_onnx": ensemble_file, "onnx_opset": ONNX_OPSET,
+            "window": {"inputs": ["window [B, C, *patch]"], "outputs": ["cls_logits [B, K]",
+                                                                         "seg_logits [B, S, *patch]"]},
+            "versions": versions, "sha256": hashes}
+    (out / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
+    card = model_card(config, cfg_plain, members, summary, run_dir, checks, versions, hashes, ensemble_file)
+    (out / "model_card.json").write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
+    (out / "model_card.md").write_text(card_markdown(card))
+    log.info("exported %d model(s) to %s", len(members), out)
+    return out
+
+
+def _run_checks(run_dir: Path, out: Path, config: Any, models: list, members: list[dict],
+                ensemble_file: str | None, example: Any) -> dict:
+    """Exported graphs against PyTorch on a real cohort scan (whole pipeline, sliding windows)."""
+    import torch
+
+    from medres.data.datasets import manifest_to_records
+    from medres.data.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root)
+        found = _check_volume(config, manifest_to_records(manifest, config.data))
+    except (MedresError, OSError, TypeError):
+        found = None
+    if found is None:
+        return {"note": "no scan of the cohort could be read: the exported graphs were not checked"}
+    image, _ = found
+    ref = _probabilities(models, image, config)
+    result: dict[str, Any] = {"scan": "the first readable scan of the training cohort (not named here)",
+                              "grid": [int(s) for s in image.shape[1:]], "tolerance": MAX_ABS_DIFF,
+                              "members": {}}
+    for m, member in enumerate(members):
+        rows = {}
+        runners = {}
+        if "onnx" in member["files"]:
+            runners["onnx"] = _OrtModel.wrap(out / member["files"]["onnx"])
+        if "torchscript" in member["files"]:
+            runners["torchscript"] = torch.jit.load(str(out / member["files"]["torchscript"]),
+                                                    map_location="cpu")
+        for fmt_name, runner in runners.items():
+            (cls, seg), = _probabilities([runner], image, config)
+            rows[fmt_name] = {"cls_max_abs_diff": _max_diff(cls, ref[m][0]),
+                              "seg_max_abs_diff": _max_diff(seg, ref[m][1])}
+        result["members"][member["name"]] = rows
+    if ensemble_file is not None:
+        import onnxruntime as ort
+
+        window = _center_window(image, list(config.data.patch_size))
+        session = ort.InferenceSession(str(out / ensemble_file), providers=["CPUExecutionProvider"])
+        got = session.run(["cls_probs", "seg_probs"], {"window": window.numpy()})
+        want = _ensemble_module(models, [m["calibration"] for m in members])(window)
+        result["ensemble_window"] = {
+            "cls_max_abs_diff": _max_diff(torch.from_numpy(got[0]), want[0]),
+            "seg_max_abs_diff": _max_diff(torch.from_numpy(got[1]), want[1])}
+    diffs = [v for rows in result["members"].values() for r in rows.values() for v in r.values()]
+    diffs += list(result.get("ensemble_window", {}).values())
+    result["max_abs_diff"] = max(diffs) if diffs else None
+    result["passed"] = bool(diffs) and max(diffs) <= MAX_ABS_DIFF
+    if not result["passed"]:
+        raise ConfigError(f"an exported graph differs from PyTorch by {max(diffs):.3g} (> {MAX_ABS_DIFF})",
+                          path=out / "checks.json", hint="report this; export with --format torchscript only")
+    return result
+
+
+def _center_window(image: Any, patch: list[int]) -> Any:
+    """A patch-size window ``[1, C, *patch]`` from the centre of ``image`` [C, *spatial] (zero-padded)."""
+    import torch
+
+    x = torch.as_tensor(image).float()
+    pad = []
+    for s, p in zip(reversed(x.shape[1:]), reversed(patch)):
+        pad += [0, max(0, p - s)]
+    x = torch.nn.functional.pad(x, pad)
+    idx = tuple(slice((s - p) // 2, (s - p) // 2 + p) for s, p in zip(x.shape[1:], patch))
+    return x[(slice(None), *idx)][None].contiguous()
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("medres", "torch", "monai", "onnx", "onnxruntime", "safetensors", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            if pkg == "medres":
+                from medres import __version__
+
+                out[pkg] = __version__
+    return out
+
+
+def _metric_lines(records: list[dict]) -> list[str]:
+    lines = []
+    for r in records:
+        ci = "" if r.get("ci_low") is None or r.get("ci_high") is None else \
+            f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        value = "n/a" if r.get("value") is None else f"{r['value']:.3f}"
+        where = " ".join(str(x) for x in (r.get("head"), r.get("class"), r.get("subgroup") if
+                                            r.get("subgroup") != "all" else "", r.get("fold") if
+                                            r.get("fold") not in ("pooled", None) else "") if x)
+        lines.append(f"| {r['metric']} | {where} | {value}{ci} | {r.get('n')} | {r.get('ci_method') or ''} |")
+    return lines
+
+
+def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mapping, run_dir: Path,
+               checks: dict, versions: dict, hashes: dict, ensemble_file: str | None) -> dict:
+    """The model card as plain data (``model_card.json``); :func:`card_markdown` renders it."""
+    from medres.data.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root)
+        cohort = _cohort(config, manifest)
+    except (MedresError, OSError, TypeError):
+        cohort = {"note": "the training manifest could not be read at export time"}
+    d, m = cfg_plain["data"], cfg_plain["model"]
+    metrics = _summary_metrics(summary)
+    return {
+        "model": f"medres {m['name']} fold ensemble ({len(members)} models)",
+        "intended_use": (
+            f"Research use: {', '.join(config.data.labels)} classification of {d['modality']} scans and "
+            f"segmentation of {', '.join(v for k, v in config.data.mask_labels.items() if int(k) != 0)}, on "
+            "scans like the training cohort's (same modality, protocol and population). Not a medical "
+            "device; not validated for clinical decisions."),
+        "cohort": cohort,
+        "synthetic_cohort": config.data.demo is not None and config.data.manifest is not None
+        and "demo" in str(config.data.manifest),
+        "preprocessing": {k: d[k] for k in ("modality", "orientation", "spacing", "windows", "normalize",
+                                            "patch_size", "image_columns", "spatial_dims")},
+        "inference": {"sliding_window_overlap": cfg_plain["evaluate"]["sliding_window_overlap"],
+                      "tta_flips": cfg_plain["evaluate"]["tta_flips"],
+                      "window_aggregation": cfg_plain["evaluate"].get("cls_aggregate", "max"),
+                      "ensemble": "mean of the folds' calibrated class probabilities; argmax of the mean of "
+                                  "their softmax maps"},
+        "architecture": {"name": m["name"], "model_spec": members[0]["model_spec"],
+                         "parameters_per_model": members[0]["parameters"], "models": len(members)},
+        "recipe": {k: cfg_plain[k] for k in ("loss", "optim", "schedule", "train", "cv")}
+        | {"augment": d["augment"]},
+        "members": [{k: v for k, v in mm.items() if k in ("name", "fold", "epoch", "best", "best_epoch",
+                                                          "calibration")} for mm in members],
+        "metrics": metrics,
+        "metrics_source": "the run's report (report/summary.json), unchanged",
+        "calibration": {"method": config.evaluate.calibration,
+                        "fitted_on": "each fold's inner-validation predictions only",
+                        "maps": {mm["name"]: mm["calibration"] for mm in members}},
+        "export_checks": checks,
+        "limitations": _limitations(config, cohort, members),
+        "versions": versions,
+        "sha256": hashes,
+        "files": {"ensemble_onnx": ensemble_file, **{mm["name"]: mm["files"] for mm in members}},
+    }
+
+
+def _limitations(config: Any, cohort: Mapping, members: list[dict]) -> list[str]:
+    out = [
+        "Performance was estimated by patient-level cross-validation (and the held-out test split where the "
+        "manifest has one) on one cohort; it is not an external validation.",
+        "Scans unlike the training cohort (other scanners, protocols, reconstruction kernels, populations, "
+        "paediatric patients) may be predicted poorly, without warning.",
+        "Calibration was fitted per fold on small inner-validation subsets; recalibrate on local data before "
+        "relying on probabilities.",
+        "The ensemble ONNX graph works on one window; whole-volume inference (sliding windows, window "
+        "aggregation, resampling back to the scan) is medres.predict's.",
+    ]
+    if "scans" in cohort and cohort["scans"] < 200:
+        out.append(f"Small training cohort ({cohort['scans']} scans): intervals are wide.")
+    if any((mm.get("calibration") or {}).get("method", "none") == "none" for mm in members):
+        out.append("At least one fold kept uncalibrated probabilities (see calibration.maps: its inner "
+                   "validation could not support a fit).")
+    return out
+
+
+def card_markdown(card: Mapping) -> str:
+    """``model_card.md`` from the card's data."""
+    c = card["cohort"]
+    lines = [f"# Model card: {card['model']}", "", "## Intended use", "", card["intended_use"], "",
+             "## Training cohort", ""]
+    if "scans" in c:
+        lines.append(f"{c['scans']} scans of {c['patients']} patients (development split; test split "
+                     "excluded).")
+        if card.get("synthetic_cohort"):
+            lines.append("The cohort is medres's synthetic demo cohort.")
+        for key in ("by_site", "by_scanner", "by_sex", "by_age_band"):
+            if key in c:
+                lines += ["", f"**{key[3:].replace('_', ' ')}**: " + ", ".join(f"{k}: {v}"
+                                                                              for k, v in c[key].items())]
+        if "labels" in c:
+            lines += ["", "**labels**: " + ", ".join(f"{k}: {v['scans']} ({v['prevalence']:.1%})"
+                                                     for k, v in c["labels"].items())]
+    else:
+        lines.append(c.get("note", ""))
+    p = card["preprocessing"]
+    lines += ["", "## Preprocessing", "", f"- modality: {p['modality']}; orientation: {p['orientation']}",
+              f"- spacing (mm): {p['spacing']}; patch (window): {p['patch_size']}",
+              f"- intensity: {p['normalize']}; windows: " + (", ".join(
+                  f"{w['name']} (centre {w['center']}, width {w['width']})" for w in p["windows"]) or "none"),
+              f"- inference: {json.dumps(card['inference'])}",
+              "", "## Architecture", "",
+              f"{card['architecture']['name']}, {card['architecture']['parameters_per_model']:,} parameters "
+              f"per model, {card['architecture']['models']} models; spec "
+              f"`{json.dumps(card['architecture']['model_spec'])}`", "",
+              "## Training recipe", "", f"```json\n{json.dumps(card['recipe'], indent=1)}\n```", ""]
+    lines += ["## Metrics", "", f"Source: {card['metrics_source']}.", ""]
+    titles = {"oof": "Out-of-fold (pooled)", "test_folds": "Test split, each fold model",
+              "test_ensemble": "Test split, fold ensemble", "calibration": "Calibration (before / after)",
+              "subgroups": "Subgroups (out-of-fold)"}
+    for key, title in titles.items():
+        recs = card["metrics"].get(key, [])
+        if not recs:
+            continue
+        lines += [f"### {title}", "", "| metric | where | value [CI] | n | interval |",
+                  "|---|---|---|---|---|", *_metric_lines(recs), ""]
+    lines += ["## Calibration", "", f"{card['calibration']['method']} scaling, fitted on "
+              f"{card['calibration']['fitted_on']}:", ""]
+    for name, cal in card["calibration"]["maps"].items():
+        lines.append(f"- {name}: `{json.dumps(cal)}`")
+    ch = card["export_checks"]
+    lines += ["", "## Export checks", "", f"Maximum absolute difference of probabilities, exported graph vs "
+              f"PyTorch, on a real cohort scan: {ch.get('max_abs_diff')} (tolerance {ch.get('tolerance')}); "
+              f"passed: {ch.get('passed')}. {ch.get('note', '')}", "", "## Known limitations", ""]
+    lines += [f"- {x}" for x in card["limitations"]]
+    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in card["versions"].items()), "",
+              "## Files (SHA-256)", ""]
+    lines += [f"- {k}: `{v}`" for k, v in card["sha256"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m medres.export", description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="a run folder (runs/NAME) with its report")
+    p.add_argument("--out", required=True, help="the export folder")
+    p.add_argument("--format", nargs="+", default=list(FORMATS), choices=FORMATS, help="graph formats")
+    p.add_argument("--folds", type=int, nargs="+", default=None, help="folds to export (default: all)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime/TorchScript check")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        out = export_run(args.run, args.out, formats=args.format, folds=args.folds, check=not args.no_check)
+    except MedresError as e:
+        print(f"medres.export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"export: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
