@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path")
     p.add_argument("--skip-2d", action="store_true")
     p.add_argument("--skip-3d", action="store_true")
-    p.add_argument("--config", type=Path, default=ROOT / "configs" / "ct_chest.yaml")
+    p.add_argument("--config", type=Path, default=ROOT / "medres" / "configs" / "ct_chest.yaml")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = p.parse_args(argv)
 

@@ -1,6 +1,6 @@
 """``python -m medres.train``: cross-validated training of the configured model, then the evaluation.
 
-    python -m medres.train --config configs/ct_chest.yaml [--set train.epochs=5 ...] [--fold k]
+    python -m medres.train --config ct_chest.yaml [--set train.epochs=5 ...] [--fold k]
                            [--resume] [--force] [--quiet] [--output DIR]
     torchrun --nproc_per_node=2 -m medres.train --config ...        # DistributedDataParallel
 
@@ -89,7 +89,9 @@ def _setup_logging(*, quiet: bool, is_main: bool) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m medres.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="YAML configuration (configs/ct_chest.yaml: the main job)")
+    p.add_argument("--config", help="YAML configuration: a file, or a shipped one by name (ct_chest.yaml: "
+                                    "the main job; a file of that name in the working directory wins)")
+    p.add_argument("--list-configs", action="store_true", help="list the shipped configurations and exit")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--fold", type=int, action="append", help="train only this fold (repeatable); default all")
@@ -104,7 +106,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list_configs:
+        from medres.config import list_shipped_configs
+
+        print("\n".join(f"{n:24} {d}" for n, d in list_shipped_configs().items()))
+        return 0
+    if not args.config:
+        parser.error("--config is required (or --list-configs)")
     from medres.engine.loop import Interrupted
 
     stop = _StopFlag()
