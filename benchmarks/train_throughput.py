@@ -1,7 +1,7 @@
 """Training throughput: plain fp32 against medres's fast path, in one run, for two models.
 
 1. The 2D ResNet-50 at 224x224, 3 channels, 1000 classes (the ImageNet recipe), synthetic data.
-2. The main job's 3D dual-head model (``configs/ct_chest.yaml``'s model and patch when that file
+2. The main job's 3D dual-head model (``medres/configs/ct_chest.yaml``'s model and patch when that file
    loads, else dual_resnet10 on 48^3 patches), cross-entropy + MONAI Dice-CE on synthetic volumes.
 
 Each model is timed twice: plain fp32 (contiguous memory format), then the fast path: autocast

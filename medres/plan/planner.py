@@ -26,8 +26,9 @@ The rules (each choice is also explained by a comment in the written YAML):
   Dice alone for the masks when the median lesion scan has under 1% foreground voxels (cross-entropy
   then drives tiny lesions to background: measured on the demo cohort), Dice + CE otherwise.
 - **epochs / schedule**: about 1,000 optimizer steps (the demo recipe, ``ct_chest.yaml``: 950 steps),
-  20-300 epochs, fewer when the measured time per epoch does not fit ``minutes``; AdamW 3e-3 with a
-  cosine schedule and a one-epoch warm-up.
+  20-300 epochs, fewer (not under 20) when the measured time per epoch does not fit ``minutes``; when no
+  candidate grid holds the recipe, the cheapest one is taken. AdamW 3e-3 with a cosine schedule and a
+  one-epoch warm-up.
 - **cache**: preprocessed volumes on disk, shared by the folds, when they fit in a quarter of the free
   memory (then they stay in the page cache) or the free disk; in memory for one fold; none otherwise.
 """
@@ -221,7 +222,7 @@ def _time_epoch(bench: _Bench, patch: list[int], grid: list[int], batch: int, co
             "fold_fixed_s": fold_fixed, "contended": step.contended}
 
 
-def _pipeline_seconds(manifest: Path, raw: dict[str, Any], n: int = 2) -> float:
+def _pipeline_seconds(manifest: Path, raw: dict[str, Any], n: int = 4) -> float:
     """Seconds per training sample spent in the data pipeline after the cache (crop, windows,
     augmentation), measured on the first scan of the manifest."""
     from medres.config import load_config
@@ -360,6 +361,7 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
     from medres.plan.measure import available_memory_bytes
 
     manifest = Path(manifest).resolve()
+    modality_given = modality is not None
     if modality is not None and modality not in ("CT", "MR"):
         raise ConfigError(f"modality {modality!r} is not CT or MR", field="--modality")
     t_start = time.perf_counter()
@@ -425,6 +427,9 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
     while spacing is not None:
         grid = _grid(fp, spacing)
         patch = [_round_up(g, STRIDE // 2) for g in grid]
+        if tried and patch == tried[-1]["patch_size"]:  # a coarser grid padded to the same patch: no saving
+            spacing = _coarser(spacing, ceiling)
+            continue
         need = _lesion_need(fp, spacing)
         voxels_total = float(np.prod(grid)) * n_scans
         cap = max(1, min(steps_cap, int(BATCH_VOXEL_SHARE * voxels_total // np.prod(patch)) or 1))
@@ -467,10 +472,13 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
             chosen = entry
             break
         spacing = _coarser(spacing, ceiling)
-    if chosen is None:  # nothing fits the whole recipe: the candidate with the most steps in the budget
-        chosen = max(tried, key=lambda e: (e["epochs_in_budget"] or 0) * e["timing"]["steps_per_epoch"])
-    epochs = chosen["target_epochs"] if chosen["epochs_in_budget"] is None else \
-        max(5, min(chosen["target_epochs"], chosen["epochs_in_budget"]))
+    over_budget = False
+    if chosen is None:  # nothing holds the whole recipe: the cheapest candidate, as many epochs as fit
+        chosen = min(tried, key=lambda e: e["timing"]["epoch_s"])
+    epochs = chosen["target_epochs"]
+    if chosen["epochs_in_budget"] is not None and chosen["epochs_in_budget"] < epochs:
+        epochs = max(MIN_EPOCHS, chosen["epochs_in_budget"])
+        over_budget = chosen["epochs_in_budget"] < MIN_EPOCHS
     spacing, patch, grid = chosen["spacing_mm"], chosen["patch_size"], chosen["grid"]
     batch = chosen["batch_size"]
     stride = chosen["stride"]
@@ -508,7 +516,10 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
               + (" (the machine was busy: CPU time per thread used)" if timing.get("contended") else "")
               + ".\n"
               f"Estimated training time: {est_min:.1f} min for {folds} folds x {epochs} epochs"
-              + (f" (budget {minutes:g} min)." if minutes is not None else "."))
+              + (f" (budget {minutes:g} min)." if minutes is not None else ".")
+              + (f"\nThe budget does not hold even {MIN_EPOCHS} epochs as measured: the plan keeps "
+                 f"{MIN_EPOCHS} (fewer do not train); give more time or a faster device."
+                 if over_budget else ""))
     y.section("data")
     manifest_rel = str(manifest)
     if out_path is not None and os.path.commonpath([manifest, out_path.parent]) != os.sep:
@@ -521,7 +532,7 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
         y.item("image_columns", image_columns, "one input channel per image column")
     y.item("mask_column", fp.get("mask_column"))
     y.item("modality", modality, "inferred from the intensities (HU air below -500)"
-           if fp.get("modality_inferred") and fingerprint is None else "as given")
+           if fp.get("modality_inferred") and not modality_given else "as given")
     if windows:
         y.comment(f"CT windows, one input channel each: {windows_why}", 2)
         y.lines.append("  windows:")
