@@ -153,6 +153,16 @@ class _Bench:
         self.in_channels = self.cfg.model.in_channels
         self.seg_classes = self.cfg.model.seg_classes
 
+    def autocast(self):
+        """The precision training will use (``precision: auto``): fp32 on the CPU, bf16/fp16 on a GPU."""
+        import contextlib
+
+        torch = self.torch
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
     def build(self):
         from medres.engine.fold import build_model
         from medres.engine.losses import build_loss
@@ -186,12 +196,13 @@ def _search_batch(bench: _Bench, patch: list[int], budget: int, cap: int) -> dic
 
     tries = sorted({*[2 ** k for k in range(int(math.log2(max(cap, 1))) + 1)], cap})
     # a throw-away step first: one-time allocations (libraries' workspaces, thread pools) are not the batch's
-    measure_step(bench.build, bench.batch_maker(patch), 1, device=bench.device)
+    measure_step(bench.build, bench.batch_maker(patch), 1, device=bench.device, autocast=bench.autocast)
     measured: list[tuple[int, int]] = []
     best = None
     method = ""
     for b in tries:
-        m = measure_step(bench.build, bench.batch_maker(patch), b, device=bench.device)
+        m = measure_step(bench.build, bench.batch_maker(patch), b, device=bench.device,
+                         autocast=bench.autocast)
         method = m.method
         measured.append((b, m.peak_bytes))
         if m.peak_bytes > budget:
@@ -210,10 +221,11 @@ def _time_epoch(bench: _Bench, patch: list[int], grid: list[int], batch: int, co
     from medres.engine.fold import build_model
     from medres.plan.measure import measure_forward, measure_step
 
-    step = measure_step(bench.build, bench.batch_maker(patch), batch, device=bench.device, timed_steps=4)
+    step = measure_step(bench.build, bench.batch_maker(patch), batch, device=bench.device, timed_steps=4,
+                        autocast=bench.autocast)
     model = build_model(bench.cfg).to(bench.device)
     eval_shape = [bench.in_channels, *[max(p, g) for p, g in zip(patch, grid)]]
-    fwd = measure_forward(model, eval_shape, device=bench.device)
+    fwd = measure_forward(model, eval_shape, device=bench.device, autocast=bench.autocast)
     n_windows = int(np.prod([math.ceil(g / p) if g > p else 1 for p, g in zip(patch, grid)]))
     steps = max(1, math.ceil(counts["train"] / batch))
     epoch = steps * step.seconds + counts["train"] * pipeline_s + counts["val"] * fwd * n_windows
@@ -542,7 +554,7 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
            "MR: per-channel z-score over non-zero voxels (MR intensities have no absolute scale)")
     y.item("orientation", "RAS", f"orientations in the cohort: {fp['orientations']}; all resampled to RAS")
     y.item("spacing", [float(s) for s in spacing],
-           spacing_why + (f"; coarsened from {_fmt(spacing0)} mm so {epochs} epochs fit the budget "
+           spacing_why + (f"; coarsened from {_fmt(spacing0)} mm for the time budget "
                           f"(finer grids measured: {[e['spacing_mm'] for e in tried if e is not chosen]})"
                           if spacing != [round(s, 4) for s in spacing0] else ""))
     lesion_txt = ""
