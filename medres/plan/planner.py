@@ -190,13 +190,15 @@ class _Bench:
 
 
 def _search_batch(bench: _Bench, patch: list[int], budget: int, cap: int) -> dict[str, Any]:
-    """Doubling search (1, 2, 4, ... up to ``cap``, and ``cap`` itself) for the largest measured batch
+    """Doubling search (2, 4, 8, ... up to ``cap``, and ``cap`` itself) for the largest measured batch
     whose step fits ``budget`` bytes; bounded by log2(cap) + 2 dry runs."""
     from medres.plan.measure import measure_step
 
-    tries = sorted({*[2 ** k for k in range(int(math.log2(max(cap, 1))) + 1)], cap})
+    # from 2: one sample breaks batch norm where the deepest map is 1 voxel (the loop drops such batches)
+    cap = max(cap, 2)
+    tries = sorted({*[2 ** k for k in range(1, int(math.log2(cap)) + 1)], cap})
     # a throw-away step first: one-time allocations (libraries' workspaces, thread pools) are not the batch's
-    measure_step(bench.build, bench.batch_maker(patch), 1, device=bench.device, autocast=bench.autocast)
+    measure_step(bench.build, bench.batch_maker(patch), 2, device=bench.device, autocast=bench.autocast)
     measured: list[tuple[int, int]] = []
     best = None
     method = ""
@@ -448,7 +450,7 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
         bench = _Bench(raw_for(spacing, patch, 1, 1), device)
         search = _search_batch(bench, patch, budget, max(cap, 2))
         shrunk = 0
-        while (search["batch"] is None or search["batch"] < min(2, cap)) and shrunk < 8:
+        while search["batch"] is None and shrunk < 8:
             axis = int(np.argmax(patch))
             if patch[axis] - STRIDE // 2 < max(need[axis], STRIDE):
                 break
@@ -457,10 +459,10 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
             bench = _Bench(raw_for(spacing, patch, 1, 1), device)
             search = _search_batch(bench, patch, budget, max(cap, 2))
         if search["batch"] is None:
-            raise ConfigError(f"not even one patch of {patch} fits the memory budget "
+            raise ConfigError(f"not even two patches of {patch} fit the memory budget "
                               f"{budget / 2**30:.1f} GiB on {device}", field="--memory-gb",
                               hint="give a larger --memory-gb, or plan for a device with more memory")
-        batch = min(search["batch"], cap) if cap >= 2 else min(search["batch"], 2)
+        batch = min(search["batch"], max(cap, 2))
         bench = _Bench(raw_for(spacing, patch, batch, 1), device)
         if pipeline_s is None:
             try:

@@ -99,13 +99,13 @@ def test_measured_peak_memory_grows_with_the_batch():
         {"name": "w", "center": 0, "width": 100}]}, "model": {"name": "dual_resnet10",
                                                               "options": {"base_channels": 8}}}
     bench = _Bench(raw, "cpu")
-    measure_step(bench.build, bench.batch_maker([32, 32, 32]), 1, device=torch.device("cpu"))  # warm-up
-    one = measure_step(bench.build, bench.batch_maker([32, 32, 32]), 1, device=torch.device("cpu"))
+    measure_step(bench.build, bench.batch_maker([32, 32, 32]), 2, device=torch.device("cpu"))  # warm-up
+    two = measure_step(bench.build, bench.batch_maker([32, 32, 32]), 2, device=torch.device("cpu"))
     eight = measure_step(bench.build, bench.batch_maker([32, 32, 32]), 8, device=torch.device("cpu"),
                          timed_steps=1)
-    # 7 more samples of 32^3 x 8 channels of activations at least (float32, the stem's output alone
-    # is 16^3 x 8 x 4 bytes per sample; the step holds many such maps)
-    assert eight.peak_bytes > one.peak_bytes + 7 * 16**3 * 8 * 4
+    # 6 more samples, each at least its input (32^3 x 1 channel x 4 bytes) and the stem's output
+    # (16^3 x 8 channels x 4 bytes) held for the backward pass
+    assert eight.peak_bytes > two.peak_bytes + 6 * (32**3 + 16**3 * 8) * 4
     assert eight.seconds > 0 and eight.method
 
 
