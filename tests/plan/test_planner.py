@@ -129,8 +129,10 @@ def test_two_cohorts_of_different_geometry_get_different_sensible_plans(tmp_path
     assert d.data.modality == "CT" and d.data.normalize == "window" and len(d.data.windows) == 2
     assert d.data.spacing == [3.75, 3.75, 5.0] and d.data.patch_size == [64, 64, 48]
     assert d.data.labels == ["normal", "nodule"] and d.data.positive_label == "nodule"
-    lesion_window = d.data.windows[0]
-    assert -700 < lesion_window.center - lesion_window.width / 2 < -500  # ground-glass nodules inside
+    lesion, body = d.data.windows
+    fg = demo.fingerprint["intensity"]["foreground"][0]["percentiles"]
+    assert lesion.center - lesion.width / 2 < fg["p0.5"] and fg["p99.5"] < lesion.center + lesion.width / 2
+    assert lesion.width < body.width  # the lesion window is the narrower, higher-contrast channel
     # MR: z-score, two channels, the anisotropic rule (10th-percentile slice spacing 3 mm), another patch
     assert m.data.modality == "MR" and m.data.normalize == "zscore" and not m.data.windows
     assert m.data.image_columns == ["image_t1", "image_t2"] and m.model.in_channels == 2
