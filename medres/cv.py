@@ -1,7 +1,7 @@
 """Cross-validation by patient: stratified group folds, an editable split file, a leakage audit.
 
 Every scan of a patient lands in the same fold, so no patient is ever on both sides of a split
-(plain ``KFold`` over scans puts about half the patients there, REFERENCE.md §4). Folds are drawn
+(plain ``KFold`` over scans puts about half the patients there, docs/reference.md §4). Folds are drawn
 with scikit-learn's ``StratifiedGroupKFold`` (shuffle, ``random_state=seed``) over the scans, grouped
 by ``patient_id`` and stratified by the *patient's* label: a patient whose scans carry different labels
 (a normal baseline and a follow-up with a nodule) is stratified on the highest label in vocabulary
@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,9 +27,12 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
 from medres.errors import DataError, DataErrors
 
+if TYPE_CHECKING:
+    from medres.config import Config
+
 __all__ = [
     "split_test", "make_folds", "folds_table", "write_folds", "read_folds", "fold_split", "audit_folds",
-    "inner_validation_split",
+    "inner_validation_split", "FoldData", "fold_data",
 ]
 
 _UNLABELLED = -1
@@ -325,3 +330,31 @@ def inner_validation_split(train_df: pd.DataFrame, *, fraction: float, seed: int
                       "so the validation subset may miss it", UserWarning, stacklevel=2)
     sorted_ids = ids.to_numpy()[order]
     return sorted(set(sorted_ids[train_idx])), sorted(set(sorted_ids[val_idx]))
+
+
+@dataclass
+class FoldData:
+    """The records (``manifest_to_records`` dicts) of one fold's disjoint patient sets, and the test set."""
+
+    fold: int
+    train: list[dict[str, Any]]
+    inner_val: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+
+
+def fold_data(cfg: Config, df: pd.DataFrame, folds: pd.DataFrame, k: int, test: pd.DataFrame) -> FoldData:
+    """Fold ``k`` of the manifest ``df``: its training patients split again into training and inner
+    validation (``cv.val_fraction``, seed ``cv.seed + k``), its held-out patients, and the test rows."""
+    from medres.data.datasets import manifest_to_records
+
+    train_df, held_df = fold_split(df, folds, k)
+    tr_ids, val_ids = inner_validation_split(train_df, fraction=cfg.cv.val_fraction, seed=cfg.cv.seed + k,
+                                             labels=cfg.data.labels)
+    in_val = train_df["patient_id"].astype(str).isin(set(map(str, val_ids))).to_numpy()
+
+    def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+        return manifest_to_records(frame, cfg.data) if len(frame) else []
+
+    return FoldData(fold=k, train=records(train_df[~in_val]), inner_val=records(train_df[in_val]),
+                    heldout=records(held_df), test=records(test))

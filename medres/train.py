@@ -15,15 +15,24 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from medres.config import Config, load_config
-from medres.errors import MedresError
+from medres.errors import ConfigError, MedresError
 
-__all__ = ["run", "main"]
+if TYPE_CHECKING:  # the rest is imported where it is used, so that --help answers at once
+    import pandas as pd
+    import torch
 
-log = logging.getLogger("medres.engine")
+    from medres.config import Config
+    from medres.cv import FoldData
+    from medres.engine.loop import LoopState
+
+__all__ = ["Run", "run", "main"]
+
+log = logging.getLogger("medres.train")
 
 
 class _StopFlag:
@@ -46,34 +55,139 @@ class _StopFlag:
             signal.signal(s, handler)
 
 
+@dataclass
+class Run:
+    """What a run produced, for notebooks: the folder, and per fold its metrics and predictions."""
+
+    run_dir: Path
+    config: Config
+    metrics: dict[int, pd.DataFrame] = field(default_factory=dict)  # fold -> metrics.csv
+    predictions: dict[int, pd.DataFrame] = field(default_factory=dict)  # fold -> predictions.parquet
+    states: dict[int, LoopState] = field(default_factory=dict)
+    report: Path | None = None
+
+    @property
+    def oof(self) -> pd.DataFrame:
+        """All folds' out-of-fold predictions in one table."""
+        import pandas as pd
+
+        frames = [df for _, df in sorted(self.predictions.items())]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (),
-        folds: Sequence[int] | None = None,
-        resume: bool = False, force: bool = False, quiet: bool = False, evaluate: bool = True,
-        predict: bool = True, should_stop=None):
-    """Train (and evaluate) the run described by ``config``; return a :class:`medres.engine.run.Run`.
+        folds: Sequence[int] | None = None, resume: bool = False, force: bool = False, quiet: bool = False,
+        evaluate: bool = True, predict: bool = True,
+        should_stop: Callable[[], int | None] | None = None) -> Run:
+    """Train the configured folds (all by default), predict each fold's held-out cases with its best
+    model, and evaluate the run once every fold has its predictions; return a :class:`Run`.
 
     ``config`` is a ``Config`` or a YAML path (``overrides`` are ``--set`` strings for a path).
+    ``predict=False`` only trains (a later ``resume=True`` run finds the folds finished and predicts).
+    Layout (DESIGN.md): ``runs/<name>/config.yaml``, ``folds.csv`` and ``fold_k/{checkpoint_last.pt,
+    checkpoint_best.pt, metrics.csv, predictions.parquet, inner_val_predictions.parquet, ...}``.
     """
+    import pandas as pd
     import torch
 
-    from medres.engine.distributed import cleanup_distributed, init_distributed
-    from medres.engine.precision import resolve_fast_path
-    from medres.engine.run import run_cv
+    from medres.config import Config, load_config, save_resolved
+    from medres.cv import audit_folds, fold_data, make_folds, read_folds, split_test, write_folds
+    from medres.data.cohort import load_cohort
+    from medres.engine.distributed import barrier, cleanup_distributed, init_distributed
+    from medres.engine.fold import train_fold
+    from medres.engine.precision import resolve_compute_settings
 
+    should_stop = should_stop or (lambda: None)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     dist_info = init_distributed()
-    _setup_logging(quiet=quiet, is_main=dist_info.is_main)
-    fast = resolve_fast_path(cfg.train, spatial_dims=cfg.model.spatial_dims, local_rank=dist_info.local_rank)
-    if dist_info.is_main:
-        log.info("%s; %d CPU threads%s", fast.describe(), torch.get_num_threads(),
-                 f"; {dist_info.world_size} processes (DDP)" if dist_info.enabled else "")
-    progress = dist_info.is_main and not quiet and sys.stdout.isatty() and sys.stderr.isatty()
+    is_main = dist_info.is_main
+    _setup_logging(quiet=quiet, is_main=is_main)
     try:
-        return run_cv(cfg, fast=fast, dist_info=dist_info, folds=folds, resume=resume, force=force,
-                      progress=progress, should_stop=should_stop or (lambda: None), evaluate=evaluate,
-                      predict=predict)
+        compute = resolve_compute_settings(cfg.train, spatial_dims=cfg.model.spatial_dims,
+                                           local_rank=dist_info.local_rank)
+        if is_main:
+            log.info("%s; %d CPU threads%s", compute.describe(), torch.get_num_threads(),
+                     f"; {dist_info.world_size} processes (DDP)" if dist_info.enabled else "")
+        progress = is_main and not quiet and sys.stdout.isatty() and sys.stderr.isatty()
+
+        # -- the cohort (rank 0 first: it may write the demo cohort) and the run folder
+        run_dir = Path(cfg.output.dir) / cfg.output.name
+        if is_main:
+            cfg, df = load_cohort(cfg)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_resolved(cfg, run_dir / "config.yaml")
+        barrier()
+        if not is_main:
+            cfg, df = load_cohort(cfg)
+
+        # -- the folds, by patient
+        dev, test = split_test(df)
+        if cfg.cv.folds_file is not None:
+            fold_table = read_folds(cfg.cv.folds_file, n_folds=cfg.cv.folds)
+        elif resume and (run_dir / "folds.csv").exists():
+            fold_table = read_folds(run_dir / "folds.csv", n_folds=cfg.cv.folds)
+        else:
+            fold_table = make_folds(df, n_folds=cfg.cv.folds, seed=cfg.cv.seed, labels=cfg.data.labels)
+        audit_folds(df, fold_table)
+        if is_main:
+            write_folds(fold_table, run_dir / "folds.csv")
+            log.info("run folder: %s (%d scans, %d folds%s)", run_dir.resolve(), len(df), cfg.cv.folds,
+                     f", {len(test)} test scans held out" if len(test) else "")
+        wanted = list(range(cfg.cv.folds)) if folds is None else list(folds)
+        bad = [k for k in wanted if not 0 <= k < cfg.cv.folds]
+        if bad:
+            raise ConfigError(f"fold {bad[0]} does not exist (cv.folds={cfg.cv.folds})", field="cv.folds",
+                              hint=f"use --fold 0..{cfg.cv.folds - 1}")
+
+        # -- each fold: train, then predict its held-out cases
+        result = Run(run_dir=run_dir, config=cfg)
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else (
+            run_dir / ".cache" if cfg.data.cache == "disk" else None)
+        for k in wanted:
+            fold_dir = run_dir / f"fold_{k}"
+            data = fold_data(cfg, df, fold_table, k, test)
+            log.info("fold %d/%d: %d training, %d inner-validation, %d held-out scans", k + 1, cfg.cv.folds,
+                     len(data.train), len(data.inner_val), len(data.heldout))
+            result.states[k] = train_fold(cfg, data, fold_dir, compute=compute, dist_info=dist_info,
+                                          resume=resume, force=force, progress=progress,
+                                          should_stop=should_stop, cache_dir=cache_dir)
+            if is_main:
+                if predict:
+                    _predict_fold(cfg, data, fold_dir, run_dir, compute.device)
+                result.metrics[k] = pd.read_csv(fold_dir / "metrics.csv")
+                if (fold_dir / "predictions.parquet").exists():
+                    result.predictions[k] = pd.read_parquet(fold_dir / "predictions.parquet")
+            barrier()
+
+        # -- the evaluation, once every fold has its predictions
+        missing = [k for k in range(cfg.cv.folds)
+                   if not (run_dir / f"fold_{k}" / "predictions.parquet").exists()]
+        if is_main and evaluate and predict and not missing:
+            from medres.evaluation import evaluate_run
+
+            result.report = evaluate_run(run_dir)
+            log.info("report: %s", Path(result.report).resolve())
+        elif is_main and missing:
+            log.info("folds still to train before the evaluation: %s", missing)
+        return result
     finally:
         cleanup_distributed()
+
+
+def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, device: torch.device) -> None:
+    """Held-out, inner-validation (and test) predictions of the fold's best model (DESIGN.md contract)."""
+    from medres.engine.fold import build_model, load_best_weights
+    from medres.engine.inference import write_fold_predictions
+
+    model = build_model(cfg)
+    load_best_weights(model, fold_dir)
+    model = model.to(device).eval()
+    sets = (("predictions", data.heldout, True), ("inner_val_predictions", data.inner_val, False),
+            ("test_predictions", data.test, True))
+    for name, records, masks in sets:
+        if records:
+            write_fold_predictions(run_dir, data.fold, model, records, cfg, name, masks=masks, device=device)
+    log.info("fold %d predictions: %s", data.fold, (fold_dir / "predictions.parquet").resolve())
 
 
 def _setup_logging(*, quiet: bool, is_main: bool) -> None:
@@ -92,8 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML configuration: a file, or a shipped one by name (ct_chest.yaml: "
                                     "the main job; a file of that name in the working directory wins)")
     p.add_argument("--list-configs", action="store_true", help="list the shipped configurations and exit")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override settings, e.g. --set train.epochs=5 optim.lr=1e-3 (several per flag; "
+                        "the flag may repeat)")
     p.add_argument("--fold", type=int, action="append", help="train only this fold (repeatable); default all")
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoints")
     p.add_argument("--force", action="store_true",
@@ -115,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.config:
         parser.error("--config is required (or --list-configs)")
+    from medres.config import load_config
     from medres.engine.loop import Interrupted
 
     stop = _StopFlag()

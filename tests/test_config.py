@@ -49,9 +49,21 @@ def test_defaults_and_derived_model_fields():
                                      "patch_size": [224, 224], "image_folder": "imgs"},
                             "model": {"name": "resnet50", "num_classes": 1000}})
     assert (nat.model.in_channels, nat.model.spatial_dims, nat.model.num_classes) == (3, 2, 1000)
-    # an explicit value wins, and resolved() is idempotent
-    cfg = load_config(data={"model": {"in_channels": 4}})
-    assert cfg.model.in_channels == 4 and cfg.resolved() == cfg
+    # an explicit value that agrees is kept, and resolved() is idempotent
+    cfg = load_config(data={"model": {"in_channels": 1}})
+    assert cfg.model.in_channels == 1 and cfg.resolved() == cfg
+
+
+def test_contradictory_channel_settings_are_config_errors():
+    """One channel rule (medres.config.input_channels, also what the pipeline builds): settings that
+    contradict it fail here, not as a convolution shape error at the first batch."""
+    two = [{"name": "lung", "center": -600, "width": 1500}, {"name": "soft", "center": 40, "width": 400}]
+    with pytest.raises(ConfigError, match="ignore them and make 1 channel") as e:
+        load_config(data={"data": {"normalize": "zscore", "windows": two}})
+    assert e.value.field == "data.windows"
+    with pytest.raises(ConfigError, match="makes 2 channel") as e:
+        load_config(data={"data": {"windows": two}, "model": {"in_channels": 1}})
+    assert e.value.field == "model.in_channels"
 
 
 def test_yaml_11_surprises(tmp_path):

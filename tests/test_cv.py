@@ -50,7 +50,7 @@ def test_plain_kfold_leaks_but_our_folds_do_not():
     leaked = set()
     for tr, te in KFold(5, shuffle=True, random_state=0).split(dev):
         leaked |= set(dev.patient_id.iloc[tr]) & set(dev.patient_id.iloc[te])
-    assert len(leaked) >= 5  # the failure this module exists to prevent (REFERENCE.md §4)
+    assert len(leaked) >= 5  # the failure this module exists to prevent (docs/reference.md §4)
 
     folds = make_folds(df, n_folds=5, seed=0, labels=LABELS)
     assert list(folds.columns) == ["patient_id", "fold"]

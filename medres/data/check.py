@@ -1,4 +1,5 @@
-"""Pre-flight check of a whole cohort: ``python -m medres.data.check --manifest M [--config C] [--root R]``.
+"""Pre-flight check of a whole cohort: ``python -m medres.data.check --manifest M [--config C] [--root R]
+[--manifest-only]``.
 
 Validates the manifest (every row), loads every row's image(s) and mask through the same reader
 training uses, and checks each image/mask pair (shape, spacing, affine, mask labels). All problems are
@@ -17,9 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medres.errors import ConfigError, DataError
-
-from .io import check_image_mask, load_image
-from .manifest import validate_manifest
 
 __all__ = ["CheckResult", "check_cohort", "format_problems", "main"]
 
@@ -41,8 +39,13 @@ class CheckResult:
 def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = None,
                  root: str | Path | None = None, image_columns: Sequence[str] | None = None,
                  mask_column: str | None = "mask", mask_labels: Sequence[int] | None = None,
-                 ndim: int | None = None, atol: float = 1e-3) -> CheckResult:
-    """Check every row, file and image/mask pair of a manifest; never stops at the first problem."""
+                 ndim: int | None = None, atol: float = 1e-3, manifest_only: bool = False) -> CheckResult:
+    """Check every row, file and image/mask pair of a manifest; never stops at the first problem.
+
+    ``manifest_only``: the manifest's columns, rows, labels and paths only, without reading a scan (and
+    without importing torch or MONAI: seconds for a large cohort)."""
+    from medres.data.manifest import validate_manifest  # pandas: imported here, so --help is instant
+
     result = CheckResult()
     try:
         df, errors = validate_manifest(manifest, vocabulary=vocabulary, root=root,
@@ -53,8 +56,11 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
     result.problems.extend(errors)
     result.rows = len(df)
     images = df.attrs.get("image_columns")
-    if images is None:  # column-level problems: the rows cannot be read
+    if images is None or manifest_only:  # column-level problems: the rows cannot be read
+        result.problems.sort(key=lambda e: -1 if e.row is None else e.row)
         return result
+    from medres.data.io import check_image_mask, load_image  # torch and MONAI: only to read scans
+
     bad_rows = {e.row for e in errors if e.row is not None}
     for i, rec in enumerate(df.to_dict("records")):
         row = i + 1
@@ -114,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", help="the data root paths may not leave (default: config, else the "
                                        "manifest's folder)")
     parser.add_argument("--atol", type=float, default=1e-3, help="image/mask affine tolerance (mm)")
+    parser.add_argument("--manifest-only", action="store_true",
+                        help="check the manifest (columns, rows, labels, paths) without reading the scans")
     args = parser.parse_args(argv)
     settings: dict = {"vocabulary": None, "mask_labels": None, "image_columns": None, "mask_column": "mask",
                       "ndim": None, "root": None, "manifest": None}
@@ -130,15 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not manifest:
         parser.error("--manifest is required (or a --config with data.manifest)")
     start = time.perf_counter()
-    result = check_cohort(manifest, atol=args.atol, **settings)
+    result = check_cohort(manifest, atol=args.atol, manifest_only=args.manifest_only, **settings)
     seconds = time.perf_counter() - start
     if result.problems:
         print(f"medres data check: {len(result.problems)} problem(s) in {manifest} "
               f"({result.rows} rows, {seconds:.1f} s)")
         print(format_problems(result.problems))
         return 1
-    print(f"medres data check: OK: {result.rows} rows, {result.images} image(s), {result.masks} mask(s) "
-          f"checked in {seconds:.1f} s ({manifest})")
+    what = "manifest only" if args.manifest_only else f"{result.images} image(s), {result.masks} mask(s)"
+    print(f"medres data check: OK: {result.rows} rows, {what} checked in {seconds:.1f} s ({manifest})")
     return 0
 
 

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +41,7 @@ from medres.config import DataConfig
 from medres.data.dicom import ACQUISITION_FIELDS, safe_message
 from medres.data.transforms import load_transforms, preprocess_signature, sample_transforms
 from medres.errors import DataError
+from medres.utils import atomic_write
 
 __all__ = ["manifest_to_records", "build_dataset", "build_loader", "CaseDataset", "item_seed",
            "balanced_sample_weights", "file_fingerprint", "RECORD_KEYS"]
@@ -209,15 +209,7 @@ class CaseDataset(Dataset):
             return None
 
     def _write_disk(self, path: Path, entry: dict[str, Any]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(entry, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: torch.save(entry, tmp))
 
     def cached(self, index: int) -> dict[str, Any]:
         """The geometric part's output for ``index`` (from the cache when its key still matches)."""

@@ -33,9 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from medres.errors import DataError
 
@@ -230,6 +228,8 @@ def _scan(p: _Patient, study: int, seed: int) -> tuple[np.ndarray, np.ndarray, n
     hu, mask = _render(p, xs, ys, zs, growth)
     if p.nodules and not mask.any():
         raise RuntimeError("a nodule fell outside the field; the cohort plan is inconsistent")
+    from scipy.ndimage import gaussian_filter  # scipy and nibabel load here, so --help answers at once
+
     hu = gaussian_filter(hu, sigma=(0.7, 0.7, 0.5))  # partial volume / scanner blur
     noise = gaussian_filter(r.standard_normal(hu.shape, dtype=np.float32), sigma=0.6)
     hu += noise * (site.noise_hu / noise.std())
@@ -239,6 +239,8 @@ def _scan(p: _Patient, study: int, seed: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)

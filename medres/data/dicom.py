@@ -25,10 +25,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from medres.data.dicom_geometry import Frame, assemble
+from medres.data.redact import quiet_pydicom, safe_message
 from medres.errors import DataError
-
-from .dicom_geometry import Frame, assemble
-from .redact import quiet_pydicom, safe_message
 
 __all__ = ["ACQUISITION_FIELDS", "acquisition_meta", "read_dicom_file", "read_dicom_series"]
 

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 from monai.data import ImageReader, MetaTensor
 
+from medres.data.dicom import ACQUISITION_FIELDS, read_dicom_file, read_dicom_series
+from medres.data.nifti import read_nifti
+from medres.data.redact import safe_message
 from medres.errors import DataError
-
-from .dicom import ACQUISITION_FIELDS, read_dicom_file, read_dicom_series
-from .nifti import read_nifti
-from .redact import safe_message
 
 __all__ = ["ACQUISITION_FIELDS", "MedresReader", "load_image", "check_image_mask", "SUFFIXES"]
 

@@ -17,7 +17,6 @@ Row numbers count data rows from 1 (the header is not a row): row 3 is line 4 of
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from medres.errors import DataError, DataErrors
+from medres.utils import did_you_mean
 
 __all__ = ["read_manifest", "validate_manifest", "image_columns_of", "SPLITS"]
 
@@ -33,10 +33,7 @@ _REQUIRED = ("case_id", "patient_id")
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
-    folded = {c.strip().casefold(): c for c in choices}
-    if word.strip().casefold() in folded:
-        return f"did you mean {folded[word.strip().casefold()]!r}?"
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = did_you_mean(word, choices)
     return f"did you mean {close[0]!r}?" if close else f"choose one of {sorted(choices)}"
 
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medres.data.redact import safe_message
 from medres.errors import DataError
-
-from .redact import safe_message
 
 __all__ = ["read_nifti", "sniff"]
 

@@ -59,7 +59,7 @@ from monai.transforms import (
     Transform,
 )
 
-from medres.config import DataConfig
+from medres.config import DEFAULT_CT_WINDOWS, DataConfig, ct_windows, input_channels
 from medres.data.intensity import CTWindowsd
 from medres.data.io import MedresReader
 from medres.data.spatial import CheckImageMaskd, MaskOrZerosd, RandPatchCropd, RandResizedCropd
@@ -70,29 +70,10 @@ __all__ = ["build_transforms", "preprocess_transforms", "load_transforms", "inte
            "ct_windows", "preprocess_signature", "to_source_geometry", "DEFAULT_CT_WINDOWS",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
-#: Used when a CT configuration with ``normalize: window`` lists no windows: -1000..400 HU, one channel
-#: (as ``Config.resolved`` derives ``model.in_channels``).
-DEFAULT_CT_WINDOWS = ((-300.0, 1400.0),)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE, MASK = "image", "mask"
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-
-
-def ct_windows(cfg: DataConfig) -> list[tuple[float, float]]:
-    """The configured ``(center, width)`` windows in HU, or :data:`DEFAULT_CT_WINDOWS`."""
-    return [(w.center, w.width) for w in cfg.windows] or [tuple(w) for w in DEFAULT_CT_WINDOWS]
-
-
-def input_channels(cfg: DataConfig) -> int:
-    """Number of channels the pipeline gives the model: image columns x CT windows (when windowing CT),
-    3 for ImageNet-normalized natural images, else one per image column."""
-    if cfg.modality == "natural" and cfg.normalize == "imagenet":
-        return 3
-    n = len(cfg.image_columns)
-    if cfg.modality == "CT" and cfg.normalize == "window":
-        n *= len(ct_windows(cfg))
-    return n
 
 
 def _has_mask(cfg: DataConfig) -> bool:

@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, plain types only, a fallback when the last file is damaged.
 
-A checkpoint is a dict that ``torch.load(weights_only=True)`` accepts (REFERENCE.md §4): tensors,
+A checkpoint is a dict that ``torch.load(weights_only=True)`` accepts (docs/reference.md §4): tensors,
 dicts, lists, tuples, numbers, strings. It holds ``model`` (state_dict), ``optimizer``, ``scheduler``,
 ``scaler``, ``rng`` (torch / numpy / python states converted to tensors and lists), ``epoch``,
 ``step``, ``batch_in_epoch`` (>0 for a mid-epoch checkpoint), ``best``, ``config`` (plain dict),
@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 
 from medres.errors import ConfigError
+from medres.layout import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV
+from medres.utils import atomic_write
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "to_plain", "rng_state", "set_rng_state",
@@ -35,9 +36,7 @@ __all__ = [
 
 log = logging.getLogger("medres.engine")
 
-LAST = "checkpoint_last.pt"
-PREV = "checkpoint_prev.pt"
-BEST = "checkpoint_best.pt"
+LAST, PREV, BEST = CHECKPOINT_LAST, CHECKPOINT_PREV, CHECKPOINT_BEST
 
 
 def to_plain(obj: Any) -> Any:
@@ -98,33 +97,17 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str], *,
     The previous file is only kept when it loads (a damaged file never replaces a good fallback).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     plain = to_plain(dict(state))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(plain, f)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def keep_previous_file() -> None:
         if keep_previous and path.exists() and _loads(path):
-            os.replace(path, path.with_name(PREV if path.name == LAST else f"{path.stem}_prev.pt"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+            os.replace(path, _previous(path))
+
+    return atomic_write(path, lambda tmp: torch.save(plain, tmp), before_replace=keep_previous_file)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _previous(path: Path) -> Path:
+    return path.with_name(PREV if path.name == LAST else f"{path.stem}_prev.pt")
 
 
 def _loads(path: Path) -> bool:
@@ -144,7 +127,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     path = Path(path)
     candidates = [path]
     if fallback:
-        candidates.append(path.with_name(PREV if path.name == LAST else f"{path.stem}_prev.pt"))
+        candidates.append(_previous(path))
     problems = []
     for i, p in enumerate(candidates):
         if not p.exists():
@@ -181,14 +164,4 @@ def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device
 
 def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Atomically copy a checkpoint file (used for ``checkpoint_best.pt``)."""
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))

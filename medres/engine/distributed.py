@@ -18,8 +18,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "gather_records", "all_reduce_mean",
-           "barrier", "broadcast_object"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_active", "world_size", "any_rank",
+           "all_reduce_grads", "gather_records", "all_reduce_mean", "barrier", "broadcast_object"]
+
+
+def is_active() -> bool:
+    """True inside a process group (torchrun); the one test every helper here uses."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """The number of processes (1 without a process group)."""
+    return dist.get_world_size() if is_active() else 1
 
 
 @dataclass(frozen=True)
@@ -53,18 +63,38 @@ def init_distributed(*, backend: str | None = None) -> DistInfo:
 
 
 def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_active():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_active():
         dist.barrier()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank's flag is set (so all ranks stop at the same step)."""
+    if not is_active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_reduce_grads(module: torch.nn.Module) -> None:
+    """Average the gradients of ``module``'s parameters across ranks (for parameters outside the
+    DDP-wrapped model, such as a loss's learned task weights; DDP averages its own)."""
+    if not is_active():
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank (identity without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_active():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -73,7 +103,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def all_reduce_mean(values: Sequence[float], device: torch.device | None = None) -> list[float]:
     """The mean over ranks of a few floats (e.g. the epoch's loss terms)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_active():
         return list(values)
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -86,7 +116,7 @@ def gather_records(records: list[dict[str, Any]], *, key: str = "index") -> list
     ``DistributedSampler`` pads the last round with repeated indices; keeping the first record of each
     index drops those duplicates, so each case counts once.
     """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         parts: list[list[dict[str, Any]]] = [None] * dist.get_world_size()  # type: ignore[list-item]
         dist.all_gather_object(parts, records)
         records = [r for part in parts for r in part]

@@ -1,15 +1,20 @@
-"""One cross-validation fold: build the data, model, loss and optimizer from the config, fit, predict.
+"""Train one cross-validation fold, top to bottom (nanoGPT's shape): the model, loss, optimizer,
+schedule and loaders from the config, then the epoch loop with checkpoints, best-model tracking,
+early stopping and exact resume.
 
-``train_fold`` is an independent job (``python -m medres.train --fold k``): everything it needs is the
-configuration, the records of its training / inner-validation / held-out cases and its folder.
+``train_fold`` is an independent job (``python -m medres.train --fold k``): all it needs is the
+configuration, the records of its training / inner-validation cases (:class:`medres.cv.FoldData`)
+and its folder. The steps inside an epoch are in :mod:`medres.engine.loop`; predicting the held-out
+cases and evaluating the run are done by the caller, ``medres.train``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +22,36 @@ import torch
 from torch import nn
 
 from medres.config import Config, check_resume_config
-from medres.engine.checkpoint import BEST, LAST, load_checkpoint, unwrap_model
-from medres.engine.distributed import DistInfo
-from medres.engine.loop import LoopState, fit, restore_state
-from medres.engine.precision import FastPath
+from medres.cv import FoldData
+from medres.engine.checkpoint import (
+    BEST,
+    LAST,
+    PREV,
+    copy_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap_model,
+)
+from medres.engine.distributed import DistInfo, all_reduce_mean, world_size
+from medres.engine.loop import (
+    Interrupted,
+    LoopState,
+    evaluate_epoch,
+    forward_volume,
+    train_one_epoch,
+    val_metrics,
+)
+from medres.engine.precision import ComputeSettings
 from medres.engine.sampling import EpochSampler
 from medres.engine.tracking import MetricsTracker
 from medres.errors import ConfigError
+from medres.utils import flatten_dict
 
-__all__ = ["FoldData", "build_model", "model_spec", "train_fold"]
+__all__ = ["build_model", "model_spec", "train_fold", "restore_state", "load_best_weights", "weights_digest"]
 
 log = logging.getLogger("medres.engine")
-
-
-@dataclass
-class FoldData:
-    """The records (``manifest_to_records`` dicts) of one fold's three disjoint patient sets."""
-
-    fold: int
-    train: list[dict[str, Any]]
-    inner_val: list[dict[str, Any]]
-    heldout: list[dict[str, Any]]
-    test: list[dict[str, Any]]
 
 
 def model_spec(cfg: Config) -> dict[str, Any]:
@@ -64,41 +77,31 @@ def build_model(cfg: Config) -> nn.Module:
     return model
 
 
-def _class_counts(records: Sequence[Mapping[str, Any]], k: int) -> list[int]:
-    counts = [0] * k
-    for r in records:
-        if 0 <= int(r["label"]) < k:
-            counts[int(r["label"])] += 1
-    return counts
-
-
-def _loader(dataset: Any, sampler: EpochSampler, *, batch_size: int, cfg: Config, fast: FastPath,
-            epoch: int, drop_last: bool = False) -> Any:
-    """A loader over ``sampler``'s indices (the data package's collate, our order)."""
-    from medres.data.datasets import build_loader
-
-    return build_loader(dataset, batch_size=batch_size, shuffle=False, seed=cfg.train.seed, epoch=epoch,
-                        sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=fast.pin_memory,
-                        drop_last=drop_last)
-
-
-def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, dist_info: DistInfo,
-               resume: bool = False, force: bool = False, progress: bool = False,
-               should_stop: Any = lambda: None, cache_dir: Path | None = None) -> LoopState:
+def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeSettings,
+               dist_info: DistInfo | None = None, resume: bool = False, force: bool = False,
+               progress: bool = False, should_stop: Callable[[], int | None] = lambda: None,
+               cache_dir: Path | None = None) -> LoopState:
     """Train fold ``data.fold`` into ``fold_dir`` (checkpoints, metrics.csv); return the final LoopState.
 
-    Raises ConfigError when ``fold_dir`` already holds a checkpoint and neither ``resume`` nor ``force``
-    is given, or when resuming with a changed configuration without ``force``.
+    ``should_stop()`` returns the number of a received signal or None; when one arrives a resumable
+    checkpoint is written and :class:`Interrupted` raised. Raises :class:`TrainingDiverged` on a
+    non-finite loss or gradient, and ConfigError when ``fold_dir`` already holds a checkpoint and
+    neither ``resume`` nor ``force`` is given, or when resuming with a changed configuration without
+    ``force``.
     """
-    from medres.data.datasets import balanced_sample_weights, build_dataset
+    from medres import __version__
+    from medres.data.datasets import balanced_sample_weights, build_dataset, build_loader
     from medres.engine.losses import build_loss
     from medres.engine.optim import build_optimizer, build_scheduler
 
-    t, d = cfg.train, cfg.data
+    dist_info = dist_info or DistInfo()
+    t, m, is_main = cfg.train, cfg.model, dist_info.is_main
     fold_seed = t.seed + 1000 * data.fold
     fold_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- an existing checkpoint: resume it, or refuse to overwrite it
     ckpt = None
-    if (fold_dir / LAST).exists() or (fold_dir / "checkpoint_prev.pt").exists():
+    if (fold_dir / LAST).exists() or (fold_dir / PREV).exists():
         if resume:
             ckpt = load_checkpoint(fold_dir / LAST)
             changes = check_resume_config(ckpt["config"], cfg, force=force)
@@ -112,30 +115,42 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
     elif resume:
         log.info("fold %d: nothing to resume in %s; starting it", data.fold, fold_dir)
 
+    # -- model, loss, optimizer
     torch.manual_seed(fold_seed)
-    model = build_model(cfg).to(fast.device, memory_format=fast.memory_format(cfg.model.spatial_dims))
-    counts = _class_counts(data.train, cfg.model.num_classes)
-    m = cfg.model
+    model = build_model(cfg).to(compute.device, memory_format=compute.memory_format(m.spatial_dims))
+    counts = [sum(1 for r in data.train if int(r["label"]) == c) for c in range(m.num_classes)]
     loss_fn = build_loss(cfg.loss, class_counts=counts, num_classes=m.num_classes, seg_classes=m.seg_classes,
-                         cls_head=m.cls_head, seg_head=m.seg_head).to(fast.device)
+                         cls_head=m.cls_head, seg_head=m.seg_head).to(compute.device)
     optimizer = build_optimizer(model, cfg.optim, extra_params=list(loss_fn.parameters()))
 
-    train_set = build_dataset(data.train, d, train=True, cache_dir=cache_dir, seed=fold_seed)
-    val_set = build_dataset(data.inner_val, d, train=False, cache_dir=cache_dir) if data.inner_val else None
-    labels = [int(r["label"]) for r in data.train]
-    weights = balanced_sample_weights(labels).tolist() if cfg.loss.cls.balanced_sampler else None
+    # -- data: a seeded sampler per epoch, so epoch e's order and augmentation are f(seed, e, index)
+    train_set = build_dataset(data.train, cfg.data, train=True, cache_dir=cache_dir, seed=fold_seed)
+    weights = (balanced_sample_weights([int(r["label"]) for r in data.train]).tolist()
+               if cfg.loss.cls.balanced_sampler else None)
     per_rank = math.ceil(len(train_set) / dist_info.world_size)
     # a last batch of one sample breaks batch norm (one value per channel at layer4): drop it
     drop_last = per_rank % t.batch_size == 1 and per_rank > 1
-    batches = per_rank // t.batch_size if drop_last else math.ceil(per_rank / t.batch_size)
-    steps_per_epoch = math.ceil(batches / t.accumulate)
-    scheduler = build_scheduler(optimizer, cfg.schedule, epochs=t.epochs, steps_per_epoch=steps_per_epoch)
-    scaler = fast.grad_scaler()
+    n_batches = per_rank // t.batch_size if drop_last else math.ceil(per_rank / t.batch_size)
+    scheduler = build_scheduler(optimizer, cfg.schedule, epochs=t.epochs,
+                                steps_per_epoch=math.ceil(n_batches / t.accumulate))
+    scaler = compute.grad_scaler()
 
-    state, rng = LoopState(), None
+    def loader(dataset: Any, sampler: EpochSampler, batch_size: int, epoch: int, drop: bool = False) -> Any:
+        return build_loader(dataset, batch_size=batch_size, shuffle=False, seed=t.seed, epoch=epoch,
+                            sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=compute.pin_memory,
+                            drop_last=drop)
+
+    val_loader = None
+    if data.inner_val:
+        val_set = build_dataset(data.inner_val, cfg.data, train=False, cache_dir=cache_dir)
+        val_loader = loader(val_set, EpochSampler(len(val_set), shuffle=False, rank=dist_info.rank,
+                                                  world_size=dist_info.world_size), 1, 0)
+
+    # -- resume: the objects' states, and where training stands
+    state, resume_rng = LoopState(), None
     if ckpt is not None:
-        state, rng = restore_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                   loss_fn=loss_fn)
+        state, resume_rng = restore_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                                          scaler=scaler, loss_fn=loss_fn)
         log.info("fold %d: resuming after step %d (epoch %d%s)", data.fold, state.step, state.epoch + 1,
                  f", batch {state.batch_in_epoch}" if state.batch_in_epoch else "")
         if state.early_stopped or state.epoch >= t.epochs:
@@ -144,45 +159,120 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, fast: FastPath, d
     net = model
     if dist_info.enabled:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[fast.device.index] if fast.device.type == "cuda" else None)
-    if fast.compile:
+            model, device_ids=[compute.device.index] if compute.device.type == "cuda" else None)
+    if compute.compile:
         net = torch.compile(net)
-
-    def train_loader_for(epoch: int, skip_batches: int) -> tuple[Any, int]:
-        sampler = EpochSampler(len(train_set), seed=fold_seed, epoch=epoch, rank=dist_info.rank,
-                               world_size=dist_info.world_size, skip=skip_batches * t.batch_size,
-                               weights=weights)
-        loader = _loader(train_set, sampler, batch_size=t.batch_size, cfg=cfg, fast=fast, epoch=epoch,
-                         drop_last=drop_last)
-        return loader, batches
-
-    val_loader = None
-    if val_set is not None:
-        val_sampler = EpochSampler(len(val_set), shuffle=False, rank=dist_info.rank,
-                                   world_size=dist_info.world_size)
-        val_loader = _loader(val_set, val_sampler, batch_size=1, cfg=cfg, fast=fast, epoch=0)
-
-    from medres import __version__
 
     meta = {"config": cfg.model_dump(mode="json"), "model_spec": model_spec(cfg),
             "medres_version": __version__, "fold": data.fold}
     tracker = None
-    if dist_info.is_main:
+    if is_main:
         tracker = MetricsTracker(fold_dir, run_name=f"{cfg.output.name}/fold_{data.fold}",
-                                 params=_flat(meta["config"]), resume_epoch=state.epoch if ckpt else None)
+                                 params=flatten_dict(meta["config"]),
+                                 resume_epoch=state.epoch if ckpt else None)
+
+    def checkpoint() -> None:
+        if is_main:
+            save_checkpoint({
+                "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(), "loss": loss_fn.state_dict(), "rng": rng_state(),
+                **asdict(state), **meta,
+            }, fold_dir / LAST)
+
+    def mid_epoch_checkpoint() -> None:  # every train.checkpoint_every_steps (the epoch's end saves anyway)
+        n = t.checkpoint_every_steps
+        if n and state.step % n == 0 and state.batch_in_epoch < n_batches:
+            checkpoint()
+            log.info("checkpoint: step %d (epoch %d, batch %d)", state.step, state.epoch + 1,
+                     state.batch_in_epoch)
+
+    # -- the epochs
+    es, infer, positive = t.early_stopping, _volume_infer(cfg), _positive_index(cfg)
+    if resume_rng is not None and state.batch_in_epoch == 0:
+        set_rng_state(resume_rng)
+        resume_rng = None
+    state.finished = state.early_stopped or state.epoch >= t.epochs
     try:
-        state = fit(net, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, scaler=scaler, fast=fast,
-                    train_cfg=t, spatial_dims=cfg.model.spatial_dims, train_loader_for=train_loader_for,
-                    val_loader=val_loader, fold_dir=fold_dir, meta=meta, tracker=tracker, state=state,
-                    resume_rng=rng, is_main=dist_info.is_main, should_stop=should_stop,
-                    infer=_volume_infer(cfg), progress=progress, positive=_positive_index(cfg))
+        while not state.finished:
+            t0 = time.perf_counter()
+            if state.batch_in_epoch == 0:
+                state.new_epoch()
+            sampler = EpochSampler(len(train_set), seed=fold_seed, epoch=state.epoch, rank=dist_info.rank,
+                                   world_size=dist_info.world_size, skip=state.batch_in_epoch * t.batch_size,
+                                   weights=weights)
+            stopped = train_one_epoch(
+                net, loader(train_set, sampler, t.batch_size, state.epoch, drop_last), loss_fn, optimizer,
+                scheduler, scaler, compute, state, spatial_dims=m.spatial_dims, accumulate=t.accumulate,
+                clip_grad_norm=t.clip_grad_norm, total_batches=n_batches,
+                should_stop=lambda: should_stop() is not None, on_step=mid_epoch_checkpoint,
+                restore_rng=resume_rng, progress=progress)
+            resume_rng = None
+            if stopped and state.batch_in_epoch < n_batches:
+                checkpoint()
+                raise Interrupted(should_stop() or 15, fold_dir / LAST if is_main else None)
+            seconds = time.perf_counter() - t0
+
+            sums = state.sums
+            means = dict(zip(sums, all_reduce_mean([v / max(state.samples, 1) for v in sums.values()],
+                                                   compute.device)))
+            row = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": seconds, "samples_per_s": state.samples * world_size() / max(seconds, 1e-9),
+                   **means}
+            improved = False
+            validate = (state.epoch + 1) % t.val_every == 0 or state.epoch + 1 == t.epochs
+            if val_loader is not None and validate:
+                records = evaluate_epoch(net, val_loader, loss_fn, compute, spatial_dims=m.spatial_dims,
+                                         epoch=state.epoch, infer=infer, progress=progress)
+                row.update(val_metrics(records, positive=positive))
+                value = row.get(es.monitor, math.nan)
+                improved = math.isfinite(value) and (state.best is None or (
+                    value > state.best if es.mode == "max" else value < state.best))
+                if improved:
+                    state.best, state.best_epoch, state.bad_rounds = value, state.epoch + 1, 0
+                else:
+                    state.bad_rounds += 1
+                if es.patience is not None and state.bad_rounds > es.patience:
+                    log.info("early stopping: %s has not improved for %d validation rounds "
+                             "(best %.4f at epoch %d)", es.monitor, state.bad_rounds,
+                             state.best if state.best is not None else math.nan, state.best_epoch)
+                    state.early_stopped = True
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            state.finished = state.early_stopped or state.epoch >= t.epochs
+            if is_main:
+                tracker.log_epoch(row)
+                shown = (f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
+                log.info("epoch %d/%d: %s", state.epoch, t.epochs, ", ".join(shown))
+            checkpoint()
+            if is_main and (improved or (state.finished and not (fold_dir / BEST).exists())):
+                copy_checkpoint(fold_dir / LAST, fold_dir / BEST)
+            if should_stop() is not None and not state.finished:
+                raise Interrupted(should_stop(), fold_dir / LAST if is_main else None)
     finally:
         if tracker is not None:
             tracker.close()
+
     if dist_info.enabled:  # each rank records its parameters: equal digests = replicas in sync
         # (batch-norm running statistics stay per rank, as DDP keeps them; rank 0's are saved)
         (fold_dir / f"weights_rank{dist_info.rank}.sha256").write_text(weights_digest(model) + "\n")
     return state
+
+
+def restore_state(ckpt: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  scheduler: Any, scaler: torch.amp.GradScaler,
+                  loss_fn: nn.Module) -> tuple[LoopState, dict[str, Any]]:
+    """Load a checkpoint's states into the objects; return the :class:`LoopState` and the RNG state
+    (restored by ``train_fold`` at the point where it was saved)."""
+    unwrap_model(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    loss_fn.load_state_dict(ckpt["loss"])
+    names = LoopState.__dataclass_fields__
+    state = LoopState(**{k: ckpt[k] for k in names if k in ckpt})
+    return state, ckpt["rng"]
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -201,10 +291,9 @@ def _positive_index(cfg: Config) -> int:
     return d.labels.index(d.positive_label) if d.positive_label else len(d.labels) - 1
 
 
-def _volume_infer(cfg: Config):
+def _volume_infer(cfg: Config) -> Callable[[nn.Module, torch.Tensor], tuple[Any, Any]]:
     """Validation inference: MONAI sliding windows over the whole volume; a volume of exactly the patch
     size is one plain forward pass (what a single blended window gives, without building the window)."""
-    from medres.engine.loop import forward_volume
     from medres.engine.sliding import infer_volume
 
     roi = list(cfg.data.patch_size)
@@ -226,13 +315,3 @@ def load_best_weights(model: nn.Module, fold_dir: Path) -> None:
     """Load ``checkpoint_best.pt`` (else the last) into ``model`` for prediction."""
     path = fold_dir / BEST if (fold_dir / BEST).exists() else fold_dir / LAST
     unwrap_model(model).load_state_dict(load_checkpoint(path)["model"])
-
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from medres.engine.sliding import Aggregate, infer_volume
 from medres.errors import DataError
+from medres.utils import atomic_write
 
 __all__ = [
     "mask_to_source", "save_mask", "predict_cases", "write_fold_predictions", "Prediction", "Predictor",
@@ -80,15 +81,10 @@ def mask_to_source(seg_logits: Tensor, grid_affine: Any, src_affine: Any,
 
 def save_mask(mask: MetaTensor, path: str | os.PathLike[str]) -> Path:
     """Write a label map as NIfTI: uint8, its affine as sform and qform, nothing else in the header."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(mask.detach().cpu().numpy(), dtype=np.uint8), _affine(mask.affine))
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def safe_name(case_id: str) -> str:
@@ -180,14 +176,9 @@ def predict_cases(model: nn.Module, records: Iterable[Mapping[str, Any]], data_c
 def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a predictions table atomically (``.parquet`` or ``.csv`` by suffix)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
-    else:
-        df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+        return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def write_fold_predictions(run_dir: str | os.PathLike[str], fold: int, model: nn.Module,

@@ -1,11 +1,12 @@
-"""The training loop: one epoch of training, one pass of validation, and ``fit`` that ties them together.
+"""The steps of training, a leaf of the engine: one epoch of training, one pass of validation, the
+forward pass of one volume, and the validation metrics of an epoch.
 
-Plain PyTorch, meant to be read top to bottom (nanoGPT's shape): one autocast context, gradient
-accumulation and clipping, a per-step learning-rate schedule, early stopping on a validation metric,
-checkpoints every epoch (and every N steps), a guard against non-finite inputs and losses, and a stop
-flag set by SIGTERM / SIGINT that ends the run at the next optimizer step with a resumable checkpoint.
+Plain PyTorch: one autocast context, gradient accumulation and clipping, a per-step learning-rate
+schedule, a guard against non-finite inputs, losses and gradients, and a stop flag (SIGTERM / SIGINT)
+checked after every optimizer step. The epochs around these, with checkpoints, early stopping and
+resume, are written out in ``medres.engine.fold.train_fold``, which is the only caller.
 
-Exact resume relies on three things (REFERENCE.md §4): the data order and augmentation of epoch ``e``
+Exact resume relies on three things (docs/reference.md §4): the data order and augmentation of epoch ``e``
 are functions of ``(seed, e, index)`` (the dataset's ``set_epoch`` and a seeded sampler), the already
 trained batches of a mid-epoch checkpoint are skipped at the sampler (never loaded), and the RNG states
 are restored at the exact point where they were saved.
@@ -23,16 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from medres.engine.checkpoint import set_rng_state
-from medres.engine.distributed import gather_records
-from medres.engine.precision import FastPath
+from medres.engine.distributed import all_reduce_grads, any_rank, gather_records, is_active
+from medres.engine.precision import ComputeSettings
 from medres.errors import DataError, MedresError
 
-__all__ = ["LoopState", "TrainingDiverged", "Interrupted", "train_one_epoch", "evaluate_epoch", "fit",
-           "val_metrics", "restore_state", "forward_volume"]
+__all__ = ["LoopState", "TrainingDiverged", "Interrupted", "train_one_epoch", "evaluate_epoch",
+           "val_metrics", "forward_volume"]
 
 log = logging.getLogger("medres.engine")
 
@@ -77,17 +77,18 @@ def _check_inputs(image: Tensor, case_ids: list[str], step: int) -> None:
                         case_id=", ".join(bad), hint="check these scans and their intensity normalization")
 
 
-def _to_device(batch: Mapping[str, Any], fast: FastPath,
+def _to_device(batch: Mapping[str, Any], compute: ComputeSettings,
                spatial_dims: int) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``image`` [B, C, *spatial] (in the fast path's memory format), ``label`` [B], ``mask`` [B, 1, *spatial]
-    or None (natural images have none)."""
-    nb = fast.pin_memory
+    """``image`` [B, C, *spatial] (in the compute settings' memory format), ``label`` [B], ``mask``
+    [B, 1, *spatial] or None (natural images have none)."""
+    nb = compute.pin_memory
     image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
-    image = image.to(fast.device, non_blocking=nb).contiguous(memory_format=fast.memory_format(spatial_dims))
+    image = image.to(compute.device, non_blocking=nb)
+    image = image.contiguous(memory_format=compute.memory_format(spatial_dims))
     mask = batch.get("mask")
     if mask is not None:
-        mask = (mask.as_tensor() if hasattr(mask, "as_tensor") else mask).to(fast.device, non_blocking=nb)
-    labels = torch.as_tensor(batch["label"]).to(fast.device, non_blocking=nb)
+        mask = (mask.as_tensor() if hasattr(mask, "as_tensor") else mask).to(compute.device, non_blocking=nb)
+    labels = torch.as_tensor(batch["label"]).to(compute.device, non_blocking=nb)
     return image, labels, mask
 
 
@@ -97,7 +98,7 @@ def _loss_terms(terms: Mapping[str, Any]) -> dict[str, float]:
 
 def train_one_epoch(
     model: nn.Module, loader: Iterable[Mapping[str, Any]], loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler, fast: FastPath,
+    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler, compute: ComputeSettings,
     state: LoopState, *, spatial_dims: int,
     accumulate: int = 1, clip_grad_norm: float | None = None, total_batches: int | None = None,
     should_stop: Callable[[], bool] = lambda: False, on_step: Callable[[], None] | None = None,
@@ -114,23 +115,23 @@ def train_one_epoch(
 
     model.train()
     loss_fn.train()
-    ddp = dist.is_available() and dist.is_initialized()
+    ddp = is_active()
     it = iter(loader)
     if restore_rng is not None:
         set_rng_state(restore_rng)
     bar = tqdm(it, total=total_batches, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}",
                disable=not progress, leave=False, dynamic_ncols=True)
     for batch in bar:
-        image, labels, mask = _to_device(batch, fast, spatial_dims)
+        image, labels, mask = _to_device(batch, compute, spatial_dims)
         case_ids = list(batch["case_id"])
         _check_inputs(image, case_ids, state.step)
         boundary = (state.batch_in_epoch + 1) % accumulate == 0 or state.batch_in_epoch + 1 == total_batches
         sync = boundary or not ddp or not hasattr(model, "no_sync")
-        with (model.no_sync() if not sync else contextlib.nullcontext()), fast.autocast():
+        with (model.no_sync() if not sync else contextlib.nullcontext()), compute.autocast():
             out = _as_dual(model(image))
             extra = {"has_mask": batch["has_mask"]} if "has_mask" in batch else {}
             loss, terms = loss_fn(out, labels, mask, state.epoch, **extra)
-        if _any_rank(not bool(torch.isfinite(loss.detach())), fast.device):  # every rank stops together
+        if any_rank(not bool(torch.isfinite(loss.detach())), compute.device):  # every rank stops together
             raise TrainingDiverged(
                 f"non-finite loss ({float(loss.detach())}) at step {state.step} (epoch {state.epoch + 1}, "
                 f"batch {state.batch_in_epoch + 1}), cases {case_ids}; training stopped and the last good "
@@ -145,7 +146,7 @@ def train_one_epoch(
         if not boundary:
             continue
 
-        _sync_extra_grads(loss_fn, ddp)
+        all_reduce_grads(loss_fn)  # learned loss weights live outside the DDP model
         if clip_grad_norm is not None or not scaler.is_enabled():
             scaler.unscale_(optimizer)
             params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -162,7 +163,7 @@ def train_one_epoch(
         bar.set_postfix(loss=f"{state.sums['loss'] / max(state.samples, 1):.4f}", refresh=False)
         if on_step is not None:
             on_step()
-        if _any_rank(should_stop(), fast.device):
+        if any_rank(should_stop(), compute.device):
             return True
     return False
 
@@ -177,25 +178,6 @@ def _as_dual(out: Any) -> Any:
     return DualOutput(*split_output(out))
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when any rank's flag is set (so all ranks stop at the same step)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def _sync_extra_grads(loss_fn: nn.Module, ddp: bool) -> None:
-    """Average the gradients of learned loss parameters (uncertainty weights) across ranks; DDP does not."""
-    if not ddp:
-        return
-    for p in loss_fn.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= dist.get_world_size()
-
-
 def forward_volume(model: nn.Module, image: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """``image`` [1, C, *spatial] -> (cls_logits [1, K], seg_logits [1, S, *spatial])."""
     out = _as_dual(model(image))
@@ -204,7 +186,8 @@ def forward_volume(model: nn.Module, image: Tensor) -> tuple[Tensor | None, Tens
 
 @torch.no_grad()
 def evaluate_epoch(
-    model: nn.Module, loader: Iterable[Mapping[str, Any]], loss_fn: nn.Module | None, fast: FastPath, *,
+    model: nn.Module, loader: Iterable[Mapping[str, Any]], loss_fn: nn.Module | None,
+    compute: ComputeSettings, *,
     spatial_dims: int, epoch: int = 0,
     infer: Callable[[nn.Module, Tensor], tuple[Tensor | None, Tensor | None]] = forward_volume,
     progress: bool = False,
@@ -224,10 +207,10 @@ def evaluate_epoch(
     records = []
     for indices, batch in tqdm(zip(index_batches, loader), total=len(index_batches), desc="validate",
                                disable=not progress, leave=False, dynamic_ncols=True):
-        image, labels, mask = _to_device(batch, fast, spatial_dims)
+        image, labels, mask = _to_device(batch, compute, spatial_dims)
         case_ids = list(batch["case_id"])
         _check_inputs(image, case_ids, -1)
-        with fast.autocast():
+        with compute.autocast():
             cls_logits, seg_logits = infer(model, image)
             loss = None
             if loss_fn is not None:
@@ -275,6 +258,3 @@ def val_metrics(records: list[dict[str, Any]], *, positive: int = -1) -> dict[st
         out["val_dice"] = float(np.mean(dice))
     return out
 
-
-# the driver lives in its own module; imported last because it builds on the names above
-from medres.engine.fit import fit, restore_state  # noqa: E402

@@ -1,15 +1,17 @@
-"""Fast paths: autocast dtype, gradient scaler, channels_last, pinned memory and ``torch.compile``.
+"""Compute settings: device, autocast dtype, gradient scaler, channels_last, pinned memory, ``torch.compile``.
 
 Every choice comes from ``train.*`` in the config; ``"auto"`` picks a sensible default for the device:
 
-- precision: on a GPU, bf16 when supported, else fp16 with a ``GradScaler``. On the CPU **fp32**:
-  bf16 autocast is ~1.6-2x faster on CPUs with AVX-512 bf16 / AMX, but a measured 3D run diverged to
-  NaN under it (REFERENCE.md §6). The cause, found here: on the CPU (torch 2.14.1, oneDNN) the bf16
-  ``Conv3d`` weight gradient is wrong when the feature map is no larger than the kernel's reach (a
-  3x3x3 convolution over a 2x2x2 map, which a ResNet's layer4 sees at 48^3 input): relative error
-  ~0.9, often 1e30. :func:`cpu_bf16_conv3d_is_sound` probes exactly that case, and asking for bf16
-  on a CPU that fails it with a 3D model is a ``ConfigError``; the loop's NaN guard is the backstop.
-- channels_last: on for 2D models (REFERENCE.md §6: ~1.3x for a 2D ResNet on this CPU); off for 3D,
+- precision: on a GPU, bf16 when supported, else fp16 with a ``GradScaler``. On the CPU **fp32**.
+  bf16 autocast on the CPU is allowed for 2D models only; asking for it with a 3D model is a
+  ``ConfigError``. bf16 is ~1.6-2x faster on CPUs with AVX-512 bf16 / AMX, but on the CPU (torch
+  2.14.1, oneDNN) 3D training under it diverges: the bf16 ``Conv3d`` weight gradients of a ResNet's
+  deep stages are wrong (on an AVX-512-bf16 CPU relative error ~0.9, often 1e30, for a 3x3x3
+  convolution over a 2x2x2 map; on an AMX CPU 0.087 in layer4 at 48^3 and a non-finite gradient
+  norm within a few steps, while a small isolated convolution looked sound there). How wrong, and
+  where, depends on the CPU's kernels, so no small probe can vouch for the run's model: the refusal
+  is unconditional (docs/reference.md §6). The loop's NaN guard is the backstop.
+- channels_last: on for 2D models (docs/reference.md §6: ~1.3x for a 2D ResNet on this CPU); off for 3D,
   where ``channels_last_3d`` gained under 10% for the main job's model here (within the noise).
 - pin_memory: on with a GPU only.
 """
@@ -20,12 +22,16 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from medres.errors import ConfigError
 
-__all__ = ["FastPath", "resolve_fast_path", "resolve_device", "cpu_supports_bf16", "cpu_bf16_conv3d_is_sound"]
+if TYPE_CHECKING:
+    from medres.config import TrainConfig
+
+__all__ = ["ComputeSettings", "resolve_compute_settings", "resolve_device", "cpu_supports_bf16"]
 
 log = logging.getLogger("medres.engine")
 
@@ -48,23 +54,6 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_conv3d_is_sound() -> bool:
-    """True when the CPU's bf16 ``Conv3d`` weight gradient over a 2x2x2 map (3x3x3 kernel, padding 1)
-    agrees with fp32 to bf16 accuracy (relative error < 5%; a sound kernel gives ~0.3%)."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 16, 2, 2, 2, generator=g)
-    grad_out = torch.randn(4, 8, 2, 2, 2, generator=g) * 1e-3
-    w0 = torch.randn(8, 16, 3, 3, 3, generator=g) * 0.1
-    grads = []
-    for dtype in (torch.bfloat16, torch.float32):
-        w = w0.to(dtype).requires_grad_(True)
-        torch.nn.functional.conv3d(x.to(dtype), w, None, 1, 1).backward(grad_out.to(dtype))
-        grads.append(w.grad.float())
-    err = (grads[0] - grads[1]).norm() / grads[1].norm()
-    return bool(torch.isfinite(err)) and float(err) < 0.05
-
-
 def resolve_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
     """``auto``: the local rank's GPU when CUDA is available, else the CPU."""
     if name == "auto":
@@ -81,8 +70,8 @@ def resolve_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
 
 
 @dataclass(frozen=True)
-class FastPath:
-    """The resolved speed settings for one run."""
+class ComputeSettings:
+    """How one run computes: device, autocast dtype, memory format, pinned memory, compilation."""
 
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None = fp32
@@ -114,8 +103,9 @@ class FastPath:
                 f"pin_memory {self.pin_memory}, compile {self.compile}")
 
 
-def resolve_fast_path(train_cfg, *, spatial_dims: int, local_rank: int = 0) -> FastPath:
-    """Turn ``train.{device,precision,channels_last,pin_memory,compile}`` into a :class:`FastPath`."""
+def resolve_compute_settings(train_cfg: TrainConfig, *, spatial_dims: int,
+                             local_rank: int = 0) -> ComputeSettings:
+    """Turn ``train.{device,precision,channels_last,pin_memory,compile}`` into a :class:`ComputeSettings`."""
     device = resolve_device(train_cfg.device, local_rank=local_rank)
     gpu = device.type == "cuda"
     precision = train_cfg.precision
@@ -124,11 +114,11 @@ def resolve_fast_path(train_cfg, *, spatial_dims: int, local_rank: int = 0) -> F
     if precision == "bf16" and not gpu:
         if not cpu_supports_bf16():
             log.warning("this CPU has no native bf16; bf16 autocast will be slow (emulated)")
-        if spatial_dims == 3 and not cpu_bf16_conv3d_is_sound():
+        if spatial_dims == 3:
             raise ConfigError(
-                f"bf16 autocast on this CPU computes wrong Conv3d weight gradients for small feature maps "
-                f"(torch {torch.__version__}; the deepest ResNet stages hit them), so 3D training would "
-                "diverge", field="train.precision", hint="use fp32 (or auto) on the CPU; bf16 on a GPU")
+                f"bf16 autocast on the CPU computes wrong Conv3d weight gradients in a 3D ResNet's deep "
+                f"stages (torch {torch.__version__}, oneDNN; how wrong depends on the CPU), so 3D training "
+                "would diverge", field="train.precision", hint="use fp32 (or auto) on the CPU; bf16 on a GPU")
     if precision == "fp16" and not gpu:
         raise ConfigError("fp16 autocast needs a GPU", field="train.precision",
                           hint="use bf16 or fp32 on the CPU")
@@ -139,5 +129,5 @@ def resolve_fast_path(train_cfg, *, spatial_dims: int, local_rank: int = 0) -> F
     pin = train_cfg.pin_memory
     if pin == "auto":
         pin = gpu
-    return FastPath(device=device, dtype=dtype, channels_last=bool(channels_last),
+    return ComputeSettings(device=device, dtype=dtype, channels_last=bool(channels_last),
                     pin_memory=bool(pin and gpu), compile=bool(train_cfg.compile))

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medres.utils import atomic_write
+
 __all__ = ["MetricsTracker"]
 
 log = logging.getLogger("medres.engine")
@@ -94,13 +96,15 @@ class MetricsTracker:
         fields: list[str] = []
         for r in self.rows:
             fields += [k for k in r if k not in fields]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            if fields:
-                w.writeheader()
-            w.writerows(self.rows)
-        tmp.replace(self.path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                if fields:
+                    w.writeheader()
+                w.writerows(self.rows)
+
+        atomic_write(self.path, write)
 
 
 def _clean(v: Any) -> Any:

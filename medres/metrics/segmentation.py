@@ -37,8 +37,25 @@ from scipy.spatial import cKDTree
 
 from medres.errors import DataError
 
-__all__ = ["SEGMENTATION_METRICS", "SegmentationResult", "SegmentationSummary", "binary_segmentation_metrics",
+__all__ = ["EMPTY_MASK_POLICY", "empty_mask_policy",
+           "SEGMENTATION_METRICS", "SegmentationResult", "SegmentationSummary", "binary_segmentation_metrics",
            "boundary", "segmentation_metrics", "summarise_segmentation", "surface_distances"]
+
+#: The empty-mask policy above, as the report states it (``{tol}``: the NSD tolerance in mm). The one
+#: text: the evaluation and a report rebuilt in a notebook both print it.
+EMPTY_MASK_POLICY = (
+    "Empty-mask policy (medres.metrics.segmentation): reference and prediction both empty gives Dice = IoU = "
+    "NSD = 1 and no distance; one of them empty gives Dice = IoU = NSD = 0 and no distance. Undefined "
+    "values are left out of means and counted: n is the number of cases where a metric is defined. Rows "
+    "marked '(reference present)' keep only cases whose reference mask holds the class. NSD tolerance: "
+    "{tol} mm. Distances in mm from the voxel spacing of the source scan."
+)
+
+
+def empty_mask_policy(nsd_tolerance_mm: float) -> str:
+    """:data:`EMPTY_MASK_POLICY` for a run's NSD tolerance (``evaluate.nsd_tolerance_mm``)."""
+    return EMPTY_MASK_POLICY.format(tol=nsd_tolerance_mm)
+
 
 SEGMENTATION_METRICS = ("dice", "iou", "hd", "hd95", "assd", "nsd", "ref_volume_ml", "pred_volume_ml")
 

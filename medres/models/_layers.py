@@ -8,7 +8,6 @@ bad name.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from medres.errors import ConfigError
+from medres.utils import did_you_mean
 
 NormSpec = str | tuple | Callable[[int], nn.Module]
 ActSpec = str | tuple | Callable[[], nn.Module]
@@ -63,7 +63,7 @@ def _split(spec: str | tuple) -> tuple[str, dict[str, Any]]:
 
 
 def _unknown(kind: str, name: str, valid: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.4)
+    close = did_you_mean(name, valid, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     return ConfigError(
         f"unknown {kind} {name!r}", field=kind, hint=f"{hint}valid: {', '.join(valid)}, or pass a callable"

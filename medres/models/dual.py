@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 
 from medres.errors import ConfigError
-from medres.models.heads import ClassificationHead, DeconvDecoder
+from medres.models.heads import DeconvDecoder
 from medres.models.registry import register_model
 from medres.models.resnet import ARCHS, BasicBlock, Bottleneck, ResNet
 
@@ -33,7 +33,7 @@ class DualHeadResNet(nn.Module):
         cls_head, seg_head: build the head (False: its output is None, no parameters).
         skip_connections: concatenate stem/layer1..3 maps into the decoder (U-Net-like); False gives a
             plain deconvolution stack from layer4.
-        dropout: dropout before the classification layer.
+        dropout: dropout before the classification layer (the backbone's ``drop_rate``).
         decoder_channels: widths of the four decoder stages (default 4x, 2x, 1x, 1/2x base_channels).
         **backbone_kwargs: passed to ``ResNet`` (norm, act, base_channels, groups, width_per_group,
             stem_kernel, stem_stride, stem_pool, replace_stride_with_dilation, grad_checkpointing, ...).
@@ -66,39 +66,40 @@ class DualHeadResNet(nn.Module):
                 field="model",
                 hint="keep cls_head or seg_head, or use a plain ResNet for features",
             )
-        drop_rate = backbone_kwargs.pop("drop_rate", 0.0)
-        dropout = drop_rate if dropout is None else dropout
+        if dropout is not None:
+            backbone_kwargs["drop_rate"] = dropout
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.num_classes, self.seg_classes = num_classes, seg_classes
+        # the classification head is the backbone's own (pool, dropout, fc: ResNet.forward_head)
         self.backbone = ResNet(
             block,
             layers,
             spatial_dims=spatial_dims,
             in_channels=in_channels,
-            num_classes=0,
+            num_classes=num_classes if cls_head else 0,
             **backbone_kwargs,
         )
-        self.cls_head = (
-            ClassificationHead(
-                self.backbone.num_features, num_classes, spatial_dims=spatial_dims, dropout=dropout
-            )
-            if cls_head
-            else None
-        )
+        self._has_cls = cls_head
+        b = self.backbone
         self.seg_head = (
             DeconvDecoder(
-                self.backbone.feature_info,
+                b.feature_info,
                 seg_classes,
                 spatial_dims=spatial_dims,
                 skip_connections=skip_connections,
                 decoder_channels=decoder_channels,
-                norm=backbone_kwargs.get("norm", "batch"),
-                act=backbone_kwargs.get("act", "relu"),
-                grad_checkpointing=backbone_kwargs.get("grad_checkpointing", False),
+                norm=b.norm_spec,
+                act=b.act_spec,
+                grad_checkpointing=b.grad_checkpointing,
             )
             if seg_head
             else None
         )
+
+    @property
+    def cls_head(self) -> nn.Module | None:
+        """The classification layer (``backbone.fc``), or None when that head is off."""
+        return self.backbone.fc if self._has_cls else None
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
@@ -117,7 +118,7 @@ class DualHeadResNet(nn.Module):
             top = feats[-1]
         else:
             top, seg = self.backbone.forward_features(x), None
-        cls = self.cls_head(top) if self.cls_head is not None else None
+        cls = self.backbone.forward_head(top) if self._has_cls else None
         return DualOutput(cls, seg)
 
 

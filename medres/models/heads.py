@@ -1,4 +1,7 @@
-"""Heads that attach to a ResNet's ``feature_info``: a classification head and a deconvolutional decoder."""
+"""The segmentation head that attaches to a ResNet's ``feature_info``: a deconvolutional decoder.
+
+(The classification head is the ResNet's own ``forward_head``: pool, dropout, ``fc``.)
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from medres.errors import ConfigError
 from medres.models._layers import (
     ActSpec,
     NormSpec,
-    adaptive_avg_pool_type,
     as_tuple,
     conv_transpose_type,
     conv_type,
@@ -22,22 +24,7 @@ from medres.models._layers import (
     maybe_checkpoint,
 )
 
-__all__ = ["ClassificationHead", "DeconvDecoder"]
-
-
-class ClassificationHead(nn.Module):
-    """Global average pool, dropout, linear: ``[B, C, *S] -> [B, num_classes]``."""
-
-    def __init__(
-        self, in_channels: int, num_classes: int, *, spatial_dims: int, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.pool = adaptive_avg_pool_type(spatial_dims)(1)
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_channels, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
+__all__ = ["DeconvDecoder"]
 
 
 class UpStage(nn.Module):

@@ -128,11 +128,7 @@ def _read_state_dict(path: str | os.PathLike[str], source: str) -> dict[str, Ten
     out = {}
     for k, v in obj.items():
         k = k.removeprefix("module.")  # DataParallel / DDP wrapping (MedicalNet files have it)
-        if k.startswith("backbone."):  # a medres DualHeadResNet file: its backbone in ResNet names
-            k = k.removeprefix("backbone.")
-        elif k.startswith("cls_head.fc."):
-            k = "fc." + k.removeprefix("cls_head.fc.")
-        out[k] = v
+        out[k.removeprefix("backbone.")] = v  # a medres DualHeadResNet file: its backbone in ResNet names
     return out
 
 
@@ -140,8 +136,6 @@ def _target_key(model: nn.Module, key: str) -> str:
     """ResNet-layout key of the file -> key in ``model``'s state dict."""
     if not isinstance(model, DualHeadResNet) or key.startswith("seg_head."):
         return key
-    if key.startswith("fc."):
-        return "cls_head." + key
     return "backbone." + key
 
 
@@ -229,7 +223,7 @@ def load_pretrained(
             report.loaded.append(key)
     report.missing = [k for k in own if k not in new_sd and k not in shape_skipped]
 
-    is_head = ("fc.", "cls_head.", "seg_head.")
+    is_head = ("fc.", "backbone.fc.", "seg_head.")
     bad = [k for k in report.missing if not k.startswith(is_head) and not k.endswith("num_batches_tracked")]
     bad += [
         k

@@ -1,12 +1,13 @@
 """Model registry: ``register_model``, ``create_model``, ``list_models`` (timm's shape).
 
-Builders register under their function name. ``create_model`` drops keyword arguments that are
+Builders register under their function name; the built-in ones (``medres.models.resnet``,
+``medres.models.dual``) register when ``medres.models`` is imported, which any import of this module
+does first. ``create_model`` drops keyword arguments that are
 ``None``, so a config that leaves a setting empty keeps the model's own default.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from medres.errors import ConfigError
+from medres.utils import did_you_mean
 
 __all__ = ["register_model", "create_model", "list_models"]
 
@@ -40,15 +42,8 @@ def register_model(fn: F | None = None, *, name: str | None = None) -> Any:
     return add if fn is None else add(fn)
 
 
-def _ensure_builtins() -> None:
-    # The built-in builders register themselves on import.
-    import medres.models.dual  # noqa: F401
-    import medres.models.resnet  # noqa: F401
-
-
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern`` (e.g. ``"dual_*"``), sorted."""
-    _ensure_builtins()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
@@ -58,9 +53,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     Keyword arguments whose value is ``None`` are dropped. An unknown name or keyword raises
     ``ConfigError`` naming the closest valid choices.
     """
-    _ensure_builtins()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        close = did_you_mean(name, _REGISTRY, n=5)
         hint = f"closest: {', '.join(close)}" if close else "see medres.list_models()"
         raise ConfigError(f"unknown model {name!r}", field="model.name", hint=hint)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}

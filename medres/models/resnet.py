@@ -10,7 +10,7 @@ where the segmentation decoder and detectors attach.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -114,14 +114,8 @@ class ResNet(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.grad_checkpointing = grad_checkpointing
-        self._norm = make_norm_factory(norm, spatial_dims)
-        self._act = make_act_factory(act)
-        self._block_kw: dict[str, Any] = {
-            "spatial_dims": spatial_dims,
-            "norm_layer": self._norm,
-            "act_layer": self._act,
-            "padding_mode": padding_mode,
-        }
+        self.norm_spec, self.act_spec = norm, act  # as given: the dual model's decoder follows them
+        norm_layer, act_layer = make_norm_factory(norm, spatial_dims), make_act_factory(act)
         self.groups, self.base_width = groups, width_per_group
         self.shortcut, self.dilate_first_block = shortcut, dilate_first_block
         self.inplanes, self.dilation = base_channels, 1
@@ -139,16 +133,18 @@ class ResNet(nn.Module):
             bias=False,
             padding_mode=padding_mode,
         )
-        self.bn1 = self._norm(base_channels)
-        self.act = self._act()
+        self.bn1 = norm_layer(base_channels)
+        self.act = act_layer()
         self.maxpool = (
             max_pool_type(spatial_dims)(kernel_size=3, stride=2, padding=1) if stem_pool else nn.Identity()
         )
         widths = [base_channels * 2**i for i in range(4)]
-        self.layer1 = self._make_layer(block, widths[0], layers[0])
-        self.layer2 = self._make_layer(block, widths[1], layers[1], 2, replace_stride_with_dilation[0])
-        self.layer3 = self._make_layer(block, widths[2], layers[2], 2, replace_stride_with_dilation[1])
-        self.layer4 = self._make_layer(block, widths[3], layers[3], 2, replace_stride_with_dilation[2])
+        layer = dict(norm_layer=norm_layer, act_layer=act_layer, padding_mode=padding_mode)
+        self.layer1 = self._make_layer(block, widths[0], layers[0], **layer)
+        dilate = replace_stride_with_dilation
+        self.layer2 = self._make_layer(block, widths[1], layers[1], 2, dilate[0], **layer)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], 2, dilate[1], **layer)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], 2, dilate[2], **layer)
         self.avgpool = adaptive_avg_pool_type(spatial_dims)(1)
         self.num_features = widths[3] * block.expansion
         self.drop = nn.Dropout(drop_rate)
@@ -166,7 +162,6 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     m.zero_init_last()
-        del self._norm, self._act, self._block_kw  # construction helpers; keep the module picklable
 
     def _make_layer(
         self,
@@ -175,7 +170,13 @@ class ResNet(nn.Module):
         blocks: int,
         stride: int = 1,
         dilate: bool = False,
+        *,
+        norm_layer: Callable[[int], nn.Module],
+        act_layer: Callable[[], nn.Module],
+        padding_mode: str,
     ) -> nn.Sequential:
+        block_kw = dict(spatial_dims=self.spatial_dims, norm_layer=norm_layer, act_layer=act_layer,
+                        padding_mode=padding_mode)
         previous_dilation = self.dilation
         if dilate:
             self.dilation *= stride
@@ -187,7 +188,7 @@ class ResNet(nn.Module):
                 downsample = ZeroPadShortcut(out, stride)
             else:
                 downsample = nn.Sequential(
-                    conv_nd(self.spatial_dims, self.inplanes, out, 1, stride), self._norm(out)
+                    conv_nd(self.spatial_dims, self.inplanes, out, 1, stride), norm_layer(out)
                 )
         first = self.dilation if self.dilate_first_block else previous_dilation
         layers = [
@@ -200,7 +201,7 @@ class ResNet(nn.Module):
                 self.base_width,
                 self.dilation,
                 first_dilation=first,
-                **self._block_kw,
+                **block_kw,
             )
         ]
         self.inplanes = out
@@ -211,7 +212,7 @@ class ResNet(nn.Module):
                 groups=self.groups,
                 base_width=self.base_width,
                 dilation=self.dilation,
-                **self._block_kw,
+                **block_kw,
             )
             for _ in range(1, blocks)
         ]
@@ -247,8 +248,12 @@ class ResNet(nn.Module):
         return self.act(self.bn1(self.conv1(x)))
 
     def _run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
+        """The stage itself (so forward hooks on ``layer1..4`` fire), or block by block with gradient
+        checkpointing on (timm's ``checkpoint_seq`` granularity)."""
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return stage(x)
         for blk in stage:
-            x = maybe_checkpoint(self.grad_checkpointing, blk, x)
+            x = maybe_checkpoint(True, blk, x)
         return x
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import medres.report.figures as figures
 from medres.metrics.calibration import calibration_intercept_slope, reliability_curve
 from medres.metrics.curves import roc_band
 from medres.metrics.decision import decision_curve
-from medres.report import figures
+from medres.metrics.segmentation import empty_mask_policy
 from medres.report.aggregate import (
     _quiet,
     _record,
@@ -61,11 +62,6 @@ from medres.report.subgroups import subgroup_records
 __all__ = ["Bundle", "GalleryItem", "build_bundle", "ECE_BINS"]
 
 ECE_BINS = 10
-DEFAULT_SEG_POLICY = (
-    "Empty-mask policy: a case whose reference and prediction are both empty has no "
-    "defined Dice or distance and is left out (n counts the cases where each metric "
-    "is defined)."
-)
 
 
 @dataclass
@@ -113,10 +109,13 @@ def build_bundle(
     gallery: list[GalleryItem] | None = None,
     provenance: dict[str, str] | None = None,
     compare: RunData | None = None,
-    seg_policy: str = DEFAULT_SEG_POLICY,
+    seg_policy: str | None = None,
     gallery_note: str = "",
 ) -> Bundle:
-    """Compute every record, table and figure of a run and write the bundle into ``output``."""
+    """Compute every record, table and figure of a run and write the bundle into ``output``.
+
+    ``seg_policy``: the segmentation section's note; by default the one empty-mask policy of
+    :mod:`medres.metrics.segmentation` at the run's NSD tolerance."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     cfg, ev = run.config, run.config.evaluate
@@ -214,7 +213,7 @@ def build_bundle(
     seg_ctx = None
     if seg_recs:
         seg_ctx = {
-            "policy": seg_policy,
+            "policy": seg_policy or empty_mask_policy(run.config.evaluate.nsd_tolerance_mm),
             "table": table_html(segmentation_table(rec_df)),
             "figures": [
                 _Figure(

@@ -112,3 +112,26 @@ def test_manifest_from_the_config_and_config_errors(tmp_path, capsys):
     assert main(["--manifest", str(tmp_path / "manifest.csv"), "--config", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err
     assert "lables" in err and "Traceback" not in err
+
+
+def test_manifest_only_reads_no_scan_and_imports_no_torch(tmp_path):
+    """``--manifest-only`` checks columns, rows, labels and paths without loading a scan: a manifest whose
+    files exist passes (even an empty file is not opened), a missing file is still reported, and the
+    process never imports torch or MONAI."""
+    import subprocess
+
+    (tmp_path / "a.nii.gz").touch()
+    (tmp_path / "m.csv").write_text("case_id,patient_id,image,label\n"
+                                    "c1,p1,a.nii.gz,normal\nc2,p2,b.nii.gz,nodule\n")
+    code = ("import sys, runpy\n"
+            "sys.argv = ['medres.data.check', '--manifest', sys.argv[1], '--manifest-only']\n"
+            "try:\n    runpy.run_module('medres.data.check', run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print('HEAVY', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai'}))\n"
+            "sys.exit(code)")
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.csv")], cwd=root, capture_output=True,
+                       text=True, timeout=120, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 1, p.stderr
+    assert "1 problem(s)" in p.stdout and "line 3 of m.csv" in p.stdout  # c2: b.nii.gz is missing
+    assert "HEAVY []" in p.stdout

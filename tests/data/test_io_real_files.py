@@ -1,4 +1,4 @@
-"""Every real file REFERENCE.md §3 lists (pydicom's and nibabel's shipped test data) loads correctly or
+"""Every real file docs/reference.md §3 lists (pydicom's and nibabel's shipped test data) loads correctly or
 raises a DataError whose reason is the true one. Values are checked against pydicom/nibabel/MONAI."""
 
 from __future__ import annotations

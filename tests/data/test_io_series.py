@@ -1,5 +1,5 @@
 """DICOM series folders built from copies of CT_small with edited tags: correct assembly and every fault
-REFERENCE.md §3 found MONAI's PydicomReader loading silently."""
+docs/reference.md §3 found MONAI's PydicomReader loading silently."""
 
 from __future__ import annotations
 

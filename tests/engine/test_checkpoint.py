@@ -27,7 +27,7 @@ from medres.errors import ConfigError
 def test_plain_types_load_with_weights_only(tmp_path):
     state = {"a": np.float32(1.5), "b": np.arange(3), "p": pathlib.Path("/x/y"), "t": (np.int64(2), "s"),
              "rng": rng_state()}
-    # torch itself refuses the raw objects (REFERENCE.md §4) ...
+    # torch itself refuses the raw objects (docs/reference.md §4) ...
     torch.save(state, tmp_path / "raw.pt")
     with pytest.raises(Exception):  # noqa: B017 - the unpickler's error type is torch-internal
         torch.load(tmp_path / "raw.pt", weights_only=True)

@@ -1,4 +1,4 @@
-"""Calibration and decision-curve metrics against REFERENCE.md §5, scikit-learn and closed forms."""
+"""Calibration and decision-curve metrics against docs/reference.md §5, scikit-learn and closed forms."""
 
 from __future__ import annotations
 

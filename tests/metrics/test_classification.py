@@ -1,4 +1,4 @@
-"""Classification metrics against scikit-learn and REFERENCE.md §5 values."""
+"""Classification metrics against scikit-learn and docs/reference.md §5 values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics against REFERENCE.md §5 values and MONAI's metric functions."""
+"""Segmentation metrics against docs/reference.md §5 values and MONAI's metric functions."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_classification_head_sees_the_unpadded_image():
     m = create_model("dual_resnet18", spatial_dims=2, in_channels=1, num_classes=2, base_channels=8).eval()
     x = torch.randn(1, 1, 37, 45)
     with torch.no_grad():
-        expected = m.cls_head(m.backbone.forward_features(x))
+        expected = m.backbone(x)  # the backbone with its own head (pool, dropout, fc)
         torch.testing.assert_close(m(x).cls_logits, expected)
 
 
@@ -106,7 +106,7 @@ def test_backbone_options_pass_through_and_dilation():
     )
     assert not any(isinstance(x, (nn.BatchNorm3d, nn.ReLU)) for x in m.modules())
     assert any(isinstance(x, nn.InstanceNorm3d) for x in m.seg_head.modules())
-    assert m.cls_head.drop.p == 0.3
+    assert m.backbone.drop.p == 0.3 and m.cls_head is m.backbone.fc
     out = m(torch.randn(1, 1, 9, 23, 30))
     assert out.seg_logits.shape == (1, 2, 9, 23, 30)
     assert m.feature_info[-1] == {"module": "backbone.layer4", "num_chs": 64, "reduction": (4, 8, 8)}

@@ -133,7 +133,7 @@ def test_dual_head_model_loads_into_its_backbone(tv_resnet18_file):
     tv, path = tv_resnet18_file
     model = create_model("dual_resnet18", spatial_dims=2, in_channels=3, num_classes=1000).eval()
     report = load_pretrained(model, path)
-    assert "cls_head.fc.weight" in report.loaded and "backbone.conv1.weight" in report.loaded
+    assert "backbone.fc.weight" in report.loaded and "backbone.conv1.weight" in report.loaded
     assert report.missing and all(k.startswith("seg_head.") for k in report.missing)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

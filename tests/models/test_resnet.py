@@ -9,7 +9,7 @@ from torch import nn
 
 from medres.models import BasicBlock, Bottleneck, ResNet, create_model, list_models
 
-# REFERENCE.md section 1 (torchvision's num_params metadata) and state-dict key counts.
+# docs/reference.md §1 (torchvision's num_params metadata) and state-dict key counts.
 PARAMS = {
     "resnet18": (11_689_512, 122),
     "resnet34": (21_797_672, 218),
@@ -134,6 +134,23 @@ def test_feature_info_matches_forward_intermediates():
     with torch.no_grad():
         torch.testing.assert_close(m.forward_head(m.forward_features(x)), m(x))
         assert m.forward_head(feats[-1], pre_logits=True).shape == (1, 16 * 8 * 4)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_forward_hooks_on_the_stages_fire(checkpointing):
+    """layer1..4 are called as modules (timm's way), so a hook on a stage (Grad-CAM's) sees its output;
+    with gradient checkpointing the blocks are run one by one and the last block's hook still fires."""
+    m = create_model("dual_resnet10", spatial_dims=3, in_channels=1, num_classes=2, seg_classes=2,
+                     base_channels=4, grad_checkpointing=checkpointing)
+    seen = {}
+    target = m.backbone.layer4[-1] if checkpointing else m.backbone.layer4
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        getattr(m.backbone, name).register_forward_hook(lambda mod, i, o, n=name: seen.setdefault(n, o.shape))
+    target.register_forward_hook(lambda mod, i, o: seen.setdefault("target", o.shape))
+    out = m(torch.randn(1, 1, 32, 32, 32))
+    assert seen["target"] == (1, 32, 1, 1, 1) and out.cls_logits.shape == (1, 2)
+    if not checkpointing:
+        assert list(seen) == ["layer1", "layer2", "layer3", "layer4", "target"]
 
 
 def test_dilation_stem_and_anisotropic_reduction():

@@ -15,7 +15,7 @@ def synthetic_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundle_dir(synthetic_run):
-    """The report bundle of `synthetic_run`, written by ``medres.evaluate.evaluate_run``."""
-    from medres.evaluate import evaluate_run
+    """The report bundle of `synthetic_run`, written by ``medres.evaluation.evaluate_run``."""
+    from medres.evaluation import evaluate_run
 
     return evaluate_run(synthetic_run, synthetic_run.parent / "synth_report").parent

@@ -24,10 +24,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from medres._config_errors import is_mapping, model_in, suggest, translate_validation_error
-from medres._config_yaml import AmbiguousInt, Yaml11Bool, load_yaml, load_yaml_value
-from medres.config import Config
+from medres.config.schema import Config, input_channels
+from medres.config.validation import is_mapping, model_in, suggest, translate_validation_error
+from medres.config.yaml11 import AmbiguousInt, Yaml11Bool, load_yaml, load_yaml_value
 from medres.errors import ConfigError
+from medres.utils import atomic_write, flatten_dict
 
 INPUT_PATH_FIELDS = (
     "data.manifest", "data.root", "data.image_folder", "data.demo.out", "model.pretrained.path",
@@ -150,6 +151,14 @@ def _check(cfg: Config, source: str | None) -> None:
     if d.normalize == "window" and d.modality != "CT":
         fail("data.normalize", f"window normalization is for CT (HU); data.modality is {d.modality}",
              "use zscore for MR, imagenet for natural images")
+    if d.windows and not (d.modality == "CT" and d.normalize == "window"):
+        fail("data.windows", f"{len(d.windows)} CT windows are listed but normalize is {d.normalize!r} "
+             f"(modality {d.modality}), so the pipeline would ignore them and make "
+             f"{input_channels(d)} channel(s)", "set data.normalize: window, or remove data.windows")
+    if d.modality != "natural" and m.in_channels != input_channels(d):
+        fail("model.in_channels", f"model.in_channels={m.in_channels} but the data pipeline makes "
+             f"{input_channels(d)} channel(s) (image columns x CT windows)",
+             "remove model.in_channels; it follows the data section")
     if not (m.cls_head or m.seg_head):
         fail("model.cls_head", "both heads are switched off", "keep at least one of cls_head / seg_head")
     if d.image_folder is None and m.num_classes != len(d.labels):
@@ -165,7 +174,7 @@ def _check(cfg: Config, source: str | None) -> None:
 # ---------------------------------------------------------------------------------------------------
 # configs by name (the ones shipped in medres/configs/)
 
-SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # medres/configs/
 
 
 def list_shipped_configs() -> dict[str, str]:
@@ -299,30 +308,13 @@ def config_to_yaml(cfg: Config) -> str:
 
 def save_resolved(cfg: Config, path: str | os.PathLike[str]) -> Path:
     """Write ``config_to_yaml(cfg)`` to ``path`` (e.g. ``runs/<name>/config.yaml``) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"# resolved medres configuration (sha256 {config_hash(cfg)[:12]})\n")
-        f.write(config_to_yaml(cfg))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    text = f"# resolved medres configuration (sha256 {config_hash(cfg)[:12]})\n" + config_to_yaml(cfg)
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def config_hash(cfg: Config) -> str:
     """sha256 (hex) of the resolved dump: equal configurations, equal hash, on every run."""
     return hashlib.sha256(config_to_yaml(cfg).encode("utf-8")).hexdigest()
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: obj}
 
 
 def _ignored(field: str, ignore: Iterable[str]) -> bool:
@@ -336,8 +328,8 @@ def diff_configs(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any], *
     Accepts Configs or plain dicts (a checkpoint's ``config``). Fields matching ``ignore`` (exact or
     ``section.*``) are left out. Lists compare whole (``data.patch_size``).
     """
-    fa = _flatten(_plain(a.model_dump(mode="python") if isinstance(a, Config) else dict(a)))
-    fb = _flatten(_plain(b.model_dump(mode="python") if isinstance(b, Config) else dict(b)))
+    fa = flatten_dict(_plain(a.model_dump(mode="python") if isinstance(a, Config) else dict(a)))
+    fb = flatten_dict(_plain(b.model_dump(mode="python") if isinstance(b, Config) else dict(b)))
     ignore = tuple(ignore)
     missing = object()
     out = []

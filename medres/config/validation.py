@@ -5,7 +5,6 @@ Private to ``medres.config``.
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -13,8 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from medres.config import Config
+from medres.config.schema import Config
 from medres.errors import ConfigError
+from medres.utils import did_you_mean
 
 # ---------------------------------------------------------------------------------------------------
 # schema walking
@@ -84,8 +84,8 @@ def _walk(loc: Iterable[str | int]) -> tuple[str, Any, type[BaseModel] | None]:
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return match[0] if match else None
+    """The closest of ``choices`` (:func:`medres.utils.did_you_mean`), or None."""
+    return next(iter(did_you_mean(word, choices)), None)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,21 +1,5 @@
-"""The configuration: pydantic models of the YAML files in ``medres/configs/`` and ``load_config``.
+"""The configuration schema: pydantic models of the YAML files in ``medres/configs/`` (torch-free).
 
-This module never imports torch, so a configuration validates instantly. Every problem is a
-``ConfigError`` naming the file, the setting's dotted path and a hint (for a typo, the closest valid
-name). ``load_config(path, overrides)``:
-
-- reads YAML with ``safe_load`` semantics, but ``1e-3`` is a number, duplicate keys are refused,
-  ``yes``/``NO`` in a text field and ``012`` (octal to YAML 1.1) are explained and refused;
-- applies ``--set a.b.c=value`` overrides, each value read as YAML and validated like the file's;
-- fills the derived model settings (``Config.resolved``: spatial_dims, num_classes, seg_classes,
-  in_channels from the data section) and checks cross-field consistency;
-- resolves the input paths (``INPUT_PATH_FIELDS``: data.manifest, data.root, data.image_folder,
-  data.demo.out, model.pretrained.path, cv.folds_file) against the config file's folder (``--set``
-  values: the working directory); ``cfg.original_paths`` keeps the text as written. Outputs
-  (output.dir, data.cache_dir) stay relative to the working directory.
-
-``save_resolved`` writes the result into the run folder, ``config_hash`` fingerprints it, and
-``diff_configs`` / ``check_resume_config`` compare a run's saved configuration with the current one.
 Field names are the contract other modules build on: add fields, do not rename them.
 """
 
@@ -26,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 __all__ = [
+    "DEFAULT_CT_WINDOWS", "ct_windows", "input_channels",
     "WindowConfig", "AugmentConfig", "DemoConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
     "ClsLossConfig", "SegLossConfig", "TaskWeightConfig", "LossConfig", "OptimConfig", "ScheduleConfig",
     "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
@@ -214,6 +199,27 @@ class OutputConfig(_Section):
     name: str = "run"
 
 
+#: Used when a CT configuration with ``normalize: window`` lists no windows: -1000..400 HU, one channel.
+DEFAULT_CT_WINDOWS = ((-300.0, 1400.0),)
+
+
+def ct_windows(d: DataConfig) -> list[tuple[float, float]]:
+    """The configured ``(center, width)`` windows in HU, or :data:`DEFAULT_CT_WINDOWS`."""
+    return [(w.center, w.width) for w in d.windows] or [tuple(w) for w in DEFAULT_CT_WINDOWS]
+
+
+def input_channels(d: DataConfig) -> int:
+    """The one rule for the number of channels the data pipeline gives the model (``model.in_channels``
+    follows it; ``medres.data.transforms`` builds exactly these): one per image column, times the CT
+    windows when CT is windowed (``normalize: window``); 3 for ImageNet-normalized natural images."""
+    if d.modality == "natural" and d.normalize == "imagenet":
+        return 3
+    n = len(d.image_columns)
+    if d.modality == "CT" and d.normalize == "window":
+        n *= len(ct_windows(d))
+    return n
+
+
 class Config(_Section):
     """The whole configuration. Build it with ``load_config``, which also fills the derived defaults
     (``resolved()``), resolves relative input paths and checks cross-field consistency."""
@@ -248,16 +254,10 @@ class Config(_Section):
         - ``model.spatial_dims`` <- ``data.spatial_dims``
         - ``model.num_classes`` <- ``len(data.labels)``
         - ``model.seg_classes`` <- ``len(data.mask_labels)``
-        - ``model.in_channels`` <- ``len(data.windows) * len(data.image_columns)`` for CT with windows,
-          ``len(data.image_columns)`` otherwise (one channel per sequence/column), 3 for natural images.
+        - ``model.in_channels`` <- :func:`input_channels` (what the data pipeline makes)
         """
         d, m = self.data, self.model
-        if d.modality == "natural":
-            channels = 3
-        elif d.modality == "CT" and d.windows:
-            channels = len(d.windows) * len(d.image_columns)
-        else:
-            channels = len(d.image_columns)
+        channels = input_channels(d)
         model = m.model_copy(update={
             "spatial_dims": m.spatial_dims if m.spatial_dims is not None else d.spatial_dims,
             "num_classes": m.num_classes if m.num_classes is not None else len(d.labels),
@@ -268,24 +268,3 @@ class Config(_Section):
         out._source, out._original_paths = self._source, dict(self._original_paths)
         return out
 
-
-# Loading, overrides, dumping and comparing live in medres/_config_load.py (this file is the schema).
-from medres._config_load import (  # noqa: E402
-    INPUT_PATH_FIELDS,
-    RESUME_IGNORED_FIELDS,
-    check_resume_config,
-    config_hash,
-    config_to_yaml,
-    diff_configs,
-    list_shipped_configs,
-    load_config,
-    resolve_config_path,
-    save_resolved,
-)
-
-__all__ += [
-    "load_config", "config_to_yaml", "save_resolved", "config_hash", "diff_configs",
-    "check_resume_config", "INPUT_PATH_FIELDS", "RESUME_IGNORED_FIELDS",
-    # configs by name (medres/configs/)
-    "resolve_config_path", "list_shipped_configs",
-]

@@ -1,4 +1,4 @@
-"""The report's worst-case gallery for ``medres.evaluate``: source slices with masks, and Grad-CAM.
+"""The report's worst-case gallery: source slices with masks, and the classification head's Grad-CAM.
 
 Kept apart from ``medres.report`` (which never imports torch): this module loads scans and, when the
 fold's checkpoint is present, the model, to draw MONAI's Grad-CAM of the classification head.
@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medres.errors import DataError
+from medres.layout import CHECKPOINTS_BEST_FIRST
 from medres.report import GalleryItem, binary_task, case_labels
 from medres.report.figures import gallery_figure
 from medres.report.run_folder import RunData
@@ -145,7 +146,7 @@ class GradCam:
     The case goes through the evaluation transforms (`medres.data.transforms.build_transforms`); a
     ``data.patch_size`` box centred on the point (mapped from source voxels to the model's grid through
     the affines) is fed to the fold's model (`medres.engine.checkpoint.load_model`), with the target
-    layer the last block of the encoder's last stage. Without a classification head or checkpoints no
+    layer the encoder's last stage (``backbone.layer4``). Without a classification head or checkpoints no
     map is drawn and ``note`` says why; any failure drops the maps with the reason in ``note``.
     """
 
@@ -171,7 +172,7 @@ class GradCam:
 
             fd = self.run.run_dir / f"fold_{fold}"
             ckpt = next(
-                (fd / n for n in ("checkpoint_best.pt", "checkpoint_last.pt") if (fd / n).is_file()), None
+                (fd / n for n in CHECKPOINTS_BEST_FIRST if (fd / n).is_file()), None
             )
             if ckpt is None:
                 raise FileNotFoundError(f"no checkpoint in fold_{fold}")
@@ -221,9 +222,7 @@ class GradCam:
         stage = getattr(getattr(model, "backbone", None), "layer4", None)
         if stage is None or not len(stage):
             raise ValueError("no encoder stage 'backbone.layer4' to take Grad-CAM from")
-        # the last block of the last stage (forward_intermediates does not call the stage itself as a
-        # module, so hooks on it would not fire)
-        layer = f"inner.backbone.layer4.{len(stage) - 1}"
+        layer = "inner.backbone.layer4"  # the encoder's last stage (its forward hooks fire)
         cam = (
             GradCAM(nn_module=_ClsLogits(model), target_layers=layer)(crop, class_idx=binary_task(cfg).index)
             .detach()

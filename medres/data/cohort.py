@@ -1,0 +1,72 @@
+"""The run's cohort as a manifest table: a CSV manifest, an ImageNet-style image folder, or the demo
+cohort (generated on first use).
+
+``load_cohort(cfg)`` returns the config with ``data.manifest`` / ``data.labels`` filled in and the
+manifest as a DataFrame (every column text). Under torchrun, call it on rank 0 first (it may write the
+demo cohort), then on the other ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from medres.config import Config
+from medres.data.manifest import read_manifest
+from medres.errors import ConfigError, DataError
+
+__all__ = ["load_cohort", "image_folder_manifest"]
+
+log = logging.getLogger("medres.data")
+
+
+def image_folder_manifest(folder: Path) -> tuple[pd.DataFrame, list[str]]:
+    """ImageNet-style ``folder/<class>/<image>`` (or ``folder/{train,val}/<class>/<image>``, val being the
+    test split): a manifest, one row per image, and the sorted class names."""
+    if not folder.is_dir():
+        raise DataError("image folder not found", path=folder, hint="check data.image_folder")
+    parts = {"train": folder / "train", "test": folder / "val"}
+    if not all(p.is_dir() for p in parts.values()):
+        parts = {"train": folder}
+    classes = sorted(p.name for p in parts["train"].iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError("no class subfolders found", path=folder,
+                        hint="put the images of each class in a subfolder named after it")
+    rows = []
+    for split, root in parts.items():
+        for c in classes:
+            for f in sorted((root / c).iterdir()) if (root / c).is_dir() else []:
+                if f.suffix.lower() in (".png", ".jpg", ".jpeg"):
+                    case = f"{split}/{c}/{f.stem}" if len(parts) > 1 else f"{c}/{f.stem}"
+                    rows.append({"case_id": case, "patient_id": case, "image": str(f), "mask": "", "label": c,
+                                 "split": split})
+    if not rows:
+        raise DataError("no PNG/JPEG images in the class subfolders", path=folder)
+    return pd.DataFrame(rows, dtype=str), classes
+
+
+def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
+    """The manifest as a DataFrame (the demo cohort generated first when configured) and the config with
+    ``data.manifest`` / ``data.labels`` filled in for the run."""
+    d = cfg.data
+    if d.image_folder is not None:
+        df, classes = image_folder_manifest(Path(d.image_folder))
+        if cfg.model.num_classes != len(classes) and d.labels != classes:
+            raise ConfigError(f"{len(classes)} class folders but model.num_classes={cfg.model.num_classes}",
+                              field="model.num_classes", hint=f"set model.num_classes={len(classes)}")
+        data = d.model_copy(update={"labels": classes, "mask_column": None, "positive_label": None})
+        return cfg.model_copy(update={"data": data}), df
+    if d.manifest is None:
+        if d.demo is None:
+            raise ConfigError("no data: set data.manifest (a CSV), data.image_folder or data.demo",
+                              field="data.manifest")
+        from medres.data.demo import generate_demo
+
+        log.info("demo cohort: %s (generated on first use, %d patients)", Path(d.demo.out).resolve(),
+                 d.demo.n_patients)
+        manifest = generate_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed)
+        cfg = cfg.model_copy(update={"data": d.model_copy(update={"manifest": str(manifest)})})
+    df = read_manifest(cfg.data.manifest, vocabulary=cfg.data.labels, root=cfg.data.root)
+    return cfg, df

@@ -1,0 +1,83 @@
+"""Per-case measurements of a run folder for the report: segmentation metrics of every predicted mask
+against its reference (in the source scan's geometry and spacing), and each scan's voxel spacing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from medres.errors import DataError
+from medres.evaluation.gallery import first_path, load_scan
+from medres.metrics.segmentation import segmentation_metrics
+from medres.report.cohort import SPACING_COLUMNS
+from medres.report.run_folder import RunData
+
+__all__ = ["segmentation_cases", "add_spacing"]
+
+def segmentation_cases(run: RunData) -> pd.DataFrame:
+    """Per case and foreground class: Dice, IoU, HD, HD95, ASSD, NSD, volumes, and the empty-mask flag.
+
+    Uses the rows with a ``seg_path`` (relative to the run folder) and a reference ``mask``.
+    """
+    cfg = run.config
+    classes = {int(k): v for k, v in cfg.data.mask_labels.items() if int(k) != 0}
+    rows = []
+    preds = run.predictions
+    if "seg_path" not in preds.columns or "mask" not in preds.columns:
+        return pd.DataFrame()
+    for r in preds.itertuples(index=False):
+        seg_path, mask_path = first_path(r.seg_path), first_path(r.mask)
+        if seg_path is None or mask_path is None:
+            continue
+        pred = load_scan(run.run_dir / seg_path)[0]
+        ref, spacing, _ = load_scan(mask_path)
+        if pred.shape != ref.shape:
+            raise DataError(
+                f"predicted mask {pred.shape} and reference mask {ref.shape} differ in shape",
+                path=run.run_dir / seg_path,
+                case_id=r.case_id,
+                hint="predicted masks must be written in the source scan's geometry; re-run inference",
+            )
+        results = segmentation_metrics(
+            np.rint(pred).astype(np.int64),
+            np.rint(ref).astype(np.int64),
+            spacing,
+            classes=classes,
+            nsd_tolerance_mm=cfg.evaluate.nsd_tolerance_mm,
+        )
+        for name, res in results.items():
+            rows.append(
+                {
+                    "case_id": r.case_id,
+                    "patient_id": r.patient_id,
+                    "fold": int(r.fold),
+                    "class": name,
+                    **res.as_dict(),
+                    "empty": res.empty,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def add_spacing(preds: pd.DataFrame) -> pd.DataFrame:
+    """Add ``spacing_x_mm``, ``spacing_y_mm``, ``spacing_z_mm`` of each case's (first) image."""
+    import nibabel as nib
+
+    out = preds.copy()
+    if "image" not in out.columns:
+        return out
+    values = []
+    for path in out["image"]:
+        first = first_path(path)
+        try:
+            if first is None:
+                sp = np.array([])
+            elif first.endswith((".nii", ".nii.gz")):  # the header alone
+                sp = np.asarray(nib.load(first).header.get_zooms()[:3], dtype=np.float64)
+            else:
+                sp = load_scan(first)[1]
+        except (DataError, OSError):
+            sp = np.array([])
+        values.append(list(sp[:3]) + [np.nan] * (3 - min(3, sp.size)))
+    out[list(SPACING_COLUMNS)] = np.asarray(values, dtype=np.float64)
+    return out

@@ -1,0 +1,99 @@
+"""The import graph of every medres module holds DESIGN.md's layering (read from the source, so function
+-level imports count too): lower layers never import higher ones, models and data never import each
+other, report, metrics and config import no torch, nothing imports an entry point, and there are no
+cycles."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"medres", "errors", "utils", "layout"}
+# which top-level parts of medres each part may import (besides itself)
+MAY_IMPORT = {
+    "medres": {"errors"}, "errors": set(), "utils": set(), "layout": set(), "config": BASE,
+    "models": BASE | {"config"}, "data": BASE | {"config"}, "metrics": BASE, "cv": BASE | {"config", "data"},
+    "report": BASE | {"config", "metrics"},
+    "engine": BASE | {"config", "models", "data", "metrics", "cv"},
+    "evaluation": BASE | {"config", "models", "data", "metrics", "cv", "engine", "report"},
+    "plan": BASE | {"config", "models", "data", "engine"},  # fingerprint a cohort, dry-run the model
+}
+ENTRY_POINTS = {"medres.train", "medres.evaluate", "medres.predict"}  # may import any part but these
+NO_TORCH = ("config", "metrics", "report", "cv", "errors", "utils", "layout")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for f in (ROOT / "medres").rglob("*.py"):
+        parts = list(f.relative_to(ROOT).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return out
+
+
+def imports(name: str, f: Path, known: dict[str, Path]) -> tuple[set[str], set[str], set[str]]:
+    """(medres modules imported, third-party top-level packages, names imported from medres modules)."""
+    ours, theirs, names = set(), set(), set()
+    pkg = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            mod = ".".join(pkg[: len(pkg) - node.level + 1] + [node.module or ""]).strip(".") if node.level \
+                else node.module
+            targets = [mod] + [f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in known]
+            names |= {f"{mod}:{a.name}" for a in node.names}
+        else:
+            continue
+        for t in targets:
+            (ours if t.split(".")[0] == "medres" else theirs).add(t if t in known else t.split(".")[0])
+    return {t for t in ours if t in known and t != name}, theirs, names
+
+
+def part(module: str) -> str:
+    return module.split(".")[1] if "." in module else "medres"
+
+
+def test_import_graph_follows_the_layers():
+    known = modules()
+    graph, problems = {}, []
+    for name, f in known.items():
+        ours, theirs, names = imports(name, f, known)
+        graph[name] = ours
+        for t in ours:
+            if t in ENTRY_POINTS or any(n.startswith(f"{t}:main") for n in names):
+                problems.append(f"{name} imports the entry point {t}")
+            elif name not in ENTRY_POINTS and part(t) != part(name) and part(t) not in MAY_IMPORT[part(name)]:
+                problems.append(f"{name} (layer {part(name)}) imports {t}")
+        if part(name) in NO_TORCH and theirs & {"torch", "monai", "torchvision"}:
+            problems.append(f"{name} imports {sorted(theirs & {'torch', 'monai', 'torchvision'})}")
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:  # depth-first search; a grey node seen again = a cycle
+        state[n] = 1
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                problems.append("cycle: " + " -> ".join(path[path.index(m):] + [m]))
+            elif m not in state:
+                visit(m, path + [m])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+    assert not problems, "\n".join(problems)
+
+
+def test_report_imports_neither_torch_nor_higher_layers():
+    """At run time too: a report is rebuilt in a notebook without torch."""
+    code = (
+        "import sys, medres.report; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'monai') "
+        "or m.startswith(('medres.models', 'medres.data', 'medres.engine', 'medres.cv', "
+        "'medres.evaluation'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
