@@ -83,7 +83,19 @@ class DataErrors(DataError):
         self.errors = list(errors)
         lines = "\n".join(f"  - {e}" for e in self.errors)
         super().__init__(f"{len(self.errors)} problem(s) found:\n{lines}", path=path,
-                         hint="fix every listed row, then run again")
+                         hint="Fix every listed row, then run again.")
+
+    def located(self, *, row: int | None = None, case_id: str | None = None,
+                path: str | PathLike[str] | None = None) -> DataErrors:
+        """Each listed problem located where it lacks a row/case/path (the list keeps its own path)."""
+        return DataErrors([e.located(row=row, case_id=case_id, path=path) for e in self.errors],
+                          path=self.path if self.path is not None else path)
+
+    def _message(self) -> str:
+        # the overall hint on a line of its own: appended to the last listed problem, which carries its
+        # own hint, it read as "(hint: ...) (hint: ...)"
+        where = f"{self.path}: " if self.path is not None else ""
+        return f"{where}{self.reason}" + (f"\n{self.hint}" if self.hint else "")
 
     def __reduce__(self):
         return (DataErrors, (self.errors, self.path))

@@ -15,7 +15,8 @@ The scans go through the checkpoint's own evaluation pipeline (orientation, spac
 MONAI sliding-window inference. Written to ``--output``: ``predictions.csv`` (the predictions-table
 columns of DESIGN.md: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred``, subgroup columns,
 ``image``, ``mask``, ``seg_path``; ``y_true`` and ``fold`` are -1 where unknown) and
-``seg/<case_id>.nii.gz``, each mask in its source scan's geometry (it overlays the original).
+``seg/<case_id>.nii.gz``, each mask in its source scan's geometry (it overlays the original), and for a
+DICOM source also ``seg/<case_id>.dcm``, a DICOM SEG referencing the source series (for PACS viewers).
 A problem with the input is reported as one message and exit code 2, with no traceback.
 """
 
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medres.data.inputs import discover_inputs
 from medres.errors import ConfigError, DataError, MedresError
 
 __all__ = ["main", "input_records"]
@@ -71,18 +73,7 @@ def input_records(path: str | Path, config: Any) -> list[dict[str, Any]]:
         return _manifest_records(path, config)
     if path.is_file():
         return _scan_records([path])
-    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-    scans = [p for p in entries if p.is_file() and p.name.lower().endswith(_FILE_SCANS)]
-    if scans:
-        return _scan_records(scans)
-    files = [p for p in entries if p.is_file()]
-    if files and any(_is_dicom(p) for p in files):
-        return _scan_records([path])  # one DICOM series
-    folders = [p for p in entries if p.is_dir()]
-    if folders and not files:
-        return _scan_records(folders)
-    raise DataError("holds no scans (NIfTI/PNG/JPEG files, DICOM files or series sub-folders)", path=path,
-                    hint="point --input at a scan, a series folder, a folder of scans or a manifest CSV")
+    return _scan_records(discover_inputs(path)[0])  # skipped entries are logged with their reason
 
 
 def _manifest_records(path: Path, config: Any) -> list[dict[str, Any]]:
@@ -117,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from medres.data.dicom_seg import write_prediction_segs  # DICOM sources: also seg/<case_id>.dcm
     from medres.engine.inference import Predictor, write_table
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
@@ -132,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     seg_dir = None if args.no_masks else out / "seg"
     df = predictor.predict_records(records, seg_dir=seg_dir, seg_relative_to=out)
+    write_prediction_segs(df, seg_dir, predictor.config.data.mask_labels, checkpoint=ckpt, relative_to=out)
     table = write_table(df, out / "predictions.csv")
     log.info("%d case(s) -> %s%s", len(df), table, "" if args.no_masks else f"; masks in {out / 'seg'}")
     return 0

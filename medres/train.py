@@ -112,13 +112,17 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
 
         # -- the cohort (rank 0 first: it may write the demo cohort) and the run folder
         run_dir = Path(cfg.output.dir) / cfg.output.name
+        from medres.engine.optim import with_scaled_lr
+
         if is_main:
             cfg, df = load_cohort(cfg)
+            cfg = with_scaled_lr(cfg, world_size=dist_info.world_size)  # optim.lr for the actual batch
             run_dir.mkdir(parents=True, exist_ok=True)
             save_resolved(cfg, run_dir / "config.yaml")
         barrier()
         if not is_main:
             cfg, df = load_cohort(cfg)
+            cfg = with_scaled_lr(cfg, world_size=dist_info.world_size)
 
         # -- the folds, by patient
         dev, test = split_test(df)
@@ -199,6 +203,19 @@ def _setup_logging(*, quiet: bool, is_main: bool) -> None:
     logger.addHandler(h)
     logger.setLevel(logging.WARNING if quiet or not is_main else logging.INFO)
     logger.propagate = False
+    if quiet:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """``--quiet``: MLflow's and alembic's INFO lines (store set-up, migrations) and MONAI's per-scan
+    warnings silenced; medres's own warnings and every error still print."""
+    import warnings
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("mlflow", "alembic", "monai"):
+        logging.getLogger(name).setLevel(logging.WARNING if name != "monai" else logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"monai(\..*)?$")
 
 
 def _parser() -> argparse.ArgumentParser:

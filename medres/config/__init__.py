@@ -43,6 +43,7 @@ from medres.config.schema import (
     DemoConfig,
     EarlyStoppingConfig,
     EvalConfig,
+    IndexConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
@@ -63,7 +64,7 @@ __all__ = [
     "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
     "load_config", "config_to_yaml", "save_resolved", "config_hash", "diff_configs",
     "check_resume_config", "INPUT_PATH_FIELDS", "RESUME_IGNORED_FIELDS", "DEFAULT_CT_WINDOWS", "ct_windows",
-    "input_channels",
+    "input_channels", "IndexConfig",
     # configs by name (medres/configs/)
     "resolve_config_path", "list_shipped_configs",
 ]

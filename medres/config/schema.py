@@ -5,13 +5,16 @@ Field names are the contract other modules build on: add fields, do not rename t
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 __all__ = [
     "DEFAULT_CT_WINDOWS", "ct_windows", "input_channels",
-    "WindowConfig", "AugmentConfig", "DemoConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
+    "WindowConfig", "AugmentConfig", "DemoConfig", "IndexConfig", "RadiographConfig", "DataConfig",
+    "PretrainedConfig",
+    "ModelConfig",
     "ClsLossConfig", "SegLossConfig", "TaskWeightConfig", "LossConfig", "OptimConfig", "ScheduleConfig",
     "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
 ]
@@ -52,6 +55,43 @@ class DemoConfig(_Section):
     out: str = "demo_data/ct_chest"
     n_patients: int = Field(100, ge=4)
     seed: int = 0
+    kind: Literal["ct_chest", "cxr"] = "ct_chest"  # (radiographs) cxr: the chest X-ray demo cohort
+
+
+# --- radiographs (issue 13): projection radiographs, data.modality XR --------------------------------
+class RadiographConfig(_Section):
+    """How CR/DX radiographs are read (``medres.data.radiograph``; used when ``data.modality`` is XR)."""
+
+    voi: int | str | None = None  # which VOI window/LUT: index (0 = first) or its explanation; None: first
+    allow_for_processing: bool = False  # FOR PROCESSING (raw detector) images are refused unless true
+    views: list[str] | None = None  # ViewPosition / manifest `view` values kept (e.g. [PA, AP]); None: all
+# --- end radiographs ---------------------------------------------------------------------------------
+
+
+# --- data.index: choosing series from a hospital export (python -m medres.data.index) ---------------
+class IndexConfig(_Section):
+    """Rules for ``python -m medres.data.index``: which series of an export become manifest rows."""
+
+    modalities: list[str] = Field(default_factory=lambda: ["CT"])  # empty: any modality
+    orientations: list[Literal["axial", "coronal", "sagittal", "oblique"]] = Field(
+        default_factory=lambda: ["axial"])  # empty: any
+    oblique_deg: float = Field(10.0, gt=0, lt=45)  # slice normal further than this from an axis: oblique
+    original_only: bool = True  # ImageType ORIGINAL (not DERIVED reformats / MIPs)
+    exclude_localizers: bool = True  # ImageType LOCALIZER (scouts, topograms)
+    require_regular: bool = True  # no missing/duplicate slices, even spacing (as the series reader needs)
+    min_slices: int = Field(30, ge=1)
+    per_study: Literal["one", "all"] = "one"  # one: the thinnest regular reconstruction (then most slices)
+    labels_key: Literal["AccessionNumber", "PatientID", "StudyInstanceUID"] = "AccessionNumber"
+    label_columns: list[str] = Field(default_factory=lambda: ["label"])  # copied from the labels file
+    annotation_names: dict[str, str] = Field(default_factory=dict)  # ROI/segment name pattern (fnmatch
+    # wildcards, case-insensitive) -> a data.mask_labels name; unmatched names are reported, not guessed
+    empty_annotations: Literal["negative", "skip"] = "negative"  # an object whose mapped segments/ROIs are
+    # all empty: an annotated negative (all-zero mask, said so in index.csv) or skip the series
+    key_file: str | None = None  # project key for the pseudonyms (default ~/.config/medres/project.key;
+    # the MEDRES_PROJECT_KEY environment variable wins); generated on first use, never written to outputs
+    workers: int = Field(0, ge=0)  # header-reading processes (0: one per CPU, at most 8)
+    link: Literal["symlink", "hardlink", "copy"] = "symlink"  # how DIR/series/<case>/ holds the files
+# --- end data.index --------------------------------------------------------------------------------
 
 
 class DataConfig(_Section):
@@ -65,7 +105,7 @@ class DataConfig(_Section):
     image_columns: list[str] = Field(default_factory=lambda: ["image"])  # several = input channels
     mask_column: str | None = "mask"
     spatial_dims: Literal[2, 3] = 3
-    modality: Literal["CT", "MR", "natural"] = "CT"
+    modality: Literal["CT", "MR", "natural", "XR"] = "CT"  # XR: projection radiographs (CR/DX/PNG)
     windows: list[WindowConfig] = Field(default_factory=list)  # CT: one channel per window
     normalize: Literal["window", "zscore", "imagenet", "none"] = "window"
     orientation: str | None = "RAS"
@@ -76,6 +116,29 @@ class DataConfig(_Section):
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: str | None = None  # disk cache folder (default: <output.dir>/.cache)
     num_workers: int = Field(0, ge=0)
+    # --- hostile input (issue 8): begin ---------------------------------------------------------------
+    # scans whose header declares more voxels are refused before decompressing (never more than the
+    # memory free at load time either; medres.data.limits)
+    max_voxels: int = Field(2**31, ge=1)
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, value: list[float] | None) -> list[float] | None:
+        """A voxel size of 0 or below (or not finite) would divide by zero or mirror the scan."""
+        if value is not None and not all(math.isfinite(v) and v > 0 for v in value):
+            raise ValueError(f"every spacing must be a positive number of mm, got {value}")
+        return value
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive_patch(cls, value: list[int]) -> list[int]:
+        """A patch side of 0 or below cannot be cropped (MONAI would read -1 as 'the whole image')."""
+        if not value or not all(v >= 1 for v in value):
+            raise ValueError(f"every patch side must be at least 1 voxel, got {value}")
+        return value
+    # --- hostile input (issue 8): end -----------------------------------------------------------------
+    index: IndexConfig = Field(default_factory=IndexConfig)  # python -m medres.data.index
+    radiograph: RadiographConfig = Field(default_factory=RadiographConfig)  # (radiographs) modality XR
 
 
 class PretrainedConfig(_Section):
@@ -137,6 +200,11 @@ class LossConfig(_Section):
 class OptimConfig(_Section):
     name: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
+    # (bag of tricks, issue 13) lr is stated for this total batch and scaled linearly to the actual one
+    # (batch_size x accumulate x processes; Goyal et al. 2017, He et al. 2018); None: lr is used as is.
+    # The scaled value is logged and saved in the run's config.yaml as lr_scaled.
+    reference_batch_size: int | None = Field(None, ge=1)
+    lr_scaled: float | None = Field(None, gt=0)  # filled in by the run; not to be set by hand
     momentum: float = Field(0.9, ge=0)
     nesterov: bool = False
     weight_decay: float = Field(1e-4, ge=0)

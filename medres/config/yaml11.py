@@ -9,7 +9,9 @@ duplicate keys silently. ``ConfigLoader`` (a ``yaml.SafeLoader``; no Python obje
 - keeps the YAML 1.1-only booleans (yes/no/on/off in any case) as ``Yaml11Bool`` markers so the
   config can explain the problem when such a value lands in a text field,
 - keeps octal-looking (``012``) and sexagesimal (``1:30``) integers as ``AmbiguousInt`` markers,
-  which the config refuses with a hint.
+  which the config refuses with a hint,
+- refuses a document whose aliases expand beyond ``MAX_EXPANDED_NODES`` values (an alias bomb),
+  counted on the composed node graph before anything is constructed.
 
 Hand-written because no maintained YAML library offers this on top of PyYAML's safe loader
 (ruamel.yaml speaks YAML 1.2 but would be a new dependency for four rules).
@@ -47,8 +49,48 @@ class AmbiguousInt:
     value: int
 
 
+#: The most nodes a document may hold once its aliases are expanded (a real config has a few hundred).
+#: PyYAML shares an aliased node, but everything downstream (override merging, pydantic, saving the
+#: resolved config) copies each expansion: nine levels of ten-wide aliases in 1 KB expand to 10**9.
+MAX_EXPANDED_NODES = 20_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
+    """Nodes in the tree ``node`` stands for with every alias expanded (memoised on shared nodes);
+    stops counting past ``limit``. A node that contains itself counts as past the limit."""
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:  # still being counted: the node contains itself
+            return limit + 1
+        return memo[key]
+    memo[key] = -1
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, memo, limit)
+        if total > limit:
+            break
+    memo[key] = total
+    return total
+
+
 class ConfigLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` with the checks listed in the module docstring."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        """Refuse documents whose aliases expand beyond :data:`MAX_EXPANDED_NODES` before building them."""
+        size = _expanded_size(node, {}, MAX_EXPANDED_NODES)
+        if size > MAX_EXPANDED_NODES:
+            raise ConfigError(
+                f"the YAML aliases (*name) expand to more than {MAX_EXPANDED_NODES} values (an alias "
+                "bomb, or an alias that contains itself); refused before building it",
+                hint="write the settings out instead of nesting aliases of aliases")
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
@@ -106,11 +148,21 @@ def _yaml_error(exc: yaml.YAMLError, path: str | None) -> ConfigError:
 
 
 def load_yaml(text: str, *, path: str | None = None) -> Any:
-    """Parse a configuration document; ConfigError (naming ``path`` and the line) when it is not YAML."""
+    """Parse a configuration document; ConfigError (naming ``path`` and the line) when it is not YAML,
+    and when it is empty or only comments: a config that sets nothing is a wrong file, not a wish for
+    every default (omitting ``--config`` gives those)."""
     try:
-        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+        doc = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+        if doc is None:
+            raise ConfigError("the config file is empty (or holds only comments), so it sets nothing",
+                              hint="point --config at the intended file; to run with every default, "
+                                   "leave --config out")
+        return doc
     except ConfigError as e:
         raise ConfigError(e.reason, field=e.field, hint=e.hint, path=path) from None
+    except RecursionError:
+        raise ConfigError("is nested too deeply to be a configuration", path=path,
+                          hint="a medres config is a few levels of sections; check the brackets") from None
     except yaml.YAMLError as e:
         raise _yaml_error(e, path) from None
 
@@ -121,6 +173,8 @@ def load_yaml_value(text: str, *, field: str) -> Any:
         return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
     except ConfigError as e:
         raise ConfigError(e.reason, field=field, hint=e.hint) from None
+    except RecursionError:
+        raise ConfigError("--set value is nested too deeply", field=field) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set value {text!r} is not valid YAML: {getattr(e, 'problem', e)}",
                           field=field, hint="quote text, write lists as [1,2,3]") from None

@@ -18,6 +18,13 @@ _LAZY = {
     "manifest_to_records": "medres.data.datasets",
     "build_dataset": "medres.data.datasets",
     "build_loader": "medres.data.datasets",
+    # a hospital DICOM export -> manifest.csv + index.csv (python -m medres.data.index)
+    "index_dicom": "medres.data.index",
+    # DICOM annotation objects in (SEG, RTSTRUCT -> NIfTI masks) and predictions out (DICOM SEG)
+    "annotation_references": "medres.data.annotations",
+    "annotation_to_mask": "medres.data.annotations",
+    "write_rtstruct": "medres.data.annotations",
+    "write_dicom_seg": "medres.data.dicom_seg",
 }
 
 __all__ = list(_LAZY)

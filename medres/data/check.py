@@ -2,20 +2,26 @@
 [--manifest-only]``.
 
 Validates the manifest (every row), loads every row's image(s) and mask through the same reader
-training uses, and checks each image/mask pair (shape, spacing, affine, mask labels). All problems are
-printed as one table (row, case, path, reason, hint); the exit status is 1 when there is any, else 0
-with a one-line summary. Modelled on nnU-Net's ``verify_dataset_integrity``: find every broken scan
+training uses (in parallel worker processes), and checks each image/mask pair (shape, spacing, affine,
+mask labels). Progress and each problem or warning go to stderr as they are found; all problems are
+then printed as one table (row, case, path, reason, hint); the exit status is 1 when there is any,
+else 0 with a one-line summary. Warnings (patient ids equal but for zeros/case/spaces, all-zero
+images, one-slice volumes, a patch larger than every image) do not fail the check.
+Modelled on nnU-Net's ``verify_dataset_integrity``: find every broken scan
 before a training run spends hours and fails on the last one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from medres.errors import ConfigError, DataError
 
@@ -24,62 +30,188 @@ __all__ = ["CheckResult", "check_cohort", "format_problems", "main"]
 
 @dataclass
 class CheckResult:
-    """What :func:`check_cohort` found: every problem, and how much was checked."""
+    """What :func:`check_cohort` found: every problem and warning, and how much was checked."""
 
     problems: list[DataError] = field(default_factory=list)
     rows: int = 0
     images: int = 0
     masks: int = 0
+    warnings: list[DataError] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+def _normalised_id(pid: str) -> str:
+    """A patient id with case, spaces and the leading zeros of each number removed (``' 007 '`` and
+    ``7`` agree, as do ``P009`` and ``p9``)."""
+    return re.sub(r"(?<!\d)0+(?=\d)", "", "".join(pid.split()).casefold())
+
+
+def similar_patient_ids(df: Any) -> list[DataError]:
+    """Warnings for patient ids that are different text but equal after stripping leading zeros, case
+    and spaces: ids are text by design (``007`` and ``7`` are two patients), but this is the most common
+    way one patient ends up in two folds."""
+    groups: dict[str, dict[str, int]] = {}
+    for i, pid in enumerate(df["patient_id"].astype(str), start=1):
+        groups.setdefault(_normalised_id(pid), {}).setdefault(pid, i)
+    out = []
+    for ids in groups.values():
+        if len(ids) > 1:
+            listed = ", ".join(f"{pid!r} (row {row})" for pid, row in ids.items())
+            rows = sorted(ids.values())
+            out.append(DataError(f"patient ids {listed} differ only in leading zeros, case or spaces; they "
+                                 "are treated as different patients", row=rows[1],
+                                 hint="if they are one patient, write the id the same way in every row, "
+                                      "or the patient can land in two folds"))
+    return out
+
+
+def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tuple[int, ...] | None, int, int]:
+    """One manifest row (run in a worker process): problems, warnings, resampled shape, counts."""
+    (row, case, paths, series_uid, mask_path, ndim, mask_labels, atol, max_voxels, spacing, radiograph,
+     pixel_spacing, view) = task
+    problems: list[DataError] = []
+    warnings: list[DataError] = []
+    shape = None
+    n_images = n_masks = 0
+    from medres.data.io import check_image_mask, load_image  # torch and MONAI: only to read scans
+
+    try:
+        image = load_image(paths[0] if len(paths) == 1 else paths, series_uid=series_uid, ndim=ndim,
+                           max_voxels=max_voxels)
+        n_images = len(paths)
+        spatial = [int(v) for v in image.meta["spatial_shape"]]
+        source = [float(v) for v in image.meta["spacing"]][: len(spatial)]
+        shape = tuple(spatial)
+        if spacing and len(spacing) == len(spatial):
+            shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(spatial, source, spacing))
+        if not bool(image.any()):
+            warnings.append(DataError("every voxel of the image is 0 (an empty export?)", path=paths[0],
+                                      row=row, case_id=case, hint="re-export the scan"))
+        if ndim == 3 and len(spatial) == 3 and 1 in spatial:
+            warnings.append(DataError(f"is a one-slice volume {tuple(spatial)} in a 3D cohort", path=paths[0],
+                                      row=row, case_id=case, hint="list the whole series, or drop the row"))
+        mask = load_image(mask_path, ndim=ndim, dtype=None, max_voxels=max_voxels) if mask_path else None
+        if radiograph is not None:  # radiographs: manifest spacing/view, mask on the image's pixels
+            from medres.data.radiograph import RadiographGeometryd
+
+            views = radiograph.get("views")
+            d = RadiographGeometryd(require_spacing=bool(radiograph.get("require_spacing")),
+                                    views=tuple(views) if views is not None else None)(
+                {"image": image, "mask": mask, "pixel_spacing": pixel_spacing, "view": view})
+            image, mask = d["image"], d["mask"]
+        if mask is not None:
+            n_masks = 1
+            check_image_mask(image, mask, labels=mask_labels, atol=atol)
+    except DataError as err:
+        problems.append(err.located(row=row, case_id=case))
+    return row, problems, warnings, shape, n_images, n_masks
+
+
+def _pool(workers: int):  # noqa: ANN202
+    """Worker processes; forked on Linux so each starts with medres, torch and MONAI already imported."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = mp.get_all_start_methods()
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if "fork" in methods else None))
+
+
 def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = None,
                  root: str | Path | None = None, image_columns: Sequence[str] | None = None,
                  mask_column: str | None = "mask", mask_labels: Sequence[int] | None = None,
-                 ndim: int | None = None, atol: float = 1e-3, manifest_only: bool = False) -> CheckResult:
+                 ndim: int | None = None, atol: float = 1e-3, max_voxels: int | None = None,
+                 patch_size: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
+                 workers: int | None = None, manifest_only: bool = False,
+                 on_progress: Callable[[int, int, int], None] | None = None,
+                 on_problem: Callable[[DataError, bool], None] | None = None,
+                 radiograph: dict | None = None) -> CheckResult:
     """Check every row, file and image/mask pair of a manifest; never stops at the first problem.
 
+    Rows are read in ``workers`` processes (default: the CPUs, at most 8; 1 reads in this process).
+    ``on_problem(error, is_warning)`` is called as each is found, ``on_progress(done, total, problems)``
+    now and then. Warnings (not failures): patient ids equal after stripping zeros/case/spaces, all-zero
+    images, one-slice volumes in a 3D cohort, a ``patch_size`` larger than every (resampled) image.
     ``manifest_only``: the manifest's columns, rows, labels and paths only, without reading a scan (and
-    without importing torch or MONAI: seconds for a large cohort)."""
+    without importing torch or MONAI: seconds for a large cohort).
+    ``radiograph`` (``{"require_spacing": bool, "views": [...] | None}``, for ``data.modality: XR``) runs
+    the radiograph checks of ``medres.data.radiograph.RadiographGeometryd`` (spacing, view, mask size)."""
     from medres.data.manifest import validate_manifest  # pandas: imported here, so --help is instant
 
     result = CheckResult()
+    report = on_problem or (lambda err, warning: None)
     try:
         df, errors = validate_manifest(manifest, vocabulary=vocabulary, root=root,
                                        image_columns=image_columns)
     except DataError as err:
         result.problems.append(err)
         return result
+    for err in errors:
+        report(err, False)
     result.problems.extend(errors)
     result.rows = len(df)
     images = df.attrs.get("image_columns")
     if images is None or manifest_only:  # column-level problems: the rows cannot be read
         result.problems.sort(key=lambda e: -1 if e.row is None else e.row)
         return result
-    from medres.data.io import check_image_mask, load_image  # torch and MONAI: only to read scans
-
+    for warning in similar_patient_ids(df):
+        report(warning, True)
+        result.warnings.append(warning)
     bad_rows = {e.row for e in errors if e.row is not None}
+    labels = list(mask_labels) if mask_labels is not None else None
+    tasks = []
     for i, rec in enumerate(df.to_dict("records")):
         row = i + 1
         if row in bad_rows:
             continue
-        case = rec.get("case_id") or None
-        series_uid = rec.get("series_uid") or None
-        try:
-            paths = [rec[c] for c in images]
-            image = load_image(paths[0] if len(paths) == 1 else paths, series_uid=series_uid, ndim=ndim)
-            result.images += len(paths)
-            mask_path = rec.get(mask_column) if mask_column else None
-            if mask_path:
-                mask = load_image(mask_path, ndim=ndim)
-                result.masks += 1
-                check_image_mask(image, mask, labels=mask_labels, atol=atol)
-        except DataError as err:
-            result.problems.append(err.located(row=row, case_id=case))
+        mask_path = rec.get(mask_column) if mask_column else None
+        tasks.append((row, rec.get("case_id") or None, [rec[c] for c in images],
+                      rec.get("series_uid") or None, mask_path or None, ndim, labels, atol, max_voxels,
+                      list(spacing) if spacing else None, radiograph,
+                      rec.get("pixel_spacing"), rec.get("view")))
+    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    shapes = []
+
+    def take(out: tuple) -> None:
+        _, problems, warnings, shape, n_images, n_masks = out
+        for err in problems:
+            report(err, False)
+        for warning in warnings:
+            report(warning, True)
+        result.problems.extend(problems)
+        result.warnings.extend(warnings)
+        result.images += n_images
+        result.masks += n_masks
+        if shape is not None:
+            shapes.append(shape)
+
+    total = len(tasks)
+    if n_workers <= 1 or total < 64:
+        for done, task in enumerate(tasks, start=1):
+            take(_check_row(task))
+            if on_progress is not None and (done % 100 == 0 or done == total):
+                on_progress(done, total, len(result.problems))
+    else:
+        with _pool(n_workers) as pool:
+            for done, out in enumerate(pool.map(_check_row, tasks, chunksize=16), start=1):
+                take(out)
+                if on_progress is not None and (done % 200 == 0 or done == total):
+                    on_progress(done, total, len(result.problems))
+    if patch_size and shapes:
+        patch = [int(v) for v in patch_size]
+        fits = [s for s in shapes if len(s) == len(patch) and all(p <= n for p, n in zip(patch, s))]
+        if not fits and all(len(s) == len(patch) for s in shapes):
+            largest = tuple(max(s[i] for s in shapes) for i in range(len(patch)))
+            warning = DataError(f"data.patch_size {patch} is larger than every image (the largest per axis, "
+                                f"after resampling: {list(largest)}): every crop is padded, costing time for "
+                                "nothing", path=manifest,
+                                hint=f"choose a patch_size of at most {list(largest)}, or check data.spacing")
+            report(warning, True)
+            result.warnings.append(warning)
     result.problems.sort(key=lambda e: -1 if e.row is None else e.row)
+    result.warnings.sort(key=lambda e: -1 if e.row is None else e.row)
     return result
 
 
@@ -110,7 +242,10 @@ def _from_config(path: str) -> dict:
     data = cfg.data
     return {"vocabulary": list(data.labels), "mask_labels": sorted(int(k) for k in data.mask_labels),
             "image_columns": list(data.image_columns), "mask_column": data.mask_column,
-            "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest}
+            "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest,
+            "max_voxels": data.max_voxels, "patch_size": list(data.patch_size), "spacing": data.spacing,
+            "radiograph": {"require_spacing": bool(data.spacing), "views": data.radiograph.views}
+            if data.modality == "XR" else None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,11 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", help="the data root paths may not leave (default: config, else the "
                                        "manifest's folder)")
     parser.add_argument("--atol", type=float, default=1e-3, help="image/mask affine tolerance (mm)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes reading scans (default: the CPUs, at most 8)")
     parser.add_argument("--manifest-only", action="store_true",
                         help="check the manifest (columns, rows, labels, paths) without reading the scans")
     args = parser.parse_args(argv)
     settings: dict = {"vocabulary": None, "mask_labels": None, "image_columns": None, "mask_column": "mask",
                       "ndim": None, "root": None, "manifest": None}
+    if args.workers is not None:
+        settings["workers"] = args.workers
     if args.config:
         try:
             settings.update(_from_config(args.config))
@@ -138,15 +277,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not manifest:
         parser.error("--manifest is required (or a --config with data.manifest)")
     start = time.perf_counter()
-    result = check_cohort(manifest, atol=args.atol, manifest_only=args.manifest_only, **settings)
+
+    def progress(done: int, total: int, problems: int) -> None:
+        print(f"medres data check: {done}/{total} rows read, {problems} problem(s) so far "
+              f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+
+    def found(err: DataError, warning: bool) -> None:
+        print(f"{'warning' if warning else 'problem'}: {err}", file=sys.stderr, flush=True)
+
+    result = check_cohort(manifest, atol=args.atol, on_progress=progress, on_problem=found,
+                          manifest_only=args.manifest_only, **settings)
     seconds = time.perf_counter() - start
+    warned = f"; {len(result.warnings)} warning(s), listed on stderr" if result.warnings else ""
     if result.problems:
         print(f"medres data check: {len(result.problems)} problem(s) in {manifest} "
-              f"({result.rows} rows, {seconds:.1f} s)")
+              f"({result.rows} rows, {seconds:.1f} s{warned})")
         print(format_problems(result.problems))
         return 1
     what = "manifest only" if args.manifest_only else f"{result.images} image(s), {result.masks} mask(s)"
-    print(f"medres data check: OK: {result.rows} rows, {what} checked in {seconds:.1f} s ({manifest})")
+    print(f"medres data check: OK: {result.rows} rows, {what} checked in {seconds:.1f} s "
+          f"({manifest}){warned}")
     return 0
 
 

@@ -66,6 +66,8 @@ def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
 
         log.info("demo cohort: %s (generated on first use, %d patients)", Path(d.demo.out).resolve(),
                  d.demo.n_patients)
+        if d.demo.kind == "cxr":  # the chest X-ray demo (medres.data.demo_cxr)
+            from medres.data.demo_cxr import generate_cxr_demo as generate_demo  # noqa: F811
         manifest = generate_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed)
         cfg = cfg.model_copy(update={"data": d.model_copy(update={"manifest": str(manifest)})})
     df = read_manifest(cfg.data.manifest, vocabulary=cfg.data.labels, root=cfg.data.root)

@@ -21,6 +21,7 @@ memory for two float32 windows; windows are applied after the cache.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, W
 
 from medres.config import DataConfig
 from medres.data.dicom import ACQUISITION_FIELDS, safe_message
+from medres.data.radiograph import RADIOGRAPH_META_FIELDS, RADIOGRAPH_RECORD_KEYS
 from medres.data.transforms import load_transforms, preprocess_signature, sample_transforms
 from medres.errors import DataError
 from medres.utils import atomic_write
@@ -52,7 +54,8 @@ log = logging.getLogger(__name__)
 RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "row")
 _CACHE_VERSION = 1
 _META_KEEP = ("affine", "original_affine", "spatial_shape", "spacing", "space", "original_channel_dim",
-              *ACQUISITION_FIELDS)
+              *ACQUISITION_FIELDS, *RADIOGRAPH_META_FIELDS)
+_LOAD_KEYS = ("image", "mask", *RADIOGRAPH_RECORD_KEYS)  # radiographs: manifest pixel_spacing and view
 
 
 def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[dict[str, Any]]:
@@ -74,7 +77,11 @@ def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[dict[str
     skip = {*RECORD_KEYS, *data_cfg.image_columns, mask_col or "mask"}
     skip |= {c for c in columns if c.startswith("image_")}  # unused image columns are paths, not subgroups
     records = []
-    for row, rec in enumerate(df.to_dict("records"), start=1):
+    # the manifest's own data row: read_manifest's integer index + 1, kept by every sub-frame (a fold's
+    # rows), so "row 15" means line 16 of the CSV however the frame was split
+    own_rows = ([int(i) + 1 for i in df.index] if pd.api.types.is_integer_dtype(df.index)
+                else list(range(1, len(df) + 1)))
+    for row, rec in zip(own_rows, df.to_dict("records")):
         label_text = str(rec.get("label", "") or "")
         if label_text and label_text not in labels:
             problems.append(DataError(f"label {label_text!r} is not one of data.labels {list(labels)}",
@@ -181,13 +188,14 @@ class CaseDataset(Dataset):
 
     def cache_key(self, index: int) -> str:
         files = [file_fingerprint(p) for p in _paths(self.records[index])]
+        extra = {k: self.records[index][k] for k in RADIOGRAPH_RECORD_KEYS if self.records[index].get(k)}
         blob = json.dumps({"v": _CACHE_VERSION, "pipeline": self.signature, "files": files,
-                           "half": self.half}, sort_keys=True)
+                           "half": self.half, **({"record": extra} if extra else {})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _compute(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        d = self.load({k: rec[k] for k in ("image", "mask") if k in rec})
+        d = self.load({k: rec[k] for k in _LOAD_KEYS if k in rec})
         entry: dict[str, Any] = {}
         for k in ("image", "mask"):
             if k in d:
@@ -209,7 +217,12 @@ class CaseDataset(Dataset):
             return None
 
     def _write_disk(self, path: Path, entry: dict[str, Any]) -> None:
-        atomic_write(path, lambda tmp: torch.save(entry, tmp))
+        try:
+            atomic_write(path, lambda tmp: torch.save(entry, tmp))
+        except (OSError, RuntimeError) as exc:
+            if isinstance(exc, OSError) or "inline_container" in str(exc):
+                raise disk_error(exc, path.parent, "writing the preprocessing cache") from None
+            raise
 
     def cached(self, index: int) -> dict[str, Any]:
         """The geometric part's output for ``index`` (from the cache when its key still matches)."""
@@ -245,6 +258,10 @@ class CaseDataset(Dataset):
             return fn(index)
         except Exception as exc:
             err = _find_data_error(exc)
+            os_error = _find_os_error(exc) if err is None else None
+            if os_error is not None:
+                err = disk_error(os_error, Path(os_error.filename) if os_error.filename else self.cache_dir,
+                                 "preprocessing")
             if err is None:
                 err = DataError(f"could not be preprocessed ({type(exc).__name__}: {safe_message(exc)})",
                                 path=_paths(rec)[0], hint="run python -m medres.data.check on the manifest")
@@ -272,6 +289,29 @@ class CaseDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._located(int(index), self._item)
+
+
+def _find_os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError in an exception chain (MONAI wraps transform errors in RuntimeError), if any."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def disk_error(exc: BaseException, where: Path | None, doing: str) -> DataError:
+    """An OSError (no space, no permission, I/O error) named as the disk problem it is, with the path:
+    the scan is not at fault, and ``medres.data.check`` would not find anything."""
+    code = getattr(exc, "errno", None)
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.EIO: "an input/output error of the disk", errno.EROFS: "the file system is read-only",
+            }.get(code, f"a disk error ({os.strerror(code)})" if code else "the disk refused the write")
+    return DataError(f"{what} at {where} while {doing}: a problem of the disk, not of the scan", path=where,
+                     hint="free space or fix the permissions there (or set data.cache_dir / output.dir to "
+                          "another disk), then run again")
 
 
 def _find_data_error(exc: BaseException | None) -> DataError | None:

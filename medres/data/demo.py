@@ -372,12 +372,34 @@ def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medres.data.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write (reused if it holds the same cohort)")
-    parser.add_argument("--n-patients", type=int, default=100)
+    parser.add_argument("--kind", choices=("ct_chest", "cxr"), default="ct_chest",
+                        help="ct_chest: 3D chest CT (default); cxr: 2D chest radiographs "
+                             "(medres.data.demo_cxr)")
+    parser.add_argument("--n-patients", type=int, default=None, help="default: 100 (ct_chest), 150 (cxr)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=["builtin", "export"], default="builtin",
+                        help="export: the cohort as a hospital DICOM export (medres.data.demo_export)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.layout == "export":
+        from medres.data.demo_export import generate_export
+
+        try:
+            builtin = generate_demo(Path(args.out) / "builtin", n_patients=args.n_patients, seed=args.seed)
+            labels = generate_export(builtin, args.out, seed=args.seed)
+        except DataError as e:
+            parser.exit(2, f"error: {e}\n")
+        export, indexed = Path(args.out) / "export", Path(args.out) / "indexed"
+        print(f"demo export: {export} and {labels} ({time.perf_counter() - start:.1f} s); next: "
+              f"python -m medres.data.index {export} --out {indexed} --labels {labels}")
+        return 0
     try:
-        manifest = generate_demo(args.out, n_patients=args.n_patients, seed=args.seed)
+        if args.kind == "cxr":
+            from medres.data.demo_cxr import generate_cxr_demo
+
+            manifest = generate_cxr_demo(args.out, n_patients=args.n_patients or 150, seed=args.seed)
+        else:
+            manifest = generate_demo(args.out, n_patients=args.n_patients or 100, seed=args.seed)
     except DataError as e:
         parser.exit(2, f"error: {e}\n")
     with open(manifest) as f:

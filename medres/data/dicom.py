@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from medres.data.dicom_geometry import Frame, assemble
-from medres.data.redact import quiet_pydicom, safe_message
+from medres.data.limits import check_declared
+from medres.data.redact import decoder_message, quiet_pydicom, safe_message
 from medres.errors import DataError
 
 __all__ = ["ACQUISITION_FIELDS", "acquisition_meta", "read_dicom_file", "read_dicom_series"]
@@ -65,14 +67,30 @@ def _sop_refusal(ds: Dataset, path: Path) -> DataError | None:
         return DataError("has a damaged header: its SOP Class UID is not a valid UID", path=path,
                          hint="the file is corrupt: re-export or re-copy it")
     name = UID(sop).name if sop else "unknown SOP class"
+    if sop == "1.2.840.10008.5.1.4.1.1.481.2":  # before the general radiotherapy rule, which it matches
+        return DataError(f"is an RT Dose grid ({name}), not a scan", path=path,
+                         hint="point the manifest at the CT/MR series the dose was planned on")
     if sop not in _IMAGE_EXCEPTIONS:
         for prefix, (what, hint) in _NON_IMAGE_PREFIXES.items():
             if sop.startswith(prefix):
                 return DataError(f"is {what} ({name}), not an image", path=path, hint=hint)
-    if sop == "1.2.840.10008.5.1.4.1.1.481.2":
-        return DataError(f"is an RT Dose grid ({name}), not a scan", path=path,
-                         hint="point the manifest at the CT/MR series")
     return None
+
+
+def _check_not_mosaic(ds: Dataset, path: Path) -> None:
+    """Refuse a Siemens MOSAIC frame: its slices are tiled side by side in one 2D image, so reading it as
+    one slice (and a folder of them as a stack) gives a wrong volume with a wrong geometry."""
+    image_type = ds.get("ImageType") or []
+    kinds = [str(v).upper() for v in (image_type if isinstance(image_type, (list, tuple,
+                                                                             pydicom.multival.MultiValue))
+                                      else [image_type])]
+    if "MOSAIC" in kinds:
+        n = ds.get((0x0019, 0x100A))
+        tiles = f" ({int(n.value)} slices tiled in one {ds.get('Rows')}x{ds.get('Columns')} frame)" \
+            if n is not None and str(n.value).isdigit() else ""
+        raise DataError(f"is a Siemens MOSAIC image{tiles}, which medres does not unpack", path=path,
+                        hint="convert the series to NIfTI with dcm2niix (it unpacks mosaics with their "
+                             "slice geometry) and list the .nii.gz")
 
 
 def _check_pixels_present(ds: Dataset, path: Path) -> None:
@@ -82,11 +100,66 @@ def _check_pixels_present(ds: Dataset, path: Path) -> None:
         raise DataError(f"holds no pixel data ({name}); if it should be an image, the file is truncated",
                         path=path, hint="point the manifest at an image file or series folder, or re-copy "
                                         "the file")
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            try:
+                value = ds[keyword].value
+            except Exception:
+                continue
+            if value is None or (isinstance(value, (bytes, bytearray)) and len(value) == 0):
+                raise DataError(f"has an empty {keyword} element (0 bytes): the image was not exported",
+                                path=path, hint="re-export the file from the source system")
+
+
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
+
+
+def _check_deflated(path: Path) -> None:
+    """Refuse a Deflated Explicit VR file whose dataset inflates beyond the memory free now.
+
+    pydicom inflates such a dataset whole, in memory, before parsing it (a few MiB can inflate a
+    thousandfold); here the stream is inflated in 1 MiB steps and only counted.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if _DEFLATED not in head or head[128:132] != b"DICM":
+        return
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength") or 0)
+    except Exception:
+        return  # _read_dataset reports the damaged header
+    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED.decode():
+        return
+    from .limits import DEFAULT_MAX_VOXELS, available_memory
+
+    free = available_memory()
+    bound = min(DEFAULT_MAX_VOXELS, free // 2) if free is not None else DEFAULT_MAX_VOXELS
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while chunk := fh.read(1 << 16):
+            try:
+                data = inflater.decompress(chunk, 1 << 20)
+                while True:
+                    total += len(data)
+                    if total > bound:
+                        raise DataError(f"is a deflated DICOM file whose dataset inflates to more than "
+                                        f"{bound / 2**20:.0f} MiB; refused before inflating (a "
+                                        "decompression bomb?)", path=path,
+                                        hint="re-export it uncompressed or with a pixel-data compression")
+                    if not inflater.unconsumed_tail:
+                        break
+                    data = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+            except zlib.error:
+                return  # damaged: pydicom's own error is reported by _read_dataset
 
 
 def _read_dataset(path: Path) -> Dataset:
     """Parse a DICOM file; files without the 'DICM' marker are read only if they hold an image."""
     try:
+        _check_deflated(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -121,6 +194,31 @@ def _read_dataset(path: Path) -> Dataset:
     return ds
 
 
+def _declared(ds: Dataset, path: Path) -> tuple[list[int], int]:
+    """The declared ``[Rows, Columns, frames, samples]`` and bytes per sample, read before decoding."""
+    try:
+        dims = [int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), int(ds.get("NumberOfFrames") or 1),
+                int(ds.get("SamplesPerPixel") or 1)]
+        itemsize = max(1, (int(ds.get("BitsAllocated") or 8) + 7) // 8)
+    except Exception:
+        raise DataError("has an unreadable Rows/Columns/NumberOfFrames/BitsAllocated", path=path,
+                        hint="the header is damaged: re-export the file") from None
+    return dims, itemsize
+
+
+def _check_size(datasets: list[tuple[Path, Dataset]], where: Path, max_voxels: int | None) -> None:
+    """Refuse a file or series whose declared Rows x Columns x frames x files exceeds the cap."""
+    per_file = [_declared(ds, p) for p, ds in datasets]
+    (rows, cols, _, samples), itemsize = per_file[0]
+    frames = sum(d[2] for d, _ in per_file)
+    shape = [rows, cols, frames] + ([samples] if samples != 1 else [])
+    biggest = max(d[0] * d[1] * d[3] for d, _ in per_file)  # files may disagree; take the largest
+    if biggest > rows * cols * samples:
+        shape = [biggest, frames]
+    check_declared(shape, max(i for _, i in per_file), where, max_voxels=max_voxels,
+                   what="its DICOM header" if len(datasets) == 1 else f"its {len(datasets)} DICOM headers")
+
+
 def _decoded_pixels(ds: Dataset, path: Path) -> np.ndarray:
     """``ds.pixel_array`` with the missing-decoder case named; frames first when several."""
     tsyntax = UID(str(ds.file_meta.TransferSyntaxUID))
@@ -151,8 +249,8 @@ def _decoded_pixels(ds: Dataset, path: Path) -> np.ndarray:
         hint = "re-export the file"
         if tsyntax.is_compressed:
             hint += "; python-gdcm decodes some files that pylibjpeg cannot"
-        raise DataError(f"pixel data could not be decoded ({tsyntax.name}; {safe_message(exc)})", path=path,
-                        hint=hint) from None
+        raise DataError(f"pixel data could not be decoded ({tsyntax.name}; {decoder_message(exc)})",
+                        path=path, hint=hint) from None
     if pixels.dtype.byteorder == ">":
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     return pixels
@@ -298,9 +396,10 @@ def _result(stack: np.ndarray, affine: np.ndarray, ds: Dataset) -> tuple[np.ndar
     return np.ascontiguousarray(stack), meta
 
 
-def read_dicom_file(path: str | Path) -> tuple[np.ndarray, dict]:
+def read_dicom_file(path: str | Path, *, max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
     """One DICOM file: ``[X, Y]`` for one frame, ``[X, Y, F]`` for a multi-frame file (plus ``[..., 3]``
-    for colour), and its metadata (RAS ``affine``, ``spacing``, acquisition fields)."""
+    for colour), and its metadata (RAS ``affine``, ``spacing``, acquisition fields). The declared size
+    is checked against ``max_voxels`` (:mod:`medres.data.limits`) before decoding."""
     path = Path(path)
     with quiet_pydicom():
         ds = _read_dataset(path)
@@ -308,36 +407,95 @@ def read_dicom_file(path: str | Path) -> tuple[np.ndarray, dict]:
         if refusal is not None:
             raise refusal
         _check_pixels_present(ds, path)
+        _check_not_mosaic(ds, path)
+        _check_size([(path, ds)], path, max_voxels)
         stack, affine = assemble(_frames(ds, path), path, volume=False)
         return _result(stack, affine, ds)
 
 
-def _describe(datasets: list[tuple[Path, Dataset]]) -> str:
-    ds = datasets[0][1]
-    number = ds.get("SeriesNumber")
-    desc = str(ds.get("SeriesDescription") or "").strip()
-    label = f"series #{number}" if number not in (None, "") else "series without a number"
-    return f"{label}{f' {desc!r}' if desc else ''} ({len(datasets)} file(s), {ds.get('Modality', '?')})"
+def _orientation(ds: Dataset) -> str:
+    """'axial', 'coronal', 'sagittal' or 'oblique' from ImageOrientationPatient ('' when absent)."""
+    try:
+        iop = np.asarray([float(v) for v in ds.get("ImageOrientationPatient") or []], dtype=np.float64)
+    except Exception:
+        return ""
+    if iop.shape != (6,) or not np.all(np.isfinite(iop)):
+        return ""
+    normal = np.cross(iop[:3], iop[3:])
+    norm = float(np.linalg.norm(normal))
+    if norm == 0:
+        return ""
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) / norm < 0.8:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
 
 
-def _by_number(series: dict[str, list[tuple[Path, Dataset]]]) -> list[list[tuple[Path, Dataset]]]:
-    def key(items: list[tuple[Path, Dataset]]) -> float:
-        return _float_or_none(items[0][1].get("SeriesNumber")) or 0.0
-    return sorted(series.values(), key=key)
+#: A series is named in messages by the end of its SeriesInstanceUID: enough to tell the folder's series
+#: apart and to write into the manifest's ``series_uid`` column, never the whole UID.
+_UID_TAIL = 8
 
 
-def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> tuple[np.ndarray, dict]:
+def uid_tails(uids: list[str]) -> dict[str, str]:
+    """For each UID the shortest tail (at least :data:`_UID_TAIL` characters) no other UID ends with."""
+    out = {}
+    for uid in uids:
+        n = min(_UID_TAIL, len(uid))
+        while n < len(uid) and any(o != uid and o.endswith(uid[-n:]) for o in uids):
+            n += 1
+        if n < len(uid) and uid[-n] == ".":
+            n += 1  # '3.8.498.1', not '.8.498.1'
+        out[uid] = uid[-n:]
+    return out
+
+
+def _describe(series: dict[str, list[tuple[Path, Dataset]]]) -> str:
+    """Each series by what identifies no-one: index, modality, file count, orientation, UID tail."""
+    ordered = _by_number(series)
+    tails = uid_tails([uid for uid in series if uid])
+    parts = []
+    for index, (uid, items) in enumerate(ordered, start=1):
+        ds = items[0][1]
+        what = [str(ds.get("Modality") or "?"), f"{len(items)} file(s)"]
+        if orientation := _orientation(ds):
+            what.append(orientation)
+        what.append(f"series_uid ending {tails[uid]!r}" if uid else "no SeriesInstanceUID")
+        parts.append(f"series {index} of {len(ordered)} ({', '.join(what)})")
+    return "; ".join(parts)
+
+
+def _by_number(series: dict[str, list[tuple[Path, Dataset]]]
+               ) -> list[tuple[str, list[tuple[Path, Dataset]]]]:
+    def key(item: tuple[str, list[tuple[Path, Dataset]]]) -> tuple[float, str]:
+        return (_float_or_none(item[1][0][1].get("SeriesNumber")) or 0.0, item[0][::-1])
+    return sorted(series.items(), key=key)
+
+
+def _choose(series: dict[str, list[tuple[Path, Dataset]]], wanted: str) -> list[tuple[Path, Dataset]] | None:
+    """The series whose SeriesInstanceUID is ``wanted`` or ends with it (the tail shown in messages)."""
+    wanted = wanted.strip().lstrip("…").strip("'\"")
+    if wanted in series:
+        return series[wanted]
+    matches = [uid for uid in series if uid and len(wanted) >= 4 and uid.endswith(wanted)]
+    return series[matches[0]] if len(matches) == 1 else None
+
+
+def read_dicom_series(folder: str | Path, *, series_uid: str | None = None,
+                      max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
     """A folder holding one DICOM series -> ``[X, Y, Z](, 3)`` in slice-position order, and its metadata.
 
     Non-DICOM files (e.g. ``.DS_Store``, notes) and non-image objects (e.g. an RT Struct exported beside
     the slices) are skipped with a log line; sub-folders are not searched. Several image series need
-    ``series_uid`` (the SeriesInstanceUID to keep).
+    ``series_uid``: the SeriesInstanceUID to keep, or its ending as the error message lists it (series
+    are described by index, modality, file count, orientation and UID ending, never by their free-text
+    SeriesDescription, which scanners' users fill with patient names).
     """
     with quiet_pydicom():
-        return _read_series(Path(folder), series_uid)
+        return _read_series(Path(folder), series_uid, max_voxels)
 
 
-def _read_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, dict]:
+def _read_series(folder: Path, series_uid: str | None, max_voxels: int | None = None
+                 ) -> tuple[np.ndarray, dict]:
     series: dict[str, list[tuple[Path, Dataset]]] = {}
     skipped: list[DataError] = []
     files = sorted(p for p in folder.iterdir() if p.is_file())
@@ -355,6 +513,7 @@ def _read_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, dict
             skipped.append(refusal)
             continue
         _check_pixels_present(ds, file)
+        _check_not_mosaic(ds, file)
         series.setdefault(str(ds.get("SeriesInstanceUID", "") or ""), []).append((file, ds))
     if not series:
         if skipped:
@@ -363,18 +522,20 @@ def _read_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, dict
         raise DataError(f"holds no DICOM files ({len(files)} other file(s))", path=folder,
                         hint="point the manifest at the folder that holds the .dcm slices")
     if series_uid is not None:
-        if series_uid not in series:
-            listing = "; ".join(_describe(v) for v in _by_number(series))
-            raise DataError(f"holds no series with the requested series_uid; it holds {listing}",
-                            path=folder, hint="check the manifest's series_uid column")
-        chosen = series[series_uid]
+        found = _choose(series, series_uid)
+        if found is None:
+            raise DataError(f"holds no series whose SeriesInstanceUID is or ends with the requested "
+                            f"series_uid; it holds {_describe(series)}", path=folder,
+                            hint="write the SeriesInstanceUID, or the ending shown here, in the manifest's "
+                                 "series_uid column")
+        chosen = found
     elif len(series) > 1:
-        listing = "; ".join(_describe(v) for v in _by_number(series))
-        raise DataError(f"holds {len(series)} image series: {listing}", path=folder,
-                        hint="put each series in its own folder, or give the SeriesInstanceUID to keep in "
-                             "the manifest's series_uid column")
+        raise DataError(f"holds {len(series)} image series: {_describe(series)}", path=folder,
+                        hint="put each series in its own folder, or write the ending of the series_uid "
+                             "to keep (as shown here) in the manifest's series_uid column")
     else:
         chosen = next(iter(series.values()))
+    _check_size(chosen, folder, max_voxels)
     frames = [f for file, ds in chosen for f in _frames(ds, file)]
     stack, affine = assemble(frames, folder, volume=True)
     return _result(stack, affine, chosen[0][1])

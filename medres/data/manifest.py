@@ -6,11 +6,16 @@ splitting), ``image`` or several ``image_*`` columns (input channels), optional 
 as report subgroups). Every column is read as text, so patient ``00123`` stays distinct from ``123``
 and ``NA`` stays a string.
 
-Path rules: relative paths are relative to the manifest's folder; the resolved path (lexically
-normalised, symlinks not followed) must lie inside the data root (default: the manifest's folder), so
-``../`` and absolute paths elsewhere are refused. In the returned frame the image and mask columns hold
-the **absolute** paths (mask ``""`` when a row has none); ``df.attrs`` holds ``manifest``, ``root`` and
-``image_columns``.
+Path rules: relative paths are relative to the manifest's folder; the path (lexically normalised) must
+lie inside the data root (default: the manifest's folder), so ``../`` and absolute paths elsewhere are
+refused; and with every symbolic link followed (the path's own and, for a series folder, each of its
+files') it must still lie inside the data root, so a link cannot lead out of it either. One
+exception, for manifests written by ``python -m medres.data.index``: its ``series/<case>/`` folders
+link into the DICOM export it indexed, and it names that export's folder in
+``<manifest folder>/private/link_roots.txt`` (one absolute folder a line); links into a folder named
+there are followed too (never ``/`` itself). In the
+returned frame the image and mask columns hold the **absolute** paths (mask ``""`` when a row has
+none); ``df.attrs`` holds ``manifest``, ``root`` and ``image_columns``.
 
 Row numbers count data rows from 1 (the header is not a row): row 3 is line 4 of the file.
 """
@@ -43,7 +48,96 @@ def image_columns_of(columns: Sequence[str]) -> list[str]:
 
 
 def _inside(path: str, root: str) -> bool:
+    """Whether ``path`` lies under ``root`` (both absolute; compared as written, lexically)."""
     return os.path.commonpath([path, root]) == root
+
+
+LINK_ROOTS_FILE = Path("private") / "link_roots.txt"
+
+
+def link_roots(manifest_dir: str | os.PathLike[str]) -> list[str]:
+    """The export folders ``medres.data.index`` recorded beside its manifest (real paths; never ``/``)."""
+    try:
+        lines = (Path(manifest_dir) / LINK_ROOTS_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    roots = [os.path.realpath(x.strip()) for x in lines if os.path.isabs(x.strip())]
+    return [r for r in roots if os.path.isdir(r) and r != os.path.realpath(os.sep)]
+
+
+def _link_escape(full: str, root: str, real_root: str, trusted: Sequence[str] = ()) -> str | None:
+    """Why ``full`` (lexically inside ``root``) leaves the data root through a symbolic link, or None.
+
+    Every link on the way is followed (``Path.resolve(strict=True)``), for the path itself and, for a
+    DICOM series folder, for each file in it: a link inside the root to a scan or a system file outside
+    is refused before anything opens it. The reason names the link and where it points, relative to
+    the root, never the file's contents.
+    """
+    candidates = [Path(full)]
+    if os.path.isdir(full):
+        # a regular file in a folder that resolves inside the root is inside too: only links need it
+        try:
+            with os.scandir(full) as entries:
+                candidates += sorted(Path(e.path) for e in entries if e.is_symlink())
+        except OSError:
+            return None  # unreadable folders are reported by the reader
+    for candidate in candidates:
+        try:
+            real = str(candidate.resolve(strict=True))
+        except (OSError, RuntimeError):  # missing (reported as not found), a loop, unreadable
+            if candidate.is_symlink():
+                target = os.readlink(candidate)
+                return (f"{os.path.relpath(candidate, root)} is a symbolic link to {target!r}, which does "
+                        "not exist or loops")
+            continue
+        if not _inside(real, real_root) and not any(_inside(real, t) for t in trusted):
+            link = _first_link(candidate, root)
+            where = os.path.relpath(real, real_root)
+            return (f"{os.path.relpath(link, root)} is a symbolic link to {where} (relative to the data "
+                    "root), outside the data root")
+    return None
+
+
+def _first_link(path: Path, root: str) -> Path:
+    """The first component of ``path`` below ``root`` that is a symbolic link (``path`` if none)."""
+    current = Path(root)
+    for part in Path(os.path.relpath(path, root)).parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return path
+
+
+_DELIMITERS = {";": "semicolons (';')", "\t": "tabs", "|": "vertical bars ('|')"}
+
+
+def _check_header_line(path: Path, columns: list[str]) -> None:
+    """Refuse a header pandas would silently mend: repeated column names (read as ``label`` and
+    ``label.1``) and a file separated by something other than commas (read as one column)."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return
+    header = next(csv.reader([first]), [])
+    if len(columns) == 1:
+        counts = {d: first.count(d) for d in _DELIMITERS}
+        delimiter = max(counts, key=counts.get)
+        if counts[delimiter] > 0:
+            raise DataError(f"is separated by {_DELIMITERS[delimiter]}, not commas: its header "
+                            f"{first.strip()[:120]!r} reads as one column", path=path,
+                            hint="save the manifest as comma-separated CSV (Excel: 'CSV UTF-8 (Comma "
+                                 "delimited)')")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        key = name.strip()
+        if key in seen:
+            raise DataError(f"header names column {key!r} twice (columns {seen[key]} and {i}); pandas "
+                            f"would read the second as {key + '.1'!r} without a word", path=path,
+                            hint="rename or remove one of the two columns")
+        seen[key] = i
 
 
 def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str] | None = None,
@@ -65,8 +159,11 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
         raise DataError(f"cannot be read as a CSV manifest ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:160]})", path=path,
                         hint="save the manifest as UTF-8 CSV with a header row") from None
+    _check_header_line(path, list(df.columns))
     base = os.path.abspath(path.parent)
     root_dir = os.path.abspath(root) if root is not None else base
+    real_root = os.path.realpath(root_dir)
+    trusted = link_roots(base)
     errors: list[DataError] = []
 
     def fail(reason: str, *, row: int | None = None, hint: str = "", where: str | None = None,
@@ -147,6 +244,12 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
                 how = "an absolute path" if os.path.isabs(value) else "a path with '..'"
                 fail(f"{c} path {value!r} ({how}) leaves the data root {root_dir}", row=row, case=case,
                      hint="keep scans under the data root (or pass root= / --root / data.root)")
+                continue
+            escape = _link_escape(full, root_dir, real_root, trusted) if check_files else None
+            if escape is not None:
+                fail(f"{c} path {value!r} leaves the data root: {escape}", row=row, case=case,
+                     hint="copy the scan under the data root or point the manifest at the real location "
+                          "(with --root / data.root covering it); medres does not follow links out of it")
                 continue
             resolved[c][i] = full
             if check_files and not os.path.exists(full):

@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medres.data.limits import check_declared
 from medres.data.redact import safe_message
 from medres.errors import DataError
 
@@ -101,8 +102,25 @@ def _gzip_size(path: Path) -> int:
         return struct.unpack("<I", fh.read(4))[0]
 
 
-def read_nifti(path: str | Path) -> tuple[np.ndarray, dict]:
-    """One NIfTI file -> ``([X, Y, Z(, T)], meta)``; trailing singleton dimensions beyond 3 are dropped."""
+def _gzip_holds(path: Path, need: int) -> int:
+    """How many bytes (up to ``need``) the gzip stream really decompresses to, counted in 1 MiB chunks
+    without keeping them: the trailer holds the size modulo 2**32 only."""
+    got = 0
+    with gzip.open(path, "rb") as fh:
+        while got < need:
+            chunk = fh.read(min(1 << 20, need - got))
+            if not chunk:
+                break
+            got += len(chunk)
+    return got
+
+
+def read_nifti(path: str | Path, *, max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
+    """One NIfTI file -> ``([X, Y, Z(, T)], meta)``; trailing singleton dimensions beyond 3 are dropped.
+
+    The header's declared size is checked against ``max_voxels`` (see :mod:`medres.data.limits`) and,
+    for gzip, against what the stream holds, before any voxel is decompressed.
+    """
     path = Path(path)
     if path.is_dir():
         raise DataError("is a folder, not a NIfTI file", path=path,
@@ -132,10 +150,17 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, dict]:
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise DataError(f"has an invalid shape {shape}", path=path, hint="re-export the file")
     dtype = header.get_data_dtype()
+    check_declared(shape, dtype.itemsize, path, max_voxels=max_voxels, what="its NIfTI header")
     offset = int(getattr(img.dataobj, "offset", 0))
     need = offset + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
     have = _gzip_size(path) if compressed else path.stat().st_size
-    if need > have and not (compressed and need >= 2**32):
+    if compressed and need >= 2**32:
+        try:
+            have = _gzip_holds(path, need)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"is a damaged gzip file ({safe_message(exc)})", path=path,
+                            hint="re-export or re-copy the file") from None
+    if need > have:
         raise DataError(f"is truncated: the header promises {need} bytes of data, the file holds {have}",
                         path=path, hint="re-export or re-copy the file")
     try:
@@ -147,6 +172,8 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, dict]:
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError("has a singular or non-finite affine (a voxel size of 0?)", path=path,
                         hint="re-export the file with valid pixdim/sform")
+    if not data.dtype.isnative:  # e.g. big-endian files: torch cannot wrap them (masks load as stored)
+        data = data.astype(data.dtype.newbyteorder("="))
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if np.issubdtype(data.dtype, np.floating):

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pydicom
 
-__all__ = ["safe_message", "quiet_pydicom"]
+__all__ = ["safe_message", "decoder_message", "quiet_pydicom"]
 
 _QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
 
@@ -24,6 +24,49 @@ _QUOTED = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
 def safe_message(exc: BaseException, limit: int = 160) -> str:
     """A reader's exception as text with quoted values removed (they may hold patient data)."""
     text = _QUOTED.sub("'…'", str(exc)).replace("\n", " ")
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_NUMBER = re.compile(r"[-+]?[0-9]+(\.[0-9]+)?|0x[0-9A-Fa-f]+")
+
+
+def _standard_words() -> frozenset[str]:
+    """Names the DICOM standard defines: transfer syntax / SOP class names, element keywords and names,
+    photometric interpretations. A quote made only of these names no patient."""
+    from pydicom.datadict import DicomDictionary
+    from pydicom.uid import UID_dictionary
+
+    words = {v[0] for v in UID_dictionary.values()}
+    words |= {v[2] for v in DicomDictionary.values()} | {v[4] for v in DicomDictionary.values()}
+    words |= {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
+              "PALETTE COLOR", "pylibjpeg", "pillow", "gdcm", "pyjpegls", "numpy", "rle"}
+    return frozenset(w for w in words if w)
+
+
+_STANDARD: frozenset[str] | None = None
+
+
+def _standard_quote(quoted: str) -> bool:
+    global _STANDARD
+    inner = quoted.lstrip("b")[1:-1].strip()
+    if not inner or _NUMBER.fullmatch(inner):
+        return True
+    if _STANDARD is None:
+        _STANDARD = _standard_words()
+    return inner in _STANDARD or any(w.startswith(inner + " ") for w in _STANDARD if w[:4] == inner[:4])
+
+
+def decoder_message(exc: BaseException, limit: int = 400) -> str:
+    """A pixel decoder's exception as text, kept readable.
+
+    Decoders (pylibjpeg, Pillow, GDCM, pydicom's pixel handlers) see only the pixel bytes and the pixel
+    module, so what they quote is an error code or a name the DICOM standard defines
+    (``libjpeg error code '-1038'``, ``'JPEG Extended'``): such quotes are kept. Any other quoted value
+    is removed as :func:`safe_message` does, should a decoder ever quote something else.
+    """
+    text = _QUOTED.sub(lambda m: m.group(0) if _standard_quote(m.group(0)) else "'…'", str(exc))
+    text = " ".join(text.split())
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -62,6 +62,7 @@ from monai.transforms import (
 from medres.config import DEFAULT_CT_WINDOWS, DataConfig, ct_windows, input_channels
 from medres.data.intensity import CTWindowsd
 from medres.data.io import MedresReader
+from medres.data.radiograph import RadiographGeometryd, RadiographOptions
 from medres.data.spatial import CheckImageMaskd, MaskOrZerosd, RandPatchCropd, RandResizedCropd
 from medres.errors import ConfigError
 
@@ -111,18 +112,26 @@ def load_transforms(cfg: DataConfig) -> list[Transform]:
     this part (its settings: :func:`preprocess_signature`).
     """
     natural = cfg.modality == "natural"
-    ndim = 2 if natural else 3
+    xray = cfg.modality == "XR"  # projection radiographs: 2D images in mm (medres.data.radiograph)
+    ndim = 2 if natural or xray else 3
     keys = [IMAGE, MASK] if _has_mask(cfg) else [IMAGE]
+    r = cfg.radiograph
+    options = RadiographOptions(voi=r.voi, allow_for_processing=r.allow_for_processing,
+                                views=tuple(r.views) if r.views is not None else None)
     t: list[Transform] = [
         Lambda(_drop_missing),
-        _load_imaged(IMAGE, reader=MedresReader(ndim=ndim), dtype=np.float32, image_only=True),
+        _load_imaged(IMAGE, reader=MedresReader(ndim=ndim, max_voxels=cfg.max_voxels, radiograph=options),
+                     dtype=np.float32, image_only=True),
     ]
     if _has_mask(cfg):
-        t += [_load_imaged(MASK, reader=MedresReader(ndim=ndim), dtype=None, image_only=True,
-                           allow_missing_keys=True),
-              CheckImageMaskd(MASK, IMAGE, labels=sorted(cfg.mask_labels))]
+        t.append(_load_imaged(MASK, reader=MedresReader(ndim=ndim, max_voxels=cfg.max_voxels), dtype=None,
+                              image_only=True, allow_missing_keys=True))
+    if xray:
+        t.append(RadiographGeometryd(require_spacing=bool(cfg.spacing), views=options.views))
+    if _has_mask(cfg):
+        t.append(CheckImageMaskd(MASK, IMAGE, labels=sorted(cfg.mask_labels)))
     t.append(EnsureChannelFirstd(keys, allow_missing_keys=True))
-    if cfg.orientation and not natural:
+    if cfg.orientation and not natural and not xray:
         t.append(Orientationd(keys, axcodes=cfg.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
     if cfg.spacing and not natural:
         t.append(Spacingd(keys, pixdim=cfg.spacing, mode=("bilinear", "nearest")[: len(keys)],
@@ -246,9 +255,9 @@ def sample_transforms(cfg: DataConfig, *, train: bool) -> list[Transform]:
     late = _pointwise_window(cfg)
     t = [] if late else list(intensity)
     t.append(MaskOrZerosd(MASK, ref_key=IMAGE))
-    slices = cfg.spatial_dims == 2
+    slices = cfg.spatial_dims == 2 and cfg.modality != "XR"  # 2D model on volumes: axial slices
     crop_size = [*patch, 1] if slices else patch
-    if len(crop_size) != 3:
+    if len(crop_size) != (2 if cfg.modality == "XR" else 3):
         raise ConfigError(f"patch_size {patch} has {len(patch)} values but data.spatial_dims is "
                           f"{cfg.spatial_dims}", field="data.patch_size",
                           hint="give one size per spatial axis")
@@ -278,7 +287,8 @@ def preprocess_signature(cfg: DataConfig) -> str:
     """The settings :func:`load_transforms` depends on, as canonical JSON (part of every cache key)."""
     import monai
 
-    fields = ["modality", "image_columns", "mask_column", "mask_labels", "orientation", "spacing"]
+    fields = ["modality", "image_columns", "mask_column", "mask_labels", "orientation", "spacing",
+              "radiograph"]
     spec = cfg.model_dump(include=set(fields), mode="json")
     spec["pipeline_version"] = 1
     spec["monai"] = monai.__version__

@@ -9,13 +9,19 @@ DICOM field ever does.
 
 Writing: temporary file in the same folder, ``fsync``, then ``os.replace``; before replacing
 ``checkpoint_last.pt`` the previous good file is kept as ``checkpoint_prev.pt``, so a file truncated by
-a crash (or a full disk) falls back to it with a warning.
+a crash (or a full disk) falls back to it with a warning. A write the disk refuses is a DataError
+"disk full at FOLDER ...; the last good checkpoint is PATH", leaving no temporary file; temporaries a
+killed process left are removed by :func:`clean_stale_temporaries` at the next start.
+
+Reading: every check lives in :func:`load_checkpoint` (and :func:`load_weights` for the fit to a model).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Mapping
@@ -25,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from medres.errors import ConfigError
+from medres.errors import ConfigError, DataError
 from medres.layout import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV
 from medres.utils import atomic_write
 
 __all__ = [
-    "save_checkpoint", "load_checkpoint", "load_model", "to_plain", "rng_state", "set_rng_state",
-    "unwrap_model",
+    "save_checkpoint", "load_checkpoint", "load_model", "load_weights", "to_plain", "rng_state",
+    "set_rng_state", "unwrap_model", "clean_stale_temporaries",
 ]
 
 log = logging.getLogger("medres.engine")
@@ -103,11 +109,61 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str], *,
         if keep_previous and path.exists() and _loads(path):
             os.replace(path, _previous(path))
 
-    return atomic_write(path, lambda tmp: torch.save(plain, tmp), before_replace=keep_previous_file)
+    try:
+        return atomic_write(path, lambda tmp: torch.save(plain, tmp), before_replace=keep_previous_file)
+    except (OSError, RuntimeError) as exc:
+        if _is_write_failure(exc):
+            raise _write_error(exc, path) from None
+        raise
 
 
 def _previous(path: Path) -> Path:
     return path.with_name(PREV if path.name == LAST else f"{path.stem}_prev.pt")
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """An OSError, or torch's RuntimeError from its zip writer (``inline_container.cc``: 'file write
+    failed', 'enforce fail'), both of which mean the disk refused the bytes."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc)
+    return "inline_container" in text or "file write failed" in text or "unexpected pos" in text
+
+
+def _write_error(exc: BaseException, path: Path) -> DataError:
+    """'disk full at PATH; the last good checkpoint is PATH' (or the disk problem that stopped it)."""
+    code = getattr(exc, "errno", None)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = code in (errno.ENOSPC, errno.EDQUOT) or (not isinstance(exc, OSError) and free is not None
+                                                    and free < 64 * 2**20)
+    what = "disk full" if full else f"could not write ({os.strerror(code) if code else type(exc).__name__})"
+    good = [p for p in (path, _previous(path)) if p.exists() and _loads(p)]
+    last = f"the last good checkpoint is {good[0]}" if good else "no earlier checkpoint was written"
+    return DataError(f"{what} at {path.parent} while writing {path.name}; {last}", path=path,
+                     hint="free disk space (or choose another output.dir) and run again with --resume; "
+                          "nothing else in the run folder was changed")
+
+
+def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary checkpoint files (``.checkpoint_*.pt.*.tmp*``) a killed write left in
+    ``folder``; called when a fold starts."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(".*.pt.*.tmp*"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d unfinished checkpoint file(s) left by an interrupted write in %s",
+                 len(removed), folder)
+    return removed
 
 
 def _loads(path: Path) -> bool:
@@ -118,11 +174,61 @@ def _loads(path: Path) -> bool:
         return False
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
-                    fallback: bool = True) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a damaged file falls back to its ``_prev`` copy.
+def _refusal(exc: Exception, path: Path) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in medres's words."""
+    text = str(exc)
+    if "Unsupported global" in text or "GLOBAL " in text or "Unsupported class" in text:
+        return ("holds Python code or objects that medres never writes into a checkpoint (a medres "
+                "checkpoint holds only tensors, numbers, strings, lists and dicts); it was refused "
+                "without running any of it")
+    if isinstance(exc, (pickle.UnpicklingError, EOFError, RuntimeError)) or "zip" in text.lower():
+        return f"is damaged, truncated or not a checkpoint ({type(exc).__name__})"
+    first = text.splitlines()[0][:160] if text else ""  # OSError and the like: no PyTorch advice in them
+    return f"could not be read ({type(exc).__name__}: {first})"
 
-    Raises ``ConfigError`` (naming the file and what to do) when no usable checkpoint is found.
+
+def _check_structure(state: Any, path: Path) -> None:
+    """Refuse what is not a medres checkpoint: not a dict, no ``model`` state dict, an invalid config."""
+    if not isinstance(state, dict):
+        raise ConfigError(f"is not a medres checkpoint: it holds a {type(state).__name__}, not a dict",
+                          path=path, hint="pass a fold's checkpoint_best.pt written by medres.train")
+    model = state.get("model")
+    if not isinstance(model, Mapping) or not model or \
+            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        what = "no 'model' entry" if model is None else "a 'model' entry that is not a state dict"
+        raise ConfigError(f"is not a medres checkpoint: it has {what}", path=path,
+                          hint="pass a fold's checkpoint_best.pt written by medres.train")
+    if "config" in state:
+        from pydantic import ValidationError
+
+        from medres.config import Config
+
+        try:
+            Config.model_validate(state["config"])
+        except (ValidationError, TypeError, ValueError) as exc:
+            n = len(exc.errors()) if isinstance(exc, ValidationError) else 1
+            raise ConfigError(f"holds a configuration that is not valid ({n} problem(s), e.g. "
+                              f"{_first_problem(exc)})", path=path,
+                              hint="the file was edited or written by an incompatible medres version: "
+                                   "use another checkpoint or retrain") from None
+
+
+def _first_problem(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(x) for x in first.get('loc', ()))}: {first.get('msg', '')}"
+    return type(exc).__name__
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
+                    fallback: bool = True, expect_model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Load and check a checkpoint; a damaged file falls back to its ``_prev`` copy.
+
+    Every check of a checkpoint is here: loaded with ``weights_only=True`` (a file holding code or
+    objects is refused, with no advice to load it otherwise); it must be a dict with a ``model`` state
+    dict and, when it has one, a valid ``config``; with ``expect_model``, its weights must fit that
+    model (same names and shapes). Raises ``ConfigError`` naming the file and what to do.
     """
     path = Path(path)
     candidates = [path]
@@ -135,15 +241,53 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
             continue
         try:
             state = torch.load(p, map_location=map_location, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, ...
-            problems.append(f"{p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        except Exception as e:  # noqa: BLE001 - truncated zip, refused pickle, ...
+            reason = _refusal(e, p)
+            if reason.startswith("holds Python code"):
+                raise ConfigError(reason, path=p, hint="use a checkpoint written by medres.train; do not "
+                                                       "load files of unknown origin") from None
+            problems.append(f"{p}: {reason}")
             continue
+        _check_structure(state, p)
         if i > 0:
             log.warning("%s is damaged or missing (%s); resuming from the previous good checkpoint %s",
                         path, problems[0], p)
+        if expect_model is not None:
+            load_weights(expect_model, state, path=p, strict_check_only=True)
         return state
     raise ConfigError("no usable checkpoint: " + "; ".join(problems), path=path,
                       hint="start without --resume, or point to another run folder")
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, Any], *,
+                 path: str | os.PathLike[str] | None = None,
+                 strict_check_only: bool = False) -> None:
+    """Load ``state["model"]`` into ``model``; weights of another model or width are a ConfigError
+    saying how many names and shapes differ (never PyTorch's hundred-line ``load_state_dict`` text)."""
+    target = unwrap_model(model)
+    weights = state["model"]
+    own = target.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in own.items()
+              if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        spec = state.get("model_spec") if isinstance(state.get("model_spec"), Mapping) else {}
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weight(s) the model needs are absent (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} weight(s) the model does not have (e.g. {unexpected[0]})")
+        if shapes:
+            k, have, want = shapes[0]
+            parts.append(f"{len(shapes)} weight(s) differ in shape (e.g. {k}: {list(have)} in the file, "
+                         f"{list(want)} in the model)")
+        name = f" (the file's model is {spec.get('name')!r})" if spec.get("name") else ""
+        raise ConfigError("holds the weights of another model or width" + name + ": " + "; ".join(parts),
+                          path=path, hint="use the checkpoint written for this configuration (model.name, "
+                                          "widths, channels and classes must match), or retrain")
+    if not strict_check_only:
+        target.load_state_dict(weights)
 
 
 def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"):
@@ -155,10 +299,15 @@ def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device
     try:
         spec = state["model_spec"]
         config = Config.model_validate(state["config"])
+        model = create_model(spec["name"], **spec["kwargs"])
     except KeyError as e:
         raise ConfigError(f"not a medres checkpoint (no {e.args[0]!r} entry)", path=path) from None
-    model = create_model(spec["name"], **spec["kwargs"])
-    model.load_state_dict(state["model"])
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise ConfigError(e.reason, field=e.field, hint=e.hint, path=path) from None
+        raise ConfigError(f"its model_spec cannot build a model ({type(e).__name__})", path=path,
+                          hint="use a checkpoint written by medres.train") from None
+    load_weights(model, state, path=path)
     return model.eval(), config
 
 

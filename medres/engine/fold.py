@@ -27,8 +27,10 @@ from medres.engine.checkpoint import (
     BEST,
     LAST,
     PREV,
+    clean_stale_temporaries,
     copy_checkpoint,
     load_checkpoint,
+    load_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -98,6 +100,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     t, m, is_main = cfg.train, cfg.model, dist_info.is_main
     fold_seed = t.seed + 1000 * data.fold
     fold_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(fold_dir)
 
     # -- an existing checkpoint: resume it, or refuse to overwrite it
     ckpt = None
@@ -264,7 +267,7 @@ def restore_state(ckpt: Mapping[str, Any], *, model: nn.Module, optimizer: torch
                   loss_fn: nn.Module) -> tuple[LoopState, dict[str, Any]]:
     """Load a checkpoint's states into the objects; return the :class:`LoopState` and the RNG state
     (restored by ``train_fold`` at the point where it was saved)."""
-    unwrap_model(model).load_state_dict(ckpt["model"])
+    load_weights(model, ckpt)
     optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -314,4 +317,4 @@ def _volume_infer(cfg: Config) -> Callable[[nn.Module, torch.Tensor], tuple[Any,
 def load_best_weights(model: nn.Module, fold_dir: Path) -> None:
     """Load ``checkpoint_best.pt`` (else the last) into ``model`` for prediction."""
     path = fold_dir / BEST if (fold_dir / BEST).exists() else fold_dir / LAST
-    unwrap_model(model).load_state_dict(load_checkpoint(path)["model"])
+    load_weights(model, load_checkpoint(path), path=path)

@@ -145,7 +145,8 @@ def predict_cases(model: nn.Module, records: Iterable[Mapping[str, Any]], data_c
     for rec in records:
         case_id = str(rec["case_id"])
         try:
-            sample = transform({"image": rec["image"]})
+            extra = {k: rec[k] for k in ("pixel_spacing", "view") if rec.get(k)}  # radiographs
+            sample = transform({"image": rec["image"], **extra})
         except Exception as exc:
             err = _data_error(exc)
             if err is None:

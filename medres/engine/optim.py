@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from medres.config import OptimConfig, ScheduleConfig
 from medres.errors import ConfigError
 
-__all__ = ["param_groups", "build_optimizer", "lr_factor", "build_scheduler"]
+__all__ = ["param_groups", "build_optimizer", "lr_factor", "build_scheduler", "scaled_lr", "with_scaled_lr"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -74,10 +74,37 @@ def param_groups(params: nn.Module | Iterable[Any], weight_decay: float, *, deca
     return groups
 
 
+def scaled_lr(optim_cfg: OptimConfig, *, batch_size: int, accumulate: int = 1, world_size: int = 1) -> float:
+    """The learning rate for the actual total batch: ``lr * total / reference_batch_size`` with
+    ``total = batch_size * accumulate * world_size`` (the linear scaling rule, Goyal et al. 2017; one of
+    He et al. 2018's "Bag of Tricks"); ``lr`` itself when no reference batch is given."""
+    if optim_cfg.reference_batch_size is None:
+        return float(optim_cfg.lr)
+    total = int(batch_size) * int(accumulate) * int(world_size)
+    return float(optim_cfg.lr) * total / int(optim_cfg.reference_batch_size)
+
+
+def with_scaled_lr(cfg: Any, *, world_size: int = 1) -> Any:
+    """``cfg`` (a ``Config``) with ``optim.lr_scaled`` filled in (see :func:`scaled_lr`), logged."""
+    import logging
+
+    o, t = cfg.optim, cfg.train
+    lr = scaled_lr(o, batch_size=t.batch_size, accumulate=t.accumulate, world_size=world_size)
+    if o.reference_batch_size is not None:
+        logging.getLogger("medres.engine").info(
+            "learning rate %.4g (optim.lr %.4g stated for a batch of %d, scaled to %d x %d x %d)", lr, o.lr,
+            o.reference_batch_size, t.batch_size, t.accumulate, world_size)
+    optim = o.model_copy(update={"lr_scaled": lr})
+    out = cfg.model_copy(update={"optim": optim})
+    out._source, out._original_paths = cfg._source, dict(cfg._original_paths)
+    return out
+
+
 def build_optimizer(params: nn.Module | Iterable[Any], optim_cfg: OptimConfig, *,
                     extra_params: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
     """SGD or AdamW over ``params`` (a model, ``{"model": m, "loss": l}``, or (name, param) pairs),
-    with ``extra_params`` (e.g. ``loss.parameters()``: learned task weights) never decayed."""
+    with ``extra_params`` (e.g. ``loss.parameters()``: learned task weights) never decayed. The learning
+    rate is ``optim.lr_scaled`` when the run filled it in (:func:`with_scaled_lr`), else ``optim.lr``."""
     extra = list(extra_params)
     groups = param_groups(params, optim_cfg.weight_decay, decay_norm_and_bias=optim_cfg.decay_norm_and_bias,
                           extra_params=extra)
@@ -85,12 +112,12 @@ def build_optimizer(params: nn.Module | Iterable[Any], optim_cfg: OptimConfig, *
         g.pop("names")
     if not groups:
         raise ConfigError("the model has no trainable parameters", field="model")
+    lr = optim_cfg.lr_scaled if optim_cfg.lr_scaled is not None else optim_cfg.lr
     if optim_cfg.name == "sgd":
         if optim_cfg.nesterov and optim_cfg.momentum <= 0:
             raise ConfigError("Nesterov momentum needs optim.momentum > 0", field="optim.nesterov")
-        return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               nesterov=optim_cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+        return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
 
 
 def lr_factor(step: int, schedule_cfg: ScheduleConfig, *, epochs: int, steps_per_epoch: int,

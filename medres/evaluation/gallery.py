@@ -17,7 +17,7 @@ from medres.report import GalleryItem, binary_task, case_labels
 from medres.report.figures import gallery_figure
 from medres.report.run_folder import RunData
 
-__all__ = ["load_scan", "first_path", "worst_cases", "gallery"]
+__all__ = ["load_scan", "first_path", "worst_cases", "gallery", "radiograph_view", "radiograph_figure"]
 
 
 def first_path(value: object) -> str | None:
@@ -112,6 +112,9 @@ def gallery(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> tuple[list[Gal
     items = []
     for case, why in worst_cases(run, seg_cases, k):
         r = by_case.loc[case]
+        if run.config.data.modality == "XR":  # radiographs: the whole film as a radiologist reads it
+            items.append(GalleryItem(labels[case], radiograph_figure(r, run, labels[case]), why))
+            continue
         image, _, affine = load_scan(first_path(r["image"]))
         if run.config.data.spatial_dims == 2 and image.ndim == 3:  # colour [X, Y, 3]: show as grey
             image = image.mean(axis=-1)
@@ -250,3 +253,63 @@ def _ClsLogits(model):  # noqa: N802 - builds a module lazily so this file impor
             return out.cls_logits if hasattr(out, "cls_logits") else out
 
     return ClsLogits(model)
+
+
+# --- radiographs (issue 13) ------------------------------------------------------------------------------
+def radiograph_view(image: np.ndarray, patient_orientation: str, view: str = "") -> np.ndarray:
+    """A radiograph ``[X, Y]`` as loaded (X along a row) -> ``[rows, cols]`` to draw with row 0 on top, the
+    way radiologists read it: for PA/AP views the patient's right on the viewer's left, head up.
+
+    ``patient_orientation`` is DICOM PatientOrientation ("L\\F": columns run to the patient's left, rows to
+    the feet, already the reading position); "" (e.g. a PNG export) keeps the image as stored.
+    """
+    shown = np.asarray(image).T
+    parts = [p.strip().upper() for p in str(patient_orientation or "").split("\\")]
+    if len(parts) == 2:
+        row_dir, col_dir = parts
+        if view.upper() in ("PA", "AP", "") and row_dir.startswith("R"):
+            shown = shown[:, ::-1]  # columns ran toward the patient's right: mirror to put it on the left
+        if col_dir.startswith("H"):
+            shown = shown[::-1, :]  # rows ran toward the head: feet down
+    return shown
+
+
+def radiograph_figure(row: pd.Series, run: RunData, title: str) -> str:
+    """The whole radiograph, reference and predicted label maps as contours per foreground class (solid
+    reference, dashed prediction), as a data URI. Full image, never a crop."""
+    from medres.data import load_image
+    from medres.report.figures import _subplots, to_data_uri
+
+    cfg = run.config
+    image = load_image(first_path(row["image"]))
+    meta = image.meta
+    orient, view = str(meta.get("PatientOrientation", "") or ""), str(meta.get("ViewPosition", "") or "")
+    view = view or str(row.get("view", "") or "")
+    shown = radiograph_view(np.asarray(image, dtype=np.float32), orient, view)
+    fig, axes = _subplots(1, 1, figsize=(3.6, 3.9), squeeze=False)
+    ax = axes[0, 0]
+    lo, hi = (float(v) for v in np.percentile(shown, [0.5, 99.5]))
+    ax.imshow(shown, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+    colours = ["lime", "deepskyblue", "orange", "magenta", "yellow"]
+    for source, style, path in (("reference", "solid", row.get("mask")),
+                                ("predicted", "dashed", row.get("seg_path"))):
+        p = first_path(path)
+        if p is None:
+            continue
+        labels = np.rint(load_scan(run.run_dir / p if source == "predicted" else p)[0])
+        if labels.shape != np.asarray(image).shape:
+            continue
+        labels = radiograph_view(labels, orient, view)
+        classes = sorted((int(k), v) for k, v in cfg.data.mask_labels.items() if int(k))
+        for i, (value, name) in enumerate(classes):
+            m = labels == value
+            colour = colours[i % len(colours)]
+            if m.any() and not m.all():
+                ax.contour(m.astype(float), levels=[0.5], colors=colour, linewidths=1.0, linestyles=style)
+            ax.plot([], [], color=colour, linestyle=style, label=f"{name} ({source})")
+    ax.legend(fontsize=5, loc="lower right")
+    side = "patient's right on the left" if orient else "as stored (no PatientOrientation)"
+    ax.set_title(f"{title}: {run.labels[int(row['y_true'])]}, " + (f"view {view}, " if view else "") + side,
+                 fontsize=6)
+    ax.axis("off")
+    return to_data_uri(fig)

@@ -56,6 +56,7 @@ from medres.report.html import (
 )
 from medres.report.privacy import case_labels, export_predictions, pseudonymise
 from medres.report.run_folder import RunData
+from medres.report.seg_classes import class_empty_counts
 from medres.report.seg_records import segmentation_records
 from medres.report.subgroups import subgroup_records
 
@@ -215,6 +216,7 @@ def build_bundle(
         seg_ctx = {
             "policy": seg_policy or empty_mask_policy(run.config.evaluate.nsd_tolerance_mm),
             "table": table_html(segmentation_table(rec_df)),
+            "classes": table_html(class_empty_counts(seg_cases)),  # per foreground class: empty masks
             "figures": [
                 _Figure(
                     figures.seg_distribution_figure(seg_cases),

@@ -52,13 +52,15 @@ def test_mr_small_twins_give_equal_pixels(dicom_files, name):
     np.testing.assert_array_equal(ref.numpy(), expected)
 
 
-@pytest.mark.parametrize("name", ["MR_small.dcm", "examples_overlay.dcm", "0.dcm", "1.dcm"])
+# nibabel's 0.dcm/1.dcm (the oblique cases) are Siemens MOSAIC files, which medres now refuses
+# (tests/data/test_hostile_realfiles.py); an oblique non-mosaic file is still to be found for this test
+@pytest.mark.parametrize("name", ["MR_small.dcm", "examples_overlay.dcm"])
 def test_geometry_matches_monais_pydicom_reader(dicom_files, nibabel_files, name):
-    path = (nibabel_files if name[0].isdigit() else dicom_files) / name
+    path = dicom_files / name
     img, ref = load_image(path), _monai(path, PydicomReader())
     assert img.shape == ref.shape
     # in-plane axes and origin as MONAI; the 3rd column of a single frame is the true slice normal
-    # (MONAI puts e_z there even for oblique slices such as nibabel's 0.dcm)
+    # (MONAI puts e_z there even for oblique slices)
     np.testing.assert_allclose(img.affine.numpy()[:, [0, 1, 3]], ref.affine.numpy()[:, [0, 1, 3]], atol=1e-5)
     ds = pydicom.dcmread(path)
     iop = np.array(ds.ImageOrientationPatient, dtype=float)

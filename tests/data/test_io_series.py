@@ -108,11 +108,13 @@ def test_two_series_listed_and_chosen_by_series_uid(tmp_path):
         load_image(tmp_path / "s")
     msg = str(info.value)
     assert "2 image series" in msg
-    assert "series #3 'AXIAL 2.5' (4 file(s), CT)" in msg and "series #7 'COR MPR' (3 file(s), CT)" in msg
-    assert "1.2.826.0.1.3680043.8.498" not in msg  # no UIDs in messages
+    assert "series 1 of 2 (CT, 4 file(s), axial, series_uid ending '3.8.498.1')" in msg
+    assert "series 2 of 2 (CT, 3 file(s), axial, series_uid ending '3.8.498.2')" in msg
+    assert "AXIAL 2.5" not in msg and "COR MPR" not in msg  # free-text descriptions never shown
+    assert "1.2.826.0.1.3680043.8.498" not in msg  # no whole UIDs in messages
     img = load_image(tmp_path / "s", series_uid="1.2.826.0.1.3680043.8.498.2")
     assert tuple(img.shape) == (128, 128, 3) and img.meta["spacing"][2] == pytest.approx(1.0)
-    with pytest.raises(DataError, match="no series with the requested series_uid"):
+    with pytest.raises(DataError, match="no series whose SeriesInstanceUID is or ends with"):
         load_image(tmp_path / "s", series_uid="1.2.3")
 
 

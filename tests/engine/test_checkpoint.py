@@ -48,9 +48,12 @@ def test_rng_state_round_trip():
     assert random.random() == expected[2]
 
 
+_W = {"w": torch.zeros(1)}  # load_checkpoint refuses a file without a model state dict
+
+
 def test_truncated_last_falls_back_to_previous_with_a_warning(tmp_path, caplog):
-    save_checkpoint({"step": 1}, tmp_path / LAST)
-    save_checkpoint({"step": 2}, tmp_path / LAST)
+    save_checkpoint({"step": 1, "model": _W}, tmp_path / LAST)
+    save_checkpoint({"step": 2, "model": _W}, tmp_path / LAST)
     assert load_checkpoint(tmp_path / PREV)["step"] == 1
     data = (tmp_path / LAST).read_bytes()
     (tmp_path / LAST).write_bytes(data[: len(data) // 2])  # a crash mid-write without the atomic rename
@@ -58,7 +61,7 @@ def test_truncated_last_falls_back_to_previous_with_a_warning(tmp_path, caplog):
         assert load_checkpoint(tmp_path / LAST)["step"] == 1
     assert "previous good checkpoint" in caplog.text
     # a damaged file never replaces the good previous one
-    save_checkpoint({"step": 3}, tmp_path / LAST)
+    save_checkpoint({"step": 3, "model": _W}, tmp_path / LAST)
     assert load_checkpoint(tmp_path / PREV)["step"] == 1
     assert not list(tmp_path.glob("*.tmp"))
 

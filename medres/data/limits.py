@@ -1,0 +1,70 @@
+"""The size cap that refuses decompression bombs before anything is decompressed or allocated.
+
+A scan declares its size in its header (NIfTI ``dim``, DICOM Rows x Columns x frames x files, a PNG/JPEG
+header's width x height); the pixel data behind it may be compressed a thousandfold (an 18 MB
+``.nii.gz`` can declare 4 GiB of int16). Readers call :func:`check_declared` with the declared voxel
+count *before* decoding. More than ``data.max_voxels`` (default 2**31 = 2.1e9, far above any CT: a
+512 x 512 x 2000 whole-body scan is 5.2e8), or more than the memory the machine has free right now, is
+a DataError naming the declared shape.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from medres.errors import DataError
+
+__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared"]
+
+#: Default for ``data.max_voxels``.
+DEFAULT_MAX_VOXELS = 2**31
+
+#: Bytes per voxel a load needs beyond the stored bytes: load_image converts to float32.
+_WORK_BYTES = 4
+
+
+def available_memory() -> int | None:
+    """Bytes the machine can give without swapping (Linux ``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_declared(shape: Sequence[int], itemsize: int, path: str | Path, *,
+                   max_voxels: int | None = None, what: str = "its header") -> None:
+    """Raise a DataError when ``shape`` (as declared, before decoding) exceeds the cap or free memory.
+
+    Args:
+        shape: the declared dimensions (voxels x channels/frames/files).
+        itemsize: bytes per stored value.
+        path: the file or folder, for the message.
+        max_voxels: the cap (``data.max_voxels``); None: :data:`DEFAULT_MAX_VOXELS`.
+        what: where the size was declared, for the message.
+    """
+    cap = DEFAULT_MAX_VOXELS if max_voxels is None else int(max_voxels)
+    voxels = 1
+    for s in shape:
+        voxels *= max(int(s), 0)
+    dims = " x ".join(str(int(s)) for s in shape)
+    if voxels > cap:
+        raise DataError(f"{what} declares {dims} = {voxels:.3g} voxels, more than data.max_voxels "
+                        f"({cap:.3g}); refused before decompressing (a damaged header or a "
+                        "decompression bomb?)", path=path,
+                        hint="if the scan is truly this large, raise data.max_voxels (and make sure the "
+                             "memory is there); otherwise re-export the file")
+    free = available_memory()
+    need = voxels * (max(int(itemsize), 1) + _WORK_BYTES)
+    if free is not None and need > free:
+        raise DataError(f"{what} declares {dims} voxels ({need / 2**30:.1f} GiB to load), more than the "
+                        f"{free / 2**30:.1f} GiB of memory free now; refused before decompressing",
+                        path=path, hint="free memory or use a machine with more, or crop/resample the scan")

