@@ -1,4 +1,4 @@
-"""cxr.yaml (medres/configs/): what it declares, and model.pretrained with a local torchvision ResNet-18 file."""
+"""cxr.yaml (shipped): what it declares, and model.pretrained with a local torchvision ResNet-18 file."""
 
 from __future__ import annotations
 
