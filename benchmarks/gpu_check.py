@@ -283,7 +283,7 @@ def fullres_switches(dry: bool, compiled: bool) -> dict[str, Any]:
         out["variants"]["compile"] = "skipped in the dry run (compiling on a CPU takes minutes)"
     for name, extra in variants.items():
         try:
-            cfg = load_config(ROOT / "configs" / "ct_chest_fullres.yaml", [*base, *extra])
+            cfg = load_config(ROOT / "medres" / "configs" / "ct_chest_fullres.yaml", [*base, *extra])
             out["variants"][name] = device_rate(cfg, steps=steps, warmup=warm)
         except Exception as e:  # e.g. CUDA graphs refusing a dynamic part: recorded, not fatal
             out["variants"][name] = f"failed: {type(e).__name__}: {str(e)[:300]}"
@@ -308,7 +308,7 @@ def fullres_loader(check: Check, out: Path, dry: bool) -> dict[str, Any]:
 
     demo = f"data.demo.out={out / 'demo_ct_chest_fullres'}"  # the cohort e2e_fullres reuses
     over = [*DRY_FULLRES, demo] if dry else [demo]
-    cfg = load_config(ROOT / "configs" / "ct_chest_fullres.yaml", over)
+    cfg = load_config(ROOT / "medres" / "configs" / "ct_chest_fullres.yaml", over)
     res = loader_rate(cfg, batches=4 if dry else 36, cache_dir=out / "cache_fullres")  # e2e_fullres reuses it
     device = check.results["stages"].get("fullres_switches", {}).get("variants", {}).get("config defaults")
     if isinstance(device, dict):
@@ -323,7 +323,7 @@ def e2e(config: str, out: Path, dry: bool, overrides: list[str], what: str, fold
     from sklearn.metrics import roc_auc_score
 
     name = Path(config).stem
-    cmd = [sys.executable, "-m", "medres.train", "--config", str(ROOT / "configs" / config), "--output",
+    cmd = [sys.executable, "-m", "medres.train", "--config", str(ROOT / "medres" / "configs" / config), "--output",
            str(out / "runs"), "--fold", "0", "--force", "--quiet",
            "--set", f"data.demo.out={out / ('demo_' + name)}",
            *[a for o in overrides for a in ("--set", o)]]

@@ -1,6 +1,6 @@
 """``python -m medres.train``: cross-validated training of the configured model, then the evaluation.
 
-    python -m medres.train --config configs/ct_chest.yaml [--set train.epochs=5 ...] [--fold k]
+    python -m medres.train --config ct_chest.yaml [--set train.epochs=5 ...] [--fold k]
                            [--resume] [--force] [--quiet] [--output DIR]
     torchrun --nproc_per_node=2 -m medres.train --config ...        # DistributedDataParallel
 
@@ -228,7 +228,9 @@ def quiet_libraries() -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m medres.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="YAML configuration (configs/ct_chest.yaml: the main job)")
+    p.add_argument("--config", help="YAML configuration: a file, or a shipped one by name (ct_chest.yaml: "
+                                    "the main job; a file of that name in the working directory wins)")
+    p.add_argument("--list-configs", action="store_true", help="list the shipped configurations and exit")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override settings, e.g. --set train.epochs=5 optim.lr=1e-3 (several per flag; "
                         "the flag may repeat)")
@@ -244,7 +246,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list_configs:
+        from medres.config import list_shipped_configs
+
+        print("\n".join(f"{n:24} {d}" for n, d in list_shipped_configs().items()))
+        return 0
+    if not args.config:
+        parser.error("--config is required (or --list-configs)")
     from medres.config import load_config
     from medres.engine.loop import Interrupted
 

@@ -19,6 +19,7 @@ MAY_IMPORT = {
     "report": BASE | {"config", "metrics"},
     "engine": BASE | {"config", "models", "data", "metrics", "cv"},
     "evaluation": BASE | {"config", "models", "data", "metrics", "cv", "engine", "report"},
+    "plan": BASE | {"config", "models", "data", "engine"},  # fingerprint a cohort, dry-run the model
 }
 # may import any part but these
 ENTRY_POINTS = {"medres.train", "medres.evaluate", "medres.predict", "medres.export"}

@@ -4,9 +4,9 @@ How each shell command of README.md is run here:
 
 - `python3 -m venv ...`, `pip install -e ".[dev]"`: not run (they install; CI's install does it).
 - `pytest`: not run (it is this suite).
-- `python -m medres.train --config configs/ct_chest.yaml`: as written, plus tiny `--set` overrides
+- `python -m medres.train --config ct_chest.yaml`: as written, plus tiny `--set` overrides
   (12 demo patients at 10 mm, 24^3 patches, 2 folds of 1 epoch), so it ends with the report.
-- `python -m medres.data.check --manifest my_cohort.csv --config configs/ct_chest.yaml`: on that
+- `python -m medres.data.check --manifest my_cohort.csv --config ct_chest.yaml`: on that
   run's demo manifest.
 - `python -m medres.evaluate --run runs/ct_chest [--output DIR] [--compare runs/OTHER]`: on that run,
   with `--output` and `--compare` (the run against itself).
@@ -59,7 +59,7 @@ def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_the_readme_shows_the_commands_this_test_runs():
     shown = commands()
-    for start in ("python -m medres.train --config configs/ct_chest.yaml", "python -m medres.evaluate --run",
+    for start in ("python -m medres.train --config ct_chest.yaml", "python -m medres.evaluate --run",
                   "python -m medres.predict --checkpoint", "python -m medres.data.check --manifest",
                   "torchrun --nproc_per_node=4 -m medres.train"):
         assert any(c.startswith(start) for c in shown), start
@@ -77,7 +77,7 @@ def test_several_assignments_per_set_flag_and_repeated_flags():
 @pytest.mark.timeout(1800)  # a tiny CV run, evaluation and prediction: ~2 min on a quiet 2-core machine
 def test_readme_commands_run(tmp_path):
     shown = commands()
-    train = next(c for c in shown if c.startswith("python -m medres.train --config configs/ct_chest.yaml")
+    train = next(c for c in shown if c.startswith("python -m medres.train --config ct_chest.yaml")
                  and "--fold" not in c)
     demo, runs = tmp_path / "demo", tmp_path / "runs"
     run(shlex.split(train)[1:] + ["--quiet", "--output", str(runs), "--set", f"data.demo.out={demo}", *TINY],

@@ -6,6 +6,11 @@ Path rule: the input paths ``INPUT_PATH_FIELDS`` written in a config file are re
 folder; given with ``--set`` (or in a dict without a file) they are relative to the working directory.
 Outputs (``output.dir``, ``data.cache_dir``) stay relative to the working directory. The text as
 written is kept in ``cfg.original_paths`` for display.
+
+Configs by name: ``load_config("ct_chest.yaml")`` reads ``ct_chest.yaml`` from the working directory when
+it is there, else the configuration shipped inside the package (``medres/configs/``;
+``resolve_config_path``, ``list_shipped_configs``). A shipped configuration's relative paths resolve
+against the working directory (it lives in site-packages once installed, where nothing else does).
 """
 
 from __future__ import annotations
@@ -167,6 +172,47 @@ def _check(cfg: Config, source: str | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# configs by name (the ones shipped in medres/configs/)
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # medres/configs/
+
+
+def list_shipped_configs() -> dict[str, str]:
+    """The configurations shipped in the package: file name -> the first line of its leading comment."""
+    out = {}
+    for p in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
+        first = next((ln.lstrip("# ").strip() for ln in p.read_text(encoding="utf-8").splitlines()
+                      if ln.startswith("#")), "")
+        out[p.name] = first
+    return out
+
+
+def resolve_config_path(name: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """Where the configuration ``name`` is, and whether it is a shipped one.
+
+    An existing file wins (``ct_chest.yaml`` in the working directory, or any path). Otherwise a bare
+    name (``ct_chest.yaml``, or ``ct_chest``), or ``configs/<name>.yaml`` (the repository's old layout,
+    whose files now live in the package), means the shipped file of that name. A file inside
+    ``medres/configs/`` counts as shipped however it is addressed.
+
+    Raises:
+        ConfigError: nothing of that name exists; the hint lists the shipped names.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path, path.resolve().parent == SHIPPED_CONFIGS
+    wanted = path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml"
+    by_name = path.parent == Path(".") or (path.parent.name == "configs" and not path.parent.is_dir())
+    shipped = SHIPPED_CONFIGS / wanted
+    if by_name and shipped.is_file():
+        return shipped, True
+    raise ConfigError("config file not found", path=str(name),
+                      hint="check the --config path, or give the name of a shipped configuration: "
+                           f"{', '.join(list_shipped_configs()) or '(none installed)'} "
+                           "(python -m medres.train --list-configs)")
+
+
+# ---------------------------------------------------------------------------------------------------
 # public API
 
 
@@ -194,7 +240,8 @@ def load_config(path: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     """Read, override, validate and resolve a configuration.
 
     Args:
-        path: a YAML file (or a mapping, like ``data``); None with ``data`` None: all defaults.
+        path: a YAML file, or the name of a shipped one (``resolve_config_path``), or a mapping (like
+            ``data``); None with ``data`` None: all defaults.
         overrides: ``"a.b.c=value"`` strings (``--set``); each value is read as YAML (``5``, ``1e-3``,
             ``[32,32,32]``, ``balanced``) and validated like the file's.
         data: the configuration as a mapping instead of a file (relative paths: working directory).
@@ -212,16 +259,16 @@ def load_config(path: str | os.PathLike[str] | Mapping[str, Any] | None = None,
         raise ConfigError("give a config file or a mapping, not both")
     source = None
     if path is not None:
+        path, shipped = resolve_config_path(path)
         source = str(path)
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError("config file not found", path=source,
-                              hint="check the --config path; configs/ holds the shipped ones") from None
+            raise ConfigError("config file not found", path=source, hint="check the --config path") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read the config file: {e.__class__.__name__}", path=source) from None
         raw = load_yaml(text, path=source)
-        base = Path(path).expanduser().resolve().parent
+        base = Path.cwd() if shipped else Path(path).expanduser().resolve().parent
     else:
         raw = dict(data) if data is not None else {}
         base = Path.cwd()
