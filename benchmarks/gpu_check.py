@@ -323,8 +323,8 @@ def e2e(config: str, out: Path, dry: bool, overrides: list[str], what: str, fold
     from sklearn.metrics import roc_auc_score
 
     name = Path(config).stem
-    cmd = [sys.executable, "-m", "medres.train", "--config", str(ROOT / "medres" / "configs" / config), "--output",
-           str(out / "runs"), "--fold", "0", "--force", "--quiet",
+    cmd = [sys.executable, "-m", "medres.train", "--config", str(ROOT / "medres" / "configs" / config),
+           "--output", str(out / "runs"), "--fold", "0", "--force", "--quiet",
            "--set", f"data.demo.out={out / ('demo_' + name)}",
            *[a for o in overrides for a in ("--set", o)]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-2d", action="store_true")
     p.add_argument("--skip-3d", action="store_true")
     p.add_argument("--config", type=Path, default=None,
-                   help="3D model spec (default medres/configs/ct_chest.yaml); with --loader-only / --device-only "
+                   help="3D model spec (default medres/configs/ct_chest.yaml); with --loader-only / "
+                        "--device-only "
                         "the training configuration measured (default medres/configs/ct_chest_fullres.yaml)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--loader-only", action="store_true",

@@ -31,8 +31,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     df["split"] = np.where(df["patient_id"].isin(TEST_PATIENTS), "test", "train")
     df.to_csv(manifest, index=False)
-    cfg = load_config(ROOT / "medres" / "configs" / "smoke.yaml", [f"data.manifest={manifest}", "data.demo=null",
-                                                        f"output.dir={root / 'runs'}", "cv.val_fraction=0.5"])
+    cfg = load_config(ROOT / "medres" / "configs" / "smoke.yaml",
+                      [f"data.manifest={manifest}", "data.demo=null", f"output.dir={root / 'runs'}",
+                       "cv.val_fraction=0.5"])
     result = run(cfg, quiet=True)
     return result.run_dir, root, df
 
