@@ -113,5 +113,7 @@ def test_full_size_readme_commands_parse():
     for c in commands():
         if "-m medres.train" in c and (c.startswith("torchrun") or "--fold" in c):
             argv = shlex.split(c)
+            if "-m" not in argv:  # a scheduler loop: the command inside the quoted --wrap "..."
+                argv = shlex.split(next(a for a in argv if "-m medres.train" in a).replace("$k", "0"))
             args = argv[argv.index("-m"):] + ["--help"]
             assert "--config" in run(args, ROOT).stdout

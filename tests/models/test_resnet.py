@@ -145,10 +145,12 @@ def test_forward_hooks_on_the_stages_fire(checkpointing):
     seen = {}
     target = m.backbone.layer4[-1] if checkpointing else m.backbone.layer4
     for name in ("layer1", "layer2", "layer3", "layer4"):
-        getattr(m.backbone, name).register_forward_hook(lambda mod, i, o, n=name: seen.setdefault(n, o.shape))
-    target.register_forward_hook(lambda mod, i, o: seen.setdefault("target", o.shape))
-    out = m(torch.randn(1, 1, 32, 32, 32))
-    assert seen["target"] == (1, 32, 1, 1, 1) and out.cls_logits.shape == (1, 2)
+        # a forward hook that returns a value replaces the module's output: these return None
+        getattr(m.backbone, name).register_forward_hook(
+            lambda mod, i, o, n=name: seen.update({n: o.shape}) if n not in seen else None)
+    target.register_forward_hook(lambda mod, i, o: seen.update({"target": o.shape}))
+    out = m(torch.randn(2, 1, 32, 32, 32))  # batch 2: batch norm needs two values per channel at 1^3
+    assert seen["target"] == (2, 32, 1, 1, 1) and out.cls_logits.shape == (2, 2)
     if not checkpointing:
         assert list(seen) == ["layer1", "layer2", "layer3", "layer4", "target"]
 
