@@ -47,8 +47,8 @@ __all__ = ["main", "input_records"]
 
 log = logging.getLogger("medres.predict")
 
-_FILE_SCANS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")  # one file = one case in a folder of scans
-_SCAN_SUFFIXES = (*_FILE_SCANS, ".dcm", ".dicom", ".ima")  # DICOM files in a folder form one series
+# suffixes a case id is read without (DICOM files in a folder form one series)
+_SCAN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima")
 
 
 def _case_id(path: Path) -> str:
@@ -57,15 +57,6 @@ def _case_id(path: Path) -> str:
         if name.lower().endswith(s):
             return name[: -len(s)]
     return name
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _scan_records(paths: list[Path]) -> list[dict[str, Any]]:
