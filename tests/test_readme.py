@@ -114,6 +114,7 @@ def test_full_size_readme_commands_parse():
         if "-m medres.train" in c and (c.startswith("torchrun") or "--fold" in c):
             argv = shlex.split(c)
             if "-m" not in argv:  # a scheduler loop: the command inside the quoted --wrap "..."
-                argv = shlex.split(next(a for a in argv if "-m medres.train" in a).replace("$k", "0"))
+                inner = next(a for a in argv if "-m medres.train" in a)  # shlex keeps the loop's ';' on it
+                argv = shlex.split(inner.rstrip(";").replace("$k", "0"))
             args = argv[argv.index("-m"):] + ["--help"]
             assert "--config" in run(args, ROOT).stdout
