@@ -83,6 +83,17 @@ def _cell(rec: pd.Series, digits: int = 3) -> str:
     return fmt_ci(rec["value"], rec["ci_low"], rec["ci_high"], digits)
 
 
+def seg_cells(by_metric: pd.DataFrame) -> dict[str, str]:
+    """One segmentation table row's cells (value, interval, n) from its records indexed by metric."""
+    cells = {}
+    for key, name in SEG_COLUMNS:
+        if key in by_metric.index:
+            r = by_metric.loc[key]
+            digits = 3 if key in ("dice", "dice_median", "iou", "nsd") else 2
+            cells[name] = f"{_cell(r, digits)} (n={int(r['n'])})"
+    return cells
+
+
 def _metric_row(label: str, part: pd.DataFrame, threshold: str) -> dict[str, object]:
     by = part.set_index("metric")
     first = part.iloc[0] if len(part) else None
@@ -175,11 +186,7 @@ def segmentation_table(records: pd.DataFrame) -> pd.DataFrame:
             continue
         by = part.set_index("metric")
         row = {"": f"fold {fold}" if scope == "fold" else "pooled", "class": cls}
-        for key, name in SEG_COLUMNS:
-            if key in by.index:
-                r = by.loc[key]
-                digits = 3 if key in ("dice", "dice_median", "iou", "nsd") else 2
-                row[name] = f"{_cell(r, digits)} (n={int(r['n'])})"
+        row.update(seg_cells(by))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from medres.config import Config
-from medres.report.html import SEG_COLUMNS, _cell
+from medres.report.html import seg_cells
 from medres.report.run_folder import RunData, _read_parquet
 from medres.report.seg_records import segmentation_records
 
@@ -79,10 +79,6 @@ def test_segmentation_table(records: pd.DataFrame) -> pd.DataFrame:
     for (scope, fold, cls), part in seg.groupby(["scope", "fold", "class"], sort=False):
         by = part.set_index("metric")
         row = {"": f"fold {fold} model" if scope == "test" else "fold ensemble (mean softmax)", "class": cls}
-        for key, name in SEG_COLUMNS:
-            if key in by.index:
-                r = by.loc[key]
-                digits = 3 if key in ("dice", "dice_median", "iou", "nsd") else 2
-                row[name] = f"{_cell(r, digits)} (n={int(r['n'])})"
+        row.update(seg_cells(by))
         rows.append(row)
     return pd.DataFrame(rows)
