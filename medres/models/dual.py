@@ -70,17 +70,15 @@ class DualHeadResNet(nn.Module):
             backbone_kwargs["drop_rate"] = dropout
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.num_classes, self.seg_classes = num_classes, seg_classes
-        # the classification head is the backbone's own (pool, dropout, fc: ResNet.forward_head)
-        self.backbone = ResNet(
-            block,
-            layers,
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            num_classes=num_classes if cls_head else 0,
-            **backbone_kwargs,
-        )
+        # the classification head is the backbone's own (pool, dropout, fc: ResNet.forward_head). Its fc
+        # is made after the backbone's own initialisation, as the separate head was until 1 Dec 2026:
+        # the same seed gives the same weights, so earlier runs' folds and metrics reproduce.
+        self.backbone = ResNet(block, layers, spatial_dims=spatial_dims, in_channels=in_channels,
+                               num_classes=0, **backbone_kwargs)
         self._has_cls = cls_head
         b = self.backbone
+        if cls_head:
+            b.fc, b.num_classes = nn.Linear(b.num_features, num_classes), num_classes
         self.seg_head = (
             DeconvDecoder(
                 b.feature_info,
