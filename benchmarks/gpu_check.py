@@ -135,6 +135,9 @@ def markdown(results: dict[str, Any]) -> str:
     if lo.get("ok"):
         row(f"full-res loader samples/s ({lo['num_workers']} workers, cache {lo['cache']})",
             _fmt(lo["samples_per_s"], 2))
+        two = lo.get("patches_per_volume_2")
+        if isinstance(two, dict):
+            row("full-res loader samples/s, 2 patches per loaded volume", _fmt(two["samples_per_s"], 2))
         if lo.get("loader_over_device") is not None:
             row("loader / device (full-res)", _fmt(lo["loader_over_device"], 2),
                 f">= {GOALS['loader_over_device']}")
@@ -310,6 +313,10 @@ def fullres_loader(check: Check, out: Path, dry: bool) -> dict[str, Any]:
     over = [*DRY_FULLRES, demo] if dry else [demo]
     cfg = load_config(ROOT / "medres" / "configs" / "ct_chest_fullres.yaml", over)
     res = loader_rate(cfg, batches=4 if dry else 36, cache_dir=out / "cache_fullres")  # e2e_fullres reuses it
+    # two patches per loaded volume (the same cache): does it pay off over one?
+    path = ROOT / "medres" / "configs" / "ct_chest_fullres.yaml"
+    two = load_config(path, [*over, "data.patches_per_volume=2"])
+    res["patches_per_volume_2"] = loader_rate(two, batches=2 if dry else 16, cache_dir=out / "cache_fullres")
     device = check.results["stages"].get("fullres_switches", {}).get("variants", {}).get("config defaults")
     if isinstance(device, dict):
         res["loader_over_device"] = res["samples_per_s"] / device["samples_per_s"]

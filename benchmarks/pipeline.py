@@ -3,7 +3,9 @@
 - :func:`loader_rate` — samples/s of the training input pipeline with the model removed: the config's
   dataset (its cache filled first; that one-off preprocessing is timed separately), DataLoader workers,
   pinned memory, the copy to the device and the on-device augmentation (``data.augment_on_device``):
-  everything a training step waits for. A fresh loader per epoch, as the engine builds it.
+  everything a training step waits for. One loader for every epoch with an epoch-tagged sampler, as the
+  engine builds it (its workers persist with ``data.persistent_workers``; ``data.patches_per_volume``
+  patches per loaded volume).
 - :func:`device_rate` — samples/s of medres's own training loop (``train_one_epoch``: autocast,
   channels_last, the loss of both heads, the optimizer step, fused when configured) on one batch that
   already sits on the device: what the model consumes when the input is free. With ``compile`` the
@@ -74,11 +76,14 @@ def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None
     fill_s = time.perf_counter() - t0
     samples, seconds, first_batch_s, epoch = 0, 0.0, [], 0
     done = 0
+    per_batch = t.batch_size // d.patches_per_volume  # volumes per batch
+    sampler = EpochSampler(len(ds), seed=t.seed, tag_epoch=True)
+    loader = build_loader(ds, batch_size=per_batch, shuffle=False, seed=t.seed, epoch=0, sampler=sampler,
+                          num_workers=d.num_workers, pin_memory=fast.pin_memory,
+                          prefetch_factor=d.prefetch_factor, drop_last=len(ds) > per_batch,
+                          persistent_workers=d.persistent_workers)
     while done < batches:
-        sampler = EpochSampler(len(ds), seed=t.seed, epoch=epoch)
-        loader = build_loader(ds, batch_size=t.batch_size, shuffle=False, seed=t.seed, epoch=epoch,
-                              sampler=sampler, num_workers=d.num_workers, pin_memory=fast.pin_memory,
-                              prefetch_factor=d.prefetch_factor, drop_last=len(ds) > t.batch_size)
+        sampler.epoch = epoch
         feed = device_batches(loader, d, fast, seed=t.seed, epoch=epoch, first_batch=0,
                               batch_size=t.batch_size)
         t0 = time.perf_counter()
@@ -88,7 +93,7 @@ def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None
             _sync(fast.device)
             now = time.perf_counter()
             if k == 0:
-                first_batch_s.append(now - t0)  # worker start-up: paid once per epoch
+                first_batch_s.append(now - t0)  # worker start-up (once, with persistent workers)
             samples += len(image)
             done += 1
             if done >= batches:
@@ -97,7 +102,8 @@ def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None
         epoch += 1
     return {"mode": "loader", "samples_per_s": samples / max(seconds, 1e-9), "samples": samples,
             "seconds": seconds, "cache_fill_s": fill_s, "first_batch_s": statistics.median(first_batch_s),
-            "num_workers": d.num_workers, "batch": t.batch_size, "cache": d.cache,
+            "num_workers": d.num_workers, "persistent_workers": d.persistent_workers,
+            "patches_per_volume": d.patches_per_volume, "batch": t.batch_size, "cache": d.cache,
             "augment_on_device": d.augment_on_device, "device": str(fast.device), "scans": len(ds)}
 
 

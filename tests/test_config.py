@@ -66,6 +66,14 @@ def test_contradictory_channel_settings_are_config_errors():
     assert e.value.field == "model.in_channels"
 
 
+def test_batch_size_must_hold_whole_volumes_of_patches():
+    with pytest.raises(ConfigError, match="not a multiple of data.patches_per_volume 3") as e:
+        load_config(data={"data": {"patches_per_volume": 3}, "train": {"batch_size": 4}})
+    assert e.value.field == "data.patches_per_volume"
+    ok = load_config(data={"data": {"patches_per_volume": 2}, "train": {"batch_size": 4}})
+    assert ok.data.persistent_workers and ok.data.patches_per_volume == 2
+
+
 def test_yaml_11_surprises(tmp_path):
     # 1e-3 is a string to YAML 1.1; we read it as the number, in files and in --set values
     cfg = load_config(write(tmp_path, "optim:\n  lr: 1e-3\n  weight_decay: 5E-5\n"))

@@ -166,6 +166,10 @@ def _check(cfg: Config, source: str | None) -> None:
              f"{len(d.labels)} classes", "remove model.num_classes; it follows data.labels")
     if isinstance(loss.cls.weights, list) and len(loss.cls.weights) != m.num_classes:
         fail("loss.cls.weights", f"{len(loss.cls.weights)} class weights for {m.num_classes} classes")
+    if cfg.train.batch_size % d.patches_per_volume:
+        fail("data.patches_per_volume", f"train.batch_size {cfg.train.batch_size} is not a multiple of "
+             f"data.patches_per_volume {d.patches_per_volume} (a batch holds whole volumes' patches)",
+             "make train.batch_size a multiple of data.patches_per_volume")
     if loss.seg.class_weights is not None and len(loss.seg.class_weights) != m.seg_classes:
         fail("loss.seg.class_weights", f"{len(loss.seg.class_weights)} weights for {m.seg_classes} "
              "segmentation classes (background included)")

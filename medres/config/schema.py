@@ -146,6 +146,11 @@ class DataConfig(_Section):
     radiograph: RadiographConfig = Field(default_factory=RadiographConfig)  # (radiographs) modality XR
     # --- input pipeline for a GPU (issue 11; medres.engine.device_input) ---
     prefetch_factor: int | None = Field(None, ge=1)  # batches each worker loads ahead (torch default 2)
+    # keep the worker processes (and what they have loaded) from one epoch to the next
+    persistent_workers: bool = True
+    # training patches cut from each loaded volume per epoch (MONAI's num_samples): an epoch then visits
+    # every scan once and yields patches_per_volume x scans samples; train.batch_size counts patches
+    patches_per_volume: int = Field(1, ge=1)
     # random flips / affine on the training device after the copy (batched), not in the workers
     augment_on_device: bool = False
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medres.data.limits import patch_fits_none
 from medres.errors import ConfigError, DataError
 
 __all__ = ["CheckResult", "check_cohort", "format_problems", "main"]
@@ -199,17 +200,14 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
                 take(out)
                 if on_progress is not None and (done % 200 == 0 or done == total):
                     on_progress(done, total, len(result.problems))
-    if patch_size and shapes:
-        patch = [int(v) for v in patch_size]
-        fits = [s for s in shapes if len(s) == len(patch) and all(p <= n for p, n in zip(patch, s))]
-        if not fits and all(len(s) == len(patch) for s in shapes):
-            largest = tuple(max(s[i] for s in shapes) for i in range(len(patch)))
-            warning = DataError(f"data.patch_size {patch} is larger than every image (the largest per axis, "
-                                f"after resampling: {list(largest)}): every crop is padded, costing time for "
-                                "nothing", path=manifest,
-                                hint=f"choose a patch_size of at most {list(largest)}, or check data.spacing")
-            report(warning, True)
-            result.warnings.append(warning)
+    largest = patch_fits_none(shapes, patch_size) if patch_size and shapes else None
+    if largest is not None:
+        warning = DataError(f"data.patch_size {[int(v) for v in patch_size]} is larger than every image (the "
+                            f"largest per axis, after resampling: {largest}): every crop is padded, costing "
+                            "time for nothing", path=manifest,
+                            hint=f"choose a patch_size of at most {largest}, or check data.spacing")
+        report(warning, True)
+        result.warnings.append(warning)
     result.problems.sort(key=lambda e: -1 if e.row is None else e.row)
     result.warnings.sort(key=lambda e: -1 if e.row is None else e.row)
     return result

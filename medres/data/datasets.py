@@ -102,9 +102,11 @@ def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[dict[str
     return records
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample ``index`` in ``epoch`` (a 32-bit int, stable across runs)."""
-    digest = hashlib.sha256(f"{int(seed)}:{int(epoch)}:{int(index)}".encode()).digest()
+def item_seed(seed: int, epoch: int, index: int, patch: int = 0) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` (a 32-bit int, stable across runs); ``patch``
+    numbers the patches cut from one loaded volume (``data.patches_per_volume``; the first is patch 0)."""
+    text = f"{int(seed)}:{int(epoch)}:{int(index)}" + (f":{int(patch)}" if patch else "")
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
@@ -149,7 +151,11 @@ def _strip_meta(t: torch.Tensor) -> dict[str, Any]:
 
 class CaseDataset(Dataset):
     """Cases through a cached pipeline. ``dataset[i]`` is a dict (see ``sample_transforms``) plus the
-    record's other fields (``label``, ``case_id``, ``patient_id``, subgroup columns, ``row``).
+    record's other fields (``label``, ``case_id``, ``patient_id``, subgroup columns, ``row``); a training
+    dataset with ``data.patches_per_volume`` k > 1 gives a list of k such dicts, cut from one load of the
+    volume (MONAI's ``list_data_collate`` flattens them into the batch). ``dataset[(epoch, i)]`` draws
+    epoch ``epoch``'s augmentation whatever ``set_epoch`` said: a sampler that tags its indices so
+    (``EpochSampler(tag_epoch=True)``) lets persistent DataLoader workers follow the epochs.
 
     Args:
         records: from :func:`manifest_to_records` (or dicts with ``image`` and optional ``mask``).
@@ -258,6 +264,10 @@ class CaseDataset(Dataset):
         self.stats["misses"] += 1
         return entry
 
+    def preprocessed_shape(self, index: int) -> list[int]:
+        """The spatial size of case ``index`` after the geometric part (computed once; the cache keeps it)."""
+        return list(self._located(index, self.cached)["image"].shape[1:])
+
     def fill_cache(self) -> None:
         """Compute every entry now (before DataLoader workers fork, so they share the memory cache)."""
         for i in range(len(self)):
@@ -278,28 +288,39 @@ class CaseDataset(Dataset):
                                 path=_paths(rec)[0], hint="run python -m medres.data.check on the manifest")
             raise err.located(row=rec.get("row"), case_id=rec.get("case_id")) from None
 
-    def _item(self, index: int) -> dict[str, Any]:
-        entry = self.cached(index)
-        rec = self.records[index]
+    def _sample(self, entry: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, Any]:
+        """The record's fields with fresh copies of the cached tensors (never hand out the cached ones)."""
         d: dict[str, Any] = {k: v for k, v in rec.items() if k not in ("image", "mask")}
         for k in ("image", "mask"):
             if k in entry:
                 meta = dict(entry[f"{k}_meta"])
                 t = entry[k]
-                t = t.float() if t.dtype == torch.float16 else t.clone()  # never hand out the cached tensor
+                t = t.float() if t.dtype == torch.float16 else t.clone()
                 d[k] = MetaTensor(t, affine=meta.pop("affine"), meta=meta)
+        return d
+
+    def _item(self, index: int, epoch: int) -> dict[str, Any] | list[dict[str, Any]]:
+        entry, rec = self.cached(index), self.records[index]
         if not self.train:
-            return self.tail(d)
-        self.tail.set_random_state(seed=item_seed(self.seed, self.epoch, index))
+            return self.tail(self._sample(entry, rec))
+        k = self.cfg.patches_per_volume
         previous = get_track_meta()
         set_track_meta(False)  # training samples carry no metadata: plain tensors skip MetaTensor overhead
         try:
-            return self.tail({k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in d.items()})
+            out = []
+            for patch in range(k):  # each patch from its own copy: a transform may work in place
+                self.tail.set_random_state(seed=item_seed(self.seed, epoch, index, patch))
+                d = self._sample(entry, rec)
+                out.append(self.tail({n: v.as_tensor() if isinstance(v, MetaTensor) else v
+                                      for n, v in d.items()}))
         finally:
             set_track_meta(previous)
+        return out[0] if k == 1 else out
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._located(int(index), self._item)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | list[dict[str, Any]]:
+        tagged = isinstance(key, (tuple, list))
+        epoch, index = (int(key[0]), int(key[1])) if tagged else (self.epoch, int(key))
+        return self._located(index, lambda i: self._item(i, epoch))
 
 
 def _find_os_error(exc: BaseException | None) -> OSError | None:
@@ -366,7 +387,7 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
                  sampler: Sampler | Literal["balanced"] | None = None, num_workers: int = 0,
                  distributed: bool = False, drop_last: bool = False, pin_memory: bool = False,
-                 prefetch_factor: int | None = None) -> DataLoader:
+                 prefetch_factor: int | None = None, persistent_workers: bool = False) -> DataLoader:
     """A DataLoader whose order is a pure function of ``(seed, epoch)``.
 
     Args:
@@ -377,6 +398,10 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int,
         distributed: split the samples over ranks with ``DistributedSampler`` (seeded, ``set_epoch``).
         num_workers: worker processes; a memory cache is filled first so that workers share it.
         prefetch_factor: batches each worker loads ahead (with workers; torch's default 2 when None).
+        persistent_workers: keep the workers between iterations of the loader. They keep the epoch the
+            dataset had when they started, so iterate such a loader over several epochs only with a sampler
+            that tags its indices with the epoch (``EpochSampler(tag_epoch=True)``), changing its
+            ``epoch`` / ``skip`` before each pass; ``seed``/``epoch`` here then only fix the first pass.
     """
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -396,4 +421,5 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int,
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
                       sampler=sampler, num_workers=num_workers, collate_fn=list_data_collate,
                       generator=_generator(seed, epoch), drop_last=drop_last, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=prefetch_factor if num_workers > 0 else None)
+                      persistent_workers=persistent_workers and num_workers > 0,
+                      prefetch_factor=prefetch_factor if num_workers > 0 else None)

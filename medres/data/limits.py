@@ -16,7 +16,7 @@ from pathlib import Path
 
 from medres.errors import DataError
 
-__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared"]
+__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared", "patch_fits_none"]
 
 #: Default for ``data.max_voxels``.
 DEFAULT_MAX_VOXELS = 2**31
@@ -68,3 +68,14 @@ def check_declared(shape: Sequence[int], itemsize: int, path: str | Path, *,
         raise DataError(f"{what} declares {dims} voxels ({need / 2**30:.1f} GiB to load), more than the "
                         f"{free / 2**30:.1f} GiB of memory free now; refused before decompressing",
                         path=path, hint="free memory or use a machine with more, or crop/resample the scan")
+
+
+def patch_fits_none(shapes: Sequence[Sequence[int]], patch: Sequence[int]) -> list[int] | None:
+    """The largest size per axis of ``shapes`` when ``patch`` fits inside none of them (every crop would be
+    padded: compute spent on padding), else None. Shapes of another dimensionality are not judged. The one
+    rule behind ``medres.data.check``'s warning and the training-time one."""
+    patch = [int(v) for v in patch]
+    same = [list(s) for s in shapes if len(s) == len(patch)]
+    if not same or len(same) != len(shapes) or any(all(p <= n for p, n in zip(patch, s)) for s in same):
+        return None
+    return [max(s[i] for s in same) for i in range(len(patch))]

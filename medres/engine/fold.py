@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -134,12 +134,15 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     # with data.augment_on_device the random spatial transforms run on the batch after the copy
     train_set = build_dataset(data.train, host_data_config(cfg.data), train=True, cache_dir=cache_dir,
                               seed=fold_seed)
+    if is_main and ckpt is None and cfg.data.modality != "natural":
+        warn_patch_fits_none(train_set, cfg.data.patch_size)
     weights = (balanced_sample_weights([int(r["label"]) for r in data.train]).tolist()
                if cfg.loss.cls.balanced_sampler else None)
     per_rank = math.ceil(len(train_set) / dist_info.world_size)
+    per_batch = t.batch_size // cfg.data.patches_per_volume  # volumes per batch (batch_size counts patches)
     # a last batch of one sample breaks batch norm (one value per channel at layer4): drop it
-    drop_last = per_rank % t.batch_size == 1 and per_rank > 1
-    n_batches = per_rank // t.batch_size if drop_last else math.ceil(per_rank / t.batch_size)
+    drop_last = per_rank * cfg.data.patches_per_volume % t.batch_size == 1 and per_rank > 1
+    n_batches = per_rank // per_batch if drop_last else math.ceil(per_rank / per_batch)
     scheduler = build_scheduler(optimizer, cfg.schedule, epochs=t.epochs,
                                 steps_per_epoch=math.ceil(n_batches / t.accumulate))
     scaler = compute.grad_scaler()
@@ -147,7 +150,8 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     def loader(dataset: Any, sampler: EpochSampler, batch_size: int, epoch: int, drop: bool = False) -> Any:
         return build_loader(dataset, batch_size=batch_size, shuffle=False, seed=t.seed, epoch=epoch,
                             sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=compute.pin_memory,
-                            drop_last=drop, prefetch_factor=cfg.data.prefetch_factor)
+                            drop_last=drop, prefetch_factor=cfg.data.prefetch_factor,
+                            persistent_workers=cfg.data.persistent_workers)
 
     val_loader = None
     if data.inner_val:
@@ -202,16 +206,17 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
         set_rng_state(resume_rng)
         resume_rng = None
     state.finished = state.early_stopped or state.epoch >= t.epochs
+    # one loader for every epoch (its workers persist): the sampler tags each index with its epoch
+    sampler = EpochSampler(len(train_set), seed=fold_seed, epoch=state.epoch, rank=dist_info.rank,
+                           world_size=dist_info.world_size, weights=weights, tag_epoch=True)
+    train_loader, batches = loader(train_set, sampler, per_batch, state.epoch, drop_last), None
     try:
         while not state.finished:
             t0 = time.perf_counter()
             if state.batch_in_epoch == 0:
                 state.new_epoch()
-            sampler = EpochSampler(len(train_set), seed=fold_seed, epoch=state.epoch, rank=dist_info.rank,
-                                   world_size=dist_info.world_size, skip=state.batch_in_epoch * t.batch_size,
-                                   weights=weights)
-            batches = device_batches(loader(train_set, sampler, t.batch_size, state.epoch, drop_last),
-                                     cfg.data, compute, seed=fold_seed, epoch=state.epoch,
+            sampler.epoch, sampler.skip = state.epoch, state.batch_in_epoch * per_batch
+            batches = device_batches(train_loader, cfg.data, compute, seed=fold_seed, epoch=state.epoch,
                                      first_batch=state.batch_in_epoch, batch_size=t.batch_size)
             stopped = train_one_epoch(
                 net, batches, loss_fn, optimizer,
@@ -262,6 +267,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
             if should_stop() is not None and not state.finished:
                 raise Interrupted(should_stop(), fold_dir / LAST if is_main else None)
     finally:
+        del train_loader, val_loader, batches  # their worker processes stop now, even on an exception
         if tracker is not None:
             tracker.close()
 
@@ -269,6 +275,20 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
         # (batch-norm running statistics stay per rank, as DDP keeps them; rank 0's are saved)
         (fold_dir / f"weights_rank{dist_info.rank}.sha256").write_text(weights_digest(model) + "\n")
     return state
+
+
+def warn_patch_fits_none(dataset: Any, patch: Sequence[int], n: int = 8) -> None:
+    """``medres.data.check``'s patch-size warning at the start of training, judged on the first ``n``
+    training cases (preprocessed now rather than in the first batch: the cache keeps them)."""
+    from medres.data.limits import patch_fits_none
+
+    shapes = [dataset.preprocessed_shape(i) for i in range(min(n, len(dataset)))]
+    largest = patch_fits_none(shapes, patch)
+    if largest is not None:
+        log.warning("data.patch_size %s is larger than each of the first %d training images (the largest per "
+                    "axis, after resampling: %s): every crop is padded, costing time for nothing; choose a "
+                    "patch_size of at most %s, or check data.spacing", list(patch), len(shapes), largest,
+                    largest)
 
 
 def restore_state(ckpt: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -199,3 +199,46 @@ def test_balanced_weights_balance_the_draws() -> None:
     drawn = np.bincount(y[list(draws)] + 1, minlength=4) / 30000
     assert drawn[0] == 0
     np.testing.assert_allclose(drawn[1:], [1 / 3] * 3, atol=0.02)
+
+
+def test_patches_per_volume_cuts_several_seeded_patches_from_one_load(records: list[dict]) -> None:
+    one = build_dataset(records[:3], _cfg(), train=True, seed=5)
+    three = build_dataset(records[:3], _cfg(patches_per_volume=3), train=True, seed=5)
+    three.set_epoch(2)
+    one.set_epoch(2)
+    patches = three[1]
+    assert isinstance(patches, list) and len(patches) == 3
+    assert _same([patches[0]], [one[1]])  # patch 0 is the single-patch sample: same seed
+    assert not torch.equal(patches[1]["image"], patches[2]["image"])  # the others are new draws
+    assert all(p["case_id"] == records[1]["case_id"] for p in patches)
+    assert _same(three[(2, 1)], patches) and not _same(three[(3, 1)], patches)  # an epoch-tagged key
+    before = dict(three.stats)
+    three[1]
+    assert three.stats["misses"] + three.stats["hits"] == before["misses"] + before["hits"] + 1  # one load
+    batch = next(iter(build_loader(three, batch_size=2, shuffle=False, seed=0, epoch=2)))
+    assert batch["image"].shape == (6, 2, 16, 16, 16)  # 2 volumes x 3 patches, flattened
+    assert batch["case_id"] == [records[0]["case_id"]] * 3 + [records[1]["case_id"]] * 3
+    evaluation = build_dataset(records[:1], _cfg(patches_per_volume=3), train=False)
+    assert isinstance(evaluation[0], dict)  # evaluation reads the whole volume once
+
+
+def test_persistent_workers_follow_the_epochs_of_a_tagged_sampler(records: list[dict]) -> None:
+    from medres.engine.sampling import EpochSampler
+
+    ds = build_dataset(records[:6], _cfg(), train=True, seed=3)
+    sampler = EpochSampler(len(ds), seed=3, tag_epoch=True)
+    loader = build_loader(ds, batch_size=2, shuffle=False, seed=0, epoch=0, sampler=sampler, num_workers=2,
+                          persistent_workers=True)
+    seen, pids = [], []
+    for epoch, skip in ((0, 0), (1, 0), (2, 2)):
+        sampler.epoch, sampler.skip = epoch, skip
+        seen.append([b for b in loader])
+        pids.append(sorted(w.pid for w in loader._iterator._workers))
+    assert pids[0] == pids[1] == pids[2]  # the same worker processes served every epoch
+    for (epoch, skip), batches in zip(((0, 0), (1, 0), (2, 2)), seen):
+        fresh = EpochSampler(len(ds), seed=3, epoch=epoch, skip=skip)
+        ref = list(build_loader(ds, batch_size=2, shuffle=False, seed=0, epoch=epoch, sampler=fresh))
+        assert len(ref) == len(batches) == (3 if skip == 0 else 2)
+        for a, b in zip(ref, batches):
+            assert a["case_id"] == b["case_id"] and torch.equal(a["image"], b["image"])
+    assert not torch.equal(seen[0][0]["image"], seen[1][0]["image"])

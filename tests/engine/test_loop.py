@@ -295,3 +295,45 @@ def test_patch_sized_volume_shortcut_matches_sliding_window(tmp_path):
     ref = infer_volume(t.model, x[0], roi_size=[16, 16, 16])
     assert torch.allclose(torch.softmax(cls, 1)[0], ref.cls_probs, atol=1e-5)
     assert torch.allclose(seg[0], ref.seg_logits, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_workers_and_patches_per_volume_resume_bit_identical(cohort):
+    """Persistent workers and two patches per loaded volume: the same weights as in-process loading,
+    and a run cut mid-epoch and resumed ends bit-identical."""
+    cfg, data = tiny_fold(cohort, data__patches_per_volume=2)
+    runs = cohort / "runs"
+    state = fold_run(cfg, data, runs / "ppv_ref")
+    assert state.step == 12  # 12 volumes x 2 patches / batches of 4, for 2 epochs
+    cfg_w, _ = tiny_fold(cohort, data__patches_per_volume=2, data__num_workers=2)
+    fold_run(cfg_w, data, runs / "ppv_workers")
+    calls = {"n": 0}
+
+    def stop_at_step_8():  # 6 steps and the end of epoch 1, then steps 7 and 8
+        calls["n"] += 1
+        return 15 if calls["n"] >= 9 else None
+
+    with pytest.raises(Interrupted):
+        fold_run(cfg_w, data, runs / "ppv_cut", should_stop=stop_at_step_8)
+    ck = load_checkpoint(runs / "ppv_cut" / LAST)
+    assert ck["step"] == 8 and ck["batch_in_epoch"] == 2
+    fold_run(cfg_w, data, runs / "ppv_cut", resume=True)
+    ref = load_checkpoint(runs / "ppv_ref" / LAST)["model"]
+    for name in ("ppv_workers", "ppv_cut"):
+        other = load_checkpoint(runs / name / LAST)["model"]
+        for k, a in ref.items():
+            assert torch.equal(a, other[k]), (name, k)
+
+
+def test_a_patch_larger_than_every_image_is_warned_at_training_time(cohort, caplog):
+    cfg, data = tiny_fold(cohort, data__patch_size=[20, 20, 20], train__epochs=1)
+    with caplog.at_level("WARNING", logger="medres.engine"):
+        fold_run(cfg, data, cohort / "runs" / "big_patch")
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "data.patch_size [20, 20, 20] is larger than each of the first 8 training images" in text
+    assert "[16, 16, 16]" in text  # the largest image, the size to choose instead
+    caplog.clear()
+    cfg, data = tiny_fold(cohort, train__epochs=1)
+    with caplog.at_level("WARNING", logger="medres.engine"):
+        fold_run(cfg, data, cohort / "runs" / "fitting_patch")
+    assert "patch_size" not in " ".join(r.getMessage() for r in caplog.records)
