@@ -7,10 +7,14 @@ reader's raw exception reaches a user, and no message names a patient.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from os import PathLike
 
-__all__ = ["MedresError", "DataError", "ConfigError", "DataErrors"]
+__all__ = ["MedresError", "DataError", "ConfigError", "DataErrors", "did_you_mean"]
+
+#: how close a valid name must be to a misspelt one to be suggested (``difflib`` ratio)
+SUGGESTION_CUTOFF = 0.6
 
 
 class MedresError(Exception):
@@ -128,3 +132,13 @@ class ConfigError(MedresError, ValueError):
 
 def _rebuild_config_error(reason, field, hint, path):  # noqa: ANN001, ANN202
     return ConfigError(reason, field=field, hint=hint, path=path)
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 1) -> list[str]:
+    """Up to ``n`` of ``choices`` closest to ``word``, best first; empty when none is close. A choice equal
+    to ``word`` but for case and surrounding spaces comes first; then ``difflib`` matches with the
+    cut-off :data:`SUGGESTION_CUTOFF`."""
+    choices = list(choices)
+    folded = [c for c in choices if c.strip().casefold() == word.strip().casefold()]
+    close = difflib.get_close_matches(word, choices, n=n, cutoff=SUGGESTION_CUTOFF)
+    return (folded + [c for c in close if c not in folded])[:n]

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"medres", "errors", "utils", "layout"}
+BASE = {"medres", "errors", "files", "layout"}
 # which top-level parts of medres each part may import (besides itself)
 MAY_IMPORT = {
-    "medres": {"errors"}, "errors": set(), "utils": set(), "layout": set(), "config": BASE,
+    "medres": {"errors"}, "errors": set(), "files": set(), "layout": set(), "config": BASE,
     "models": BASE | {"config"}, "data": BASE | {"config"}, "metrics": BASE, "cv": BASE | {"config", "data"},
     "report": BASE | {"config", "metrics"},
     "engine": BASE | {"config", "models", "data", "metrics", "cv"},
@@ -23,7 +23,7 @@ MAY_IMPORT = {
 }
 # may import any part but these
 ENTRY_POINTS = {"medres.train", "medres.evaluate", "medres.predict", "medres.export"}
-NO_TORCH = ("config", "metrics", "report", "cv", "errors", "utils", "layout")
+NO_TORCH = ("config", "metrics", "report", "cv", "errors", "files", "layout")
 
 
 def modules() -> dict[str, Path]:

@@ -28,6 +28,7 @@ from medres.config.load import (
     config_hash,
     config_to_yaml,
     diff_configs,
+    flatten_dict,
     list_shipped_configs,
     load_config,
     resolve_config_path,
@@ -61,7 +62,7 @@ from medres.config.schema import (
 __all__ = [
     "WindowConfig", "AugmentConfig", "DemoConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
     "ClsLossConfig", "SegLossConfig", "TaskWeightConfig", "LossConfig", "OptimConfig", "ScheduleConfig",
-    "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
+    "flatten_dict", "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
     "load_config", "config_to_yaml", "save_resolved", "config_hash", "diff_configs",
     "check_resume_config", "INPUT_PATH_FIELDS", "RESUME_IGNORED_FIELDS", "DEFAULT_CT_WINDOWS", "ct_windows",
     "input_channels", "IndexConfig",

@@ -28,7 +28,7 @@ from medres.config.schema import Config, input_channels
 from medres.config.validation import is_mapping, model_in, suggest, translate_validation_error
 from medres.config.yaml11 import AmbiguousInt, Yaml11Bool, load_yaml, load_yaml_value
 from medres.errors import ConfigError
-from medres.utils import atomic_write, flatten_dict
+from medres.files import atomic_write
 
 INPUT_PATH_FIELDS = (
     "data.manifest", "data.root", "data.image_folder", "data.demo.out", "model.pretrained.path",
@@ -319,6 +319,16 @@ def save_resolved(cfg: Config, path: str | os.PathLike[str]) -> Path:
 def config_hash(cfg: Config) -> str:
     """sha256 (hex) of the resolved dump: equal configurations, equal hash, on every run."""
     return hashlib.sha256(config_to_yaml(cfg).encode("utf-8")).hexdigest()
+
+
+def flatten_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": {}}`` -> ``{"a.b": 1, "c": {}}``: dotted keys; an empty mapping is a value."""
+    if isinstance(obj, Mapping) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten_dict(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
 
 
 def _ignored(field: str, ignore: Iterable[str]) -> bool:

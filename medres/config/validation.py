@@ -13,8 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from medres.config.schema import Config
-from medres.errors import ConfigError
-from medres.utils import did_you_mean
+from medres.errors import ConfigError, did_you_mean
 
 # ---------------------------------------------------------------------------------------------------
 # schema walking
@@ -84,7 +83,7 @@ def _walk(loc: Iterable[str | int]) -> tuple[str, Any, type[BaseModel] | None]:
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:
-    """The closest of ``choices`` (:func:`medres.utils.did_you_mean`), or None."""
+    """The closest of ``choices`` (:func:`medres.errors.did_you_mean`), or None."""
     return next(iter(did_you_mean(word, choices)), None)
 
 

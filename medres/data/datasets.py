@@ -43,7 +43,7 @@ from medres.data.dicom import ACQUISITION_FIELDS, safe_message
 from medres.data.radiograph import RADIOGRAPH_META_FIELDS, RADIOGRAPH_RECORD_KEYS
 from medres.data.transforms import load_transforms, preprocess_signature, sample_transforms
 from medres.errors import DataError
-from medres.utils import atomic_write
+from medres.files import atomic_write
 
 __all__ = ["manifest_to_records", "build_dataset", "build_loader", "CaseDataset", "item_seed",
            "balanced_sample_weights", "file_fingerprint", "RECORD_KEYS"]

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from medres.errors import ConfigError, DataError
-from medres.utils import atomic_write
+from medres.files import atomic_write
 
 from .dicom_headers import read_header
 from .index_annotations import attach_annotations

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medres.errors import DataError, DataErrors
-from medres.utils import did_you_mean
+from medres.errors import DataError, DataErrors, did_you_mean
 
 __all__ = ["read_manifest", "validate_manifest", "image_columns_of", "SPLITS"]
 

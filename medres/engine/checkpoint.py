@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from medres.errors import ConfigError, DataError
+from medres.files import atomic_write
 from medres.layout import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV
-from medres.utils import atomic_write
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "load_weights", "to_plain", "rng_state",

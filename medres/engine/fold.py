@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medres.config import Config, check_resume_config
+from medres.config import Config, check_resume_config, flatten_dict
 from medres.cv import FoldData
 from medres.engine.checkpoint import (
     BEST,
@@ -49,7 +49,6 @@ from medres.engine.precision import ComputeSettings
 from medres.engine.sampling import EpochSampler
 from medres.engine.tracking import MetricsTracker
 from medres.errors import ConfigError
-from medres.utils import flatten_dict
 
 __all__ = ["build_model", "model_spec", "train_fold", "restore_state", "load_best_weights", "weights_digest"]
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from medres.engine.sliding import Aggregate, infer_volume_models
 from medres.errors import DataError
-from medres.utils import atomic_write
+from medres.files import atomic_write
 
 __all__ = [
     "mask_to_source", "source_probabilities", "save_mask", "predict_cases", "write_fold_predictions",

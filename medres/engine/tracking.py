@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medres.utils import atomic_write
+from medres.files import atomic_write
 
 __all__ = ["MetricsTracker"]
 

@@ -18,8 +18,7 @@ from monai.networks.layers.factories import Act, Conv, Norm, Pool
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from medres.errors import ConfigError
-from medres.utils import did_you_mean
+from medres.errors import ConfigError, did_you_mean
 
 NormSpec = str | tuple | Callable[[int], nn.Module]
 ActSpec = str | tuple | Callable[[], nn.Module]

@@ -14,8 +14,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from medres.errors import ConfigError
-from medres.utils import did_you_mean
+from medres.errors import ConfigError, did_you_mean
 
 __all__ = ["register_model", "create_model", "list_models"]
 

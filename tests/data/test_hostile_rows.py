@@ -81,3 +81,45 @@ def test_study_audit_errors_give_each_hint_once():
     assert all(line.count("(hint:") <= 1 for line in text.splitlines())
     located = info.value.located(row=3)  # a list of problems can be located like one
     assert isinstance(located, DataErrors) and len(located.errors) == 2
+
+
+_CHILD = """
+import sys
+from medres.config import DataConfig
+from medres.data.datasets import CaseDataset, manifest_to_records
+from medres.data.manifest import read_manifest
+from medres.errors import DataError
+cfg = DataConfig(mask_column=None, spacing=None, orientation=None)
+records = manifest_to_records(read_manifest(sys.argv[1], vocabulary=["normal", "nodule"]), cfg)
+try:
+    CaseDataset(records, cfg, train=False, cache="disk", cache_dir=sys.argv[2]).fill_cache()
+except DataError as err:
+    print("DataError:", err.row, err.reason)
+"""
+
+
+def test_a_cache_folder_without_write_permission_is_named_as_such(tmp_path):
+    """A real EACCES from the kernel: a cache folder of mode 0555. Root ignores modes, so as root the
+    child runs under util-linux's setpriv without CAP_DAC_OVERRIDE (then modes bind root too)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    _cohort(tmp_path, n=2, broken=0)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o555)
+    cache.chmod(0o555)
+    cmd = [sys.executable, "-c", _CHILD, str(tmp_path / "m.csv"), str(cache)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "util-linux's setpriv is needed to drop root's permission override"
+        no_override = "-dac_override,-dac_read_search"
+        cmd = [setpriv, f"--inh-caps={no_override}", f"--bounding-set={no_override}", *cmd]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        cache.chmod(0o755)
+    assert "DataError: 1 permission denied at" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "a problem of the disk, not of the scan" in out.stdout and str(cache) in out.stdout
+    assert "Traceback" not in out.stderr and not list(cache.iterdir())
