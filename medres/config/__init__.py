@@ -62,8 +62,8 @@ from medres.config.schema import (
 __all__ = [
     "WindowConfig", "AugmentConfig", "DemoConfig", "DataConfig", "PretrainedConfig", "ModelConfig",
     "ClsLossConfig", "SegLossConfig", "TaskWeightConfig", "LossConfig", "OptimConfig", "ScheduleConfig",
-    "flatten_dict", "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
-    "load_config", "config_to_yaml", "save_resolved", "config_hash", "diff_configs",
+    "EarlyStoppingConfig", "TrainConfig", "CVConfig", "EvalConfig", "OutputConfig", "Config",
+    "load_config", "config_to_yaml", "save_resolved", "config_hash", "diff_configs", "flatten_dict",
     "check_resume_config", "INPUT_PATH_FIELDS", "RESUME_IGNORED_FIELDS", "DEFAULT_CT_WINDOWS", "ct_windows",
     "input_channels", "IndexConfig",
     # configs by name (medres/configs/)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medres.data.limits import patch_fits_none
+from medres.data.limits import patch_fits_none, patch_misfit
 from medres.errors import ConfigError, DataError
 
 __all__ = ["CheckResult", "check_cohort", "format_problems", "main"]
@@ -200,12 +200,10 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
                 take(out)
                 if on_progress is not None and (done % 200 == 0 or done == total):
                     on_progress(done, total, len(result.problems))
-    largest = patch_fits_none(shapes, patch_size) if patch_size and shapes else None
+    largest = patch_fits_none(shapes, patch_size) if patch_size else None
     if largest is not None:
-        warning = DataError(f"data.patch_size {[int(v) for v in patch_size]} is larger than every image (the "
-                            f"largest per axis, after resampling: {largest}): every crop is padded, costing "
-                            "time for nothing", path=manifest,
-                            hint=f"choose a patch_size of at most {largest}, or check data.spacing")
+        reason, hint = patch_misfit(patch_size, largest, "every image")
+        warning = DataError(reason, path=manifest, hint=hint)
         report(warning, True)
         result.warnings.append(warning)
     result.problems.sort(key=lambda e: -1 if e.row is None else e.row)

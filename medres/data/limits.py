@@ -16,7 +16,7 @@ from pathlib import Path
 
 from medres.errors import DataError
 
-__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared", "patch_fits_none"]
+__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared", "patch_fits_none", "patch_misfit"]
 
 #: Default for ``data.max_voxels``.
 DEFAULT_MAX_VOXELS = 2**31
@@ -72,10 +72,19 @@ def check_declared(shape: Sequence[int], itemsize: int, path: str | Path, *,
 
 def patch_fits_none(shapes: Sequence[Sequence[int]], patch: Sequence[int]) -> list[int] | None:
     """The largest size per axis of ``shapes`` when ``patch`` fits inside none of them (every crop would be
-    padded: compute spent on padding), else None. Shapes of another dimensionality are not judged. The one
-    rule behind ``medres.data.check``'s warning and the training-time one."""
+    padded: compute spent on padding), else None; None too when any shape has another dimensionality than
+    the patch (2D patches from volumes). The one rule behind ``medres.data.check``'s warning and the
+    training-time one (their words: :func:`patch_misfit`)."""
     patch = [int(v) for v in patch]
     same = [list(s) for s in shapes if len(s) == len(patch)]
     if not same or len(same) != len(shapes) or any(all(p <= n for p, n in zip(patch, s)) for s in same):
         return None
     return [max(s[i] for s in same) for i in range(len(patch))]
+
+
+def patch_misfit(patch: Sequence[int], largest: Sequence[int], judged: str) -> tuple[str, str]:
+    """``(reason, hint)`` of the warning for a patch larger than ``judged`` (e.g. "every image")."""
+    largest = list(largest)
+    return (f"data.patch_size {[int(v) for v in patch]} is larger than {judged} (the largest per axis, after "
+            f"resampling: {largest}): every crop is padded, costing time for nothing",
+            f"choose a patch_size of at most {largest}, or check data.spacing")

@@ -279,15 +279,13 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
 def warn_patch_fits_none(dataset: Any, patch: Sequence[int], n: int = 8) -> None:
     """``medres.data.check``'s patch-size warning at the start of training, judged on the first ``n``
     training cases (preprocessed now rather than in the first batch: the cache keeps them)."""
-    from medres.data.limits import patch_fits_none
+    from medres.data.limits import patch_fits_none, patch_misfit
 
     shapes = [dataset.preprocessed_shape(i) for i in range(min(n, len(dataset)))]
     largest = patch_fits_none(shapes, patch)
     if largest is not None:
-        log.warning("data.patch_size %s is larger than each of the first %d training images (the largest per "
-                    "axis, after resampling: %s): every crop is padded, costing time for nothing; choose a "
-                    "patch_size of at most %s, or check data.spacing", list(patch), len(shapes), largest,
-                    largest)
+        judged = f"each of the first {len(shapes)} training images"
+        log.warning("%s; %s", *patch_misfit(patch, largest, judged))
 
 
 def restore_state(ckpt: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
