@@ -15,10 +15,12 @@ convolutional network depends on its implementation, the device and the allocato
   be trusted when it rose during the step; ``method`` in the result says which was used.
 
 Time: the minimum over a few timed steps after a warm-up (the minimum is the least disturbed by other
-load on a shared machine; ``timeit``'s advice). On the CPU a step whose process CPU time per thread is
-under two thirds of its wall time was not running most of that time (other processes held the cores):
-then the CPU time per thread is taken, a closer estimate of the step on free cores. On a quiet machine
-the two agree and the wall time is used. ``contended`` in the result says which.
+load on a shared machine; ``timeit``'s advice) and their median (what a run of steps averages: the
+planner's epoch estimate uses it, since the minimum under-counted a real epoch by ~15% on the demo).
+On the CPU a step whose process CPU time per thread is under two thirds of its wall time was not
+running most of that time (other processes held the cores): then the CPU time per thread is taken, a
+closer estimate of the step on free cores. On a quiet machine the two agree and the wall time is used.
+``contended`` in the result says which.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import contextlib
 import ctypes
 import gc
 import re
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ class StepMeasurement:
     seconds: float  # min over the timed steps (0 when not timed)
     method: str
     contended: bool = False  # the CPU time per thread was used (see the module docstring)
+    median_seconds: float = 0.0  # median over the timed steps: what a run of steps averages
 
 
 def _proc_kb(field: str) -> int | None:
@@ -143,7 +147,8 @@ def measure_step(build: Callable[[], tuple[torch.nn.Module, torch.nn.Module, tor
     if cuda:
         torch.cuda.empty_cache()
     return StepMeasurement(batch_size, tuple(image_shape_of(make_batch)), max(int(peak), 0),
-                           min(times) if times else 0.0, method, contended)
+                           min(times) if times else 0.0, method, contended,
+                           float(statistics.median(times)) if times else 0.0)
 
 
 def image_shape_of(make_batch: Callable) -> Sequence[int]:

@@ -27,8 +27,11 @@ The rules (each choice is also explained by a comment in the written YAML):
   then drives tiny lesions to background: measured on the demo cohort), Dice + CE otherwise.
 - **epochs / schedule**: about 1,000 optimizer steps (the demo recipe, ``ct_chest.yaml``: 950 steps),
   20-300 epochs, fewer (not under 20) when the measured time per epoch does not fit ``minutes``; when no
-  candidate grid holds the recipe, the cheapest one is taken. AdamW 3e-3 with a cosine schedule and a
-  one-epoch warm-up.
+  candidate grid holds the recipe, the cheapest one is taken. An epoch's time is measured in its parts:
+  the median dry step times the steps, the training pipeline's mean per sample, the inner validation (its
+  pipeline and a whole-volume forward pass per scan) and the epoch's end (checkpoint, best copy and
+  metrics row, written by the engine's own functions in a temporary folder). AdamW 3e-3 with a cosine
+  schedule and a one-epoch warm-up.
 - **cache**: preprocessed volumes on disk, shared by the folds, when they fit in a quarter of the free
   memory (then they stay in the page cache) or the free disk; in memory for one fold; none otherwise.
 """
@@ -219,42 +222,94 @@ def _search_batch(bench: _Bench, patch: list[int], budget: int, cap: int) -> dic
 
 
 def _time_epoch(bench: _Bench, patch: list[int], grid: list[int], batch: int, counts: dict[str, float],
-                pipeline_s: float) -> dict[str, float]:
+                pipeline_s: float, val_pipeline_s: float, epoch_end_s: float) -> dict[str, float]:
+    """Seconds of one epoch as training spends them: the optimizer steps, the training pipeline per
+    sample, the inner validation (its pipeline and whole-volume forward passes per scan) and the epoch's
+    end (checkpoint, best copy, metrics row; measured by :func:`_epoch_end_seconds`)."""
     from medres.engine.fold import build_model
     from medres.plan.measure import measure_forward, measure_step
 
-    step = measure_step(bench.build, bench.batch_maker(patch), batch, device=bench.device, timed_steps=4,
+    step = measure_step(bench.build, bench.batch_maker(patch), batch, device=bench.device, timed_steps=5,
                         autocast=bench.autocast)
     model = build_model(bench.cfg).to(bench.device)
     eval_shape = [bench.in_channels, *[max(p, g) for p, g in zip(patch, grid)]]
     fwd = measure_forward(model, eval_shape, device=bench.device, autocast=bench.autocast)
     n_windows = int(np.prod([math.ceil(g / p) if g > p else 1 for p, g in zip(patch, grid)]))
     steps = max(1, math.ceil(counts["train"] / batch))
-    epoch = steps * step.seconds + counts["train"] * pipeline_s + counts["val"] * fwd * n_windows
+    # the median step, not the minimum: an epoch is a run of steps, not its fastest one
+    train_s = steps * step.median_seconds + counts["train"] * pipeline_s
+    val_s = counts["val"] * (fwd * n_windows + val_pipeline_s)
+    epoch = train_s + val_s + epoch_end_s
     fold_fixed = counts["heldout"] * fwd * n_windows * 2 + (counts["train"] + counts["val"]) * 0.05
-    return {"step_s": step.seconds, "forward_s": fwd, "steps_per_epoch": steps, "epoch_s": epoch,
-            "fold_fixed_s": fold_fixed, "contended": step.contended}
+    return {"step_s": step.median_seconds, "step_min_s": step.seconds, "forward_s": fwd,
+            "steps_per_epoch": steps, "train_s": train_s, "val_s": val_s, "epoch_end_s": epoch_end_s,
+            "epoch_s": epoch, "fold_fixed_s": fold_fixed, "contended": step.contended}
 
 
-def _pipeline_seconds(manifest: Path, raw: dict[str, Any], n: int = 4) -> float:
-    """Seconds per training sample spent in the data pipeline after the cache (crop, windows,
-    augmentation), measured on the first scan of the manifest."""
+def _epoch_end_seconds(bench: _Bench, patch: list[int], batch: int, folder: Path) -> float:
+    """Seconds of an epoch's end beside validation, measured with the engine's own functions in a
+    temporary folder beside the plan: the checkpoint written (the previous one verified and kept), copied
+    as the best, and a metrics row logged (with MLflow / TensorBoard where installed). Counting the copy
+    every epoch overestimates a little (it happens when validation improves)."""
+    import tempfile
+
+    from medres.engine.checkpoint import copy_checkpoint, rng_state, save_checkpoint
+    from medres.engine.tracking import MetricsTracker
+    from medres.layout import CHECKPOINT_BEST, CHECKPOINT_LAST
+
+    model, loss_fn, optimizer = bench.build()
+    image, labels, mask = bench.batch_maker(patch)(min(batch, 2))
+    with bench.autocast():
+        loss, _ = loss_fn(model(image), labels, mask, 0)
+    loss.backward()
+    optimizer.step()  # the optimizer's state exists, as in a real checkpoint
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "loss": loss_fn.state_dict(), "rng": rng_state()}
+    times = []
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".plan-probe-", dir=folder) as d:
+        # a fold folder inside the temporary one: the tracker's MLflow store goes in its parent
+        tracker = MetricsTracker(Path(d) / "fold_0", run_name="plan-probe", params={"probe": 1})
+        try:
+            for e in range(4):
+                t0 = time.perf_counter()
+                tracker.log_epoch({"epoch": e + 1, "step": e + 1, "lr": 1e-3, "seconds": 1.0, "loss": 1.0,
+                                   "val_loss": 1.0, "val_auroc": 0.5, "val_dice": 0.5})
+                save_checkpoint(state, Path(d) / "fold_0" / CHECKPOINT_LAST)
+                copy_checkpoint(Path(d) / "fold_0" / CHECKPOINT_LAST, Path(d) / "fold_0" / CHECKPOINT_BEST)
+                times.append(time.perf_counter() - t0)
+        finally:
+            tracker.close()
+    return float(np.median(times[1:]))  # the first also opens the files
+
+
+def _pipeline_seconds(manifest: Path, raw: dict[str, Any], n: int = 6, *, train: bool = True,
+                      scans: int = 3) -> float:
+    """Mean seconds per sample spent in the data pipeline after the cache (crop, windows, augmentation
+    for training; the whole-volume transforms for validation), over ``n`` epochs' draws of the first
+    ``scans`` scans of the manifest. The mean, not the minimum: random augmentations (an affine with
+    probability 0.3) make most draws cheap and a few expensive, and the minimum missed the expensive ones
+    (measured on the demo: minimum 0.010 s, mean 0.024 s per sample at 64 x 64 x 48; the real epochs
+    matched the mean). Wall time, as training spends it; CPU time where the process was mostly not
+    running (another load held the cores)."""
     from medres.config import load_config
     from medres.data.datasets import CaseDataset, manifest_to_records
     from medres.data.manifest import read_manifest
 
     cfg = load_config(data=raw)
-    records = manifest_to_records(read_manifest(manifest, vocabulary=cfg.data.labels), cfg.data)[:1]
-    ds = CaseDataset(records, cfg.data, train=True, cache="memory")
-    ds[0]
+    records = manifest_to_records(read_manifest(manifest, vocabulary=cfg.data.labels), cfg.data)[:scans]
+    ds = CaseDataset(records, cfg.data, train=train, cache="memory")
+    for i in range(len(records)):
+        ds[i]  # fills the cache: its cost is the fold's, not the epoch's
     times = []
-    for e in range(n):
+    for e in range(n if train else 1):
         ds.set_epoch(e + 1)
-        t0, c0 = time.perf_counter(), time.process_time()
-        ds[0]
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        times.append(min(wall, cpu))  # mostly one thread: CPU time is the unloaded estimate
-    return min(times)
+        for i in range(len(records)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            ds[i]
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            times.append(cpu if cpu < wall * 2 / 3 else wall)
+    return float(np.mean(times))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -434,7 +489,11 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
             "train": {"epochs": epochs, "batch_size": batch, "device": device},
         }
 
-    pipeline_s = None
+    probe_dir = Path.cwd()  # where training writes its runs/ (the checkpoint's speed is the disk's)
+    if not os.access(probe_dir, os.W_OK):
+        import tempfile
+
+        probe_dir = Path(tempfile.gettempdir())
     tried: list[dict[str, Any]] = []
     chosen = None
     spacing = spacing0
@@ -464,13 +523,14 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
                               hint="give a larger --memory-gb, or plan for a device with more memory")
         batch = min(search["batch"], max(cap, 2))
         bench = _Bench(raw_for(spacing, patch, batch, 1), device)
-        if pipeline_s is None:
-            try:
-                pipeline_s = _pipeline_seconds(manifest, raw_for(spacing, patch, batch, 1))
-            except Exception as exc:  # a plan is still possible without it; say so
-                log.warning("could not time the data pipeline (%s); counting 0", type(exc).__name__)
-                pipeline_s = 0.0
-        timing = _time_epoch(bench, patch, grid, batch, counts, pipeline_s)
+        try:  # per candidate grid: the pipeline's cost grows with the voxels
+            pipeline_s = _pipeline_seconds(manifest, raw_for(spacing, patch, batch, 1))
+            val_pipeline_s = _pipeline_seconds(manifest, raw_for(spacing, patch, batch, 1), train=False)
+        except Exception as exc:  # a plan is still possible without it; say so
+            log.warning("could not time the data pipeline (%s); counting 0", type(exc).__name__)
+            pipeline_s = val_pipeline_s = 0.0
+        timing = _time_epoch(bench, patch, grid, batch, counts, pipeline_s, val_pipeline_s,
+                             _epoch_end_seconds(bench, patch, batch, probe_dir))
         target = int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / timing["steps_per_epoch"]))))
         fixed = n_scans * (fp.get("read_seconds_per_scan", 0.0) * 3) + 10.0
         fit = None
@@ -480,7 +540,7 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
         entry = {"spacing_mm": [round(s, 4) for s in spacing], "grid": grid, "patch_size": list(patch),
                  "stride": _stride_for(patch), "batch_size": batch, "batch_cap": cap,
                  "memory": search, "timing": timing, "target_epochs": target, "epochs_in_budget": fit,
-                 "pipeline_s_per_sample": pipeline_s}
+                 "pipeline_s_per_sample": pipeline_s, "val_pipeline_s_per_scan": val_pipeline_s}
         tried.append(entry)
         if fit is None or fit >= target:
             chosen = entry
@@ -604,8 +664,11 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
            f"~{TARGET_STEPS} optimizer steps ({timing['steps_per_epoch']} per epoch) -> "
            f"{chosen['target_epochs']} epochs"
            + (f"; the budget of {minutes:g} min holds {chosen['epochs_in_budget']} (measured "
-                         f"{timing['epoch_s']:.2f} s per epoch: step {timing['step_s']:.3f} s, whole-volume "
-                         f"forward {timing['forward_s']:.3f} s, pipeline {pipeline_s:.3f} s per sample)"
+                         f"{timing['epoch_s']:.2f} s per epoch: training {timing['train_s']:.2f} s (median "
+                         f"step {timing['step_s']:.3f} s, pipeline {chosen['pipeline_s_per_sample']:.3f} s "
+                         "per sample), inner "
+                         f"validation {timing['val_s']:.2f} s, checkpoint and metrics "
+                         f"{timing['epoch_end_s']:.2f} s)"
                          if minutes is not None else
                          f"; measured {timing['epoch_s']:.2f} s per epoch"))
     y.item("batch_size", batch,

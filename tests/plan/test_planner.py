@@ -151,10 +151,20 @@ def test_two_cohorts_of_different_geometry_get_different_sensible_plans(tmp_path
 def test_cli_writes_the_config_and_the_fingerprint(tmp_path):
     manifest = _mr_cohort(tmp_path)
     out = tmp_path / "configs" / "my_cohort.yaml"
+    work = tmp_path / "work"  # where the planner probes the epoch's end (training's runs/ go here)
+    work.mkdir()
     p = subprocess.run([sys.executable, "-m", "medres.plan", "--manifest", str(manifest), "--out", str(out),
-                        "--modality", "MR", "--memory-gb", "4"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
+                        "--modality", "MR", "--memory-gb", "4", "--minutes", "30"], cwd=work,
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
+    assert list(work.iterdir()) == []  # the probe's checkpoints and MLflow store are gone
+    measured = json.loads((out.parent / "fingerprint.json").read_text())["plan_measurements"]
+    timing = measured["chosen"]["timing"]
+    # an epoch is counted in its parts, each measured: steps, inner validation, checkpoint and metrics
+    assert timing["train_s"] > 0 and timing["val_s"] > 0 and timing["epoch_end_s"] > 0
+    assert timing["epoch_s"] == pytest.approx(timing["train_s"] + timing["val_s"] + timing["epoch_end_s"])
+    assert timing["step_s"] >= timing["step_min_s"]  # the median step, never below the fastest
+    assert "checkpoint and metrics" in out.read_text()
     assert "wrote" in p.stdout and out.is_file() and (out.parent / "fingerprint.json").is_file()
     cfg = load_config(out)
     assert cfg.data.manifest == str(manifest) and cfg.output.name == "my_cohort"
