@@ -69,7 +69,7 @@ def test_imagenet_recipe_one_step_on_a_png_folder(tmp_path):
     assert (recipe.schedule.name, recipe.schedule.step_size, recipe.schedule.gamma) == ("step", 30, 0.1)
     assert recipe.optim.reference_batch_size == 256 and recipe.schedule.warmup_epochs == 5
     assert (recipe.train.epochs, recipe.train.batch_size, recipe.model.name) == (90, 256, "resnet50")
-    assert recipe.data.augment.random_resized_crop and recipe.data.augment.flip_prob == 0.5
+    assert recipe.data.augment.random_resized_crop == "auto" and recipe.data.augment.flip_prob == 0.5
     cfg = load_config(ROOT / "medres" / "configs" / "imagenet_resnet50.yaml", [
         f"data.image_folder={folder}", "model.num_classes=2", "data.patch_size=[32,32]", "data.num_workers=0",
         "train.batch_size=4", "train.epochs=1", "optim.lr=0.001", "schedule.warmup_epochs=0", "cv.folds=2",

@@ -45,8 +45,11 @@ class AugmentConfig(_Section):
     intensity_shift: float = Field(0.05, ge=0)  # in normalized units
     intensity_scale: float = Field(0.05, ge=0)
     noise_std: float = Field(0.0, ge=0)
-    # 2D natural-image recipe (ImageNet-style)
-    random_resized_crop: bool = False
+    # 2D natural-image recipe (ImageNet-style). true: random-resized crop (scale 0.08-1, Szegedy et al.
+    # 2015); "auto": that for patches of at least 64 px a side, and for smaller (CIFAR-sized) images the
+    # pad-and-crop of He et al. 2016 sec. 4.2 (pad patch/8 px, random patch-size crop; the whole image at
+    # evaluation); see medres.data.transforms.natural_crop
+    random_resized_crop: bool | Literal["auto"] = False
 
 
 class DemoConfig(_Section):

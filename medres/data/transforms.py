@@ -15,7 +15,9 @@ A pipeline has two parts:
 :func:`preprocess_transforms` is the deterministic whole (load + intensity), e.g. for inspection.
 
 The 2D path: natural images (``modality: natural``) get torchvision's ImageNet recipe (random-resized
-crop + horizontal flip for training; resize + centre crop for evaluation). With ``spatial_dims: 2`` and
+crop + horizontal flip for training; resize + centre crop for evaluation), or for small images with
+``random_resized_crop: auto`` the CIFAR recipe of He et al. 2016 (pad + random crop; the whole image for
+evaluation); see :func:`natural_crop`. With ``spatial_dims: 2`` and
 CT/MR volumes, training samples are axial slices: a ``[*patch_size, 1]`` patch (foreground-aware like
 3D) squeezed to 2D; evaluation returns the whole volume and the caller runs the 2D model slice by slice.
 
@@ -30,11 +32,13 @@ import logging
 import math
 import warnings
 from collections.abc import Hashable, Mapping
+from typing import Literal
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
+    BorderPadd,
     CastToTyped,
     CenterSpatialCropd,
     Compose,
@@ -50,6 +54,7 @@ from monai.transforms import (
     RandGaussianNoised,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandSpatialCropd,
     RepeatChanneld,
     Resized,
     ScaleIntensityRanged,
@@ -224,6 +229,27 @@ def _pointwise_window(cfg: DataConfig) -> bool:
     return cfg.modality == "CT" and cfg.normalize == "window"
 
 
+#: ``random_resized_crop: auto`` keeps the Inception-style crop for patches at least this size a side
+SMALL_IMAGE_SIDE = 64
+
+
+def natural_crop(cfg: DataConfig) -> Literal["random_resized", "pad", "resize"]:
+    """The training crop of a natural-image run: ``random_resized`` (Szegedy et al. 2015, torchvision's
+    ImageNet reference: 8-100% of the area, aspect 3/4-4/3, resized to the patch), ``pad`` (He et al.
+    2016, sec. 4.2, CIFAR-10: resize to the patch, pad patch/8 px a side with zeros, a random patch-size
+    crop) or ``resize`` (none). ``random_resized_crop: auto`` picks ``pad`` when the patch's shorter side
+    is under :data:`SMALL_IMAGE_SIDE` px: on a 32 x 32 image the 8% crop is 9 x 9 pixels, and with it the
+    ImageNet recipe did not learn scikit-learn's digits (BENCHMARKS.md; docs/reference.md §7).
+    Evaluation: the whole resized image after ``pad`` (as the paper), else torchvision's resize to
+    patch / 0.875 + centre crop."""
+    rrc = cfg.augment.random_resized_crop
+    if rrc is False:
+        return "resize"
+    if rrc == "auto" and min(cfg.patch_size) < SMALL_IMAGE_SIDE:
+        return "pad"
+    return "random_resized"
+
+
 def sample_transforms(cfg: DataConfig, *, train: bool) -> list[Transform]:
     """Everything after :func:`load_transforms` (i.e. after a dataset's cache): intensity normalization
     and the per-sample part.
@@ -240,10 +266,18 @@ def sample_transforms(cfg: DataConfig, *, train: bool) -> list[Transform]:
     patch = list(cfg.patch_size)
     intensity = intensity_transforms(cfg)
     if cfg.modality == "natural":
+        crop = natural_crop(cfg)
+        if train and crop == "pad":  # padded before normalization: zeros are black, as in the paper
+            pad = [max(1, s // 8) for s in patch]
+            return [Resized(IMAGE, spatial_size=patch), BorderPadd(IMAGE, spatial_border=pad),
+                    RandSpatialCropd(IMAGE, roi_size=patch, random_size=False), *intensity,
+                    *_augment(cfg, [IMAGE], 2, natural=True), EnsureTyped(IMAGE, dtype=torch.float32,
+                                                                          track_meta=False)]
         if train:
-            crop = (RandResizedCropd(IMAGE, patch) if cfg.augment.random_resized_crop
-                    else Resized(IMAGE, spatial_size=patch))
-            t = [crop, *_augment(cfg, [IMAGE], 2, natural=True)]
+            t = [RandResizedCropd(IMAGE, patch) if crop == "random_resized"
+                 else Resized(IMAGE, spatial_size=patch), *_augment(cfg, [IMAGE], 2, natural=True)]
+        elif crop == "pad":  # the whole image (He et al. 2016: "the single view of the original 32x32 image")
+            t = [Resized(IMAGE, spatial_size=patch)]
         else:  # torchvision's eval recipe: resize to patch / 0.875 (256 for 224), centre crop
             t = [Resized(IMAGE, spatial_size=[round(s / 0.875) for s in patch]),
                  CenterSpatialCropd(IMAGE, patch)]

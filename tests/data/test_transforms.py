@@ -13,7 +13,13 @@ from PIL import Image
 from medres.config import Config, DataConfig
 from medres.data.intensity import CTWindows, CTWindowsd
 from medres.data.spatial import RandResizedCrop
-from medres.data.transforms import build_transforms, input_channels, preprocess_transforms, to_source_geometry
+from medres.data.transforms import (
+    build_transforms,
+    input_channels,
+    natural_crop,
+    preprocess_transforms,
+    to_source_geometry,
+)
 from medres.errors import DataError
 
 WINDOWS = [{"name": "lung", "center": -600, "width": 1500},
@@ -167,6 +173,40 @@ def test_natural_images_imagenet_recipe(tmp_path: Path) -> None:
     train = build_transforms(cfg, train=True).set_random_state(0)({"image": str(path)})
     evaluation = build_transforms(cfg, train=False)({"image": str(path)})
     assert train["image"].shape == (3, 32, 32) and evaluation["image"].shape == (3, 32, 32)
+
+
+def test_small_images_pad_and_crop(tmp_path: Path) -> None:
+    """``random_resized_crop: auto`` on a 32 x 32 patch: He et al. 2016's CIFAR augmentation (4 px of black
+    padding, a random 32 x 32 crop) for training, the whole image for evaluation; at 64 px and above the
+    Inception-style crop stays."""
+    grey = np.random.default_rng(2).integers(1, 256, (32, 32), dtype=np.uint8)  # no black pixel inside
+    path = tmp_path / "d.png"
+    Image.fromarray(grey).save(path)
+    cfg = DataConfig(spatial_dims=2, modality="natural", normalize="imagenet", orientation=None,
+                     mask_column=None, patch_size=[32, 32],
+                     augment={"random_resized_crop": "auto", "flip_prob": 0.0, "intensity_prob": 0.0})
+    assert natural_crop(cfg) == "pad"
+    assert natural_crop(cfg.model_copy(update={"patch_size": [64, 64]})) == "random_resized"
+    assert natural_crop(cfg.model_copy(update={"augment": cfg.augment.model_copy(
+        update={"random_resized_crop": True})})) == "random_resized"
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    black = (0 - mean) / std
+    whole = grey.T[None].repeat(3, 0) / 255.0
+    whole = (whole - mean[:, None, None]) / std[:, None, None]
+    evaluation = build_transforms(cfg, train=False)({"image": str(path)})["image"].numpy()
+    np.testing.assert_allclose(evaluation, whole, atol=1e-5)  # the single view of the whole image
+    padded = np.broadcast_to(black[:, None, None], (3, 40, 40)).copy()
+    padded[:, 4:36, 4:36] = whole  # 4 px of black each side, cut at one of the 9 x 9 offsets
+    candidates = {(a, b): padded[:, a:a + 32, b:b + 32] for a in range(9) for b in range(9)}
+    pipeline = build_transforms(cfg, train=True).set_random_state(0)
+    shifts = set()
+    for _ in range(40):
+        out = pipeline({"image": str(path)})["image"].numpy()
+        assert out.shape == (3, 32, 32)
+        hits = [k for k, c in candidates.items() if np.allclose(out, c, atol=1e-5)]
+        assert len(hits) == 1, "not the image padded by 4 px of black and cut to 32 x 32"
+        shifts.add(hits[0])
+    assert len(shifts) > 10  # the crop moves
 
 
 def test_random_resized_crop_box_statistics() -> None:
