@@ -19,6 +19,7 @@ def test_cxr_config_declares_the_2d_radiograph_job():
     assert (m.spatial_dims, m.in_channels, m.num_classes, m.seg_classes) == (2, 1, 2, 3)
     assert d.mask_labels == {0: "background", 1: "lung", 2: "opacity"} and cfg.cv.folds == 5
     assert cfg.loss.cls.weights == "balanced" and cfg.loss.seg.lambda_dice > 0
+    assert cfg.loss.seg.class_weights == [1, 1, 2]  # background, lung, opacity (BENCHMARKS.md)
     assert d.radiograph.views == ["PA", "AP"] and not d.radiograph.allow_for_processing
 
 
