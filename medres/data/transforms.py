@@ -267,21 +267,22 @@ def sample_transforms(cfg: DataConfig, *, train: bool) -> list[Transform]:
     intensity = intensity_transforms(cfg)
     if cfg.modality == "natural":
         crop = natural_crop(cfg)
+        before: list[Transform] = []  # geometry ahead of the normalization
         if train and crop == "pad":  # padded before normalization: zeros are black, as in the paper
-            pad = [max(1, s // 8) for s in patch]
-            return [Resized(IMAGE, spatial_size=patch), BorderPadd(IMAGE, spatial_border=pad),
-                    RandSpatialCropd(IMAGE, roi_size=patch, random_size=False), *intensity,
-                    *_augment(cfg, [IMAGE], 2, natural=True), EnsureTyped(IMAGE, dtype=torch.float32,
-                                                                          track_meta=False)]
-        if train:
-            t = [RandResizedCropd(IMAGE, patch) if crop == "random_resized"
-                 else Resized(IMAGE, spatial_size=patch), *_augment(cfg, [IMAGE], 2, natural=True)]
-        elif crop == "pad":  # the whole image (He et al. 2016: "the single view of the original 32x32 image")
+            before = [Resized(IMAGE, spatial_size=patch),
+                      BorderPadd(IMAGE, spatial_border=[max(1, s // 8) for s in patch]),
+                      RandSpatialCropd(IMAGE, roi_size=patch, random_size=False)]
+            t = []
+        elif train and crop == "random_resized":
+            t = [RandResizedCropd(IMAGE, patch)]
+        elif train or crop == "pad":  # no crop; after "pad": He et al.'s single view of the whole image
             t = [Resized(IMAGE, spatial_size=patch)]
         else:  # torchvision's eval recipe: resize to patch / 0.875 (256 for 224), centre crop
             t = [Resized(IMAGE, spatial_size=[round(s / 0.875) for s in patch]),
                  CenterSpatialCropd(IMAGE, patch)]
-        return [*intensity, *t, EnsureTyped(IMAGE, dtype=torch.float32, track_meta=not train)]
+        if train:
+            t += _augment(cfg, [IMAGE], 2, natural=True)
+        return [*before, *intensity, *t, EnsureTyped(IMAGE, dtype=torch.float32, track_meta=not train)]
     keys = [IMAGE, MASK]
     if not train:
         return [*intensity, MaskOrZerosd(MASK, ref_key=IMAGE), EnsureTyped(IMAGE, dtype=torch.float32),
