@@ -92,7 +92,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     """
     from medres import __version__
     from medres.data.datasets import balanced_sample_weights, build_dataset, build_loader
-    from medres.engine.compute import apply_backend_flags, compile_model, use_fused_optimizer
+    from medres.engine.compute import apply_backend_flags, compile_model, usable_cpus, use_fused_optimizer
     from medres.engine.device_input import device_batches, host_data_config
     from medres.engine.losses import build_loss
     from medres.engine.optim import build_optimizer, build_scheduler
@@ -146,9 +146,15 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
                                 steps_per_epoch=math.ceil(n_batches / t.accumulate))
     scaler = compute.grad_scaler()
 
+    # more loader workers than usable CPUs only contend (torch warns of freezes); each sample's
+    # augmentation is f(seed, epoch, index), so the number of workers changes nothing that is learned
+    workers = min(cfg.data.num_workers, usable_cpus())
+    if workers < cfg.data.num_workers and is_main:
+        log.info("data.num_workers %d capped to the %d usable CPUs", cfg.data.num_workers, workers)
+
     def loader(dataset: Any, sampler: EpochSampler, batch_size: int, epoch: int, drop: bool = False) -> Any:
         return build_loader(dataset, batch_size=batch_size, shuffle=False, seed=t.seed, epoch=epoch,
-                            sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=compute.pin_memory,
+                            sampler=sampler, num_workers=workers, pin_memory=compute.pin_memory,
                             drop_last=drop, prefetch_factor=cfg.data.prefetch_factor,
                             persistent_workers=cfg.data.persistent_workers)
 

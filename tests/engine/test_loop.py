@@ -325,6 +325,23 @@ def test_workers_and_patches_per_volume_resume_bit_identical(cohort):
             assert torch.equal(a, other[k]), (name, k)
 
 
+def test_more_workers_than_cpus_are_capped_and_learn_the_same(cohort, caplog, monkeypatch):
+    """data.num_workers above the usable CPUs is capped (logged), and the weights equal in-process loading."""
+    import medres.engine.compute as compute
+
+    monkeypatch.setattr(compute, "usable_cpus", lambda: 1)
+    cfg, data = tiny_fold(cohort, train__epochs=1)
+    runs = cohort / "runs"
+    fold_run(cfg, data, runs / "cap_ref")
+    cfg_w, _ = tiny_fold(cohort, train__epochs=1, data__num_workers=8)
+    with caplog.at_level("INFO", logger="medres.engine"):
+        fold_run(cfg_w, data, runs / "cap_workers")
+    assert "data.num_workers 8 capped to the 1 usable CPUs" in caplog.text
+    ref = load_checkpoint(runs / "cap_ref" / LAST)["model"]
+    other = load_checkpoint(runs / "cap_workers" / LAST)["model"]
+    assert all(torch.equal(a, other[k]) for k, a in ref.items())
+
+
 def test_a_patch_larger_than_every_image_is_warned_at_training_time(cohort, caplog):
     cfg, data = tiny_fold(cohort, data__patch_size=[20, 20, 20], train__epochs=1)
     with caplog.at_level("WARNING", logger="medres.engine"):
