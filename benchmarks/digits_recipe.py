@@ -7,7 +7,8 @@ a classical baseline reaches on the same split. The images are scikit-learn's ha
 class folders. medres trains the held-out fold's complement with everything else as the recipe has it
 (90 epochs, SGD, 5 warm-up epochs, random-resized crop and flips); the baseline is scikit-learn's
 logistic regression and a linear SVM on the 64 raw pixels of exactly the same training cases, scored
-on the same held-out cases. Prints both accuracies and their ratio.
+on the same held-out cases. Prints each accuracy (Wilson interval), the ratios, and the exact McNemar
+test on the paired held-out cases (only the cases one model gets right and the other wrong count).
 
     PYTHONPATH=. python benchmarks/digits_recipe.py [--fold 0] [--batch 64] [--epochs 90] [--every 1]
 """
@@ -50,6 +51,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import pandas as pd
+    from scipy.stats import binomtest
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -75,30 +77,39 @@ def main() -> None:
         metrics = result.metrics[args.fold]
 
     prob_cols = [c for c in pred.columns if c.startswith("p_")]
-    classes = [c[2:] for c in prob_cols]
-    y_pred = np.array(classes)[pred[prob_cols].to_numpy().argmax(axis=1)]
-    acc_medres = float(np.mean(y_pred == pred["y_true"].map(lambda k: classes[int(k)]).to_numpy()))
+    classes = np.array([int(c[2:]) for c in prob_cols])
+    medres_pred = classes[pred[prob_cols].to_numpy().argmax(axis=1)]
 
     digits = load_digits()
     key = folds["patient_id"].astype(str).str[-4:].map(index)
-    held = set(pred["case_id"].astype(str).str[-4:].map(index))
-    train_idx = np.array(sorted(set(key) - held))
-    test_idx = np.array(sorted(held))
+    held = pred["case_id"].astype(str).str[-4:].map(index).to_numpy()  # digit index of each held-out row
+    train_idx = np.array(sorted(set(key) - set(held)))
     scaler = StandardScaler().fit(digits.data[train_idx])
-    xtr, xte = scaler.transform(digits.data[train_idx]), scaler.transform(digits.data[test_idx])
-    ytr, yte = digits.target[train_idx], digits.target[test_idx]
-    acc_lr = float(LogisticRegression(max_iter=5000).fit(xtr, ytr).score(xte, yte))
-    acc_svm = float(LinearSVC(max_iter=20000).fit(xtr, ytr).score(xte, yte))
+    xtr, xte = scaler.transform(digits.data[train_idx]), scaler.transform(digits.data[held])
+    ytr, yte = digits.target[train_idx], digits.target[held]
+    if not np.array_equal(classes[pred["y_true"].to_numpy().astype(int)], yte):
+        raise SystemExit("the held-out rows and the digits do not line up")
+    right = {"medres ResNet-50 recipe": medres_pred == yte,
+             "logistic regression": LogisticRegression(max_iter=5000).fit(xtr, ytr).predict(xte) == yte,
+             "linear SVM": LinearSVC(max_iter=20000).fit(xtr, ytr).predict(xte) == yte}
 
     print(f"digits: {len(index)} images, fold {args.fold}: {len(train_idx)} training (incl. inner "
-          f"validation), {len(test_idx)} held out; batch {args.batch}, lr scaled to "
+          f"validation), {len(held)} held out; batch {args.batch}, lr scaled to "
           f"{cfg.optim.lr * args.batch / (cfg.optim.reference_batch_size or args.batch):.4g}, "
           f"{len(metrics)} epochs run ({seconds / 60:.1f} min)")
     vl = metrics["val_loss"]
     print(f"val loss first/last/max: {vl.iloc[0]:.3f} / {vl.iloc[-1]:.3f} / {vl.max():.3f}")
-    print(f"held-out accuracy  medres ResNet-50 recipe: {acc_medres:.3f}   "
-          f"logistic regression: {acc_lr:.3f}   linear SVM: {acc_svm:.3f}   "
-          f"ratio medres/logistic: {acc_medres / acc_lr:.3f}")
+    for name, ok in right.items():
+        lo, hi = binomtest(int(ok.sum()), len(ok)).proportion_ci(method="wilson")
+        print(f"held-out accuracy  {name}: {ok.mean():.3f} ({int(ok.sum())}/{len(ok)}; "
+              f"Wilson 95% {lo:.3f}-{hi:.3f})")
+    ours = right["medres ResNet-50 recipe"]
+    for name in ("logistic regression", "linear SVM"):
+        # exact McNemar: only the cases one model gets right and the other wrong say which is better
+        b, c = int(np.sum(ours & ~right[name])), int(np.sum(~ours & right[name]))
+        p = binomtest(b, b + c).pvalue if b + c else 1.0
+        print(f"medres vs {name}: ratio {ours.mean() / right[name].mean():.3f}; only medres right {b}, only "
+              f"{name} right {c}; exact McNemar p = {p:.3g}")
 
 
 if __name__ == "__main__":

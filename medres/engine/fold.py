@@ -146,8 +146,9 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
                                 steps_per_epoch=math.ceil(n_batches / t.accumulate))
     scaler = compute.grad_scaler()
 
-    # more loader workers than usable CPUs only contend (torch warns of freezes); each sample's
-    # augmentation is f(seed, epoch, index), so the number of workers changes nothing that is learned
+    # more loader workers than usable CPUs hold more memory and contend for the cores (torch warns of
+    # slowness or freezes); each sample's augmentation is f(seed, epoch, index), so the number of workers
+    # changes nothing that is learned
     workers = min(cfg.data.num_workers, usable_cpus())
     if workers < cfg.data.num_workers and is_main:
         log.info("data.num_workers %d capped to the %d usable CPUs", cfg.data.num_workers, workers)
