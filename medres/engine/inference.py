@@ -63,7 +63,9 @@ def source_probabilities(probs: Tensor, grid_affine: Any, src_affine: Any,
     """Class probabilities ``[S, *src_shape]`` resampled (bilinear, by affines) from the pipeline's grid to
     the source geometry. Resampling is linear, so the mean of several models' resampled maps is the
     resampled mean map (the fold ensemble's mask is the argmax of either)."""
-    probs = MetaTensor(probs.float(), affine=torch.as_tensor(_affine(grid_affine)))
+    # the model's output may carry its input's meta (MONAI would warn that grid_affine replaces it)
+    plain = probs.as_tensor() if isinstance(probs, MetaTensor) else probs
+    probs = MetaTensor(plain.float(), affine=torch.as_tensor(_affine(grid_affine)))
     nsp = probs.ndim - 1
     shape = tuple(src_shape) + (1,) * (nsp - len(src_shape))
     out = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=False, dtype=torch.float64)(

@@ -163,6 +163,25 @@ def test_mask_to_source_identity_is_exact():
     assert torch.equal(mask.as_tensor(), torch.argmax(logits, 0).to(torch.uint8))
 
 
+def test_mask_to_source_takes_the_grid_affine_over_the_logits_own_meta():
+    """A 2D model's output on a whole image keeps the input's MetaTensor meta: the grid affine given
+    wins, silently (no MONAI 'this will be overwritten' warning per case), with the plain tensor's result."""
+    import warnings
+
+    from monai.data import MetaTensor
+
+    logits = torch.randn(3, 8, 6, 1)
+    grid = torch.diag(torch.tensor([2.0, 2.0, 1.0, 1.0]))
+    src = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    carried = MetaTensor(logits.clone(), affine=torch.eye(4) * 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = mask_to_source(carried, grid, src, (16, 12))
+    want = mask_to_source(logits, grid, src, (16, 12))
+    assert got.shape == (16, 12) and torch.equal(got.as_tensor(), want.as_tensor())
+    assert torch.equal(got.affine.float(), src)
+
+
 def test_predictions_table_and_fold_files(source, tmp_path):
     cfg = Config()  # the default evaluation pipeline (medres.data.transforms), intensities kept as they are
     cfg.data = data_cfg().model_copy(update={"normalize": "none", "spacing": [1.5, 1.5, 1.5]})
