@@ -21,6 +21,7 @@ def test_cxr_config_declares_the_2d_radiograph_job():
     assert cfg.loss.cls.weights == "balanced" and cfg.loss.seg.lambda_dice > 0
     assert cfg.loss.seg.class_weights == [1, 1, 2]  # background, lung, opacity (BENCHMARKS.md)
     assert d.radiograph.views == ["PA", "AP"] and not d.radiograph.allow_for_processing
+    assert cfg.train.precision == "bf16_if_native"  # fp32 where bf16 would be emulated
 
 
 def test_pretrained_torchvision_resnet18_loads_into_the_cxr_model(tmp_path):

@@ -250,7 +250,7 @@ class TrainConfig(_Section):
     accumulate: int = Field(1, ge=1)
     clip_grad_norm: float | None = None
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "bf16_if_native"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     pin_memory: bool | Literal["auto"] = "auto"

@@ -11,6 +11,9 @@ Every choice comes from ``train.*`` in the config; ``"auto"`` picks a sensible d
   norm within a few steps, while a small isolated convolution looked sound there). How wrong, and
   where, depends on the CPU's kernels, so no small probe can vouch for the run's model: the refusal
   is unconditional (docs/reference.md §6). The loop's NaN guard is the backstop.
+  ``bf16_if_native``: bf16 where it is native and sound, fp32 elsewhere: on a GPU that has bf16, and on
+  a CPU with AVX-512 BF16 / AMX for a 2D model; fp32 on other CPUs (where bf16 would be emulated, and
+  slower than fp32), for 3D models on the CPU and on GPUs without bf16. What it chose is logged.
 - channels_last: on for 2D models (docs/reference.md §6: ~1.3x for a 2D ResNet on this CPU); off for 3D,
   where ``channels_last_3d`` gained under 10% for the main job's model here (within the noise).
 - pin_memory: on with a GPU only.
@@ -103,6 +106,18 @@ class ComputeSettings:
                 f"pin_memory {self.pin_memory}, compile {self.compile}")
 
 
+def _bf16_if_native(gpu: bool, spatial_dims: int) -> str:
+    if gpu:
+        native, why = torch.cuda.is_bf16_supported(), "this GPU has no bf16"
+    elif spatial_dims == 3:
+        native, why = False, "bf16 Conv3d weight gradients are wrong on the CPU"
+    else:
+        native, why = cpu_supports_bf16(), "this CPU has no native bf16 (AVX-512 BF16 / AMX)"
+    if not native:
+        log.info("precision bf16_if_native: fp32 (%s)", why)
+    return "bf16" if native else "fp32"
+
+
 def resolve_compute_settings(train_cfg: TrainConfig, *, spatial_dims: int,
                              local_rank: int = 0) -> ComputeSettings:
     """Turn ``train.{device,precision,channels_last,pin_memory,compile}`` into a :class:`ComputeSettings`."""
@@ -111,6 +126,8 @@ def resolve_compute_settings(train_cfg: TrainConfig, *, spatial_dims: int,
     precision = train_cfg.precision
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "fp32"
+    elif precision == "bf16_if_native":
+        precision = _bf16_if_native(gpu, spatial_dims)
     if precision == "bf16" and not gpu:
         if not cpu_supports_bf16():
             log.warning("this CPU has no native bf16; bf16 autocast will be slow (emulated)")

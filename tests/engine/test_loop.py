@@ -281,6 +281,26 @@ def test_cpu_bf16_is_refused_for_3d_on_every_cpu():
         assert resolve_compute_settings(auto, spatial_dims=dims).dtype is None
 
 
+def test_bf16_if_native_follows_the_cpu(monkeypatch, caplog):
+    """``bf16_if_native`` on the CPU: bf16 for 2D where bf16 is native, fp32 where it would be emulated
+    (logged) and for 3D whatever the CPU; on this machine it agrees with its own probe."""
+    import medres.engine.precision as precision
+
+    cfg = TrainConfig(precision="bf16_if_native", device="cpu")
+    this_cpu = resolve_compute_settings(cfg, spatial_dims=2).dtype
+    assert this_cpu == (torch.bfloat16 if precision.cpu_supports_bf16() else None)
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_supports_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="medres.engine"):
+            two = resolve_compute_settings(cfg, spatial_dims=2)
+        assert two.dtype == (torch.bfloat16 if native else None)
+        assert ("no native bf16" in caplog.text) == (not native)
+        assert "emulated" not in caplog.text  # explicit bf16's warning is not given: fp32 was chosen
+        three = resolve_compute_settings(cfg, spatial_dims=3)  # never a ConfigError, unlike explicit bf16
+        assert three.dtype is None and three.precision == "fp32"
+
+
 def test_patch_sized_volume_shortcut_matches_sliding_window(tmp_path):
     from medres.config import Config
     from medres.engine.fold import _volume_infer
