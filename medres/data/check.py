@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medres.data.limits import patch_fits_none, patch_misfit
+from medres.data.limits import patch_fits_none, patch_misfit, resampled_shape
 from medres.errors import ConfigError, DataError
 
 __all__ = ["CheckResult", "check_cohort", "format_problems", "main"]
@@ -84,10 +84,6 @@ def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tupl
                            max_voxels=max_voxels)
         n_images = len(paths)
         spatial = [int(v) for v in image.meta["spatial_shape"]]
-        source = [float(v) for v in image.meta["spacing"]][: len(spatial)]
-        shape = tuple(spatial)
-        if spacing and len(spacing) == len(spatial):
-            shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(spatial, source, spacing))
         if not bool(image.any()):
             warnings.append(DataError("every voxel of the image is 0 (an empty export?)", path=paths[0],
                                       row=row, case_id=case, hint="re-export the scan"))
@@ -102,7 +98,11 @@ def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tupl
             d = RadiographGeometryd(require_spacing=bool(radiograph.get("require_spacing")),
                                     views=tuple(views) if views is not None else None)(
                 {"image": image, "mask": mask, "pixel_spacing": pixel_spacing, "view": view})
-            image, mask = d["image"], d["mask"]
+            image, mask = d["image"], d["mask"]  # a PNG's spacing comes from the manifest only here
+        shape = tuple(spatial)
+        source = [float(v) for v in image.meta["spacing"]][: len(spatial)]
+        if spacing and len(spacing) == len(spatial):
+            shape = resampled_shape(spatial, source, spacing)
         if mask is not None:
             n_masks = 1
             check_image_mask(image, mask, labels=mask_labels, atol=atol)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from medres.errors import DataError
 
-__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared", "patch_fits_none", "patch_misfit"]
+__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared", "patch_fits_none", "patch_misfit",
+           "resampled_shape"]
 
 #: Default for ``data.max_voxels``.
 DEFAULT_MAX_VOXELS = 2**31
@@ -68,6 +69,14 @@ def check_declared(shape: Sequence[int], itemsize: int, path: str | Path, *,
         raise DataError(f"{what} declares {dims} voxels ({need / 2**30:.1f} GiB to load), more than the "
                         f"{free / 2**30:.1f} GiB of memory free now; refused before decompressing",
                         path=path, hint="free memory or use a machine with more, or crop/resample the scan")
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float],
+                    target: Sequence[float]) -> tuple[int, ...]:
+    """The grid ``Spacingd(pixdim=target)`` gives: MONAI keeps the centres of the edge voxels, so an axis
+    of ``n`` voxels of ``s`` mm becomes ``round((n - 1) * s / t + 1)`` (``compute_shape_offset``), not
+    ``round(n * s / t)``, which is one short for a field of whole target pixels."""
+    return tuple(max(1, round((n - 1) * s / t + 1.0)) for n, s, t in zip(shape, spacing, target))
 
 
 def patch_fits_none(shapes: Sequence[Sequence[int]], patch: Sequence[int]) -> list[int] | None:

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from medres.data.limits import resampled_shape
 from medres.errors import ConfigError
 
 __all__ = ["Plan", "plan_config"]
@@ -105,8 +106,8 @@ def _coarser(spacing: list[float], ceiling: float) -> list[float] | None:
 
 
 def _grid(fp: dict[str, Any], spacing: list[float]) -> list[int]:
-    fov = np.asarray([s["fov_mm"] for s in fp["scans"]], dtype=np.float64)
-    return [int(x) for x in np.median(np.round(fov / np.asarray(spacing)), axis=0)]
+    grids = [resampled_shape(s["size"], s["spacing_mm"], spacing) for s in fp["scans"]]
+    return [int(x) for x in np.median(np.asarray(grids, dtype=np.float64), axis=0)]
 
 
 def _round_up(n: int, m: int) -> int:

@@ -78,7 +78,8 @@ def test_preflight_check_passes_the_demo_and_names_a_mask_of_another_size(cohort
 
     settings = dict(vocabulary=["normal", "opacity"], mask_labels=[0, 1, 2], ndim=2,
                     radiograph={"require_spacing": True, "views": ["PA", "AP"]})
-    assert check_cohort(cohort, **settings).ok
+    result = check_cohort(cohort, spacing=[3.0, 3.0], patch_size=[128, 128], **settings)
+    assert result.ok and not result.warnings  # 128 x 128 after resampling, as training gets (above)
     df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
     other = int(np.flatnonzero(df["site"] != df.loc[0, "site"])[0])  # another detector: another size
     for col in ("image", "mask"):

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Spacing
 
 from medres.data.check import check_cohort, main
+from medres.data.limits import resampled_shape
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 
@@ -43,6 +48,14 @@ def test_patch_check_uses_the_resampled_size(tmp_path):
     assert not ok.warnings
     small = check_cohort(tmp_path / "m.csv", ndim=3, patch_size=[32, 32, 16], spacing=[2.0, 2.0, 2.0])
     assert "after resampling: [20, 20, 10]" in str(small.warnings[0])
+
+
+@pytest.mark.parametrize("n,s,t", [(636, 0.6, 3.0), (508, 0.75, 3.0), (382, 1.0, 3.0), (100, 1.0, 3.0),
+                                   (101, 1.0, 3.0), (40, 1.0, 2.0), (41, 1.0, 2.0), (7, 2.5, 1.0),
+                                   (512, 0.7, 3.0), (3, 1.0, 10.0)])
+def test_resampled_shape_is_monais(n, s, t):
+    image = MetaTensor(torch.zeros(1, n, n + 3), affine=torch.diag(torch.tensor([s, s, 1.0, 1.0])))
+    assert resampled_shape([n, n + 3], [s, s], [t, t]) == tuple(Spacing(pixdim=(t, t))(image).shape[1:])
 
 
 def test_rows_are_read_in_worker_processes_with_progress(tmp_path, capsys):

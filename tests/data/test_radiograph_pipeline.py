@@ -99,3 +99,18 @@ def test_a_ct_slice_is_not_a_radiograph(tmp_path):
     err = _raises(tmp_path, "is a CT image, not a projection radiograph", r1={"image": str(CT_SMALL),
                                                                              "mask": ""})
     assert Path(err.path).name == "CT_small.dcm"
+
+
+def test_preflight_check_sizes_a_png_by_its_manifest_spacing(tmp_path):
+    from medres.data.check import check_cohort
+
+    records = _cohort(tmp_path)
+    lines = ["case_id,patient_id,label,view,pixel_spacing,image,mask"]
+    lines += [f"{r['case_id']},{r['patient_id']},normal,PA,0.5,{r['image']},{r['mask']}" for r in records]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    result = check_cohort(tmp_path / "m.csv", vocabulary=CFG.labels, mask_labels=[0, 1, 2], ndim=2,
+                          spacing=[2.0, 2.0], patch_size=[32, 32],
+                          radiograph={"require_spacing": True, "views": ["PA", "AP"]})
+    assert result.ok, result.problems
+    # 60 x 40 pixels of 0.5 mm (the manifest's, not the PNG's 1 mm default) -> [16, 11] at 2 mm, as training
+    assert "after resampling: [16, 11]" in str(result.warnings[0]), result.warnings
