@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 #: Keys every record has; the others are subgroup columns (site, scanner, sex, age, ...), all text.
 RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "row")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # bumped when what the readers return changes (2: 16-bit PNGs scaled by bit depth)
 _META_KEEP = ("affine", "original_affine", "spatial_shape", "spacing", "space", "original_channel_dim",
               *ACQUISITION_FIELDS, *RADIOGRAPH_META_FIELDS)
 _LOAD_KEYS = ("image", "mask", *RADIOGRAPH_RECORD_KEYS)  # radiographs: manifest pixel_spacing and view

@@ -88,7 +88,8 @@ def _read_pil(path: Path, max_voxels: int | None = None) -> tuple[np.ndarray, di
     data = np.swapaxes(data, 0, 1)
     colour = data.ndim == 3
     meta = {"affine": np.eye(4), "spatial_shape": np.asarray(data.shape[:2]),
-            "original_channel_dim": -1 if colour else float("nan"), "spacing": np.ones(2), "_colour": colour}
+            "original_channel_dim": -1 if colour else float("nan"), "spacing": np.ones(2), "_colour": colour,
+            "bits_per_sample": 8 if data.dtype == np.uint8 else 16}  # Pillow: 16-bit PNG -> I;16 or I
     return np.ascontiguousarray(data), meta
 
 

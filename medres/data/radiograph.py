@@ -437,7 +437,8 @@ class RadiographGeometryd:
             if modality:
                 raise DataError(f"is a {modality} image, not a projection radiograph (CR/DX)", path=path,
                                 hint="list radiographs only, or use a CT/MR configuration for this cohort")
-            top = 65535.0 if float(image.max()) > 255 else 255.0  # type: ignore[attr-defined]
+            bits = int(meta.get("bits_per_sample", 8))
+            top = float((1 << bits) - 1)  # the file's bit depth, not its maximum
             d["image"] = image = image / top  # type: ignore[operator]
             meta = image.meta
             spacing = parse_spacing(d.get("pixel_spacing"), path)
@@ -447,7 +448,7 @@ class RadiographGeometryd:
                 meta["original_affine"] = affine.numpy().copy()
                 meta["spacing"] = np.asarray([spacing[1], spacing[0]])
             meta["spacing_source"] = "manifest pixel_spacing" if spacing is not None else _UNKNOWN
-            meta["voi"] = f"none (an {int(top).bit_length()}-bit export scaled to [0, 1])"
+            meta["voi"] = f"none (an export of {bits} bits per pixel, divided by {int(top)})"
             for key in RADIOGRAPH_META_FIELDS[:4]:
                 meta.setdefault(key, "")
             view = str(d.get("view", "") or "").strip().upper()

@@ -114,3 +114,16 @@ def test_preflight_check_sizes_a_png_by_its_manifest_spacing(tmp_path):
     assert result.ok, result.problems
     # 60 x 40 pixels of 0.5 mm (the manifest's, not the PNG's 1 mm default) -> [16, 11] at 2 mm, as training
     assert "after resampling: [16, 11]" in str(result.warnings[0]), result.warnings
+
+
+def test_a_16_bit_png_is_scaled_by_its_bit_depth_not_its_maximum(tmp_path):
+    dim = np.full((40, 60), 30, np.uint16)
+    dim[5:35, 10:50] = 200  # a dark 16-bit export: every value below 256
+    bright = dim * 300  # the same image using most of the 16 bits
+    for i, img in enumerate((dim, bright)):
+        Image.fromarray(img).save(tmp_path / f"deep{i}.png")
+    records = _cohort(tmp_path, c0={"image": "deep0.png"}, c1={"image": "deep1.png"})
+    ds = CaseDataset(records, CFG.model_copy(update={"spacing": None}), train=False, cache="none")
+    assert float(ds[0]["image"].max()) == pytest.approx(200 / 65535, rel=1e-4)
+    assert float(ds[1]["image"].max()) == pytest.approx(60000 / 65535, rel=1e-4)
+    assert ds[0]["image"].meta["voi"] == "none (an export of 16 bits per pixel, divided by 65535)"
