@@ -408,7 +408,8 @@ def parse_spacing(text: object, path: object = None, row: int | None = None) -> 
 class RadiographGeometryd:
     """Pipeline step after loading a radiograph (``data.modality: XR``), before the image/mask check.
 
-    - refuses colour images and non-radiograph DICOM (CT/MR slices) with a DataError;
+    - refuses colour images and non-radiograph DICOM (CT/MR slices) with a DataError; a PNG/JPEG whose
+      three channels are equal (a grey radiograph saved as RGB/RGBA; JPEG: within 2 levels) is grey;
     - PNG/JPEG exports: grey levels scaled to [0, 1] by their bit depth, spacing from the record's
       ``pixel_spacing`` (manifest column), and the ``view`` column checked against ``views``;
     - ``require_spacing``: an image of unknown spacing is refused (the configuration resamples in mm);
@@ -427,11 +428,19 @@ class RadiographGeometryd:
         image = d["image"]
         meta = image.meta  # type: ignore[attr-defined]
         path = meta.get("filename_or_obj")
+        is_dicom = bool(meta.get("spacing_source", ""))
+        if not is_dicom and image.ndim == 3 and image.shape[-1] == 3:  # type: ignore[attr-defined]
+            # a grey radiograph saved as RGB (common in public PNG/JPEG sets): equal channels, up to the
+            # +-2 levels a JPEG's colour conversion leaves, are the grey image itself
+            spread = (image.amax(dim=-1) - image.amin(dim=-1)).max()  # type: ignore[attr-defined]
+            if float(spread) <= 2.0:
+                d["image"] = image = image.mean(dim=-1)  # type: ignore[attr-defined]
+                meta = image.meta
+                meta["original_channel_dim"] = float("nan")  # no channel axis now (as for a grey PNG)
         if image.ndim != 2:  # type: ignore[attr-defined]
             raise DataError(f"is a colour or multi-frame image (shape {tuple(image.shape)}) where a "
                             "grayscale radiograph is expected", path=path,
                             hint="export it as a grayscale image")
-        is_dicom = bool(meta.get("spacing_source", ""))
         if not is_dicom:
             modality = str(meta.get("Modality", "") or "")
             if modality:

@@ -127,3 +127,21 @@ def test_a_16_bit_png_is_scaled_by_its_bit_depth_not_its_maximum(tmp_path):
     assert float(ds[0]["image"].max()) == pytest.approx(200 / 65535, rel=1e-4)
     assert float(ds[1]["image"].max()) == pytest.approx(60000 / 65535, rel=1e-4)
     assert ds[0]["image"].meta["voi"] == "none (an export of 16 bits per pixel, divided by 65535)"
+
+
+def test_a_grey_radiograph_saved_as_rgb_or_rgba_is_read_as_grey(tmp_path):
+    grey = np.full((40, 60), 30, np.uint8)
+    grey[5:35, 10:50] = 200
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "rgb_grey.png")
+    opaque = np.full_like(grey, 255)
+    Image.fromarray(np.stack([grey] * 3 + [opaque], axis=-1)).save(tmp_path / "rgba_grey.png")
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "rgb_grey.jpg", quality=90)
+    records = _cohort(tmp_path, c0={"image": "rgb_grey.png"}, c1={"image": "rgba_grey.png"},
+                      c2={"image": "rgb_grey.jpg"})
+    ds = CaseDataset(records, CFG.model_copy(update={"spacing": None}), train=False, cache="none")
+    with Image.open(tmp_path / "rgb_grey.jpg") as jpg:  # the JPEG's grey as Pillow converts it
+        jpeg_grey = np.asarray(jpg.convert("L"))
+    for i, ref, atol in ((0, grey, 1e-6), (1, grey, 1e-6), (2, jpeg_grey, 1.01 / 255)):
+        image = ds[i]["image"]
+        assert tuple(image.shape) == (1, 60, 40), i
+        assert np.allclose(np.asarray(image[0]), ref.T / 255.0, atol=atol), i
