@@ -212,3 +212,22 @@ def test_unreadable_scan_is_a_data_error_naming_the_case(tmp_path):
     with pytest.raises(DataError, match="case 'x'.*bad.nii.gz"):
         predict_cases(ThresholdModel(), [{"case_id": "x", "image": str(bad)}], data_cfg(),
                       transform=eval_pipeline())
+
+
+def test_a_dicom_radiographs_own_view_fills_the_view_subgroup(tmp_path):
+    """ViewPosition from the DICOM header becomes the ``view`` column when the manifest has none; a
+    manifest's own ``view`` cell wins."""
+    from medres.config import DataConfig
+    from tests.data.test_radiograph import make_radiograph
+
+    for name, view in (("ap.dcm", "AP"), ("pa.dcm", "PA")):
+        make_radiograph(ViewPosition=view).save_as(tmp_path / name, enforce_file_format=True)
+    cfg = DataConfig(modality="XR", spatial_dims=2, orientation=None, spacing=[1.0, 1.0], normalize="none",
+                     patch_size=[32, 32], labels=["normal", "nodule"], cache="none",
+                     augment={"enabled": False})
+    recs = [{"case_id": "a", "patient_id": "p1", "image": str(tmp_path / "ap.dcm"), "label": 0, "site": "A"},
+            {"case_id": "b", "patient_id": "p2", "image": str(tmp_path / "pa.dcm"), "label": 1, "site": "B"}]
+    df = predict_cases(ThresholdModel(), recs, cfg)
+    assert df["view"].tolist() == ["AP", "PA"]
+    recs[0]["view"] = "LATERAL"  # the manifest says otherwise: its cell is kept
+    assert predict_cases(ThresholdModel(), recs, cfg)["view"].tolist() == ["LATERAL", "PA"]
