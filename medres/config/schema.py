@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 __all__ = [
     "DEFAULT_CT_WINDOWS", "ct_windows", "input_channels",
@@ -88,6 +88,7 @@ class IndexConfig(_Section):
     require_regular: bool = True  # no missing/duplicate slices, even spacing (as the series reader needs)
     min_slices: int = Field(30, ge=1)
     per_study: Literal["one", "all"] = "one"  # one: the thinnest regular reconstruction (then most slices)
+    views: list[str] | None = None  # (radiographs) ViewPosition values kept; None: all, "" always kept
     labels_key: Literal["AccessionNumber", "PatientID", "StudyInstanceUID"] = "AccessionNumber"
     label_columns: list[str] = Field(default_factory=lambda: ["label"])  # copied from the labels file
     annotation_names: dict[str, str] = Field(default_factory=dict)  # ROI/segment name pattern (fnmatch
@@ -147,6 +148,20 @@ class DataConfig(_Section):
     # --- hostile input (issue 8): end -----------------------------------------------------------------
     index: IndexConfig = Field(default_factory=IndexConfig)  # python -m medres.data.index
     radiograph: RadiographConfig = Field(default_factory=RadiographConfig)  # (radiographs) modality XR
+
+    @model_validator(mode="after")
+    def _radiograph_index_defaults(self) -> DataConfig:
+        """``modality: XR``: the index rules' defaults for projection radiographs (one image per row, any
+        ImageType: a DX FOR PRESENTATION image is DERIVED; the views of ``data.radiograph.views``);
+        ``data.index`` fields the configuration sets are kept."""
+        if self.modality == "XR":
+            xr = {"modalities": ["CR", "DX"], "orientations": [], "original_only": False,
+                  "exclude_localizers": False, "min_slices": 1, "per_study": "all",
+                  "views": self.radiograph.views}
+            for key, value in xr.items():
+                if key not in self.index.model_fields_set:
+                    setattr(self.index, key, value)
+        return self
     # --- input pipeline for a GPU (issue 11; medres.engine.device_input) ---
     prefetch_factor: int | None = Field(None, ge=1)  # batches each worker loads ahead (torch default 2)
     # keep the worker processes (and what they have loaded) from one epoch to the next

@@ -24,6 +24,7 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from .radiograph import code_string
 from .redact import quiet_pydicom, safe_message
 
 __all__ = ["read_header", "DICOMDIR_CLASS", "SEG_CLASS", "RTSTRUCT_CLASS"]
@@ -49,6 +50,7 @@ _WANTED = {
     0x00200037: ("iop", "f"), 0x00200052: ("for_uid", "s"), 0x00280008: ("frames", "i"),
     0x00280010: ("rows", "u"), 0x00280011: ("cols", "u"), 0x00280030: ("spacing", "f"),
     0x00280002: ("samples", "u"), 0x00280100: ("bits", "u"),
+    0x00181164: ("imager_spacing", "f"), 0x00185101: ("view", "s"),  # radiographs
 }
 _LAST_WANTED = max(_WANTED)
 _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -370,6 +372,9 @@ def _record(raw: dict[str, Any]) -> dict[str, Any]:
         "contrast": "yes" if contrast and contrast.lower() not in ("none", "no", "0") else "no",
         "kernel": "\\".join(raw.get("kernel") or []), "series_number": raw.get("series_number") or "",
         "pixels": not raw.get("no_pixels", False),
+        "view": code_string(raw.get("view") or ""),
+        "imager_spacing": (raw.get("imager_spacing") if raw.get("imager_spacing")
+                           and len(raw["imager_spacing"]) == 2 else None),
     }
     ids = {k: _text(raw.get(k), charset) for k in _ID_KEYS}
     out = {"status": "dicom", "reason": "", "fields": fields, "ids": ids}

@@ -50,7 +50,7 @@ from .index_series import Instance, Series, describe, group_series, select_serie
 
 __all__ = ["index_dicom", "IndexResult", "project_key", "main"]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: ViewPosition and ImagerPixelSpacing (radiographs)
 _KEY_ENV = "MEDRES_PROJECT_KEY"
 _DEFAULT_KEY_FILE = "~/.config/medres/project.key"
 _ID_FIELDS = {"patient": "patient_id", "accession": "accession", "study": "study_uid", "series": "series_uid",
@@ -59,7 +59,7 @@ _LABEL_KEYS = {"AccessionNumber": "accession", "PatientID": "patient", "StudyIns
 INDEX_COLUMNS = ["row", "kind", "verdict", "reason", "case_id", "patient_id", "study_id", "part", "modality",
                  "sop_class", "image_type", "orientation", "slices", "rows", "cols", "pixel_spacing",
                  "thickness", "gap", "regular", "contrast", "kernel", "series_number", "files", "folders",
-                 "annotation_rows", "source_row", "label", "file"]
+                 "annotation_rows", "source_row", "label", "file", "view"]
 
 
 @dataclass
@@ -400,12 +400,13 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     _write_csv(out / "index.csv", INDEX_COLUMNS, index_rows)
     man_cols = ["case_id", "patient_id", "study_id", "image", "mask", *rules.label_columns, "modality",
                 "orientation", "slices", "thickness", "kernel", "contrast", "index_row"]
+    if any(s.info["orientation"] == "projection" for s in kept):  # radiographs: the view, a subgroup column
+        man_cols.insert(man_cols.index("modality") + 1, "view")
     _write_csv(result.manifest, man_cols, [
         {"case_id": s.case_id, "patient_id": f"p{s.keys['patient'][:12]}",
          "study_id": f"s{s.keys['study'][:12]}", "image": f"series/{s.case_id}", "mask": s.mask,
          **{c: s.label.get(c, "") for c in rules.label_columns},
-         "index_row": s.row, **{k: _fmt(s.info[k]) for k in ("modality", "orientation", "slices", "thickness",
-                                                           "kernel", "contrast")}} for s in kept])
+         "index_row": s.row, **{k: _fmt(s.info[k]) for k in _MANIFEST_INFO}} for s in kept])
     _write_csv(private / "series.csv", ["row", "case_id", "files"],
                [{"row": s.row, "case_id": s.case_id, "files": " ".join(str(i.position) for i in s.instances)}
                 for s in series])
@@ -466,15 +467,20 @@ def _apply_labels(series: list[Series], by_key: dict[str, list[int]], rows: list
             s.label = {**rows[matches[0] - 1], "_rows": matches}
 
 
+_MANIFEST_INFO = ("modality", "view", "orientation", "slices", "thickness", "kernel", "contrast")
+
+
 def _series_row(s: Series) -> dict[str, Any]:
     i = s.info
-    return {"row": s.row, "kind": "part" if s.part else "series", "verdict": s.verdict, "reason": s.reason,
+    kind = ("image" if s.split == "image" else "part") if s.part else "series"
+    return {"row": s.row, "kind": kind, "verdict": s.verdict, "reason": s.reason,
             "case_id": s.case_id, "patient_id": f"p{s.keys['patient'][:12]}" if s.keys["patient"] else "",
             "study_id": f"s{s.keys['study'][:12]}", "part": s.part,
             **{k: _fmt(i[k]) for k in ("modality", "sop_class", "image_type", "orientation", "slices", "rows",
                                        "cols", "pixel_spacing", "thickness", "gap", "regular", "contrast",
                                        "kernel", "series_number", "files", "folders")},
-            "annotation_rows": " ".join(str(r) for r in s.annotation_rows), "label": s.label.get("label", "")}
+            "annotation_rows": " ".join(str(r) for r in s.annotation_rows), "label": s.label.get("label", ""),
+            "view": i.get("view", "")}
 
 
 def _load_links(path: Path) -> dict[str, list[str]]:

@@ -17,11 +17,22 @@ from pydicom.uid import UID
 
 from .dicom_geometry import GAP_ATOL_MM, POSITION_ATOL_MM, SPACING_RTOL
 
-__all__ = ["Instance", "Series", "group_series", "describe", "select_series", "orientation_of"]
+__all__ = ["Instance", "Series", "group_series", "describe", "select_series", "orientation_of",
+           "is_projection"]
 
 _NON_IMAGE = ("1.2.840.10008.5.1.4.1.1.481.", "1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.88.",
               "1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.9.", "1.2.840.10008.5.1.4.1.1.104.")
 _IMAGE_EXCEPTIONS = ("1.2.840.10008.5.1.4.1.1.481.1",)  # RT Image
+_PROJECTION_CLASSES = ("1.2.840.10008.5.1.4.1.1.1",  # CR; DX For Presentation / For Processing (.1.1, .1.1.1)
+                       "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1")
+
+
+def is_projection(fields: dict[str, Any]) -> bool:
+    """A projection radiograph (CR/DX, or a secondary capture whose Modality is CR/DX): one image per
+    instance, no slice geometry (the reader's rule: ``medres.data.radiograph.is_radiograph``)."""
+    sop = str(fields.get("sop_class", "") or "")
+    return sop in _PROJECTION_CLASSES or (str(fields.get("modality", "")).upper() in ("CR", "DX")
+                                         and sop.startswith("1.2.840.10008.5.1.4.1.1.7"))
 
 
 @dataclass
@@ -41,7 +52,8 @@ class Series:
 
     case_id: str
     instances: list[Instance]
-    part: str = ""  # "2/3" for the second of three geometry parts
+    part: str = ""  # "2/3" for the second of three geometry parts (or radiographs of one series)
+    split: str = "geometry"  # what the parts are: "geometry" parts, or the "image"s of radiographs
     info: dict[str, Any] = field(default_factory=dict)
     verdict: str = ""
     reason: str = ""
@@ -89,6 +101,15 @@ def group_series(instances: list[Instance], case_of: Any) -> list[Series]:
         by_uid[inst.keys["series"]].append(inst)
     out = []
     for uid_key, items in by_uid.items():
+        if all(is_projection(i.fields) for i in items):  # radiographs: each image is a case of its own
+            items = sorted(items, key=lambda i: i.position)
+            base = case_of(uid_key)
+            if len(items) == 1:
+                out.append(Series(base, items))
+            else:
+                out.extend(Series(f"{base}-i{k + 1}", [inst], part=f"{k + 1}/{len(items)}", split="image")
+                           for k, inst in enumerate(items))
+            continue
         geos: dict[tuple, list[Instance]] = defaultdict(list)
         for inst in items:
             geos[_geometry_key(inst)].append(inst)
@@ -150,11 +171,13 @@ def describe(s: Series, oblique_deg: float = 10.0) -> None:
         sop_name = UID(sop).name
     except Exception:
         sop_name = sop
-    spacing = f0.get("spacing")
+    projection = is_projection(f0)
+    spacing = f0.get("spacing") or (f0.get("imager_spacing") if projection else None)
     s.info = {
         "modality": f0.get("modality", ""), "sop_class": sop_name, "image_type": image_type,
         "original": bool(parts) and parts[0] == "ORIGINAL", "localizer": "LOCALIZER" in parts,
-        "orientation": orientation_of(f0.get("iop"), oblique_deg),
+        "orientation": "projection" if projection else orientation_of(f0.get("iop"), oblique_deg),
+        "view": str(f0.get("view", "") or "") if projection else "",
         "slices": sum(int(i.fields.get("frames") or 1) for i in s.instances),
         "rows": f0.get("rows") or "", "cols": f0.get("cols") or "",
         "pixel_spacing": "x".join(f"{v:.4g}" for v in spacing) if spacing else "",
@@ -190,12 +213,23 @@ def _rule_reason(s: Series, rules: Any) -> str:
         return f"irregular geometry: {i['geometry_problem']}"
     if i["slices"] < rules.min_slices:
         return f"{i['slices']} slice(s), fewer than the {rules.min_slices} required"
+    views = getattr(rules, "views", None)
+    if views is not None and i["orientation"] == "projection" and i["view"] \
+            and i["view"] not in {v.upper() for v in views}:
+        return f"a {i['view']} view, not one of {list(views)} (data.index.views)"
     return ""
 
 
 def _preference(s: Series) -> tuple:
     thickness = s.info["thickness"] or s.info["gap"] or float("inf")
     return thickness, -s.info["slices"], str(s.info["series_number"]), s.case_id
+
+
+def _part_text(s: Series, sep: str = "") -> str:
+    if not s.part:
+        return ""
+    what = "radiographs" if s.split == "image" else "several geometries"
+    return f"{'image' if s.split == 'image' else 'part'} {s.part} of a series with {what}{sep}"
 
 
 def select_series(series: list[Series], rules: Any) -> None:
@@ -205,15 +239,14 @@ def select_series(series: list[Series], rules: Any) -> None:
         reason = _rule_reason(s, rules)
         if reason:
             s.verdict = "skipped"
-            s.reason = (f"part {s.part} of a series with several geometries; " if s.part else "") + reason
+            s.reason = _part_text(s, "; ") + reason
         else:
             candidates[s.keys["study"]].append(s)
     for group in candidates.values():
         group.sort(key=_preference)
         for k, s in enumerate(group):
             if k == 0 or rules.per_study == "all":
-                s.verdict, s.reason = "kept", (f"part {s.part} of a series with several geometries" if s.part
-                                               else "")
+                s.verdict, s.reason = "kept", _part_text(s)
             else:
                 best = group[0]
                 s.verdict = "skipped"

@@ -311,12 +311,23 @@ def radiograph_spacing(ds: Dataset, path: str | Path = "") -> tuple[tuple[float,
     return imager, "ImagerPixelSpacing"
 
 
+def code_string(value: object) -> str:
+    """A Code String (CS) value, or "" when it is not one: each of its values upper-case letters,
+    digits, space or underscore, at most 16 characters (PS3.5 6.2). The fields medres keeps from a
+    radiograph (view, orientation, laterality, intent) are all CS, so free text put there (a name with
+    its ``^``, a sentence) never reaches metadata, logs or reports."""
+    parts = [str(v).strip().upper() for v in _multi(value)]
+    if not all(len(p) <= 16 and all(c.isascii() and (c.isalnum() or c in " _") for c in p) for p in parts):
+        return ""
+    return "\\".join(parts).strip()
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     try:
         value = ds.get(keyword)
     except Exception:
         return ""
-    return "\\".join(str(v) for v in _multi(value)).strip()
+    return code_string(value)
 
 
 def read_radiograph(ds: Dataset, path: str | Path, options: RadiographOptions | None = None

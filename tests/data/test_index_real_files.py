@@ -53,9 +53,9 @@ def test_every_series_described_as_the_files_say(indexed: dict) -> None:
                  for r in rows)
     expected = sorted([
         # 77654033: three single CR radiographs (no plane geometry) and a 4-slice CT with a 202.5 mm gap
-        ("77654033/CR1", "series", "CR", "unknown", "1", "kept"),
-        ("77654033/CR2", "series", "CR", "unknown", "1", "kept"),
-        ("77654033/CR3", "series", "CR", "unknown", "1", "kept"),
+        ("77654033/CR1", "series", "CR", "projection", "1", "kept"),
+        ("77654033/CR2", "series", "CR", "projection", "1", "kept"),
+        ("77654033/CR3", "series", "CR", "projection", "1", "kept"),
         ("77654033/CT2", "series", "CT", "axial", "4", "skipped"),
         # 98892001: CT2N is a localizer series of two planes (split into parts), CT5N 5 regular slices
         ("98892001/CT2N", "part", "CT", "sagittal", "1", "skipped"),
@@ -104,3 +104,38 @@ def test_ct_defaults_keep_only_the_regular_axial_ct(indexed: dict) -> None:
     reason = {r["folders_"]: r["reason"] for r in indexed["ct"] if r["kind"] == "series"}
     assert reason["77654033/CR1"] == "modality CR is not one of ['CT']"
     assert reason["98892003/MR2"] == "modality MR is not one of ['CT']"
+
+
+def test_radiograph_rules_index_pydicoms_crs_one_image_per_row(tmp_path: Path, monkeypatch) -> None:
+    """``data.modality: XR`` (configs/cxr.yaml) gives the index radiograph defaults: CR/DX of any ImageType
+    (pydicom's CRs are DERIVED\\PRIMARY), one image per row, the config's views (CR1 is LL, CR2/CR3 AP, as
+    pydicom reads them), the view and ImagerPixelSpacing in index.csv, a view column in the manifest; each
+    kept row loads as its radiograph."""
+    import numpy as np
+    import pydicom
+
+    from medres.config import load_config
+    from medres.data.io import load_image
+
+    monkeypatch.setenv("MEDRES_PROJECT_KEY", "dicomdirtests-key-0123456789")
+    rules = load_config(Path(__file__).parents[2] / "medres" / "configs" / "cxr.yaml").data.index
+    assert rules.modalities == ["CR", "DX"] and rules.views == ["PA", "AP"] and not rules.original_only
+    index_dicom(TREE, tmp_path, rules=rules)
+    files = {r["file"]: r["path"] for r in _read(tmp_path / "private" / "files.csv")}
+    members = {r["row"]: [files[f] for f in r["files"].split()]
+               for r in _read(tmp_path / "private" / "series.csv")}
+    rows = {members[r["row"]][0].split("/")[1]: r for r in _read(tmp_path / "index.csv")
+            if r["kind"] == "series" and r["modality"] == "CR"}
+    for name, r in rows.items():
+        ds = pydicom.dcmread(TREE / members[r["row"]][0], stop_before_pixels=True)
+        assert r["view"] == ds.ViewPosition and r["pixel_spacing"] == "0.1x0.1", name
+    assert rows["CR1"]["verdict"] == "skipped"
+    assert "a LL view, not one of ['PA', 'AP']" in rows["CR1"]["reason"]
+    assert rows["CR2"]["verdict"] == rows["CR3"]["verdict"] == "kept"
+    manifest = _read(tmp_path / "manifest.csv")
+    got = [(m["modality"], m["view"], m["orientation"]) for m in manifest]
+    assert got == [("CR", "AP", "projection")] * 2
+    for m in manifest:
+        image = load_image(tmp_path / m["image"])
+        assert tuple(image.shape) == (16, 16) and image.meta["ViewPosition"] == "AP"
+        assert np.allclose(np.abs(np.diag(np.asarray(image.affine))[:2]), 0.1)

@@ -254,3 +254,38 @@ def test_rgb_secondary_capture_is_refused_where_grayscale_is_expected():
     ds.Modality = "DX"
     with pytest.raises(DataError, match="colour image .* where a grayscale radiograph is expected"):
         display_values(ds, ds.pixel_array, "sc.dcm")
+
+
+def test_free_text_in_a_code_string_field_never_reaches_the_metadata(tmp_path):
+    path = _save(make_radiograph(ViewPosition="DOE^JOHN", ImageLaterality="a note about the patient"),
+                 tmp_path)
+    meta = load_image(path).meta
+    assert meta["ViewPosition"] == "" and meta["ImageLaterality"] == ""
+    assert meta["PatientOrientation"] == "L\\F"  # a conformant CS is kept
+
+
+def test_index_gives_each_radiograph_of_a_series_its_own_row(tmp_path, monkeypatch):
+    """Two radiographs in one series (a PA and one whose ViewPosition holds a name) are two cases; the
+    name reaches neither index.csv nor the manifest."""
+    from medres.config import DataConfig
+    from medres.data.index import index_dicom
+
+    monkeypatch.setenv("MEDRES_PROJECT_KEY", "radiograph-index-key-0123456789")
+    export = tmp_path / "export"
+    export.mkdir()
+    for name, view in (("a.dcm", "PA"), ("b.dcm", "DOE^JOHN")):
+        ds = make_radiograph(ViewPosition=view, PatientID="MRN123", StudyInstanceUID="1.2.3.4",
+                             SeriesInstanceUID="1.2.3.4.5", ImageType=["DERIVED", "PRIMARY"])
+        _save(ds, export, name)
+    rules = DataConfig(modality="XR", spatial_dims=2, orientation=None).index
+    index_dicom(export, tmp_path / "out", rules=rules)
+    rows = (tmp_path / "out" / "index.csv").read_text()
+    manifest = (tmp_path / "out" / "manifest.csv").read_text()
+    assert "DOE" not in rows and "JOHN" not in rows and "DOE" not in manifest and "MRN123" not in manifest
+    lines = [line.split(",") for line in manifest.splitlines()]
+    head = lines[0]
+    assert [r[head.index("view")] for r in lines[1:]] == ["PA", ""]  # a view not known is kept
+    assert [r[head.index("case_id")][-3:] for r in lines[1:]] == ["-i1", "-i2"]
+    assert "image 1/2 of a series with radiographs" in rows
+    for r in lines[1:]:
+        assert tuple(load_image(tmp_path / "out" / r[head.index("image")]).shape) == (32, 24)
