@@ -106,8 +106,13 @@ def _mask_bits(pixels: np.ndarray, stored: int, signed: bool) -> np.ndarray:
     return v
 
 
-def _lut(item: Dataset, what: str, ds: Dataset, path: Path) -> tuple[np.ndarray, int, int]:
-    """(table, first mapped value, bits per entry) of a LUT item, after checking the descriptor."""
+def _lut(item: Dataset, what: str, ds: Dataset, path: Path, signed_input: bool = False
+         ) -> tuple[np.ndarray, int, int]:
+    """(table, first mapped value, bits per entry) of a LUT item, after checking the descriptor.
+
+    The first mapped value is US for unsigned input and SS for signed input (PS3.3 C.11.1.1.1,
+    C.11.2.1.1), but files and pydicom often carry it as US: for signed input a value of 32768 or more
+    is read as the negative number its 16 bits are (pydicom 3.0 leaves it as is and mis-indexes)."""
     hint = "re-export the radiograph with a valid LUT, or choose another data.radiograph.voi"
     desc = item.get("LUTDescriptor")
     if desc is None or "LUTData" not in item:
@@ -122,6 +127,8 @@ def _lut(item: Dataset, what: str, ds: Dataset, path: Path) -> tuple[np.ndarray,
                         hint=hint)
     n, first, bits = desc
     n = n or 65536
+    if signed_input and first >= 1 << 15:
+        first -= 1 << 16
     if not 8 <= bits <= 16:
         raise DataError(f"has a {what} with {bits} bits per entry (DICOM allows 8 to 16)", path=path,
                         hint=hint)
@@ -193,7 +200,7 @@ def display_values(ds: Dataset, pixels: np.ndarray, path: str | Path, options: R
     lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
     # Modality LUT: the output range follows it (as in pydicom's apply_windowing)
     if ds.get("ModalityLUTSequence"):
-        table, first, bits = _lut(ds.ModalityLUTSequence[0], "Modality LUT Sequence", ds, path)
+        table, first, bits = _lut(ds.ModalityLUTSequence[0], "Modality LUT Sequence", ds, path, signed)
         values = _apply_lut(values, table, first).astype(np.float64)
         lo, hi = 0.0, float((1 << bits) - 1)
     else:
@@ -216,7 +223,7 @@ def display_values(ds: Dataset, pixels: np.ndarray, path: str | Path, options: R
     if seq:
         names = [str(item.get("LUTExplanation", "") or "") for item in seq]
         k = _choose(len(seq), names, options.voi, "VOI LUT", path)
-        table, first, bits = _lut(seq[k], "VOI LUT Sequence", ds, path)
+        table, first, bits = _lut(seq[k], "VOI LUT Sequence", ds, path, lo < 0)
         out = _apply_lut(values, table, first).astype(np.float64)
         y_lo, y_hi = 0.0, float((1 << bits) - 1)
         voi = f"VOI LUT {k + 1} of {len(seq)}" + (f" ({names[k]})" if names[k] else "")

@@ -139,6 +139,20 @@ def test_grayscale_pipeline_matches_pydicom(tmp_path, case):
     assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
 
 
+def test_signed_voi_lut_whose_first_mapped_value_is_stored_as_us(tmp_path):
+    """Signed input (-2048..2047) and a VOI LUT starting at -2048, its descriptor written as US (63488),
+    as files often carry it: medres reads -2048; the reference is pydicom on the same file with the
+    descriptor's first value given as the signed number it means."""
+    ds = make_radiograph(PixelRepresentation=1, VOILUTSequence=Sequence([_lut_item(first=63488)]))
+    ds.PixelData = (np.linspace(-2048, 2047, 24 * 32).reshape(24, 32).astype("<i2")).tobytes()
+    path = _save(ds, tmp_path)
+    ref = pydicom.dcmread(path)
+    ref.VOILUTSequence[0].LUTDescriptor = [4096, -2048, 16]
+    got = np.asarray(load_image(path)).T
+    np.testing.assert_allclose(got, _reference(ref), atol=1e-6)
+    assert got.min() == 0.0 and got.max() == 1.0  # the whole table used, not its first entry everywhere
+
+
 def test_8bit_lut_longer_than_256_entries_is_looked_up_in_full(tmp_path):
     """An 8-bit VOI LUT may have more than 256 entries; pydicom 3.0's apply_voi indexes it with a uint8
     array (indices wrap around past 255), so this case is checked against a plain numpy lookup."""
