@@ -16,23 +16,18 @@ import numpy as np
 from pydicom.uid import UID
 
 from .dicom_geometry import GAP_ATOL_MM, POSITION_ATOL_MM, SPACING_RTOL
+from .radiograph import is_radiograph_class
 
-__all__ = ["Instance", "Series", "group_series", "describe", "select_series", "orientation_of",
-           "is_projection"]
+__all__ = ["Instance", "Series", "group_series", "describe", "select_series", "orientation_of"]
 
 _NON_IMAGE = ("1.2.840.10008.5.1.4.1.1.481.", "1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.88.",
               "1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.9.", "1.2.840.10008.5.1.4.1.1.104.")
 _IMAGE_EXCEPTIONS = ("1.2.840.10008.5.1.4.1.1.481.1",)  # RT Image
-_PROJECTION_CLASSES = ("1.2.840.10008.5.1.4.1.1.1",  # CR; DX For Presentation / For Processing (.1.1, .1.1.1)
-                       "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1")
 
 
-def is_projection(fields: dict[str, Any]) -> bool:
-    """A projection radiograph (CR/DX, or a secondary capture whose Modality is CR/DX): one image per
-    instance, no slice geometry (the reader's rule: ``medres.data.radiograph.is_radiograph``)."""
-    sop = str(fields.get("sop_class", "") or "")
-    return sop in _PROJECTION_CLASSES or (str(fields.get("modality", "")).upper() in ("CR", "DX")
-                                         and sop.startswith("1.2.840.10008.5.1.4.1.1.7"))
+def _projection(fields: dict[str, Any]) -> bool:
+    """A projection radiograph, by the reader's own rule: one image per instance, no slice geometry."""
+    return is_radiograph_class(str(fields.get("sop_class", "") or ""), str(fields.get("modality", "") or ""))
 
 
 @dataclass
@@ -101,7 +96,7 @@ def group_series(instances: list[Instance], case_of: Any) -> list[Series]:
         by_uid[inst.keys["series"]].append(inst)
     out = []
     for uid_key, items in by_uid.items():
-        if all(is_projection(i.fields) for i in items):  # radiographs: each image is a case of its own
+        if all(_projection(i.fields) for i in items):  # radiographs: each image is a case of its own
             items = sorted(items, key=lambda i: i.position)
             base = case_of(uid_key)
             if len(items) == 1:
@@ -171,7 +166,7 @@ def describe(s: Series, oblique_deg: float = 10.0) -> None:
         sop_name = UID(sop).name
     except Exception:
         sop_name = sop
-    projection = is_projection(f0)
+    projection = _projection(f0)
     spacing = f0.get("spacing") or (f0.get("imager_spacing") if projection else None)
     s.info = {
         "modality": f0.get("modality", ""), "sop_class": sop_name, "image_type": image_type,

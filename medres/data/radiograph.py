@@ -30,8 +30,8 @@ from pydicom.dataset import Dataset
 from medres.errors import DataError
 
 __all__ = ["RadiographOptions", "RADIOGRAPH_META_FIELDS", "RADIOGRAPH_RECORD_KEYS", "is_radiograph",
-           "display_values", "radiograph_spacing", "read_radiograph", "read_radiograph_if_any",
-           "RadiographGeometryd", "parse_spacing"]
+           "is_radiograph_class", "display_values", "radiograph_spacing", "read_radiograph",
+           "read_radiograph_if_any", "RadiographGeometryd", "parse_spacing"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +68,14 @@ class RadiographOptions:
 
 def is_radiograph(ds: Dataset) -> bool:
     """True for CR and DX images and for secondary captures whose Modality is CR or DX."""
-    sop = str(ds.get("SOPClassUID", "") or "")
-    modality = str(ds.get("Modality", "") or "").upper()
+    return is_radiograph_class(str(ds.get("SOPClassUID", "") or ""), str(ds.get("Modality", "") or ""))
+
+
+def is_radiograph_class(sop: str, modality: str) -> bool:
+    """:func:`is_radiograph` on a SOP Class UID and Modality already read (the index's header records)."""
     if sop in (_CR, _DX_PRESENTATION, _DX_PROCESSING) or sop.startswith("1.2.840.10008.5.1.4.1.1.1.1"):
         return True
-    return modality in _MODALITIES and (sop in _SC or not sop)
+    return modality.upper() in _MODALITIES and (sop in _SC or not sop)
 
 
 def _int(ds: Dataset, keyword: str, default: int | None, path: Path) -> int:
