@@ -208,10 +208,9 @@ def _rule_reason(s: Series, rules: Any) -> str:
         return f"irregular geometry: {i['geometry_problem']}"
     if i["slices"] < rules.min_slices:
         return f"{i['slices']} slice(s), fewer than the {rules.min_slices} required"
-    views = getattr(rules, "views", None)
-    if views is not None and i["orientation"] == "projection" and i["view"] \
-            and i["view"] not in {v.upper() for v in views}:
-        return f"a {i['view']} view, not one of {list(views)} (data.index.views)"
+    if rules.views is not None and i["orientation"] == "projection" and i["view"] \
+            and i["view"] not in {v.upper() for v in rules.views}:
+        return f"a {i['view']} view, not one of {list(rules.views)} (data.index.views)"
     return ""
 
 
@@ -223,8 +222,8 @@ def _preference(s: Series) -> tuple:
 def _part_text(s: Series, sep: str = "") -> str:
     if not s.part:
         return ""
-    what = "radiographs" if s.split == "image" else "several geometries"
-    return f"{'image' if s.split == 'image' else 'part'} {s.part} of a series with {what}{sep}"
+    noun, what = ("image", "radiographs") if s.split == "image" else ("part", "several geometries")
+    return f"{noun} {s.part} of a series with {what}{sep}"
 
 
 def select_series(series: list[Series], rules: Any) -> None:

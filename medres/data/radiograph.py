@@ -329,7 +329,7 @@ def code_string(value: object) -> str:
     parts = [str(v).strip().upper() for v in _multi(value)]
     if not all(len(p) <= 16 and all(c.isascii() and (c.isalnum() or c in " _") for c in p) for p in parts):
         return ""
-    return "\\".join(parts).strip()
+    return "\\".join(parts)
 
 
 def _text(ds: Dataset, keyword: str) -> str:

@@ -209,7 +209,7 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
             row[f"p_{name}"] = float(probs[k]) if has_cls else float("nan")
         row["y_pred"] = int(np.argmax(probs)) if has_cls else -1
         row.update({k: v for k, v in rec.items() if k not in RECORD_KEYS})
-        view = str(getattr(image, "meta", {}).get("ViewPosition", "") or "").strip().upper()
+        view = getattr(image, "meta", {}).get("ViewPosition", "")  # a Code String already (the reader)
         if view and not str(row.get("view", "") or "").strip():  # a DICOM radiograph's own view, as a
             row["view"] = view  # subgroup column when the manifest has none (the manifest's wins)
         row["image"], row["mask"] = _path_text(rec["image"]), _path_text(rec.get("mask"))
