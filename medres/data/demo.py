@@ -429,12 +429,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", choices=["builtin", "export"], default="builtin",
                         help="export: the cohort as a hospital DICOM export (medres.data.demo_export)")
     args = parser.parse_args(argv)
+    if args.layout == "export" and args.kind != "ct_chest":
+        parser.error("--layout export writes the chest CT cohort only (--kind ct_chest)")
+    n_patients = args.n_patients or (150 if args.kind == "cxr" else 100)
     start = time.perf_counter()
     if args.layout == "export":
         from medres.data.demo_export import generate_export
 
         try:
-            builtin = generate_demo(Path(args.out) / "builtin", n_patients=args.n_patients, seed=args.seed)
+            builtin = generate_demo(Path(args.out) / "builtin", n_patients=n_patients, seed=args.seed)
             labels = generate_export(builtin, args.out, seed=args.seed)
         except DataError as e:
             parser.exit(2, f"error: {e}\n")
@@ -446,9 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.kind == "cxr":
             from medres.data.demo_cxr import generate_cxr_demo
 
-            manifest = generate_cxr_demo(args.out, n_patients=args.n_patients or 150, seed=args.seed)
+            manifest = generate_cxr_demo(args.out, n_patients=n_patients, seed=args.seed)
         else:
-            manifest = generate_demo(args.out, n_patients=args.n_patients or 100, seed=args.seed)
+            manifest = generate_demo(args.out, n_patients=n_patients, seed=args.seed)
     except DataError as e:
         parser.exit(2, f"error: {e}\n")
     with open(manifest) as f:

@@ -58,3 +58,24 @@ def test_export_indexes_back_to_the_builtin_cohort(tmp_path: Path, monkeypatch: 
     public = (out / "manifest.csv").read_text() + (out / "index.csv").read_text()
     for word in ("DEMO", "ACC0", "Demo Hospital", "2021010", "2022010", "2023010"):
         assert word not in public
+
+
+def test_cli_export_layout_with_the_default_cohort_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's ``python -m medres.data.demo --out X --layout export`` (no --n-patients) asks for the
+    default 100 patients (it passed None and failed with a TypeError); the built-in cohort is made at 8
+    here to keep the test short, the export from it for real. ``--kind cxr`` has no export layout."""
+    import medres.data.demo as demo
+
+    asked = []
+
+    def small_demo(out, *, n_patients, seed):
+        asked.append(n_patients)
+        return generate_demo(out, n_patients=8, seed=seed)
+
+    monkeypatch.setattr(demo, "generate_demo", small_demo)
+    assert demo.main(["--out", str(tmp_path / "x"), "--layout", "export"]) == 0
+    assert asked == [100] and "next: python -m medres.data.index" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        demo.main(["--out", str(tmp_path / "y"), "--layout", "export", "--kind", "cxr"])
+    assert info.value.code == 2 and "--kind ct_chest" in capsys.readouterr().err
