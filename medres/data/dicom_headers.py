@@ -26,12 +26,16 @@ from pydicom.errors import InvalidDicomError
 
 from .radiograph import code_string
 from .redact import quiet_pydicom, safe_message
+from .rtstruct import RTSTRUCT_SOP_CLASS
+from .seg_read import SEG_SOP_CLASSES
 
-__all__ = ["read_header", "DICOMDIR_CLASS", "SEG_CLASS", "RTSTRUCT_CLASS"]
+__all__ = ["read_header", "DICOMDIR_CLASS", "SEG_CLASS", "RTSTRUCT_CLASS", "ANNOTATION_CLASSES"]
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"  # (binary/fractional) Segmentation Storage
+RTSTRUCT_CLASS = RTSTRUCT_SOP_CLASS
+# the annotation objects the index attaches: exactly the classes the SEG and RTSTRUCT readers read
+ANNOTATION_CLASSES = frozenset(SEG_SOP_CLASSES) | {RTSTRUCT_SOP_CLASS}
 _FAST_SYNTAXES_IMPLICIT = {"1.2.840.10008.1.2"}
 _SLOW_SYNTAXES = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -264,7 +268,7 @@ def _from_pydicom(path: str) -> dict[str, Any]:
         if int(out.get("frames") or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds:
             _functional_geometry(ds, out)
         sop = out.get("sop_class", "")
-        if sop in (SEG_CLASS, RTSTRUCT_CLASS):
+        if sop in ANNOTATION_CLASSES:
             out["annotation"] = _annotation(ds)
     out["no_pixels"] = not ds.get("Rows")  # stop_before_pixels: an image is known by its Rows
     return out
@@ -308,7 +312,7 @@ def _annotation(ds: pydicom.Dataset) -> dict[str, Any]:
 
 def _references(ds: pydicom.Dataset) -> tuple[str, str | None, set[str], str | None]:
     """The source series, instances and frame of reference a SEG or RTSTRUCT names (header only)."""
-    kind = "SEG" if str(ds.get("SOPClassUID", "")) == SEG_CLASS else "RTSTRUCT"
+    kind = "SEG" if str(ds.get("SOPClassUID", "")) in SEG_SOP_CLASSES else "RTSTRUCT"
     series, sops = None, set()
     for item in ds.get("ReferencedSeriesSequence") or []:
         series = series or str(item.get("SeriesInstanceUID", "") or "") or None
@@ -331,7 +335,7 @@ def read_header(path: str) -> dict[str, Any]:
     try:
         try:
             raw = _scan(path)
-            if raw.get("sop_class") in (SEG_CLASS, RTSTRUCT_CLASS) or int(raw.get("frames") or 1) > 1:
+            if raw.get("sop_class") in ANNOTATION_CLASSES or int(raw.get("frames") or 1) > 1:
                 raise _NeedPydicom("needs the whole header")
         except (_NeedPydicom, struct.error, ValueError, UnicodeDecodeError, IndexError):
             with quiet_pydicom():

@@ -50,7 +50,7 @@ from .index_series import Instance, Series, describe, group_series, select_serie
 
 __all__ = ["index_dicom", "IndexResult", "project_key", "main"]
 
-CACHE_VERSION = 3  # 3: ViewPosition and ImagerPixelSpacing (radiographs)
+CACHE_VERSION = 4  # 3: ViewPosition and ImagerPixelSpacing (radiographs); 4: Label Map SEGs, links
 _KEY_ENV = "MEDRES_PROJECT_KEY"
 _DEFAULT_KEY_FILE = "~/.config/medres/project.key"
 _ID_FIELDS = {"patient": "patient_id", "accession": "accession", "study": "study_uid", "series": "series_uid",

@@ -23,7 +23,9 @@ from .source_series import PLANE_ATOL_MM, SourceSeries
 
 __all__ = ["SEG_SOP_CLASSES", "seg_layers"]
 
-SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}  # SEG, Label Map SEG
+# every SEG class this reader reads (Segmentation, Label Map Segmentation); the index attaches exactly
+# these (medres.data.dicom_headers.ANNOTATION_CLASSES)
+SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 
 
 def _group_value(groups: list[Dataset | None], sequence: str, keyword: str) -> object:
