@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 
 from medres.errors import ConfigError, DataError
 
+from .limits import memory_error
 from .redact import quiet_pydicom, safe_message
 from .rtstruct import RTSTRUCT_SOP_CLASS, rtstruct_layers, write_rtstruct
 from .seg_read import SEG_SOP_CLASSES, seg_layers
@@ -65,6 +66,8 @@ def _read(ds_or_path: Dataset | str | Path, *, pixels: bool) -> Dataset:
     except OSError as exc:
         raise DataError(f"could not be read ({safe_message(exc)})", path=ds_or_path,
                         hint="check that the file exists and is readable") from None
+    except MemoryError:
+        raise memory_error(ds_or_path) from None
     except Exception as exc:
         raise DataError(f"is a damaged DICOM file ({safe_message(exc)})", path=ds_or_path,
                         hint="re-export it from the source system") from None

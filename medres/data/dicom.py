@@ -27,7 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from medres.data.dicom_geometry import Frame, assemble
-from medres.data.limits import check_declared
+from medres.data.limits import check_declared, memory_error
 from medres.data.redact import decoder_message, quiet_pydicom, safe_message
 from medres.errors import DataError
 
@@ -185,6 +185,8 @@ def _read_dataset(path: Path) -> Dataset:
     except OSError as exc:
         raise DataError(f"could not be read ({safe_message(exc)})", path=path,
                         hint="check that the file exists and is readable") from None
+    except MemoryError:
+        raise memory_error(path) from None
     except Exception as exc:  # pydicom raises many types on damaged files
         raise DataError(f"is a damaged DICOM file ({safe_message(exc)})", path=path,
                         hint="re-export it from the source system") from None
@@ -242,6 +244,9 @@ def _decoded_pixels(ds: Dataset, path: Path) -> np.ndarray:
             pixels = ds.pixel_array
             if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
                 pixels = pydicom.pixels.apply_color_lut(pixels, ds)
+    except MemoryError:
+        dims, itemsize = _declared(ds, path)
+        raise memory_error(path, dims[0] * dims[1] * dims[2] * dims[3] * (itemsize + 4)) from None
     except Exception as exc:
         if "less than expected" in str(exc):
             raise DataError(f"pixel data truncated ({safe_message(exc)})", path=path,

@@ -342,6 +342,9 @@ def read_header(path: str) -> dict[str, Any]:
                 raw = _from_pydicom(path)
     except OSError as exc:
         return {"status": "unreadable", "reason": f"could not be read ({safe_message(exc)})"}
+    except MemoryError:
+        return {"status": "unreadable", "reason": "ran out of memory reading its header (the process's "
+                                                  "memory limit is too low for it)"}
     except Exception as exc:  # pydicom raises many types on damaged files
         return {"status": "unreadable", "reason": f"damaged DICOM file ({safe_message(exc)})"}
     if raw.get("status"):

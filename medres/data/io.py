@@ -31,7 +31,7 @@ import torch
 from monai.data import ImageReader, MetaTensor
 
 from medres.data.dicom import ACQUISITION_FIELDS, read_dicom_file, read_dicom_series
-from medres.data.limits import check_declared
+from medres.data.limits import check_declared, memory_error
 from medres.data.nifti import read_nifti
 from medres.data.radiograph import RadiographOptions, read_radiograph_if_any
 from medres.data.redact import safe_message
@@ -177,7 +177,7 @@ class MedresReader(ImageReader):
             except DataError as err:
                 return _Loaded([], err)
             except MemoryError:
-                return _Loaded([], DataError("does not fit in memory", path=path))
+                return _Loaded([], memory_error(path))
             except Exception as exc:  # a reader failure medres does not know yet: still a DataError
                 logger.debug("unexpected reader failure on %s", path, exc_info=True)
                 return _Loaded([], DataError(f"could not be read: unexpected reader failure "

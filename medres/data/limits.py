@@ -6,18 +6,25 @@ header's width x height); the pixel data behind it may be compressed a thousandf
 count *before* decoding. More than ``data.max_voxels`` (default 2**31 = 2.1e9, far above any CT: a
 512 x 512 x 2000 whole-body scan is 5.2e8), or more than the memory the machine has free right now, is
 a DataError naming the declared shape.
+
+"Free memory" is what this process may still use: the least of the machine's ``MemAvailable``, the room
+left under the process's address-space limit (``RLIMIT_AS``, ``ulimit -v``) and under its cgroup's memory
+limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``, as a SLURM or container job has):
+:func:`memory_allowance`. A ``MemoryError`` met while reading anyway is reported by
+:func:`memory_error` as what it is, never as a damaged file.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Sequence
 from pathlib import Path
 
 from medres.errors import DataError
 
-__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared", "patch_fits_none", "patch_misfit",
-           "resampled_shape"]
+__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared", "memory_allowance", "memory_error",
+           "patch_fits_none", "patch_misfit", "resampled_shape"]
 
 #: Default for ``data.max_voxels``.
 DEFAULT_MAX_VOXELS = 2**31
@@ -26,7 +33,7 @@ DEFAULT_MAX_VOXELS = 2**31
 _WORK_BYTES = 4
 
 
-def available_memory() -> int | None:
+def _machine_free() -> int | None:
     """Bytes the machine can give without swapping (Linux ``MemAvailable``), or None if unknown."""
     try:
         with open("/proc/meminfo") as fh:
@@ -39,6 +46,108 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _address_space_room() -> int | None:
+    """Bytes of address space left under ``RLIMIT_AS`` (the limit minus this process's VmSize), or None."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ValueError, OSError, AttributeError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    used = 0
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    used = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(soft - used, 0)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (cgroup v2: no limit) -> None
+
+
+def _cgroup_dirs() -> list[tuple[str, str]]:
+    """``(version, folder)`` of this process's memory cgroup: its own path under the mount (when visible),
+    then the mount's root (a container sees its own cgroup there)."""
+    v2, v1 = [], []
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, controllers, rel = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    v2.append(f"/sys/fs/cgroup{rel}".rstrip("/"))
+                elif "memory" in controllers.split(","):
+                    v1.append(f"/sys/fs/cgroup/memory{rel}".rstrip("/"))
+    except (OSError, ValueError):
+        pass
+    return ([("v2", d) for d in [*v2, "/sys/fs/cgroup"]]
+            + [("v1", d) for d in [*v1, "/sys/fs/cgroup/memory"]])
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under the cgroup's memory limit (limit minus usage, reclaimable page cache counted as
+    free: the kernel drops it before it kills), or None when there is no limit or none is visible."""
+    for version, folder in _cgroup_dirs():
+        limit_file, usage_file = (("memory.max", "memory.current") if version == "v2"
+                                  else ("memory.limit_in_bytes", "memory.usage_in_bytes"))
+        limit = _read_int(f"{folder}/{limit_file}")
+        if limit is None or limit >= 1 << 60:  # v1 writes "no limit" as a page-rounded 2**63
+            continue
+        usage = _read_int(f"{folder}/{usage_file}") or 0
+        cache = 0
+        try:
+            with open(f"{folder}/memory.stat") as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key in ("inactive_file", "total_inactive_file"):
+                        cache = max(cache, int(value))
+        except (OSError, ValueError):
+            pass
+        return max(limit - usage + min(cache, usage), 0)
+    return None
+
+
+def memory_allowance() -> tuple[int | None, str]:
+    """``(bytes, what)``: the memory this process may still use and which limit that is (the least of
+    the machine's free memory, the address-space limit and the cgroup's memory limit); ``(None, "")``
+    when none is known."""
+    found = [(room, what) for room, what in (
+        (_machine_free(), "the memory free on the machine now"),
+        (_address_space_room(), "the room left under the process's address-space limit (RLIMIT_AS, "
+                                "ulimit -v)"),
+        (_cgroup_room(), "the room left under the job's cgroup memory limit (memory.max)"),
+    ) if room is not None]
+    if not found:
+        return None, ""
+    return min(found, key=lambda item: item[0])
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still use (:func:`memory_allowance`), or None if unknown."""
+    return memory_allowance()[0]
+
+
+def memory_error(path: str | Path, need: int | None = None) -> DataError:
+    """The DataError for a ``MemoryError`` met while reading ``path``: how much was needed (when known)
+    and how much the process may use, never 'damaged'."""
+    room, what = memory_allowance()
+    needs = f"needs about {need / 2**30:.1f} GiB" if need else "needs more memory than it could get"
+    allowed = f"the process may use {room / 2**30:.1f} GiB now ({what})" if room is not None else \
+        "the process's memory limit is unknown"
+    return DataError(f"ran out of memory while reading: it {needs}, {allowed}", path=path,
+                     hint="raise the limit (ulimit -v, the job's memory request) or use a machine with more "
+                          "memory, or lower data.max_voxels so such scans are refused up front")
 
 
 def check_declared(shape: Sequence[int], itemsize: int, path: str | Path, *,
@@ -63,12 +172,14 @@ def check_declared(shape: Sequence[int], itemsize: int, path: str | Path, *,
                         "decompression bomb?)", path=path,
                         hint="if the scan is truly this large, raise data.max_voxels (and make sure the "
                              "memory is there); otherwise re-export the file")
-    free = available_memory()
+    free, limit = memory_allowance()
     need = voxels * (max(int(itemsize), 1) + _WORK_BYTES)
     if free is not None and need > free:
         raise DataError(f"{what} declares {dims} voxels ({need / 2**30:.1f} GiB to load), more than the "
-                        f"{free / 2**30:.1f} GiB of memory free now; refused before decompressing",
-                        path=path, hint="free memory or use a machine with more, or crop/resample the scan")
+                        f"process may use now: {free / 2**30:.1f} GiB ({limit}); refused before "
+                        "decompressing", path=path,
+                        hint="raise the limit or free memory, use a machine with more, or crop/resample the "
+                             "scan")
 
 
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float],

@@ -3,7 +3,8 @@
 The array is nibabel's ``[X, Y, Z(, T...)]`` with scl_slope/scl_inter applied, as MONAI's NibabelReader
 gives it; ``meta["affine"]`` is nibabel's best affine (sform when its code is set, else qform). Refused
 with a :class:`medres.errors.DataError`: files whose bytes are not what their name says, truncated
-files, headers with no valid affine (qform and sform codes both 0), singular affines, NaN/inf voxels.
+files, headers with no valid affine (qform and sform codes both 0), singular affines, NaN/inf voxels,
+header extensions larger than :data:`MAX_EXTENSION_BYTES` or not fitting before the voxel data.
 Only geometry leaves this module: the header's free-text fields (``descrip``, ``db_name``, ``aux_file``)
 may hold anything and are dropped.
 """
@@ -18,11 +19,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medres.data.limits import check_declared
+from medres.data.limits import check_declared, memory_error
 from medres.data.redact import safe_message
 from medres.errors import DataError
 
-__all__ = ["read_nifti", "sniff"]
+__all__ = ["MAX_EXTENSION_BYTES", "read_nifti", "sniff"]
 
 
 def sniff(head: bytes) -> str:
@@ -95,6 +96,56 @@ def _check_header(raw: bytes, path: Path) -> type[nib.Nifti1Image]:
                     hint="rename the file to match its content, or re-export it as NIfTI")
 
 
+#: Header extensions (esize/ecode blocks between the header and the voxels) may hold this many bytes in
+#: all; nibabel reads every one whole into memory before anything else can be checked.
+MAX_EXTENSION_BYTES = 64 << 20
+
+
+def _check_extensions(path: Path, compressed: bool, raw: bytes, nifti2: bool) -> None:
+    """Refuse header extensions nibabel would read beyond a sane size, before it reads them.
+
+    nibabel reads each extension's declared ``esize`` in one call (a 2 GiB ``esize`` allocates 2 GiB, a
+    negative one reads the stream to its end) and, with ``vox_offset`` before the extensions, reads
+    extensions until the end of the file. Walked here by hand (no library exposes the extension sizes
+    without reading the extensions): the declared total (``vox_offset``) is bounded first, then each
+    ``esize`` is checked against it, skipping over the contents without keeping them.
+    """
+    start = 540 if nifti2 else 348
+    if len(raw) < start + 4 or raw[start] == 0:
+        return  # no extensions: nibabel reads none
+    order = "<" if struct.unpack("<i", raw[:4])[0] in (348, 540) else ">"
+    offset = (struct.unpack(order + "q", raw[168:176])[0] if nifti2
+              else struct.unpack(order + "f", raw[108:112])[0])
+    start += 4
+    if not np.isfinite(offset) or int(offset) < start:
+        raise DataError(f"flags header extensions but its voxel data offset (vox_offset {offset:.0f}) lies "
+                        f"before their start (byte {start}): a damaged header", path=path,
+                        hint="re-export the file")
+    end = int(offset)
+    if end - start > MAX_EXTENSION_BYTES:
+        raise DataError(f"declares {(end - start) / 2**20:.0f} MiB of header extensions (vox_offset {end}), "
+                        f"more than the {MAX_EXTENSION_BYTES >> 20} MiB medres reads; refused before reading "
+                        "them (a damaged header or a decompression bomb?)", path=path,
+                        hint="re-export the file without its extensions (e.g. nibabel: img.header.extensions"
+                             ".clear())")
+    with (gzip.open(path, "rb") if compressed else open(path, "rb")) as fh:
+        fh.seek(start)
+        pos = start
+        while end - pos >= 16:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise DataError(f"is truncated inside its header extensions (byte {pos})", path=path,
+                                hint="re-export or re-copy the file")
+            esize = struct.unpack(order + "i", head[:4])[0]
+            if esize < 16 or pos + esize > end:
+                raise DataError(f"has a header extension at byte {pos} declaring {esize} bytes, which does "
+                                f"not fit between the header and the voxel data (vox_offset {end}); refused "
+                                "before reading it", path=path,
+                                hint="the header is damaged: re-export the file")
+            pos += esize
+            fh.seek(pos)
+
+
 def _gzip_size(path: Path) -> int:
     """Uncompressed size from the gzip trailer (modulo 2**32)."""
     with open(path, "rb") as fh:
@@ -132,10 +183,17 @@ def read_nifti(path: str | Path, *, max_voxels: int | None = None) -> tuple[np.n
         raise DataError(f"could not be read ({safe_message(exc)})", path=path) from None
     image_class = _check_header(raw, path)
     try:
+        _check_extensions(path, compressed, raw, image_class is nib.Nifti2Image)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"could not be read ({safe_message(exc)})", path=path,
+                        hint="re-export or re-copy the file") from None
+    try:
         img = image_class.from_filename(path, mmap=False)
         header = img.header
         shape = tuple(int(s) for s in img.shape)
         qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    except MemoryError:
+        raise memory_error(path) from None
     except Exception as exc:  # nibabel raises several types on damaged headers
         raise DataError(f"has a damaged NIfTI header ({safe_message(exc)})", path=path,
                         hint="re-export the file") from None
@@ -166,6 +224,8 @@ def read_nifti(path: str | Path, *, max_voxels: int | None = None) -> tuple[np.n
     try:
         affine = np.array(img.affine, dtype=np.float64)
         data = np.asanyarray(img.dataobj)
+    except MemoryError:
+        raise memory_error(path, int(np.prod(shape, dtype=np.float64)) * (dtype.itemsize + 4)) from None
     except Exception as exc:
         raise DataError(f"has damaged or truncated voxel data ({safe_message(exc)})", path=path,
                         hint="re-export or re-copy the file") from None

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from medres.errors import DataError
 
 from .dicom_geometry import ORIENTATION_ATOL
+from .limits import memory_error
 from .redact import quiet_pydicom, safe_message
 from .source_series import PLANE_ATOL_MM, SourceSeries
 
@@ -55,6 +56,8 @@ def seg_layers(path: Path, grid: SourceSeries, mapping: Callable[[str], str | No
     try:
         with quiet_pydicom():
             seg = hd.seg.segread(path)
+    except MemoryError:
+        raise memory_error(path) from None
     except Exception as exc:
         raise DataError(f"is not a readable DICOM SEG ({safe_message(exc)})", path=path,
                         hint="re-export the segmentation") from None
@@ -133,6 +136,8 @@ def seg_layers(path: Path, grid: SourceSeries, mapping: Callable[[str], str | No
         try:
             with quiet_pydicom():
                 frame = np.asarray(seg.get_stored_frame(i + 1)).T  # [rows, cols] -> [X, Y]
+        except MemoryError:
+            raise memory_error(path) from None
         except Exception as exc:
             raise DataError(f"SEG frame {i + 1} could not be decoded ({safe_message(exc)})", path=path,
                             hint="re-export the segmentation") from None

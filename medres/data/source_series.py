@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from medres.errors import DataError
 
 from .dicom_geometry import Frame, assemble
+from .limits import memory_error
 from .redact import quiet_pydicom, safe_message
 
 __all__ = ["PLANE_ATOL_MM", "SourceSeries", "read_headers", "series_in_folder", "source_series"]
@@ -93,6 +94,8 @@ def read_headers(paths: Sequence[Path]) -> list[tuple[Path, Dataset]]:
             except OSError as exc:
                 raise DataError(f"could not be read ({safe_message(exc)})", path=path,
                                 hint="check that the file exists and is readable") from None
+            except MemoryError:
+                raise memory_error(path) from None
             except Exception as exc:
                 raise DataError(f"is a damaged DICOM file ({safe_message(exc)})", path=path,
                                 hint="re-export it from the source system") from None

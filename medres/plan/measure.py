@@ -77,12 +77,18 @@ def _reset_hwm() -> bool:
 
 
 def available_memory_bytes(device: torch.device) -> int:
-    """Free memory of the device now: CUDA ``mem_get_info``; CPU ``MemAvailable`` (psutil)."""
+    """Free memory of the device now: CUDA ``mem_get_info``; CPU: what this process may still use (the least
+    of ``MemAvailable``, RLIMIT_AS and the cgroup's limit: :func:`medres.data.limits.available_memory`)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
+    from medres.data.limits import available_memory
 
-    return int(psutil.virtual_memory().available)
+    free = available_memory()
+    if free is None:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return int(free)
 
 
 def measure_step(build: Callable[[], tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]],

@@ -55,7 +55,7 @@ def test_nifti_bomb_is_refused_before_allocation(tmp_path):
 
 def test_nifti_at_the_cap_is_streamed_not_loaded(tmp_path, monkeypatch):
     # 2**31 int16 voxels (4 GiB, the gzip trailer reads 0): the stream is counted in chunks, not loaded
-    monkeypatch.setattr(limits, "available_memory", lambda: None)
+    monkeypatch.setattr(limits, "memory_allowance", lambda: (None, ""))
     bomb = _nifti_bomb(tmp_path / "bomb.nii.gz", (2048, 2048, 512))
     before = _peak_kib()
     with pytest.raises(DataError, match="is truncated: the header promises 4294967648 bytes"):
@@ -74,7 +74,7 @@ def test_nifti_cap_is_configurable(tmp_path):
 def test_the_cap_never_exceeds_free_memory(tmp_path, monkeypatch):
     path = tmp_path / "small.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.int16), np.eye(4)), path)
-    monkeypatch.setattr(limits, "available_memory", lambda: 1 << 20)  # a machine with 1 MiB free
+    monkeypatch.setattr(limits, "memory_allowance", lambda: (1 << 20, "the memory free on the machine now"))
     with pytest.raises(DataError, match="memory free"):
         load_image(path)
 
