@@ -1,16 +1,23 @@
 """Files medres writes for later (checkpoints, tables, masks, caches, the resolved config, metrics.csv):
 each through :func:`atomic_write` (temporary file, fsync, rename), so a crash, a kill or a full disk
 leaves the old file or the whole new one, never a part.
+
+Where outputs may go: :func:`check_output`, called by every command before it writes (an output never
+is, contains or lies inside an input); what may be removed: only what medres listed as written
+(:func:`remove_written`, :func:`foreign_entries`), never a whole folder it did not create.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+from medres.errors import DataError
+
+__all__ = ["atomic_write", "check_output", "foreign_entries", "remove_written"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], *,
@@ -54,3 +61,112 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    """The absolute path with every symbolic link and ``..`` resolved (as far as it exists)."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:  # the same file under two names (a hard link, a case-insensitive file system, a bind mount)
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    """``inner`` lies strictly inside ``outer`` (both resolved)."""
+    return inner != outer and inner.is_relative_to(outer)
+
+
+def check_output(out: str | os.PathLike[str], *, inputs: Mapping[str, str | os.PathLike[str] | None],
+                 what: str, may_lie_inside: Collection[str] = (),
+                 scans: Mapping[str, str | os.PathLike[str]] | None = None) -> Path:
+    """Refuse an output that would land on an input; return the output's resolved path.
+
+    Every command that writes calls this before it writes anything. Both sides are resolved first
+    (symbolic links followed, ``..`` and relative parts removed; two names of one file count as one),
+    then, for each input in ``inputs`` (name -> path; None is skipped):
+
+    - the output may never **be** the input (a file written over it, a folder written into it);
+    - the output may never **contain** the input (a folder whose contents medres rewrites or prunes
+      would hold it);
+    - the output may not **lie inside** the input, except for the inputs named in ``may_lie_inside``.
+      Which inputs those are is each command's rule: a folder medres reads as a whole (an export root,
+      a folder of scans or a DICOM series folder, a run, model or checkpoint folder being read) never
+      takes an output inside it (the next read would see the output as input), and a file cannot hold
+      one; a folder that paths are merely resolved against (the data root, the manifest's folder: a
+      project folder often holds the manifest beside ``runs/`` and ``predictions/``) may, and so may
+      a folder medres itself keeps outputs in (a run's ``report/`` for ``medres.evaluate``).
+
+    ``scans`` (name -> path, e.g. every image and mask of a manifest) are checked the same way, all
+    three relations, but only when the output already exists (a new folder holds nothing).
+
+    Raises:
+        DataError: naming the output, the input and how they meet, with what to do.
+    """
+    given = Path(out)
+    target = _resolved(given)
+    checks = [(name, p) for name, p in inputs.items() if p is not None and str(p) != ""]
+    if scans and target.exists():
+        checks += [(name, p) for name, p in scans.items() if p is not None and str(p) != ""]
+    inside_ok = set(may_lie_inside)
+    for name, path in checks:
+        src = _resolved(path)
+        if _same(target, src):
+            relation = "is"
+        elif _within(src, target):
+            relation = "contains"
+        elif _within(target, src) and name not in inside_ok:
+            relation = "lies inside"
+        else:
+            continue
+        resolved = f" (resolved: {target} and {src})" if (str(target), str(src)) != (
+            os.path.abspath(given), os.path.abspath(path)) else ""
+        raise DataError(f"the {what} {relation} the {name} {path}{resolved}; medres never writes over, "
+                        "into or around what it reads", path=given,
+                        hint=f"put the {what} outside every input, e.g. in a new folder beside them")
+    return target
+
+
+def foreign_entries(folder: str | os.PathLike[str], written: Collection[str]) -> list[str]:
+    """Entries under ``folder`` (relative POSIX paths, sorted) that are not in ``written``: files and
+    links that medres did not list as its own. Folders count only through what they hold; symbolic
+    links to folders are entries, never followed."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return [] if not folder.exists() and not folder.is_symlink() else ["."]
+    wanted = set(written)
+    out = []
+    for here, dirs, files in os.walk(folder, followlinks=False):
+        rel = Path(here).relative_to(folder)
+        for name in files + [d for d in dirs if (Path(here) / d).is_symlink()]:
+            r = (rel / name).as_posix()
+            if r not in wanted:
+                out.append(r)
+    return sorted(out)
+
+
+def remove_written(folder: str | os.PathLike[str], written: Collection[str]) -> list[str]:
+    """Remove the files in ``written`` (relative to ``folder``) and then every folder left empty on
+    their way up to and including ``folder``; nothing else is touched (no ``rmtree``). Returns the
+    entries that remain (:func:`foreign_entries`)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return ["."] if folder.is_symlink() or folder.exists() else []
+    real = os.path.realpath(folder)
+    parents: set[Path] = set()
+    for rel in written:
+        p = folder / rel
+        if os.path.realpath(p.parent) != os.path.normpath(os.path.join(real, os.path.dirname(rel))):
+            continue  # reached through a link that leaves the folder: not this folder's file
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        parents.update(q for q in p.parents if q == folder or q.is_relative_to(folder))
+    for d in sorted(parents, key=lambda q: len(q.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only succeeds when empty
+    return foreign_entries(folder, written) if folder.exists() else []

@@ -14,7 +14,12 @@ on by the ``data.index`` rules. Writes:
   verdict and reason;
 - ``DIR/private/``: the header cache, ``files.csv`` (index file position -> path), ``series.csv``
   (index row -> its files' positions), ``pseudonyms.csv``
-  (original ids and series descriptions -> pseudonyms). Only this folder holds anything identifying.
+  (original ids and series descriptions -> pseudonyms), ``written.json`` (the links medres wrote under
+  ``series/``: the only files a later run removes). Only this folder holds anything identifying.
+
+``--out`` is a new or empty folder, or one this command wrote; never the export, a folder inside it or
+one around it (:func:`medres.files.check_output`), and a ``series/<case_id>`` folder medres did not
+write is refused, never deleted.
 
 Pseudonyms are HMAC-SHA256 of the original ids under a project key (``MEDRES_PROJECT_KEY`` or the key
 file, generated on first use, never written to DIR), so one project's runs agree and nobody without the
@@ -30,8 +35,8 @@ import csv
 import hashlib
 import hmac
 import json
+import logging
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -42,17 +47,18 @@ from pathlib import Path
 from typing import Any
 
 from medres.errors import ConfigError, DataError
-from medres.files import atomic_write
+from medres.files import atomic_write, check_output, foreign_entries, remove_written
 
 from .dicom_headers import read_header
 from .index_annotations import attach_annotations
 from .index_series import Instance, Series, describe, group_series, select_series
+from .project_key import project_key, write_link_roots
 
 __all__ = ["index_dicom", "IndexResult", "project_key", "main"]
 
+log = logging.getLogger("medres.index")
+
 CACHE_VERSION = 4  # 3: ViewPosition and ImagerPixelSpacing (radiographs); 4: Label Map SEGs, links
-_KEY_ENV = "MEDRES_PROJECT_KEY"
-_DEFAULT_KEY_FILE = "~/.config/medres/project.key"
 _ID_FIELDS = {"patient": "patient_id", "accession": "accession", "study": "study_uid", "series": "series_uid",
               "sop": "sop_uid", "for": "for_uid"}
 _LABEL_KEYS = {"AccessionNumber": "accession", "PatientID": "patient", "StudyInstanceUID": "study"}
@@ -76,24 +82,6 @@ class IndexResult:
     series: int = 0
     kept: int = 0
     seconds: float = 0.0
-
-
-def project_key(key_file: str | os.PathLike[str] | None = None) -> bytes:
-    """The project's pseudonym key: ``$MEDRES_PROJECT_KEY``, else the key file (created on first use)."""
-    env = os.environ.get(_KEY_ENV, "").strip()
-    if env:
-        return env.encode()
-    path = Path(os.path.expanduser(str(key_file or _DEFAULT_KEY_FILE)))
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
-    text = path.read_text().strip()
-    if len(text) < 16:
-        raise ConfigError(f"the project key file {path} holds fewer than 16 characters",
-                          hint="delete it to have a new key generated, or set MEDRES_PROJECT_KEY")
-    return text.encode()
 
 
 class _Pseudonyms:
@@ -205,12 +193,9 @@ def _read_all(root: Path, paths: list[str], workers: int, progress: bool) -> lis
 
 
 def _progress(it: Any, enabled: bool, total: int | None = None) -> Any:
-    if not enabled:
-        return it
-    from tqdm import tqdm
+    from medres.progress import track
 
-    return tqdm(it, total=total, desc="medres index: headers", unit="file", file=sys.stderr,
-                mininterval=0.5)
+    return track(it, desc="medres index: headers", total=total, unit="files", progress=enabled)
 
 
 def _labels(path: Path | None, key_name: str, columns: list[str], pseudo: _Pseudonyms
@@ -241,14 +226,54 @@ def _labels(path: Path | None, key_name: str, columns: list[str], pseudo: _Pseud
     return by_key, rows
 
 
-def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str] | None) -> None:
+_MARKERS = ("written.json", "links.json", "state.json", "header_cache.json")  # private/: an index output
+
+
+def _series_files(n: int) -> list[str]:
+    """The names medres gives the links of a series folder holding ``n`` files."""
+    return [f"{k + 1:05d}.dcm" for k in range(n)]
+
+
+def _claim_out(out: Path) -> dict[str, int]:
+    """What medres wrote under ``out/series/`` before (case id -> number of links), read from
+    ``private/written.json`` (or, for an older index, ``private/links.json``); ``{}`` for a new or empty
+    folder. A folder holding anything else, or whose ``series``/``masks``/``private`` is a symbolic
+    link, is refused: medres never writes into (or prunes) a folder it did not write."""
+    if not out.exists() and not out.is_symlink():
+        return {}
+    if not out.is_dir():
+        raise DataError("exists and is not a folder", path=out, hint="choose a new folder for --out")
+    if not any(out.iterdir()):
+        return {}
+    linked = [n for n in ("series", "masks", "private") if (out / n).is_symlink()]
+    ours = any((out / "private" / m).is_file() for m in _MARKERS)
+    if linked or not ours:
+        why = f"its {linked[0]}/ is a symbolic link" if linked else "it holds files and no medres index"
+        raise DataError(f"--out must be a new or empty folder, or one medres.data.index wrote ({why}); "
+                        "medres never writes into or deletes from a folder it did not write", path=out,
+                        hint="choose a new folder for --out")
+    written = _load_links(out / "private" / "written.json").get("series")
+    if isinstance(written, dict):
+        return {str(k): int(v) for k, v in written.items()}
+    return {k: len(v) for k, v in _load_links(out / "private" / "links.json").items()}
+
+
+def _save_written(private: Path, series: dict[str, int]) -> None:
+    atomic_write(private / "written.json",
+                 lambda tmp: tmp.write_text(json.dumps({"version": 1, "series": series}), encoding="utf-8"))
+
+
+def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str] | None,
+                 written: int) -> None:
     folder = out / "series" / s.case_id
     wanted = [i.path for i in s.instances]
-    if previous == wanted and folder.is_dir():
+    if previous == wanted and folder.is_dir() and not folder.is_symlink():
         return
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    left = remove_written(folder, _series_files(written)) if written else foreign_entries(folder, ())
+    if left:
+        raise DataError(f"series/{s.case_id} holds {len(left)} file(s) medres did not write; medres will "
+                        "not delete them", path=folder, hint="move them away or choose a new --out folder")
+    folder.mkdir(parents=True, exist_ok=True)
     for k, inst in enumerate(s.instances):
         src, dst = os.path.abspath(root / inst.path), folder / f"{k + 1:05d}.dcm"
         if how == "symlink":
@@ -281,7 +306,9 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
     Args:
         root: the export's top folder (any layout).
-        out: the output folder (may lie inside ``root``; it is not indexed).
+        out: the output folder: new, empty, or one this command wrote; never the export, inside it or
+            around it (:func:`medres.files.check_output`). Only links listed in ``private/written.json``
+            are ever removed.
         labels: optional CSV with a key column and the ``label_columns`` of the rules.
         labels_key: AccessionNumber, PatientID or StudyInstanceUID (default: the rules').
         rules: a :class:`medres.config.IndexConfig` (default: its defaults).
@@ -296,6 +323,8 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     root, out = Path(root).absolute(), Path(out).absolute()
     if not root.is_dir():
         raise DataError("the export folder does not exist or is not a folder", path=root)
+    check_output(out, inputs={"export folder": root, "labels file": labels}, what="output folder (--out)")
+    written = _claim_out(out)
     private = out / "private"
     private.mkdir(parents=True, exist_ok=True)
     pseudo = _Pseudonyms(project_key(key_file or rules.key_file))
@@ -385,14 +414,23 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
     previous_links = _load_links(private / "links.json")
     kept = [s for s in series if s.verdict == "kept"]
+    foreign = [s.case_id for s in kept if s.case_id not in written
+               and os.path.lexists(out / "series" / s.case_id)]
+    if foreign:
+        raise DataError(f"series/{foreign[0]} (and {len(foreign) - 1} more) exists but medres did not write "
+                        "it; medres will not delete it", path=out / "series" / foreign[0],
+                        hint="move it away or choose a new --out folder")
+    # the files about to be written are listed before they exist, so a crash leaves nothing unlisted
+    _save_written(private, {**written, **{s.case_id: max(len(s.instances), written.get(s.case_id, 0))
+                                          for s in kept}})
     links = {}
     for s in kept:
-        _link_series(s, root, out, rules.link, previous_links.get(s.case_id))
+        _link_series(s, root, out, rules.link, previous_links.get(s.case_id), written.get(s.case_id, 0))
         links[s.case_id] = [i.path for i in s.instances]
-    _drop_stale(out / "series", set(links))
+    _drop_stale(out / "series", {k: n for k, n in written.items() if k not in links})
+    _save_written(private, {s.case_id: len(s.instances) for s in kept})
     if rules.link == "symlink":  # read_manifest follows links into this export only (manifest.link_roots)
-        atomic_write(private / "link_roots.txt",
-                     lambda tmp: tmp.write_text(os.path.realpath(root) + "\n", encoding="utf-8"))
+        write_link_roots(private / "link_roots.txt", [os.path.realpath(root)], pseudo.key)  # signed
     if links != previous_links:
         (private / "links.json").write_text(json.dumps(links))
 
@@ -490,12 +528,13 @@ def _load_links(path: Path) -> dict[str, list[str]]:
         return {}
 
 
-def _drop_stale(folder: Path, keep: set[str]) -> None:
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        if entry.name not in keep and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
+def _drop_stale(folder: Path, stale: dict[str, int]) -> None:
+    """Remove the links medres wrote for series no longer chosen (and their folders once empty); what
+    else such a folder holds is left where it is."""
+    for case_id, n in stale.items():
+        left = remove_written(folder / case_id, _series_files(n))
+        if left:
+            log.warning("series/%s: %d file(s) medres did not write are left in place", case_id, len(left))
 
 
 def _merge_pseudonyms(path: Path, identities: dict[str, dict[str, str]], series: list[Series]) -> None:

@@ -17,6 +17,7 @@ from medres.data.check import check_cohort
 from medres.data.dicom_headers import RTSTRUCT_CLASS, SEG_CLASS, _from_pydicom, _record, _scan, read_header
 from medres.data.index import index_dicom, main
 from medres.data.io import load_image
+from medres.errors import DataError
 from tests.data.dicom_factory import CT_SMALL, TEST_FILES, write_series
 
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
@@ -217,12 +218,12 @@ def test_study_matching_two_label_rows_is_skipped_with_reason(tmp_path: Path) ->
 
 
 def test_missing_series_and_no_label_row(tmp_path: Path) -> None:
-    write_series(tmp_path / "x", 5, edit=_ids("A1"))
+    write_series(tmp_path / "exp" / "x", 5, edit=_ids("A1"))
     irregular = [(0, 0, z) for z in (0.0, 2.5, 5.0, 9.0, 12.5)]
-    write_series(tmp_path / "y", 5, positions=irregular, edit=_ids("A2"))
+    write_series(tmp_path / "exp" / "y", 5, positions=irregular, edit=_ids("A2"))
     labels = tmp_path / "labels.csv"
     labels.write_text("PatientID,label\nSOMEONE-ELSE,normal\n")
-    index_dicom(tmp_path, tmp_path / "out", labels=labels, labels_key="PatientID", rules=_rules())
+    index_dicom(tmp_path / "exp", tmp_path / "out", labels=labels, labels_key="PatientID", rules=_rules())
     rows = _rows(tmp_path / "out" / "index.csv")
     reasons = sorted(r["reason"] for r in rows if r["kind"] == "series")
     assert reasons[0].startswith("irregular geometry: uneven slice spacing")
@@ -245,3 +246,62 @@ def test_missing_root_is_a_data_error(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="does not exist"):
         index_dicom(tmp_path / "nope", tmp_path / "out")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_an_out_around_on_or_inside_the_export_is_refused_and_the_export_kept(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "data" / "series" / "ct_export"
+    write_series(export / "a", 5, edit=_ids("A1"))
+    (export / "series" / "x").mkdir(parents=True)  # an export that holds a series/ folder of its own
+    (export / "series" / "x" / "notes.txt").write_text("the hospital's")
+    before = _snapshot(tmp_path / "data")
+    for out in (tmp_path / "data", export, export / "indexed", export / "a" / ".." / ".."):
+        assert main([str(export), "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert str(export) in err and str(out) in err and "export folder" in err
+        assert _snapshot(tmp_path / "data") == before
+    assert not (export / "indexed").exists()
+    labels = tmp_path / "data" / "labels.csv"
+    labels.write_text("AccessionNumber,label\nA1,normal\n")
+    with pytest.raises(DataError, match="is the labels file"):
+        index_dicom(export, labels, labels=labels, rules=_rules())
+    assert labels.read_text() == "AccessionNumber,label\nA1,normal\n"
+
+
+def test_an_out_holding_what_medres_did_not_write_is_refused(tmp_path: Path) -> None:
+    write_series(tmp_path / "exp" / "a", 5, edit=_ids("A1"))
+    out = tmp_path / "out"
+    (out / "series" / "mine").mkdir(parents=True)
+    (out / "series" / "mine" / "scan.dcm").write_text("the user's")
+    with pytest.raises(DataError, match="new or empty folder"):
+        index_dicom(tmp_path / "exp", out, rules=_rules())
+    assert (out / "series" / "mine" / "scan.dcm").read_text() == "the user's"
+    assert not (out / "private").exists()
+
+
+def test_a_reindex_removes_only_the_links_it_wrote(tmp_path: Path) -> None:
+    root = tmp_path / "exp"
+    write_series(root / "thin", 8, spacing=1.25, edit=_ids("A1"))
+    write_series(root / "other", 5, edit=_ids("A2"))
+    out = tmp_path / "out"
+    index_dicom(root, out, rules=_rules())
+    cases = {r["image"].split("/")[1]: int(r["slices"]) for r in _rows(out / "manifest.csv")}
+    assert sorted(cases.values()) == [5, 8]
+    short = min(cases, key=cases.get)
+    (out / "series" / short / "notes.txt").write_text("the user's")  # planted beside medres's links
+    (out / "series" / "mine").mkdir()
+    (out / "series" / "mine" / "00001.dcm").write_text("the user's")
+    index_dicom(root, out, rules=IndexConfig(min_slices=6))  # the 5-slice series is no longer chosen
+    long = max(cases, key=cases.get)
+    assert [r["image"] for r in _rows(out / "manifest.csv")] == [f"series/{long}"]
+    assert sorted(p.name for p in (out / "series" / short).iterdir()) == ["notes.txt"]
+    assert (out / "series" / "mine" / "00001.dcm").read_text() == "the user's"
+    assert len(list((out / "series" / long).iterdir())) == 8
+    # chosen again, its folder now holds only the user's file: refused, not emptied
+    with pytest.raises(DataError, match="did not write"):
+        index_dicom(root, out, rules=_rules())
+    assert sorted(p.name for p in (out / "series" / short).iterdir()) == ["notes.txt"]
