@@ -18,7 +18,8 @@ def segmentation_records(seg_cases: pd.DataFrame, config: Config, *, seed: int =
 
     ``seg_cases`` has one row per case and class: case_id, patient_id, fold, class, and metric
     columns (dice, iou, hd95, nsd, assd, ...). ``n`` counts the cases where the metric is defined
-    (n_valid; see the declared empty-mask policy); undefined cases are left out of the mean.
+    (n_valid; see the declared empty-mask policy); undefined cases are left out of the mean. ``n_pos``
+    counts the scans of the record whose reference mask holds the class (not empty).
     """
     ev = config.evaluate
     metric_cols = [
@@ -37,6 +38,7 @@ def segmentation_records(seg_cases: pd.DataFrame, config: Config, *, seed: int =
             present = part[~part["empty"].isin(["both", "reference"])]
             groups += [(f"{c} (reference present)", g) for c, g in present.groupby("class", sort=False)]
         for cls, grp in groups:
+            n_pos = _reference_present(grp)
             for m in metric_cols:
                 v = grp[m].to_numpy(np.float64)
                 ok = np.isfinite(v)
@@ -60,6 +62,7 @@ def segmentation_records(seg_cases: pd.DataFrame, config: Config, *, seed: int =
                         ci=ci,
                         ci_method=how,
                         n=int(ok.sum()),
+                        n_pos=n_pos,
                         note=note,
                     )
                 )
@@ -74,7 +77,15 @@ def segmentation_records(seg_cases: pd.DataFrame, config: Config, *, seed: int =
                             head="segmentation",
                             cls=str(cls),
                             n=int(ok.sum()),
+                            n_pos=n_pos,
                             note=note,
                         )
                     )
     return recs
+
+
+def _reference_present(cases: pd.DataFrame) -> int:
+    """Scans whose reference mask holds the class (``empty`` neither "both" nor "reference")."""
+    if "empty" not in cases.columns:
+        return 0
+    return int(cases.loc[~cases["empty"].isin(["both", "reference"]), "case_id"].nunique())
