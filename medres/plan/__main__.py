@@ -1,7 +1,10 @@
 """``python -m medres.plan``: write a planned configuration (and fingerprint.json) for a cohort.
 
     python -m medres.plan --manifest M --out configs/my_cohort.yaml [--modality CT|MR]
-                          [--device cuda --memory-gb 80] [--minutes N] [--folds 5]
+                          [--device cuda --memory-gb 80] [--minutes N] [--folds 5] [--force]
+
+``--out`` ends in ``.yaml``/``.yml``, is never the manifest, and an existing file is replaced only
+with ``--force``.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, help="wall-clock budget of the whole cross-validation")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--name", help="output.name (default: the stem of --out)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (and fingerprint.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from medres.plan.planner import plan_config
 
     try:
         plan = plan_config(args.manifest, args.out, modality=args.modality, device=args.device,
-                           memory_gb=args.memory_gb, minutes=args.minutes, folds=args.folds, name=args.name)
+                           memory_gb=args.memory_gb, minutes=args.minutes, folds=args.folds, name=args.name,
+                           force=args.force)
     except MedresError as e:
         print(f"medres.plan: error: {e}", file=sys.stderr)
         return 2

@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from medres.data.limits import resampled_shape
-from medres.errors import ConfigError
+from medres.errors import ConfigError, DataError
+from medres.files import atomic_write, check_output
 
 __all__ = ["Plan", "plan_config"]
 
@@ -298,7 +299,9 @@ def _pipeline_seconds(manifest: Path, raw: dict[str, Any], n: int = 6, *, train:
     from medres.data.manifest import read_manifest
 
     cfg = load_config(data=raw)
-    records = manifest_to_records(read_manifest(manifest, vocabulary=cfg.data.labels), cfg.data)[:scans]
+    records = manifest_to_records(read_manifest(manifest, vocabulary=cfg.data.labels,
+                                                link_roots=cfg.data.link_roots,
+                                                key_file=cfg.data.index.key_file), cfg.data)[:scans]
     ds = CaseDataset(records, cfg.data, train=train, cache="memory")
     for i in range(len(records)):
         ds[i]  # fills the cache: its cost is the fold's, not the epoch's
@@ -403,10 +406,38 @@ def _windows(fp: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     return out, "; ".join(why)
 
 
+def _check_out(manifest: Path, out: Path, force: bool) -> None:
+    """Refuse, before anything is measured, an ``--out`` that is not a YAML name, is (or would put
+    ``fingerprint.json`` on) the manifest, or would replace a file without ``force``."""
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {out} does not end in .yaml or .yml", field="--out",
+                          hint="name the configuration to write, e.g. configs/my_cohort.yaml")
+    fingerprint = out.parent / "fingerprint.json"
+    check_output(out, inputs={"manifest": manifest}, what="planned configuration (--out)")
+    check_output(fingerprint, inputs={"manifest": manifest}, what="fingerprint written beside --out")
+    if out.is_dir():
+        raise DataError("is a folder", path=out, hint="name the YAML file to write, e.g. configs/x.yaml")
+    if out.exists() and not force:
+        raise DataError("exists; medres.plan replaces a file only with --force", path=out,
+                        hint="choose a new --out, or pass --force to replace it")
+    if fingerprint.exists() and not force and not _is_fingerprint(fingerprint):
+        raise DataError("exists and is not a fingerprint medres.plan wrote; it would be replaced",
+                        path=fingerprint, hint="write --out into another folder, or pass --force")
+
+
+def _is_fingerprint(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"n_scans", "modality", "plan_measurements"} <= set(data)
+
+
 def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
                 modality: str | None = None, device: str = "cpu", memory_gb: float | None = None,
                 minutes: float | None = None, folds: int = 5, seed: int = 0,
-                fingerprint: dict[str, Any] | None = None, name: str | None = None) -> Plan:
+                fingerprint: dict[str, Any] | None = None, name: str | None = None,
+                force: bool = False) -> Plan:
     """Fingerprint ``manifest`` and derive a complete configuration (see the module docstring).
 
     Args:
@@ -420,6 +451,9 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
         folds: cross-validation folds.
         fingerprint: a fingerprint already measured (skips reading the scans).
         name: ``output.name`` (default: the stem of ``out``, else ``"planned"``).
+        force: replace an existing ``out`` (and a ``fingerprint.json`` beside it that medres did not
+            write); without it they are refused. ``out`` must end in ``.yaml``/``.yml`` and may not be
+            (or be beside as ``fingerprint.json``) the manifest (:func:`medres.files.check_output`).
 
     Returns:
         A :class:`Plan`; its ``config`` is what ``medres.load_config`` reads from the written file.
@@ -431,6 +465,8 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
     from medres.plan.measure import available_memory_bytes
 
     manifest = Path(manifest).resolve()
+    if out is not None:
+        _check_out(manifest, Path(out), force)
     modality_given = modality is not None
     if modality is not None and modality not in ("CT", "MR"):
         raise ConfigError(f"modality {modality!r} is not CT or MR", field="--modality")
@@ -699,10 +735,7 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
     measurements = {"tried": tried, "chosen": chosen, "budget_bytes": budget, "device": device,
                     "threads": torch.get_num_threads(), "estimated_minutes": est_min}
     if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_path)
+        atomic_write(out_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         write_fingerprint({**fp, "plan_measurements": measurements}, out_path.parent / "fingerprint.json")
         cfg = load_config(out_path)
     else:

@@ -15,6 +15,7 @@ import torch
 
 from medres.config import load_config
 from medres.data.demo import generate_demo
+from medres.errors import DataError
 from medres.plan import fingerprint_cohort, plan_config
 from medres.plan.fingerprint import ras_geometry
 from medres.plan.measure import measure_step
@@ -172,3 +173,32 @@ def test_cli_writes_the_config_and_the_fingerprint(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "medres.plan", "--manifest", str(tmp_path / "none.csv"),
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "manifest not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plan_out_that_is_an_input_or_not_yaml_or_existing_is_refused(tmp_path, capsys):
+    from medres.plan.__main__ import main
+    from medres.plan.planner import _check_out
+
+    manifest = _mr_cohort(tmp_path / "data", n_patients=2)
+    before = manifest.read_bytes()
+    link = tmp_path / "cohort_link.yaml"
+    link.symlink_to(manifest)
+    existing = tmp_path / "cfg" / "old.yaml"
+    existing.parent.mkdir()
+    existing.write_text("data: {}\n")
+    for out, said in ((manifest, "does not end in .yaml"), (tmp_path / "data" / "x.txt", ".yml"),
+                      (link, "is the manifest"), (existing, "--force")):
+        assert main(["--manifest", str(manifest), "--out", str(out)]) == 2
+        assert said in capsys.readouterr().err
+    assert manifest.read_bytes() == before and existing.read_text() == "data: {}\n"
+    assert not (tmp_path / "cfg" / "fingerprint.json").exists()
+    # a manifest named fingerprint.json beside --out would be replaced
+    named = tmp_path / "fp" / "fingerprint.json"
+    named.parent.mkdir()
+    named.write_bytes(before)
+    with pytest.raises(DataError, match="is the manifest"):
+        _check_out(named, tmp_path / "fp" / "plan.yaml", force=True)
+    (tmp_path / "cfg" / "fingerprint.json").write_text('{"mine": 1}')  # not medres's: --force needed
+    with pytest.raises(DataError, match="not a fingerprint medres.plan wrote"):
+        _check_out(manifest, tmp_path / "cfg" / "new.yaml", force=False)
+    _check_out(manifest, existing, force=True)  # --force: both may be replaced
