@@ -230,3 +230,16 @@ def test_shipped_configs_load_and_roundtrip(path, tmp_path):
     cfg = load_config(path)
     again = load_config(save_resolved(cfg, tmp_path / "config.yaml"))
     assert config_hash(again) == config_hash(cfg)
+
+
+@pytest.mark.parametrize("name", ["../..", "a/b", "..", ".", "", "  ", "a\\b", "x\0y", "/abs"])
+def test_a_run_name_is_one_path_component(name, tmp_path):
+    with pytest.raises(ConfigError, match="one folder name") as err:
+        load_config({"output": {"name": name}})
+    assert err.value.field == "output.name" and "Value error" not in str(err.value)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("output:\n  name: run\n")
+    with pytest.raises(ConfigError, match="one folder name"):
+        load_config(cfg_file, [f"output.name={name}"] if "\0" not in name and name.strip() else
+                    ["output.name=../x"])
+    assert load_config({"output": {"name": "run 2026-12_a"}}).output.name == "run 2026-12_a"

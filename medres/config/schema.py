@@ -6,6 +6,7 @@ Field names are the contract other modules build on: add fields, do not rename t
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -107,6 +108,8 @@ class DataConfig(_Section):
     demo: DemoConfig | None = None  # used when manifest is None
     image_folder: str | None = None  # 2D: a folder of class subfolders of PNG/JPEG images (ImageNet style)
     root: str | None = None  # data root; paths may not escape it (default: the manifest's folder)
+    # absolute folders outside the data root that symbolic links in it may lead into (e.g. a DICOM export)
+    link_roots: list[str] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=lambda: ["normal", "nodule"])  # class vocabulary, index order
     positive_label: str | None = None  # binary reports: the positive class (default: labels[-1])
     mask_labels: dict[int, str] = Field(default_factory=lambda: {0: "background", 1: "nodule"})
@@ -137,6 +140,17 @@ class DataConfig(_Section):
         if value is not None and not all(math.isfinite(v) and v > 0 for v in value):
             raise ValueError(f"every spacing must be a positive number of mm, got {value}")
         return value
+
+    @field_validator("link_roots")
+    @classmethod
+    def _absolute_link_roots(cls, value: list[str]) -> list[str]:
+        """Trusted link targets are named exactly: absolute folders, never the whole file system."""
+        for folder in value:
+            if not os.path.isabs(os.path.expanduser(folder)):
+                raise ValueError(f"{folder!r} is not an absolute path: name each folder in full")
+            if os.path.realpath(os.path.expanduser(folder)) == os.path.realpath(os.sep):
+                raise ValueError("'/' would let links lead anywhere: name the folder they point into")
+        return [os.path.expanduser(f) for f in value]
 
     @field_validator("patch_size")
     @classmethod
@@ -304,7 +318,17 @@ class EvalConfig(_Section):
 
 class OutputConfig(_Section):
     dir: str = "runs"
-    name: str = "run"
+    name: str = "run"  # the run folder's name under dir: one path component
+
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, value: str) -> str:
+        bad = [c for c in ("/", "\\", "\0") if c in value]
+        if value.strip() in ("", ".", "..") or bad:
+            why = f"holds {bad[0]!r}" if bad else "is empty" if not value.strip() else f"is {value.strip()!r}"
+            raise ValueError(f"the run name {why}: it must be one folder name (no '/', '\\', '..'), "
+                             "the run folder is output.dir/output.name")
+        return value
 
 
 #: Used when a CT configuration with ``normalize: window`` lists no windows: -1000..400 HU, one channel.

@@ -106,6 +106,8 @@ def _describe(err: dict, notes: dict[str, str]) -> tuple[str, str, str]:
         return field, "required setting is missing", f"add {field.rpartition('.')[2]}: ... here"
     reason = f"{err['msg']}; got {value!r}"
     hint = f"expected {_type_name(annotation)}"
+    if kind == "value_error":  # a medres validator's own sentence says what is wrong and what is expected
+        reason, hint = f"{str(err['msg']).removeprefix('Value error, ')}; got {value!r}", ""
     if kind == "literal_error" and isinstance(value, str):
         options = [a for a in _literals(annotation) if isinstance(a, str)]
         close = suggest(value, options)
