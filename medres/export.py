@@ -344,7 +344,8 @@ def _run_checks(run_dir: Path, out: Path, config: Any, models: list, members: li
     from medres.data.manifest import read_manifest
 
     try:
-        manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root)
+        manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root,
+                                 link_roots=config.data.link_roots, key_file=config.data.index.key_file)
         found = _check_volume(config, manifest_to_records(manifest, config.data))
     except (MedresError, OSError, TypeError):
         found = None
@@ -435,7 +436,8 @@ def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mappi
     from medres.data.manifest import read_manifest
 
     try:
-        manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root)
+        manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root,
+                                 link_roots=config.data.link_roots, key_file=config.data.index.key_file)
         cohort = _cohort(config, manifest)
     except (MedresError, OSError, TypeError):
         cohort = {"note": "the training manifest could not be read at export time"}

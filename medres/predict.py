@@ -83,7 +83,8 @@ def _manifest_records(path: Path, config: Any) -> list[dict[str, Any]]:
     from medres.data.datasets import manifest_to_records
     from medres.data.manifest import read_manifest
 
-    return manifest_to_records(read_manifest(path), config.data)
+    return manifest_to_records(read_manifest(path, link_roots=config.data.link_roots,
+                                             key_file=config.data.index.key_file), config.data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

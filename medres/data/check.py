@@ -128,7 +128,8 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
                  workers: int | None = None, manifest_only: bool = False,
                  on_progress: Callable[[int, int, int], None] | None = None,
                  on_problem: Callable[[DataError, bool], None] | None = None,
-                 radiograph: dict | None = None) -> CheckResult:
+                 radiograph: dict | None = None, link_roots: Sequence[str] = (),
+                 key_file: str | None = None) -> CheckResult:
     """Check every row, file and image/mask pair of a manifest; never stops at the first problem.
 
     Rows are read in ``workers`` processes (default: the CPUs, at most 8; 1 reads in this process).
@@ -138,14 +139,15 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
     ``manifest_only``: the manifest's columns, rows, labels and paths only, without reading a scan (and
     without importing torch or MONAI: seconds for a large cohort).
     ``radiograph`` (``{"require_spacing": bool, "views": [...] | None}``, for ``data.modality: XR``) runs
-    the radiograph checks of ``medres.data.radiograph.RadiographGeometryd`` (spacing, view, mask size)."""
+    the radiograph checks of ``medres.data.radiograph.RadiographGeometryd`` (spacing, view, mask size).
+    ``link_roots``/``key_file``: the folders symbolic links may lead into (:func:`read_manifest`)."""
     from medres.data.manifest import validate_manifest  # pandas: imported here, so --help is instant
 
     result = CheckResult()
     report = on_problem or (lambda err, warning: None)
     try:
         df, errors = validate_manifest(manifest, vocabulary=vocabulary, root=root,
-                                       image_columns=image_columns)
+                                       image_columns=image_columns, link_roots=link_roots, key_file=key_file)
     except DataError as err:
         result.problems.append(err)
         return result
@@ -240,6 +242,7 @@ def _from_config(path: str) -> dict:
             "image_columns": list(data.image_columns), "mask_column": data.mask_column,
             "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest,
             "max_voxels": data.max_voxels, "patch_size": list(data.patch_size), "spacing": data.spacing,
+            "link_roots": list(data.link_roots), "key_file": data.index.key_file,
             "radiograph": {"require_spacing": bool(data.spacing), "views": data.radiograph.views}
             if data.modality == "XR" else None}
 
@@ -250,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config: label vocabulary, mask labels, image columns, dims")
     parser.add_argument("--root", help="the data root paths may not leave (default: config, else the "
                                        "manifest's folder)")
+    parser.add_argument("--link-root", action="append", default=[], metavar="DIR",
+                        help="a folder outside the data root that symbolic links may lead into (repeatable; "
+                             "adds to data.link_roots)")
     parser.add_argument("--atol", type=float, default=1e-3, help="image/mask affine tolerance (mm)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes reading scans (default: the CPUs, at most 8)")
@@ -270,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings.pop("manifest", None)
     if args.root:
         settings["root"] = args.root
+    if args.link_root:
+        settings["link_roots"] = [*settings.get("link_roots", []), *args.link_root]
     if not manifest:
         parser.error("--manifest is required (or a --config with data.manifest)")
     start = time.perf_counter()
@@ -281,8 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def found(err: DataError, warning: bool) -> None:
         print(f"{'warning' if warning else 'problem'}: {err}", file=sys.stderr, flush=True)
 
-    result = check_cohort(manifest, atol=args.atol, on_progress=progress, on_problem=found,
-                          manifest_only=args.manifest_only, **settings)
+    try:
+        result = check_cohort(manifest, atol=args.atol, on_progress=progress, on_problem=found,
+                              manifest_only=args.manifest_only, **settings)
+    except ConfigError as err:  # e.g. a --link-root that is not a folder
+        print(f"medres data check: {err}", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - start
     warned = f"; {len(result.warnings)} warning(s), listed on stderr" if result.warnings else ""
     if result.problems:

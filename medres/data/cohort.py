@@ -76,5 +76,6 @@ def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
                                      grid=d.demo.grid, grid_scale=d.demo.grid_scale,
                                      workers=d.demo.workers or min(os.cpu_count() or 1, 16))
         cfg = cfg.model_copy(update={"data": d.model_copy(update={"manifest": str(manifest)})})
-    df = read_manifest(cfg.data.manifest, vocabulary=cfg.data.labels, root=cfg.data.root)
+    df = read_manifest(cfg.data.manifest, vocabulary=cfg.data.labels, root=cfg.data.root,
+                       link_roots=cfg.data.link_roots, key_file=cfg.data.index.key_file)
     return cfg, df

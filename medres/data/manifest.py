@@ -9,11 +9,13 @@ and ``NA`` stays a string.
 Path rules: relative paths are relative to the manifest's folder; the path (lexically normalised) must
 lie inside the data root (default: the manifest's folder), so ``../`` and absolute paths elsewhere are
 refused; and with every symbolic link followed (the path's own and, for a series folder, each of its
-files') it must still lie inside the data root, so a link cannot lead out of it either. One
-exception, for manifests written by ``python -m medres.data.index``: its ``series/<case>/`` folders
-link into the DICOM export it indexed, and it names that export's folder in
-``<manifest folder>/private/link_roots.txt`` (one absolute folder a line); links into a folder named
-there are followed too (never ``/`` itself). In the
+files') it must still lie inside the data root, so a link cannot lead out of it either. Links may also
+lead into the folders the *user* names (``link_roots=``, ``data.link_roots``, ``--link-root``) and, for
+manifests written by ``python -m medres.data.index`` (whose ``series/<case>/`` folders link into the
+DICOM export it indexed), into the export named in ``<manifest folder>/private/link_roots.txt`` when
+that file carries a valid signature under the project key (:mod:`medres.data.project_key`): a file the
+data folder merely contains grants nothing, and ``/`` is never trusted. A path holding a NUL byte, a
+component longer than 255 bytes or a leading ``~`` (not expanded) is refused with that reason. In the
 returned frame the image and mask columns hold the **absolute** paths (mask ``""`` when a row has
 none); ``df.attrs`` holds ``manifest``, ``root`` and ``image_columns``.
 
@@ -22,15 +24,19 @@ Row numbers count data rows from 1 (the header is not a row): row 3 is line 4 of
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from medres.errors import DataError, DataErrors, did_you_mean
+from medres.errors import ConfigError, DataError, DataErrors, did_you_mean
 
-__all__ = ["read_manifest", "validate_manifest", "image_columns_of", "SPLITS"]
+__all__ = ["read_manifest", "validate_manifest", "image_columns_of", "trusted_link_roots", "SPLITS"]
+
+log = logging.getLogger("medres.data")
 
 SPLITS = ("train", "test")
 _REQUIRED = ("case_id", "patient_id")
@@ -52,16 +58,35 @@ def _inside(path: str, root: str) -> bool:
 
 
 LINK_ROOTS_FILE = Path("private") / "link_roots.txt"
+_NAME_MAX = 255  # bytes in one path component (NAME_MAX of Linux, macOS and Windows file systems)
 
 
-def link_roots(manifest_dir: str | os.PathLike[str]) -> list[str]:
-    """The export folders ``medres.data.index`` recorded beside its manifest (real paths; never ``/``)."""
-    try:
-        lines = (Path(manifest_dir) / LINK_ROOTS_FILE).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return []
-    roots = [os.path.realpath(x.strip()) for x in lines if os.path.isabs(x.strip())]
-    return [r for r in roots if os.path.isdir(r) and r != os.path.realpath(os.sep)]
+def trusted_link_roots(manifest_dir: str | os.PathLike[str], link_roots: Sequence[str] = (),
+                       key_file: str | os.PathLike[str] | None = None) -> tuple[list[str], str]:
+    """The folders links may lead into besides the data root (real paths), and a note when the
+    index's ``private/link_roots.txt`` beside the manifest is present but not trusted (else "").
+
+    ``link_roots`` are the user's own (config or command line); the index's file counts only when its
+    signature verifies under the project key (``key_file``; ``$MEDRES_PROJECT_KEY`` wins).
+    """
+    from .project_key import read_link_roots
+
+    roots = []
+    for folder in link_roots:
+        real = os.path.realpath(os.path.abspath(os.fspath(folder)))
+        if real == os.path.realpath(os.sep):
+            raise ConfigError("data.link_roots names '/', which would let links lead anywhere",
+                              field="data.link_roots", hint="name the export folder the links point into")
+        if not os.path.isdir(real):
+            raise ConfigError(f"data.link_roots names {os.fspath(folder)!r}, which is not a folder",
+                              field="data.link_roots", hint="name an existing folder (an absolute path)")
+        roots.append(real)
+    signed, why = read_link_roots(Path(manifest_dir) / LINK_ROOTS_FILE, key_file)
+    note = ""
+    if why:
+        note = f"{LINK_ROOTS_FILE} beside the manifest was ignored: {why}"
+        log.warning("%s; links out of the data root are refused", note)
+    return roots + signed, note
 
 
 def _link_escape(full: str, root: str, real_root: str, trusted: Sequence[str] = ()) -> str | None:
@@ -139,14 +164,37 @@ def _check_header_line(path: Path, columns: list[str]) -> None:
         seen[key] = i
 
 
+def _path_problem(value: str) -> tuple[str, str] | None:
+    """Why a manifest path cell cannot name a file on any system (reason, hint), or None."""
+    if "\0" in value:
+        return "holds a NUL byte, which no file name may contain", "remove the control character"
+    if value.startswith("~"):
+        return ("starts with '~', which medres does not expand to a home folder",
+                "write the path relative to the manifest's folder (or absolute, under the data root)")
+    longest = max((len(p.encode("utf-8", "surrogateescape")) for p in value.replace("\\", "/").split("/")),
+                  default=0)
+    if longest > _NAME_MAX:
+        return (f"has a file or folder name of {longest} bytes; file systems allow at most {_NAME_MAX}",
+                "shorten that name on disk and in the manifest")
+    return None
+
+
+def _shown(value: str, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str] | None = None,
                       root: str | os.PathLike[str] | None = None,
                       image_columns: Sequence[str] | None = None,
-                      check_files: bool = True) -> tuple[pd.DataFrame, list[DataError]]:
+                      check_files: bool = True, link_roots: Sequence[str] = (),
+                      key_file: str | os.PathLike[str] | None = None) -> tuple[pd.DataFrame, list[DataError]]:
     """Read and check a manifest; returns the frame (paths resolved) and every problem found.
 
     The rows with problems stay in the frame; :func:`read_manifest` raises instead. ``check_files=False``
-    skips the existence checks (e.g. for a manifest of another machine).
+    skips the existence checks (e.g. for a manifest of another machine). ``link_roots``: folders outside
+    the data root that symbolic links may lead into; ``key_file``: the project key file that verifies
+    an index's ``private/link_roots.txt`` (see the module docstring).
     """
     path = Path(path)
     try:
@@ -162,7 +210,7 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
     base = os.path.abspath(path.parent)
     root_dir = os.path.abspath(root) if root is not None else base
     real_root = os.path.realpath(root_dir)
-    trusted = link_roots(base)
+    trusted, untrusted_note = trusted_link_roots(base, link_roots, key_file)
     errors: list[DataError] = []
 
     def fail(reason: str, *, row: int | None = None, hint: str = "", where: str | None = None,
@@ -238,20 +286,34 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
                 if c != "mask":
                     fail(f"{c} is empty", row=row, case=case, hint="give the scan's file or series folder")
                 continue
-            full = os.path.abspath(os.path.join(base, os.path.expanduser(value)))
+            problem = _path_problem(value)
+            if problem is not None:
+                fail(f"{c} path {_shown(value)} {problem[0]}", row=row, case=case, hint=problem[1])
+                continue
+            full = os.path.abspath(os.path.join(base, value))
             if not _inside(full, root_dir):
                 how = "an absolute path" if os.path.isabs(value) else "a path with '..'"
-                fail(f"{c} path {value!r} ({how}) leaves the data root {root_dir}", row=row, case=case,
+                fail(f"{c} path {_shown(value)} ({how}) leaves the data root {root_dir}", row=row, case=case,
                      hint="keep scans under the data root (or pass root= / --root / data.root)")
                 continue
-            escape = _link_escape(full, root_dir, real_root, trusted) if check_files else None
+            try:
+                escape = _link_escape(full, root_dir, real_root, trusted) if check_files else None
+                found = os.path.exists(full) if check_files else True
+            except (OSError, ValueError) as exc:  # e.g. a whole path past the system's length limit
+                what = errno.errorcode.get(getattr(exc, "errno", None) or 0, type(exc).__name__)
+                fail(f"{c} path {_shown(value)} cannot be looked up ({what}: "
+                     f"{getattr(exc, 'strerror', None) or 'invalid path'})", row=row, case=case,
+                     hint="shorten or fix the path")
+                continue
             if escape is not None:
-                fail(f"{c} path {value!r} leaves the data root: {escape}", row=row, case=case,
-                     hint="copy the scan under the data root or point the manifest at the real location "
-                          "(with --root / data.root covering it); medres does not follow links out of it")
+                hint = ("copy the scan under the data root, point the manifest at the real location (with "
+                        "--root / data.root covering it), or name the folder the links lead into in "
+                        "data.link_roots / --link-root; medres does not follow links out of the data root")
+                fail(f"{c} path {_shown(value)} leaves the data root: {escape}", row=row, case=case,
+                     hint=hint + (f" ({untrusted_note})" if untrusted_note else ""))
                 continue
             resolved[c][i] = full
-            if check_files and not os.path.exists(full):
+            if not found:
                 fail(f"{c} file or folder not found", row=row, case=case, where=full,
                      hint="check the path (relative to the manifest's folder) and its spelling")
             if c != "mask":
@@ -269,7 +331,8 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
 
 def read_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str] | None = None,
                   root: str | os.PathLike[str] | None = None,
-                  image_columns: Sequence[str] | None = None) -> pd.DataFrame:
+                  image_columns: Sequence[str] | None = None, link_roots: Sequence[str] = (),
+                  key_file: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """Read a manifest CSV (all columns as text), validate it and resolve its paths.
 
     Args:
@@ -277,6 +340,9 @@ def read_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str] | N
         vocabulary: the class names ``label`` must come from (None: labels not checked).
         root: the data root paths may not leave (default: the manifest's folder).
         image_columns: the image columns (default: ``image`` and every ``image_*`` column).
+        link_roots: folders outside the data root that symbolic links may lead into (``data.link_roots``).
+        key_file: the project key file verifying an index's ``private/link_roots.txt`` (default: the
+            ``$MEDRES_PROJECT_KEY`` variable, else ``~/.config/medres/project.key``).
 
     Returns:
         The manifest with ``image``/``image_*``/``mask`` as absolute paths (see the module docstring).
@@ -284,7 +350,8 @@ def read_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str] | N
     Raises:
         DataErrors: every problem found, each a DataError with its row (1-based data row).
     """
-    df, errors = validate_manifest(path, vocabulary=vocabulary, root=root, image_columns=image_columns)
+    df, errors = validate_manifest(path, vocabulary=vocabulary, root=root, image_columns=image_columns,
+                                   link_roots=link_roots, key_file=key_file)
     if errors:
         raise DataErrors(errors, path=path)
     return df

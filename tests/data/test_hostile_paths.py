@@ -148,20 +148,74 @@ def test_zero_length_pixel_data_is_a_data_error(tmp_path):
         load_image(tmp_path / "empty.dcm")
 
 
-def test_links_into_an_indexed_export_are_followed_and_nothing_wider(layout, tmp_path):
-    """medres.data.index names its export in private/link_roots.txt: links into that folder are followed,
-    links elsewhere are still refused, and a recorded '/' trusts nothing."""
+def test_links_into_an_indexed_export_are_followed_and_nothing_wider(layout, tmp_path, monkeypatch):
+    """medres.data.index names its export in a signed private/link_roots.txt: links into that folder
+    are followed, links elsewhere are still refused, and a signed '/' trusts nothing."""
+    from medres.data.project_key import project_key, write_link_roots
+
+    monkeypatch.setenv("MEDRES_PROJECT_KEY", "hostile-paths-test-key-0123456789")
     root, outside = layout
     export = tmp_path / "export"
     _nifti(export / "scan.nii.gz", 3)
     os.symlink(export / "scan.nii.gz", root / "e.nii.gz")
     os.symlink(outside / "passwd", root / "p.dcm")
-    (root / "private").mkdir()
-    (root / "private" / "link_roots.txt").write_text(f"{export}\n")
+    write_link_roots(root / "private" / "link_roots.txt", [str(export)], project_key())
     df = read_manifest(_manifest(root, [("E", "P1", "e.nii.gz")]))
     assert df["image"].tolist() == [str(root / "e.nii.gz")]
     errors = _problems(_manifest(root, [("E", "P1", "e.nii.gz"), ("P", "P2", "p.dcm")]))
     assert [e.case_id for e in errors] == ["P"] and "outside the data root" in errors[0].reason
-    (root / "private" / "link_roots.txt").write_text("/\n")
+    write_link_roots(root / "private" / "link_roots.txt", ["/"], project_key())
     errors = _problems(_manifest(root, [("E", "P1", "e.nii.gz")]))
     assert [e.case_id for e in errors] == ["E"]
+
+
+@pytest.mark.parametrize("forgery", ["plain", "other_key", "edited"])
+def test_a_link_roots_file_the_data_folder_ships_grants_nothing(layout, tmp_path, monkeypatch, forgery):
+    """A hostile data folder's own private/link_roots.txt (unsigned, signed under another key, or a
+    signed file with its folder changed) names an outside folder: the link there is still refused, and
+    the refusal says why the file was ignored."""
+    from medres.data.project_key import project_key, write_link_roots
+
+    root, outside = layout
+    os.symlink(outside / "passwd", root / "p.dcm")
+    listing = root / "private" / "link_roots.txt"
+    listing.parent.mkdir()
+    if forgery == "plain":
+        listing.write_text(f"{outside}\n")
+    elif forgery == "other_key":
+        monkeypatch.setenv("MEDRES_PROJECT_KEY", "the-attackers-own-key-0123456789")
+        write_link_roots(listing, [str(outside)], project_key())
+    monkeypatch.setenv("MEDRES_PROJECT_KEY", "the-projects-real-key-0123456789")
+    if forgery == "edited":  # signed under the project's key for another folder, then edited
+        (tmp_path / "elsewhere").mkdir()
+        write_link_roots(listing, [str(tmp_path / "elsewhere")], project_key())
+        listing.write_text(listing.read_text().replace(str(tmp_path / "elsewhere"), str(outside)))
+    errors = _problems(_manifest(root, [("P", "P1", "p.dcm")]))
+    assert [e.case_id for e in errors] == ["P"] and "outside the data root" in errors[0].reason
+    assert "link_roots.txt beside the manifest was ignored" in errors[0].hint
+    expected = {"plain": "not signed", "other_key": "does not verify", "edited": "does not verify"}[forgery]
+    assert expected in errors[0].hint
+
+
+def test_the_user_names_the_folders_links_may_lead_into(layout, tmp_path):
+    """data.link_roots / read_manifest(link_roots=) / check --link-root: the user's own trust."""
+    from medres.config import load_config
+    from medres.data.check import main as check_main
+    from medres.errors import ConfigError
+
+    root, outside = layout
+    os.symlink(outside / "scan.nii.gz", root / "b.nii.gz")
+    manifest = _manifest(root, [("B", "P1", "b.nii.gz")])
+    _problems(manifest)
+    df = read_manifest(manifest, link_roots=[str(outside)])
+    assert df["image"].tolist() == [str(root / "b.nii.gz")]
+    assert check_main(["--manifest", str(manifest), "--manifest-only"]) == 1
+    assert check_main(["--manifest", str(manifest), "--manifest-only", "--link-root", str(outside)]) == 0
+    with pytest.raises(ConfigError, match="not a folder"):
+        read_manifest(manifest, link_roots=[str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="'/'"):
+        read_manifest(manifest, link_roots=["/"])
+    assert load_config(None, [f"data.link_roots=[{str(outside)!r}]"]).data.link_roots == [str(outside)]
+    for bad in ("relative/folder", "/"):
+        with pytest.raises(ConfigError, match="data.link_roots"):
+            load_config(None, [f"data.link_roots=[{bad!r}]"])
