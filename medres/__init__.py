@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from medres._startup import install as _defer_foreign_startup_cost
 from medres.errors import ConfigError, DataError, MedresError
 
+_defer_foreign_startup_cost()  # before anything imports monai (medres._startup says why)
 __version__ = "0.1.0"
 
 _LAZY = {

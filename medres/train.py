@@ -90,25 +90,27 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
     import pandas as pd
     import torch
 
-    from medres.config import Config, load_config, save_resolved
-    from medres.cv import audit_folds, fold_data, make_folds, read_folds, split_test, write_folds
+    from medres.config import Config, load_config
+    from medres.cv import audit_folds, fold_data, make_folds, read_folds, split_test
     from medres.data.cohort import load_cohort
     from medres.engine.distributed import barrier, cleanup_distributed, init_distributed
     from medres.engine.fold import train_fold
     from medres.engine.precision import resolve_compute_settings
+    from medres.engine.run_guard import claim_run, folds_sha256
 
     should_stop = should_stop or (lambda: None)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     dist_info = init_distributed()
     is_main = dist_info.is_main
     _setup_logging(quiet=quiet, is_main=is_main)
+    claim = end_lock = None  # this process's locks on the run folder (released when it returns)
     try:
         compute = resolve_compute_settings(cfg.train, spatial_dims=cfg.model.spatial_dims,
                                            local_rank=dist_info.local_rank)
         if is_main:
             log.info("%s; %d CPU threads%s", compute.describe(), torch.get_num_threads(),
                      f"; {dist_info.world_size} processes (DDP)" if dist_info.enabled else "")
-        progress = is_main and not quiet and sys.stdout.isatty() and sys.stderr.isatty()
+        progress = is_main and not quiet  # bar or log lines: medres.progress decides
 
         # -- the cohort (rank 0 first: it may write the demo cohort) and the run folder
         run_dir = Path(cfg.output.dir) / cfg.output.name
@@ -117,8 +119,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         if is_main:
             cfg, df = load_cohort(cfg)
             cfg = with_scaled_lr(cfg, world_size=dist_info.world_size)  # optim.lr for the actual batch
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_resolved(cfg, run_dir / "config.yaml")
+            _check_outputs(cfg, run_dir, df)  # the run (and cache) folder never is, holds or sits in an input
         barrier()
         if not is_main:
             cfg, df = load_cohort(cfg)
@@ -133,15 +134,20 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         else:
             fold_table = make_folds(df, n_folds=cfg.cv.folds, seed=cfg.cv.seed, labels=cfg.data.labels)
         audit_folds(df, fold_table)
-        if is_main:
-            write_folds(fold_table, run_dir / "folds.csv")
-            log.info("run folder: %s (%d scans, %d folds%s)", run_dir.resolve(), len(df), cfg.cv.folds,
-                     f", {len(test)} test scans held out" if len(test) else "")
         wanted = list(range(cfg.cv.folds)) if folds is None else list(folds)
         bad = [k for k in wanted if not 0 <= k < cfg.cv.folds]
         if bad:
             raise ConfigError(f"fold {bad[0]} does not exist (cv.folds={cfg.cv.folds})", field="cv.folds",
                               hint=f"use --fold 0..{cfg.cv.folds - 1}")
+
+        # -- the run folder: every refusal decided before anything is written, each fold locked while this
+        # process trains it, config.yaml and folds.csv written once (or verified) under the run's lock
+        folds_hash = folds_sha256(fold_table)
+        if is_main:
+            claim = claim_run(run_dir, cfg, fold_table, wanted, resume=resume, force=force)
+            log.info("run folder: %s (%d scans, %d folds%s)", run_dir.resolve(), len(df), cfg.cv.folds,
+                     f", {len(test)} test scans held out" if len(test) else "")
+        barrier()
 
         # -- each fold: train, then predict its held-out cases
         result = Run(run_dir=run_dir, config=cfg)
@@ -154,7 +160,8 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
                      len(data.train), len(data.inner_val), len(data.heldout))
             result.states[k] = train_fold(cfg, data, fold_dir, compute=compute, dist_info=dist_info,
                                           resume=resume, force=force, progress=progress,
-                                          should_stop=should_stop, cache_dir=cache_dir)
+                                          should_stop=should_stop, cache_dir=cache_dir,
+                                          folds_hash=folds_hash)
             if is_main:
                 if predict:
                     _predict_fold(cfg, data, fold_dir, run_dir, compute.device)
@@ -163,7 +170,9 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
                     result.predictions[k] = pd.read_parquet(fold_dir / "predictions.parquet")
             barrier()
 
-        # -- the evaluation, once every fold has its predictions
+        # -- the evaluation, once every fold has its predictions (one fold job at a time: the run's lock)
+        if claim is not None:
+            end_lock = claim.shared().acquire(wait_s=3600.0)  # another job may be evaluating
         missing = [k for k in range(cfg.cv.folds)
                    if not (run_dir / f"fold_{k}" / "predictions.parquet").exists()]
         if is_main and predict and not missing and len(test):  # issue 10: the test split by the ensemble
@@ -180,7 +189,31 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
             log.info("folds still to train before the evaluation: %s", missing)
         return result
     finally:
+        for held in (end_lock, claim):
+            if held is not None:
+                held.release()
         cleanup_distributed()
+
+
+def _check_outputs(cfg: Config, run_dir: Path, df: pd.DataFrame) -> None:
+    """The run folder (and ``data.cache_dir``) against what training reads: the config file, the
+    manifest, the folds file and an image folder (never be, hold or lie inside them); the data root and
+    the manifest's folder (never be or hold them; a project folder may keep ``runs/`` beside its
+    manifest); and, when the run folder already exists, every image and mask of the manifest."""
+    from medres.files import check_output
+
+    manifest = df.attrs.get("manifest") or cfg.data.manifest
+    inputs = {"config file": cfg.source, "manifest": manifest, "folds file": cfg.cv.folds_file,
+              "image folder": cfg.data.image_folder, "data root": df.attrs.get("root") or cfg.data.root,
+              "manifest's folder": Path(manifest).parent if manifest else None}
+    columns = [c for c in [*df.attrs.get("image_columns", ["image"]), "mask"] if c in df.columns]
+    scans = {f"{c} of case {cid!r}": p for c in columns for cid, p in zip(df["case_id"], df[c]) if p}
+    inside_ok = {"data root", "manifest's folder"}
+    check_output(run_dir, inputs=inputs, what="run folder (output.dir/output.name)", may_lie_inside=inside_ok,
+                 scans=scans)
+    if cfg.data.cache_dir:
+        check_output(cfg.data.cache_dir, inputs=inputs, what="cache folder (data.cache_dir)",
+                     may_lie_inside=inside_ok, scans=scans)
 
 
 def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, device: torch.device) -> None:

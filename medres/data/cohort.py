@@ -65,16 +65,20 @@ def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
                               field="data.manifest")
         log.info("demo cohort: %s (generated on first use, %d patients)", Path(d.demo.out).resolve(),
                  d.demo.n_patients)
+        from medres.progress import progress_wanted
+
         if d.demo.kind == "cxr":  # the chest X-ray demo (medres.data.demo_cxr)
             from medres.data.demo_cxr import generate_cxr_demo
 
-            manifest = generate_cxr_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed)
+            manifest = generate_cxr_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed,
+                                         progress=progress_wanted())
         else:
             from medres.data.demo import generate_demo
 
             manifest = generate_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed,
                                      grid=d.demo.grid, grid_scale=d.demo.grid_scale,
-                                     workers=d.demo.workers or min(os.cpu_count() or 1, 16))
+                                     workers=d.demo.workers or min(os.cpu_count() or 1, 16),
+                                     progress=progress_wanted())
         cfg = cfg.model_copy(update={"data": d.model_copy(update={"manifest": str(manifest)})})
     df = read_manifest(cfg.data.manifest, vocabulary=cfg.data.labels, root=cfg.data.root,
                        link_roots=cfg.data.link_roots, key_file=cfg.data.index.key_file)

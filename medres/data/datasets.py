@@ -268,10 +268,27 @@ class CaseDataset(Dataset):
         """The spatial size of case ``index`` after the geometric part (computed once; the cache keeps it)."""
         return list(self._located(index, self.cached)["image"].shape[1:])
 
-    def fill_cache(self) -> None:
-        """Compute every entry now (before DataLoader workers fork, so they share the memory cache)."""
-        for i in range(len(self)):
+    def fill_cache(self, progress: bool | None = None) -> None:
+        """Compute every entry now (before DataLoader workers fork, so they share the memory cache).
+        ``progress``: show it (medres.progress; default: where the command shows INFO lines)."""
+        from medres.progress import progress_wanted, track
+
+        missing = [i for i in range(len(self)) if i not in self._memory]
+        shown = progress_wanted() if progress is None else progress
+        for i in track(range(len(self)), desc="preprocessing into the memory cache", unit="scans",
+                       progress=shown and len(missing) > 0, final=False):
             self._located(i, self.cached)
+
+    def uncached(self) -> int:
+        """How many entries the cache lacks (the first epoch that reads them computes them)."""
+        if self.cache == "none":
+            return len(self)
+        if self.cache == "memory":
+            return sum(i not in self._memory for i in range(len(self)))
+        keys = [self.cache_key(i) for i in range(len(self))]
+        if self.cache == "mmap":
+            return sum(not (self.cache_dir / k).is_dir() for k in keys)
+        return sum(not (self.cache_dir / f"{k}.pt").exists() for k in keys)
 
     def _located(self, index: int, fn: Any) -> Any:
         rec = self.records[index]

@@ -346,13 +346,13 @@ def _scan_job(job: tuple[_Patient, int, int, tuple[Site, ...]]
 
 
 def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: int = 0, grid: str = "coarse",
-                  grid_scale: float = 1.0, workers: int = 1) -> Path:
+                  grid_scale: float = 1.0, workers: int = 1, progress: bool = False) -> Path:
     """Write the demo cohort under ``out`` and return the path of its ``manifest.csv``.
 
     ``grid``: ``coarse`` (the 240 mm cube at 3-6 mm, the shipped configs) or ``fullres`` (0.7-0.9 mm
     pixels, 1.25-2 mm slices: ``configs/ct_chest_fullres.yaml``), see :func:`demo_sites`; patients,
     anatomy and nodule quotas do not depend on the grid. ``workers`` > 1 renders scans in that many
-    processes (the output is the same).
+    processes (the output is the same). ``progress``: show the scans written (medres.progress).
 
     Reuses ``out`` when it already holds a complete cohort for the same ``n_patients`` and ``seed``.
     Writing goes to a sibling temporary folder renamed into place at the end, so an interrupted or
@@ -379,7 +379,11 @@ def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: i
     jobs = [(p, study, seed, sites) for p in _plan(n_patients, seed) for study in range(len(p.studies))]
     pool = ProcessPoolExecutor(min(workers, len(jobs))) if workers > 1 else None
     scans = pool.map(_scan_job, jobs) if pool is not None else map(_scan_job, jobs)
-    for (p, study, _, _), (hu, mask, affine, site) in zip(jobs, scans):
+    from medres.progress import track
+
+    shown = track(zip(jobs, scans), desc=f"demo cohort: writing {out.name}", total=len(jobs), unit="scans",
+                  progress=progress)
+    for (p, study, _, _), (hu, mask, affine, site) in shown:
         case = f"P{p.index + 1:04d}_S{study + 1}"
         uids = {k: str(generate_uid(entropy_srcs=[f"medres-demo-{seed}-{p.index}-{study}-{k}"]))
                 for k in ("study", "series", "frame")}
@@ -428,7 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=["builtin", "export"], default="builtin",
                         help="export: the cohort as a hospital DICOM export (medres.data.demo_export)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress (a bar on a terminal, else a line per stage on stderr)")
     args = parser.parse_args(argv)
+    progress = not args.quiet
     if args.layout == "export" and args.kind != "ct_chest":
         parser.error("--layout export writes the chest CT cohort only (--kind ct_chest)")
     n_patients = args.n_patients or (150 if args.kind == "cxr" else 100)
@@ -437,8 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         from medres.data.demo_export import generate_export
 
         try:
-            builtin = generate_demo(Path(args.out) / "builtin", n_patients=n_patients, seed=args.seed)
-            labels = generate_export(builtin, args.out, seed=args.seed)
+            builtin = generate_demo(Path(args.out) / "builtin", n_patients=n_patients, seed=args.seed,
+                                    workers=min(os.cpu_count() or 1, 16), progress=progress)
+            labels = generate_export(builtin, args.out, seed=args.seed, progress=progress)
         except DataError as e:
             parser.exit(2, f"error: {e}\n")
         export, indexed = Path(args.out) / "export", Path(args.out) / "indexed"
@@ -449,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.kind == "cxr":
             from medres.data.demo_cxr import generate_cxr_demo
 
-            manifest = generate_cxr_demo(args.out, n_patients=n_patients, seed=args.seed)
+            manifest = generate_cxr_demo(args.out, n_patients=n_patients, seed=args.seed, progress=progress)
         else:
-            manifest = generate_demo(args.out, n_patients=n_patients, seed=args.seed)
+            manifest = generate_demo(args.out, n_patients=n_patients, seed=args.seed,
+                                     workers=min(os.cpu_count() or 1, 16), progress=progress)
     except DataError as e:
         parser.exit(2, f"error: {e}\n")
     with open(manifest) as f:

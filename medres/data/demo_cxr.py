@@ -276,8 +276,10 @@ def _is_complete(out: Path, n_patients: int, seed: int) -> bool:
     return all((out / f).exists() for f in stamp.get("files", []))
 
 
-def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, seed: int = 0) -> Path:
-    """Write the chest X-ray demo cohort under ``out``; return its ``manifest.csv`` (reused if complete)."""
+def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, seed: int = 0,
+                      progress: bool = False) -> Path:
+    """Write the chest X-ray demo cohort under ``out``; return its ``manifest.csv`` (reused if complete).
+    ``progress``: show the patients written (medres.progress)."""
     out = Path(out)
     if n_patients < 6:
         raise DataError(f"the chest X-ray demo needs at least 6 patients, got {n_patients}", path=out,
@@ -293,7 +295,10 @@ def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, see
     (tmp / "images").mkdir(parents=True)
     (tmp / "masks").mkdir()
     rows, files = [], []
-    for p in _plan(n_patients, seed):
+    from medres.progress import track
+
+    plan = _plan(n_patients, seed)
+    for p in track(plan, desc=f"demo cohort: writing {out.name}", unit="patients", progress=progress):
         for study, site_index in enumerate(p.studies):
             site = CXR_SITES[site_index]
             density, label = _render(p, study, site, seed)

@@ -135,11 +135,12 @@ def _study(study_dir: Path, hu: np.ndarray, mask: np.ndarray, affine: np.ndarray
                            include_empty=True)
 
 
-def generate_export(manifest: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0) -> Path:
+def generate_export(manifest: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0,
+                    progress: bool = False) -> Path:
     """Write ``out/export/`` (the built-in demo cohort of ``manifest``, from
     :func:`medres.data.demo.generate_demo`, as a hospital export) and ``out/labels.csv``; returns the
     labels file. ``python -m medres.data.demo --layout export`` puts the built-in cohort in
-    ``out/builtin``."""
+    ``out/builtin``. ``progress``: show the studies written (medres.progress)."""
     from medres.data.io import load_image
 
     out, manifest = Path(out), Path(manifest)
@@ -152,7 +153,10 @@ def generate_export(manifest: str | os.PathLike[str], out: str | os.PathLike[str
     labels = []
     tmp = out / f".export.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for n, row in enumerate(rows):
+    from medres.progress import track
+
+    shown = track(rows, desc="demo export: writing studies", unit="studies", progress=progress)
+    for n, row in enumerate(shown):
         image = load_image(manifest.parent / row["image"])
         mask = np.asarray(load_image(manifest.parent / row["mask"]), dtype=np.uint8)
         hu, affine = np.asarray(image, dtype=np.float32), np.asarray(image.affine, dtype=np.float64)

@@ -99,9 +99,27 @@ class _Pseudonyms:
                                digest_size=12).hexdigest()
 
 
-def _walk(root: Path, skip: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of every file under root, sorted; ``skip`` (the output) left out."""
+_LINK_OUT = "link_outside_export"  # a file status: a symbolic link that leaves the export (not followed)
+
+
+def _leaves(link: str, real_root: str) -> str:
+    """Why the symbolic link ``link`` leads out of the export (its target resolved), or ""."""
+    target = os.path.realpath(link)
+    if os.path.commonpath([target, real_root]) == real_root:
+        return ""
+    what = "folder" if os.path.isdir(target) else "file"
+    return f"a symbolic link to a {what} outside the export: not followed"
+
+
+def _walk(root: Path, skip: Path, outside: dict[str, str] | None = None) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every file under root, sorted; ``skip`` (the output) left out.
+
+    Folder links are not descended. A link whose target (resolved) lies outside the export is listed
+    with size -1 and its reason put in ``outside``: nothing out there is read, copied or linked.
+    """
     out = []
+    outside = {} if outside is None else outside
+    real_root = os.path.realpath(root)
     skip_s = str(skip)
     stack = [str(root)]
     root_len = len(str(root)) + 1
@@ -117,6 +135,10 @@ def _walk(root: Path, skip: Path) -> list[tuple[str, int, int]]:
             try:
                 if e.is_dir(follow_symlinks=False):
                     stack.append(e.path)
+                elif e.is_symlink() and (why := _leaves(e.path, real_root)):
+                    st = e.stat(follow_symlinks=False)
+                    out.append((e.path[root_len:], -1, st.st_mtime_ns))
+                    outside[e.path[root_len:]] = why
                 elif e.is_file():
                     st = e.stat()
                     out.append((e.path[root_len:], st.st_size, st.st_mtime_ns))
@@ -335,7 +357,8 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                       pseudo)
     result = IndexResult(out=out, manifest=out / "manifest.csv", index=out / "index.csv")
 
-    files = _walk(root, out)
+    outside: dict[str, str] = {}
+    files = _walk(root, out, outside)
     state_path = private / "state.json"
     state = _state_digest(files, rules, labels, mask_labels, pseudo.fingerprint, key_name)
     if _unchanged(state_path, state, out):  # nothing changed since the last run: its outputs stand
@@ -351,9 +374,11 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     entries: list[dict[str, Any]] = [None] * len(files)  # type: ignore[list-item]
     todo = []
     path_keys = [pseudo.path_key(rel) for rel, _, _ in files]
-    for k, ((_, size, mtime), pk) in enumerate(zip(files, path_keys)):
+    for k, ((rel, size, mtime), pk) in enumerate(zip(files, path_keys)):
         hit = cache.get(pk)
-        if hit is not None and hit[0] == size and hit[1] == mtime:
+        if size < 0:
+            entries[k] = {"status": _LINK_OUT, "reason": outside[rel]}
+        elif hit is not None and hit[0] == size and hit[1] == mtime:
             entries[k] = hit[2]
         else:
             todo.append(k)

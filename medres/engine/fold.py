@@ -21,12 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from medres.config import Config, check_resume_config, flatten_dict
+from medres.config import Config, flatten_dict
 from medres.cv import FoldData
 from medres.engine.checkpoint import (
     BEST,
     LAST,
-    PREV,
     clean_stale_temporaries,
     copy_checkpoint,
     load_checkpoint,
@@ -46,9 +45,9 @@ from medres.engine.loop import (
     val_metrics,
 )
 from medres.engine.precision import ComputeSettings
+from medres.engine.run_guard import check_fold_start, config_sha256
 from medres.engine.sampling import EpochSampler
 from medres.engine.tracking import MetricsTracker
-from medres.errors import ConfigError
 
 __all__ = ["build_model", "model_spec", "train_fold", "restore_state", "load_best_weights", "weights_digest"]
 
@@ -81,14 +80,16 @@ def build_model(cfg: Config) -> nn.Module:
 def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeSettings,
                dist_info: DistInfo | None = None, resume: bool = False, force: bool = False,
                progress: bool = False, should_stop: Callable[[], int | None] = lambda: None,
-               cache_dir: Path | None = None) -> LoopState:
+               cache_dir: Path | None = None, folds_hash: str | None = None) -> LoopState:
     """Train fold ``data.fold`` into ``fold_dir`` (checkpoints, metrics.csv); return the final LoopState.
 
     ``should_stop()`` returns the number of a received signal or None; when one arrives a resumable
     checkpoint is written and :class:`Interrupted` raised. Raises :class:`TrainingDiverged` on a
     non-finite loss or gradient, and ConfigError when ``fold_dir`` already holds a checkpoint and
-    neither ``resume`` nor ``force`` is given, or when resuming with a changed configuration without
-    ``force``.
+    neither ``resume`` nor ``force`` is given, when resuming with a changed configuration without
+    ``force``, or when resuming a checkpoint trained with folds other than ``folds_hash``
+    (:func:`medres.engine.run_guard.folds_sha256` of the run's assignment, recorded in every checkpoint
+    with the configuration's hash).
     """
     from medres import __version__
     from medres.data.datasets import balanced_sample_weights, build_dataset, build_loader
@@ -103,21 +104,9 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     fold_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(fold_dir)
 
-    # -- an existing checkpoint: resume it, or refuse to overwrite it
-    ckpt = None
-    if (fold_dir / LAST).exists() or (fold_dir / PREV).exists():
-        if resume:
-            ckpt = load_checkpoint(fold_dir / LAST)
-            changes = check_resume_config(ckpt["config"], cfg, force=force)
-            if changes:
-                log.warning("resuming fold %d with a changed configuration (--force): %s", data.fold,
-                            ", ".join(f for f, _, _ in changes))
-        elif not force:
-            raise ConfigError(f"{fold_dir} already holds a checkpoint", field="output.name",
-                              hint="pass --resume to continue it, --force to start it over, or choose "
-                                   "another output.name")
-    elif resume:
-        log.info("fold %d: nothing to resume in %s; starting it", data.fold, fold_dir)
+    # -- an existing checkpoint: resume it (when its folds and configuration are this run's), or refuse
+    ckpt = check_fold_start(fold_dir, cfg, fold=data.fold, folds_hash=folds_hash, resume=resume, force=force,
+                            quiet=not is_main)
 
     # -- model, loss, optimizer
     torch.manual_seed(fold_seed)
@@ -135,6 +124,12 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
                               seed=fold_seed)
     if is_main and ckpt is None and cfg.data.modality != "natural":
         warn_patch_fits_none(train_set, cfg.data.patch_size)
+    if is_main and progress and cfg.data.cache in ("disk", "mmap"):
+        missing = train_set.uncached()
+        if missing:
+            log.info("fold_%d: %d of %d training scans are not in the preprocessing cache yet; the first "
+                     "epoch preprocesses them (slower than the next ones)", data.fold, missing,
+                     len(train_set))
     weights = (balanced_sample_weights([int(r["label"]) for r in data.train]).tolist()
                if cfg.loss.cls.balanced_sampler else None)
     per_rank = math.ceil(len(train_set) / dist_info.world_size)
@@ -183,7 +178,8 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
         net = compile_model(net, t)
 
     meta = {"config": cfg.model_dump(mode="json"), "model_spec": model_spec(cfg),
-            "medres_version": __version__, "fold": data.fold}
+            "medres_version": __version__, "fold": data.fold, "config_sha256": config_sha256(cfg),
+            **({"folds_sha256": folds_hash} if folds_hash is not None else {})}
     tracker = None
     if is_main:
         tracker = MetricsTracker(fold_dir, run_name=f"{cfg.output.name}/fold_{data.fold}",

@@ -111,7 +111,7 @@ def train_one_epoch(
     after each optimizer step (mid-epoch checkpoints). ``restore_rng`` (a mid-epoch resume) is applied
     right after the loader's iterator is created, where the interrupted run saved it.
     """
-    from tqdm.auto import tqdm
+    from medres.progress import track
 
     model.train()
     loss_fn.train()
@@ -119,9 +119,9 @@ def train_one_epoch(
     it = iter(loader)
     if restore_rng is not None:
         set_rng_state(restore_rng)
-    bar = tqdm(it, total=total_batches, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}",
-               disable=not progress, leave=False, dynamic_ncols=True)
-    for batch in bar:
+    shown: dict[str, Any] = {}
+    for batch in track(it, desc=f"epoch {state.epoch + 1}", total=total_batches, unit="batches",
+                       initial=state.batch_in_epoch, progress=progress, final=False, postfix=shown):
         image, labels, mask = _to_device(batch, compute, spatial_dims)
         case_ids = list(batch["case_id"])
         _check_inputs(image, case_ids, state.step)
@@ -160,7 +160,7 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         state.step += 1
-        bar.set_postfix(loss=f"{state.sums['loss'] / max(state.samples, 1):.4f}", refresh=False)
+        shown["loss"] = f"{state.sums['loss'] / max(state.samples, 1):.4f}"
         if on_step is not None:
             on_step()
         if any_rank(should_stop(), compute.device):
@@ -200,13 +200,14 @@ def evaluate_epoch(
     (``loader.batch_sampler`` gives each batch's dataset indices).
     """
     from monai.metrics import compute_dice
-    from tqdm.auto import tqdm
+
+    from medres.progress import track
 
     model.eval()
     index_batches = list(loader.batch_sampler)
     records = []
-    for indices, batch in tqdm(zip(index_batches, loader), total=len(index_batches), desc="validate",
-                               disable=not progress, leave=False, dynamic_ncols=True):
+    for indices, batch in track(zip(index_batches, loader), desc="validate", total=len(index_batches),
+                                unit="cases", progress=progress, final=False):
         image, labels, mask = _to_device(batch, compute, spatial_dims)
         case_ids = list(batch["case_id"])
         _check_inputs(image, case_ids, -1)
