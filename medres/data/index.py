@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
+import functools
 import hashlib
 import hmac
 import json
@@ -187,8 +189,12 @@ def _save_cache(path: Path, fingerprint: str, files: list[tuple[str, int, int]],
     data = {"version": CACHE_VERSION, "key": fingerprint, "fields": [json.loads(f) for f in ftab],
             "keys": [json.loads(k) for k in ktab], "files": rows}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _hashed(record: dict[str, Any], pseudo: _Pseudonyms) -> dict[str, Any]:
@@ -308,18 +314,52 @@ def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str]
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fmt(value: Any) -> Any:
     return f"{value:.4g}" if isinstance(value, float) else value
 
 
+def _os_errors_as_data_errors(index: Any) -> Any:
+    """``index_dicom`` with an operating-system error (a full disk above all) as a DataError naming the
+    output folder and its free space, never a traceback; the temporary files are removed where made."""
+
+    @functools.wraps(index)
+    def wrapped(root: str | os.PathLike[str], out: str | os.PathLike[str], **kw: Any) -> IndexResult:
+        try:
+            return index(root, out, **kw)
+        except OSError as exc:
+            raise _write_error(exc, Path(out).absolute()) from None
+    return wrapped
+
+
+def _write_error(exc: OSError, out: Path) -> DataError:
+    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    what = f"{name}: {exc.strerror or 'operating-system error'}"
+    folder = next((p for p in (out, *out.parents) if p.exists()), Path(os.sep))
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MB free on its disk"
+    except OSError:
+        free = "free space unknown"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return DataError(f"the index could not be written ({what}; {free})", path=out,
+                         hint="free disk space (or raise the quota / file-size limit, or choose an --out "
+                              "with room) and run the index again: what it had finished is reused")
+    return DataError(f"the index could not be written or its export read ({what}; {free})", path=out,
+                     hint="check that the output folder is writable and the export readable, then run again")
+
+
+@_os_errors_as_data_errors
 def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                 labels: str | os.PathLike[str] | None = None, labels_key: str | None = None,
                 rules: Any = None, mask_labels: dict[int, str] | None = None,
