@@ -101,3 +101,84 @@ def test_dicom_patient_fields_never_reach_the_bundle(tmp_path):
         for secret in secrets:
             assert secret not in text, (name, secret)
     assert np.isfinite(preds.p_nodule).all()
+
+
+def _audit(out: Path) -> dict[str, dict]:
+    return {a["check"]: a for a in json.loads((out / "summary.json").read_text())["split_audit"]}
+
+
+def test_output_elsewhere_and_a_moved_run_give_the_default_report(tmp_path, monkeypatch):
+    """The bundle reads everything from the run folder: --output in another folder (from another working
+    directory, with a relative --run), --compare, and a run folder copied elsewhere give the same report."""
+    import shutil
+
+    run = write_synthetic_run(tmp_path / "a", name="a", n_patients=12, extra_scans=2, seed=0)
+    other = write_synthetic_run(
+        tmp_path / "b", name="b", n_patients=12, extra_scans=2, with_seg=False, seed=1
+    )
+    assert main(["--run", str(run), "--gallery", "0"]) == 0
+    reference = _records(run / "report")
+    elsewhere = tmp_path / "elsewhere" / "shared"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    rel = Path("..") / run.relative_to(tmp_path)
+    argv = ["--run", str(rel), "--output", str(elsewhere), "--compare", str(other), "--gallery", "0"]
+    assert main(argv) == 0
+    moved = tmp_path / "moved" / "a"
+    shutil.copytree(run, moved)
+    shutil.rmtree(run)  # the original is gone: nothing may still be read from there
+    assert main(["--run", str(moved), "--output", str(tmp_path / "moved_report"), "--gallery", "0"]) == 0
+    for out in (elsewhere, tmp_path / "moved_report"):
+        audit = _audit(out)
+        assert all(a["passed"] for a in audit.values()), audit
+        assert "Split audit failed" not in (out / "report.html").read_text()
+        got = _records(out)
+        got = got[got.scope != "comparison"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, reference)
+    seg = _records(tmp_path / "moved_report")
+    assert (seg["head"] == "segmentation").any()  # predicted masks found relative to the moved folder
+
+
+def test_a_folds_csv_of_another_cohort_is_named_as_such(tmp_path):
+    run = write_synthetic_run(tmp_path, n_patients=12, extra_scans=2, with_seg=False)
+    pd.DataFrame({"patient_id": [f"OTHER{i}" for i in range(10)], "fold": [i % 3 for i in range(10)]}).to_csv(
+        run / "folds.csv", index=False
+    )
+    assert main(["--run", str(run), "--output", str(tmp_path / "out"), "--gallery", "0"]) == 0
+    check = _audit(tmp_path / "out")["folds.csv agrees with the predictions"]
+    assert not check["passed"]
+    assert "folds.csv lists 10 patients, none of the 12 predicted" in check["detail"]
+    assert "another cohort" in check["detail"]
+
+
+def test_compare_without_shared_patients_says_so(tmp_path, capsys):
+    import shutil
+
+    a = write_synthetic_run(tmp_path / "a", name="a", n_patients=12, extra_scans=2, with_seg=False)
+    b = write_synthetic_run(tmp_path / "b", name="b", n_patients=9, extra_scans=0, with_seg=False)
+    for fold_dir in b.glob("fold_*"):  # the same scans under other case ids: nothing to pair
+        for name in ("predictions.parquet", "inner_val_predictions.parquet"):
+            p = pd.read_parquet(fold_dir / name)
+            p["case_id"] = "other_" + p["case_id"]
+            p.to_parquet(fold_dir / name)
+    shutil.rmtree(b / "fold_2")  # an unfinished fold
+    assert main(["--run", str(a), "--output", str(tmp_path / "out"), "--compare", str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "share 0 cases of 0 patients" in err and "bootstrap" not in err
+    assert "a: 14 cases of 12 patients" in err
+    assert "b: 6 cases of 6 patients, folds [2] of 3 without predictions (not finished)" in err
+
+
+def test_compare_with_an_unfinished_run_names_its_missing_folds(tmp_path):
+    import shutil
+
+    a = write_synthetic_run(tmp_path / "a", name="a", n_patients=12, extra_scans=2, with_seg=False, seed=0)
+    b = write_synthetic_run(tmp_path / "b", name="b", n_patients=12, extra_scans=2, with_seg=False, seed=1)
+    shutil.rmtree(b / "fold_1")
+    out = tmp_path / "out"
+    assert main(["--run", str(a), "--output", str(out), "--compare", str(b), "--gallery", "0"]) == 0
+    html = (out / "report.html").read_text()
+    assert "b: folds [1] have no predictions yet (not finished)." in html
+    diff = _records(out).query("scope == 'comparison'")
+    n_b = len(load_run(b).predictions)
+    assert (diff["n"] == n_b).all() and n_b < len(load_run(a).predictions)

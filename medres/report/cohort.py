@@ -89,14 +89,18 @@ def split_audit(
         mapped = predictions["patient_id"].map(fold_of)
         missing = int(mapped.isna().sum())
         wrong = int(((mapped != predictions["fold"]) & mapped.notna()).sum())
-        rows.append(
-            (
-                "folds.csv agrees with the predictions",
-                missing == 0 and wrong == 0,
-                f"{wrong} scans predicted in another fold than folds.csv says; "
-                f"{missing} scans of patients absent from folds.csv",
-            )
+        detail = (
+            f"{wrong} scans predicted in another fold than folds.csv says; "
+            f"{missing} scans of patients absent from folds.csv"
         )
+        if missing == len(predictions) and missing:
+            n_pred = predictions["patient_id"].nunique()
+            detail += (
+                f": folds.csv lists {len(fold_of)} patients, none of the {n_pred} "
+                "predicted, so it belongs to another cohort (a later training written into this run folder "
+                "replaces it); restore the run's own folds.csv or retrain"
+            )
+        rows.append(("folds.csv agrees with the predictions", missing == 0 and wrong == 0, detail))
     else:
         rows.append(("folds.csv agrees with the predictions", False, "folds.csv is missing"))
     overlap = 0

@@ -5,13 +5,29 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from medres.errors import DataError
 from medres.metrics.bootstrap import paired_bootstrap_ci
 from medres.metrics.delong import delong_roc_test
 from medres.report.aggregate import BinaryTask, _quiet, _record
 from medres.report.html import fmt, fmt_ci, fmt_p, table_html
 from medres.report.run_folder import RunData
 
-__all__ = ["comparison"]
+__all__ = ["comparison", "missing_folds"]
+
+
+def missing_folds(run: RunData) -> list[int]:
+    """The folds of ``cv.folds`` that have no held-out predictions in the run folder (not finished)."""
+    done = {int(f) for f in run.predictions["fold"].unique()}
+    return [k for k in range(run.config.cv.folds) if k not in done]
+
+
+def _describe(run: RunData) -> str:
+    p = run.predictions
+    missing = missing_folds(run)
+    text = f"{run.run_dir.name}: {len(p)} cases of {p['patient_id'].nunique()} patients"
+    if missing:
+        text += f", folds {missing} of {run.config.cv.folds} without predictions (not finished)"
+    return text
 
 
 def comparison(run: RunData, other: RunData, task: BinaryTask, seed: int) -> tuple[list[dict], dict]:
@@ -20,10 +36,22 @@ def comparison(run: RunData, other: RunData, task: BinaryTask, seed: int) -> tup
     a = run.predictions.set_index("case_id")
     b = other.predictions.set_index("case_id")
     common = a.index.intersection(b.index)
+    shared = a.loc[common, "patient_id"].nunique()
+    if shared < 2:  # nothing to pair: say why instead of an empty bootstrap
+        raise DataError(
+            f"the runs to compare share {len(common)} cases of {shared} patients, and a paired comparison "
+            f"needs at least 2 patients predicted by both ({_describe(run)}; {_describe(other)})",
+            path=other.run_dir,
+            hint="compare runs trained on the same cohort (same manifest and case ids), each with all "
+            "of its folds predicted (finish them with python -m medres.train --resume)",
+        )
     note = (
-        f"{len(common)} cases predicted by both runs (of {len(a)} and {len(b)}); "
+        f"{len(common)} cases of {shared} patients predicted by both runs (of {len(a)} and {len(b)}); "
         "differences are this run minus the other."
     )
+    for r in (run, other):
+        if missing_folds(r):
+            note += f" {r.run_dir.name}: folds {missing_folds(r)} have no predictions yet (not finished)."
     a, b = a.loc[common], b.loc[common]
     if (a["y_true"].to_numpy() != b["y_true"].to_numpy()).any():
         note += " WARNING: the runs disagree on some labels; this run's labels are used."
