@@ -27,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from medres.data.dicom_geometry import Frame, assemble
+from medres.data.frame_headers import check_encapsulated_frames
 from medres.data.limits import check_declared, memory_error
 from medres.data.redact import decoder_message, quiet_pydicom, safe_message
 from medres.errors import DataError
@@ -238,6 +239,7 @@ def _decoded_pixels(ds: Dataset, path: Path) -> np.ndarray:
             raise DataError(f"is compressed as {tsyntax.name} and no decoder for it is installed (needs "
                             f"{needs})", path=path,
                             hint=f"pip install one of: {needs} (gdcm's pip package is python-gdcm)")
+        check_encapsulated_frames(ds, path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

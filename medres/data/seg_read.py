@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from medres.errors import DataError
 
 from .dicom_geometry import ORIENTATION_ATOL
+from .frame_headers import check_encapsulated_frames
 from .limits import memory_error
 from .redact import quiet_pydicom, safe_message
 from .source_series import PLANE_ATOL_MM, SourceSeries
@@ -61,6 +62,7 @@ def seg_layers(path: Path, grid: SourceSeries, mapping: Callable[[str], str | No
     except Exception as exc:
         raise DataError(f"is not a readable DICOM SEG ({safe_message(exc)})", path=path,
                         hint="re-export the segmentation") from None
+    check_encapsulated_frames(seg, path)  # compressed frames: their own size, before highdicom decodes
     kind = str(seg.get("SegmentationType", "BINARY")).upper()
     names: dict[int, str] = {}
     for item in seg.get("SegmentSequence") or []:
