@@ -113,17 +113,18 @@ def check_output(out: str | os.PathLike[str], *, inputs: Mapping[str, str | os.P
     checks = [(name, p) for name, p in inputs.items() if p is not None and str(p) != ""]
     if scans and target.exists():
         checks += [(name, p) for name, p in scans.items() if p is not None and str(p) != ""]
-    inside_ok = set(may_lie_inside)
+    found = []
     for name, path in checks:
         src = _resolved(path)
         if _same(target, src):
-            relation = "is"
+            found.append((0, name, path, src))
         elif _within(src, target):
-            relation = "contains"
-        elif _within(target, src) and name not in inside_ok:
-            relation = "lies inside"
-        else:
-            continue
+            found.append((1, name, path, src))
+        elif _within(target, src) and name not in may_lie_inside:
+            found.append((2, name, path, src))
+    if found:  # the closest relation first: "is the data root" says more than "contains the manifest"
+        rank, name, path, src = min(found, key=lambda f: f[0])
+        relation = ("is", "contains", "lies inside")[rank]
         resolved = f" (resolved: {target} and {src})" if (str(target), str(src)) != (
             os.path.abspath(given), os.path.abspath(path)) else ""
         raise DataError(f"the {what} {relation} the {name} {path}{resolved}; medres never writes over, "

@@ -124,3 +124,39 @@ def test_balanced_sampler_and_focal_loss_train_a_fold(tmp_path):
     m = result.metrics[0]
     assert list(m["epoch"]) == [1] and np.isfinite(m["loss_cls"]).all()
     assert len(result.predictions[0]) > 0
+
+
+def _tiny_cohort(root: Path) -> Path:
+    (root / "images").mkdir(parents=True)
+    rows = ["case_id,patient_id,image,label"]
+    for i in range(4):
+        scan = nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4))
+        nib.save(scan, root / "images" / f"c{i}.nii.gz")
+        rows.append(f"c{i},p{i},images/c{i}.nii.gz,{'nodule' if i % 2 else 'normal'}")
+    (root / "cohort.csv").write_text("\n".join(rows) + "\n")
+    return root / "cohort.csv"
+
+
+def test_a_run_folder_on_around_or_holding_an_input_is_refused(tmp_path):
+    from medres.errors import DataError
+
+    data = tmp_path / "project" / "data"
+    manifest = _tiny_cohort(data)
+    config = tmp_path / "cfg" / "c.yaml"
+    config.parent.mkdir()
+    config.write_text(f"data:\n  manifest: {manifest}\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for out_dir, name, said in ((data.parent, "data", "is the data root"),
+                                (tmp_path, "project", "contains the (manifest|data root)"),
+                                (config.parent, "c.yaml", "is the config file"),
+                                (data, "images", "contains the image of case 'c0'"),
+                                (data / "images", "c0.nii.gz", "is the image of case 'c0'")):
+        cfg = load_config(config, [f"output.dir={out_dir}", f"output.name={name}"])
+        with pytest.raises(DataError, match=said) as err:
+            run(cfg, quiet=True)
+        assert str(out_dir / name) in str(err.value)
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    cfg = load_config(config, [f"output.dir={data}", "output.name=run", f"data.cache_dir={data.parent}"])
+    with pytest.raises(DataError, match="cache folder .* contains the "):
+        run(cfg, quiet=True)
+    assert not (data / "run").exists()
