@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,15 +46,20 @@ class CheckResult:
 
 
 def _normalised_id(pid: str) -> str:
-    """A patient id with case, spaces and the leading zeros of each number removed (``' 007 '`` and
-    ``7`` agree, as do ``P009`` and ``p9``)."""
-    return re.sub(r"(?<!\d)0+(?=\d)", "", "".join(pid.split()).casefold())
+    """A patient id with case, spaces, the leading zeros of each number and its Unicode form removed:
+    NFKC (full-width ``００７`` is ``007``), format characters dropped (zero-width space, BOM, ...), every
+    decimal digit as ASCII. ``' 007 '`` and ``7`` agree, as do ``P009``, ``p9`` and ``P\u200b9``."""
+    text = unicodedata.normalize("NFKC", pid)
+    text = "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text
+                   if unicodedata.category(ch) != "Cf")
+    text = unicodedata.normalize("NFKC", "".join(text.split()).casefold())
+    return re.sub(r"(?<!\d)0+(?=\d)", "", text)
 
 
 def similar_patient_ids(df: Any) -> list[DataError]:
-    """Warnings for patient ids that are different text but equal after stripping leading zeros, case
-    and spaces: ids are text by design (``007`` and ``7`` are two patients), but this is the most common
-    way one patient ends up in two folds."""
+    """Warnings for patient ids that are different text but equal after stripping leading zeros, case,
+    spaces and Unicode form (:func:`_normalised_id`): ids are text by design (``007`` and ``7`` are two
+    patients), but this is the most common way one patient ends up in two folds."""
     groups: dict[str, dict[str, int]] = {}
     for i, pid in enumerate(df["patient_id"].astype(str), start=1):
         groups.setdefault(_normalised_id(pid), {}).setdefault(pid, i)
@@ -62,8 +68,9 @@ def similar_patient_ids(df: Any) -> list[DataError]:
         if len(ids) > 1:
             listed = ", ".join(f"{pid!r} (row {row})" for pid, row in ids.items())
             rows = sorted(ids.values())
-            out.append(DataError(f"patient ids {listed} differ only in leading zeros, case or spaces; they "
-                                 "are treated as different patients", row=rows[1],
+            out.append(DataError(f"patient ids {listed} differ only in leading zeros, case, spaces or "
+                                 "Unicode form (invisible characters, full-width digits); they are treated "
+                                 "as different patients", row=rows[1],
                                  hint="if they are one patient, write the id the same way in every row, "
                                       "or the patient can land in two folds"))
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -70,3 +71,17 @@ def test_rows_are_read_in_worker_processes_with_progress(tmp_path, capsys):
     assert "70/70 rows read" in captured.err
     assert "problem: row 14, case 'C13'" in captured.err  # as found, before the table
     assert captured.out.startswith("medres data check: 1 problem(s)")
+
+
+@pytest.mark.parametrize("variant", ["\ufeff007", "0\u200b07", "\uff10\uff10\uff17", "0\u00a007",
+                                     " 007\u2060"])
+def test_ids_differing_only_in_unicode_form_get_the_zeros_warning(variant):
+    """A BOM, a zero-width space or joiner, full-width digits or a no-break space make another text but,
+    to a reader, the same id: the same warning as 007 / 7."""
+    from medres.data.check import similar_patient_ids
+
+    df = pd.DataFrame({"patient_id": ["7", variant, "8"]})
+    warnings = similar_patient_ids(df)
+    assert len(warnings) == 1 and warnings[0].row == 2
+    assert "differ only in leading zeros" in warnings[0].reason and repr(variant) in warnings[0].reason
+    assert similar_patient_ids(pd.DataFrame({"patient_id": ["7", "8", "\uff18\u200b1"]})) == []
