@@ -222,13 +222,15 @@ def _first_problem(exc: Exception) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
-                    fallback: bool = True, expect_model: torch.nn.Module | None = None) -> dict[str, Any]:
+                    fallback: bool = True, expect_model: torch.nn.Module | None = None,
+                    mmap: bool = False) -> dict[str, Any]:
     """Load and check a checkpoint; a damaged file falls back to its ``_prev`` copy.
 
     Every check of a checkpoint is here: loaded with ``weights_only=True`` (a file holding code or
     objects is refused, with no advice to load it otherwise); it must be a dict with a ``model`` state
     dict and, when it has one, a valid ``config``; with ``expect_model``, its weights must fit that
-    model (same names and shapes). Raises ``ConfigError`` naming the file and what to do.
+    model (same names and shapes). ``mmap=True`` maps the tensors instead of reading them (a look at the
+    metadata costs no memory). Raises ``ConfigError`` naming the file and what to do.
     """
     path = Path(path)
     candidates = [path]
@@ -240,7 +242,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
             problems.append(f"{p}: missing")
             continue
         try:
-            state = torch.load(p, map_location=map_location, weights_only=True)
+            state = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
         except Exception as e:  # noqa: BLE001 - truncated zip, refused pickle, ...
             reason = _refusal(e, p)
             if reason.startswith("holds Python code"):

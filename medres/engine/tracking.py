@@ -2,7 +2,9 @@
 
 ``metrics.csv`` has one row per epoch (``epoch, step, lr, seconds, samples_per_s, loss, loss_<term>...,
 val_loss, val_auroc, val_dice``). On resume, rows from epochs after the checkpoint are dropped so the
-file matches the weights. MLflow logs to a SQLite store (``<run>/mlflow.db``) — no server needed.
+file matches the weights. MLflow logs to a SQLite store (``<run>/mlflow.db``) — no server needed. The
+fold jobs of one run share it, each write made under ``<run>/.mlflow.lock`` (SQLite and MLflow's schema
+set-up are not safe for two processes at once).
 Only rank 0 creates a tracker. Nothing patient-related is logged: numbers and the config only.
 """
 
@@ -16,11 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medres.engine.run_guard import FolderLock
 from medres.files import atomic_write
 
 __all__ = ["MetricsTracker"]
 
 log = logging.getLogger("medres.engine")
+
+#: how long a fold job waits for another's write to the run's MLflow store
+STORE_WAIT_S = 600.0
 
 
 class MetricsTracker:
@@ -57,11 +63,13 @@ class MetricsTracker:
                 import mlflow
 
                 root = self.path.parent.parent
-                mlflow.set_tracking_uri(f"sqlite:///{(root / 'mlflow.db').resolve()}")
-                mlflow.set_experiment(root.name)
-                self._mlflow = mlflow.start_run(run_name=run_name or self.path.parent.name)
-                if params:
-                    mlflow.log_params({k: str(v)[:250] for k, v in params.items()})
+                self._store_lock = FolderLock(root / ".mlflow.lock", what="the run's MLflow store")
+                with self._store_lock.acquire(wait_s=STORE_WAIT_S):
+                    mlflow.set_tracking_uri(f"sqlite:///{(root / 'mlflow.db').resolve()}")
+                    mlflow.set_experiment(root.name)
+                    self._mlflow = mlflow.start_run(run_name=run_name or self.path.parent.name)
+                    if params:
+                        mlflow.log_params({k: str(v)[:250] for k, v in params.items()})
             else:
                 off.append("MLflow")
         if off:
@@ -81,7 +89,9 @@ class MetricsTracker:
         if self._mlflow is not None:
             import mlflow
 
-            mlflow.log_metrics({k: v for k, v in numeric.items() if math.isfinite(v)}, step=int(row["epoch"]))
+            with self._store_lock.acquire(wait_s=STORE_WAIT_S):
+                mlflow.log_metrics({k: v for k, v in numeric.items() if math.isfinite(v)},
+                                   step=int(row["epoch"]))
 
     def close(self) -> None:
         if self._tb is not None:
@@ -89,7 +99,8 @@ class MetricsTracker:
         if self._mlflow is not None:
             import mlflow
 
-            mlflow.end_run()
+            with self._store_lock.acquire(wait_s=STORE_WAIT_S):
+                mlflow.end_run()
             self._mlflow = None
 
     def _write_all(self) -> None:

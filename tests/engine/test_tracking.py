@@ -38,3 +38,51 @@ def test_tensorboard_and_mlflow_when_installed(tmp_path):
     t.close()
     assert list((tmp_path / "fold_0" / "tensorboard").iterdir())
     assert (tmp_path / "mlflow.db").exists()
+
+
+_FOLD_JOB = """
+import sys, time
+from pathlib import Path
+root, fold = Path(sys.argv[1]), int(sys.argv[2])
+import mlflow  # noqa: F401 - imported before the start signal, so that both jobs start together
+from medres.engine.tracking import MetricsTracker
+(root / f"ready_{fold}").touch()
+while not (root / "go").exists():
+    time.sleep(0.005)
+t = MetricsTracker(root / "run" / f"fold_{fold}", run_name=f"run/fold_{fold}", params={"lr": 0.1},
+                   backends=("mlflow",))
+for e in (1, 2, 3):
+    t.log_epoch({"epoch": e, "step": e, "loss": 1.0 / e})
+t.close()
+"""
+
+
+def test_two_fold_jobs_share_the_mlflow_store_side_by_side(tmp_path):
+    """Two ``--fold k`` jobs of one run start their trackers at the same instant: both succeed and the
+    run's one store holds both runs (without the store lock, MLflow's schema set-up races and one job
+    dies with an alembic traceback)."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    pytest.importorskip("mlflow")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    jobs = [subprocess.Popen([sys.executable, "-c", _FOLD_JOB, str(tmp_path), str(k)], cwd=root, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready_{k}").exists() for k in (0, 1)):
+        assert time.monotonic() < deadline and all(j.poll() is None for j in jobs), \
+            [j.communicate()[1][-2000:] for j in jobs]
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    results = [j.communicate(timeout=120) for j in jobs]
+    assert [j.returncode for j in jobs] == [0, 0], [err[-2000:] for _, err in results]
+    with sqlite3.connect(tmp_path / "run" / "mlflow.db") as db:
+        names = sorted(r[0] for r in db.execute("SELECT name FROM runs"))
+        steps = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'loss'").fetchone()[0]
+    assert names == ["run/fold_0", "run/fold_1"] and steps == 6
+    assert (tmp_path / "run" / "fold_0" / "metrics.csv").exists()
