@@ -236,7 +236,7 @@ def _labels(path: Path | None, key_name: str, columns: list[str], pseudo: _Pseud
             reader = csv.DictReader(fh)
             records = list(reader)
             header = list(reader.fieldnames or [])
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except (OSError, ValueError, csv.Error) as exc:  # ValueError: undecodable text, a NUL in the path
         raise DataError(f"the labels file cannot be read as CSV ({type(exc).__name__})", path=path,
                         hint="save it as UTF-8 CSV with a header row") from None
     missing = [c for c in [key_name, *columns] if c not in header]

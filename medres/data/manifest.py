@@ -197,6 +197,9 @@ def validate_manifest(path: str | os.PathLike[str], *, vocabulary: Sequence[str]
     an index's ``private/link_roots.txt`` (see the module docstring).
     """
     path = Path(path)
+    if "\0" in str(path):
+        raise DataError("the manifest path holds a NUL byte, which no file name may contain",
+                        path=repr(str(path)), hint="check the --manifest / data.manifest path")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except FileNotFoundError:

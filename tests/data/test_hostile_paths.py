@@ -219,3 +219,25 @@ def test_the_user_names_the_folders_links_may_lead_into(layout, tmp_path):
     for bad in ("relative/folder", "/"):
         with pytest.raises(ConfigError, match="data.link_roots"):
             load_config(None, [f"data.link_roots=[{bad!r}]"])
+
+
+def test_paths_no_file_system_takes_are_row_errors_not_tracebacks(layout, capsys):
+    """A NUL byte, a 300-byte file name, a path past the system's length limit and a leading '~' are
+    each a row error saying what is wrong (also with --manifest-only), never a raw ValueError/OSError."""
+    from medres.data.check import main as check_main
+
+    root, _ = layout
+    deep = "/".join(["d" * 200] * 30)  # every name fits, the whole path does not (PATH_MAX 4096)
+    manifest = _manifest(root, [("N", "P1", "a\0b.nii.gz"), ("L", "P2", "x" * 300 + ".nii.gz"),
+                                ("D", "P3", deep), ("T", "P4", "~/a.nii.gz"), ("A", "P5", "a.nii.gz")])
+    errors = {e.case_id: e.reason for e in _problems(manifest)}
+    assert sorted(errors) == ["D", "L", "N", "T"]
+    assert "holds a NUL byte" in errors["N"]
+    assert "a file or folder name of 307 bytes; file systems allow at most 255" in errors["L"]
+    assert "ENAMETOOLONG" in errors["D"]
+    assert "starts with '~', which medres does not expand" in errors["T"] and "'..'" not in errors["T"]
+    assert check_main(["--manifest", str(manifest), "--manifest-only"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out and "NUL byte" in captured.out
+    with pytest.raises(DataError, match="NUL byte"):
+        read_manifest(str(root / "m\0.csv"))
