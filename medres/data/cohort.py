@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -23,9 +24,12 @@ __all__ = ["load_cohort", "image_folder_manifest"]
 log = logging.getLogger("medres.data")
 
 
-def image_folder_manifest(folder: Path) -> tuple[pd.DataFrame, list[str]]:
+def image_folder_manifest(folder: Path, link_roots: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
     """ImageNet-style ``folder/<class>/<image>`` (or ``folder/{train,val}/<class>/<image>``, val being the
-    test split): a manifest, one row per image, and the sorted class names."""
+    test split): a manifest, one row per image, and the sorted class names.
+
+    As for a manifest's data root, an image reached through a symbolic link (a file or a class folder)
+    must still lie inside ``folder`` or inside one of ``link_roots`` (``data.link_roots``)."""
     if not folder.is_dir():
         raise DataError("image folder not found", path=folder, hint="check data.image_folder")
     parts = {"train": folder / "train", "test": folder / "val"}
@@ -45,6 +49,14 @@ def image_folder_manifest(folder: Path) -> tuple[pd.DataFrame, list[str]]:
                                  "split": split})
     if not rows:
         raise DataError("no PNG/JPEG images in the class subfolders", path=folder)
+    trusted = [os.path.realpath(folder)] + [os.path.realpath(r) for r in link_roots]
+    outside = [r["image"] for r in rows
+               if not any(os.path.commonpath([os.path.realpath(r["image"]), t]) == t for t in trusted)]
+    if outside:
+        raise DataError(f"{len(outside)} image(s) lead out of the image folder through a symbolic link (the "
+                        f"first: {os.path.relpath(outside[0], folder)}); medres does not follow links out of "
+                        "it", path=folder, hint="copy the images into the folder, or name the folder the "
+                                                "links lead into in data.link_roots")
     return pd.DataFrame(rows, dtype=str), classes
 
 
@@ -53,7 +65,7 @@ def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
     ``data.manifest`` / ``data.labels`` filled in for the run."""
     d = cfg.data
     if d.image_folder is not None:
-        df, classes = image_folder_manifest(Path(d.image_folder))
+        df, classes = image_folder_manifest(Path(d.image_folder), d.link_roots)
         if cfg.model.num_classes != len(classes) and d.labels != classes:
             raise ConfigError(f"{len(classes)} class folders but model.num_classes={cfg.model.num_classes}",
                               field="model.num_classes", hint=f"set model.num_classes={len(classes)}")
