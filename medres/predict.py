@@ -24,10 +24,13 @@ The model is one of:
 
 The scans go through the checkpoint's own evaluation pipeline (orientation, spacing, windows) and
 MONAI sliding-window inference. Written to ``--output``: ``predictions.csv`` (the predictions-table
-columns of DESIGN.md: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred``, subgroup columns,
-``image``, ``mask``, ``seg_path``; ``y_true`` and ``fold`` are -1 where unknown) and
-``seg/<case_id>.nii.gz``, each mask in its source scan's geometry (it overlays the original), and for a
-DICOM source also ``seg/<case_id>.dcm``, a DICOM SEG referencing the source series (for PACS viewers).
+columns of DESIGN.md: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred, y_pred_argmax``,
+subgroup columns, ``image``, ``mask``, ``seg_path``; ``y_pred`` is the class called at the model's
+operating point (chosen on inner validation, as the report's), ``y_pred_argmax`` the most probable class;
+``y_true`` and ``fold`` are -1 where unknown) and
+``seg/<name>.nii.gz``, each mask in its source scan's geometry (it overlays the original), and for a
+DICOM source also ``seg/<name>.dcm``, a DICOM SEG referencing the source series (for PACS viewers);
+``<name>`` is ``medres.layout.case_file_stem(case_id)`` (a readable prefix and a hash of the exact id).
 A problem with the input is reported as one message and exit code 2, with no traceback.
 """
 
@@ -88,7 +91,7 @@ def _manifest_records(path: Path, config: Any) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medres.predict", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m medres.predict", description=__doc__.split("\n\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="a run folder (runs/NAME): the ensemble of its fold models")
     which.add_argument("--checkpoint", help="one medres checkpoint (e.g. fold_0/checkpoint_best.pt)")
@@ -97,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                       "(default: all with a checkpoint)")
     p.add_argument("--input", required=True, help="a scan, a DICOM series folder, a folder of scans or a "
                                                   "manifest CSV")
-    p.add_argument("--output", required=True, help="folder for predictions.csv and seg/<case_id>.nii.gz")
+    p.add_argument("--output", required=True, help="folder for predictions.csv and seg/ (one mask per case)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (1 + spatial_dims passes)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: config)")
@@ -116,23 +119,51 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from medres.data.dicom_seg import write_prediction_segs  # DICOM sources: also seg/<case_id>.dcm
+    from medres.data.dicom_seg import write_prediction_segs  # DICOM sources: also seg/<name>.dcm
     from medres.engine.inference import Predictor, write_table
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available", hint="use --device cpu")
+    _check_output(args)
     predictor = _predictor(args, Predictor)
     records = input_records(args.input, predictor.config)
     if not records:
         raise DataError("lists no cases", path=args.input)
     out = Path(args.output)
+    _check_output(args, records)
     seg_dir = None if args.no_masks else out / "seg"
     df = predictor.predict_records(records, seg_dir=seg_dir, seg_relative_to=out)
     ckpt = _model_file(args)
     write_prediction_segs(df, seg_dir, predictor.config.data.mask_labels, checkpoint=ckpt, relative_to=out)
     table = write_table(df, out / "predictions.csv")
     log.info("%d case(s) -> %s%s", len(df), table, "" if args.no_masks else f"; masks in {out / 'seg'}")
+    log.info("%s", predictor.decision_rule())
     return 0
+
+
+def _check_output(args: argparse.Namespace, records: Sequence[dict[str, Any]] = ()) -> None:
+    """``--output`` against what predict reads (:func:`medres.files.check_output`): it never is, holds
+    or lies inside the run or export folder (or the run a fold's checkpoint lies in), the checkpoint,
+    the input scan, folder or manifest; it never is
+    or holds a manifest's folder (it may lie inside it); and, once the records are known and the
+    output exists, it holds none of their scans."""
+    from medres.files import check_output
+
+    given = Path(args.input)
+    manifest = given.is_file() and given.suffix.lower() == ".csv"
+    ckpt_run = Path(args.checkpoint).absolute().parent.parent if args.checkpoint else None
+    inputs = {"run folder": args.run, "checkpoint": args.checkpoint, "export folder": args.model,
+              "run holding the checkpoint": ckpt_run if ckpt_run and (ckpt_run / "config.yaml").is_file()
+              else None,
+              "input manifest" if manifest else "input": given,
+              "manifest's folder (data root)": given.parent if manifest else None}
+    scans: dict[str, Any] = {}
+    for r in records:
+        images = r["image"] if isinstance(r["image"], (list, tuple)) else [r["image"]]
+        scans.update({f"image {k + 1} of case {r['case_id']!r}": p for k, p in enumerate(images)})
+        scans[f"mask of case {r['case_id']!r}"] = r.get("mask")
+    check_output(args.output, inputs=inputs if not records else {}, what="--output folder",
+                 may_lie_inside={"manifest's folder (data root)"}, scans=scans)
 
 
 def _model_file(args: argparse.Namespace) -> Path:

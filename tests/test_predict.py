@@ -20,12 +20,13 @@ from medres.data.io import load_image
 from medres.engine.checkpoint import save_checkpoint
 from medres.engine.fold import build_model, model_spec
 from medres.engine.inference import Predictor
+from medres.layout import case_file_stem
 from medres.predict import main
 from tests.data.dicom_factory import CT_SMALL, write_series
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ["case_id", "patient_id", "fold", "y_true", "p_normal", "p_nodule", "y_pred", "image", "mask",
-           "seg_path"]
+COLUMNS = ["case_id", "patient_id", "fold", "y_true", "p_normal", "p_nodule", "y_pred", "y_pred_argmax",
+           "image", "mask", "seg_path"]
 AFFINE = np.array([[0.0, -1.6, 0.0, 40.0], [-1.4, 0.0, 0.0, 30.0], [0.0, 0.0, 3.0, -20.0], [0, 0, 0, 1.0]])
 
 
@@ -84,10 +85,28 @@ def test_manifest_input_gives_labels_and_subgroups(checkpoint, scans, tmp_path):
     assert main(["--checkpoint", str(checkpoint), "--input", str(scans / "m.csv"), "--output", str(out),
                  "--no-masks"]) == 0
     df = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
-    assert list(df.columns) == [*COLUMNS[:7], "site", "image", "mask"]  # no UID, no seg_path
+    assert list(df.columns) == [*COLUMNS[:8], "site", "image", "mask"]  # no UID, no seg_path
     assert df["y_true"].tolist() == ["1", "-1"] and df["site"].tolist() == ["A", "B"]
     assert df["image"].tolist() == [str(scans / "a.nii.gz"), str(scans / "b.nii")]
     assert not (out / "seg").exists()
+
+
+def test_ids_that_differ_only_in_unsafe_characters_get_a_mask_each(checkpoint, scans, tmp_path):
+    """症例1/病例1 and P1 S1/P1_S1 once shared a mask file: now four files, each row points at its own
+    (the four scans differ in shape, so a row pointing at another case's mask would be seen)."""
+    for name, shape in (("c.nii.gz", (24, 20, 8)), ("d.nii.gz", (18, 16, 6))):
+        nib.save(nib.Nifti1Image(ct_volume(shape), AFFINE), scans / name)
+    (scans / "m.csv").write_text("case_id,patient_id,image\n症例1,p1,a.nii.gz\n病例1,p2,b.nii\n"
+                                 "P1 S1,p3,c.nii.gz\nP1_S1,p4,d.nii.gz\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--input", str(scans / "m.csv"), "--output", str(out)]) == 0
+    df = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False, encoding="utf-8")
+    assert df["case_id"].tolist() == ["症例1", "病例1", "P1 S1", "P1_S1"]
+    assert len({p.casefold() for p in df["seg_path"]}) == 4
+    assert sorted(p.name for p in (out / "seg").iterdir()) == sorted(Path(p).name for p in df["seg_path"])
+    for row in df.itertuples():
+        assert Path(row.seg_path).name == f"{case_file_stem(row.case_id)}.nii.gz"
+        assert nib.load(out / row.seg_path).shape == nib.load(row.image).shape
 
 
 def test_predictor_on_path_and_on_loaded_tensor_agree(checkpoint, scans):
@@ -166,10 +185,60 @@ def test_missing_input_and_checkpoint_exit_2(checkpoint, tmp_path, capsys):
     assert main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "nope.nii.gz"),
                  "--output", str(tmp_path / "o")]) == 2
     assert "nope.nii.gz: does not exist" in capsys.readouterr().err
-    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--input", str(tmp_path),
+    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--input", str(tmp_path / "scans"),
                  "--output", str(tmp_path / "o")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "empty"),
                  "--output", str(tmp_path / "o")]) == 2
     assert "holds no scans" in capsys.readouterr().err
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_an_output_on_around_or_inside_an_input_is_refused(checkpoint, scans, tmp_path, capsys):
+    (scans / "m.csv").write_text("case_id,patient_id,image,label\nc1,p1,a.nii.gz,nodule\n")
+    run = tmp_path / "runs" / "r"
+    (run / "fold_0").mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {}\n")
+    fold_ckpt = run / "fold_0" / "checkpoint_best.pt"
+    fold_ckpt.write_bytes(checkpoint.read_bytes())
+    before = {"scans": _files(scans), "model": _files(checkpoint.parent), "run": _files(run)}
+    attempts = [
+        (["--checkpoint", str(checkpoint), "--input", str(scans)], scans, "is the input"),
+        (["--checkpoint", str(checkpoint), "--input", str(scans)], tmp_path, "contains the input"),
+        (["--checkpoint", str(checkpoint), "--input", str(scans)], scans / "pred", "lies inside the input"),
+        (["--checkpoint", str(checkpoint), "--input", str(scans / "a.nii.gz")], scans / "a.nii.gz",
+         "is the input"),
+        (["--checkpoint", str(checkpoint), "--input", str(scans / "m.csv")], scans,
+         "is the manifest's folder"),
+        (["--checkpoint", str(checkpoint), "--input", str(scans)], checkpoint.parent,
+         "contains the checkpoint"),
+        (["--checkpoint", str(fold_ckpt), "--input", str(scans)], run / "fold_0" / "seg",
+         "lies inside the run holding the checkpoint"),
+        (["--run", str(run), "--input", str(scans)], run / "fold_0" / ".." / "pred", "lies inside the run"),
+        (["--model", str(run), "--input", str(scans)], run.parent, "contains the export folder"),
+    ]
+    for argv, out, said in attempts:
+        assert main([*argv, "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and str(out) in err, (said, err)
+    assert {"scans": _files(scans), "model": _files(checkpoint.parent), "run": _files(run)} == before
+    assert not (scans / "pred").exists() and not (run / "pred").exists()
+
+
+def test_an_existing_output_holding_a_listed_scan_is_refused(checkpoint, scans, tmp_path, capsys):
+    """A folder inside the manifest's folder is fine, unless it holds a scan the manifest lists."""
+    (scans / "sub").mkdir()
+    nib.save(nib.Nifti1Image(ct_volume(), AFFINE), scans / "sub" / "c.nii.gz")
+    (scans / "m.csv").write_text("case_id,patient_id,image,label\nc1,p1,sub/c.nii.gz,nodule\n")
+    before = (scans / "sub" / "c.nii.gz").read_bytes()
+    argv = ["--checkpoint", str(checkpoint), "--input", str(scans / "m.csv"), "--no-masks"]
+    assert main([*argv, "--output", str(scans / "sub")]) == 2
+    assert "contains the image 1 of case 'c1'" in capsys.readouterr().err
+    assert (scans / "sub" / "c.nii.gz").read_bytes() == before
+    assert not (scans / "sub" / "predictions.csv").exists()
+    assert main([*argv, "--output", str(scans / "predictions")]) == 0  # beside the manifest: allowed
+    assert (scans / "predictions" / "predictions.csv").is_file()
