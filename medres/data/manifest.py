@@ -58,7 +58,7 @@ def _inside(path: str, root: str) -> bool:
 
 
 LINK_ROOTS_FILE = Path("private") / "link_roots.txt"
-_NAME_MAX = 255  # bytes in one path component (NAME_MAX of Linux, macOS and Windows file systems)
+_NAME_MAX = 255  # bytes in one path component (NAME_MAX of ext4, XFS, APFS)
 
 
 def trusted_link_roots(manifest_dir: str | os.PathLike[str], link_roots: Sequence[str] = (),
