@@ -20,7 +20,7 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medres.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m medres.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="the run folder (runs/NAME)")
     parser.add_argument("--output", help="where to write the bundle (default: RUN/report)")
     parser.add_argument(

@@ -290,8 +290,10 @@ def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequenc
     in_ch = int(config.model.in_channels or 1)
     example = torch.zeros((1, in_ch, *patch))
     members = []
-    states = [torch.load(prediction_checkpoint(run_dir / f"fold_{n[4:]}"), map_location="cpu",
-                         weights_only=True) for n in names]
+    from medres.engine.checkpoint import load_checkpoint
+
+    # the checked reader (mapped, not read again): the same files load_run_members just verified
+    states = [load_checkpoint(prediction_checkpoint(run_dir / f"fold_{n[4:]}"), mmap=True) for n in names]
     for name, model, cal, state in zip(names, models, cals, states):
         from safetensors.torch import save_file
 
@@ -554,7 +556,7 @@ def card_markdown(card: Mapping) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medres.export", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m medres.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a run folder (runs/NAME) with its report")
     p.add_argument("--out", required=True, help="the export folder")
     p.add_argument("--format", nargs="+", default=list(FORMATS), choices=FORMATS, help="graph formats")

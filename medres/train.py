@@ -282,9 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.list_configs:
+        import shutil
+        import textwrap
+
         from medres.config import list_shipped_configs
 
-        print("\n".join(f"{n:24} {d}" for n, d in list_shipped_configs().items()))
+        width = max(60, min(shutil.get_terminal_size().columns, 110))
+        for n, d in list_shipped_configs().items():  # the whole first sentence, wrapped
+            print(textwrap.fill(d, width, initial_indent=f"{n:24} ", subsequent_indent=" " * 25))
         return 0
     if not args.config:
         parser.error("--config is required (or --list-configs)")

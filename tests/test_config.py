@@ -243,3 +243,13 @@ def test_a_run_name_is_one_path_component(name, tmp_path):
         load_config(cfg_file, [f"output.name={name}"] if "\0" not in name and name.strip() else
                     ["output.name=../x"])
     assert load_config({"output": {"name": "run 2026-12_a"}}).output.name == "run 2026-12_a"
+
+
+def test_list_configs_shows_each_whole_first_sentence():
+    from medres.config.load import first_sentence, list_shipped_configs
+
+    listed = list_shipped_configs()
+    assert listed and all(d.endswith(".") and len(d) > 40 for d in listed.values()), listed
+    assert listed["ct_chest.yaml"].endswith("by patient, then the evaluation report.")
+    text = "A (x. y) 0.7 mm, e.g. c, He et al. 2016."
+    assert first_sentence(text + " Next.") == text

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -182,13 +183,29 @@ SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # medres/conf
 
 
 def list_shipped_configs() -> dict[str, str]:
-    """The configurations shipped in the package: file name -> the first line of its leading comment."""
+    """The configurations shipped in the package: file name -> the first sentence of its leading comment."""
     out = {}
     for p in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
-        first = next((ln.lstrip("# ").strip() for ln in p.read_text(encoding="utf-8").splitlines()
-                      if ln.startswith("#")), "")
-        out[p.name] = first
+        lines = p.read_text(encoding="utf-8").splitlines()
+        comment = []
+        for ln in lines[next((i for i, ln in enumerate(lines) if ln.startswith("#")), len(lines)):]:
+            if not ln.startswith("#"):
+                break
+            comment.append(ln.lstrip("#").strip())
+        out[p.name] = first_sentence(" ".join(comment))
     return out
+
+
+def first_sentence(text: str) -> str:
+    """Up to the first full stop that ends a sentence: not inside parentheses, not in a number (``0.7``)
+    nor an abbreviation (``e.g.``, ``et al.``)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        ends = ch == "." and depth <= 0 and (i + 1 == len(text) or text[i + 1] == " ")
+        if ends and not re.search(r"(?:\be\.g|\bi\.e|\bet al|\bcf|\bvs)$", text[:i]):
+            return text[: i + 1]
+    return text
 
 
 def resolve_config_path(name: str | os.PathLike[str]) -> tuple[Path, bool]:

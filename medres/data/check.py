@@ -255,7 +255,7 @@ def _from_config(path: str) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medres.data.check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m medres.data.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", help="the cohort CSV (default: the config's data.manifest)")
     parser.add_argument("--config", help="YAML config: label vocabulary, mask labels, image columns, dims")
     parser.add_argument("--root", help="the data root paths may not leave (default: config, else the "

@@ -423,7 +423,7 @@ def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medres.data.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m medres.data.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write (reused if it holds the same cohort)")
     parser.add_argument("--kind", choices=("ct_chest", "cxr"), default="ct_chest",
                         help="ct_chest: 3D chest CT (default); cxr: 2D chest radiographs "

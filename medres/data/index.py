@@ -621,7 +621,7 @@ def _merge_pseudonyms(path: Path, identities: dict[str, dict[str, str]], series:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medres.data.index", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m medres.data.index", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="the export's top folder")
     parser.add_argument("--out", required=True, help="output folder (manifest.csv, index.csv, private/)")
     parser.add_argument("--labels", help="CSV of labels keyed by --labels-key")

@@ -18,7 +18,7 @@ from medres.errors import MedresError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medres.plan", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m medres.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", required=True, help="the cohort CSV")
     p.add_argument("--out", required=True, help="the YAML to write; fingerprint.json goes beside it")
     p.add_argument("--modality", choices=["CT", "MR"], help="default: inferred from the intensities")
