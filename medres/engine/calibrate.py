@@ -2,8 +2,10 @@
 
 After a fold has predicted its inner-validation, held-out and test cases (uncalibrated, with the
 case-level ``logit_<class>`` columns), :func:`calibrate_fold` fits ``evaluate.calibration``
-(temperature or Platt scaling, :func:`medres.metrics.calibration.fit_calibration`) on
-``inner_val_predictions.parquet`` -- the only table it reads for the fit -- stores the map in the
+(temperature or Platt scaling) on ``inner_val_predictions.parquet`` -- the only table it reads for the
+fit -- and keeps it only on evidence (:func:`medres.metrics.calibration.choose_calibration`: it must beat
+no recalibration in patient-grouped cross-validation on those cases; otherwise the identity map is kept,
+with the candidate and the reason under ``evidence``), stores the map in the
 fold's prediction checkpoint (plain types, under ``calibration``) and in ``calibration.json``, and
 rewrites the ``p_<class>`` / ``y_pred`` columns of the fold's tables from their logits. The
 uncalibrated probabilities stay recoverable as ``softmax(logit_<class>)``. ``medres.predict`` and the
@@ -57,7 +59,7 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
     """
     from medres.engine.inference import write_table
     from medres.engine.members import prediction_checkpoint
-    from medres.metrics.calibration import fit_calibration
+    from medres.metrics.calibration import choose_calibration
 
     fold_dir = Path(fold_dir)
     labels = list(cfg.data.labels)
@@ -73,8 +75,10 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
     positive = d.labels.index(d.positive_label) if d.positive_label else len(d.labels) - 1
     method = cfg.evaluate.calibration if len(labels) == 2 or cfg.evaluate.calibration != "platt" \
         else "temperature"
-    cal = fit_calibration(val[cols].to_numpy(np.float64), val["y_true"].to_numpy(), method,
-                          positive=positive)
+    cal = choose_calibration(val[cols].to_numpy(np.float64), val["y_true"].to_numpy(),
+                             val["patient_id"].astype(str).to_numpy() if "patient_id" in val else None,
+                             method, positive=positive)
+    log.info("%s: recalibration (%s) %s", fold_dir.name, method, cal["evidence"]["why"])
     cal.update(fitted_on="inner_val", case_ids_sha256=case_ids_digest(val["case_id"]),
                labels=labels)
     ckpt = prediction_checkpoint(fold_dir)

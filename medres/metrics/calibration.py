@@ -18,7 +18,8 @@ from medres.metrics.classification import class_balance_reason
 from medres.metrics.undefined import undefined
 
 __all__ = ["CALIBRATION_METHODS", "CalibrationFit", "ReliabilityCurve", "apply_calibration", "brier",
-           "calibration_intercept_slope", "ece", "fit_calibration", "reliability_curve", "weighted_ece"]
+           "calibration_intercept_slope", "choose_calibration", "ece", "fit_calibration", "reliability_curve",
+           "weighted_ece"]
 
 _EPS = 1e-12
 
@@ -158,8 +159,9 @@ def calibration_intercept_slope(y_true: ArrayLike, p: ArrayLike) -> CalibrationF
 # logits by one scalar T > 0 fitted by maximum likelihood on held-back predictions: the ranking, and the
 # argmax class, are unchanged, only how extreme the probabilities are. Platt scaling (Platt 1999) fits
 # ``sigmoid(a * z + b)`` on the binary logit ``z``, with Platt's smoothed targets
-# ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` so that separable data keep a finite fit. Both are fitted
-# with scipy.optimize on log-probabilities (logits up to a per-case constant, which softmax ignores).
+# ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` so that separable data keep a finite fit. Temperature is
+# fitted with scipy.optimize's bounded scalar search, Platt by Newton's method; both on log-probabilities
+# (logits up to a per-case constant, which softmax ignores).
 
 #: Bounds of the fitted temperature: a fit that reaches one says so in ``note``.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -195,7 +197,7 @@ def fit_calibration(logits: ArrayLike, y_true: ArrayLike, method: str = "tempera
     ``note`` (why the identity map was kept, or that a bound was reached). With fewer than two classes
     among the cases the identity map is kept (``method`` ``"none"``) and ``note`` says why.
     """
-    from scipy.optimize import minimize, minimize_scalar
+    from scipy.optimize import minimize_scalar
 
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; use one of {CALIBRATION_METHODS}")
@@ -220,9 +222,14 @@ def fit_calibration(logits: ArrayLike, y_true: ArrayLike, method: str = "tempera
         res = minimize_scalar(lambda lt: nll(z / np.exp(lt)), bounds=(lo, hi), method="bounded",
                               options={"xatol": 1e-6})
         t = float(np.exp(res.x))
-        at_bound = min(abs(res.x - lo), abs(res.x - hi)) < 1e-3
-        note = f"temperature reached its bound {TEMPERATURE_BOUNDS} (separable or tiny fitting set)" \
-            if at_bound else ""
+        note = ""
+        if abs(res.x - lo) < 1e-3:
+            note = (f"temperature reached its lower bound {TEMPERATURE_BOUNDS[0]}: the fitting cases' logits "
+                    "separate the classes, so sharpening always lowered the loss")
+        elif abs(res.x - hi) < 1e-3:
+            note = (f"temperature reached its upper bound {TEMPERATURE_BOUNDS[1]}: the fitting cases' logits "
+                    "carry no signal about their labels (or contradict them), so flattening towards equal "
+                    "probabilities lowered the loss")
         return {"method": "temperature", "temperature": t, "n": int(n), "nll_before": before,
                 "nll_after": nll(z / t), "note": note}
     if k != 2:
@@ -233,16 +240,80 @@ def fit_calibration(logits: ArrayLike, y_true: ArrayLike, method: str = "tempera
     n_pos, n_neg = yp.sum(), n - yp.sum()
     target = np.where(yp == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
 
-    def loss(ab: np.ndarray) -> float:
-        eta = ab[0] * d + ab[1]
-        return float(np.mean(np.logaddexp(0.0, eta) - target * eta))
-
-    res = minimize(loss, np.array([1.0, 0.0]), method="BFGS")
-    a, b = float(res.x[0]), float(res.x[1])
+    # the smoothed targets keep the likelihood strictly concave with a finite maximum: Newton's method
+    # (exact gradient and Hessian) converges to the maximum-likelihood fit
+    ab = _newton(np.column_stack([d, np.ones(n)]), target, np.zeros(n))
+    if ab is None:
+        return {**identity, "note": "not fitted: Platt scaling did not converge on the fitting cases"}
+    a, b = float(ab[0]), float(ab[1])
     cal = {"method": "platt", "a": a, "b": b, "positive": int(pos), "n": int(n), "nll_before": before}
     cal["nll_after"] = nll(_log_softmax_from_platt(d, a, b, pos))
-    cal["note"] = "" if res.success else f"optimizer: {res.message}"
+    cal["note"] = ""
     return cal
+
+
+#: One-sided level of the evidence rule: a fitted map is kept only when its patient-grouped
+#: cross-validated log-loss beats no recalibration by more than this many standard errors (z of 5%).
+EVIDENCE_Z = 1.6448536269514722
+
+
+def choose_calibration(logits: ArrayLike, y_true: ArrayLike, groups: ArrayLike | None = None,
+                       method: str = "temperature", *, positive: int = -1, n_folds: int = 10,
+                       seed: int = 0) -> dict:
+    """Fit a recalibration map and keep it only where the fitting cases show it helps beyond noise.
+
+    The map is refitted in ``n_folds`` patient-grouped folds of the fitting cases (at most one fold per
+    patient) and scored on each fold's left-out patients; it is kept when the summed per-case log-loss
+    improvement over no recalibration exceeds `EVIDENCE_Z` standard errors (the SE of a sum of
+    per-patient improvements: a one-sided paired test at 5%). Otherwise the identity map is kept
+    (``method`` ``"none"``) and the fitted one is recorded as ``candidate``; a map fitted on a few
+    dozen cases is mostly noise and out of fold often calibrates worse than the raw probabilities.
+
+    Returns `fit_calibration`'s dict (the map to apply) with ``evidence``: ``rule``, ``kept``,
+    ``cv_nll_identity`` and ``cv_nll_fitted`` (mean per case over the left-out folds), ``improvement``
+    (their difference), ``se`` (its standard error), ``patients``, ``folds`` and ``why``.
+    """
+    z = _as_logits(logits)
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    fitted = fit_calibration(z, y, method, positive=positive)
+    rule = (f"kept when the {n_folds}-fold patient-grouped cross-validated log-loss beats no recalibration "
+            f"by more than {EVIDENCE_Z:.3f} standard errors")
+    if fitted["method"] == "none":
+        return {**fitted, "evidence": {"rule": rule, "kept": False, "why": fitted["note"]}}
+    n = y.size
+    _, cluster = np.unique(np.arange(n) if groups is None else np.asarray(groups), return_inverse=True)
+    cluster = cluster.ravel()
+    n_patients = int(cluster.max()) + 1
+    k = min(n_folds, n_patients)
+    fold_of_patient = np.random.default_rng(seed).permutation(n_patients) % k
+    fold = fold_of_patient[cluster]
+    rows = np.arange(n)
+    loss_identity = -_log_softmax(z)[rows, y]
+    loss_fitted = loss_identity.copy()
+    for f in range(k):
+        train, held = fold != f, fold == f
+        inner = fit_calibration(z[train], y[train], method, positive=positive)
+        loss_fitted[held] = -np.log(np.clip(apply_calibration(z[held], inner)[rows[:held.sum()], y[held]],
+                                            1e-300, None))
+    gain = np.bincount(cluster, weights=loss_identity - loss_fitted, minlength=n_patients)
+    se = float(np.sqrt(n_patients * gain.var(ddof=1))) / n if n_patients > 1 else math.inf
+    improvement = float(gain.sum()) / n
+    kept = improvement > EVIDENCE_Z * se
+    evidence = {"rule": rule, "kept": bool(kept), "cv_nll_identity": float(loss_identity.mean()),
+                "cv_nll_fitted": float(loss_fitted.mean()), "improvement": improvement, "se": se,
+                "patients": n_patients, "folds": int(k)}
+    if kept:
+        evidence["why"] = (f"cross-validated log-loss {evidence['cv_nll_fitted']:.4f} against "
+                           f"{evidence['cv_nll_identity']:.4f} without recalibration "
+                           f"(improvement {improvement:.4f}, SE {se:.4f})")
+        return {**fitted, "evidence": evidence}
+    evidence["why"] = (f"not kept: cross-validated log-loss {evidence['cv_nll_fitted']:.4f} against "
+                       f"{evidence['cv_nll_identity']:.4f} without recalibration (improvement "
+                       f"{improvement:.4f}, SE {se:.4f}, {n_patients} patients): no evidence that it helps")
+    candidate = {key: v for key, v in fitted.items() if key not in ("n", "nll_before")}
+    return {"method": "none", "n": fitted["n"], "nll_before": fitted["nll_before"],
+            "nll_after": fitted["nll_before"], "note": evidence["why"], "candidate": candidate,
+            "evidence": evidence}
 
 
 def _log_softmax_from_platt(d: np.ndarray, a: float, b: float, pos: int) -> np.ndarray:

@@ -6,7 +6,8 @@ Scopes: ``fold`` (one fold's held-out cases), ``pooled`` (all out-of-fold cases 
 ``fold_mean`` / ``fold_sd`` (across folds), ``subgroup`` (pooled, one level of a manifest column).
 
 Operating points are chosen per fold on that fold's inner-validation predictions and applied
-unchanged to its held-out cases (never chosen on held-out data). Intervals resample patients.
+unchanged to its held-out cases (never chosen on held-out data). Every interval treats the patient, not
+the scan, as the unit (see `classification_records`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from medres.config import Config
 from medres.errors import DataError
 from medres.metrics.bootstrap import patient_bootstrap_ci
 from medres.metrics.classification import confusion_counts, metrics_from_counts
-from medres.metrics.delong import delong_roc_ci
+from medres.metrics.delong import auroc_score_interval, delong_roc_ci
 from medres.metrics.operating_points import choose_threshold
-from medres.metrics.proportions import wilson_interval
+from medres.metrics.proportions import clustered_proportion_interval, effective_size_interval
 from medres.metrics.records import RECORD_COLUMNS, MetricRecord
 
 __all__ = [
@@ -165,6 +166,40 @@ def _boot(metric: str, y, s, g, ev, seed: int, **kw) -> tuple[float, tuple[float
     return res.estimate, (res.ci_low, res.ci_high), res.ci_method, note
 
 
+def _interval_record(scope: str, name: str, value: float, res, note: str, common: dict) -> dict:
+    """A record from a `ProportionInterval` or `AurocInterval` (its note: the design effect)."""
+    return _record(scope, name, value, ci=(res.ci_low, res.ci_high), ci_method=res.ci_method,
+                   note="; ".join(x for x in (note, res.note) if x), **common)
+
+
+def _average_precision_record(scope: str, y, s, g, ev, seed: int, common: dict) -> dict:
+    """AP with a binomial-type interval on the effective number of positive scans.
+
+    The patient bootstrap gives AP's variance; the interval is Clopper-Pearson on
+    ``AP * n_eff`` of ``n_eff = AP (1 - AP) / variance`` positive scans (at most all of them), the
+    binomial-type interval for AP of Boyd, Eng and Page (ECML PKDD 2013) made cluster-aware. Where the
+    bootstrap has no spread (perfect separation in every resample) n_eff counts the positive patients.
+    """
+    if len(np.unique(g)) < 2:
+        return _record(scope, "average_precision", math.nan, note="fewer than 2 patients", **common)
+    res, note = _quiet(patient_bootstrap_ci, "average_precision", y, s, g,
+                       n_resamples=ev.bootstrap_resamples, level=ev.ci_level, seed=seed)
+    note = "; ".join(x for x in (note, res.reason) if x)
+    if not math.isfinite(res.estimate):
+        return _record(scope, "average_precision", res.estimate, note=note, **common)
+    _, cluster = np.unique(g[y == 1], return_inverse=True)
+    low, high, n_eff = effective_size_interval(res.estimate, int(y.sum()), res.standard_error**2,
+                                               np.bincount(cluster.ravel()), ev.ci_level)
+    note = "; ".join(x for x in (note, f"effective {n_eff:.1f} of {int(y.sum())} positive scans") if x)
+    return _record(scope, "average_precision", res.estimate, ci=(low, high), note=note,
+                   ci_method="Clopper-Pearson on AP x n_pos/deff (deff from the patient bootstrap)", **common)
+
+
+#: The denominator rows and the success of each ratio at the operating point (y: truth, d: called).
+_RATIOS = {"sensitivity": lambda y, d: (y == 1, d == 1), "specificity": lambda y, d: (y == 0, d == 0),
+           "ppv": lambda y, d: (d == 1, y == 1), "npv": lambda y, d: (d == 0, y == 0)}
+
+
 def classification_records(
     df: pd.DataFrame,
     task: BinaryTask,
@@ -179,37 +214,37 @@ def classification_records(
     """Records of one set of cases: AUROC, AP with prevalence, Brier, metrics at the operating point.
 
     ``df`` needs y_true, patient_id, the task's score column and (for the operating point)
-    ``y_pred_op``. Interval: patient bootstrap (percentile); sensitivity and the other ratios at the
-    operating point also resample patients; prevalence has a Wilson interval.
+    ``y_pred_op``. Intervals, all cluster-aware (patients, not scans): prevalence, sensitivity,
+    specificity, PPV and NPV Clopper-Pearson on the effective sample size n / design effect
+    (`clustered_proportion_interval`); AUROC a score-type interval (`auroc_score_interval`); AP a
+    binomial-type interval on the bootstrap's effective size; Brier the patient bootstrap (percentile).
+    ``with_delong`` adds DeLong's Wald interval with Obuchowski's clustered variance.
     """
     ev = config.evaluate
     y = (df["y_true"].to_numpy() == task.index).astype(np.int8)
     s = df[task.score_col].to_numpy(dtype=np.float64)
-    g = df["patient_id"].to_numpy()
+    g = df["patient_id"].astype(str).to_numpy()
     n, n_pos = len(df), int(y.sum())
     common = dict(subgroup=subgroup, fold=fold, cls=task.positive, n=n, n_pos=n_pos)
-    recs = [
-        _record(
-            scope,
-            "prevalence",
-            n_pos / n if n else math.nan,
-            ci=wilson_interval(n_pos, n, ev.ci_level) if n else (math.nan, math.nan),
-            ci_method="Wilson (scans)",
-            **common,
-        )
-    ]
-    for metric in ("auroc", "average_precision", "brier"):
-        value, ci, how, note = _boot(metric, y, s, g, ev, seed)
-        recs.append(_record(scope, metric, value, ci=ci, ci_method=how, note=note, **common))
+    prev = clustered_proportion_interval(y, g, ev.ci_level)
+    recs = [_interval_record(scope, "prevalence", prev.estimate, prev, "", common)]
+    au, note = _quiet(auroc_score_interval, y, s, g, ev.ci_level) if n else (None, "no cases")
+    if au is None or not math.isfinite(au.auroc):
+        recs.append(_record(scope, "auroc", math.nan, note=note or au.reason, **common))
+    else:
+        recs.append(_interval_record(scope, "auroc", au.auroc, au, note, common))
+    recs.append(_average_precision_record(scope, y, s, g, ev, seed, common))
+    value, ci, how, note = _boot("brier", y, s, g, ev, seed)
+    recs.append(_record(scope, "brier", value, ci=ci, ci_method=how, note=note, **common))
     if with_delong:
-        res, note = _quiet(delong_roc_ci, y, s, ev.ci_level)
+        res, note = _quiet(delong_roc_ci, y, s, ev.ci_level, g)
         recs.append(
             _record(
                 scope,
                 "auroc",
                 res.auroc,
                 ci=(res.ci_low, res.ci_high),
-                ci_method="DeLong (scans as independent)",
+                ci_method=res.ci_method,
                 note=note or res.reason,
                 **common,
             )
@@ -222,11 +257,13 @@ def classification_records(
     op = df["y_pred_op"].to_numpy().astype(np.int8)
     tm = metrics_from_counts(confusion_counts(y, op))
     for name, value in tm.as_dict().items():
-        ci, how, note = (math.nan, math.nan), "", tm.reasons.get(name, "")
-        if name in ("sensitivity", "specificity", "ppv", "npv") and math.isfinite(value):
-            _, ci, how, bnote = _boot(name, y, op.astype(np.float64), g, ev, seed, threshold=0.5)
-            note = "; ".join(x for x in (note, bnote) if x)
-        recs.append(_record(scope, name, value, ci=ci, ci_method=how, note=note, **common))
+        note = tm.reasons.get(name, "")
+        if name in _RATIOS and math.isfinite(value):
+            rows, success = _RATIOS[name](y, op)
+            res = clustered_proportion_interval(success[rows].astype(np.int8), g[rows], ev.ci_level)
+            recs.append(_interval_record(scope, name, value, res, note, common))
+        else:
+            recs.append(_record(scope, name, value, note=note, **common))
     return recs
 
 
@@ -239,7 +276,9 @@ def one_vs_rest_records(
     g = df["patient_id"].to_numpy()
     for c, name in enumerate(config.data.labels):
         y = (df["y_true"].to_numpy() == c).astype(np.int8)
-        value, ci, how, note = _boot("auroc", y, df[f"p_{name}"].to_numpy(np.float64), g, ev, seed)
+        res, note = _quiet(auroc_score_interval, y, df[f"p_{name}"].to_numpy(np.float64), g, ev.ci_level)
+        value, ci, how = res.auroc, (res.ci_low, res.ci_high), res.ci_method
+        note = "; ".join(x for x in (note, res.note) if x)
         values.append(value)
         recs.append(
             _record(

@@ -4,7 +4,8 @@
 segmentation metrics and ready gallery images, and writes
 
 - ``report.html``: self-contained (inline CSS and PNG figures, no script, no external URL);
-- ``summary.json``: the long-format metric records (``records``) with the operating points and task;
+- ``summary.json``: the long-format metric records (``records``) with the operating points and task
+  (a non-finite value is null there, with ``value_nonfinite`` "inf", "-inf" or "nan");
 - ``predictions.csv``: the out-of-fold predictions with the operating point, patient ids replaced by
   pseudonymous keys (``patient-0001`` ...) and no file paths;
 - ``seg_cases.csv``: per-case segmentation metrics (same keys); ``cohort.csv``: the cohort table.
@@ -104,6 +105,19 @@ def _json_safe(value):
     return value
 
 
+def _json_record(record: dict) -> dict:
+    """A metric record for summary.json. JSON has no infinity: a non-finite ``value`` is written as null
+    with ``value_nonfinite`` saying which ("inf", "-inf" or "nan"; null when finite) and the note why,
+    so an infinite LR+ (no false positives) is told apart from an undefined one."""
+    out = {k: _json_safe(v) for k, v in record.items()}
+    value = record.get("value")
+    kind = None
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        kind = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    out["value_nonfinite"] = kind
+    return out
+
+
 def build_bundle(
     run: RunData,
     output: str | Path,
@@ -179,7 +193,7 @@ def build_bundle(
     g = preds["patient_id"].to_numpy()
     fold = preds["fold"].to_numpy()
     by = rec_df[(rec_df["scope"] == "pooled") & (rec_df["head"] == "classification")]
-    boot = by[by["ci_method"].str.startswith("patient bootstrap")].set_index("metric")
+    boot = by[~by["ci_method"].str.contains("DeLong")].set_index("metric")
     au = boot.loc["auroc"]
     roc = roc_band(y, p, g, fpr_grid=figures.FPR_GRID, n_resamples=min(ev.bootstrap_resamples, 500),
                    level=ev.ci_level, seed=seed)
@@ -327,7 +341,7 @@ def build_bundle(
         "task": {"positive_class": task.positive, "score_column": task.score_col, "labels": cfg.data.labels},
         "operating_points": [{k: _json_safe(v) for k, v in r.items()} for r in thresholds.to_dict("records")],
         "split_audit": audit.to_dict("records"),
-        "records": [{k: _json_safe(v) for k, v in r.items()} for r in records],
+        "records": [_json_record(r) for r in records],
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
     return Bundle(output, rec_df, preds, thresholds)

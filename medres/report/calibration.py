@@ -97,13 +97,27 @@ def fold_maps(run_dir: str | Path | None) -> dict[int, dict]:
     return out
 
 
-def _describe(k: int, cal: dict) -> str:
+def _map_text(cal: dict) -> str:
     if cal.get("method") == "temperature":
-        what = f"temperature T = {cal['temperature']:.3g}"
-    elif cal.get("method") == "platt":
-        what = f"Platt a = {cal['a']:.3g}, b = {cal['b']:.3g}"
-    else:
-        what = "identity (" + (cal.get("note") or "none") + ")"
+        return f"temperature T = {cal['temperature']:.3g}"
+    if cal.get("method") == "platt":
+        return f"Platt a = {cal['a']:.3g}, b = {cal['b']:.3g}"
+    return "identity"
+
+
+def _describe(k: int, cal: dict) -> str:
+    what = _map_text(cal)
+    evidence = cal.get("evidence") or {}
+    if cal.get("method") == "none":
+        if "candidate" in cal:
+            why = evidence.get("why") or "not kept"
+            what += f" (the fitted {_map_text(cal['candidate'])} was {why})"
+        else:
+            what += " (" + (cal.get("note") or "none") + ")"
+    elif evidence.get("why"):
+        what += f", kept on evidence: {evidence['why']}"
+    if cal.get("method") != "none" and cal.get("note"):
+        what += f"; {cal['note']}"
     return f"fold {k}: {what}, {cal.get('n', 0)} inner-validation cases"
 
 
@@ -115,8 +129,23 @@ def calibration_section(preds: pd.DataFrame, config: Config, *, positive: str, n
     labels = list(config.data.labels)
     y = (preds["y_true"].to_numpy() == labels.index(positive)).astype(np.int8)
     g = preds["patient_id"].astype(str).to_numpy()
-    versions = {"calibrated (used by this report)": preds[f"p_{positive}"].to_numpy(np.float64)}
+    used = preds[f"p_{positive}"].to_numpy(np.float64)
     raw = uncalibrated_scores(preds, labels, positive)
+    worse = ""
+    if raw is not None:
+        # the recalibrated probabilities are never shown as "calibrated" when, out of fold, they are
+        # calibrated worse than the raw ones (Brier or ECE): the label and the note say so
+        b_raw, b_used = float(np.mean((raw - y) ** 2)), float(np.mean((used - y) ** 2))
+        e_raw, e_used = weighted_ece(y, raw, None, n_bins), weighted_ece(y, used, None, n_bins)
+        if b_used > b_raw + 1e-12 or e_used > e_raw + 1e-12:
+            worse = (" Out of fold the recalibrated probabilities are calibrated WORSE than the "
+                     f"uncalibrated ones (Brier {b_used:.3f} vs {b_raw:.3f}, ECE {e_used:.3f} vs "
+                     f"{e_raw:.3f}): the fitted maps did not carry over to the held-out cases. The "
+                     "other sections still use the recalibrated probabilities (switching on the held-out "
+                     "results would choose on test data); read their probabilities with this in mind.")
+    label = ("recalibrated, worse out of fold (used by this report)" if worse
+             else "calibrated (used by this report)")
+    versions = {label: used}
     if raw is not None:
         versions = {"uncalibrated (softmax)": raw, **versions}
     recs, curves, rows = [], {}, []
@@ -140,7 +169,12 @@ def calibration_section(preds: pd.DataFrame, config: Config, *, positive: str, n
                 "by temperature scaling, which keeps each case's ranking.")
         maps = fold_maps(run_dir)
         if maps:
-            note += " Fitted maps: " + "; ".join(_describe(k, c) for k, c in maps.items()) + "."
+            note += (" A fitted map is kept only when it beats no recalibration in patient-grouped "
+                     "cross-validation on the inner validation; otherwise the fold keeps its uncalibrated "
+                     "probabilities. Maps: " + "; ".join(_describe(k, c) for k, c in maps.items()) + ".")
+            if all(c.get("method") == "none" for c in maps.values()):
+                note += " No fold kept a recalibration: the report's probabilities are the uncalibrated ones."
+        note += worse
     return recs, pd.DataFrame(rows), _figure(curves, n_bins), note
 
 

@@ -205,7 +205,7 @@ def delong_note(rec: pd.DataFrame) -> str:
         return ""
     r = d.iloc[0]
     return (
-        f"For comparison, DeLong's interval of the pooled AUROC (treating scans as independent): "
+        f"For comparison, the pooled AUROC's {r['ci_method']} interval: "
         f"{fmt_ci(r['value'], r['ci_low'], r['ci_high'])}."
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
@@ -72,3 +74,79 @@ def test_weighted_ece_is_ece_on_repeated_cases():
     w = rng.integers(0, 4, 50)
     assert weighted_ece(y, p) == pytest.approx(ece(y, p))
     assert weighted_ece(y, p, w) == pytest.approx(ece(np.repeat(y, w), np.repeat(p, w)))
+
+
+def platt_reference_fits(d: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
+    """The maximum-likelihood fit of sigmoid(a d + b) to Platt's smoothed targets, two independent ways:
+    statsmodels' binomial GLM on the fractional targets, and scikit-learn's unpenalised logistic
+    regression (C=inf) on every case twice (label 1 with weight t, label 0 with weight 1 - t)."""
+    import statsmodels.api as sm
+
+    n_pos, n_neg = y.sum(), y.size - y.sum()
+    t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    glm = sm.GLM(t, sm.add_constant(d), family=sm.families.Binomial()).fit(tol=1e-14)
+    lr = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(
+        np.r_[d, d][:, None], np.r_[np.ones(d.size), np.zeros(d.size)], sample_weight=np.r_[t, 1 - t])
+    return [(glm.params[1], glm.params[0]), (lr.coef_[0, 0], lr.intercept_[0])]
+
+
+@pytest.mark.parametrize(("n", "seed"), [(40, 4), (500, 5)])
+def test_platt_is_the_maximum_likelihood_fit(n, seed):
+    z, y = overconfident(n, seed=seed)
+    cal = fit_calibration(z, y, "platt")
+    d = z[:, 1] - z[:, 0]
+    for a, b in platt_reference_fits(d, y):
+        assert cal["a"] == pytest.approx(a, abs=1e-6) and cal["b"] == pytest.approx(b, abs=1e-6)
+    assert cal["note"] == ""
+
+
+def test_upper_temperature_bound_means_no_signal():
+    rng = np.random.default_rng(6)
+    z = rng.normal(0, 8, (60, 2))
+    y = (z[:, 1] < z[:, 0]).astype(int)  # the logits contradict the labels
+    cal = fit_calibration(z, y, "temperature")
+    assert cal["temperature"] == pytest.approx(20, rel=1e-2) and "no signal" in cal["note"]
+    sep = fit_calibration(np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 2.0], [2.0, 0.0]]), [1, 0, 1, 0])
+    assert "lower bound" in sep["note"] and "separate" in sep["note"]
+
+
+def test_recalibration_is_kept_only_on_evidence():
+    from medres.metrics.calibration import choose_calibration
+
+    # strongly overconfident, 300 patients: the fit helps out of sample and is kept, unchanged
+    z, y = overconfident(300, seed=7, t_true=3.0)
+    kept = choose_calibration(z, y, np.arange(300))
+    assert kept["method"] == "temperature" and kept["evidence"]["kept"]
+    assert kept["temperature"] == fit_calibration(z, y)["temperature"]
+    assert kept["evidence"]["cv_nll_fitted"] < kept["evidence"]["cv_nll_identity"]
+    # well calibrated, 20 inner-validation patients: a temperature fitted there is noise; the identity
+    # is kept in most draws, with the candidate and the evidence recorded
+    dropped = [choose_calibration(*overconfident(20, seed=s, t_true=1.0), np.arange(20))
+               for s in range(20)]
+    assert sum(c["method"] == "none" for c in dropped) >= 15
+    c = next(c for c in dropped if c["method"] == "none")
+    assert c["candidate"]["method"] == "temperature" and "not kept" in c["note"]
+    assert c["evidence"]["patients"] == 20 and c["evidence"]["folds"] == 10
+    np.testing.assert_allclose(apply_calibration(z[:20], c), softmax(z[:20], axis=1))
+    # patients, not scans: 30 patients' scans repeated 10 times are still 30 patients' evidence
+    zz, yy = overconfident(30, seed=8, t_true=1.0)
+    rep = choose_calibration(np.repeat(zz, 10, axis=0), np.repeat(yy, 10), np.repeat(np.arange(30), 10))
+    assert rep["evidence"]["patients"] == 30
+    json.dumps(rep)  # plain types: it goes into calibration.json and the checkpoint
+
+
+def test_cross_validated_recalibration_beats_a_tiny_fit_out_of_sample():
+    """Why the rule exists: on 20 well-calibrated patients a fitted temperature, applied to new cases,
+    is on average no better than no recalibration, and the rule's choice is never much worse."""
+    from medres.metrics.calibration import choose_calibration
+
+    big_z, big_y = overconfident(20000, seed=99, t_true=1.0)
+    rows = np.arange(big_y.size)
+    loss_raw = -log_softmax(big_z, axis=1)[rows, big_y].mean()
+    fitted, chosen = [], []
+    for s in range(12):
+        z, y = overconfident(20, seed=100 + s, t_true=1.0)
+        fitted.append(-np.log(apply_calibration(big_z, fit_calibration(z, y))[rows, big_y]).mean())
+        chosen.append(-np.log(apply_calibration(big_z, choose_calibration(z, y))[rows, big_y]).mean())
+    assert np.mean(fitted) > loss_raw
+    assert np.mean(chosen) < np.mean(fitted)

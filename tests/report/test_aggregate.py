@@ -7,10 +7,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import beta
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from medres.config import load_config
-from medres.metrics import choose_threshold, patient_bootstrap_ci
+from medres.metrics import choose_threshold
+from medres.metrics.delong import AurocInterval, auroc_score_interval
+from medres.metrics.proportions import clustered_proportion_interval
 from medres.report import (
     across_fold_records,
     add_age_band,
@@ -68,14 +71,14 @@ def test_pooled_and_fold_records_match_scikit_learn(run, op):
     task, preds, _ = op
     y = (preds.y_true == 1).to_numpy()
     recs = classification_records(preds, task, run.config, scope="pooled", with_delong=True)
-    boot = _get(recs, metric="auroc", ci_method="patient bootstrap percentile (200 resamples)")
+    boot = _get(recs, metric="auroc", ci_method=AurocInterval.ci_method)
     assert boot["value"].item() == pytest.approx(roc_auc_score(y, preds.p_nodule), abs=1e-12)
     assert boot["ci_low"].item() < boot["value"].item() < boot["ci_high"].item()
     assert _get(recs, metric="average_precision")["value"].item() == pytest.approx(
         average_precision_score(y, preds.p_nodule), abs=1e-12
     )
     assert _get(recs, metric="brier")["value"].item() == pytest.approx(brier_score_loss(y, preds.p_nodule))
-    delong = _get(recs, metric="auroc", ci_method="DeLong (scans as independent)")
+    delong = _get(recs, metric="auroc", ci_method="DeLong Wald, Obuchowski clustered")
     assert delong["value"].item() == pytest.approx(boot["value"].item())
     # pooled sensitivity applies each fold's own threshold
     called = preds.p_nodule >= preds.threshold
@@ -95,30 +98,48 @@ def test_pooled_and_fold_records_match_scikit_learn(run, op):
     assert _get(across, scope="fold_sd", metric="auroc")["value"].item() == pytest.approx(values.std(ddof=1))
 
 
-def test_bootstrap_resamples_patients(run, op):
-    """Duplicating every scan of a patient must not narrow the interval as if patients doubled."""
+def test_intervals_count_patients_not_scans(run, op):
+    """Duplicating every scan of a patient must not narrow an interval as if patients doubled."""
     task, preds, _ = op
     cfg = run.config
-    base = _get(classification_records(preds, task, cfg, scope="pooled"), metric="auroc")
     doubled = pd.concat([preds, preds.assign(case_id=preds.case_id + "_copy")], ignore_index=True)
-    dup = _get(classification_records(doubled, task, cfg, scope="pooled"), metric="auroc")
-    width = (base.ci_high - base.ci_low).item()
-    assert (dup.ci_high - dup.ci_low).item() == pytest.approx(width, rel=0.25)
-    # the interval is exactly the patient bootstrap of medres.metrics, clustered by patient_id
+    base = pd.DataFrame(classification_records(preds, task, cfg, scope="pooled"))
+    dup = pd.DataFrame(classification_records(doubled, task, cfg, scope="pooled"))
+    for metric in ("auroc", "average_precision", "prevalence", "sensitivity", "specificity", "ppv", "npv"):
+        b, d = base[base.metric == metric].iloc[0], dup[dup.metric == metric].iloc[0]
+        assert d.ci_high - d.ci_low == pytest.approx(b.ci_high - b.ci_low, rel=0.25), metric
+        assert b.ci_low < b.value or b.value == 0, metric
+    # the AUROC interval is exactly medres.metrics' score interval, clustered by patient_id
     y = (preds.y_true == 1).to_numpy()
-    ref = patient_bootstrap_ci(
-        "auroc",
-        y,
-        preds.p_nodule.to_numpy(),
-        preds.patient_id.to_numpy(),
-        n_resamples=cfg.evaluate.bootstrap_resamples,
-        seed=0,
-    )
-    assert (base.ci_low.item(), base.ci_high.item()) == (ref.ci_low, ref.ci_high)
-    by_scan = patient_bootstrap_ci(
-        "auroc", y, preds.p_nodule.to_numpy(), None, n_resamples=cfg.evaluate.bootstrap_resamples, seed=0
-    )
+    ref = auroc_score_interval(y, preds.p_nodule.to_numpy(), preds.patient_id.to_numpy())
+    row = base[base.metric == "auroc"].iloc[0]
+    assert (row.ci_low, row.ci_high) == (ref.ci_low, ref.ci_high)
+    by_scan = auroc_score_interval(y, preds.p_nodule.to_numpy(), None)
     assert (by_scan.ci_low, by_scan.ci_high) != (ref.ci_low, ref.ci_high)
+    # sensitivity: Clopper-Pearson of the called positives among positive scans, on n / deff
+    called = (preds.p_nodule >= preds.threshold).to_numpy()
+    sens = clustered_proportion_interval(called[y].astype(int), preds.patient_id.to_numpy()[y])
+    row = base[base.metric == "sensitivity"].iloc[0]
+    assert (row.value, row.ci_low, row.ci_high) == (sens.estimate, sens.ci_low, sens.ci_high)
+    assert row.ci_method == "Clopper-Pearson on n/deff (patient design effect)"
+
+
+def test_perfect_separation_keeps_a_nonzero_interval(run, op):
+    """A fold that separates perfectly: AUROC, AP, sensitivity and specificity 1, none of them [1, 1]."""
+    task, preds, _ = op
+    part = preds[preds.fold == 0].copy()
+    y = (part.y_true == 1).to_numpy()
+    part["p_nodule"] = np.where(y, 0.9, 0.1) + np.linspace(0, 0.05, len(part))
+    part["y_pred_op"] = y.astype(float)
+    recs = pd.DataFrame(classification_records(part, task, run.config, scope="fold", fold=0))
+    for metric in ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv"):
+        r = recs[recs.metric == metric].iloc[0]
+        assert r.value == 1 and r.ci_high == 1 and r.ci_low < 0.95, (metric, r.ci_low)
+    # Clopper-Pearson of n/n at the patients' effective size: never narrower than the exact interval
+    # of one observation per positive patient
+    sens = recs[recs.metric == "sensitivity"].iloc[0]
+    k = part.loc[y, "patient_id"].nunique()
+    assert sens.ci_low <= beta.ppf(0.025, k, 1) + 1e-12
 
 
 def test_subgroups_counts_and_not_estimable(run, op):

@@ -36,7 +36,7 @@ def test_pooled_auroc_agrees_across_files(bundle_dir, records):
     pooled = records[
         (records.scope == "pooled")
         & (records.metric == "auroc")
-        & records.ci_method.str.startswith("patient bootstrap")
+        & ~records.ci_method.str.contains("DeLong")
     ]
     value = pooled["value"].item()
     preds = pd.read_csv(bundle_dir / "predictions.csv")
@@ -128,3 +128,22 @@ def test_case_ids_that_hold_patient_ids_are_replaced_by_keys(tmp_path):
     assert set(keys.case_id) == set(run.predictions.case_id)
     assert "case-0001" in keys.case_key.tolist()
     assert "private/case_keys.csv" in (out / "report.html").read_text()
+
+
+def test_infinite_values_are_told_apart_from_undefined_ones_in_summary_json():
+    import json
+    import math
+
+    from medres.report.bundle import _json_record
+
+    rows = [{"metric": "lr_positive", "value": math.inf, "note": "infinite: no false positives"},
+            {"metric": "lr_positive", "value": math.nan, "note": "undefined: no case called positive (0/0)"},
+            {"metric": "lr_negative", "value": 0.25, "note": ""}]
+    back = json.loads(json.dumps([_json_record(r) for r in rows], allow_nan=False))
+    assert [(r["value"], r["value_nonfinite"]) for r in back] == [(None, "inf"), (None, "nan"), (0.25, None)]
+    assert float(back[0]["value_nonfinite"]) == math.inf
+
+
+def test_summary_json_records_say_which_values_are_not_finite(summary):
+    for r in summary["records"]:
+        assert (r["value"] is None) == (r["value_nonfinite"] is not None)
