@@ -14,6 +14,7 @@ The mask is medres's ``[X, Y, Z]`` label map on the source grid (see
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medres.errors import DataError
+from medres.layout import case_file_stems, check_distinct_files
 
 from .redact import quiet_pydicom, safe_message
 from .source_series import SourceSeries, series_in_folder, source_series
@@ -184,7 +186,10 @@ def write_prediction_segs(table: Any, out_dir: str | Path | None,
                           checkpoint: str | Path | None = None, relative_to: str | Path | None = None
                           ) -> list[Path]:
     """``python -m medres.predict``'s hook: for each predicted case whose source is a DICOM series folder
-    (or one single-frame DICOM file), write ``out_dir/<case>.dcm`` beside its NIfTI mask.
+    (or one single-frame DICOM file), write ``out_dir/<name>.dcm`` beside its NIfTI mask (``name`` from
+    ``medres.layout.case_file_stem``, as the mask's). Two cases whose ``seg_path`` is one file, or whose SEG
+    names would clash, are refused before anything is written: a SEG never carries one case's source
+    headers with another case's mask.
 
     Args:
         table: the predictions table (``case_id``, ``image``, ``seg_path`` columns).
@@ -208,17 +213,21 @@ def write_prediction_segs(table: Any, out_dir: str | Path | None,
     if isinstance(mask_labels, Mapping):
         mask_labels = [str(mask_labels[k]) for k in sorted(mask_labels, key=int)]
     base = Path(relative_to) if relative_to is not None else Path()
-    for rec in table.to_dict("records"):
-        image, seg_path = str(rec.get("image") or ""), rec.get("seg_path")
-        if not image or ";" in image or not isinstance(seg_path, str) or not seg_path:
+    records = [r for r in table.to_dict("records") if isinstance(r.get("seg_path"), str) and r["seg_path"]]
+    check_distinct_files(((str(r.get("case_id")), os.path.normpath(base / r["seg_path"]), r.get("row"))
+                          for r in records), what="predicted mask",
+                         hint="each case needs a mask of its own: predict again into an empty folder")
+    stems = case_file_stems(records)
+    for rec in records:
+        image, seg_path = str(rec.get("image") or ""), rec["seg_path"]
+        if not image or ";" in image:
             continue
         source = Path(image)
         if _suffix(source) in (".nii", ".nii.gz", ".png", ".jpg", ".jpeg") or not source.exists():
             continue
         nifti = Path(seg_path) if Path(seg_path).is_absolute() else base / seg_path
         mask = nib.load(nifti)
-        name = nifti.name[: -len(".nii.gz")] if nifti.name.endswith(".nii.gz") else nifti.stem
-        target = Path(out_dir) / f"{name}.dcm"
+        target = Path(out_dir) / f"{stems[str(rec.get('case_id'))]}.dcm"
         try:
             grid = series_in_folder(source) if source.is_dir() else source_series([source], where=source)
             if model_hash is None:

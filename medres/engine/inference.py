@@ -16,7 +16,6 @@ can reach them. The predictions table follows DESIGN.md (see :func:`predict_case
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 from medres.engine.sliding import Aggregate, infer_volume_models
 from medres.errors import DataError
 from medres.files import atomic_write
+from medres.layout import case_file_stems
 
 __all__ = [
     "mask_to_source", "source_probabilities", "save_mask", "predict_cases", "write_fold_predictions",
@@ -101,11 +101,6 @@ def save_mask(mask: MetaTensor, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
-def safe_name(case_id: str) -> str:
-    """A file name for a case id (characters other than letters, digits, ``._-`` become ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(case_id)) or "case"
-
-
 def _data_error(exc: BaseException) -> DataError | None:
     """The DataError behind an exception (MONAI's Compose wraps transform errors in RuntimeError)."""
     seen = 0
@@ -154,7 +149,8 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
             ``patient_id``, ``image`` (path or list of paths, one per channel), ``mask``, ``label``
             (index into ``labels``, -1 when unknown) and subgroup columns.
         data_cfg: ``Config.data``; ``patch_size`` is the sliding window, ``labels`` the class names.
-        seg_dir: where ``<case_id>.nii.gz`` masks go (None: no masks written).
+        seg_dir: where the masks go, ``<name>.nii.gz`` with ``name`` from ``medres.layout.case_file_stem``
+            (None: no masks written); two records whose names would clash are refused before any is written.
         seg_relative_to: ``seg_path`` is written relative to this folder (default: absolute).
         transform: the evaluation pipeline (default: ``build_transforms(data_cfg, train=False)``).
         overlap, tta, cls_aggregate, sw_batch_size, device: see ``infer_volume``.
@@ -167,9 +163,12 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
     subgroup columns, ``image`` and ``mask`` (source paths; several channels joined by ``;``, "" when
     none), ``seg_path`` when masks are written, and with ``logits`` ``logit_<class>`` (the uncalibrated
     case-level log-probabilities, from which calibration is fitted and ``p_`` rebuilt).
-    ``y_pred`` is the argmax class (-1 without a classification head). Raises ``DataError`` naming the
-    case when a scan cannot be processed.
+    ``y_pred`` is the class called at the operating point kept in ``calibration`` (chosen on the fold's
+    inner validation; for several members the mean of their thresholds, as the report's test ensemble),
+    ``y_pred_argmax`` the most probable class; without an operating point both are the argmax (-1
+    without a classification head). Raises ``DataError`` naming the case when a scan cannot be processed.
     """
+    from medres.engine.calibrate import decide, ensemble_threshold, positive_index
     from medres.metrics.calibration import apply_calibration
 
     models = list(model) if isinstance(model, (list, tuple)) else [model]
@@ -182,7 +181,11 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
     ensemble = len(models) > 1
     names = list(member_names) if member_names is not None else [f"fold{k}" for k in range(len(models))]
     labels = list(labels if labels is not None else data_cfg.labels)
+    threshold = ensemble_threshold(calibrations) if labels == list(data_cfg.labels) else None
+    positive = positive_index(data_cfg)
     transform = transform or _eval_transform(data_cfg)
+    records = list(records)
+    stems = case_file_stems(records) if seg_dir is not None else {}
     rows = []
     for rec in records:
         case_id = str(rec["case_id"])
@@ -207,7 +210,8 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
         probs = np.mean(member_probs, axis=0) if has_cls else None
         for k, name in enumerate(labels):
             row[f"p_{name}"] = float(probs[k]) if has_cls else float("nan")
-        row["y_pred"] = int(np.argmax(probs)) if has_cls else -1
+        row["y_pred"] = int(decide(probs[None], positive, threshold)[0]) if has_cls else -1
+        row["y_pred_argmax"] = int(np.argmax(probs)) if has_cls else -1
         row.update({k: v for k, v in rec.items() if k not in RECORD_KEYS})
         view = getattr(image, "meta", {}).get("ViewPosition", "")  # a Code String already (the reader)
         if view and not str(row.get("view", "") or "").strip():  # a DICOM radiograph's own view, as a
@@ -221,7 +225,7 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
                 mask = mask_to_source(mean, image.affine, src_affine, src_shape, probabilities=True)
             else:
                 mask = mask_to_source(segs[0], image.affine, src_affine, src_shape)
-            path = save_mask(mask, Path(seg_dir) / f"{safe_name(case_id)}.nii.gz")
+            path = save_mask(mask, Path(seg_dir) / f"{stems[case_id]}.nii.gz")
             row["seg_path"] = (os.path.relpath(path, seg_relative_to) if seg_relative_to is not None
                                else str(path))
         if has_cls and ensemble:
@@ -267,10 +271,17 @@ class Prediction:
 
     probabilities: dict[str, float]
     mask: MetaTensor | None
+    decision: str | None = None  # the class called at the operating point (``y_pred``)
 
     @property
     def label(self) -> str | None:
-        """The most probable class (None without a classification head)."""
+        """The class called at the model's operating point, as ``y_pred`` (the most probable class when
+        the model has none; None without a classification head)."""
+        return self.decision if self.decision is not None else self.argmax_label
+
+    @property
+    def argmax_label(self) -> str | None:
+        """The most probable class, as ``y_pred_argmax`` (None without a classification head)."""
         return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
 
 
@@ -339,6 +350,21 @@ class Predictor:
     def labels(self) -> list[str]:
         return list(self.config.data.labels)
 
+    def decision_rule(self) -> str:
+        """How ``y_pred`` is called: at the operating point chosen on inner validation, or the argmax."""
+        from medres.engine.calibrate import ensemble_threshold, positive_index
+
+        cals = self.calibration if isinstance(self.calibration, (list, tuple)) else [self.calibration]
+        thr = ensemble_threshold(cals)
+        if thr is None:
+            return ("y_pred: the most probable class (the model holds no operating point); "
+                    "y_pred_argmax: the same")
+        pos = self.labels[positive_index(self.config.data)]
+        how = (cals[0] or {}).get("operating_point", {}).get("method", "?")
+        how += ", mean of the folds" if len(cals) > 1 else ""
+        return (f"y_pred: {pos} where p_{pos} >= {thr:.4g}, the operating point chosen on inner validation "
+                f"({how}) as in the report; y_pred_argmax: the most probable class")
+
     def predict_records(self, records: Iterable[Mapping[str, Any]],
                         seg_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> pd.DataFrame:
         """The predictions table for several records (see :func:`predict_cases`)."""
@@ -359,12 +385,13 @@ class Predictor:
             df = self.predict_records([{"case_id": "case", "image": source}], seg_dir=tmp)
             row = df.iloc[0]
             probs = {c: float(row[f"p_{c}"]) for c in self.labels} if row["y_pred"] >= 0 else {}
+            decision = self.labels[int(row["y_pred"])] if row["y_pred"] >= 0 else None
             mask = None
             if "seg_path" in row and isinstance(row["seg_path"], str):
                 nii = nib.load(row["seg_path"])
                 mask = MetaTensor(torch.from_numpy(np.asarray(nii.dataobj)),
                                   affine=torch.as_tensor(nii.affine))
-        return Prediction(probs, mask)
+        return Prediction(probs, mask, decision)
 
     def _to_files(self, image: Tensor | np.ndarray, folder: str) -> list[str]:
         """Write an in-memory scan as float32 NIfTI file(s): it then goes through the pipeline as a path."""

@@ -3,16 +3,20 @@ against its reference (in the source scan's geometry and spacing), and each scan
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from medres.errors import DataError
 from medres.evaluation.gallery import first_path, load_scan
+from medres.layout import check_distinct_files
 from medres.metrics.segmentation import segmentation_metrics
 from medres.report.cohort import SPACING_COLUMNS
 from medres.report.run_folder import RunData
 
-__all__ = ["segmentation_cases", "add_spacing"]
+__all__ = ["segmentation_cases", "add_spacing", "check_mask_files"]
 
 def segmentation_cases(run: RunData) -> pd.DataFrame:
     """Per case and foreground class: Dice, IoU, HD, HD95, ASSD, NSD, volumes, and the empty-mask flag.
@@ -25,6 +29,7 @@ def segmentation_cases(run: RunData) -> pd.DataFrame:
     preds = run.predictions
     if "seg_path" not in preds.columns or "mask" not in preds.columns:
         return pd.DataFrame()
+    check_mask_files(preds, run.run_dir)
     for r in preds.itertuples(index=False):
         seg_path, mask_path = first_path(r.seg_path), first_path(r.mask)
         if seg_path is None or mask_path is None:
@@ -57,6 +62,19 @@ def segmentation_cases(run: RunData) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def check_mask_files(table: pd.DataFrame, run_dir: Path) -> None:
+    """Refuse a table in which two cases point at one predicted mask file (a run whose mask names could
+    clash): scoring would compare a case's reference with another case's prediction."""
+    if "seg_path" not in table.columns:
+        return
+    check_distinct_files(
+        ((str(r.case_id), os.path.normpath(run_dir / p), None)
+         for r in table.itertuples(index=False) if (p := first_path(r.seg_path)) is not None),
+        what="predicted mask file",
+        hint="the run's masks were written under names that can clash; train the run again with this "
+             "version of medres (it names each case's mask by its exact id)")
 
 
 def add_spacing(preds: pd.DataFrame) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 A run folder is everything the report needs: ``config.yaml``, ``folds.csv`` and per fold
 ``predictions.parquet`` (held-out cases), ``inner_val_predictions.parquet`` (where thresholds are
-chosen), optional ``test_predictions.parquet``, ``metrics.csv`` and ``seg/<case_id>.nii.gz``.
+chosen), optional ``test_predictions.parquet``, ``metrics.csv`` and the masks in ``seg/`` (each named by
+the table's ``seg_path``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from monai.data import MetaTensor
 from medres import DataError, __version__
 from medres.data.dicom_seg import segment_codes, write_dicom_seg, write_prediction_segs
 from medres.data.io import check_image_mask, load_image
+from medres.layout import case_file_stem
 from tests.data.annotation_factory import (
     COLS,
     ROWS,
@@ -139,8 +140,42 @@ def test_prediction_hook_writes_seg_for_dicom_inputs_only(tmp_path, source):
     table = pd.DataFrame({"case_id": ["case1", "case2"], "image": [str(folder), str(nifti_src)],
                           "seg_path": ["seg/case1.nii.gz", "seg/case2.nii.gz"]})
     written = write_prediction_segs(table, out / "seg", LABELS, model_hash="beef", relative_to=out)
-    assert written == [out / "seg" / "case1.dcm"]
+    assert written == [out / "seg" / f"{case_file_stem('case1')}.dcm"]
     np.testing.assert_array_equal(_read_back(written[0], paths), mask)
+
+
+def test_prediction_hook_never_pairs_one_cases_headers_with_anothers_mask(tmp_path):
+    """Two DICOM cases whose ids differ only where the old names collapsed them: each SEG carries its own
+    patient's headers and its own mask; two rows sharing one mask file are refused before any SEG."""
+    from medres.engine.inference import save_mask
+
+    out = tmp_path / "pred"
+    rows = []
+    for k, case in enumerate(("P1 S1", "P1_S1")):
+        folder = tmp_path / f"src{k}"
+        paths = write_source(folder, 6)
+        for p in paths:  # a patient of each case's own
+            ds = pydicom.dcmread(p)
+            ds.PatientID = f"PATIENT-{k}"
+            ds.save_as(p)
+        image = load_image(folder)
+        mask = labelled_mask(tuple(image.shape))
+        mask = mask if k == 0 else np.where(mask > 0, 3 - mask, 0).astype(mask.dtype)  # labels swapped
+        name = f"seg/{case_file_stem(case)}.nii.gz"
+        save_mask(MetaTensor(torch.from_numpy(mask), affine=image.affine), out / name)
+        rows.append({"case_id": case, "image": str(folder), "seg_path": name, "mask_": mask, "paths": paths})
+    table = pd.DataFrame(rows)
+    written = write_prediction_segs(table.drop(columns=["mask_", "paths"]), out / "seg", LABELS,
+                                    model_hash="beef", relative_to=out)
+    assert len(set(written)) == 2
+    for k, (path, row) in enumerate(zip(written, rows)):
+        assert pydicom.dcmread(path).PatientID == f"PATIENT-{k}"
+        np.testing.assert_array_equal(_read_back(path, row["paths"]), row["mask_"])
+    shared = table.drop(columns=["mask_", "paths"]).assign(seg_path=rows[0]["seg_path"], row=[1, 2])
+    before = {p: p.stat().st_mtime_ns for p in written}
+    with pytest.raises(DataError, match=r"case 'P1 S1' \(row 1\) and case 'P1_S1' \(row 2\)"):
+        write_prediction_segs(shared, out / "seg", LABELS, model_hash="beef", relative_to=out)
+    assert {p: p.stat().st_mtime_ns for p in written} == before
 
 
 def test_predict_cli_writes_a_valid_seg_for_a_dicom_series(tmp_path, source):
@@ -170,9 +205,9 @@ def test_predict_cli_writes_a_valid_seg_for_a_dicom_series(tmp_path, source):
     out = tmp_path / "out"
     args = ["--checkpoint", str(ckpt), "--input", str(folder), "--output", str(out), "--device", "cpu"]
     assert main(args) == 0
-    seg_path = out / "seg" / "series.dcm"
+    seg_path = out / "seg" / f"{case_file_stem('series')}.dcm"
     assert seg_path.exists()
-    nifti = np.asarray(nib.load(out / "seg" / "series.nii.gz").dataobj)
+    nifti = np.asarray(nib.load(out / "seg" / f"{case_file_stem('series')}.nii.gz").dataobj)
     assert nifti.any()  # something to compare (the voxel layout is tested on a labelled mask above)
     np.testing.assert_array_equal(_read_back(seg_path, paths), nifti)
     ds = pydicom.dcmread(seg_path)

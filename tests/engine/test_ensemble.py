@@ -17,6 +17,7 @@ from medres.engine.fold import build_model, model_spec
 from medres.engine.inference import Predictor, source_geometry, source_probabilities
 from medres.engine.sliding import infer_volume, infer_volume_models
 from medres.errors import ConfigError, DataError
+from medres.layout import case_file_stem
 from medres.metrics.calibration import apply_calibration
 from medres.predict import main
 
@@ -106,7 +107,7 @@ def test_ensemble_is_exactly_the_mean_of_the_calibrated_folds(run_dir, scan, tmp
         per_fold.append(probs)
     mean = np.mean(per_fold, axis=0)
     np.testing.assert_allclose([row[f"p_{c}"] for c in LABELS], mean, rtol=0, atol=1e-7)
-    assert row["y_pred"] == int(np.argmax(mean))
+    assert row["y_pred"] == row["y_pred_argmax"] == int(np.argmax(mean))  # these maps hold no operating point
     assert np.ptp([p[1] for p in per_fold]) > 1e-3  # the calibrations and weights make them differ
 
     # the mask: argmax of the mean of the folds' softmax maps, resampled to the source scan
@@ -115,7 +116,7 @@ def test_ensemble_is_exactly_the_mean_of_the_calibrated_folds(run_dir, scan, tmp
     maps = [source_probabilities(torch.softmax(p.seg_logits, 0), image.affine, src_affine, src_shape)
             for p in infer_volume_models(pred.models, image, roi_size=[16, 16, 16], overlap=0.5)]
     expected = torch.argmax(torch.stack(maps).mean(0), dim=0).numpy()
-    got = nib.load(tmp_path / "ens" / "big.nii.gz")
+    got = nib.load(tmp_path / "ens" / f"{case_file_stem('big')}.nii.gz")
     assert got.shape == nib.load(scan).shape
     np.testing.assert_allclose(got.affine, nib.load(scan).affine, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(got.dataobj), expected)
@@ -153,7 +154,7 @@ def test_write_test_ensemble(run_dir, scan, tmp_path):
     df = write_test_ensemble(run_dir, records, cfg, device="cpu")
     saved = pd.read_parquet(run_dir / "ensemble" / "test_predictions.parquet")
     assert saved["fold"].tolist() == [-1] and saved["y_true"].tolist() == [1]
-    assert saved["seg_path"].tolist() == ["ensemble/seg/t1.nii.gz"]
+    assert saved["seg_path"].tolist() == [f"ensemble/seg/{case_file_stem('t1')}.nii.gz"]
     assert (run_dir / saved["seg_path"][0]).exists()
     np.testing.assert_allclose(df["p_nodule"], saved[[f"p_nodule_fold{k}" for k in range(3)]].mean(axis=1))
     assert write_test_ensemble(run_dir, records, cfg, folds=[0]) is None  # one model is no ensemble

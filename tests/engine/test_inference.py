@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ from medres.data.io import MedresReader
 from medres.engine.inference import mask_to_source, predict_cases, write_fold_predictions
 from medres.engine.sliding import aggregate_windows, infer_volume
 from medres.errors import DataError
+from medres.layout import case_file_stem
 from medres.models import DualOutput, create_model
 
 THRESHOLD = 0.5
@@ -137,7 +140,7 @@ def test_mask_overlays_source_after_reorient_and_resample(source, tmp_path):
                                            "mask": None, "label": 1, "site": "A"}],
                        data_cfg(), fold=3, seg_dir=tmp_path / "seg", seg_relative_to=tmp_path,
                        transform=eval_pipeline())
-    assert df.loc[0, "seg_path"] == "seg/c_1.nii.gz"
+    assert df.loc[0, "seg_path"] == f"seg/{case_file_stem('c/1')}.nii.gz"
     out = nib.load(tmp_path / df.loc[0, "seg_path"])
     src = nib.load(source)
     assert out.shape == src.shape
@@ -192,18 +195,52 @@ def test_predictions_table_and_fold_files(source, tmp_path):
     df = write_fold_predictions(tmp_path / "run", 2, ThresholdModel(), recs, cfg)
     back = pd.read_parquet(tmp_path / "run" / "fold_2" / "predictions.parquet")
     assert list(back.columns) == ["case_id", "patient_id", "fold", "y_true", "p_normal", "p_nodule", "y_pred",
-                                  "site", "sex", "image", "mask", "seg_path", "logit_normal", "logit_nodule"]
+                                  "y_pred_argmax", "site", "sex", "image", "mask", "seg_path", "logit_normal",
+                                  "logit_nodule"]
     pd.testing.assert_frame_equal(back, df)
     # the fold tables keep the case-level log-probabilities, from which calibration is fitted
     np.testing.assert_allclose(np.exp(back[["logit_normal", "logit_nodule"]]), back[["p_normal", "p_nodule"]],
                                atol=1e-12)
     assert back["y_true"].tolist() == [1, 0] and back["fold"].tolist() == [2, 2]
-    assert back["y_pred"].tolist() == [1, 1] and np.allclose(back[["p_normal", "p_nodule"]].sum(axis=1), 1)
+    assert back["y_pred"].tolist() == back["y_pred_argmax"].tolist() == [1, 1]  # no operating point yet
+    assert np.allclose(back[["p_normal", "p_nodule"]].sum(axis=1), 1)
     assert back["mask"].tolist() == ["", str(source)]
     assert (tmp_path / "run" / back.loc[1, "seg_path"]).is_file()
-    assert back.loc[0, "seg_path"] == "fold_2/seg/a.nii.gz"
+    assert back.loc[0, "seg_path"] == f"fold_2/seg/{case_file_stem('a')}.nii.gz"
     write_fold_predictions(tmp_path / "run", 2, ThresholdModel(), recs[:1], cfg, name="test_predictions")
     assert len(pd.read_parquet(tmp_path / "run" / "fold_2" / "test_predictions.parquet")) == 1
+
+
+def test_fold_masks_of_ids_that_differ_only_in_unsafe_characters_are_distinct_files(tmp_path):
+    """Training's ``fold_k/seg/``: ids that the old rule mapped to one name get a file each, and each file
+    holds its own case's mask (two different sources: the masks differ)."""
+    cfg = Config()
+    cfg.data = data_cfg().model_copy(update={"normalize": "none", "spacing": [1.5, 1.5, 1.5]})
+    sources = []
+    for k, centre in enumerate(((27.0, 10.0, 5.0), (12.0, 22.0, 11.0))):
+        path = tmp_path / f"src{k}.nii.gz"
+        nib.save(nib.Nifti1Image(blob_volume(centre=centre), SOURCE_AFFINE), path)
+        sources.append(path)
+    ids = ["症例1", "病例1", "P1 S1", "P1_S1"]
+    recs = [{"case_id": c, "patient_id": f"p{i}", "image": str(sources[i % 2]), "mask": None, "label": 1,
+             "row": i + 1} for i, c in enumerate(ids)]
+    df = write_fold_predictions(tmp_path / "run", 0, ThresholdModel(), recs, cfg)
+    paths = df["seg_path"].tolist()
+    assert len(set(paths)) == 4 and len({p.casefold() for p in paths}) == 4
+    assert sorted(p.name for p in (tmp_path / "run" / "fold_0" / "seg").iterdir()) == sorted(
+        Path(p).name for p in paths)
+    masks = [np.asarray(nib.load(tmp_path / "run" / p).dataobj) for p in paths]
+    for i in range(4):
+        ref = nib.load(sources[i % 2]).get_fdata() > THRESHOLD
+        assert (masks[i].astype(bool) & ref).sum() > 0.8 * ref.sum()
+        assert not np.array_equal(masks[i], masks[(i + 1) % 4])
+
+
+def test_a_repeated_case_id_is_refused_before_any_mask_is_written(tmp_path):
+    recs = [{"case_id": "A1", "image": "unused", "row": 3}, {"case_id": "A1", "image": "unused", "row": 7}]
+    with pytest.raises(DataError, match=r"case 'A1' \(row 3\) and case 'A1' \(row 7\) would share"):
+        predict_cases(ThresholdModel(), recs, data_cfg(), seg_dir=tmp_path / "seg", transform=eval_pipeline())
+    assert not (tmp_path / "seg").exists()
 
 
 def test_unreadable_scan_is_a_data_error_naming_the_case(tmp_path):
