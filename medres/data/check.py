@@ -49,10 +49,13 @@ def _normalised_id(pid: str) -> str:
     """A patient id with case, spaces, the leading zeros of each number and its Unicode form removed:
     NFKC (full-width ``００７`` is ``007``), format characters dropped (zero-width space, BOM, ...), every
     decimal digit as ASCII. ``' 007 '`` and ``7`` agree, as do ``P009``, ``p9`` and ``P\u200b9``."""
-    text = unicodedata.normalize("NFKC", pid)
-    text = "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text
-                   if unicodedata.category(ch) != "Cf")
-    text = unicodedata.normalize("NFKC", "".join(text.split()).casefold())
+    if pid.isascii():  # NFKC leaves ASCII as it is, and ASCII holds no format characters
+        text = "".join(pid.split()).casefold()
+    else:
+        text = unicodedata.normalize("NFKC", pid)
+        text = "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text
+                       if unicodedata.category(ch) != "Cf")
+        text = unicodedata.normalize("NFKC", "".join(text.split()).casefold())
     return re.sub(r"(?<!\d)0+(?=\d)", "", text)
 
 
