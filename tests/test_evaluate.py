@@ -32,7 +32,8 @@ def test_compare_gives_paired_delong_and_paired_bootstrap(tmp_path):
     ra, rb = load_run(a).predictions.set_index("case_id"), load_run(b).predictions.set_index("case_id")
     rb = rb.loc[ra.index]
     y = (ra.y_true == 1).to_numpy()
-    expected = delong_roc_test(y, ra.p_nodule.to_numpy(), rb.p_nodule.to_numpy())
+    expected = delong_roc_test(y, ra.p_nodule.to_numpy(), rb.p_nodule.to_numpy(),
+                               groups=ra.patient_id.to_numpy())  # Obuchowski: clustered by patient
     rec = _records(out)
     d = rec[rec.metric == "auroc_difference"].set_index("ci_method")
     delong = d[d.index.str.startswith("paired DeLong")].iloc[0]
@@ -182,3 +183,19 @@ def test_compare_with_an_unfinished_run_names_its_missing_folds(tmp_path):
     diff = _records(out).query("scope == 'comparison'")
     n_b = len(load_run(b).predictions)
     assert (diff["n"] == n_b).all() and n_b < len(load_run(a).predictions)
+
+
+def test_an_output_on_around_or_inside_a_run_is_refused(tmp_path, capsys):
+    a = write_synthetic_run(tmp_path / "a", name="a", with_seg=False, seed=0)
+    b = write_synthetic_run(tmp_path / "b", name="b", with_seg=False, seed=1)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for out, compare, said in ((a, None, "is the run folder"), (a / "fold_0", None, "lies inside the run"),
+                               (a.parent, None, "contains the run"),
+                               (b / "report", b, "lies inside the compared run")):
+        argv = ["--run", str(a), "--output", str(out), "--gallery", "0"]
+        assert main(argv + (["--compare", str(compare)] if compare else [])) == 2
+        err = capsys.readouterr().err
+        assert said in err and str(out) in err, err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert main(["--run", str(a), "--output", str(a / "report" / "v2"), "--gallery", "0"]) == 0  # its own
+    assert (a / "report" / "v2" / "report.html").is_file()

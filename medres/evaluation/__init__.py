@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -23,6 +24,20 @@ __all__ = ["evaluate_run", "segmentation_cases", "add_spacing"]
 log = logging.getLogger("medres.evaluate")
 
 
+def _check_output(out: Path, run: Any, compare: str | Path | None) -> None:
+    """The report folder never is, holds or lies inside the run being read or the compared run, except
+    inside the run's own ``report/`` (the default); nor is or holds the run's manifest or its folder."""
+    from medres.files import check_output
+
+    own_report = Path(run.run_dir).resolve() / "report"
+    target = out.resolve()
+    manifest = getattr(getattr(run.config, "data", None), "manifest", None)
+    check_output(out, inputs={"run folder": run.run_dir, "compared run": compare, "run's manifest": manifest,
+                              "manifest's folder": Path(manifest).parent if manifest else None},
+                 what="report folder (--output)", may_lie_inside={"manifest's folder"} | (
+                     {"run folder"} if target == own_report or target.is_relative_to(own_report) else set()))
+
+
 def evaluate_run(
     run_dir: str | Path,
     output: str | Path | None = None,
@@ -33,6 +48,7 @@ def evaluate_run(
     """Write the report bundle of a run folder; returns the path of ``report.html``."""
     run = load_run(run_dir)
     out = Path(output) if output is not None else run.run_dir / "report"
+    _check_output(out, run, compare)
     run.predictions = add_spacing(run.predictions)
     seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
     test_seg = test_segmentation_cases(run, segmentation_cases)  # issue 10: test split, folds and ensemble
