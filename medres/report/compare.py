@@ -59,14 +59,14 @@ def comparison(run: RunData, other: RunData, task: BinaryTask, seed: int) -> tup
     sa, sb = a[task.score_col].to_numpy(float), b[task.score_col].to_numpy(float)
     g = a["patient_id"].to_numpy()
     recs = []
-    test, tnote = _quiet(delong_roc_test, y, sa, sb, ev.ci_level)
+    test, tnote = _quiet(delong_roc_test, y, sa, sb, ev.ci_level, g)
     recs.append(
         _record(
             "comparison",
             "auroc_difference",
             test.difference,
             ci=(test.ci_low, test.ci_high),
-            ci_method=f"paired DeLong (z={fmt(test.z, 2)}, p={fmt_p(test.p_value)})",
+            ci_method=f"paired DeLong, Obuchowski clustered (z={fmt(test.z, 2)}, p={fmt_p(test.p_value)})",
             n=len(y),
             n_pos=int(y.sum()),
             note=tnote or test.reason,

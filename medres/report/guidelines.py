@@ -94,7 +94,8 @@ GUIDELINE_ITEMS: tuple[tuple[str, str, str, str], ...] = (
         "Performance metrics and their uncertainty",
         COVERED,
         "Classification and Segmentation: per fold, pooled, mean ± SD; "
-        "patient-bootstrap and DeLong intervals",
+        "intervals that count patients (Clopper-Pearson on n/deff, score-type AUROC, patient bootstrap) "
+        "and DeLong's, clustered by patient",
     ),
     (
         "CLAIM, TRIPOD+AI",
