@@ -8,8 +8,11 @@
 - clinical utility: `decision_curve` (net benefit, treat-all, treat-none);
 - segmentation: `binary_segmentation_metrics` / `segmentation_metrics` (Dice, IoU, HD, HD95, ASSD,
   NSD, volumes in mL; spacing-aware; one declared empty-mask policy), `summarise_segmentation` (n_valid);
-- uncertainty: `patient_bootstrap_ci` (cluster bootstrap, percentile / BCa, vectorised),
-  `paired_bootstrap_ci`, `delong_roc_ci`, `delong_roc_test`, `wilson_interval`;
+- uncertainty, counting patients rather than scans: `clustered_proportion_interval` (Clopper-Pearson on
+  n / design effect), `auroc_score_interval` (score-type, open at perfect separation),
+  `patient_bootstrap_ci` (cluster bootstrap, percentile / BCa, vectorised), `paired_bootstrap_ci`,
+  `delong_roc_ci` and `delong_roc_test` (Obuchowski's clustered form with ``groups``), `wilson_interval`;
+- recalibration: `choose_calibration` (a temperature / Platt map kept only on cross-validated evidence);
 - records: `to_records` / `MetricRecord` (the long-format rows of the report).
 
 Undefined values are NaN with a reason (`UndefinedMetricWarning`), never a substitute such as 0.5.
@@ -27,6 +30,7 @@ from medres.metrics.calibration import (
     ReliabilityCurve,
     brier,
     calibration_intercept_slope,
+    choose_calibration,
     ece,
     reliability_curve,
 )
@@ -47,9 +51,17 @@ from medres.metrics.classification import (
 )
 from medres.metrics.curves import RocBand, precision_recall_curve, roc_band, roc_curve
 from medres.metrics.decision import DecisionCurve, decision_curve
-from medres.metrics.delong import DeLongCI, DeLongTest, delong_covariance, delong_roc_ci, delong_roc_test
+from medres.metrics.delong import (
+    AurocInterval,
+    DeLongCI,
+    DeLongTest,
+    auroc_score_interval,
+    delong_covariance,
+    delong_roc_ci,
+    delong_roc_test,
+)
 from medres.metrics.operating_points import candidate_thresholds, choose_threshold
-from medres.metrics.proportions import wilson_interval
+from medres.metrics.proportions import ProportionInterval, clustered_proportion_interval, wilson_interval
 from medres.metrics.records import RECORD_COLUMNS, MetricRecord, to_records
 from medres.metrics.segmentation import (
     SEGMENTATION_METRICS,
@@ -67,6 +79,7 @@ __all__ = [
     "SEGMENTATION_METRICS",
     "THRESHOLD_METRICS",
     "VECTORISED_METRICS",
+    "AurocInterval",
     "BootstrapResult",
     "CalibrationFit",
     "ConfusionCounts",
@@ -74,6 +87,7 @@ __all__ = [
     "DeLongCI",
     "DeLongTest",
     "MetricRecord",
+    "ProportionInterval",
     "ReliabilityCurve",
     "RocBand",
     "SegmentationResult",
@@ -81,13 +95,16 @@ __all__ = [
     "ThresholdMetrics",
     "UndefinedMetricWarning",
     "auroc",
+    "auroc_score_interval",
     "average_precision",
     "binary_segmentation_metrics",
     "brier",
     "calibration_intercept_slope",
     "candidate_thresholds",
+    "choose_calibration",
     "choose_threshold",
     "class_balance_reason",
+    "clustered_proportion_interval",
     "confusion_counts",
     "decision_curve",
     "delong_covariance",
