@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from medres.errors import ConfigError, DataError, MedresError
+from medres.safe_text import markdown_text as md
 
 __all__ = ["export_run", "load_export", "main", "MAX_ABS_DIFF"]
 
@@ -278,12 +279,19 @@ def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequenc
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"unknown export format {bad[0]!r}", hint=f"use {' '.join(FORMATS)}")
+    from medres.files import check_output
+
+    check_output(out, inputs={"run folder": run_dir}, what="export folder (--out)")
     summary_path = run_dir / "report" / "summary.json"
     if not summary_path.is_file():
         raise DataError("the run has no report/summary.json (the model card quotes its metrics)",
                         path=run_dir, hint=f"python -m medres.evaluate --run {run_dir}")
     models, config, cals, names = load_run_members(run_dir, folds)
     summary = json.loads(summary_path.read_text())
+    manifest = config.data.manifest  # the export's checks read a cohort scan through it
+    check_output(out, inputs={"run's manifest": manifest,
+                              "manifest's folder": Path(manifest).parent if manifest else None},
+                 what="export folder (--out)", may_lie_inside={"manifest's folder"})
     out.mkdir(parents=True, exist_ok=True)
     cfg_plain = export_config(config)
     patch = list(config.data.patch_size)
@@ -428,7 +436,8 @@ def _metric_lines(records: list[dict]) -> list[str]:
         where = " ".join(str(x) for x in (r.get("head"), r.get("class"), r.get("subgroup") if
                                             r.get("subgroup") != "all" else "", r.get("fold") if
                                             r.get("fold") not in ("pooled", None) else "") if x)
-        lines.append(f"| {r['metric']} | {where} | {value}{ci} | {r.get('n')} | {r.get('ci_method') or ''} |")
+        lines.append(f"| {md(r['metric'])} | {md(where)} | {value}{ci} | {r.get('n')} | "
+                     f"{md(r.get('ci_method') or '')} |")
     return lines
 
 
@@ -501,9 +510,10 @@ def _limitations(config: Any, cohort: Mapping, members: list[dict]) -> list[str]
 
 
 def card_markdown(card: Mapping) -> str:
-    """``model_card.md`` from the card's data."""
+    """``model_card.md`` from the card's data; every string that comes from the manifest or the config is
+    escaped (``medres.safe_text.markdown_text``), so a site or label name cannot inject HTML or Markdown."""
     c = card["cohort"]
-    lines = [f"# Model card: {card['model']}", "", "## Intended use", "", card["intended_use"], "",
+    lines = [f"# Model card: {md(card['model'])}", "", "## Intended use", "", md(card["intended_use"]), "",
              "## Training cohort", ""]
     if "scans" in c:
         lines.append(f"{c['scans']} scans of {c['patients']} patients (development split; test split "
@@ -512,21 +522,24 @@ def card_markdown(card: Mapping) -> str:
             lines.append("The cohort is medres's synthetic demo cohort.")
         for key in ("by_site", "by_scanner", "by_sex", "by_age_band"):
             if key in c:
-                lines += ["", f"**{key[3:].replace('_', ' ')}**: " + ", ".join(f"{k}: {v}"
+                lines += ["", f"**{key[3:].replace('_', ' ')}**: " + ", ".join(f"{md(k)}: {v}"
                                                                               for k, v in c[key].items())]
         if "labels" in c:
-            lines += ["", "**labels**: " + ", ".join(f"{k}: {v['scans']} ({v['prevalence']:.1%})"
+            lines += ["", "**labels**: " + ", ".join(f"{md(k)}: {v['scans']} ({v['prevalence']:.1%})"
                                                      for k, v in c["labels"].items())]
     else:
         lines.append(c.get("note", ""))
     p = card["preprocessing"]
-    lines += ["", "## Preprocessing", "", f"- modality: {p['modality']}; orientation: {p['orientation']}",
+    arch = card["architecture"]
+    lines += ["", "## Preprocessing", "",
+              f"- modality: {md(p['modality'])}; orientation: {md(p['orientation'])}",
               f"- spacing (mm): {p['spacing']}; patch (window): {p['patch_size']}",
-              f"- intensity: {p['normalize']}; windows: " + (", ".join(
-                  f"{w['name']} (centre {w['center']}, width {w['width']})" for w in p["windows"]) or "none"),
+              f"- intensity: {md(p['normalize'])}; windows: " + (", ".join(
+                  f"{md(w['name'])} (centre {w['center']}, width {w['width']})" for w in p["windows"])
+                  or "none"),
               f"- inference: {json.dumps(card['inference'])}",
               "", "## Architecture", "",
-              f"{card['architecture']['name']}, {card['architecture']['parameters_per_model']:,} parameters "
+              f"{md(arch['name'])}, {arch['parameters_per_model']:,} parameters "
               f"per model, {card['architecture']['models']} models; spec "
               f"`{json.dumps(card['architecture']['model_spec'])}`", "",
               "## Training recipe", "", f"```json\n{json.dumps(card['recipe'], indent=1)}\n```", ""]

@@ -125,8 +125,134 @@ def test_export_checks_card_and_predict_without_the_run_folder(trained, tmp_path
 
 
 def test_export_errors_are_one_message(tmp_path, capsys):
-    assert export_main(["--run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert export_main(["--run", str(run_dir), "--out", str(tmp_path / "o")]) == 2
     assert "report/summary.json" in capsys.readouterr().err
-    assert predict_main(["--model", str(tmp_path), "--input", str(tmp_path), "--output",
+    assert predict_main(["--model", str(run_dir), "--input", str(run_dir), "--output",
                          str(tmp_path / "o")]) == 2
     assert "no export.json" in capsys.readouterr().err
+
+
+def test_an_export_folder_on_around_or_inside_the_run_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "report").mkdir(parents=True)
+    (run_dir / "report" / "summary.json").write_text("{}")
+    for out, said in ((run_dir, "is the run folder"), (run_dir / "exported", "lies inside the run folder"),
+                      (tmp_path / "runs", "contains the run folder"),
+                      (run_dir / "report" / "..", "is the run folder")):
+        assert export_main(["--run", str(run_dir), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and str(out) in err, err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "runs", "runs/r", "runs/r/report", "runs/r/report/summary.json"]
+
+
+# -- hostile export folders, built by the test (no training)
+
+def _tiny_export(folder: Path) -> tuple[Path, dict]:
+    import torch
+    from safetensors.torch import save_file
+
+    from medres.engine.fold import build_model, model_spec
+    from medres.export import export_config
+
+    cfg = load_config(ROOT / "medres" / "configs" / "smoke.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "fold0.safetensors"))
+    meta = {"format": 1, "config": export_config(cfg), "labels": list(cfg.data.labels),
+            "members": [{"name": "fold0", "fold": 0, "model_spec": model_spec(cfg), "calibration": None,
+                         "files": {"safetensors": "fold0.safetensors"}}], "sha256": {}}
+    (folder / "export.json").write_text(json.dumps(meta))
+    return folder, meta
+
+
+def _write(folder: Path, meta: object) -> None:
+    (folder / "export.json").write_text(json.dumps(meta))
+
+
+def test_a_tiny_export_loads_its_exact_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from medres.export import load_export
+
+    folder, _ = _tiny_export(tmp_path / "exp")
+    (model,), _, _, names = load_export(folder)
+    stored = load_file(str(folder / "fold0.safetensors"))
+    assert names == ["fold0"] and stored.keys() == model.state_dict().keys()
+    assert all(np.array_equal(stored[k].numpy(), v.numpy()) for k, v in model.state_dict().items())
+
+
+def test_an_export_asking_for_a_huge_model_is_refused_before_allocating(tmp_path, capsys):
+    import resource
+
+    folder, meta = _tiny_export(tmp_path / "exp")
+    meta["members"][0]["model_spec"]["kwargs"]["base_channels"] = 65536  # ~21 GiB of weights
+    _write(folder, meta)
+    assert (folder / "export.json").stat().st_size < 8192
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    (tmp_path / "in").mkdir()
+    argv = ["--model", str(folder), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert predict_main(argv) == 2
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 2**30
+    err = capsys.readouterr().err
+    assert "weights of another model or width" in err and "fold0.safetensors" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("hostile, words", [
+    ([1, 2], "holds a list, not an object"),
+    ({"format": 1}, "no valid 'members' list"),
+    ("{not json", "not valid JSON"),
+    ({"members": "fold0"}, "no valid 'members' list"),
+])
+def test_a_malformed_export_json_is_a_config_error(tmp_path, hostile, words):
+    from medres.errors import ConfigError
+    from medres.export import load_export
+
+    folder, meta = _tiny_export(tmp_path / "exp")
+    if isinstance(hostile, dict):
+        hostile = {**meta, **hostile} if "format" not in hostile else {"format": 1, "config": meta["config"]}
+    (folder / "export.json").write_text(hostile if isinstance(hostile, str) else json.dumps(hostile))
+    with pytest.raises(ConfigError, match=words):
+        load_export(folder)
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink", "onnx"])
+def test_every_file_an_export_names_lies_inside_it(tmp_path, where):
+    from medres.errors import ConfigError
+    from medres.export import load_export
+
+    folder, meta = _tiny_export(tmp_path / "exp")
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(folder / "fold0.safetensors", outside)
+    files = meta["members"][0]["files"]
+    if where == "parent":
+        files["safetensors"] = "../outside.safetensors"
+    elif where == "absolute":
+        files["safetensors"] = str(outside)
+    elif where == "symlink":
+        (folder / "fold0.safetensors").unlink()
+        (folder / "fold0.safetensors").symlink_to(outside)
+    else:
+        files["onnx"] = "../../etc/passwd"
+    _write(folder, meta)
+    with pytest.raises(ConfigError, match="outside the export folder|not a relative path inside"):
+        load_export(folder)
+
+
+def test_a_safetensors_file_with_a_lying_header_is_a_config_error(tmp_path):
+    import struct
+
+    from medres.errors import ConfigError
+    from medres.export import load_export
+
+    folder, _ = _tiny_export(tmp_path / "exp")
+    header = json.dumps({"backbone.conv1.weight": {"dtype": "F32", "shape": [100000, 100000],
+                                                   "data_offsets": [0, 40_000_000_000]}}).encode()
+    (folder / "fold0.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    with pytest.raises(ConfigError, match="not a valid safetensors file") as info:
+        load_export(folder)
+    assert info.value.path == str(folder / "fold0.safetensors")
