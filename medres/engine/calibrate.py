@@ -7,9 +7,14 @@ fit -- and keeps it only on evidence (:func:`medres.metrics.calibration.choose_c
 no recalibration in patient-grouped cross-validation on those cases; otherwise the identity map is kept,
 with the candidate and the reason under ``evidence``), stores the map in the
 fold's prediction checkpoint (plain types, under ``calibration``) and in ``calibration.json``, and
-rewrites the ``p_<class>`` / ``y_pred`` columns of the fold's tables from their logits. The
-uncalibrated probabilities stay recoverable as ``softmax(logit_<class>)``. ``medres.predict`` and the
-fold ensemble read the map from the checkpoint.
+rewrites the ``p_<class>`` / ``y_pred`` / ``y_pred_argmax`` columns of the fold's tables from their
+logits. The uncalibrated probabilities stay recoverable as ``softmax(logit_<class>)``. ``medres.predict``
+and the fold ensemble read the map from the checkpoint.
+
+The fold's operating point is chosen on the same calibrated inner-validation predictions, exactly as the
+report chooses it (``evaluate.threshold``, ``evaluate.threshold_target``), and kept in the map under
+``operating_point``; ``y_pred`` is the class called at it (:func:`decide`), ``y_pred_argmax`` the most
+probable class.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import pandas as pd
 
 from medres.engine.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["calibrate_fold", "case_ids_digest", "TABLES"]
+__all__ = ["calibrate_fold", "case_ids_digest", "TABLES", "choose_operating_point", "decide",
+           "ensemble_threshold", "positive_index"]
 
 log = logging.getLogger("medres.engine")
 
@@ -39,6 +45,53 @@ def case_ids_digest(case_ids: Any) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, case_ids))).encode()).hexdigest()
 
 
+def positive_index(data_cfg: Any) -> int:
+    """The report's positive class: ``data.positive_label``, else the last label."""
+    labels = list(data_cfg.labels)
+    return labels.index(data_cfg.positive_label) if data_cfg.positive_label else len(labels) - 1
+
+
+def choose_operating_point(y_true: np.ndarray, p_positive: np.ndarray, cfg: Any) -> dict:
+    """The fold's threshold on ``p_<positive>``, chosen on inner validation as the report chooses it.
+
+    Returns plain types: ``threshold`` (None when the inner validation holds one class only or no
+    case), ``method``, ``target``, ``positive`` (class index), ``n_val``, ``n_val_pos`` and ``note``.
+    """
+    from medres.metrics.operating_points import choose_threshold
+
+    ev, pos = cfg.evaluate, positive_index(cfg.data)
+    y = (np.asarray(y_true) == pos).astype(np.int8)
+    thr, note = None, ""
+    if y.size == 0:
+        note = "no inner-validation predictions: no operating point"
+    elif y.sum() in (0, y.size):
+        note = f"inner validation holds one class only (n_pos={int(y.sum())}): no operating point"
+    else:
+        thr = float(choose_threshold(y, np.asarray(p_positive, np.float64), ev.threshold,
+                                     target=ev.threshold_target))
+    return {"threshold": thr, "method": ev.threshold,
+            "target": float(ev.threshold_target) if ev.threshold in ("sensitivity", "specificity") else None,
+            "positive": pos, "n_val": int(y.size), "n_val_pos": int(y.sum()), "note": note}
+
+
+def ensemble_threshold(calibrations: Any) -> float | None:
+    """The members' operating point: one member's threshold, or for several the mean of theirs (as the
+    report calls the test-set ensemble); None when a member has none."""
+    thr = [((c or {}).get("operating_point") or {}).get("threshold") for c in calibrations]
+    return None if not thr or any(t is None for t in thr) else float(np.mean(thr))
+
+
+def decide(p: np.ndarray, positive: int, threshold: float | None) -> np.ndarray:
+    """The class called for each row of ``p [N, K]``: ``positive`` where ``p[:, positive] >= threshold``,
+    else the most probable other class; the plain argmax without a threshold."""
+    p = np.asarray(p, np.float64)
+    if threshold is None:
+        return np.argmax(p, axis=1).astype(np.int64)
+    others = p.copy()
+    others[:, positive] = -np.inf
+    return np.where(p[:, positive] >= threshold, positive, np.argmax(others, axis=1)).astype(np.int64)
+
+
 def _recalibrate(df: pd.DataFrame, labels: list[str], cal: dict) -> pd.DataFrame:
     from medres.metrics.calibration import apply_calibration
 
@@ -47,7 +100,9 @@ def _recalibrate(df: pd.DataFrame, labels: list[str], cal: dict) -> pd.DataFrame
     out = df.copy()
     for k, c in enumerate(labels):
         out[f"p_{c}"] = p[:, k]
-    out["y_pred"] = np.argmax(p, axis=1).astype(np.int64)
+    op = cal.get("operating_point") or {}
+    out["y_pred"] = decide(p, op.get("positive", len(labels) - 1), op.get("threshold"))
+    out["y_pred_argmax"] = np.argmax(p, axis=1).astype(np.int64)
     return out
 
 
@@ -71,8 +126,7 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
     if not set(cols) <= set(val.columns):
         return None
     val = val[val["y_true"] >= 0]
-    d = cfg.data
-    positive = d.labels.index(d.positive_label) if d.positive_label else len(d.labels) - 1
+    positive = positive_index(cfg.data)
     method = cfg.evaluate.calibration if len(labels) == 2 or cfg.evaluate.calibration != "platt" \
         else "temperature"
     cal = choose_calibration(val[cols].to_numpy(np.float64), val["y_true"].to_numpy(),
@@ -81,6 +135,8 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
     log.info("%s: recalibration (%s) %s", fold_dir.name, method, cal["evidence"]["why"])
     cal.update(fitted_on="inner_val", case_ids_sha256=case_ids_digest(val["case_id"]),
                labels=labels)
+    p_val = _recalibrate(val, labels, cal)[f"p_{labels[positive]}"].to_numpy()
+    cal["operating_point"] = choose_operating_point(val["y_true"].to_numpy(), p_val, cfg)
     ckpt = prediction_checkpoint(fold_dir)
     state = load_checkpoint(ckpt)
     state["calibration"] = cal
@@ -92,6 +148,9 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
             df = pd.read_parquet(path)
             if set(cols) <= set(df.columns):
                 write_table(_recalibrate(df, labels, cal), path)
-    log.info("%s: calibration %s fitted on %d inner-validation cases%s", fold_dir.name, cal["method"],
-             cal["n"], f" (T = {cal['temperature']:.3g})" if "temperature" in cal else "")
+    op = cal["operating_point"]
+    log.info("%s: calibration %s fitted on %d inner-validation cases%s; operating point %s", fold_dir.name,
+             cal["method"], cal["n"], f" (T = {cal['temperature']:.3g})" if "temperature" in cal else "",
+             f"p_{labels[positive]} >= {op['threshold']:.3g} ({op['method']})" if op["threshold"] is not None
+             else op["note"])
     return cal

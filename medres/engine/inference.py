@@ -34,6 +34,7 @@ from medres.engine.sliding import Aggregate, infer_volume_models
 from medres.errors import DataError
 from medres.files import atomic_write
 from medres.layout import case_file_stems
+from medres.safe_text import csv_safe
 
 __all__ = [
     "mask_to_source", "source_probabilities", "save_mask", "predict_cases", "write_fold_predictions",
@@ -238,11 +239,12 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write a predictions table atomically (``.parquet`` or ``.csv`` by suffix)."""
+    """Write a predictions table atomically (``.parquet`` or ``.csv`` by suffix). A CSV is for people: its
+    text cells are made inert for spreadsheets (``medres.safe_text.csv_safe``); parquet keeps exact values."""
     path = Path(path)
     if path.suffix == ".parquet":
         return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
-    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    return atomic_write(path, lambda tmp: csv_safe(df).to_csv(tmp, index=False))
 
 
 def write_fold_predictions(run_dir: str | os.PathLike[str], fold: int, model: nn.Module,

@@ -85,7 +85,9 @@ def test_map_is_saved_and_applied_to_the_fold_tables_and_by_the_predictor(fold_d
         df = pd.read_parquet(d / f"{name}.parquet")
         zz = df[["logit_normal", "logit_nodule"]].to_numpy()
         np.testing.assert_allclose(df[["p_normal", "p_nodule"]], softmax(zz / t, axis=1), atol=1e-12)
-        assert (df["y_pred"] == zz.argmax(1)).all()
+        assert (df["y_pred_argmax"] == zz.argmax(1)).all()
+        thr = cal["operating_point"]["threshold"]
+        assert (df["y_pred"] == (df["p_nodule"] >= thr)).all()
     assert Predictor.from_checkpoint(d / "checkpoint_best.pt", device="cpu").calibration == cal
     # refitting is idempotent: it reads the logits, not the (already calibrated) probabilities
     assert calibrate_fold(d, cfg)["temperature"] == t
@@ -99,3 +101,53 @@ def test_platt_and_no_logits(fold_dir):
     pd.read_parquet(d / "inner_val_predictions.parquet").drop(columns=["logit_normal", "logit_nodule"]) \
         .to_parquet(d / "inner_val_predictions.parquet")
     assert calibrate_fold(d, cfg) is None  # nothing to fit on
+
+
+def test_operating_point_is_the_reports_and_decides_y_pred(fold_dir):
+    """The threshold kept in the map is the one the report chooses on the same inner validation, and the
+    fold table's ``y_pred`` is the report's ``y_pred_op``; ``y_pred_argmax`` stays the most probable class."""
+    from medres.report import binary_task, operating_points
+
+    d, cfg, z, y = fold_dir
+    plant_heldout(d, 1, 1.0)
+    for method in ("youden", "sensitivity"):
+        ev = cfg.evaluate.model_copy(update={"threshold": method, "threshold_target": 0.95})
+        c = cfg.model_copy(update={"evaluate": ev})
+        cal = calibrate_fold(d, c)
+        held = pd.read_parquet(d / "predictions.parquet")
+        val = pd.read_parquet(d / "inner_val_predictions.parquet")
+        report, table = operating_points(held, val, binary_task(c), method=method, target=0.95)
+        op = cal["operating_point"]
+        assert op["threshold"] == table["threshold"].item() and op["method"] == method
+        assert (op["n_val"], op["n_val_pos"]) == (300, int(y.sum()))
+        np.testing.assert_array_equal(held["y_pred"], report["y_pred_op"].astype(int))
+        assert (held["y_pred"] != held["y_pred_argmax"]).any()  # the threshold is not 0.5 here
+        assert json.loads((d / "calibration.json").read_text())["operating_point"] == op
+    # a one-class inner validation: no operating point, y_pred falls back to the argmax
+    val = pd.read_parquet(d / "inner_val_predictions.parquet").assign(y_true=0)
+    val.to_parquet(d / "inner_val_predictions.parquet")
+    cal = calibrate_fold(d, cfg)
+    assert cal["operating_point"]["threshold"] is None and "one class" in cal["operating_point"]["note"]
+    held = pd.read_parquet(d / "predictions.parquet")
+    assert (held["y_pred"] == held["y_pred_argmax"]).all()
+
+
+def test_predictor_calls_at_the_operating_point(fold_dir, tmp_path):
+    """``Predictor`` (and so ``medres.predict``) decides ``y_pred`` at the checkpoint's operating point."""
+    import nibabel as nib
+
+    d, cfg, z, y = fold_dir
+    cal = calibrate_fold(d, cfg)
+    pred = Predictor.from_checkpoint(d / "checkpoint_best.pt", device="cpu")
+    scan = tmp_path / "scan.nii.gz"
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.normal(0, 300, (20, 20, 12)).astype(np.float32), np.eye(4)), scan)
+    row = pred.predict_records([{"case_id": "a", "image": str(scan)}]).iloc[0]
+    p = row["p_nodule"]
+    for thr in (p - 1e-6, p + 1e-6):  # just below and just above this scan's probability
+        cal["operating_point"]["threshold"] = thr
+        again = Predictor.from_checkpoint(d / "checkpoint_best.pt", device="cpu", calibration=cal)
+        got = again.predict_records([{"case_id": "a", "image": str(scan)}]).iloc[0]
+        assert got["y_pred"] == int(p >= thr) and got["y_pred_argmax"] == int(p > row["p_normal"])
+        assert again.predict(str(scan)).label == LABELS[int(p >= thr)]
+        assert f"y_pred: nodule where p_nodule >= {thr:.4g}" in again.decision_rule()
