@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -29,6 +30,8 @@ DEFAULT_KEY_FILE = "~/.config/medres/project.key"
 MIN_KEY_CHARS = 16
 _MIN_DISTINCT = 6  # crude entropy floor: 'aaaa...' or 'abab...' of any length is not a key
 _MAKE_KEY = 'python -c "import secrets; print(secrets.token_hex(32))"'
+
+log = logging.getLogger("medres.data.project_key")
 
 
 def _checked(text: str, source: str) -> bytes:
@@ -83,6 +86,12 @@ def project_key(key_file: str | os.PathLike[str] | None = None) -> bytes:
         return key
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(32) + "\n")
+    log.warning(
+        "created the project key %s (readable by you only). It makes the index's pseudonyms (HMAC-SHA256 "
+        "of patient ids, accession numbers and UIDs) and signs the folders an index's manifest may link "
+        "into. Back it up with the data: without it the pseudonyms can no longer be matched to the "
+        "hospital's ids, and a new key gives every patient new pseudonyms. To use a key of your own, set "
+        "%s or data.index.key_file instead.", path, KEY_ENV)
     key = existing_project_key(key_file)
     assert key is not None
     return key

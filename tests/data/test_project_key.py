@@ -70,3 +70,25 @@ def test_link_roots_verify_only_under_the_key_that_signed_them(tmp_path: Path,
     roots, why = read_link_roots(listing, tmp_path / "no.key")
     assert roots == [] and "no project key" in why and not (tmp_path / "no.key").exists()
     assert read_link_roots(tmp_path / "absent.txt") == ([], "")
+
+
+def test_creating_the_key_file_says_so_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    monkeypatch.delenv("MEDRES_PROJECT_KEY", raising=False)
+    monkeypatch.setattr(logging.getLogger("medres"), "propagate", True)  # a CLI run before may have closed it
+    key_file = tmp_path / "cfg" / "project.key"
+    with caplog.at_level("INFO", logger="medres"):
+        first = project_key(key_file)
+        assert project_key(key_file) == first and existing_project_key(key_file) == first
+    notices = [r.getMessage() for r in caplog.records if "created the project key" in r.getMessage()]
+    assert len(notices) == 1 and caplog.records[0].levelname == "WARNING"
+    assert str(key_file) in notices[0] and "Back it up" in notices[0]
+    assert "MEDRES_PROJECT_KEY" in notices[0] and "data.index.key_file" in notices[0]
+    assert first.decode() not in notices[0]  # the key itself is never printed
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    caplog.clear()
+    monkeypatch.setenv("MEDRES_PROJECT_KEY", GOOD)  # a key from the environment: no file, no notice
+    assert project_key(tmp_path / "other.key") == GOOD.encode()
+    assert not caplog.records and not (tmp_path / "other.key").exists()
