@@ -385,11 +385,11 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     root, out = Path(root).absolute(), Path(out).absolute()
     if not root.is_dir():
         raise DataError("the export folder does not exist or is not a folder", path=root)
+    pseudo = _Pseudonyms(project_key(key_file or rules.key_file))  # a weak key is refused before any write
     check_output(out, inputs={"export folder": root, "labels file": labels}, what="output folder (--out)")
     written = _claim_out(out)
     private = out / "private"
     private.mkdir(parents=True, exist_ok=True)
-    pseudo = _Pseudonyms(project_key(key_file or rules.key_file))
     key_name = labels_key or rules.labels_key
     if key_name not in _LABEL_KEYS:
         raise ConfigError(f"labels key {key_name!r} is not one of {list(_LABEL_KEYS)}")

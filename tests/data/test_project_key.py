@@ -53,6 +53,7 @@ def test_the_index_refuses_a_weak_key(tmp_path: Path, monkeypatch: pytest.Monkey
     assert index_main([str(tmp_path / "export"), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "fewer than the 16 required" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_link_roots_verify_only_under_the_key_that_signed_them(tmp_path: Path,
