@@ -100,3 +100,20 @@ def test_a_full_disk_is_a_data_error_and_leaves_no_temp_file(tmp_path: Path) -> 
     assert err.path == str(out)
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
     assert leftovers == []
+
+
+def test_the_manifest_reader_follows_the_indexs_signed_links_only(tmp_path: Path) -> None:
+    """The index's symlinked series/ folders lead into the export, outside the manifest's folder: the
+    signed private/link_roots.txt it writes lets them through; the same file unsigned does not."""
+    from medres.data.manifest import read_manifest
+    from medres.errors import DataErrors
+
+    root, out = tmp_path / "export", tmp_path / "out"
+    write_series(root / "ct", 5, edit=_patient("IN"))
+    index_dicom(root, out, rules=IndexConfig(min_slices=4))
+    listing = out / "private" / "link_roots.txt"
+    assert listing.read_text().startswith("# medres.data.index link roots; hmac-sha256 ")
+    assert len(read_manifest(out / "manifest.csv")) == 1
+    listing.write_text("".join(line + "\n" for line in listing.read_text().splitlines()[1:]))  # unsigned
+    with pytest.raises(DataErrors, match="outside the data root"):
+        read_manifest(out / "manifest.csv")
