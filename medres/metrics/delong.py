@@ -259,7 +259,9 @@ def auroc_score_interval(y_true: ArrayLike, score: ArrayLike, groups: ArrayLike 
     Obuchowski (1997) clustered variance over the Hanley-McNeil variance at A, floored at 1 (with one
     scan per patient: DeLong's over Hanley-McNeil's). Where the clustered variance is 0 (A = 0 or 1)
     each class counts its patients as if their scans were fully correlated, ``(sum m_k)^2 / sum m_k^2``.
-    Coverage by simulation: ``benchmarks/coverage.py`` and BENCHMARKS.md.
+    When some patient has several scans, z is replaced by Student's t on (patients of the smaller class
+    - 1) degrees of freedom: the variance then comes from that many patients. Coverage by simulation:
+    ``benchmarks/coverage.py`` and BENCHMARKS.md.
     """
     from scipy.optimize import brentq
 
@@ -286,11 +288,12 @@ def auroc_score_interval(y_true: ArrayLike, score: ArrayLike, groups: ArrayLike 
         n_eff = _fully_correlated_size(cluster[y == 0])
         deff = math.sqrt(n_pos * n_neg / (m_eff * n_eff))
 
-    def excess(theta: float) -> float:
-        return (auc - theta) ** 2 - z * z * float(hanley_mcneil_variance(theta, m_eff, n_eff))
+    crit = z
+    if np.bincount(cluster).max() > 1 and min(k_pos, k_neg) > 1:  # a variance from k patients: t, k - 1 df
+        crit = float(student_t.ppf(0.5 + level / 2, min(k_pos, k_neg) - 1))
 
-    if np.bincount(cluster).max() > 1:  # a variance from k patients: Student's t with k - 1 df
-        z = float(student_t.ppf(0.5 + level / 2, min(k_pos, k_neg) - 1)) if min(k_pos, k_neg) > 1 else z
+    def excess(theta: float) -> float:
+        return (auc - theta) ** 2 - crit * crit * float(hanley_mcneil_variance(theta, m_eff, n_eff))
 
     tiny = 1e-12
     low = 0.0 if auc <= 0 else brentq(excess, 0.0, auc - tiny if auc >= 1 else auc, xtol=1e-12)
