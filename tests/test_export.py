@@ -256,3 +256,35 @@ def test_a_safetensors_file_with_a_lying_header_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not a valid safetensors file") as info:
         load_export(folder)
     assert info.value.path == str(folder / "fold0.safetensors")
+
+
+def test_model_card_markdown_escapes_strings_from_the_manifest():
+    """Site, scanner, label and subgroup names reach model_card.md as text: no HTML, link or emphasis."""
+    markdown = pytest.importorskip("markdown")
+    from medres.export import card_markdown
+
+    evil = "<script>alert(1)</script>"
+    link = "[x](javascript:alert(1))"
+    card = {
+        "model": "medres resnet10 fold ensemble (2 models)", "intended_use": f"Research use: {evil} scans.",
+        "cohort": {"scans": 4, "patients": 3, "by_site": {evil: 2, link: 1, "**B**": 1},
+                   "by_scanner": {"<img src=x onerror=alert(1)>": 4},
+                   "labels": {"normal": {"scans": 2, "prevalence": 0.5},
+                              "_nod_": {"scans": 2, "prevalence": 0.5}}},
+        "preprocessing": {"modality": "CT", "orientation": "RAS", "spacing": [1, 1, 1],
+                          "patch_size": [8, 8, 8], "normalize": "window",
+                          "windows": [{"name": "lung", "center": -600, "width": 1500}]},
+        "inference": {}, "architecture": {"name": "resnet10", "parameters_per_model": 10, "models": 2,
+                                          "model_spec": {}},
+        "recipe": {}, "metrics_source": "the report", "metrics": {"subgroups": [
+            {"metric": "auroc", "head": "cls", "class": "_nod_", "subgroup": f"site={evil} | {link}",
+             "fold": "pooled", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 4, "ci_method": "bca"}]},
+        "calibration": {"method": "temperature", "fitted_on": "inner validation", "maps": {}},
+        "export_checks": {}, "limitations": [], "versions": {}, "sha256": {}}
+    text = card_markdown(card)
+    html = markdown.markdown(text, extensions=["tables"])
+    for tag in ("<script", "<img", "<a ", "<strong>B", "<em>nod"):
+        assert tag not in html, tag
+    assert evil in html.replace("&lt;", "<").replace("&gt;", ">")
+    table = [line for line in text.splitlines() if line.startswith("| auroc")]
+    assert len(table) == 1 and table[0].count(" | ") == 4  # the subgroup's '|' does not split the row

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"medres", "errors", "files", "layout", "progress", "_startup"}
+BASE = {"medres", "errors", "files", "layout", "progress", "_startup", "safe_text"}
 # which top-level parts of medres each part may import (besides itself)
 MAY_IMPORT = {
     "medres": {"errors", "_startup"}, "progress": set(), "_startup": set(),
-    "errors": set(), "files": {"errors"}, "layout": {"errors"}, "config": BASE,
+    "errors": set(), "files": {"errors"}, "layout": {"errors"}, "safe_text": set(), "config": BASE,
     "models": BASE | {"config"}, "data": BASE | {"config"}, "metrics": BASE, "cv": BASE | {"config", "data"},
     "report": BASE | {"config", "metrics"},
     "engine": BASE | {"config", "models", "data", "metrics", "cv"},
@@ -24,7 +24,8 @@ MAY_IMPORT = {
 }
 # may import any part but these
 ENTRY_POINTS = {"medres.train", "medres.evaluate", "medres.predict", "medres.export"}
-NO_TORCH = ("config", "metrics", "report", "cv", "errors", "files", "layout", "progress", "_startup")
+NO_TORCH = ("config", "metrics", "report", "cv", "errors", "files", "layout", "progress", "_startup",
+            "safe_text")
 
 
 def modules() -> dict[str, Path]:

@@ -109,6 +109,21 @@ def test_ids_that_differ_only_in_unsafe_characters_get_a_mask_each(checkpoint, s
         assert nib.load(out / row.seg_path).shape == nib.load(row.image).shape
 
 
+def test_predictions_csv_holds_no_spreadsheet_formula(checkpoint, scans, tmp_path):
+    """Manifest text reaches predictions.csv quoted (OWASP); numbers stay numbers."""
+    (scans / "m.csv").write_text('case_id,patient_id,image,site,score\n'
+                                 '"=HYPERLINK(""http://x"",""y"")",p1,a.nii.gz,"+cmd|\' /C calc\'!A0",-1.5\n'
+                                 '@SUM(1),p2,b.nii,-2+3,7\n', encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--input", str(scans / "m.csv"), "--output", str(out),
+                 "--no-masks"]) == 0
+    df = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert df["case_id"].tolist() == ["'=HYPERLINK(\"http://x\",\"y\")", "'@SUM(1)"]
+    assert df["site"].tolist() == ["'+cmd|' /C calc'!A0", "'-2+3"]
+    assert df["score"].tolist() == ["-1.5", "7"]
+    assert pd.read_csv(out / "predictions.csv")["p_nodule"].between(0, 1).all()
+
+
 def test_predictor_on_path_and_on_loaded_tensor_agree(checkpoint, scans):
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     by_path = predictor.predict(scans / "a.nii.gz")

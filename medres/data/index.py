@@ -50,6 +50,7 @@ from typing import Any
 
 from medres.errors import ConfigError, DataError
 from medres.files import atomic_write, check_output, foreign_entries, remove_written
+from medres.safe_text import csv_cell
 
 from .dicom_headers import read_header
 from .index_annotations import attach_annotations
@@ -312,14 +313,17 @@ def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str]
             shutil.copyfile(src, dst)
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]], *, exact: bool = False) -> None:
+    """A CSV for people (text cells made inert for spreadsheets: ``medres.safe_text.csv_cell``), or with
+    ``exact`` one that medres reads back (the manifest: its labels and ids must stay as written)."""
+    cell = (lambda v: v) if exact else csv_cell
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
             w.writeheader()
             for r in rows:
-                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+                w.writerow({k: ("" if r.get(k) is None else cell(r.get(k))) for k in columns})
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -509,7 +513,7 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
         {"case_id": s.case_id, "patient_id": f"p{s.keys['patient'][:12]}",
          "study_id": f"s{s.keys['study'][:12]}", "image": f"series/{s.case_id}", "mask": s.mask,
          **{c: s.label.get(c, "") for c in rules.label_columns},
-         "index_row": s.row, **{k: _fmt(s.info[k]) for k in _MANIFEST_INFO}} for s in kept])
+         "index_row": s.row, **{k: _fmt(s.info[k]) for k in _MANIFEST_INFO}} for s in kept], exact=True)
     _write_csv(private / "series.csv", ["row", "case_id", "files"],
                [{"row": s.row, "case_id": s.case_id, "files": " ".join(str(i.position) for i in s.instances)}
                 for s in series])

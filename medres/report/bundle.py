@@ -62,6 +62,7 @@ from medres.report.seg_classes import class_empty_counts
 from medres.report.seg_records import segmentation_records
 from medres.report.subgroups import subgroup_records
 from medres.report.test_split import test_segmentation_records, test_segmentation_table
+from medres.safe_text import csv_safe
 
 __all__ = ["Bundle", "GalleryItem", "build_bundle", "ECE_BINS"]
 
@@ -319,7 +320,7 @@ def build_bundle(
 
     keys = pseudonymise(preds["patient_id"])
     key_of = dict(zip(preds["patient_id"], keys))
-    export_predictions(preds, list(ev.subgroups), keys, labels, ids_shown).to_csv(
+    csv_safe(export_predictions(preds, list(ev.subgroups), keys, labels, ids_shown)).to_csv(
         output / "predictions.csv", index=False
     )
     if seg_cases is not None:
@@ -328,14 +329,13 @@ def build_bundle(
         )
         sc.insert(0, "case_id" if ids_shown else "case_key", seg_cases["case_id"].map(labels).to_numpy())
         sc.insert(1, "patient_key", seg_cases["patient_id"].map(key_of).to_numpy())
-        sc.to_csv(output / "seg_cases.csv", index=False)
+        csv_safe(sc).to_csv(output / "seg_cases.csv", index=False)
     if not ids_shown:  # the key -> case id map stays out of the shareable files
         private = output / "private"
         private.mkdir(exist_ok=True)
-        pd.DataFrame({"case_key": preds["case_id"].map(labels), "case_id": preds["case_id"]}).to_csv(
-            private / "case_keys.csv", index=False
-        )
-    cohort.to_csv(output / "cohort.csv")
+        keys_table = pd.DataFrame({"case_key": preds["case_id"].map(labels), "case_id": preds["case_id"]})
+        csv_safe(keys_table).to_csv(private / "case_keys.csv", index=False)
+    csv_safe(cohort).to_csv(output / "cohort.csv")
     summary = {
         "run": run.run_dir.name,
         "task": {"positive_class": task.positive, "score_column": task.score_col, "labels": cfg.data.labels},

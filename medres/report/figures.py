@@ -12,7 +12,9 @@ import math
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 __all__ = [
@@ -36,9 +38,17 @@ def _subplots(*args, figsize: tuple[float, float], **kwargs):
 
 
 def to_data_uri(fig: Figure) -> str:
-    """Render a figure to a base64 PNG ``data:`` URI and close it."""
+    """Render a figure to a base64 PNG ``data:`` URI and close it.
+
+    Text from data (subgroup values, case and class names) is never parsed as markup: every text of the
+    figure, and those made while drawing (tick labels), is drawn as written, without mathtext or TeX."""
+    plain = {"text.usetex": False, "text.parse_math": False}
+    for text in fig.findobj(Text):
+        text.set_usetex(False)
+        text.set_parse_math(False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with rc_context(plain):
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -305,3 +305,23 @@ def test_a_reindex_removes_only_the_links_it_wrote(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="did not write"):
         index_dicom(root, out, rules=_rules())
     assert sorted(p.name for p in (out / "series" / short).iterdir()) == ["notes.txt"]
+
+
+def test_index_tables_for_people_hold_no_spreadsheet_formula(tmp_path: Path) -> None:
+    """Header text (a kernel, a series description) reaches index.csv and private/pseudonyms.csv quoted
+    for spreadsheets; manifest.csv, which medres reads back, keeps the exact value."""
+    root = tmp_path / "export"
+
+    def edit(k: int, ds: pydicom.Dataset) -> None:
+        _ids("=1+1")(k, ds)
+        ds.ConvolutionKernel = "@SUM(A1)"
+
+    write_series(root / "s", 6, spacing=2.0, description="=HYPERLINK(\"http://x\")", edit=edit)
+    out = tmp_path / "out"
+    assert main([str(root), "--out", str(out), "--no-progress", "--set", "data.index.min_slices=4"]) == 0
+    kept = [r for r in _rows(out / "index.csv") if r["kind"] == "series"]
+    assert [r["kernel"] for r in kept] == ["'@SUM(A1)"]
+    private = _rows(out / "private" / "pseudonyms.csv")
+    assert [r["SeriesDescription"] for r in private] == ["'=HYPERLINK(\"http://x\")"]
+    assert [r["AccessionNumber"] for r in private] == ["'=1+1"]
+    assert [r["kernel"] for r in _rows(out / "manifest.csv")] == ["@SUM(A1)"]
