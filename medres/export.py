@@ -31,6 +31,7 @@ import argparse
 import io
 import json
 import logging
+import math
 import platform
 import sys
 import warnings
@@ -446,6 +447,7 @@ def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mappi
     """The model card as plain data (``model_card.json``); :func:`card_markdown` renders it."""
     from medres.data.manifest import read_manifest
 
+    manifest = None
     try:
         manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root,
                                  link_roots=config.data.link_roots, key_file=config.data.index.key_file)
@@ -454,6 +456,7 @@ def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mappi
         cohort = {"note": "the training manifest could not be read at export time"}
     d, m = cfg_plain["data"], cfg_plain["model"]
     metrics = _summary_metrics(summary)
+    volume_flags = implausible_volumes(metrics["oof"], _field_of_view_ml(config, manifest))
     return {
         "model": f"medres {m['name']} fold ensemble ({len(members)} models)",
         "intended_use": (
@@ -483,11 +486,50 @@ def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mappi
                         "fitted_on": "each fold's inner-validation predictions only",
                         "maps": {mm["name"]: mm["calibration"] for mm in members}},
         "export_checks": checks,
-        "limitations": _limitations(config, cohort, members),
+        "volume_flags": volume_flags,
+        "limitations": volume_flags + _limitations(config, cohort, members),
         "versions": versions,
         "sha256": hashes,
         "files": {"ensemble_onnx": ensemble_file, **{mm["name"]: mm["files"] for mm in members}},
     }
+
+
+def _field_of_view_ml(config: Any, manifest: Any) -> float | None:
+    """The field of view of the cohort's first readable 3D scan after preprocessing, in mL."""
+    if manifest is None or config.data.spatial_dims != 3:
+        return None
+    from medres.data.datasets import manifest_to_records
+
+    try:
+        found = _check_volume(config, manifest_to_records(manifest, config.data))
+    except (MedresError, OSError, TypeError):
+        return None
+    if found is None:
+        return None
+    image = found[0]  # a MetaTensor: its affine gives the voxel size after resampling
+    return float(math.prod(image.shape[-3:]) * math.prod(float(v) for v in image.pixdim[:3]) / 1000.0)
+
+
+def implausible_volumes(oof: Sequence[Mapping], fov_ml: float | None) -> list[str]:
+    """Warnings for classes whose mean predicted volume per scan cannot be right: above a tenth of the
+    scans' field of view (``fov_ml``), or more than ten times the mean reference volume."""
+    seg = [r for r in oof if r.get("head") == "segmentation" and "(" not in str(r.get("class"))]
+    reference = {r["class"]: r["value"] for r in seg if r["metric"] == "ref_volume_ml"}
+    out = []
+    for r in seg:
+        value, ref = r["value"], reference.get(r["class"])
+        if r["metric"] != "pred_volume_ml" or value is None or not math.isfinite(value):
+            continue
+        why = []
+        if fov_ml and value > 0.1 * fov_ml:
+            why.append(f"{value / fov_ml:.0%} of a scan's field of view ({fov_ml / 1000:.1f} L)")
+        if ref is not None and math.isfinite(ref) and ref > 0 and value > 10 * ref:
+            why.append(f"{value / ref:.0f} times the mean reference volume ({ref:.1f} mL)")
+        if why:
+            out.append(f"Implausible segmentation: the mean predicted {r['class']} volume is {value:.0f} mL "
+                       f"per scan, {' and '.join(why)}; the segmentation head is likely undertrained. "
+                       "Do not use its masks or volumes before checking them.")
+    return out
 
 
 def _limitations(config: Any, cohort: Mapping, members: list[dict]) -> list[str]:
@@ -577,6 +619,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime/TorchScript check")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from medres.logs import route_library_logs
+
+    route_library_logs()  # highdicom's, MLflow's and alembic's INFO lines stay off the terminal
     try:
         out = export_run(args.run, args.out, formats=args.format, folds=args.folds, check=not args.no_check)
     except MedresError as e:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import pickle
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from medres.files import atomic_write
 from medres.layout import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV
 
 __all__ = [
-    "save_checkpoint", "load_checkpoint", "load_model", "load_weights", "to_plain", "rng_state",
+    "save_checkpoint", "load_checkpoint", "load_model", "load_weights", "build_checked_model",
+    "model_from_state", "to_plain", "rng_state",
     "set_rng_state", "unwrap_model", "clean_stale_temporaries",
 ]
 
@@ -268,49 +270,112 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, Any], *,
     saying how many names and shapes differ (never PyTorch's hundred-line ``load_state_dict`` text)."""
     target = unwrap_model(model)
     weights = state["model"]
-    own = target.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    shapes = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in own.items()
-              if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        spec = state.get("model_spec") if isinstance(state.get("model_spec"), Mapping) else {}
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weight(s) the model needs are absent (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} weight(s) the model does not have (e.g. {unexpected[0]})")
-        if shapes:
-            k, have, want = shapes[0]
-            parts.append(f"{len(shapes)} weight(s) differ in shape (e.g. {k}: {list(have)} in the file, "
-                         f"{list(want)} in the model)")
-        name = f" (the file's model is {spec.get('name')!r})" if spec.get("name") else ""
-        raise ConfigError("holds the weights of another model or width" + name + ": " + "; ".join(parts),
-                          path=path, hint="use the checkpoint written for this configuration (model.name, "
-                                          "widths, channels and classes must match), or retrain")
+    own = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+    spec = state.get("model_spec") if isinstance(state.get("model_spec"), Mapping) else {}
+    _check_fit(own, {k: tuple(v.shape) for k, v in weights.items()}, spec, path)
     if not strict_check_only:
         target.load_state_dict(weights)
+
+
+def _check_fit(own: Mapping[str, tuple[int, ...]], stored: Mapping[str, tuple[int, ...]], spec: Mapping,
+               path: str | os.PathLike[str] | None, *, described: str = "") -> None:
+    """ConfigError when the stored weights' names and shapes are not the model's."""
+    missing = [k for k in own if k not in stored]
+    unexpected = [k for k in stored if k not in own]
+    shapes = [(k, stored[k], want) for k, want in own.items() if k in stored and stored[k] != want]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weight(s) the model needs are absent (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weight(s) the model does not have (e.g. {unexpected[0]})")
+    if shapes:
+        k, have, want = shapes[0]
+        parts.append(f"{len(shapes)} weight(s) differ in shape (e.g. {k}: {list(have)} in the file, "
+                     f"{list(want)} in the model)")
+    name = f" (the file's model is {str(spec.get('name'))[:60]!r})" if spec.get("name") else ""
+    raise ConfigError(f"holds the weights of another model or width{name}{described}: " + "; ".join(parts),
+                      path=path, hint="use the file written for this configuration (model.name, widths, "
+                                      "channels and classes must match), or retrain")
+
+
+#: model_spec keyword values a medres model takes: numbers, strings, booleans, None and lists of them
+_SPEC_LEAF = (bool, int, float, str, type(None))
+
+
+def build_checked_model(spec: Any, stored: Mapping[str, Sequence[int]], *,
+                        path: str | os.PathLike[str] | None = None) -> torch.nn.Module:
+    """The model a checkpoint's or an export's ``model_spec`` describes, built only once the spec has
+    been checked against the stored weights' names and shapes (``stored``: name -> shape, read from the
+    file's metadata): the architecture is first built on the ``meta`` device, which allocates nothing,
+    so a small file asking for a huge network is refused before it costs memory. The one way medres
+    rebuilds a model from a file (checkpoint, fold, export). Raises ConfigError naming ``path``."""
+    from medres.models import create_model
+
+    if not (isinstance(spec, Mapping) and isinstance(spec.get("name"), str)
+            and isinstance(spec.get("kwargs"), Mapping) and all(isinstance(k, str) for k in spec["kwargs"])
+            and all(_plain_option(v) for v in spec["kwargs"].values())):
+        raise ConfigError("its model_spec is not {name: text, kwargs: {option: value}}", path=path,
+                          hint="use a file written by medres.train or medres.export")
+    name, kwargs = spec["name"], dict(spec["kwargs"])
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(name, **kwargs)
+        own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        size = sum(v.numel() * v.element_size() for v in skeleton.state_dict().values())
+    except ConfigError as e:
+        raise ConfigError(e.reason, field=e.field, hint=e.hint, path=path) from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, AttributeError, KeyError,
+            RecursionError) as e:
+        raise ConfigError(f"its model_spec cannot build a model ({type(e).__name__})", path=path,
+                          hint="use a file written by medres.train or medres.export") from None
+    stored = {str(k): tuple(int(x) for x in v) for k, v in stored.items()}
+    held = sum(math.prod(v) for v in stored.values())
+    _check_fit(own, stored, spec, path, described=(
+        f"; its model_spec describes {sum(math.prod(v) for v in own.values()):,} values "
+        f"({size / 2**30:.2f} GiB), the file holds {held:,}"))
+    from medres.data.limits import memory_allowance
+
+    room, what = memory_allowance()
+    if room is not None and size > room:
+        raise ConfigError(f"its model needs {size / 2**30:.1f} GiB, more than the process may use "
+                          f"({room / 2**30:.1f} GiB: {what})", path=path,
+                          hint="load it on a machine with more memory")
+    try:
+        return create_model(name, **kwargs)
+    except ConfigError as e:
+        raise ConfigError(e.reason, field=e.field, hint=e.hint, path=path) from None
+
+
+def _plain_option(v: Any) -> bool:
+    if isinstance(v, (list, tuple)):
+        return len(v) <= 64 and all(_plain_option(x) for x in v)
+    return isinstance(v, _SPEC_LEAF)
+
+
+def model_from_state(state: Mapping[str, Any], *, path: str | os.PathLike[str] | None = None
+                     ) -> torch.nn.Module:
+    """The model (eval mode) stored in a loaded checkpoint (:func:`load_checkpoint`): its ``model_spec``
+    checked against its weights before anything is built (:func:`build_checked_model`)."""
+    if "model_spec" not in state:
+        raise ConfigError("not a medres checkpoint (no 'model_spec' entry)", path=path,
+                          hint="use a checkpoint written by medres.train")
+    model = build_checked_model(state["model_spec"], {k: v.shape for k, v in state["model"].items()},
+                                path=path)
+    load_weights(model, state, path=path)
+    return model.eval()
 
 
 def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"):
     """Rebuild the model stored in a checkpoint: ``(model in eval mode, Config)``."""
     from medres.config import Config
-    from medres.models import create_model
 
     state = load_checkpoint(path, map_location=map_location)
-    try:
-        spec = state["model_spec"]
-        config = Config.model_validate(state["config"])
-        model = create_model(spec["name"], **spec["kwargs"])
-    except KeyError as e:
-        raise ConfigError(f"not a medres checkpoint (no {e.args[0]!r} entry)", path=path) from None
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise ConfigError(e.reason, field=e.field, hint=e.hint, path=path) from None
-        raise ConfigError(f"its model_spec cannot build a model ({type(e).__name__})", path=path,
-                          hint="use a checkpoint written by medres.train") from None
-    load_weights(model, state, path=path)
-    return model.eval(), config
+    if "config" not in state:
+        raise ConfigError("not a medres checkpoint (no 'config' entry)", path=path)
+    config = Config.model_validate(state["config"])  # validated by load_checkpoint already
+    return model_from_state(state, path=path), config
 
 
 def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

@@ -129,3 +129,58 @@ def test_stale_temporaries_are_cleaned_at_start(tmp_path):
     removed = clean_stale_temporaries(tmp_path)
     assert len(removed) == 2 and (tmp_path / "notes.tmp").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _huge_spec_checkpoint(tmp_path):
+    """A ~2 KB checkpoint whose model_spec asks for a ~21 GiB network (base_channels 65536)."""
+    cfg, _, state = _real(tmp_path)
+    state["model_spec"]["kwargs"]["base_channels"] = 65536
+    state["model"] = {"backbone.conv1.weight": torch.zeros(1)}
+    torch.save(state, tmp_path / "checkpoint_best.pt")
+    return tmp_path / "checkpoint_best.pt"
+
+
+@pytest.mark.parametrize("route", ["load_model", "load_members", "Predictor.from_checkpoint"])
+def test_a_tiny_checkpoint_asking_for_a_huge_model_is_refused_before_allocating(tmp_path, route):
+    from medres.engine.inference import Predictor
+    from medres.engine.members import load_members
+
+    path = _huge_spec_checkpoint(tmp_path)
+    assert path.stat().st_size < 8192
+    load = {"load_model": load_model, "load_members": lambda p: load_members([p]),
+            "Predictor.from_checkpoint": Predictor.from_checkpoint}[route]
+    before = _peak_rss_bytes()
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert _peak_rss_bytes() - before < 2**30  # the network (21 GiB) was never built
+    text = str(info.value)
+    assert "weights of another model or width" in text and info.value.path == str(path)
+    assert "GiB), the file holds 1" in text  # what the spec describes against what the file holds
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("dual_resnet10", "model_spec is not"),
+    ({"name": "dual_resnet10", "kwargs": {"base_channels": {"a": 1}}}, "model_spec is not"),
+    ({"name": "dual_resnet10", "kwargs": {"base_channels": 10**9}}, r"cannot build a model \(RuntimeError\)"),
+    ({"name": "no_such_net", "kwargs": {}}, "unknown model 'no_such_net'"),
+    ({"name": "dual_resnet10", "kwargs": {"wings": 2}}, "does not accept this option"),
+])
+def test_a_malformed_model_spec_is_a_config_error(tmp_path, spec, words):
+    _, _, state = _real(tmp_path)
+    state["model_spec"] = spec
+    save_checkpoint(state, tmp_path / "checkpoint_best.pt")
+    with pytest.raises(ConfigError, match=words) as info:
+        load_model(tmp_path / "checkpoint_best.pt")
+    assert info.value.path == str(tmp_path / "checkpoint_best.pt")
+
+
+def test_the_checked_rebuild_gives_the_stored_weights(tmp_path):
+    _, model, state = _real(tmp_path)
+    save_checkpoint(state, tmp_path / "checkpoint_best.pt")
+    loaded, _ = load_model(tmp_path / "checkpoint_best.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
