@@ -31,6 +31,7 @@ import gzip
 import json
 import os
 import shutil
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from medres.errors import DataError
+from medres.files import check_output, foreign_entries, remove_written
 
 __all__ = ["generate_demo", "DEMO_VERSION", "SITES", "FULLRES_SITES", "demo_sites"]
 
@@ -340,6 +342,52 @@ def _is_complete(out: Path, n_patients: int, seed: int, grid: str = "coarse",
     return all((out / f).exists() for f in stamp.get("files", []))
 
 
+def written_files(out: Path, stamp_name: str = _STAMP) -> list[str]:
+    """What an earlier demo generation wrote in ``out``: the files its stamp lists and the stamp ([] for
+    a new or empty folder). A folder holding anything else is refused: a demo replaces only what it
+    wrote, never a folder holding someone's files."""
+    if not out.exists() and not out.is_symlink():
+        return []
+    if out.is_symlink() or not out.is_dir():
+        raise DataError("exists and is not a folder the demo wrote", path=out,
+                        hint="choose an empty or new folder for the demo cohort")
+    if not any(out.iterdir()):
+        return []
+    try:
+        files = [str(f) for f in json.loads((out / stamp_name).read_text())["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError("the folder is not empty and holds no demo cohort; medres will not overwrite it",
+                        path=out, hint="choose an empty or new folder for the demo cohort") from None
+    written = [*files, stamp_name]
+    foreign = foreign_entries(out, written)
+    if foreign:
+        raise DataError(f"the folder holds a demo cohort and {len(foreign)} file(s) the demo did not write; "
+                        "medres will not replace it", path=out,
+                        hint="move those files away, or choose an empty or new folder for the demo cohort")
+    return written
+
+
+def partial_folder(out: Path) -> Path:
+    """A new, empty sibling of ``out`` to write into (renamed into place by :func:`replace_folder`)."""
+    check_output(out, inputs={}, what="demo folder (--out)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def replace_folder(out: Path, tmp: Path, stamp_name: str = _STAMP) -> None:
+    """Move the finished ``tmp`` to ``out``, first removing the files an older demo wrote there (only
+    those: anything else found there now is refused, and ``tmp``, ours, is removed)."""
+    try:
+        left = remove_written(out, written_files(out, stamp_name)) if out.exists() else []
+        if left:
+            raise DataError(f"the folder holds {len(left)} file(s) the demo did not write", path=out,
+                            hint="move them away, or choose an empty or new folder for the demo cohort")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _scan_job(job: tuple[_Patient, int, int, tuple[Site, ...]]
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Site]:
     return _scan(*job)
@@ -365,12 +413,8 @@ def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: i
     sites = demo_sites(grid, grid_scale)
     if _is_complete(out, n_patients, seed, grid, grid_scale):
         return out / "manifest.csv"
-    if out.exists() and any(out.iterdir()) and not (out / _STAMP).exists():
-        raise DataError("the folder is not empty and holds no demo cohort; medres will not overwrite it",
-                        path=out, hint="choose an empty or new folder for the demo cohort")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    written_files(out)  # refused now, before generating, when the folder holds what the demo did not write
+    tmp = partial_folder(out)
     (tmp / "images").mkdir(parents=True)
     (tmp / "masks").mkdir()
     rows, files = [], []
@@ -414,11 +458,9 @@ def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: i
         stamp.update(grid=grid, grid_scale=float(grid_scale))
     (tmp / _STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     if _is_complete(out, n_patients, seed, grid, grid_scale):  # a concurrent generation finished first
-        shutil.rmtree(tmp)
-    else:
-        if out.exists():  # an older demo cohort (other seed/size/version): replace it
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        shutil.rmtree(tmp)  # our own temporary folder
+    else:  # an older demo cohort (other seed/size/version), only its own files, is replaced
+        replace_folder(out, tmp)
     return out / "manifest.csv"
 
 

@@ -286,12 +286,10 @@ def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, see
                         hint="use --n-patients 6 or more")
     if _is_complete(out, n_patients, seed):
         return out / "manifest.csv"
-    if out.exists() and any(out.iterdir()) and not (out / _STAMP).exists():
-        raise DataError("the folder is not empty and holds no demo cohort; medres will not overwrite it",
-                        path=out, hint="choose an empty or new folder for the demo cohort")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    from .demo import partial_folder, replace_folder, written_files
+
+    written_files(out, _STAMP)  # refused now, before generating, when it holds what the demo did not write
+    tmp = partial_folder(out)
     (tmp / "images").mkdir(parents=True)
     (tmp / "masks").mkdir()
     rows, files = [], []
@@ -328,9 +326,7 @@ def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, see
              "n_scans": len(rows), "files": files}
     (tmp / _STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     if _is_complete(out, n_patients, seed):
-        shutil.rmtree(tmp)
-    else:
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        shutil.rmtree(tmp)  # our own temporary folder
+    else:  # an older demo cohort, only its own files, is replaced
+        replace_folder(out, tmp, _STAMP)
     return out / "manifest.csv"

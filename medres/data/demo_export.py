@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from medres.errors import DataError
+from medres.files import check_output
 
 __all__ = ["generate_export"]
 
@@ -145,14 +146,18 @@ def generate_export(manifest: str | os.PathLike[str], out: str | os.PathLike[str
 
     out, manifest = Path(out), Path(manifest)
     export = out / "export"
-    if export.exists():
+    if export.exists() or export.is_symlink():
         raise DataError("already holds an export; medres will not overwrite it", path=export,
                         hint="choose a new --out folder or delete the old export")
+    if (out / "labels.csv").exists() or (out / "labels.csv").is_symlink():
+        raise DataError("already holds a labels.csv; medres will not overwrite it", path=out / "labels.csv",
+                        hint="choose a new --out folder")
+    check_output(export, inputs={"demo cohort": manifest.parent}, what="export folder")
     with open(manifest, newline="") as fh:
         rows = list(csv.DictReader(fh))
     labels = []
-    tmp = out / f".export.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export.partial-", dir=out))  # new and ours
     from medres.progress import track
 
     shown = track(rows, desc="demo export: writing studies", unit="studies", progress=progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -147,3 +148,29 @@ def test_fullres_grid_same_cohort_on_a_finer_grid_and_parallel_rendering_is_iden
     assert zooms == pytest.approx([site_b.pixel_mm * 6] * 2 + [site_b.slice_mm * 6], rel=1e-5)
     nodule = fine[fine["label"] == "nodule"].iloc[0]
     assert np.asarray(nib.load(str(one.parent / nodule["mask"])).dataobj).any()
+
+
+def test_a_demo_folder_holding_foreign_files_is_never_replaced(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    generate_demo(out, n_patients=4, seed=0)
+    (out / "images" / "my_scan.nii.gz").write_text("the user's")  # added beside the demo's files
+    before = _tree_bytes(out)
+    for argv in (["--out", str(out), "--n-patients", "5"],
+                 ["--out", str(out), "--seed", "3", "--n-patients", "4"]):
+        with pytest.raises(SystemExit) as stop:
+            main([*argv, "--quiet"])
+        assert stop.value.code == 2 and "did not write" in capsys.readouterr().err
+        assert _tree_bytes(out) == before
+    assert not list(tmp_path.glob(".*partial*"))  # refused before anything was generated
+    # a stamp that lists none of the folder's files (planted or damaged) claims nothing
+    (out / "images" / "my_scan.nii.gz").unlink()
+    (out / "demo_cohort.json").write_text(json.dumps({"version": 0, "files": []}))
+    with pytest.raises(DataError, match="did not write"):
+        generate_demo(out, n_patients=4, seed=0)
+    assert (out / "manifest.csv").is_file()
+    # a leftover temporary-looking folder beside it is not ours to delete
+    stray = tmp_path / f".fresh.partial-{os.getpid()}"
+    (stray / "x").mkdir(parents=True)
+    generate_demo(tmp_path / "fresh", n_patients=4, seed=0)
+    assert (stray / "x").is_dir()
