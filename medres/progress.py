@@ -66,7 +66,7 @@ class _Lines:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = _clock()
-        if now - self.last >= self.every_s:
+        if now - self.last >= self.every_s and self.n != self.total:  # the last one: close() says it
             self.last = now
             say(f"{self.desc}: {self._count()}, {_elapsed(now - self.start)}")
 

@@ -49,7 +49,8 @@ class _StopFlag:
             if self.signum is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now
             self.signum = signum
-            log.warning("received signal %d: saving a checkpoint at the next step, then stopping", signum)
+            log.warning("received signal %d: stopping after the current training step (a validation or "
+                        "prediction under way finishes first), with a checkpoint to --resume from", signum)
 
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, handler)
@@ -97,6 +98,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
     from medres.engine.fold import train_fold
     from medres.engine.precision import resolve_compute_settings
     from medres.engine.run_guard import claim_run, folds_sha256
+    from medres.logs import route_library_logs
 
     should_stop = should_stop or (lambda: None)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
@@ -145,6 +147,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         folds_hash = folds_sha256(fold_table)
         if is_main:
             claim = claim_run(run_dir, cfg, fold_table, wanted, resume=resume, force=force)
+            route_library_logs(run_dir / "train.log", medres_too=True)  # library chatter: not the terminal
             log.info("run folder: %s (%d scans, %d folds%s)", run_dir.resolve(), len(df), cfg.cv.folds,
                      f", {len(test)} test scans held out" if len(test) else "")
         barrier()
@@ -156,7 +159,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         for k in wanted:
             fold_dir = run_dir / f"fold_{k}"
             data = fold_data(cfg, df, fold_table, k, test)
-            log.info("fold %d/%d: %d training, %d inner-validation, %d held-out scans", k + 1, cfg.cv.folds,
+            log.info("fold_%d of %d: %d training, %d inner-validation, %d held-out scans", k, cfg.cv.folds,
                      len(data.train), len(data.inner_val), len(data.heldout))
             result.states[k] = train_fold(cfg, data, fold_dir, compute=compute, dist_info=dist_info,
                                           resume=resume, force=force, progress=progress,
@@ -192,6 +195,8 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         for held in (end_lock, claim):
             if held is not None:
                 held.release()
+        if claim is not None:
+            route_library_logs()  # closes train.log
         cleanup_distributed()
 
 
@@ -232,7 +237,7 @@ def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, de
     from medres.engine.calibrate import calibrate_fold  # issue 10: fitted on inner validation only
 
     calibrate_fold(fold_dir, cfg)
-    log.info("fold %d predictions: %s", data.fold, (fold_dir / "predictions.parquet").resolve())
+    log.info("fold_%d predictions: %s", data.fold, (fold_dir / "predictions.parquet").resolve())
 
 
 def _setup_logging(*, quiet: bool, is_main: bool) -> None:

@@ -288,3 +288,19 @@ def test_model_card_markdown_escapes_strings_from_the_manifest():
     assert evil in html.replace("&lt;", "<").replace("&gt;", ">")
     table = [line for line in text.splitlines() if line.startswith("| auroc")]
     assert len(table) == 1 and table[0].count(" | ") == 4  # the subgroup's '|' does not split the row
+
+
+def test_model_card_flags_an_implausible_predicted_volume():
+    from medres.export import implausible_volumes
+
+    def rec(metric, value, cls="nodule"):
+        return {"head": "segmentation", "class": cls, "metric": metric, "value": value}
+
+    fov = 240.0**3 / 1000  # the demo's 240 mm cube: 13.8 L
+    wild = [rec("ref_volume_ml", 12.0), rec("pred_volume_ml", 4700.0),
+            rec("pred_volume_ml", 9e3, "nodule (reference present)")]
+    flags = implausible_volumes(wild, fov)
+    assert len(flags) == 1 and "4700 mL" in flags[0] and "34% of a scan's field of view (13.8 L)" in flags[0]
+    assert "392 times the mean reference volume (12.0 mL)" in flags[0]
+    assert implausible_volumes([rec("ref_volume_ml", 12.0), rec("pred_volume_ml", 30.0)], fov) == []
+    assert implausible_volumes([rec("pred_volume_ml", 2000.0)], None) == []  # no bound known: no claim

@@ -51,10 +51,11 @@ def test_log_lines_count_and_time_a_stage_and_periodic_lines(monkeypatch, no_log
 
     err.seek(0), err.truncate()
     ticks = iter([0.0, 0.0, 20.0, 21.0, 45.0, 46.0])  # start, then one value per update / close
+    # (2/4 after 20 s: a line; 4/4 after 45 s: none, the closing line follows)
     monkeypatch.setattr(P, "_clock", lambda: next(ticks))
     list(P.track(iter(range(4)), desc="epoch 1", total=4, unit="batches", final=False))
     lines = err.getvalue().splitlines()
-    assert [line[9:] for line in lines] == ["epoch 1: 2/4 batches, 20.0 s", "epoch 1: 4/4 batches, 45.0 s",
+    assert [line[9:] for line in lines] == ["epoch 1: 2/4 batches, 20.0 s",
                                             "epoch 1: 4/4 batches done in 46.0 s"]
 
 

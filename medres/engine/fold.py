@@ -165,7 +165,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     if ckpt is not None:
         state, resume_rng = restore_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
                                           scaler=scaler, loss_fn=loss_fn)
-        log.info("fold %d: resuming after step %d (epoch %d%s)", data.fold, state.step, state.epoch + 1,
+        log.info("fold_%d: resuming after step %d (epoch %d%s)", data.fold, state.step, state.epoch + 1,
                  f", batch {state.batch_in_epoch}" if state.batch_in_epoch else "")
         if state.early_stopped or state.epoch >= t.epochs:
             return state
@@ -184,7 +184,8 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     if is_main:
         tracker = MetricsTracker(fold_dir, run_name=f"{cfg.output.name}/fold_{data.fold}",
                                  params=flatten_dict(meta["config"]),
-                                 resume_epoch=state.epoch if ckpt else None)
+                                 resume_epoch=state.epoch if ckpt else None,
+                                 backends=tuple(cfg.output.tracking))
 
     def checkpoint() -> None:
         if is_main:

@@ -139,7 +139,7 @@ def check_fold_start(fold_dir: Path, cfg: Config, *, fold: int, folds_hash: str 
 
     if not ((fold_dir / LAST).exists() or (fold_dir / PREV).exists()):
         if resume and not quiet:
-            log.info("fold %d: nothing to resume in %s; starting it", fold, fold_dir)
+            log.info("fold_%d: nothing to resume in %s; starting it", fold, fold_dir)
         return None
     if not resume:
         if force:
@@ -150,24 +150,24 @@ def check_fold_start(fold_dir: Path, cfg: Config, *, fold: int, folds_hash: str 
     ckpt = load_checkpoint(fold_dir / LAST, mmap=mmap)
     saved = ckpt.get("folds_sha256")
     if folds_hash is not None and saved is not None and saved != folds_hash:
-        raise ConfigError(f"fold {fold}'s checkpoint was trained with another patient-to-fold assignment "
+        raise ConfigError(f"fold_{fold}'s checkpoint was trained with another patient-to-fold assignment "
                           f"than the run's folds.csv (or cv.folds_file) now holds: resuming would score "
                           f"patients it trained on as held out", path=fold_dir / LAST, field="cv",
                           hint="restore the folds.csv the run was trained with, or start a new run "
                                "(another output.name); --force does not override this")
     if folds_hash is not None and saved is None and not quiet:
-        log.warning("fold %d: %s was written by an older medres that did not record its folds; it cannot "
+        log.warning("fold_%d: %s was written by an older medres that did not record its folds; it cannot "
                     "be verified against folds.csv (continuing)", fold, fold_dir / LAST)
     stored_cfg = ckpt.get("config_sha256")
     if stored_cfg is not None and isinstance(ckpt.get("config"), Mapping) \
             and config_sha256(ckpt["config"]) != stored_cfg:
-        raise ConfigError(f"fold {fold}'s checkpoint holds a configuration that does not match the hash "
+        raise ConfigError(f"fold_{fold}'s checkpoint holds a configuration that does not match the hash "
                           "recorded with it (the file was edited)", path=fold_dir / LAST,
                           hint="use the checkpoint as medres.train wrote it, or start a new run")
     if stored_cfg is None or stored_cfg != config_sha256(cfg):
         changes = check_resume_config(ckpt["config"], cfg, force=force)
         if changes and not quiet:
-            log.warning("resuming fold %d with a changed configuration (--force): %s", fold,
+            log.warning("resuming fold_%d with a changed configuration (--force): %s", fold,
                         ", ".join(f for f, _, _ in changes))
     return ckpt
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
 from medres.config import Config
 from medres.report.aggregate import BinaryTask, _record, classification_records
 
-__all__ = ["AGE_BANDS", "add_age_band", "subgroup_records"]
+__all__ = ["AGE_BANDS", "add_age_band", "level_order", "subgroup_records"]
 
 AGE_BANDS = (
     (0, 40, "<40"),
@@ -37,6 +38,18 @@ def add_age_band(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def level_order(level: str) -> tuple[int, float, str]:
+    """Sort key of a subgroup level: levels holding a number by that number (``<40`` before ``40-49``
+    before ``80+``; ``scanner 2`` before ``scanner 10``), then the others as text, ``missing`` last."""
+    if level == "missing":
+        return (2, 0.0, level)
+    number = re.search(r"\d+(?:\.\d+)?", level)
+    if number is None:
+        return (1, 0.0, level)
+    below = level.lstrip().startswith("<")  # "<40" holds the ages under 40
+    return (0, float(number.group()) - (0.5 if below else 0.0), level)
+
+
 def subgroup_records(
     df: pd.DataFrame, task: BinaryTask, config: Config, *, seed: int = 0
 ) -> tuple[list[dict], list[str]]:
@@ -54,7 +67,7 @@ def subgroup_records(
             missing.append(f"subgroup column {col!r} is not in the predictions")
             continue
         levels = df[col].astype(str).replace({"": "missing", "nan": "missing", "None": "missing"})
-        for level in sorted(levels.unique()):
+        for level in sorted(levels.unique(), key=level_order):
             part = df[levels == level]
             y = part["y_true"].to_numpy() == task.index
             n, n_pos = len(part), int(y.sum())
