@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery", type=int, default=4, help="number of worst cases shown (default 4)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from medres.logs import route_library_logs
+
+    route_library_logs()  # highdicom's, MLflow's and alembic's INFO lines stay off the terminal
     from medres.evaluation import evaluate_run
 
     try:

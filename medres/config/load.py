@@ -38,7 +38,7 @@ INPUT_PATH_FIELDS = (
 # Settings that may change when a run is resumed without --force: they do not change what is learned.
 RESUME_IGNORED_FIELDS = (
     "data.num_workers", "data.cache", "data.cache_dir", "train.pin_memory", "train.checkpoint_every_steps",
-    "evaluate.*",
+    "evaluate.*", "output.tracking",
 )
 
 

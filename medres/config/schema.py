@@ -319,6 +319,9 @@ class EvalConfig(_Section):
 class OutputConfig(_Section):
     dir: str = "runs"
     name: str = "run"  # the run folder's name under dir: one path component
+    # per-epoch metrics mirrored to these when installed (metrics.csv is always written); [] turns them off
+    tracking: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard", "mlflow"])
 
     @field_validator("name")
     @classmethod

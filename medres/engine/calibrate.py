@@ -149,7 +149,7 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
             if set(cols) <= set(df.columns):
                 write_table(_recalibrate(df, labels, cal), path)
     op = cal["operating_point"]
-    log.info("%s: calibration %s fitted on %d inner-validation cases%s; operating point %s", fold_dir.name,
+    log.info("%s: calibration %s fitted on %d inner-validation cases%s; operating point: %s", fold_dir.name,
              cal["method"], cal["n"], f" (T = {cal['temperature']:.3g})" if "temperature" in cal else "",
              f"p_{labels[positive]} >= {op['threshold']:.3g} ({op['method']})" if op["threshold"] is not None
              else op["note"])

@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing --out (and fingerprint.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from medres.logs import route_library_logs
+
+    route_library_logs()  # highdicom's, MLflow's and alembic's INFO lines stay off the terminal
     from medres.plan.planner import plan_config
 
     try:
