@@ -18,6 +18,7 @@ an entry and concurrent writers (DDP ranks, parallel folds) are safe: the first 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -28,11 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from medres.files import remove_written
+
 __all__ = ["MmapCache"]
 
 log = logging.getLogger(__name__)
 
 _ARRAYS = ("image", "mask")
+_ENTRY_FILES = (*(f"{k}.npy" for k in _ARRAYS), "meta.pt")  # everything put() writes in an entry
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64, "uint8": torch.uint8,
            "int16": torch.int16, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}
 
@@ -75,7 +79,8 @@ class MmapCache:
             return entry
         except Exception as exc:  # a truncated or foreign entry: the caller recomputes and rewrites it
             log.warning("unreadable cache entry %s (%s); recomputing it", key[:12], type(exc).__name__)
-            shutil.rmtree(d, ignore_errors=True)
+            with contextlib.suppress(OSError):  # only an entry's own files: never a whole folder
+                remove_written(d, _ENTRY_FILES)
             return None
 
     def put(self, key: str, entry: dict[str, Any]) -> None:

@@ -58,3 +58,18 @@ def test_damaged_entry_is_recomputed(records: list[dict], tmp_path: Path) -> Non
     second = build_dataset(records[:1], _cfg(cache="mmap"), train=False, cache_dir=tmp_path / "c")
     assert torch.equal(second[0]["image"], first) and second.stats["misses"] == 1
     assert (tmp_path / "c" / key / "meta.pt").exists()  # rewritten
+
+
+def test_an_unreadable_entry_loses_only_the_files_an_entry_is_made_of(tmp_path: Path) -> None:
+    cache = MmapCache(tmp_path / "cache")
+    key = "ab" * 32
+    entry = tmp_path / "cache" / key
+    entry.mkdir(parents=True)
+    (entry / "meta.pt").write_bytes(b"not a torch file")
+    (entry / "image.npy").write_bytes(b"junk")
+    (entry / "notes.txt").write_text("someone's")
+    assert cache.get(key) is None
+    assert sorted(p.name for p in entry.iterdir()) == ["notes.txt"]
+    (entry / "notes.txt").unlink()
+    (entry / "meta.pt").write_bytes(b"junk")
+    assert cache.get(key) is None and not entry.exists()  # nothing else in it: the folder goes too
