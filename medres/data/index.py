@@ -639,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         from medres.config import load_config
 
         cfg = load_config(args.config, args.set)
+        check_output(args.out, inputs={"config file": cfg.source}, what="output folder (--out)")
         result = index_dicom(args.root, args.out, labels=args.labels, labels_key=args.labels_key,
                              rules=cfg.data.index, mask_labels=dict(cfg.data.mask_labels),
                              progress=not args.no_progress)
