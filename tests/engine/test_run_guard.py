@@ -71,3 +71,52 @@ def test_a_lock_waits_then_names_its_holder(tmp_path):
     with FolderLock(tmp_path / ".lock", what="the thing") as again:
         assert again.held
     assert not again.held
+
+
+def _checkpoint(fold_dir, cfg, **extra):
+    from medres.engine.checkpoint import save_checkpoint
+    from medres.engine.fold import build_model, model_spec
+
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model": build_model(cfg).state_dict(), "config": cfg.model_dump(mode="json"),
+                     "model_spec": model_spec(cfg), **extra}, fold_dir / "checkpoint_last.pt")
+
+
+def test_resume_checks_the_recorded_folds_and_configuration(tmp_path, caplog):
+    import logging
+
+    from medres.engine.run_guard import check_fold_start
+
+    cfg = load_config(SMOKE)
+    trained, edited = folds_sha256(_table([0, 1, 0, 1])), folds_sha256(_table([1, 0, 0, 1]))
+    _checkpoint(tmp_path / "new", cfg, folds_sha256=trained, config_sha256=config_sha256(cfg))
+    assert check_fold_start(tmp_path / "new", cfg, fold=0, folds_hash=trained, resume=True,
+                            force=False)["folds_sha256"] == trained
+    for force in (False, True):  # other folds: never resumed, --force or not
+        with pytest.raises(ConfigError, match="another patient-to-fold assignment"):
+            check_fold_start(tmp_path / "new", cfg, fold=0, folds_hash=edited, resume=True, force=force)
+    changed = load_config(SMOKE, ["optim.lr=0.01"])
+    with pytest.raises(ConfigError, match="optim.lr"):
+        check_fold_start(tmp_path / "new", changed, fold=0, folds_hash=trained, resume=True, force=False)
+    assert check_fold_start(tmp_path / "new", changed, fold=0, folds_hash=trained, resume=True, force=True)
+
+    # the configuration inside the checkpoint edited after it was written: its hash no longer matches
+    lr_edited = cfg.model_dump(mode="json")
+    lr_edited["optim"]["lr"] = 0.01
+    _checkpoint(tmp_path / "edited", cfg, folds_sha256=trained, config_sha256=config_sha256(cfg))
+    import torch
+
+    state = torch.load(tmp_path / "edited" / "checkpoint_last.pt", weights_only=True)
+    torch.save({**state, "config": lr_edited}, tmp_path / "edited" / "checkpoint_last.pt")
+    with pytest.raises(ConfigError, match="does not match the hash recorded with it"):
+        check_fold_start(tmp_path / "edited", changed, fold=0, folds_hash=trained, resume=True, force=True)
+
+    # written before the hashes were recorded: resumed, with a warning that its folds cannot be verified
+    _checkpoint(tmp_path / "old", cfg)
+    engine_log = logging.getLogger("medres.engine")
+    engine_log.addHandler(caplog.handler)  # medres's own logger may not propagate (medres.train sets it up)
+    try:
+        assert check_fold_start(tmp_path / "old", cfg, fold=0, folds_hash=edited, resume=True, force=False)
+    finally:
+        engine_log.removeHandler(caplog.handler)
+    assert "did not record its folds" in caplog.text
