@@ -149,3 +149,21 @@ def test_report_renders_in_chromium(bundle_dir, browser, tmp_path):
     png = out / "report_screenshot.png"
     png.write_bytes(base64.b64decode(shot["data"]))
     assert png.stat().st_size > 50_000
+
+
+def test_every_table_fits_a_1400_px_window(bundle_dir, browser):
+    """No table scrolls sideways (the per-fold table's NPV, F1, MCC and threshold stay on screen)."""
+    browser.send("Page.enable")
+    browser.send(
+        "Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False
+    )
+    browser.send("Page.navigate", url=(bundle_dir / "report.html").resolve().as_uri())
+    browser.wait_for("Page.loadEventFired")
+    widths = json.loads(browser.send(
+        "Runtime.evaluate",
+        returnByValue=True,
+        expression="JSON.stringify(Array.from(document.querySelectorAll('.tablewrap'))"
+                   ".map(w => [w.scrollWidth, w.clientWidth]))",
+    )["result"]["value"])
+    assert len(widths) >= 5
+    assert [w for w in widths if w[0] > w[1]] == []
