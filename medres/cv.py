@@ -8,6 +8,14 @@ by ``patient_id`` and stratified by the *patient's* label: a patient whose scans
 order, so put the abnormal class last in ``data.labels``. Rows with ``split=test`` are held out of every
 fold (``split_test``). Ids are compared as text: ``00123`` and ``123`` are two patients.
 
+Two more designs (``cv.strategy``, `make_cv_folds`): **leave-group-out** (`make_group_folds`): fold k
+holds out every patient of the k-th value (in text order) of a manifest column such as ``site``, so each
+fold is an external validation on an unseen group; a patient under two values is an error. **Temporal**
+(`make_temporal_folds`): expanding windows on a year or ISO-date column the user provides; a patient
+belongs to the period of their *first* scan (their entry into the cohort), so all their scans stay on one
+side of every cutoff; patients before the first cutoff have fold ``-1`` (always training, never held out)
+and fold k trains only on patients of earlier periods (`fold_split` with ``expanding=True``).
+
 ``folds.csv`` (``patient_id,fold``) is the split file: written with every run, editable, and validated
 when read back (``read_folds``). ``audit_folds`` checks a manifest against it before any training.
 """
@@ -31,11 +39,15 @@ if TYPE_CHECKING:
     from medres.config import Config
 
 __all__ = [
-    "split_test", "make_folds", "folds_table", "write_folds", "read_folds", "fold_split", "audit_folds",
-    "inner_validation_split", "FoldData", "fold_data",
+    "split_test", "make_folds", "make_group_folds", "make_temporal_folds", "make_cv_folds", "time_keys",
+    "folds_table", "write_folds", "read_folds", "fold_split", "audit_folds", "inner_validation_split",
+    "FoldData", "fold_data", "TRAIN_ONLY",
 ]
 
 _UNLABELLED = -1
+#: The ``fold`` of a patient who is in every fold's training set and never held out (temporal: before
+#: the first cutoff).
+TRAIN_ONLY = -1
 
 
 def _rows(df: pd.DataFrame, mask: Iterable[bool] | None = None) -> list[int]:
@@ -156,6 +168,145 @@ def make_folds(df: pd.DataFrame, *, n_folds: int = 5, seed: int = 0, label_col: 
     return out
 
 
+def _development(df: pd.DataFrame, group_col: str, split_col: str) -> tuple[pd.DataFrame, list[str]]:
+    """(development rows, sorted test patient ids); DataError when every row is a test row."""
+    dev, test = split_test(df, split_col=split_col)
+    test_ids = sorted(set(_ids(test, group_col))) if len(test) else []
+    if len(dev) == 0:
+        raise DataError("no development rows: every row has split=test", hint="mark some rows split=train")
+    return dev, test_ids
+
+
+def _blank(values: pd.Series) -> np.ndarray:
+    text = values.astype(str).str.strip()
+    return (text.isin(["", "nan", "None", "NaT"]) | values.isna()).to_numpy()
+
+
+def _column(df: pd.DataFrame, col: str, setting: str) -> None:
+    if col not in df.columns:
+        raise DataError(f"the manifest has no {col!r} column, which {setting} names",
+                        hint=f"add the column, or set {setting} to one of {list(df.columns)}")
+
+
+def make_group_folds(df: pd.DataFrame, *, group_col: str = "site", patient_col: str = "patient_id",
+                     split_col: str = "split") -> pd.DataFrame:
+    """Leave-one-group-out folds: fold k holds out every patient whose rows carry the k-th value (in text
+    order) of ``group_col``; there are as many folds as values among the development rows.
+
+    Returns:
+        ``folds.csv``'s table (``patient_id``, ``fold``) sorted by patient, with ``attrs["groups"]`` the
+        group value of each fold and ``attrs["test_patients"]`` as `make_folds` gives it.
+
+    Raises:
+        DataError: no such column; development rows without a value (naming the rows); a patient whose
+        rows carry two values (naming the rows; such a patient would be trained on and held out at
+        once); fewer than 2 groups.
+    """
+    _column(df, group_col, "cv.group_column")
+    dev, test_ids = _development(df, patient_col, split_col)
+    ids = _ids(dev, patient_col)
+    blank = _blank(dev[group_col])
+    if blank.any():
+        raise DataError(f"{int(blank.sum())} development row(s) have no {group_col}: rows "
+                        f"{_rows(dev, blank)[:10]}",
+                        hint=f"leave-group-out needs every development scan's {group_col} (or mark the "
+                             "row split=test)")
+    groups = dev[group_col].astype(str).str.strip()
+    frame = pd.DataFrame({"pid": ids.to_numpy(), "g": groups.to_numpy(), "row": _rows(dev)})
+    spread = frame.groupby("pid", sort=True)["g"].nunique()
+    problems = [DataError(f"rows {sorted(frame.loc[frame['pid'] == pid, 'row'])} are one patient's scans "
+                          f"under {int(spread[pid])} different {group_col} values: that patient would be "
+                          "trained on and held out at once",
+                          hint=f"give each patient one {group_col} (or fix the patient_id)")
+                for pid in spread.index[spread > 1]]
+    if problems:
+        raise problems[0] if len(problems) == 1 else DataErrors(problems)
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise DataError(f"the development rows hold {len(names)} {group_col} value(s): leave-group-out needs "
+                        "at least 2", hint="use cv.strategy patient, or another cv.group_column")
+    fold_of = {g: k for k, g in enumerate(names)}
+    out = (pd.DataFrame({"patient_id": ids.to_numpy(), "fold": groups.map(fold_of).to_numpy(dtype=int)})
+           .drop_duplicates("patient_id").sort_values("patient_id", kind="stable").reset_index(drop=True))
+    out.attrs["groups"] = names
+    out.attrs["test_patients"] = test_ids
+    return out
+
+
+def time_keys(values: pd.Series | Sequence[Any]) -> pd.Series:
+    """Each value as a point in time: a 4-digit year is its 1 January, anything else an ISO 8601 date
+    (``2019-05-03``, ``2019-05``, with or without a time; a time zone is dropped); NaT where neither."""
+    text = pd.Series(values).astype(str).str.strip()
+    year = text.str.fullmatch(r"\d{4}")
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
+    out[year] = pd.to_datetime(text[year] + "-01-01", format="%Y-%m-%d")
+    rest = ~year & ~text.isin(["", "nan", "None", "NaT"])
+    if rest.any():
+        parsed = pd.to_datetime(text[rest], format="ISO8601", errors="coerce", utc=True)
+        out[rest] = parsed.dt.tz_localize(None)
+    return out
+
+
+def make_temporal_folds(df: pd.DataFrame, *, time_col: str, cutoffs: Sequence[int | str],
+                        patient_col: str = "patient_id", split_col: str = "split") -> pd.DataFrame:
+    """Expanding-window temporal folds on ``time_col`` (a year or ISO date per scan, user-provided).
+
+    A patient's time is their first scan's: they belong to one period, so no patient is on both sides of
+    a cutoff (their later scans go with them; ``attrs["straddling_patients"]`` counts such patients).
+    With cutoffs c_0 < ... < c_{K-1}, fold k holds out the patients first scanned in [c_k, c_{k+1}) (the
+    last fold: from c_{K-1} on) and trains on every patient first scanned before c_k (`fold_split` with
+    ``expanding=True``); patients before c_0 have fold ``TRAIN_ONLY`` (-1). The values themselves are
+    never shown: errors name rows.
+
+    Raises:
+        DataError: no such column; rows whose value is neither a year nor an ISO date (naming the rows);
+        no patient before the first cutoff; a period with no patient.
+    """
+    _column(df, time_col, "cv.time_column")
+    dev, test_ids = _development(df, patient_col, split_col)
+    ids = _ids(dev, patient_col)
+    when = time_keys(dev[time_col]).set_axis(dev.index)
+    bad = when.isna().to_numpy()
+    if bad.any():
+        raise DataError(f"{int(bad.sum())} development row(s) have a {time_col} that is neither a year "
+                        f"(2019) nor an ISO date (2019-05-03): rows {_rows(dev, bad)[:10]}",
+                        hint=f"give every development scan its {time_col} (or mark the row split=test)")
+    cut = time_keys([str(c) for c in cutoffs]).to_numpy()
+    if np.isnat(cut).any() or len(cut) == 0 or (np.diff(cut) <= np.timedelta64(0)).any():
+        raise DataError(f"cv.temporal_cutoffs {list(cutoffs)} must be increasing years or ISO dates")
+    per = pd.DataFrame({"pid": ids.to_numpy(), "t": when.to_numpy()}).groupby("pid", sort=True)["t"]
+    first, last = per.min(), per.max()
+    period = np.searchsorted(cut, first.to_numpy(), side="right") - 1
+    straddling = int((np.searchsorted(cut, last.to_numpy(), side="right") - 1 != period).sum())
+    counts = np.bincount(period + 1, minlength=len(cut) + 1)
+    if counts[0] == 0:
+        raise DataError(f"no development patient is first scanned before the first cutoff "
+                        f"({cutoffs[0]}): the first fold would have nothing to train on",
+                        hint="move the first of cv.temporal_cutoffs later")
+    empty = [k for k in range(len(cut)) if counts[k + 1] == 0]
+    if empty:
+        k = empty[0]
+        until = f" and before {cutoffs[k + 1]}" if k + 1 < len(cut) else ""
+        raise DataError(f"no development patient is first scanned from {cutoffs[k]}{until}: fold {k} would "
+                        "hold out nobody", hint="remove that cutoff from cv.temporal_cutoffs")
+    out = pd.DataFrame({"patient_id": first.index.astype(str), "fold": period.astype(int)})
+    out = out.sort_values("patient_id", kind="stable").reset_index(drop=True)
+    out.attrs["straddling_patients"] = straddling
+    out.attrs["test_patients"] = test_ids
+    return out
+
+
+def make_cv_folds(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """The folds ``cfg.cv.strategy`` asks for: `make_folds` (``patient``), `make_group_folds`
+    (``leave_group_out``) or `make_temporal_folds` (``temporal``)."""
+    cv = cfg.cv
+    if cv.strategy == "leave_group_out":
+        return make_group_folds(df, group_col=cv.group_column)
+    if cv.strategy == "temporal":
+        return make_temporal_folds(df, time_col=str(cv.time_column), cutoffs=cv.temporal_cutoffs)
+    return make_folds(df, n_folds=cv.folds, seed=cv.seed, labels=cfg.data.labels)
+
+
 def folds_table(folds: pd.DataFrame | dict[str, int]) -> pd.DataFrame:
     """Normalize a fold assignment (table or ``{patient_id: fold}``) to ``patient_id`` text, ``fold`` int."""
     if isinstance(folds, dict):
@@ -174,7 +325,8 @@ def write_folds(folds: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 
 def read_folds(path: str | os.PathLike[str], *, n_folds: int | None = None) -> pd.DataFrame:
-    """Read and validate an (edited) ``folds.csv``: ids as text, one fold per patient, folds 0..k-1.
+    """Read and validate an (edited) ``folds.csv``: ids as text, one fold per patient, folds 0..k-1
+    (and ``-1``: a patient in every fold's training set, never held out).
 
     Raises:
         DataError: naming the file, the rows and the patient ids concerned.
@@ -193,9 +345,9 @@ def read_folds(path: str | os.PathLike[str], *, n_folds: int | None = None) -> p
     for i in np.flatnonzero(ids.str.strip() == ""):
         problems.append(DataError("empty patient_id", path=path, row=int(i) + 1))
     fold_num = pd.to_numeric(raw["fold"].str.strip(), errors="coerce")
-    for i in np.flatnonzero(fold_num.isna() | (fold_num < 0) | (fold_num % 1 != 0)):
-        problems.append(DataError(f"fold {raw['fold'].iloc[i]!r} is not a whole number >= 0",
-                                  path=path, row=int(i) + 1))
+    for i in np.flatnonzero(fold_num.isna() | (fold_num < TRAIN_ONLY) | (fold_num % 1 != 0)):
+        problems.append(DataError(f"fold {raw['fold'].iloc[i]!r} is not a whole number >= 0 (or -1: "
+                                  "training only, never held out)", path=path, row=int(i) + 1))
     if problems:
         raise DataErrors(problems, path=path)
     table = pd.DataFrame({"patient_id": ids.to_numpy(), "fold": fold_num.astype(int).to_numpy()})
@@ -208,7 +360,7 @@ def read_folds(path: str | os.PathLike[str], *, n_folds: int | None = None) -> p
         else:
             reason = f"patient {pid!r} is listed twice (rows {rows})"
         problems.append(DataError(reason, path=path, hint="give each patient exactly one fold"))
-    present = sorted(set(table["fold"]))
+    present = sorted(set(table["fold"]) - {TRAIN_ONLY})
     k = n_folds if n_folds is not None else (max(present) + 1 if present else 0)
     if present != list(range(k)):
         problems.append(DataError(f"folds must be 0..{k - 1}, each non-empty; found {present}", path=path,
@@ -219,8 +371,12 @@ def read_folds(path: str | os.PathLike[str], *, n_folds: int | None = None) -> p
 
 
 def fold_split(df: pd.DataFrame, folds: pd.DataFrame, fold: int, *, group_col: str = "patient_id",
-               split_col: str = "split") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, held-out rows) of one fold; test rows are in neither."""
+               split_col: str = "split", expanding: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, held-out rows) of one fold; test rows are in neither.
+
+    Training rows are every other fold's; with ``expanding`` (temporal folds) only the earlier folds'
+    and fold ``TRAIN_ONLY``'s, so a model never trains on a later period than the one it is tested on.
+    """
     dev, _ = split_test(df, split_col=split_col)
     of = dict(zip(folds["patient_id"].astype(str), folds["fold"].astype(int)))
     row_fold = _ids(dev, group_col).map(of)
@@ -228,7 +384,8 @@ def fold_split(df: pd.DataFrame, folds: pd.DataFrame, fold: int, *, group_col: s
         raise DataError(f"{int(row_fold.isna().sum())} row(s) have a patient not in folds.csv: rows "
                         f"{_rows(dev, row_fold.isna())[:10]}", hint="re-draw the folds or add the patients")
     held = (row_fold == fold).to_numpy()
-    return dev[~held], dev[held]
+    train = (row_fold < fold).to_numpy() if expanding else ~held
+    return dev[train], dev[held]
 
 
 def _shared(df: pd.DataFrame, key: str, by: pd.Series, what: str, owner: str,
@@ -345,10 +502,12 @@ class FoldData:
 
 def fold_data(cfg: Config, df: pd.DataFrame, folds: pd.DataFrame, k: int, test: pd.DataFrame) -> FoldData:
     """Fold ``k`` of the manifest ``df``: its training patients split again into training and inner
-    validation (``cv.val_fraction``, seed ``cv.seed + k``), its held-out patients, and the test rows."""
+    validation (``cv.val_fraction``, seed ``cv.seed + k``), its held-out patients, and the test rows.
+    The inner validation is drawn from the training patients only: with leave-group-out folds from the
+    training groups, with temporal folds from the earlier periods."""
     from medres.data.datasets import manifest_to_records
 
-    train_df, held_df = fold_split(df, folds, k)
+    train_df, held_df = fold_split(df, folds, k, expanding=cfg.cv.strategy == "temporal")
     tr_ids, val_ids = inner_validation_split(train_df, fraction=cfg.cv.val_fraction, seed=cfg.cv.seed + k,
                                              labels=cfg.data.labels)
     in_val = train_df["patient_id"].astype(str).isin(set(map(str, val_ids))).to_numpy()

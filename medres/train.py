@@ -92,7 +92,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
     import torch
 
     from medres.config import Config, load_config
-    from medres.cv import audit_folds, fold_data, make_folds, read_folds, split_test
+    from medres.cv import audit_folds, fold_data, make_cv_folds, read_folds, split_test
     from medres.data.cohort import load_cohort
     from medres.engine.distributed import barrier, cleanup_distributed, init_distributed
     from medres.engine.fold import train_fold
@@ -129,13 +129,20 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
 
         # -- the folds, by patient
         dev, test = split_test(df)
+        by_patient = cfg.cv.strategy == "patient"  # other designs take the number of folds from the data
         if cfg.cv.folds_file is not None:
-            fold_table = read_folds(cfg.cv.folds_file, n_folds=cfg.cv.folds)
+            fold_table = read_folds(cfg.cv.folds_file, n_folds=cfg.cv.folds if by_patient else None)
         elif resume and (run_dir / "folds.csv").exists():
-            fold_table = read_folds(run_dir / "folds.csv", n_folds=cfg.cv.folds)
+            fold_table = read_folds(run_dir / "folds.csv", n_folds=cfg.cv.folds if by_patient else None)
         else:
-            fold_table = make_folds(df, n_folds=cfg.cv.folds, seed=cfg.cv.seed, labels=cfg.data.labels)
+            fold_table = make_cv_folds(df, cfg)
         audit_folds(df, fold_table)
+        if not by_patient:  # leave_group_out / temporal: a fold per group or cutoff, kept in config.yaml
+            n_folds = int(fold_table["fold"].max()) + 1
+            cfg = cfg.model_copy(update={"cv": cfg.cv.model_copy(update={"folds": n_folds})})
+            if cfg.cv.strategy == "temporal" and fold_table.attrs.get("straddling_patients") and is_main:
+                log.info("%d patient(s) have scans on both sides of a cutoff: each stays with the period of "
+                         "their first scan", fold_table.attrs["straddling_patients"])
         wanted = list(range(cfg.cv.folds)) if folds is None else list(folds)
         bad = [k for k in wanted if not 0 <= k < cfg.cv.folds]
         if bad:
@@ -318,8 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run folder: {result.run_dir.resolve()}")
         if result.predictions:
             print(f"predictions: {result.run_dir.resolve()}/fold_*/predictions.parquet")
-        if result.report is not None:
-            print(f"report: {Path(result.report).resolve()}")
+        if result.report is not None:  # the headline numbers, ending with the report's path
+            from medres.report.headline import headline
+
+            print(headline(Path(result.report).parent, ci_level=result.config.evaluate.ci_level))
     return 0
 
 

@@ -211,3 +211,115 @@ def test_inner_validation_split_too_few_per_class_falls_back_to_grouped_split():
         tr_ids, val_ids = inner_validation_split(df, fraction=0.34, seed=0, labels=LABELS)
     assert val_ids and tr_ids and not set(tr_ids) & set(val_ids)
     assert set(tr_ids) | set(val_ids) == {"p1", "p2", "p3", "p4"}
+
+
+# --- leave-group-out and temporal folds -------------------------------------------------------------------
+
+def sited(n_per_site: int = 6) -> pd.DataFrame:
+    """Three sites of patients (two scans for every third patient), two test patients from a fourth."""
+    rows = []
+    for s, site in enumerate(["north", "south", "east"]):
+        for i in range(n_per_site):
+            pid = f"{site}{i}"
+            for scan in range(2 if i % 3 == 0 else 1):
+                rows.append({"case_id": f"{pid}_{scan}", "patient_id": pid, "site": site,
+                             "label": LABELS[i % 2], "year": str(2017 + (i + s) % 5), "split": "train"})
+    for i in range(2):
+        rows.append({"case_id": f"west{i}_0", "patient_id": f"west{i}", "site": "west",
+                     "label": LABELS[i % 2], "year": "2022", "split": "test"})
+    return pd.DataFrame(rows).astype(str)
+
+
+def test_make_cv_folds_by_patient_is_make_folds_byte_for_byte(tmp_path):
+    from medres.config import Config
+    from medres.cv import make_cv_folds
+
+    df = cohort()
+    cfg = Config()
+    cfg.data.labels = list(LABELS)
+    a = write_folds(make_cv_folds(df, cfg), tmp_path / "a.csv").read_bytes()
+    b = write_folds(make_folds(df, n_folds=5, seed=0, labels=LABELS), tmp_path / "b.csv").read_bytes()
+    assert a == b
+
+
+def test_group_folds_hold_out_one_site_each():
+    from medres.cv import make_group_folds
+
+    df = sited()
+    folds = make_group_folds(df, group_col="site")
+    assert folds.attrs["groups"] == ["east", "north", "south"]  # fold k = the k-th site in text order
+    assert folds.attrs["test_patients"] == ["west0", "west1"]
+    expected = {pid: ["east", "north", "south"].index(site)
+                for pid, site in zip(df.patient_id, df.site) if site != "west"}
+    assert dict(zip(folds.patient_id, folds.fold)) == expected
+    audit_folds(df, folds)
+    for k, site in enumerate(folds.attrs["groups"]):
+        train, held = fold_split(df, folds, k)
+        assert set(held.site) == {site} and site not in set(train.site) and "west" not in set(train.site)
+        assert len(held) == (df.site == site).sum()
+        tr_ids, val_ids = inner_validation_split(train, fraction=0.25, seed=k, labels=LABELS)
+        assert set(val_ids) <= set(train.patient_id) and not set(val_ids) & set(held.patient_id)
+
+
+def test_group_folds_refuse_a_patient_in_two_sites_naming_the_rows():
+    from medres.cv import make_group_folds
+
+    df = sited()
+    moved = df.index[df.patient_id == "north0"][1]  # north0's second scan filed under south
+    df.loc[moved, "site"] = "south"
+    with pytest.raises(DataError) as e:
+        make_group_folds(df, group_col="site")
+    rows = sorted(int(i) + 1 for i in df.index[df.patient_id == "north0"])
+    assert f"rows {rows} are one patient's scans under 2 different site values" in str(e.value)
+    assert "north0" not in str(e.value)  # rows, not the patient id
+    df.loc[moved, "site"] = " "
+    with pytest.raises(DataError, match=rf"1 development row\(s\) have no site: rows \[{moved + 1}\]"):
+        make_group_folds(df, group_col="site")
+    with pytest.raises(DataError, match="no 'scanner' column, which cv.group_column names"):
+        make_group_folds(df, group_col="scanner")
+    with pytest.raises(DataError, match="hold 1 site value"):
+        make_group_folds(sited()[lambda d: d.site.isin(["north", "west"])], group_col="site")
+
+
+def temporal_manifest() -> pd.DataFrame:
+    rows = [("a", "2017"), ("b", "2018-06-30"), ("c", "2019"), ("c", "2020-02-01"),  # c crosses 2020
+            ("d", "2019-12-31"), ("e", "2020"), ("f", "2021-03"), ("g", "2018"), ("g", "2017-01-05")]
+    df = pd.DataFrame([{"case_id": f"{p}{i}", "patient_id": p, "label": LABELS[i % 2], "year": y}
+                       for i, (p, y) in enumerate(rows)])
+    return df.assign(split=["train"] * len(df))
+
+
+def test_temporal_folds_expanding_window_by_first_scan(tmp_path):
+    from medres.cv import TRAIN_ONLY, make_temporal_folds
+
+    df = temporal_manifest()
+    folds = make_temporal_folds(df, time_col="year", cutoffs=[2019, "2020-01-01"])
+    assert dict(zip(folds.patient_id, folds.fold)) == {"a": TRAIN_ONLY, "b": TRAIN_ONLY, "g": TRAIN_ONLY,
+                                                       "c": 0, "d": 0, "e": 1, "f": 1}
+    assert folds.attrs["straddling_patients"] == 1  # c: first scanned 2019, again in 2020; stays in fold 0
+    audit_folds(df, folds)
+    train, held = fold_split(df, folds, 0, expanding=True)
+    assert set(train.patient_id) == {"a", "b", "g"} and set(held.patient_id) == {"c", "d"}
+    train, held = fold_split(df, folds, 1, expanding=True)
+    assert set(train.patient_id) == {"a", "b", "g", "c", "d"} and set(held.patient_id) == {"e", "f"}
+    # folds.csv keeps the training-only patients as fold -1 and reads back the same
+    back = read_folds(write_folds(folds, tmp_path / "folds.csv"))
+    assert dict(zip(back.patient_id, back.fold)) == dict(zip(folds.patient_id, folds.fold))
+    one = make_temporal_folds(df, time_col="year", cutoffs=[2020])  # a single cutoff: one fold
+    assert sorted(one.patient_id[one.fold == 0]) == ["e", "f"]
+
+
+def test_temporal_folds_errors_name_rows_not_dates():
+    from medres.cv import make_temporal_folds
+
+    df = temporal_manifest()
+    df.loc[3, "year"] = "02/01/2020"
+    with pytest.raises(DataError) as e:
+        make_temporal_folds(df, time_col="year", cutoffs=[2019])
+    assert "neither a year (2019) nor an ISO date (2019-05-03): rows [4]" in str(e.value)
+    assert "02/01/2020" not in str(e.value)
+    df = temporal_manifest()
+    with pytest.raises(DataError, match="before the first cutoff"):
+        make_temporal_folds(df, time_col="year", cutoffs=[2016])
+    with pytest.raises(DataError, match="from 2022: fold 1 would hold out nobody"):
+        make_temporal_folds(df, time_col="year", cutoffs=[2019, 2022])

@@ -294,11 +294,69 @@ class TrainConfig(_Section):
     val_every: int = Field(1, ge=1)
 
 
+#: Manifest column names that hold DICOM dates: pseudonymisation shifts or removes them, so they never
+#: order a temporal validation (``cv.time_column``).
+DICOM_DATE_COLUMNS = frozenset(
+    name.lower() for name in (
+        "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "AcquisitionDateTime",
+        "InstanceCreationDate", "PatientBirthDate", "study_date", "series_date", "acquisition_date",
+        "content_date", "birth_date", "patient_birth_date"))
+
+
 class CVConfig(_Section):
-    folds: int = Field(5, ge=2)
+    """How patients are split into folds.
+
+    ``strategy``: ``patient`` (stratified patient folds, ``folds`` of them); ``leave_group_out`` (each
+    fold holds out every patient of one value of the manifest column ``group_column``: as many folds as
+    values, ``folds`` is replaced by that number); ``temporal`` (expanding window on the manifest column
+    ``time_column``, a year or ISO date the user provides: fold k trains on patients first scanned
+    before ``temporal_cutoffs[k]`` and holds out those first scanned from it until the next cutoff;
+    ``folds`` is replaced by the number of cutoffs).
+    """
+
+    folds: int = Field(5, ge=1)  # patient: at least 2; other strategies: set from the data
     seed: int = 0
     val_fraction: float = Field(0.2, gt=0, lt=1)  # validation subset of each training fold, by patient
     folds_file: str | None = None  # an edited folds.csv (patient_id, fold) to use instead of drawing folds
+    strategy: Literal["patient", "leave_group_out", "temporal"] = "patient"
+    group_column: str = "site"  # leave_group_out: the manifest column whose values are held out in turn
+    time_column: str | None = None  # temporal: a year (2019) or ISO date (2019-05-03) column, never DICOM's
+    temporal_cutoffs: list[int | str] = Field(default_factory=list)  # temporal: increasing years or dates
+
+    @field_validator("temporal_cutoffs")
+    @classmethod
+    def _cutoffs(cls, value: list[int | str]) -> list[int | str]:
+        import datetime
+
+        keys = []
+        for c in value:
+            text = str(c).strip()
+            try:
+                keys.append(datetime.date(int(text), 1, 1) if text.isdigit() and len(text) == 4
+                            else datetime.date.fromisoformat(text))
+            except ValueError:
+                raise ValueError(f"temporal cutoff {c!r} is neither a year (2019) nor an ISO date "
+                                 "(2019-07-01)") from None
+        if any(b <= a for a, b in zip(keys, keys[1:])):
+            raise ValueError(f"temporal_cutoffs {list(value)} must increase strictly")
+        return value
+
+    @model_validator(mode="after")
+    def _strategy(self) -> CVConfig:
+        if self.strategy == "patient" and self.folds < 2:
+            raise ValueError(f"cv.folds={self.folds}: patient cross-validation needs at least 2 folds")
+        if self.strategy == "temporal":
+            if not self.time_column or not self.time_column.strip():
+                raise ValueError("cv.strategy temporal needs cv.time_column: a manifest column with each "
+                                 "scan's year or ISO date")
+            if self.time_column.strip().lower() in DICOM_DATE_COLUMNS:
+                raise ValueError(f"cv.time_column {self.time_column!r} looks like a DICOM date, which "
+                                 "pseudonymisation shifts or removes: give a year or date column you provide")
+            if not self.temporal_cutoffs:
+                raise ValueError("cv.strategy temporal needs cv.temporal_cutoffs, e.g. [2019, 2020]")
+        if self.strategy == "leave_group_out" and not self.group_column.strip():
+            raise ValueError("cv.strategy leave_group_out needs cv.group_column (e.g. site)")
+        return self
 
 
 class EvalConfig(_Section):
@@ -314,6 +372,9 @@ class EvalConfig(_Section):
     # --- calibration (issue 10): recalibration map fitted per fold on its inner validation only,
     # saved in the fold's checkpoint and applied to its held-out, test and new cases ---
     calibration: Literal["temperature", "platt", "none"] = "temperature"
+    # external test sites (split=test, a cv.group_column value absent from development): the share of each
+    # site's patients used to refit the intercept (recalibration-in-the-large); 0 turns it off
+    external_recalibration_fraction: float = Field(0.2, ge=0, lt=1)
 
 
 class OutputConfig(_Section):
