@@ -13,8 +13,8 @@ and the fold ensemble read the map from the checkpoint.
 
 The fold's operating point is chosen on the same calibrated inner-validation predictions, exactly as the
 report chooses it (``evaluate.threshold``, ``evaluate.threshold_target``), and kept in the map under
-``operating_point``; ``y_pred`` is the class called at it (:func:`decide`), ``y_pred_argmax`` the most
-probable class.
+``operating_point``; ``y_pred`` is the class called at it
+(:func:`medres.engine.operating_point.decide`), ``y_pred_argmax`` the most probable class.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 from medres.engine.checkpoint import load_checkpoint, save_checkpoint
+from medres.engine.operating_point import choose_operating_point, decide, positive_index
 
-__all__ = ["calibrate_fold", "case_ids_digest", "TABLES", "choose_operating_point", "decide",
-           "ensemble_threshold", "positive_index"]
+__all__ = ["calibrate_fold", "case_ids_digest", "TABLES"]
 
 log = logging.getLogger("medres.engine")
 
@@ -43,53 +43,6 @@ TABLES = ("inner_val_predictions", "predictions", "test_predictions")
 def case_ids_digest(case_ids: Any) -> str:
     """SHA-256 of the sorted case ids (a record of which cases a map was fitted on, without them)."""
     return hashlib.sha256("\n".join(sorted(map(str, case_ids))).encode()).hexdigest()
-
-
-def positive_index(data_cfg: Any) -> int:
-    """The report's positive class: ``data.positive_label``, else the last label."""
-    labels = list(data_cfg.labels)
-    return labels.index(data_cfg.positive_label) if data_cfg.positive_label else len(labels) - 1
-
-
-def choose_operating_point(y_true: np.ndarray, p_positive: np.ndarray, cfg: Any) -> dict:
-    """The fold's threshold on ``p_<positive>``, chosen on inner validation as the report chooses it.
-
-    Returns plain types: ``threshold`` (None when the inner validation holds one class only or no
-    case), ``method``, ``target``, ``positive`` (class index), ``n_val``, ``n_val_pos`` and ``note``.
-    """
-    from medres.metrics.operating_points import choose_threshold
-
-    ev, pos = cfg.evaluate, positive_index(cfg.data)
-    y = (np.asarray(y_true) == pos).astype(np.int8)
-    thr, note = None, ""
-    if y.size == 0:
-        note = "no inner-validation predictions: no operating point"
-    elif y.sum() in (0, y.size):
-        note = f"inner validation holds one class only (n_pos={int(y.sum())}): no operating point"
-    else:
-        thr = float(choose_threshold(y, np.asarray(p_positive, np.float64), ev.threshold,
-                                     target=ev.threshold_target))
-    return {"threshold": thr, "method": ev.threshold,
-            "target": float(ev.threshold_target) if ev.threshold in ("sensitivity", "specificity") else None,
-            "positive": pos, "n_val": int(y.size), "n_val_pos": int(y.sum()), "note": note}
-
-
-def ensemble_threshold(calibrations: Any) -> float | None:
-    """The members' operating point: one member's threshold, or for several the mean of theirs (as the
-    report calls the test-set ensemble); None when a member has none."""
-    thr = [((c or {}).get("operating_point") or {}).get("threshold") for c in calibrations]
-    return None if not thr or any(t is None for t in thr) else float(np.mean(thr))
-
-
-def decide(p: np.ndarray, positive: int, threshold: float | None) -> np.ndarray:
-    """The class called for each row of ``p [N, K]``: ``positive`` where ``p[:, positive] >= threshold``,
-    else the most probable other class; the plain argmax without a threshold."""
-    p = np.asarray(p, np.float64)
-    if threshold is None:
-        return np.argmax(p, axis=1).astype(np.int64)
-    others = p.copy()
-    others[:, positive] = -np.inf
-    return np.where(p[:, positive] >= threshold, positive, np.argmax(others, axis=1)).astype(np.int64)
 
 
 def _recalibrate(df: pd.DataFrame, labels: list[str], cal: dict) -> pd.DataFrame:

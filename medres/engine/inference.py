@@ -169,7 +169,7 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
     ``y_pred_argmax`` the most probable class; without an operating point both are the argmax (-1
     without a classification head). Raises ``DataError`` naming the case when a scan cannot be processed.
     """
-    from medres.engine.calibrate import decide, ensemble_threshold, positive_index
+    from medres.engine.operating_point import decide, ensemble_threshold, positive_index
     from medres.metrics.calibration import apply_calibration
 
     models = list(model) if isinstance(model, (list, tuple)) else [model]
@@ -354,7 +354,7 @@ class Predictor:
 
     def decision_rule(self) -> str:
         """How ``y_pred`` is called: at the operating point chosen on inner validation, or the argmax."""
-        from medres.engine.calibrate import ensemble_threshold, positive_index
+        from medres.engine.operating_point import ensemble_threshold, positive_index
 
         cals = self.calibration if isinstance(self.calibration, (list, tuple)) else [self.calibration]
         thr = ensemble_threshold(cals)
