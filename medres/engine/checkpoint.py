@@ -225,14 +225,15 @@ def _first_problem(exc: Exception) -> str:
 
 def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
                     fallback: bool = True, expect_model: torch.nn.Module | None = None,
-                    mmap: bool = False) -> dict[str, Any]:
+                    mmap: bool = False, warn: bool = True) -> dict[str, Any]:
     """Load and check a checkpoint; a damaged file falls back to its ``_prev`` copy.
 
     Every check of a checkpoint is here: loaded with ``weights_only=True`` (a file holding code or
     objects is refused, with no advice to load it otherwise); it must be a dict with a ``model`` state
     dict and, when it has one, a valid ``config``; with ``expect_model``, its weights must fit that
     model (same names and shapes). ``mmap=True`` maps the tensors instead of reading them (a look at the
-    metadata costs no memory). Raises ``ConfigError`` naming the file and what to do.
+    metadata costs no memory); ``warn=False`` leaves the fallback unlogged (a look before the real
+    load). Raises ``ConfigError`` naming the file and what to do.
     """
     path = Path(path)
     candidates = [path]
@@ -253,7 +254,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
             problems.append(f"{p}: {reason}")
             continue
         _check_structure(state, p)
-        if i > 0:
+        if i > 0 and warn:
             log.warning("%s is damaged or missing (%s); resuming from the previous good checkpoint %s",
                         path, problems[0], p)
         if expect_model is not None:

@@ -147,7 +147,7 @@ def check_fold_start(fold_dir: Path, cfg: Config, *, fold: int, folds_hash: str 
         raise ConfigError(f"{fold_dir} already holds a checkpoint", field="output.name",
                           hint="pass --resume to continue it, --force to start it over, or choose "
                                "another output.name")
-    ckpt = load_checkpoint(fold_dir / LAST, mmap=mmap)
+    ckpt = load_checkpoint(fold_dir / LAST, mmap=mmap, warn=not quiet)
     saved = ckpt.get("folds_sha256")
     if folds_hash is not None and saved is not None and saved != folds_hash:
         raise ConfigError(f"fold_{fold}'s checkpoint was trained with another patient-to-fold assignment "
