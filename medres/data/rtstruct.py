@@ -16,6 +16,7 @@ Contour points are patient coordinates (LPS mm) mapped onto the source grid of
 from __future__ import annotations
 
 import datetime
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,12 +30,18 @@ from medres.errors import DataError
 
 from .source_series import PLANE_ATOL_MM, SourceSeries, series_in_folder
 
-__all__ = ["RTSTRUCT_SOP_CLASS", "write_rtstruct", "trace_slice", "rasterise_contours"]
+__all__ = ["MAX_CONTOUR_POINTS", "MAX_STRUCTURE_CONTOURS", "MAX_STRUCTURE_POINTS", "RTSTRUCT_SOP_CLASS",
+           "write_rtstruct", "trace_slice", "rasterise_contours"]
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 _STUDY_REFERENCE_CLASS = "1.2.840.10008.3.1.2.3.1"  # the retired Detached Study Management class
 _CLOSED = ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")  # PS3.3 C.8.8.6.1; both are combined by XOR here
 _COLOURS = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 200, 0), (255, 0, 255), (0, 200, 200)]
+#: Reading bounds: points in one contour, and contours and points over the ROIs read from one structure
+#: set (a 512 x 512 slice's outline has a few thousand points; a whole-body set a few million in all)
+MAX_CONTOUR_POINTS = 100_000
+MAX_STRUCTURE_CONTOURS = 200_000
+MAX_STRUCTURE_POINTS = 5_000_000
 # identifying what the structure set is about: the patient and study it belongs to (PS3.3 C.7.1.1, C.7.2.1)
 _PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
                   "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
@@ -57,22 +64,101 @@ def rasterise_contours(polygons: Sequence[np.ndarray], shape: tuple[int, int], *
                        spacing: tuple[float, float] = (1.0, 1.0), atol_mm: float = 1e-6) -> np.ndarray:
     """``[X, Y]`` bool: voxel centres inside an odd number of ``polygons`` (``[N, 2]`` x, y in voxels) or
     within ``atol_mm`` of one's outline (``spacing``: mm per voxel along x and y)."""
-    from skimage import draw
-
-    inside = np.zeros(shape, dtype=bool)
     edge = np.zeros(shape, dtype=bool)
     for poly in polygons:
-        rr, cc = draw.polygon(poly[:, 0], poly[:, 1], shape=shape)
-        filled = np.zeros(shape, dtype=bool)
-        filled[rr, cc] = True
-        inside ^= filled
-        edge |= _on_outline(poly, shape, np.asarray(spacing, dtype=np.float64), atol_mm)
-    return inside | edge
+        _on_outline(poly, edge, np.asarray(spacing, dtype=np.float64), atol_mm)
+    return _even_odd_fill(polygons, shape) | edge
 
 
-def _on_outline(poly: np.ndarray, shape: tuple[int, int], spacing: np.ndarray, atol_mm: float) -> np.ndarray:
-    """Voxel centres within ``atol_mm`` of the polygon's edges."""
-    out = np.zeros(shape, dtype=bool)
+def _even_odd_fill(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Voxel centres inside an odd number of ``polygons``: a scanline fill over all their edges at once.
+
+    By hand because ``skimage.draw.polygon`` tests every pixel of the bounding box against every vertex
+    (a 10^5-point contour took minutes); here time follows the edges' row crossings plus the slice. A
+    centre exactly on an edge may go either way: the caller adds the outline itself.
+    """
+    nx, ny = int(shape[0]), int(shape[1])
+    counts = np.zeros(nx * (ny + 1), dtype=np.int64)
+    for poly in polygons:
+        a_all = np.asarray(poly, dtype=np.float64)
+        b_all = np.roll(a_all, -1, axis=0)
+        lo_x, hi_x = np.minimum(a_all[:, 0], b_all[:, 0]), np.maximum(a_all[:, 0], b_all[:, 0])
+        first = np.maximum(np.ceil(lo_x), 0).astype(np.int64)  # rows r with lo_x <= r < hi_x
+        last = np.minimum(np.ceil(hi_x) - 1, nx - 1).astype(np.int64)
+        n = np.maximum(last - first + 1, 0)
+        start = 0
+        while start < len(n):  # edges in groups of about _OUTLINE_CHUNK crossings
+            stop = start + max(1, int(np.searchsorted(np.cumsum(n[start:]), _OUTLINE_CHUNK)))
+            edges = np.repeat(np.arange(start, stop), n[start:stop])
+            if edges.size:
+                offset = np.repeat(np.cumsum(n[start:stop]) - n[start:stop], n[start:stop])
+                r = first[edges] + (np.arange(edges.size) - offset)
+                a, b = a_all[edges], b_all[edges]
+                y = a[:, 1] + (r - a[:, 0]) * (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
+                c = np.clip(np.floor(y) + 1, 0, ny).astype(np.int64)  # centres right of the crossing
+                counts += np.bincount(r * (ny + 1) + c, minlength=counts.size)
+            start = stop
+    parity = np.cumsum(counts.reshape(nx, ny + 1), axis=1) % 2
+    return parity[:, :ny].astype(bool)
+
+
+#: candidate voxel centres examined at once when marking outlines (bounds the temporary arrays)
+_OUTLINE_CHUNK = 1 << 20
+
+
+def _on_outline(poly: np.ndarray, out: np.ndarray, spacing: np.ndarray, atol_mm: float) -> None:
+    """Set ``out`` at the voxel centres within ``atol_mm`` of the polygon's edges.
+
+    Within less than half a voxel of a segment, only the centres on the segment's major axis' whole
+    steps, one either side of it on the other axis, can lie: those are measured exactly, in chunks, so
+    time and memory follow the outline's length, not its bounding box.
+    """
+    reach = atol_mm / spacing  # voxels
+    if np.any(reach >= 0.5):
+        _on_outline_boxes(poly, out, spacing, atol_mm)
+        return
+    a_all = np.asarray(poly, dtype=np.float64)
+    b_all = np.roll(a_all, -1, axis=0)
+    major = (np.abs(b_all - a_all)[:, 1] > np.abs(b_all - a_all)[:, 0]).astype(int)  # 0: x, 1: y
+    idx = np.arange(len(a_all))
+    lo = np.ceil(np.minimum(a_all, b_all)[idx, major] - reach[major]).astype(np.int64)
+    hi = np.floor(np.maximum(a_all, b_all)[idx, major] + reach[major]).astype(np.int64)
+    counts = np.maximum(hi - lo + 1, 0)
+    shape = np.asarray(out.shape)
+    start = 0
+    while start < len(a_all):  # edges in groups of about _OUTLINE_CHUNK candidate steps
+        stop = start + max(1, int(np.searchsorted(np.cumsum(counts[start:]), _OUTLINE_CHUNK)))
+        edges = np.repeat(np.arange(start, stop), counts[start:stop])
+        if edges.size:
+            first = np.repeat(np.cumsum(counts[start:stop]) - counts[start:stop], counts[start:stop])
+            k = lo[edges] + (np.arange(edges.size) - first)
+            a, b, m = a_all[edges], b_all[edges], major[edges]
+            d = b - a
+            dm, do = d[np.arange(edges.size), m], d[np.arange(edges.size), 1 - m]
+            am, ao = a[np.arange(edges.size), m], a[np.arange(edges.size), 1 - m]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                other = np.where(dm != 0, ao + (k - am) * do / np.where(dm != 0, dm, 1), ao)
+            centre = np.rint(other).astype(np.int64)
+            for step in (-1, 0, 1):
+                o = centre + step
+                pts = np.empty((edges.size, 2), dtype=np.float64)
+                pts[np.arange(edges.size), m] = k
+                pts[np.arange(edges.size), 1 - m] = o
+                a_mm, d_mm, p_mm = a * spacing, d * spacing, pts * spacing
+                length2 = np.einsum("ij,ij->i", d_mm, d_mm)
+                t = np.where(length2 > 0, np.einsum("ij,ij->i", p_mm - a_mm, d_mm) / np.where(
+                    length2 > 0, length2, 1), 0.0)
+                t = np.clip(t, 0, 1)
+                dist = np.linalg.norm(p_mm - (a_mm + t[:, None] * d_mm), axis=1)
+                hit = pts[(dist <= atol_mm) & np.all(pts >= 0, axis=1) & np.all(pts < shape, axis=1)]
+                hit = hit.astype(np.int64)
+                out[hit[:, 0], hit[:, 1]] = True
+        start = stop
+
+
+def _on_outline_boxes(poly: np.ndarray, out: np.ndarray, spacing: np.ndarray, atol_mm: float) -> None:
+    """:func:`_on_outline` for a reach of half a voxel or more: every centre in each edge's box."""
+    shape = out.shape
     reach = atol_mm / spacing  # voxels
     for a, b in zip(poly, np.roll(poly, -1, axis=0)):
         lo = np.maximum(np.floor(np.minimum(a, b) - reach), 0).astype(int)
@@ -88,7 +174,6 @@ def _on_outline(poly: np.ndarray, shape: tuple[int, int], spacing: np.ndarray, a
         dist = np.linalg.norm(p_mm - (a_mm + t[:, None] * d), axis=1)
         hit = pts[dist <= atol_mm].astype(int)
         out[hit[:, 0], hit[:, 1]] = True
-    return out
 
 
 def _copy(ds: Dataset, src: Dataset, keywords: Sequence[str]) -> None:
@@ -219,9 +304,36 @@ def _roi_names(ds: Dataset) -> dict[int, str]:
     return out
 
 
-def _contour_points(contour: Dataset, name: str, where: Path) -> np.ndarray:
+def _values_in(contour: Dataset) -> int:
+    """How many numbers a contour's ContourData holds, counted in its raw bytes when still unparsed."""
     try:
-        points = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64)
+        elem = contour.get_item("ContourData")
+    except Exception:
+        return 0
+    if elem is None:
+        return 0
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)):
+        return value.count(b"\\") + 1 if value.strip(b" \x00") else 0
+    return len(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else 1
+
+
+def _contour_points(contour: Dataset, name: str, where: Path) -> np.ndarray:
+    """``[N, 3]`` float64 from ContourData, parsed from its raw bytes (pydicom's DS objects cost ~100
+    bytes per number and stay cached in the dataset)."""
+    try:
+        elem = contour.get_item("ContourData")
+        raw = elem.value if elem is not None else None
+        if isinstance(raw, (bytes, bytearray)):
+            text = raw if raw.strip(b" \x00") else b""  # parsed in place: no copy of a large value
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # numpy warns, then stops, at a value it cannot read
+                points = (np.fromstring(text, dtype=np.float64, sep="\\") if text
+                          else np.zeros(0, dtype=np.float64))
+            if text and points.size != text.count(b"\\") + 1:
+                raise ValueError("unreadable value")
+        else:
+            points = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64)
     except Exception:
         raise DataError(f"ROI {name[:64]!r} has a contour with unreadable ContourData", path=where,
                         hint="re-export the structure set") from None
@@ -229,6 +341,42 @@ def _contour_points(contour: Dataset, name: str, where: Path) -> np.ndarray:
         raise DataError(f"ROI {name[:64]!r} has a contour whose ContourData is not x, y, z triplets",
                         path=where, hint="re-export the structure set")
     return points.reshape(-1, 3)
+
+
+def _nearest(depths: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of the nearest of ``depths`` for each value (O(n log slices), no n x slices array)."""
+    if len(depths) == 1:
+        return np.zeros(len(values), dtype=np.int64)
+    order = np.argsort(depths, kind="stable")
+    ranked = depths[order]
+    right = np.clip(np.searchsorted(ranked, values), 1, len(ranked) - 1)
+    left = right - 1
+    return order[np.where(np.abs(values - ranked[left]) <= np.abs(values - ranked[right]), left, right)]
+
+
+def _check_counts(ds: Dataset, names: dict[int, str], mapping, where: Path) -> None:  # noqa: ANN001
+    """Refuse a structure set beyond the contour and point bounds before any contour is parsed."""
+    contours = points = 0
+    for item in ds.get("ROIContourSequence") or []:
+        try:
+            number = int(item.get("ReferencedROINumber", -1))
+        except Exception:
+            number = -1
+        name = names.get(number, f"ROI {number}")
+        if mapping(name) in (None, ""):
+            continue
+        for contour in item.get("ContourSequence") or []:
+            n = _values_in(contour) // 3
+            if n > MAX_CONTOUR_POINTS:
+                raise DataError(f"ROI {name[:64]!r} has a contour of {n} points, more than the "
+                                f"{MAX_CONTOUR_POINTS} medres reads in one contour; refused before reading "
+                                "it", path=where, hint="re-export the structure set with simplified contours")
+            contours += 1
+            points += n
+            if contours > MAX_STRUCTURE_CONTOURS or points > MAX_STRUCTURE_POINTS:
+                raise DataError(f"the ROIs to read hold more than {MAX_STRUCTURE_CONTOURS} contours or "
+                                f"{MAX_STRUCTURE_POINTS} points; refused before reading them", path=where,
+                                hint="map only the ROIs you need (the name map), or simplify the contours")
 
 
 def rtstruct_layers(ds: Dataset, grid: SourceSeries, where: Path, mapping, warnings: list[str]
@@ -248,6 +396,7 @@ def rtstruct_layers(ds: Dataset, grid: SourceSeries, where: Path, mapping, warni
     uid_to_z = {uid: z for z, uid in enumerate(grid.sop_uids)}
     unmapped: list[str] = []
     layers = []
+    _check_counts(ds, names, mapping, where)
     for item in ds.get("ROIContourSequence") or []:
         number = int(item.get("ReferencedROINumber", -1))
         name = names.get(number, f"ROI {number}")
@@ -266,14 +415,13 @@ def rtstruct_layers(ds: Dataset, grid: SourceSeries, where: Path, mapping, warni
                 continue
             points = _contour_points(contour, name, where)
             depth = points @ normal
-            z = np.abs(depth[:, None] - depths[None, :]).argmin(axis=1)
-            off = np.abs(depth - depths[z])
-            if off.max() > PLANE_ATOL_MM or len(set(z.tolist())) > 1:
+            z0 = int(_nearest(depths, depth[:1])[0])  # all points must lie on this slice's plane
+            if np.abs(depth - depths[z0]).max() > PLANE_ATOL_MM:
+                off = np.abs(depth - depths[_nearest(depths, depth)])
                 raise DataError(f"ROI {name[:64]!r} has a contour off the image's slice planes (up to "
                                 f"{off.max():.3f} mm from the nearest slice; tolerance {PLANE_ATOL_MM} mm)",
                                 path=where, hint="the structure set was drawn on another series or "
                                                  "reconstruction: pass that series, or re-contour")
-            z0 = int(z[0])
             refs = [str(r.ReferencedSOPInstanceUID) for r in contour.get("ContourImageSequence") or []]
             if refs and refs[0] in uid_to_z and uid_to_z[refs[0]] != z0:
                 raise DataError(f"ROI {name[:64]!r} has a contour lying on slice {z0 + 1} of the series that "
