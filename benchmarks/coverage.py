@@ -1,0 +1,144 @@
+"""Coverage of the intervals the report prints, by simulation of clustered data.
+
+Patients have 1-3 scans (uniform) whose outcomes are correlated within the patient (intra-class
+correlation ``icc``). Each draw runs exactly the functions the report's records use
+(`medres.report.aggregate.classification_records` calls them):
+
+- proportions (sensitivity; specificity, PPV, NPV and prevalence use the same function):
+  `medres.metrics.proportions.clustered_proportion_interval` on the positive scans of ``positives``
+  patients; patient p_i ~ Beta with mean ``true`` and ICC ``icc``, each scan Bernoulli(p_i).
+- AUROC: `medres.metrics.delong.auroc_score_interval` on ``positives`` positive and twice as many
+  negative patients; scan score = mu * y + sqrt(icc) * u_patient + sqrt(1 - icc) * e_scan (standard
+  normals), so the scan-level AUROC is Phi(mu / sqrt(2)).
+
+A cell's coverage is the share of draws whose interval holds the true value; with D draws its
+Monte-Carlo SE is about sqrt(0.95 * 0.05 / D) (0.5 points at D = 2000).
+
+    python benchmarks/coverage.py --draws 2000             # the tables in BENCHMARKS.md (11 min shared)
+    python benchmarks/coverage.py --draws 500 --baseline   # the percentile bootstrap used before
+    python benchmarks/coverage.py --draws 200 --quick      # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+import zlib
+
+import numpy as np
+from scipy.stats import norm
+
+from medres.metrics.delong import auroc_score_interval
+from medres.metrics.proportions import clustered_proportion_interval
+
+PROPORTION_TRUE = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+PROPORTION_POSITIVES = (5, 10, 20, 50)
+AUROC_TRUE = (0.8, 0.9, 0.95, 0.99)
+AUROC_POSITIVES = (5, 10, 20, 40)
+ICCS = (0.0, 0.3, 0.7)
+
+
+def scans_per_patient(rng: np.random.Generator, patients: int) -> np.ndarray:
+    """Patient index per scan, 1-3 scans each."""
+    return np.repeat(np.arange(patients), rng.integers(1, 4, patients))
+
+
+def proportion_draw(rng: np.random.Generator, true: float, patients: int, icc: float):
+    g = scans_per_patient(rng, patients)
+    if icc > 0:
+        a, b = true * (1 - icc) / icc, (1 - true) * (1 - icc) / icc
+        p = rng.beta(a, b, patients)
+    else:
+        p = np.full(patients, true)
+    return (rng.uniform(size=g.size) < p[g]).astype(np.int8), g
+
+
+def auroc_draw(rng: np.random.Generator, true: float, positives: int, icc: float):
+    g = scans_per_patient(rng, 3 * positives)
+    y = (g < positives).astype(np.int8)
+    mu = np.sqrt(2) * norm.ppf(true)
+    u = rng.standard_normal(3 * positives)
+    s = mu * y + np.sqrt(icc) * u[g] + np.sqrt(1 - icc) * rng.standard_normal(g.size)
+    return y, s, g
+
+
+def proportion_cell(true: float, patients: int, icc: float, draws: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    hits, width = 0, 0.0
+    for _ in range(draws):
+        success, g = proportion_draw(rng, true, patients, icc)
+        r = clustered_proportion_interval(success, g)
+        hits += r.ci_low <= true <= r.ci_high
+        width += r.ci_high - r.ci_low
+    return hits / draws, width / draws
+
+
+def auroc_cell(true: float, positives: int, icc: float, draws: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    hits, width = 0, 0.0
+    for _ in range(draws):
+        y, s, g = auroc_draw(rng, true, positives, icc)
+        r = auroc_score_interval(y, s, g)
+        hits += r.ci_low <= true <= r.ci_high
+        width += r.ci_high - r.ci_low
+    return hits / draws, width / draws
+
+
+def bootstrap_cell(metric: str, true: float, k: int, icc: float, draws: int,
+                   seed: int) -> tuple[float, float]:
+    """The interval the report printed before: the percentile patient bootstrap (500 resamples)."""
+    from medres.metrics import patient_bootstrap_ci
+
+    rng = np.random.default_rng(seed)
+    hits, width = 0, 0.0
+    for i in range(draws):
+        if metric == "auroc":
+            y, s, g = auroc_draw(rng, true, k, icc)
+        else:
+            success, g = proportion_draw(rng, true, k, icc)
+            y, s = np.ones_like(success), success.astype(float)
+        r = patient_bootstrap_ci(metric, y, s, g, n_resamples=500, seed=i,
+                                 **({} if metric == "auroc" else {"threshold": 0.5}))
+        hits += r.ci_low <= true <= r.ci_high
+        width += r.ci_high - r.ci_low
+    return hits / draws, width / draws
+
+
+def table(name: str, cell, trues, positives, iccs, draws: int) -> float:
+    print(f"\n{name}: coverage of the 95% interval (mean width), {draws} draws per cell")
+    print("| ICC | positive patients | " + " | ".join(f"true {t}" for t in trues) + " |")
+    print("|---|---|" + "---|" * len(trues))
+    worst = 1.0
+    for icc in iccs:
+        for k in positives:
+            cells = [cell(t, k, icc, draws, seed=zlib.crc32(repr((name, icc, k, t)).encode()))
+                     for t in trues]
+            worst = min(worst, *(c for c, _ in cells))
+            print(f"| {icc} | {k} | " + " | ".join(f"{c:.3f} ({w:.2f})" for c, w in cells) + " |", flush=True)
+    print(f"lowest coverage: {worst:.3f}")
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--draws", type=int, default=1000, help="draws per cell")
+    ap.add_argument("--quick", action="store_true", help="one ICC (0.3) only")
+    ap.add_argument("--baseline", action="store_true",
+                    help="only the percentile patient bootstrap the report used before, in a few cells")
+    args = ap.parse_args()
+    if args.baseline:
+        for metric, trues, ks in (("sensitivity", (0.9, 0.99), (5, 20)), ("auroc", (0.9, 0.99), (5, 20))):
+            table(f"{metric}, percentile patient bootstrap", functools.partial(bootstrap_cell, metric),
+                  trues, ks, (0.3,), args.draws)
+        return
+    iccs = (0.3,) if args.quick else ICCS
+    start = time.perf_counter()
+    table("sensitivity (clustered_proportion_interval)", proportion_cell, PROPORTION_TRUE,
+          PROPORTION_POSITIVES, iccs, args.draws)
+    table("AUROC (auroc_score_interval)", auroc_cell, AUROC_TRUE, AUROC_POSITIVES, iccs, args.draws)
+    print(f"\n{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
