@@ -133,11 +133,11 @@ def test_cli_run_with_fold_subset(run_dir, scan, tmp_path):
 
 
 def test_bad_ensembles_are_one_message(run_dir, tmp_path, capsys):
-    assert main(["--run", str(run_dir), "--folds", "7", "--input", str(tmp_path), "--output",
+    assert main(["--run", str(run_dir), "--folds", "7", "--input", str(tmp_path / "in"), "--output",
                  str(tmp_path / "o")]) == 2
     assert "no checkpoint for fold(s) [7]" in capsys.readouterr().err
     assert main(["--checkpoint", str(run_dir / "fold_0" / "checkpoint_best.pt"), "--folds", "0",
-                 "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+                 "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")]) == 2
     assert "--folds needs --run" in capsys.readouterr().err
     mixed = tmp_path / "mixed"
     write_fold(mixed, 0, tiny_config())
