@@ -68,9 +68,11 @@ def timed(args: list[str], repeats: int) -> tuple[float, float, str]:
 REAL_PATH = {
     "medres.predict": ["medres.predict", "medres.data.datasets", "medres.data.manifest",
                        "medres.data.dicom_seg", "medres.engine.inference", "medres.engine.members"],
-    "medres.evaluate": ["medres.evaluate", "medres.evaluation"],
-    "medres.train": ["medres.train", "medres.data.cohort", "medres.cv", "medres.engine.fold",
-                     "medres.engine.inference", "medres.evaluation"],
+    "medres.evaluate": ["medres.evaluate", "medres.evaluation", "medres.evaluation.cases",
+                        "medres.evaluation.gallery", "medres.report"],
+    "medres.train": ["medres.train", "medres.data.cohort", "medres.data.demo", "medres.cv",
+                     "medres.engine.fold", "medres.engine.loop", "medres.engine.tracking",
+                     "medres.engine.inference", "medres.evaluation", "medres.evaluation.cases"],
 }
 
 
@@ -132,7 +134,7 @@ def main() -> int:
     args = p.parse_args()
     repeats = 1 if args.quick else args.repeats
     print(f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; load average "
-          f"{os.getloadavg()[0]:.1f}; median of {repeats} run(s)")
+          f"{os.getloadavg()[0]:.1f}; median of {repeats} run(s) (importtime: one run each)")
     if args.importtime_only:
         print_importtimes()
         return 0
