@@ -44,6 +44,7 @@ from medres.report.aggregate import (
 from medres.report.calibration import calibration_section
 from medres.report.cohort import cohort_table, split_audit
 from medres.report.compare import comparison as compare_runs
+from medres.report.external import external_group_table, external_records, external_test_table
 from medres.report.guidelines import guideline_table
 from medres.report.html import (
     delong_note,
@@ -182,6 +183,8 @@ def build_bundle(
     has_test = run.test is not None and len(run.test) > 0
     if has_test:
         records += holdout_test_records(run.test, thresholds, task, cfg, seed=seed)
+    ext_recs = external_records(preds, run.inner_val, run.test, task, cfg, seed=seed)  # held-out sites
+    records += ext_recs
     test_seg_recs = test_segmentation_records(test_seg_cases, cfg, seed=seed)  # issue 10: folds + ensemble
     records += test_seg_recs
     comparison = None
@@ -293,6 +296,11 @@ def build_bundle(
         "fold_table": table_html(fold_table(rec_df, thresholds)),
         "holdout_test_table": table_html(holdout_test_table(rec_df, thresholds)) if has_test else "",
         "test_seg_table": table_html(test_segmentation_table(rec_df)) if test_seg_recs else "",
+        "external": {"design": cfg.cv.strategy,
+                     "groups": table_html(external_group_table(rec_df))
+                     if (rec_df.get("scope", pd.Series(dtype=str)) == "external_group").any() else "",
+                     "test": table_html(external_test_table(rec_df))
+                     if (rec_df.get("scope", pd.Series(dtype=str)) == "external_test").any() else ""},
         "threshold_method": ev.threshold
         + (f" (target {ev.threshold_target})" if ev.threshold in ("sensitivity", "specificity") else ""),
         "delong_note": delong_note(rec_df),

@@ -55,6 +55,8 @@ def write_synthetic_run(
     dicom_image: Path | None = None,
     case_ids_with_patient_id: bool = False,
     n_test_patients: int = 0,
+    leave_site_out: bool = False,
+    test_site: str | None = None,
 ) -> Path:
     """Write a manifest, its NIfTIs and a run folder under ``root``; return the run folder.
 
@@ -62,7 +64,9 @@ def write_synthetic_run(
     the first case's image is that DICOM file (copied), to check DICOM fields never leak. With
     ``case_ids_with_patient_id`` case ids embed the patient id (``SECRETPAT0001_S0``), as the demo's do.
     ``n_test_patients`` more patients form a ``split=test`` set that every fold's model predicts
-    (``fold_k/test_predictions.parquet``).
+    (``fold_k/test_predictions.parquet``). ``leave_site_out``: ``cv.strategy: leave_group_out`` on
+    ``site``, fold k holding out the k-th site in text order (``n_folds`` is then the number of sites).
+    ``test_site``: the test patients' site (e.g. one absent from development).
     """
     rng = np.random.default_rng(seed)
     data = root / "data"
@@ -82,7 +86,7 @@ def write_synthetic_run(
                     "patient_id": patient_id(i),
                     "label": LABELS[y],
                     "y": y,
-                    "site": SITES[(i // 3) % 3],
+                    "site": test_site if test_site and i >= n_patients else SITES[(i // 3) % 3],
                     "scanner": SCANNERS[(i // 5) % 2],
                     "sex": "F" if i % 2 else "M",
                     "age": str(35 + (i * 7) % 50),
@@ -115,6 +119,9 @@ def write_synthetic_run(
     cfg = Config()
     cfg.data.manifest = str(data / "manifest.csv")
     cfg.data.labels = list(LABELS)
+    if leave_site_out:
+        n_folds = len(SITES)
+        cfg.cv.strategy, cfg.cv.group_column = "leave_group_out", "site"
     cfg.cv.folds = n_folds
     cfg.model.seg_head = with_seg
     cfg.evaluate.bootstrap_resamples = bootstrap_resamples
@@ -134,6 +141,9 @@ def write_synthetic_run(
     for cls in (0, 1):
         for j, p in enumerate(patients[positive == cls]):
             fold_of[p] = j % n_folds
+    if leave_site_out:
+        site_of = dict(zip(manifest.patient_id, manifest.site))
+        fold_of = {p: sorted(SITES).index(site_of[p]) for p in patients}
     pd.DataFrame({"patient_id": patients, "fold": [fold_of[p] for p in patients]}).to_csv(
         run / "folds.csv", index=False
     )
