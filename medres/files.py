@@ -96,7 +96,7 @@ def check_output(out: str | os.PathLike[str], *, inputs: Mapping[str, str | os.P
       would hold it);
     - the output may not **lie inside** the input, except for the inputs named in ``may_lie_inside``.
       Which inputs those are is each command's rule: a folder medres reads as a whole (an export root,
-      a folder of scans or a DICOM series folder, a run, model or checkpoint folder being read) never
+      a folder of scans or a DICOM series folder, a run or export folder being read) never
       takes an output inside it (the next read would see the output as input), and a file cannot hold
       one; a folder that paths are merely resolved against (the data root, the manifest's folder: a
       project folder often holds the manifest beside ``runs/`` and ``predictions/``) may, and so may
