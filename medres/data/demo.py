@@ -314,6 +314,10 @@ def _write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, site: 
         ds.ReferringPhysicianName = "DEMO^REFERRER"
         ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = str(study + 1), 1, k + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        # what the CT IOD asks and dciodvfy checks (PS3.3 C.7.3.1, C.7.4.1, C.8.2.1): a chest is unpaired, so
+        # no Laterality; the Type 2 position reference may be empty
+        ds.BodyPartExamined, ds.PatientPosition, ds.PositionReferenceIndicator = "CHEST", "HFS", ""
+        ds.AcquisitionNumber = 1
         ds.ImagePositionPatient = [float(v) for v in lps_origin + np.array([0.0, 0.0, k * sz])]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.SliceLocation = float(lps_origin[2] + k * sz)

@@ -70,6 +70,10 @@ def _write_plane_series(folder: Path, planes: list[np.ndarray], origins: list[np
         ds.SeriesInstanceUID, ds.SeriesNumber = series["uid"], series["number"]
         ds.SeriesDescription, ds.InstanceNumber = series["description"], k + 1
         ds.ImageType = image_type
+        # what the CT IOD asks and dciodvfy checks (PS3.3 C.7.3.1, C.7.4.1, C.8.2.1): a chest is unpaired, so
+        # no Laterality; the Type 2 position reference may be empty
+        ds.BodyPartExamined, ds.PatientPosition, ds.PositionReferenceIndicator = "CHEST", "HFS", ""
+        ds.AcquisitionNumber = 1
         ds.ImagePositionPatient = [round(float(v), 4) for v in origin]
         ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row_dir, *col_dir)]
         ds.PixelSpacing = [round(spacing[0], 6), round(spacing[1], 6)]  # between rows, between columns
@@ -77,7 +81,9 @@ def _write_plane_series(folder: Path, planes: list[np.ndarray], origins: list[np
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows, ds.Columns = plane.shape[1], plane.shape[0]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        if "LOCALIZER" not in image_type:  # a localizer's values are not HU (PS3.3 C.8.2.1.1.7)
+            ds.RescaleType = "HU"
         ds.PixelData = np.ascontiguousarray(np.round(plane).T).astype("<i2").tobytes()
         path = folder / sop
         ds.save_as(path, enforce_file_format=True)

@@ -234,14 +234,22 @@ def _text(value: Any, charset: list[str] | None) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _headers(path: str, force: bool = False) -> tuple[pydicom.Dataset, bool]:
+    """The dataset up to its pixel data, and whether a pixel data element follows (pydicom stops reading
+    before one, short of the file's end; with none it reads to the end)."""
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=force)
+        return ds, fh.tell() < os.fstat(fh.fileno()).st_size
+
+
 def _from_pydicom(path: str) -> dict[str, Any]:
     """Read with pydicom (any file the scanner leaves), recognising DICOM by content."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds, pixels = _headers(path)
         except InvalidDicomError:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            ds, pixels = _headers(path, force=True)
             if "SOPClassUID" not in ds or ("SeriesInstanceUID" not in ds
                                            and "DirectoryRecordSequence" not in ds):
                 return {"status": "not_dicom", "reason": "not a DICOM file (no 'DICM' marker and no "
@@ -270,7 +278,7 @@ def _from_pydicom(path: str) -> dict[str, Any]:
         sop = out.get("sop_class", "")
         if sop in ANNOTATION_CLASSES:
             out["annotation"] = _annotation(ds)
-    out["no_pixels"] = not ds.get("Rows")  # stop_before_pixels: an image is known by its Rows
+    out["no_pixels"] = not ds.get("Rows") or not pixels  # Rows/Columns alone are no image
     return out
 
 

@@ -5,7 +5,8 @@ frame) and shares its FrameOfReferenceUID and patient/study modules (highdicom c
 source, as a derived object going back to the same patient's record must), so a viewer (3D Slicer, OHIF)
 overlays it on the scan. One segment per foreground class of ``mask_labels`` with a coded property
 category/type (SNOMED CT where the class name is a known structure, a generic "Tissue" code otherwise),
-and the algorithm identified by name, medres version and model hash.
+and the algorithm identified by name, medres version and model hash. Each segment carries a recommended
+display colour from a fixed palette (:func:`segment_colour`: the same label, the same colour in every SEG).
 
 The mask is medres's ``[X, Y, Z]`` label map on the source grid (see
 :mod:`medres.data.source_series`); frame ``z`` of the SEG is source slice ``z``.
@@ -29,7 +30,8 @@ from medres.layout import case_file_stems, check_distinct_files
 from .redact import quiet_pydicom, safe_message
 from .source_series import SourceSeries, series_in_folder, source_series
 
-__all__ = ["AFFINE_ATOL_MM", "file_sha256", "segment_codes", "write_dicom_seg", "write_prediction_segs"]
+__all__ = ["AFFINE_ATOL_MM", "PALETTE_RGB", "file_sha256", "segment_codes", "segment_colour",
+           "segment_colours", "write_dicom_seg", "write_prediction_segs"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,46 @@ _GENERIC = ("Tissue", "Tissue")
 # where the source scanner stands: left out of the SEG's Contributing Equipment (PS3.3 C.12.1.1.5)
 _EQUIPMENT_SITE_FIELDS = ("InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
                           "InstitutionalDepartmentTypeCodeSequence", "StationName", "DeviceSerialNumber")
+
+
+# the colour a viewer should show a segment in (RecommendedDisplayCIELabValue, PS3.3 C.8.20.2): matplotlib's
+# colour-blind-safe tab10 cycle (RGB); a known structure type has its own entry, any other class name one
+# chosen by the SHA-256 of its lower-case name, so the same label gets the same colour in every SEG
+PALETTE_RGB = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+_TYPE_COLOUR = {"Lung": 0, "Kidney": 1, "Pancreas": 2, "Nodule": 3, "Neoplasm": 4, "Liver": 5, "Heart": 6,
+                "Bone": 7, "Prostate": 8, "Brain": 9, "Lesion": 1, "Mass": 4, "Spleen": 4}
+
+
+def _known_colour(name: str) -> int | None:
+    key = _KNOWN.get(re.sub(r"[^a-z]", "", name.lower()), _GENERIC)[1]
+    return _TYPE_COLOUR.get(key)
+
+
+def segment_colour(name: str) -> tuple[int, int, int]:
+    """The RGB colour of a class name in medres's SEGs (:data:`PALETTE_RGB`): by its structure type when
+    known (``lung``/``lungs`` alike), else by the SHA-256 of its lower-case name."""
+    import hashlib
+
+    known = _known_colour(name)
+    if known is not None:
+        return PALETTE_RGB[known]
+    digest = hashlib.sha256(name.strip().lower().encode("utf-8", "surrogatepass")).digest()
+    return PALETTE_RGB[digest[0] % len(PALETTE_RGB)]
+
+
+def segment_colours(names: Sequence[str]) -> list[tuple[int, int, int]]:
+    """:func:`segment_colour` of each name, kept apart within one SEG: known structures keep theirs; a
+    name whose colour is taken takes the next free palette entry (names in sorted order, so the result
+    depends on the set of labels, not on their numbers)."""
+    chosen: dict[str, tuple[int, int, int]] = {}
+    order = sorted(set(names), key=lambda n: (_known_colour(n) is None, n))
+    for name in order:
+        k = PALETTE_RGB.index(segment_colour(name))
+        free = [PALETTE_RGB[(k + step) % len(PALETTE_RGB)] for step in range(len(PALETTE_RGB))]
+        free = [c for c in free if c not in chosen.values()]
+        chosen[name] = free[0] if free else PALETTE_RGB[k]  # more labels than colours: share
+    return [chosen[n] for n in names]
 
 
 def segment_codes(name: str) -> tuple[Any, Any]:
@@ -130,13 +172,14 @@ def write_dicom_seg(mask: Any, source_datasets: Sequence[Dataset | Path | str], 
         name=algorithm_name, version=str(algorithm_version), family=codes.DCM.ArtificialIntelligence,
         source="medres", parameters={"model_sha256": str(model_hash)})
     descriptions = []
-    for number, name in enumerate(mask_labels[1:], start=1):
+    colours = segment_colours([str(n) for n in mask_labels[1:]])
+    for number, (name, rgb) in enumerate(zip(mask_labels[1:], colours), start=1):
         category, kind = segment_codes(name)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=str(name)[:64], segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm, tracking_uid=hd.UID(),
-            tracking_id=f"{algorithm_name} {name}"[:64]))
+            tracking_id=f"{algorithm_name} {name}"[:64], display_color=hd.color.CIELabColor.from_rgb(*rgb)))
     if not descriptions:
         raise DataError("mask_labels names no foreground class, so there is no segment to write",
                         path=out_path, hint="mask_labels[0] is background; add the classes after it")

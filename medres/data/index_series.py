@@ -193,6 +193,8 @@ def _rule_reason(s: Series, rules: Any) -> str:
     if not i["image"]:
         return f"not an image ({i['sop_class'] or 'unknown SOP class'})"
     if not i["pixels"]:
+        if i["rows"] and i["cols"]:
+            return f"without pixel data ({i['sop_class']} with Rows/Columns, no PixelData): nothing to load"
         return f"no pixel data ({i['sop_class']} without Rows/Columns): nothing to load"
     if not s.keys.get("patient"):
         return "no PatientID: cannot be grouped by patient"

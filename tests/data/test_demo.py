@@ -16,6 +16,7 @@ from medres.data import load_image, read_manifest
 from medres.data.demo import SITES, _plan, generate_demo, main
 from medres.data.io import check_image_mask
 from medres.errors import DataError
+from tests.data.annotation_factory import dciodvfy, dciodvfy_errors
 from tests.data.demo_cohort import N_PATIENTS, demo_manifest  # noqa: F401 - fixture
 
 COLUMNS = ["case_id", "patient_id", "study_uid", "image", "mask", "label", "site", "scanner", "sex", "age"]
@@ -75,6 +76,21 @@ def test_dicom_series_tags(demo_manifest: Path) -> None:  # noqa: F811
     # stored values + intercept = HU as medres loads them
     hu = load_image(demo_manifest.parent / row["image"]).numpy()
     assert np.array_equal(ds.pixel_array.T.astype(np.int32) - 1024, hu[:, :, 0].astype(np.int32))
+
+
+def test_a_demo_ct_slice_is_valid_dicom(demo_manifest: Path) -> None:  # noqa: F811
+    """dciodvfy (dicom3tools) reports no error on the demo's CT slices: the Type 2 attributes are there."""
+    if dciodvfy() is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    df = pd.read_csv(demo_manifest, dtype=str)
+    folders = [demo_manifest.parent / i for i in df["image"] if (demo_manifest.parent / i).is_dir()]
+    assert folders
+    first = sorted(folders[0].glob("*.dcm"))
+    for path in (first[0], first[-1]):
+        assert dciodvfy_errors(path) == []
+    ds = pydicom.dcmread(first[0], stop_before_pixels=True)
+    assert (ds.PatientPosition, ds.BodyPartExamined, ds.AcquisitionNumber) == ("HFS", "CHEST", 1)
+    assert "PositionReferenceIndicator" in ds and "Laterality" not in ds  # a chest is unpaired
 
 
 def test_deterministic_and_seed_dependent(tmp_path: Path) -> None:

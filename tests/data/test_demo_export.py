@@ -16,6 +16,7 @@ from medres.data.demo import generate_demo
 from medres.data.demo_export import generate_export
 from medres.data.index import index_dicom
 from medres.data.io import load_image
+from tests.data.annotation_factory import dciodvfy, dciodvfy_errors
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -31,6 +32,11 @@ def test_export_indexes_back_to_the_builtin_cohort(tmp_path: Path, monkeypatch: 
     names = [p.name for p in export.rglob("*") if p.is_file()]
     assert names and all(re.fullmatch(r"[0-9]+(\.[0-9]+)+", n) for n in names)  # SOP UIDs, no extension
     assert (export / "DEMO^0001").is_dir()  # patient-named folders, as some exports have
+    if dciodvfy() is not None:  # every series of the demo export is valid DICOM (its first and last file)
+        for folder in sorted({p.parent for p in export.rglob("*") if p.is_file()}):
+            files = sorted(folder.iterdir())
+            for path in {files[0], files[-1]}:
+                assert dciodvfy_errors(path) == [], path.relative_to(export)
     out = tmp_path / "indexed"
     index_dicom(export, out, labels=labels, rules=IndexConfig(label_columns=["label", "site"]))
     builtin = {r["case_id"]: r for r in _read(tmp_path / "builtin" / "manifest.csv")}

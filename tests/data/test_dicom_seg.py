@@ -125,6 +125,40 @@ def test_metatensor_checked_against_the_source_grid(tmp_path, source):
     assert not (tmp_path / "bad.dcm").exists()
 
 
+def _display_rgb(item) -> np.ndarray:
+    """A segment's RecommendedDisplayCIELabValue decoded by PS3.3 C.10.7.1.1 and turned into sRGB by
+    scikit-image (D65), independently of highdicom."""
+    from skimage.color import lab2rgb
+
+    v = np.asarray(item.RecommendedDisplayCIELabValue, dtype=float) / 65535.0
+    lab = np.array([v[0] * 100.0, v[1] * 255.0 - 128.0, v[2] * 255.0 - 128.0])
+    return lab2rgb(lab[None, None, :])[0, 0] * 255.0
+
+
+def test_every_segment_has_its_labels_colour_in_every_seg(tmp_path, source):
+    from medres.data.dicom_seg import PALETTE_RGB, segment_colour
+
+    folder, paths = source
+    mask = labelled_mask((COLS, ROWS, 6))
+    one = write_dicom_seg(mask, paths, LABELS, tmp_path / "one.dcm", algorithm_version="1", model_hash="x")
+    swapped = np.where(mask == 1, 2, np.where(mask == 2, 1, 0)).astype(np.uint8)
+    other = write_dicom_seg(swapped, paths, ["background", "Left lung", "nodule"], tmp_path / "two.dcm",
+                            algorithm_version="1", model_hash="x")
+    colours = {}
+    for path in (one, other):
+        segments = pydicom.dcmread(path).SegmentSequence
+        rgb = [_display_rgb(item) for item in segments]
+        assert len({tuple(np.round(c)) for c in rgb}) == len(segments)  # distinct within a SEG
+        for item, c in zip(segments, rgb):
+            assert min(np.abs(np.asarray(PALETTE_RGB) - c).max(axis=1)) <= 1.0  # a palette colour
+            colours.setdefault(item.SegmentLabel, []).append(c)
+    assert set(colours) == {"nodule", "Left lung"}
+    for seen in colours.values():  # the same label, the same colour, whatever its number
+        np.testing.assert_allclose(seen[0], seen[1], atol=1e-6)
+    np.testing.assert_allclose(colours["nodule"][0], segment_colour("nodule"), atol=1.0)
+    assert segment_colour("lungs") == segment_colour("Lung")  # one structure type, one colour
+
+
 def test_prediction_hook_writes_seg_for_dicom_inputs_only(tmp_path, source):
     from medres.engine.inference import save_mask
 

@@ -325,3 +325,30 @@ def test_index_tables_for_people_hold_no_spreadsheet_formula(tmp_path: Path) -> 
     assert [r["SeriesDescription"] for r in private] == ["'=HYPERLINK(\"http://x\")"]
     assert [r["AccessionNumber"] for r in private] == ["'=1+1"]
     assert [r["kernel"] for r in _rows(out / "manifest.csv")] == ["@SUM(A1)"]
+
+
+def test_images_without_pixel_data_or_without_rows_are_told_apart(tmp_path: Path) -> None:
+    """A slice with Rows/Columns but no PixelData is "without pixel data", read by the fast scanner (a
+    file with a preamble) or by pydicom (one without); one without Rows/Columns says that."""
+    from medres.data.dicom_headers import read_header
+
+    root = tmp_path / "export"
+    for name, drop, preamble in (("nopix", ("PixelData",), True), ("nopix_raw", ("PixelData",), False),
+                                 ("norows", ("PixelData", "Rows", "Columns"), True)):
+        for k, path in enumerate(write_series(root / name, 5, spacing=2.0, edit=_ids(f"ACC-{name}"))):
+            ds = pydicom.dcmread(path)
+            for keyword in drop:
+                delattr(ds, keyword)
+            if not preamble:
+                ds.preamble = None
+            ds.save_as(path, enforce_file_format=preamble)
+            assert (path.read_bytes()[128:132] == b"DICM") == preamble  # which reader: scanner or pydicom
+            fields = read_header(str(path))["fields"]
+            assert not fields["pixels"] and bool(fields["rows"]) == ("Rows" not in drop), (name, k)
+    out = tmp_path / "out"
+    main([str(root), "--out", str(out), "--no-progress", "--set", "data.index.min_slices=4"])  # none kept
+    reasons = sorted(r["reason"] for r in _rows(out / "index.csv") if r["kind"] == "series")
+    assert len(reasons) == 3
+    assert sum(r.startswith("without pixel data (CT Image Storage with Rows/Columns, no PixelData)")
+               for r in reasons) == 2
+    assert sum("without Rows/Columns" in r for r in reasons) == 1
