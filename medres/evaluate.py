@@ -33,13 +33,16 @@ def main(argv: list[str] | None = None) -> int:
 
     route_library_logs()  # highdicom's, MLflow's and alembic's INFO lines stay off the terminal
     from medres.evaluation import evaluate_run
+    from medres.report.headline import headline
+    from medres.report.run_folder import read_run_config
 
     try:
         path = evaluate_run(args.run, args.output, args.compare, gallery_size=args.gallery)
+        ci_level = read_run_config(args.run).evaluate.ci_level
     except (DataError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"report: {path}")
+    print(headline(path.parent, ci_level=ci_level))  # the headline numbers, ending with the report's path
     return 0
 
 

@@ -103,4 +103,6 @@ def test_installed_wheel_runs_the_smoke_config_by_name_from_an_empty_folder(tmp_
     assert (empty / "demo_data" / "smoke" / "manifest.csv").is_file()
     assert (empty / "runs" / "smoke" / "config.yaml").is_file()
     assert (empty / "runs" / "smoke" / "report" / "report.html").is_file()
+    assert "AUROC (nodule vs rest)" in run.stdout and "Dice nodule" in run.stdout  # the headline at the end
+    assert run.stdout.rstrip().endswith(str((empty / "runs" / "smoke" / "report" / "report.html").resolve()))
     assert not (site / "medres" / "configs" / "demo_data").exists() and not (site / "demo_data").exists()
