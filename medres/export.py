@@ -473,7 +473,11 @@ def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mappi
                       "tta_flips": cfg_plain["evaluate"]["tta_flips"],
                       "window_aggregation": cfg_plain["evaluate"].get("cls_aggregate", "max"),
                       "ensemble": "mean of the folds' calibrated class probabilities; argmax of the mean of "
-                                  "their softmax maps"},
+                                  "their softmax maps",
+                      "decision": "y_pred: the positive class where its probability reaches the mean "
+                                  "of the folds' operating thresholds (each chosen on its inner validation, "
+                                  "as in the report: calibration maps, operating_point); y_pred_argmax: the "
+                                  "most probable class"},
         "architecture": {"name": m["name"], "model_spec": members[0]["model_spec"],
                          "parameters_per_model": members[0]["parameters"], "models": len(members)},
         "recipe": {k: cfg_plain[k] for k in ("loss", "optim", "schedule", "train", "cv")}
