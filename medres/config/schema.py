@@ -132,6 +132,8 @@ class DataConfig(_Section):
     # scans whose header declares more voxels are refused before decompressing (never more than the
     # memory free at load time either; medres.data.limits)
     max_voxels: int = Field(2**31, ge=1)
+    # a DICOM series folder with more entries is refused before any file in it is read
+    max_files_per_series: int = Field(100_000, ge=1)
 
     @field_validator("spacing")
     @classmethod

@@ -82,7 +82,7 @@ def similar_patient_ids(df: Any) -> list[DataError]:
 def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tuple[int, ...] | None, int, int]:
     """One manifest row (run in a worker process): problems, warnings, resampled shape, counts."""
     (row, case, paths, series_uid, mask_path, ndim, mask_labels, atol, max_voxels, spacing, radiograph,
-     pixel_spacing, view) = task
+     pixel_spacing, view, max_files) = task
     problems: list[DataError] = []
     warnings: list[DataError] = []
     shape = None
@@ -91,7 +91,7 @@ def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tupl
 
     try:
         image = load_image(paths[0] if len(paths) == 1 else paths, series_uid=series_uid, ndim=ndim,
-                           max_voxels=max_voxels)
+                           max_voxels=max_voxels, max_files=max_files)
         n_images = len(paths)
         spatial = [int(v) for v in image.meta["spatial_shape"]]
         if not bool(image.any()):
@@ -100,7 +100,8 @@ def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tupl
         if ndim == 3 and len(spatial) == 3 and 1 in spatial:
             warnings.append(DataError(f"is a one-slice volume {tuple(spatial)} in a 3D cohort", path=paths[0],
                                       row=row, case_id=case, hint="list the whole series, or drop the row"))
-        mask = load_image(mask_path, ndim=ndim, dtype=None, max_voxels=max_voxels) if mask_path else None
+        mask = load_image(mask_path, ndim=ndim, dtype=None, max_voxels=max_voxels,
+                          max_files=max_files) if mask_path else None
         if radiograph is not None:  # radiographs: manifest spacing/view, mask on the image's pixels
             from medres.data.radiograph import RadiographGeometryd
 
@@ -134,7 +135,8 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
                  root: str | Path | None = None, image_columns: Sequence[str] | None = None,
                  mask_column: str | None = "mask", mask_labels: Sequence[int] | None = None,
                  ndim: int | None = None, atol: float = 1e-3, max_voxels: int | None = None,
-                 patch_size: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
+                 max_files_per_series: int | None = None, patch_size: Sequence[int] | None = None,
+                 spacing: Sequence[float] | None = None,
                  workers: int | None = None, manifest_only: bool = False,
                  on_progress: Callable[[int, int, int], None] | None = None,
                  on_problem: Callable[[DataError, bool], None] | None = None,
@@ -183,7 +185,7 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
         tasks.append((row, rec.get("case_id") or None, [rec[c] for c in images],
                       rec.get("series_uid") or None, mask_path or None, ndim, labels, atol, max_voxels,
                       list(spacing) if spacing else None, radiograph,
-                      rec.get("pixel_spacing"), rec.get("view")))
+                      rec.get("pixel_spacing"), rec.get("view"), max_files_per_series))
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     shapes = []
 
@@ -251,7 +253,8 @@ def _from_config(path: str) -> dict:
     return {"vocabulary": list(data.labels), "mask_labels": sorted(int(k) for k in data.mask_labels),
             "image_columns": list(data.image_columns), "mask_column": data.mask_column,
             "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest,
-            "max_voxels": data.max_voxels, "patch_size": list(data.patch_size), "spacing": data.spacing,
+            "max_voxels": data.max_voxels, "max_files_per_series": data.max_files_per_series,
+            "patch_size": list(data.patch_size), "spacing": data.spacing,
             "link_roots": list(data.link_roots), "key_file": data.index.key_file,
             "radiograph": {"require_spacing": bool(data.spacing), "views": data.radiograph.views}
             if data.modality == "XR" else None}

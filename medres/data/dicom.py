@@ -15,6 +15,7 @@ institutions and UIDs never do.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 import zlib
@@ -28,7 +29,7 @@ from pydicom.uid import UID
 
 from medres.data.dicom_geometry import Frame, assemble
 from medres.data.frame_headers import check_encapsulated_frames
-from medres.data.limits import check_declared, memory_error
+from medres.data.limits import DEFAULT_MAX_FILES_PER_SERIES, check_declared, memory_error
 from medres.data.redact import decoder_message, quiet_pydicom, safe_message
 from medres.errors import DataError
 
@@ -94,13 +95,17 @@ def _check_not_mosaic(ds: Dataset, path: Path) -> None:
                              "slice geometry) and list the .nii.gz")
 
 
-def _check_pixels_present(ds: Dataset, path: Path) -> None:
+def _check_pixels_present(ds: Dataset, path: Path, values: bool = True) -> None:
+    """Refuse a file without pixel data; with ``values``, also one whose pixel data element is empty
+    (this reads a deferred value)."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = str(ds.get("SOPClassUID", "") or "")
         name = UID(sop).name if sop else "unknown SOP class"
         raise DataError(f"holds no pixel data ({name}); if it should be an image, the file is truncated",
                         path=path, hint="point the manifest at an image file or series folder, or re-copy "
                                         "the file")
+    if not values:
+        return
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in ds:
             try:
@@ -157,16 +162,27 @@ def _check_deflated(path: Path) -> None:
                 return  # damaged: pydicom's own error is reported by _read_dataset
 
 
-def _read_dataset(path: Path) -> Dataset:
-    """Parse a DICOM file; files without the 'DICM' marker are read only if they hold an image."""
+#: What a series folder's files are first read for (grouping, refusals, the declared size): the header
+#: elements below only, pixel data deferred (not read), so a file costs a few KiB until its series is chosen
+_HEADER_TAGS = ["SOPClassUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "ImageOrientationPatient",
+                "ImageType", (0x0019, 0x100A), "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+                "BitsAllocated", "PixelData", "FloatPixelData", "DoubleFloatPixelData"]
+
+
+def _read_dataset(path: Path, header_only: bool = False) -> Dataset:
+    """Parse a DICOM file; files without the 'DICM' marker are read only if they hold an image.
+
+    ``header_only``: keep only :data:`_HEADER_TAGS`, with the pixel data deferred (never read here).
+    """
+    kw: dict = {"specific_tags": _HEADER_TAGS, "defer_size": 1024} if header_only else {}
     try:
         _check_deflated(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                ds = pydicom.dcmread(path)
+                ds = pydicom.dcmread(path, **kw)
             except InvalidDicomError:
-                ds = pydicom.dcmread(path, force=True)
+                ds = pydicom.dcmread(path, force=True, **kw)
                 if "SOPClassUID" not in ds and ("Rows" not in ds or "PixelData" not in ds):
                     raise DataError(
                         "is not a DICOM file (no 'DICM' marker at byte 128 and no readable image elements)",
@@ -488,7 +504,7 @@ def _choose(series: dict[str, list[tuple[Path, Dataset]]], wanted: str) -> list[
 
 
 def read_dicom_series(folder: str | Path, *, series_uid: str | None = None,
-                      max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
+                      max_voxels: int | None = None, max_files: int | None = None) -> tuple[np.ndarray, dict]:
     """A folder holding one DICOM series -> ``[X, Y, Z](, 3)`` in slice-position order, and its metadata.
 
     Non-DICOM files (e.g. ``.DS_Store``, notes) and non-image objects (e.g. an RT Struct exported beside
@@ -496,19 +512,65 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None,
     ``series_uid``: the SeriesInstanceUID to keep, or its ending as the error message lists it (series
     are described by index, modality, file count, orientation and UID ending, never by their free-text
     SeriesDescription, which scanners' users fill with patient names).
+
+    The folder is listed and checked first (:func:`series_files`: at most ``max_files`` entries, no file
+    under two names); every file's header is then read without its pixel data, and only the chosen
+    series' files are read whole, after its declared size has passed ``max_voxels``.
     """
     with quiet_pydicom():
-        return _read_series(Path(folder), series_uid, max_voxels)
+        return _read_series(Path(folder), series_uid, max_voxels, max_files)
 
 
-def _read_series(folder: Path, series_uid: str | None, max_voxels: int | None = None
-                 ) -> tuple[np.ndarray, dict]:
+def series_files(folder: Path, max_files: int | None = None, *, hidden: bool = True) -> list[Path]:
+    """The files of a series folder, sorted; counted and checked before any is parsed.
+
+    More than ``max_files`` directory entries (``data.max_files_per_series``; the listing stops there) or
+    two names for one file (hard links, or symbolic links to one target: the same ``st_dev``/``st_ino``)
+    are a DataError. ``hidden``: include names starting with '.'.
+    """
+    bound = DEFAULT_MAX_FILES_PER_SERIES if max_files is None else int(max_files)
+    files: list[Path] = []
+    seen: dict[tuple[int, int], str] = {}
+    entries = 0
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                entries += 1
+                if entries > bound:
+                    raise DataError(f"holds more than {bound} entries, more than data.max_files_per_series "
+                                    f"({bound}); refused before reading them", path=folder,
+                                    hint="point the manifest at the folder of one series; if a series truly "
+                                         "has this many files, raise data.max_files_per_series")
+                if not hidden and entry.name.startswith("."):
+                    continue
+                try:
+                    if not entry.is_file():
+                        continue
+                    st = entry.stat()
+                except OSError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    first, second = sorted((seen[key], entry.name))
+                    raise DataError(f"holds the same file under two names ({first!r} and {second!r}: hard "
+                                    "links or links to one file); refused before reading the folder",
+                                    path=folder, hint="keep one name per slice in the series folder")
+                seen[key] = entry.name
+                files.append(Path(entry.path))
+    except OSError as exc:
+        raise DataError(f"could not be listed ({safe_message(exc)})", path=folder,
+                        hint="check the folder's permissions") from None
+    return sorted(files)
+
+
+def _read_series(folder: Path, series_uid: str | None, max_voxels: int | None = None,
+                 max_files: int | None = None) -> tuple[np.ndarray, dict]:
     series: dict[str, list[tuple[Path, Dataset]]] = {}
     skipped: list[DataError] = []
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    files = series_files(folder, max_files)
     for file in files:
         try:
-            ds = _read_dataset(file)
+            ds = _read_dataset(file, header_only=True)
         except DataError as err:
             if "is not a DICOM file" not in err.reason:
                 raise
@@ -519,7 +581,7 @@ def _read_series(folder: Path, series_uid: str | None, max_voxels: int | None = 
             logger.warning("%s: skipping %s: %s", folder, file.name, refusal.reason)
             skipped.append(refusal)
             continue
-        _check_pixels_present(ds, file)
+        _check_pixels_present(ds, file, values=False)
         _check_not_mosaic(ds, file)
         series.setdefault(str(ds.get("SeriesInstanceUID", "") or ""), []).append((file, ds))
     if not series:
@@ -543,6 +605,13 @@ def _read_series(folder: Path, series_uid: str | None, max_voxels: int | None = 
     else:
         chosen = next(iter(series.values()))
     _check_size(chosen, folder, max_voxels)
-    frames = [f for file, ds in chosen for f in _frames(ds, file)]
+    del series
+    frames = []
+    first = None
+    for file, _ in chosen:  # the chosen files only, now whole
+        ds = _read_dataset(file)
+        _check_pixels_present(ds, file)
+        frames.extend(_frames(ds, file))
+        first = first if first is not None else ds
     stack, affine = assemble(frames, folder, volume=True)
-    return _result(stack, affine, chosen[0][1])
+    return _result(stack, affine, first)

@@ -94,7 +94,8 @@ def _read_pil(path: Path, max_voxels: int | None = None) -> tuple[np.ndarray, di
 
 
 def _read_one(path: Path, series_uid: str | None, max_voxels: int | None = None,
-              radiograph: RadiographOptions | None = None) -> tuple[np.ndarray, dict]:
+              radiograph: RadiographOptions | None = None, max_files: int | None = None
+              ) -> tuple[np.ndarray, dict]:
     suffix = _suffix(path)
     if not path.exists():
         raise DataError("does not exist", path=path, hint="check the path and the data root")
@@ -102,7 +103,7 @@ def _read_one(path: Path, series_uid: str | None, max_voxels: int | None = None,
         return read_nifti(path, max_voxels=max_voxels)
     if path.is_dir():  # a folder holding one radiograph is that image, not a one-slice series
         return (read_radiograph_if_any(path, radiograph)
-                or read_dicom_series(path, series_uid=series_uid, max_voxels=max_voxels))
+                or read_dicom_series(path, series_uid=series_uid, max_voxels=max_voxels, max_files=max_files))
     if suffix in _PIL_SUFFIXES:
         return _read_pil(path, max_voxels)
     if suffix in _NOT_SUPPORTED:
@@ -146,6 +147,7 @@ class MedresReader(ImageReader):
         series_uid: the SeriesInstanceUID to keep when a folder holds several series.
         ndim: expected number of spatial dimensions (2 or 3); other shapes raise a DataError.
         max_voxels: the declared-size cap (``data.max_voxels``; :mod:`medres.data.limits`).
+        max_files: the entries a series folder may hold (``data.max_files_per_series``).
         radiograph: how CR/DX radiographs are read (VOI choice, FOR PROCESSING, views); see
             :mod:`medres.data.radiograph`.
 
@@ -154,8 +156,10 @@ class MedresReader(ImageReader):
     """
 
     def __init__(self, series_uid: str | None = None, ndim: int | None = None,
-                 max_voxels: int | None = None, radiograph: RadiographOptions | None = None) -> None:
+                 max_voxels: int | None = None, radiograph: RadiographOptions | None = None,
+                 max_files: int | None = None) -> None:
         super().__init__()
+        self.max_files = max_files
         self.series_uid = series_uid or None
         self.ndim = ndim
         self.max_voxels = max_voxels
@@ -172,7 +176,8 @@ class MedresReader(ImageReader):
         for p in paths:
             path = Path(p)
             try:
-                array, meta = _read_one(path, self.series_uid, self.max_voxels, self.radiograph)
+                array, meta = _read_one(path, self.series_uid, self.max_voxels, self.radiograph,
+                                        self.max_files)
                 array = _check_ndim(array, meta, self.ndim, path)
             except DataError as err:
                 return _Loaded([], err)
@@ -217,17 +222,20 @@ def _stack_channels(items: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, d
 
 def load_image(path: str | Path | Sequence[str | Path], *, series_uid: str | None = None,
                ndim: int | None = None, dtype: Any = np.float32,
-               max_voxels: int | None = None, radiograph: RadiographOptions | None = None) -> MetaTensor:
+               max_voxels: int | None = None, radiograph: RadiographOptions | None = None,
+               max_files: int | None = None) -> MetaTensor:
     """Load a DICOM file, DICOM series folder, NIfTI or PNG/JPEG as a ``MetaTensor`` (no channel axis added).
 
     Shapes: ``[X, Y]``, ``[X, Y, Z]``, colour/4D with the extra axis last; a list of paths gives
     ``[C, *spatial]``. Builds the tensor the way MONAI's ``LoadImage`` does, so the result equals what a
     ``LoadImaged(reader=MedresReader())`` pipeline gets (without constructing MONAI's other readers).
-    ``max_voxels`` caps the size a header may declare (:mod:`medres.data.limits`).
+    ``max_voxels`` caps the size a header may declare (:mod:`medres.data.limits`), ``max_files`` the
+    entries of a series folder.
     Raises :class:`DataError` on any problem.
     """
     names = [str(path)] if isinstance(path, (str, Path)) else [str(p) for p in path]
-    reader = MedresReader(series_uid=series_uid, ndim=ndim, max_voxels=max_voxels, radiograph=radiograph)
+    reader = MedresReader(series_uid=series_uid, ndim=ndim, max_voxels=max_voxels, radiograph=radiograph,
+                          max_files=max_files)
     array, meta = reader.get_data(reader.read(names))
     if dtype is not None:
         array = array.astype(dtype, copy=False)

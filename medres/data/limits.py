@@ -23,11 +23,15 @@ from pathlib import Path
 
 from medres.errors import DataError
 
-__all__ = ["DEFAULT_MAX_VOXELS", "available_memory", "check_declared", "memory_allowance", "memory_error",
-           "patch_fits_none", "patch_misfit", "resampled_shape"]
+__all__ = ["DEFAULT_MAX_FILES_PER_SERIES", "DEFAULT_MAX_VOXELS", "available_memory", "check_declared",
+           "memory_allowance", "memory_error", "patch_fits_none", "patch_misfit", "resampled_shape"]
 
 #: Default for ``data.max_voxels``.
 DEFAULT_MAX_VOXELS = 2**31
+
+#: Default for ``data.max_files_per_series``: directory entries a series folder may hold (a 2000-slice
+#: whole-body CT has 2000; a folder past this is refused before any file in it is read).
+DEFAULT_MAX_FILES_PER_SERIES = 100_000
 
 #: Bytes per voxel a load needs beyond the stored bytes: load_image converts to float32.
 _WORK_BYTES = 4

@@ -19,6 +19,7 @@ kept as text. FOR PROCESSING images (raw detector data) are refused unless allow
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -381,8 +382,19 @@ def read_radiograph(ds: Dataset, path: str | Path, options: RadiographOptions | 
 
 
 def _single_file(folder: Path) -> Path | None:
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    return files[0] if len(files) == 1 else None
+    """The folder's one visible file, or None; the listing stops at the second (a folder may be huge)."""
+    found = None
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if entry.name.startswith(".") or not entry.is_file():
+                    continue
+                if found is not None:
+                    return None
+                found = Path(entry.path)
+    except OSError:
+        return None
+    return found
 
 
 def read_radiograph_if_any(path: Path, options: RadiographOptions | None = None

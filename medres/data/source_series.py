@@ -171,13 +171,13 @@ def _positive(value: object) -> float | None:
 def series_in_folder(folder: str | Path, *, series_uid: str | None = None) -> SourceSeries:
     """The image series in a folder (sub-folders not searched), read as :func:`read_dicom_series` would:
     non-DICOM files and non-image objects are skipped; several series need ``series_uid``."""
-    from .dicom import _sop_refusal
+    from .dicom import _sop_refusal, series_files
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("is not a folder of DICOM slices", path=folder,
                         hint="pass the source series folder")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = series_files(folder, hidden=False)  # counted and checked before any is parsed
     groups: dict[str, list[Dataset]] = {}
     for path in files:
         try:

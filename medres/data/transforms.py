@@ -125,11 +125,13 @@ def load_transforms(cfg: DataConfig) -> list[Transform]:
                                 views=tuple(r.views) if r.views is not None else None)
     t: list[Transform] = [
         Lambda(_drop_missing),
-        _load_imaged(IMAGE, reader=MedresReader(ndim=ndim, max_voxels=cfg.max_voxels, radiograph=options),
+        _load_imaged(IMAGE, reader=MedresReader(ndim=ndim, max_voxels=cfg.max_voxels, radiograph=options,
+                                                max_files=cfg.max_files_per_series),
                      dtype=np.float32, image_only=True),
     ]
     if _has_mask(cfg):
-        t.append(_load_imaged(MASK, reader=MedresReader(ndim=ndim, max_voxels=cfg.max_voxels), dtype=None,
+        t.append(_load_imaged(MASK, reader=MedresReader(ndim=ndim, max_voxels=cfg.max_voxels,
+                                                        max_files=cfg.max_files_per_series), dtype=None,
                               image_only=True, allow_missing_keys=True))
     if xray:
         t.append(RadiographGeometryd(require_spacing=bool(cfg.spacing), views=options.views))
