@@ -50,6 +50,7 @@ from typing import Any
 
 from medres.errors import ConfigError, DataError
 from medres.files import atomic_write, check_output, foreign_entries, remove_written
+from medres.layout import check_distinct_files
 from medres.safe_text import csv_cell
 
 from .dicom_headers import read_header
@@ -457,6 +458,8 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                s.case_id))
     for r, s in enumerate(series):
         s.row = r + 1
+    # series/<case_id> and masks/<case_id>.nii.gz: two series never share a folder or a mask
+    check_distinct_files(((s.case_id, s.case_id, s.row) for s in series), what="series folder")
     select_series(series, rules)
     _apply_labels(series, label_index, label_rows, _LABEL_KEYS[key_name], key_name, bool(labels))
     first_free = len(series) + 1
