@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -68,18 +69,34 @@ def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
 
 
-def _same(a: Path, b: Path) -> bool:
-    if a == b:
-        return True
-    try:  # the same file under two names (a hard link, a case-insensitive file system, a bind mount)
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+def _resolved_cached(path: str | os.PathLike[str], parents: dict[str, str]) -> tuple[str, tuple | None]:
+    """:func:`_resolved` (as text) and the file's (device, inode) (None when absent), with the folder
+    part resolved once per folder: a manifest's thousands of scans share a few folders, so each costs
+    one ``lstat`` (the name itself is followed only when it is a link)."""
+    head, tail = os.path.split(os.path.abspath(os.fspath(path)))
+    try:
+        st = os.lstat(os.path.join(head, tail))
+    except (OSError, ValueError):
+        st = None
+    if not tail or tail in (".", "..") or (st is not None and stat.S_ISLNK(st.st_mode)):
+        real = str(_resolved(path))
+        return real, _identity(real)
+    if head not in parents:
+        parents[head] = os.path.realpath(head)
+    return os.path.join(parents[head], tail), None if st is None else (st.st_dev, st.st_ino)
 
 
-def _within(inner: Path, outer: Path) -> bool:
-    """``inner`` lies strictly inside ``outer`` (both resolved)."""
-    return inner != outer and inner.is_relative_to(outer)
+def _identity(path: str | os.PathLike[str]) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _within(inner: str, outer: str) -> bool:
+    """``inner`` lies strictly inside ``outer`` (both resolved, as text: pathlib costs ~50 us a call)."""
+    return inner != outer and inner.startswith(outer if outer.endswith(os.sep) else outer + os.sep)
 
 
 def check_output(out: str | os.PathLike[str], *, inputs: Mapping[str, str | os.PathLike[str] | None],
@@ -109,14 +126,17 @@ def check_output(out: str | os.PathLike[str], *, inputs: Mapping[str, str | os.P
         DataError: naming the output, the input and how they meet, with what to do.
     """
     given = Path(out)
-    target = _resolved(given)
+    target = str(_resolved(given))
     checks = [(name, p) for name, p in inputs.items() if p is not None and str(p) != ""]
-    if scans and target.exists():
+    if scans and os.path.exists(target):
         checks += [(name, p) for name, p in scans.items() if p is not None and str(p) != ""]
     found = []
+    parents: dict[str, str] = {}
+    target_id = _identity(target)
     for name, path in checks:
-        src = _resolved(path)
-        if _same(target, src):
+        src, src_id = _resolved_cached(path, parents)
+        # the same file under two names (a hard link, a case-insensitive file system, a bind mount)
+        if src == target or (target_id is not None and src_id == target_id):
             found.append((0, name, path, src))
         elif _within(src, target):
             found.append((1, name, path, src))
@@ -130,7 +150,7 @@ def check_output(out: str | os.PathLike[str], *, inputs: Mapping[str, str | os.P
         raise DataError(f"the {what} {relation} the {name} {path}{resolved}; medres never writes over, "
                         "into or around what it reads", path=given,
                         hint=f"put the {what} outside every input, e.g. in a new folder beside them")
-    return target
+    return Path(target)
 
 
 def foreign_entries(folder: str | os.PathLike[str], written: Collection[str]) -> list[str]:
