@@ -4,8 +4,9 @@ A checkpoint is a dict that ``torch.load(weights_only=True)`` accepts (docs/refe
 dicts, lists, tuples, numbers, strings. It holds ``model`` (state_dict), ``optimizer``, ``scheduler``,
 ``scaler``, ``rng`` (torch / numpy / python states converted to tensors and lists), ``epoch``,
 ``step``, ``batch_in_epoch`` (>0 for a mid-epoch checkpoint), ``best``, ``config`` (plain dict),
-``model_spec`` ``{name, kwargs}`` and ``medres_version``. Case ids from the manifest may appear; no
-DICOM field ever does.
+``model_spec`` ``{name, kwargs}``, ``medres_version``, and ``folds_sha256`` / ``config_sha256`` (what
+it was trained with, checked on resume: :mod:`medres.engine.run_guard`). Case ids from the manifest
+may appear; no DICOM field ever does.
 
 Writing: temporary file in the same folder, ``fsync``, then ``os.replace``; before replacing
 ``checkpoint_last.pt`` the previous good file is kept as ``checkpoint_prev.pt``, so a file truncated by
@@ -13,7 +14,9 @@ a crash (or a full disk) falls back to it with a warning. A write the disk refus
 "disk full at FOLDER ...; the last good checkpoint is PATH", leaving no temporary file; temporaries a
 killed process left are removed by :func:`clean_stale_temporaries` at the next start.
 
-Reading: every check lives in :func:`load_checkpoint` (and :func:`load_weights` for the fit to a model).
+Reading: every check lives in :func:`load_checkpoint` (and :func:`load_weights` for the fit to a model);
+a model is rebuilt from a file (checkpoint or export) only by :func:`build_checked_model`, which checks
+the spec against the stored weights on the ``meta`` device before it allocates anything.
 """
 
 from __future__ import annotations
