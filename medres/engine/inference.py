@@ -188,7 +188,9 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
     records = list(records)
     stems = case_file_stems(records) if seg_dir is not None else {}
     rows = []
-    for rec in records:
+    from medres.progress import progress_wanted, track
+
+    for rec in track(records, desc="predicting", unit="scans", progress=progress_wanted(), final=False):
         case_id = str(rec["case_id"])
         try:
             extra = {k: rec[k] for k in ("pixel_spacing", "view") if rec.get(k)}  # radiographs

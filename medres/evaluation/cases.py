@@ -30,7 +30,10 @@ def segmentation_cases(run: RunData) -> pd.DataFrame:
     if "seg_path" not in preds.columns or "mask" not in preds.columns:
         return pd.DataFrame()
     check_mask_files(preds, run.run_dir)
-    for r in preds.itertuples(index=False):
+    from medres.progress import progress_wanted, track
+
+    for r in track(preds.itertuples(index=False), desc="scoring masks", total=len(preds), unit="scans",
+                   progress=progress_wanted(), final=False):
         seg_path, mask_path = first_path(r.seg_path), first_path(r.mask)
         if seg_path is None or mask_path is None:
             continue
