@@ -361,8 +361,9 @@ class Predictor:
         cals = self.calibration if isinstance(self.calibration, (list, tuple)) else [self.calibration]
         thr = ensemble_threshold(cals)
         if thr is None:
-            return ("y_pred: the most probable class (the model holds no operating point); "
-                    "y_pred_argmax: the same")
+            notes = [((c or {}).get("operating_point") or {}).get("note") for c in cals]
+            why = next((n for n in notes if n), "the model holds no operating point")
+            return f"y_pred: the most probable class ({why}); y_pred_argmax: the same"
         pos = self.labels[positive_index(self.config.data)]
         how = (cals[0] or {}).get("operating_point", {}).get("method", "?")
         how += ", mean of the folds" if len(cals) > 1 else ""
