@@ -151,3 +151,22 @@ def test_predictor_calls_at_the_operating_point(fold_dir, tmp_path):
         assert got["y_pred"] == int(p >= thr) and got["y_pred_argmax"] == int(p > row["p_normal"])
         assert again.predict(str(scan)).label == LABELS[int(p >= thr)]
         assert f"y_pred: nodule where p_nodule >= {thr:.4g}" in again.decision_rule()
+
+
+def test_a_fit_without_evidence_leaves_the_fold_uncalibrated_and_says_why(tmp_path):
+    """Twenty well-calibrated inner-validation patients: the fitted temperature is noise, so the fold keeps
+    softmax(logits) and calibration.json records the candidate and the cross-validated comparison."""
+    cfg = tiny_config()
+    write_fold(tmp_path, 0, cfg)
+    d = tmp_path / "fold_0"
+    z, y = overconfident(20, seed=3, t_true=1.0)
+    table("val", z, y).to_parquet(d / "inner_val_predictions.parquet")
+    plant_heldout(d, 1, 1.0)
+    cal = calibrate_fold(d, cfg)
+    assert cal["method"] == "none" and cal["candidate"]["method"] == "temperature"
+    assert not cal["evidence"]["kept"] and cal["evidence"]["patients"] == 20
+    assert "not kept" in cal["note"] and "cross-validated log-loss" in cal["note"]
+    assert json.loads((d / "calibration.json").read_text())["evidence"] == cal["evidence"]
+    held = pd.read_parquet(d / "predictions.parquet")
+    zz = held[["logit_normal", "logit_nodule"]].to_numpy()
+    np.testing.assert_allclose(held[["p_normal", "p_nodule"]], softmax(zz, axis=1), atol=1e-12)
