@@ -160,3 +160,45 @@ def test_a_run_folder_on_around_or_holding_an_input_is_refused(tmp_path):
     with pytest.raises(DataError, match="cache folder .* contains the "):
         run(cfg, quiet=True)
     assert not (data / "run").exists()
+
+
+@pytest.mark.slow
+def test_leave_site_out_run_reports_each_site_as_external(tmp_path):
+    # three sites of four patients, and a fourth site only in the test split: one fold per site, each
+    # fold's inner validation from the other sites, the report scoring each held-out site
+    rng = np.random.default_rng(1)
+    rows = []
+    for p in range(16):
+        lesion = p % 2 == 1
+        site = "abcd"[p // 4]
+        mask = np.zeros((16, 16, 16), np.uint8)
+        if lesion:
+            mask[5:10, 6:11, 4:9] = 1
+        row = {"case_id": f"c{p}", "patient_id": f"p{p:03d}", "label": "lesion" if lesion else "normal",
+               "site": site, "split": "test" if site == "d" else "train",
+               "mask": _nifti(tmp_path / f"c{p}_mask.nii.gz", mask)}
+        for k, seq in enumerate(("t1", "t2", "flair")):
+            img = rng.normal(100 * (k + 1), 10, (16, 16, 16)).astype(np.float32) + 50 * mask
+            row[f"image_{seq}"] = _nifti(tmp_path / f"c{p}_{seq}.nii.gz", img)
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    cfg = load_config(ROOT / "medres" / "configs" / "mr_multichannel.yaml", [
+        f"data.manifest={tmp_path / 'manifest.csv'}", "data.patch_size=[16,16,16]", "data.spacing=[2,2,2]",
+        "model.options.base_channels=4", "train.epochs=1", "train.batch_size=4",
+        "cv.strategy=leave_group_out", "cv.group_column=site", "cv.val_fraction=0.34",
+        "evaluate.bootstrap_resamples=100", "output.tracking=[]", f"output.dir={tmp_path / 'runs'}"])
+    result = run(cfg, quiet=True)
+    d = result.run_dir
+    assert result.config.cv.folds == 3 and load_config(d / "config.yaml").cv.folds == 3  # one per site
+    folds = pd.read_csv(d / "folds.csv", dtype=str)
+    assert dict(zip(folds.patient_id, folds.fold)) == {f"p{p:03d}": str(p // 4) for p in range(12)}
+    for k, site in enumerate("abc"):
+        held = pd.read_parquet(d / f"fold_{k}" / "predictions.parquet")
+        inner = pd.read_parquet(d / f"fold_{k}" / "inner_val_predictions.parquet")
+        assert set(held.site) == {site} and site not in set(inner.site) and "d" not in set(inner.site)
+    summary = __import__("json").loads((Path(result.report).parent / "summary.json").read_text())
+    records = pd.DataFrame(summary["records"])
+    groups = records[(records.scope == "external_group") & (records.metric == "auroc")]
+    assert sorted(groups.subgroup) == ["site = a", "site = b", "site = c"]
+    assert (records.scope == "external_pooled").any()
+    assert set(records.loc[records.scope == "external_test", "subgroup"]) == {"site = d"}
