@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, W
 
 from medres.config import DataConfig
 from medres.data.dicom import ACQUISITION_FIELDS, safe_message
+from medres.data.limits import memory_error
 from medres.data.radiograph import RADIOGRAPH_META_FIELDS, RADIOGRAPH_RECORD_KEYS
 from medres.data.transforms import load_transforms, preprocess_signature, sample_transforms
 from medres.errors import DataError
@@ -219,6 +220,8 @@ class CaseDataset(Dataset):
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             return None
+        except MemoryError:  # not a damaged entry: say so, and keep the entry
+            raise memory_error(path) from None
         except Exception:  # a truncated or foreign file: recompute and overwrite
             log.warning("unreadable cache entry %s; recomputing it", path.name)
             return None
@@ -296,6 +299,8 @@ class CaseDataset(Dataset):
             return fn(index)
         except Exception as exc:
             err = _find_data_error(exc)
+            if err is None and _out_of_memory(exc):  # MONAI wraps it in a RuntimeError
+                err = memory_error(_paths(rec)[0])
             os_error = _find_os_error(exc) if err is None else None
             if os_error is not None:
                 err = disk_error(os_error, Path(os_error.filename) if os_error.filename else self.cache_dir,
@@ -361,6 +366,17 @@ def disk_error(exc: BaseException, where: Path | None, doing: str) -> DataError:
     return DataError(f"{what} at {where} while {doing}: a problem of the disk, not of the scan", path=where,
                      hint="free space or fix the permissions there (or set data.cache_dir / output.dir to "
                           "another disk), then run again")
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether a MemoryError is behind an exception."""
+    for _ in range(10):
+        if exc is None:
+            return False
+        if isinstance(exc, MemoryError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _find_data_error(exc: BaseException | None) -> DataError | None:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medres.data.limits import memory_error
 from medres.files import remove_written
 
 __all__ = ["MmapCache"]
@@ -77,6 +78,8 @@ class MmapCache:
                 entry[k] = t if t.dtype == want else t.to(want)
                 entry[f"{k}_meta"] = meta["meta"][k]
             return entry
+        except MemoryError:  # not a damaged entry: say so, and keep the entry
+            raise memory_error(d) from None
         except Exception as exc:  # a truncated or foreign entry: the caller recomputes and rewrites it
             log.warning("unreadable cache entry %s (%s); recomputing it", key[:12], type(exc).__name__)
             with contextlib.suppress(OSError):  # only an entry's own files: never a whole folder

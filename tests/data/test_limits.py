@@ -128,3 +128,28 @@ def test_address_space_room_counts_what_the_process_maps():
                           env=dict(os.environ, PYTHONPATH=str(_REPO)))
     room = int(done.stdout.strip())
     assert 0 < room < vm * 4
+
+
+def test_a_cache_entry_that_runs_out_of_memory_is_kept_not_recomputed(tmp_path, monkeypatch):
+    # a MemoryError while mapping an entry is the process's limit, not a damaged entry: the entry stays
+    import torch
+
+    from medres.data import disk_cache
+    from medres.errors import DataError
+
+    cache = disk_cache.MmapCache(tmp_path)
+    cache.put("k", {"image": torch.zeros(4, 4), "image_meta": {}})
+    assert cache.get("k") is not None
+    files = sorted(p.name for p in (tmp_path / "k").iterdir())
+
+    def no_memory(*args, **kwargs):  # what np.load raises when the mapping cannot be had
+        raise MemoryError
+
+    monkeypatch.setattr(disk_cache.np, "load", no_memory)
+    try:
+        cache.get("k")
+    except DataError as err:
+        assert "ran out of memory" in err.reason and "damaged" not in err.reason
+    else:
+        raise AssertionError("a MemoryError must be reported")
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == files
