@@ -55,9 +55,11 @@ def discover_inputs(folder: str | Path) -> tuple[list[Path], list[tuple[Path, st
                         hint="check the folder's permissions") from None
     files = [p for p in entries if p.is_file()]
     scans = [p for p in files if p.name.lower().endswith(FILE_SCANS)]
-    loose_dicom = [p for p in files if p not in scans and _is_dicom(p)]
+    taken = set(scans)  # sets: membership per entry must not cost the folder's size
+    loose_dicom = [p for p in files if p not in taken and _is_dicom(p)]
+    taken.update(loose_dicom)
     if loose_dicom and not scans:
-        others = [(p, "not a DICOM file of the series") for p in files if p not in loose_dicom]
+        others = [(p, "not a DICOM file of the series") for p in files if p not in taken]
         others += [(p, "a sub-folder of a series folder (not searched)") for p in entries if p.is_dir()]
         _log(folder, others)
         return [folder], others
@@ -67,7 +69,7 @@ def discover_inputs(folder: str | Path) -> tuple[list[Path], list[tuple[Path, st
         skipped.append((folder, f"{len(loose_dicom)} loose DICOM file(s) beside other scans; put each series "
                                 "in its own sub-folder"))
     for p in files:
-        if p not in scans and p not in loose_dicom:
+        if p not in taken:
             skipped.append((p, "not a scan (medres reads .nii/.nii.gz/.png/.jpg files and DICOM series "
                                "folders)"))
     for p in entries:

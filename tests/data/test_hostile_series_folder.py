@@ -103,3 +103,25 @@ def test_source_series_listing_is_checked_too(tmp_path):
     os.link(paths[0], folder / "copy.dcm")
     with pytest.raises(DataError, match="the same file under two names"):
         series_in_folder(folder)
+
+
+def test_predict_input_discovery_costs_each_entry_once(tmp_path):
+    # 4,000 loose DICOM names beside a NIfTI: every entry is compared once, not with every other
+    import logging
+
+    from medres.data.inputs import discover_inputs
+
+    (first,) = write_series(tmp_path / "src", 1)
+    for k in range(4000):
+        os.link(first, tmp_path / f"loose{k:05d}.dcm")
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    logging.disable(logging.WARNING)
+    try:
+        start = time.perf_counter()
+        cases, skipped = discover_inputs(tmp_path)
+        elapsed = time.perf_counter() - start
+    finally:
+        logging.disable(logging.NOTSET)
+    assert [p.name for p in cases] == ["a.nii.gz", "src"]
+    assert "4000 loose DICOM file(s)" in skipped[0][1]
+    assert elapsed < 5, elapsed
