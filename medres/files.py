@@ -181,6 +181,8 @@ def remove_written(folder: str | os.PathLike[str], written: Collection[str]) -> 
     real = os.path.realpath(folder)
     parents: set[Path] = set()
     for rel in written:
+        if os.path.isabs(rel) or ".." in Path(rel).parts or "\0" in rel:
+            continue  # a list naming something outside the folder names nothing medres wrote in it
         p = folder / rel
         if os.path.realpath(p.parent) != os.path.normpath(os.path.join(real, os.path.dirname(rel))):
             continue  # reached through a link that leaves the folder: not this folder's file

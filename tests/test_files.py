@@ -103,3 +103,10 @@ def test_remove_written_never_follows_a_link_out(tmp_path: Path) -> None:
     (tmp_path / "f" / "sub").symlink_to(outside, target_is_directory=True)
     assert remove_written(tmp_path / "f", ["sub/00001.dcm"]) == ["sub"]
     assert (outside / "00001.dcm").read_text() == "precious"
+
+
+def test_remove_written_ignores_names_that_leave_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "victim.txt").write_text("precious")
+    (tmp_path / "f").mkdir()
+    assert remove_written(tmp_path / "f", ["../victim.txt", str(tmp_path / "victim.txt")]) == []
+    assert (tmp_path / "victim.txt").read_text() == "precious"

@@ -39,6 +39,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -256,6 +257,7 @@ def _labels(path: Path | None, key_name: str, columns: list[str], pseudo: _Pseud
     return by_key, rows
 
 
+_CASE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _MARKERS = ("written.json", "links.json", "state.json", "header_cache.json")  # private/: an index output
 
 
@@ -282,10 +284,14 @@ def _claim_out(out: Path) -> dict[str, int]:
         raise DataError(f"--out must be a new or empty folder, or one medres.data.index wrote ({why}); "
                         "medres never writes into or deletes from a folder it did not write", path=out,
                         hint="choose a new folder for --out")
-    written = _load_links(out / "private" / "written.json").get("series")
-    if isinstance(written, dict):
-        return {str(k): int(v) for k, v in written.items()}
-    return {k: len(v) for k, v in _load_links(out / "private" / "links.json").items()}
+    try:  # a case id is one file name ([A-Za-z0-9._-], as the index makes them): nothing else is claimed
+        written = _load_links(out / "private" / "written.json").get("series")
+        if not isinstance(written, dict):
+            written = {k: len(v) for k, v in _load_links(out / "private" / "links.json").items()}
+        return {str(k): int(v) for k, v in written.items() if _CASE_NAME.fullmatch(str(k))
+                and str(k) not in (".", "..")}
+    except (AttributeError, TypeError, ValueError):
+        return {}
 
 
 def _save_written(private: Path, series: dict[str, int]) -> None:
@@ -489,8 +495,9 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     foreign = [s.case_id for s in kept if s.case_id not in written
                and os.path.lexists(out / "series" / s.case_id)]
     if foreign:
-        raise DataError(f"series/{foreign[0]} (and {len(foreign) - 1} more) exists but medres did not write "
-                        "it; medres will not delete it", path=out / "series" / foreign[0],
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise DataError(f"series/{foreign[0]}{more} exists but medres did not write it; medres will not "
+                        "delete it", path=out / "series" / foreign[0],
                         hint="move it away or choose a new --out folder")
     # the files about to be written are listed before they exist, so a crash leaves nothing unlisted
     _save_written(private, {**written, **{s.case_id: max(len(s.instances), written.get(s.case_id, 0))

@@ -352,3 +352,20 @@ def test_images_without_pixel_data_or_without_rows_are_told_apart(tmp_path: Path
     assert sum(r.startswith("without pixel data (CT Image Storage with Rows/Columns, no PixelData)")
                for r in reasons) == 2
     assert sum("without Rows/Columns" in r for r in reasons) == 1
+
+
+def test_a_planted_written_list_claims_nothing_outside_series(tmp_path: Path) -> None:
+    import json
+
+    write_series(tmp_path / "exp" / "a", 5, edit=_ids("A1"))
+    out = tmp_path / "out"
+    index_dicom(tmp_path / "exp", out, rules=_rules())
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "00001.dcm").write_text("precious")
+    written = json.loads((out / "private" / "written.json").read_text())
+    written["series"].update({"../../victim": 1, "..": 1})
+    (out / "private" / "written.json").write_text(json.dumps(written))
+    index_dicom(tmp_path / "exp", out, rules=IndexConfig(min_slices=6))  # its series dropped: links go
+    assert (victim / "00001.dcm").read_text() == "precious"
+    assert _rows(out / "manifest.csv") == [] and list((out / "series").iterdir()) == []
