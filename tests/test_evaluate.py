@@ -170,7 +170,8 @@ def test_compare_without_shared_patients_says_so(tmp_path, capsys):
     assert "b: 6 cases of 6 patients, folds [2] of 3 without predictions (not finished)" in err
 
 
-def test_compare_with_an_unfinished_run_names_its_missing_folds(tmp_path):
+def test_compare_with_an_unfinished_run_names_its_missing_folds(tmp_path, caplog, monkeypatch):
+    import logging
     import shutil
 
     a = write_synthetic_run(tmp_path / "a", name="a", n_patients=12, extra_scans=2, with_seg=False, seed=0)
@@ -183,6 +184,11 @@ def test_compare_with_an_unfinished_run_names_its_missing_folds(tmp_path):
     diff = _records(out).query("scope == 'comparison'")
     n_b = len(load_run(b).predictions)
     assert (diff["n"] == n_b).all() and n_b < len(load_run(a).predictions)
+    monkeypatch.setattr(logging.getLogger("medres"), "propagate", True)
+    with caplog.at_level("WARNING", logger="medres"):
+        assert main(["--run", str(b), "--output", str(tmp_path / "out_b"), "--gallery", "0"]) == 0
+    assert "folds [1] of 3 have no predictions yet (not finished): the report covers the other 2 only" \
+        in caplog.text
 
 
 def test_an_output_on_around_or_inside_a_run_is_refused(tmp_path, capsys):

@@ -17,6 +17,7 @@ import pandas as pd
 from medres.evaluation.cases import add_spacing, segmentation_cases
 from medres.evaluation.gallery import gallery
 from medres.report import build_bundle, load_run, provenance
+from medres.report.compare import missing_folds
 from medres.report.test_split import test_segmentation_cases
 
 __all__ = ["evaluate_run", "segmentation_cases", "add_spacing"]
@@ -47,6 +48,10 @@ def evaluate_run(
 ) -> Path:
     """Write the report bundle of a run folder; returns the path of ``report.html``."""
     run = load_run(run_dir)
+    missing = missing_folds(run)
+    if missing:
+        log.warning("folds %s of %d have no predictions yet (not finished): the report covers the other %d "
+                    "only", missing, run.config.cv.folds, run.config.cv.folds - len(missing))
     out = Path(output) if output is not None else run.run_dir / "report"
     _check_output(out, run, compare)
     run.predictions = add_spacing(run.predictions)
