@@ -16,6 +16,7 @@ limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``, as a SLURM or container 
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 from collections.abc import Sequence
@@ -99,27 +100,38 @@ def _cgroup_dirs() -> list[tuple[str, str]]:
             + [("v1", d) for d in [*v1, "/sys/fs/cgroup/memory"]])
 
 
-def _cgroup_room() -> int | None:
-    """Bytes left under the cgroup's memory limit (limit minus usage, reclaimable page cache counted as
-    free: the kernel drops it before it kills), or None when there is no limit or none is visible."""
+@functools.lru_cache(maxsize=1)
+def _cgroup_files() -> tuple[int, str, str] | None:
+    """``(limit, usage file, stat file)`` of this process's memory cgroup when it has a limit; found once
+    per process (the limit of a job does not change while it runs; its usage is read at each call)."""
     for version, folder in _cgroup_dirs():
         limit_file, usage_file = (("memory.max", "memory.current") if version == "v2"
                                   else ("memory.limit_in_bytes", "memory.usage_in_bytes"))
         limit = _read_int(f"{folder}/{limit_file}")
         if limit is None or limit >= 1 << 60:  # v1 writes "no limit" as a page-rounded 2**63
             continue
-        usage = _read_int(f"{folder}/{usage_file}") or 0
-        cache = 0
-        try:
-            with open(f"{folder}/memory.stat") as fh:
-                for line in fh:
-                    key, _, value = line.partition(" ")
-                    if key in ("inactive_file", "total_inactive_file"):
-                        cache = max(cache, int(value))
-        except (OSError, ValueError):
-            pass
-        return max(limit - usage + min(cache, usage), 0)
+        return limit, f"{folder}/{usage_file}", f"{folder}/memory.stat"
     return None
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under the cgroup's memory limit (limit minus usage, reclaimable page cache counted as
+    free: the kernel drops it before it kills), or None when there is no limit or none is visible."""
+    found = _cgroup_files()
+    if found is None:
+        return None
+    limit, usage_file, stat_file = found
+    usage = _read_int(usage_file) or 0
+    cache = 0
+    try:
+        with open(stat_file) as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key in ("inactive_file", "total_inactive_file"):
+                    cache = max(cache, int(value))
+    except (OSError, ValueError):
+        pass
+    return max(limit - usage + min(cache, usage), 0)
 
 
 def memory_allowance() -> tuple[int | None, str]:

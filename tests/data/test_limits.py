@@ -103,17 +103,24 @@ def test_cgroup_files_are_read(tmp_path, monkeypatch):
     (v2 / "memory.current").write_text(f"{3 << 30}\n")
     (v2 / "memory.stat").write_text(f"anon 1\ninactive_file {256 << 20}\n")
     monkeypatch.setattr(limits, "_cgroup_dirs", lambda: [("v2", str(v2))])
+    limits._cgroup_files.cache_clear()
     assert limits._cgroup_room() == (1 << 30) + (256 << 20)
+    (v2 / "memory.current").write_text(f"{(7 << 30) // 2}\n")  # usage is read at every call
+    assert limits._cgroup_room() == (1 << 29) + (256 << 20)
     (v2 / "memory.max").write_text("max\n")  # v2 without a limit
+    limits._cgroup_files.cache_clear()
     assert limits._cgroup_room() is None
     v1 = tmp_path / "v1"
     v1.mkdir()
     (v1 / "memory.limit_in_bytes").write_text(f"{2 << 30}\n")
     (v1 / "memory.usage_in_bytes").write_text(f"{1 << 30}\n")
     monkeypatch.setattr(limits, "_cgroup_dirs", lambda: [("v2", str(v2)), ("v1", str(v1))])
+    limits._cgroup_files.cache_clear()
     assert limits._cgroup_room() == 1 << 30
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    limits._cgroup_files.cache_clear()
     assert limits._cgroup_room() is None
+    limits._cgroup_files.cache_clear()
 
 
 def test_address_space_room_counts_what_the_process_maps():
