@@ -39,6 +39,8 @@ from scipy.ndimage import gaussian_filter
 
 from medres.errors import DataError
 
+from .demo_folder import partial_folder, replace_folder, written_files
+
 __all__ = ["generate_cxr_demo", "CXR_DEMO_VERSION", "CXR_SITES", "FIELD_MM"]
 
 CXR_DEMO_VERSION = 1
@@ -286,8 +288,6 @@ def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, see
                         hint="use --n-patients 6 or more")
     if _is_complete(out, n_patients, seed):
         return out / "manifest.csv"
-    from .demo import partial_folder, replace_folder, written_files
-
     written_files(out, _STAMP)  # refused now, before generating, when it holds what the demo did not write
     tmp = partial_folder(out)
     (tmp / "images").mkdir(parents=True)
