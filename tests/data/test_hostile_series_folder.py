@@ -125,3 +125,14 @@ def test_predict_input_discovery_costs_each_entry_once(tmp_path):
     assert [p.name for p in cases] == ["a.nii.gz", "src"]
     assert "4000 loose DICOM file(s)" in skipped[0][1]
     assert elapsed < 5, elapsed
+
+
+def test_a_mosaic_folder_is_named_from_the_headers_alone(tmp_path):
+    import shutil
+
+    from tests.data.test_hostile_realfiles import MOSAIC
+
+    for path in MOSAIC:
+        shutil.copy(path, tmp_path / path.name)
+    with pytest.raises(DataError, match=r"Siemens MOSAIC image \(48 slices tiled in one 256x256 frame\)"):
+        load_image(tmp_path)
