@@ -410,7 +410,7 @@ def _check_out(manifest: Path, out: Path, force: bool) -> None:
     """Refuse, before anything is measured, an ``--out`` that is not a YAML name, is (or would put
     ``fingerprint.json`` on) the manifest, or would replace a file without ``force``."""
     if out.suffix.lower() not in (".yaml", ".yml"):
-        raise ConfigError(f"--out {out} does not end in .yaml or .yml", field="--out",
+        raise ConfigError("does not end in .yaml or .yml", field="--out", path=str(out),
                           hint="name the configuration to write, e.g. configs/my_cohort.yaml")
     fingerprint = out.parent / "fingerprint.json"
     check_output(out, inputs={"manifest": manifest}, what="planned configuration (--out)")
