@@ -165,8 +165,8 @@ def _check_deflated(path: Path) -> None:
 #: What a series folder's files are first read for (grouping, refusals, the declared size): the header
 #: elements below only, pixel data deferred (not read), so a file costs a few KiB until its series is chosen
 _HEADER_TAGS = ["SOPClassUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "ImageOrientationPatient",
-                "ImageType", (0x0019, 0x0010), (0x0019, 0x100A), "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
-                "BitsAllocated", "PixelData", "FloatPixelData", "DoubleFloatPixelData"]
+                "ImageType", (0x0019, 0x0010), (0x0019, 0x100A), "Rows", "Columns", "NumberOfFrames",
+                "SamplesPerPixel", "BitsAllocated", "PixelData", "FloatPixelData", "DoubleFloatPixelData"]
 
 
 def _read_dataset(path: Path, header_only: bool = False) -> Dataset:
