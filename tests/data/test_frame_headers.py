@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, features
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
@@ -90,6 +90,24 @@ def test_a_matching_jpeg_still_decodes(tmp_path):
     np.testing.assert_allclose(data, expected.T)  # [X, Y]: columns first
 
 
+def _siz(rows: int, cols: int, components: int = 1, bits: int = 8) -> bytes:
+    """SOC and a SIZ segment (T.800 A.5.1) with the image offset 4 x 2, then EOC."""
+    body = struct.pack(">HIIIIIIIIH", 0, cols + 4, rows + 2, 4, 2, cols + 4, rows + 2, 0, 0, components)
+    body += bytes([bits - 1, 1, 1]) * components
+    return b"\xff\x4f\xff\x51" + struct.pack(">H", 2 + len(body)) + body + b"\xff\xd9"
+
+
+def test_jpeg2000_siz_built_from_bytes(tmp_path):
+    assert frame_header(_siz(16000, 12000, 3, 12)) == (16000, 12000, 3, 12, "JPEG 2000")
+    jp2 = (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + struct.pack(">I4s", 20, b"ftyp") + b"jp2 " + bytes(8)
+           + struct.pack(">I4s", 8 + len(_siz(9000, 8)), b"jp2c") + _siz(9000, 8))
+    assert frame_header(jp2)[:2] == (9000, 8)
+    path = _dicom(tmp_path / "siz.dcm", [_siz(16000, 12000)], JPEG2000Lossless)
+    with pytest.raises(DataError, match="JPEG 2000 frame declaring 12000 x 16000 pixels"):
+        read_dicom_file(path)
+
+
+@pytest.mark.skipif(not features.check("jpg_2000"), reason="Pillow built without OpenJPEG")
 def test_jpeg2000_siz_of_codestream_and_jp2(tmp_path):
     big = np.full((1024, 768), 7, np.uint8)
     for name, kw in (("j2k", {"irreversible": False}), ("jp2", {"irreversible": False})):
