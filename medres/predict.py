@@ -109,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-masks", action="store_true", help="write probabilities only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from medres.logs import route_library_logs
+
+    route_library_logs()  # highdicom's, MLflow's and alembic's INFO lines stay off the terminal
     try:
         return _run(args)
     except MedresError as e:
