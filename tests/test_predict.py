@@ -160,6 +160,7 @@ def test_cli_on_dicom_series_leaks_no_patient_fields(checkpoint, tmp_path):
     out = tmp_path / "out"
     done = _run_cli("--checkpoint", str(checkpoint), "--input", str(series), "--output", str(out), "--tta")
     assert done.returncode == 0, done.stderr
+    assert list(out.glob("seg/*.dcm")) and "copy attributes of module" not in done.stderr  # no SEG chatter
     df = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert df["case_id"].tolist() == ["series_1"]
     src = load_image(series)
