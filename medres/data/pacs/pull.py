@@ -1,0 +1,412 @@
+"""``python -m medres.data.pull``: a cohort from a PACS into an export folder that the index reads.
+
+    python -m medres.data.pull --dicomweb https://pacs/dicom-web --out export/ --accessions cohort.csv
+    python -m medres.data.pull --dicomweb URL --out export/ --query Modality=CT StudyDate=20210101-20211231
+    python -m medres.data.pull --dimse HOST:PORT --called-aet PACS --calling-aet MEDRES --out export/ ...
+
+Studies are found by accession number (a CSV with an ``AccessionNumber`` column) or by attribute
+filters (QIDO-RS or C-FIND at study level); each matching series is retrieved (WADO-RS per instance,
+or C-GET per series) into ``OUT/<study pseudonym>/<series pseudonym>/<SOPInstanceUID>.dcm``: the
+pseudonyms are HMAC-SHA256 of the UIDs under the project key (the index's ``study_id`` is the same
+``s...`` pseudonym), so no name or id is in a path. Each file is written to a temporary name and
+renamed, so a file with its final name is complete; a rerun fetches only the instances that are not
+there yet. At the end every series is checked against the instance count the server reported and a
+short series is listed (exit code 1). ``--series-filter CONFIG`` applies the config's ``data.index``
+rules before anything is downloaded (modality, slice count, and from one instance's header:
+localizers, ORIGINAL, orientation). ``--index DIR`` then runs ``medres.data.index`` on the result.
+Credentials: see :mod:`medres.data.pacs.auth` (never on the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import hmac
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+
+from medres.errors import ConfigError, DataError, MedresError, did_you_mean
+
+__all__ = ["PullResult", "SeriesResult", "pull", "main", "pseudonym", "parse_query"]
+
+log = logging.getLogger("medres.data.pacs")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_PROJECTION = {"CR", "DX", "MG", "IO", "PX", "XA", "RF"}
+
+
+class Server(Protocol):
+    """What the pull needs of a PACS (DICOMweb and DIMSE give the same)."""
+
+    name: str
+    batch: str  # "instance": retrieve() is called per instance; "series": with every missing instance
+
+    def find_studies(self, filters: dict[str, str], limit: int) -> list[Dataset]: ...
+    def find_series(self, study_uid: str, where: str = "") -> list[Dataset]: ...
+    def find_instances(self, study_uid: str, series_uid: str, where: str = "") -> list[str]: ...
+    def header(self, study_uid: str, series_uid: str, sop_uid: str, where: str = "") -> Dataset: ...
+    def retrieve(self, study_uid: str, series_uid: str, sop_uids: Sequence[str], where: str = ""
+                 ) -> Iterable[Dataset]: ...
+
+
+def pseudonym(key: bytes, field_name: str, value: str) -> str:
+    """The index's pseudonym of an id (HMAC-SHA256 under the project key, 16 hex digits)."""
+    return hmac.new(key, f"{field_name}\0{value}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
+@dataclass
+class SeriesResult:
+    study: str  # pseudonyms only
+    series: str
+    expected: int = 0  # NumberOfSeriesRelatedInstances (or the instance list's length)
+    listed: int = 0
+    on_disk: int = 0
+    fetched: int = 0
+    status: str = ""  # "complete", "short", "skipped: <reason>", "failed: <reason>"
+
+
+@dataclass
+class PullResult:
+    out: Path
+    studies: int = 0
+    series: list[SeriesResult] = field(default_factory=list)
+    accessions_not_found: int = 0
+    accessions_ambiguous: int = 0
+
+    @property
+    def short(self) -> list[SeriesResult]:
+        return [s for s in self.series if s.status.startswith(("short", "failed"))]
+
+    @property
+    def fetched(self) -> int:
+        return sum(s.fetched for s in self.series)
+
+
+def parse_query(items: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` filters (DICOM keywords, e.g. ``Modality=CT StudyDate=20210101-20211231``)."""
+    from pydicom.datadict import dictionary_keyword, keyword_dict
+
+    filters: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--query {item!r} is not KEY=VALUE", hint="e.g. --query Modality=CT")
+        if key not in keyword_dict:
+            raise ConfigError(f"--query: {key!r} is not a DICOM keyword{did_you_mean(key, keyword_dict)}",
+                              hint="use the keyword as the DICOM standard spells it, e.g. StudyDate")
+        filters[dictionary_keyword(keyword_dict[key])] = value.strip()
+    return filters
+
+
+def read_accessions(path: str | os.PathLike[str]) -> list[str]:
+    """The ``AccessionNumber`` column of a CSV (empty cells left out, order kept, duplicates once)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if "AccessionNumber" not in (reader.fieldnames or []):
+                raise DataError("has no AccessionNumber column", path=path,
+                                hint="a CSV with a header row naming the column AccessionNumber")
+            values = [str(r["AccessionNumber"] or "").strip() for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot be read ({type(exc).__name__})", path=path,
+                        hint="a UTF-8 CSV with an AccessionNumber column") from None
+    return list(dict.fromkeys(v for v in values if v))
+
+
+def _rules(config: str | None) -> Any:
+    from medres.config import load_config
+
+    return load_config(config).data.index
+
+
+def _skip_reason(series: Dataset, rules: Any) -> str:
+    """Why a series (its QIDO/C-FIND attributes) cannot be kept under ``rules``, before any download."""
+    modality = str(series.get("Modality", "") or "")
+    if rules.modalities and modality not in rules.modalities:
+        return f"modality {modality or '(none)'} is not one of {list(rules.modalities)}"
+    count = series.get("NumberOfSeriesRelatedInstances")
+    if modality not in _PROJECTION and count not in (None, "") and int(count) < rules.min_slices:
+        return f"{int(count)} instance(s), fewer than the {rules.min_slices} slices required"
+    return ""
+
+
+def _header_reason(header: Dataset, rules: Any) -> str:
+    """Why a series cannot be kept, from one instance's header (ImageType, orientation)."""
+    from medres.data.index_series import orientation_of
+
+    image_type = [str(x).upper() for x in (header.get("ImageType") or [])]
+    if rules.exclude_localizers and "LOCALIZER" in image_type:
+        return "a localizer (ImageType LOCALIZER)"
+    if rules.original_only and image_type and image_type[0] != "ORIGINAL":
+        return "not ORIGINAL (ImageType " + "\\".join(image_type) + ")"
+    iop = header.get("ImageOrientationPatient")
+    if rules.orientations and iop and str(header.get("Modality", "")) not in _PROJECTION:
+        orientation = orientation_of([float(v) for v in iop], rules.oblique_deg)
+        if orientation not in rules.orientations:
+            return f"{orientation} orientation, not {'/'.join(rules.orientations)}"
+    return ""
+
+
+class _Writer:
+    """Writes instances into ``folder`` atomically (temporary name, then rename)."""
+
+    def __init__(self, server_name: str) -> None:
+        self.server_name = server_name
+        self.lock = threading.Lock()
+
+    def write(self, ds: Dataset, folder: Path, where: str) -> Path:
+        sop = str(ds.get("SOPInstanceUID", ""))
+        if not _UID.fullmatch(sop):
+            raise DataError(f"the server sent an instance without a valid SOPInstanceUID ({where})",
+                            path=self.server_name, hint="check the server's data")
+        target = folder / f"{sop}.dcm"
+        tmp = folder / f".{sop}.dcm.part"
+        try:
+            ds.save_as(tmp, enforce_file_format=True)
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"cannot write an instance ({where}): {exc.strerror or type(exc).__name__}",
+                            path=folder, hint="free disk space or fix permissions, then rerun (what is "
+                                              "complete is kept)") from None
+        except Exception as exc:  # pydicom cannot encode what arrived
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"an instance could not be written as DICOM ({where}: {type(exc).__name__})",
+                            path=self.server_name, hint="check the server's data") from None
+        return target
+
+
+def _present(folder: Path) -> set[str]:
+    if not folder.is_dir():
+        return set()
+    return {p.name[:-4] for p in folder.iterdir() if p.name.endswith(".dcm") and not p.name.startswith(".")}
+
+
+def _studies(server: Server, accessions: Sequence[str] | None, filters: dict[str, str], max_studies: int,
+             result: PullResult) -> list[Dataset]:
+    if "Modality" in filters:  # at study level the modality is ModalitiesInStudy
+        filters["ModalitiesInStudy"] = filters.pop("Modality")
+    if accessions is None:
+        if not filters:
+            raise ConfigError("neither --accessions nor --query was given",
+                              hint="pass a CSV with an AccessionNumber column or filters such as "
+                                   "--query Modality=CT StudyDate=20210101-20211231")
+        found = server.find_studies(filters, limit=max_studies + 1)
+        if len(found) > max_studies:
+            raise DataError(f"the query matches more than --max-studies {max_studies} studies",
+                            path=server.name, hint="narrow the query (e.g. a StudyDate range) or raise "
+                                                   "--max-studies")
+        return found
+    if len(accessions) > max_studies:
+        raise DataError(f"{len(accessions)} accession numbers, more than --max-studies {max_studies}",
+                        path=server.name, hint="raise --max-studies")
+    studies: dict[str, Dataset] = {}
+    for n, acc in enumerate(accessions, start=1):
+        found = server.find_studies({**filters, "AccessionNumber": acc}, limit=3)
+        if not found:
+            result.accessions_not_found += 1
+            log.warning("accession on row %d of the accessions file matches no study on %s", n, server.name)
+        elif len(found) > 1:
+            result.accessions_ambiguous += 1
+            log.warning("accession on row %d of the accessions file matches %d studies on %s: skipped "
+                        "(pull them with --query StudyInstanceUID=... if both are wanted)", n, len(found),
+                        server.name)
+        else:
+            studies[str(found[0].StudyInstanceUID)] = found[0]
+    return list(studies.values())
+
+
+def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[str] | None = None,
+         filters: dict[str, str] | None = None, rules: Any = None, workers: int = 4, max_studies: int = 1000,
+         key: bytes | None = None, progress: bool = True) -> PullResult:
+    """Pull the matching studies' series from ``server`` into ``out`` (see the module's text).
+
+    Args:
+        accessions: accession numbers (one study each; none or several matches are listed, not pulled).
+        filters: study-level attribute filters (DICOM keywords).
+        rules: a ``data.index`` config: series it could not keep are not downloaded; None keeps all.
+        key: the project key (default: :func:`medres.data.project_key.project_key`).
+    """
+    from medres.data.project_key import project_key
+    from medres.progress import track
+
+    out = Path(out)
+    key = key or project_key(getattr(rules, "key_file", None))
+    result = PullResult(out=out)
+    studies = _studies(server, accessions, dict(filters or {}), max_studies, result)
+    result.studies = len(studies)
+    if not studies:
+        raise DataError("no study matches", path=server.name,
+                        hint="check the accession numbers or the --query filters")
+    writer = _Writer(server.name)
+    jobs: list[tuple[SeriesResult, str, str, list[str], Path]] = []
+    for study in studies:
+        study_uid = str(study.StudyInstanceUID)
+        s_name = f"s{pseudonym(key, 'study_uid', study_uid)[:12]}"
+        for series in server.find_series(study_uid, where=f"study {s_name}"):
+            series_uid = str(series.SeriesInstanceUID)
+            r_name = f"r{pseudonym(key, 'series_uid', series_uid)[:12]}"
+            where = f"study {s_name}, series {r_name}"
+            count = series.get("NumberOfSeriesRelatedInstances")
+            row = SeriesResult(s_name, r_name, expected=int(count) if count not in (None, "") else 0)
+            result.series.append(row)
+            reason = _skip_reason(series, rules) if rules is not None else ""
+            sops = [] if reason else server.find_instances(study_uid, series_uid, where=where)
+            row.listed = len(sops)
+            row.expected = row.expected or row.listed
+            if not reason and rules is not None and sops:
+                reason = _header_reason(server.header(study_uid, series_uid, sops[0], where=where), rules)
+            if reason:
+                row.status = f"skipped: {reason}"
+                continue
+            folder = out / s_name / r_name
+            folder.mkdir(parents=True, exist_ok=True)
+            missing = [s for s in sops if s not in _present(folder)]
+            if missing:
+                jobs.append((row, study_uid, series_uid, missing, folder))
+    tasks: list[tuple[SeriesResult, Callable[[], int]]] = []
+    for row, study_uid, series_uid, missing, folder in jobs:
+        where = f"study {row.study}, series {row.series}"
+        batches = [[s] for s in missing] if server.batch == "instance" else [missing]
+        for batch in batches:
+            def task(study_uid: str = study_uid, series_uid: str = series_uid, batch: list[str] = batch,
+                     folder: Path = folder, where: str = where) -> int:
+                n = 0
+                for ds in server.retrieve(study_uid, series_uid, batch, where=where):
+                    writer.write(ds, folder, where)
+                    n += 1
+                return n
+            tasks.append((row, task))
+    total = sum(len(j[3]) for j in jobs)
+    if tasks:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            pending: dict[Future, SeriesResult] = {}
+            queue = iter(tasks)
+            done_count = iter(track(range(total), desc=f"pull from {server.name}", unit="instances",
+                                    progress=progress))
+            for row, task in queue:  # at most 2 x workers queued: memory stays bounded
+                pending[pool.submit(task)] = row
+                if len(pending) >= 2 * max(1, workers):
+                    _drain(pending, done_count, wait_all=False)
+            while pending:
+                _drain(pending, done_count, wait_all=False)
+            for _ in done_count:
+                pass
+    for row in result.series:
+        if row.status:
+            continue
+        row.on_disk = len(_present(out / row.study / row.series))
+        if row.on_disk >= row.expected and row.on_disk >= row.listed:
+            row.status = "complete"
+        elif not row.status:
+            row.status = f"short: {row.on_disk} of {row.expected} instance(s) on disk"
+    return result
+
+
+def _drain(pending: dict[Future, SeriesResult], counter: Any, wait_all: bool) -> None:
+    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+    for fut in done:
+        row = pending.pop(fut)
+        try:
+            n = fut.result()
+        except DataError as err:
+            if not row.status:
+                row.status = f"failed: {err.reason}"
+            log.warning("%s", err)
+            continue
+        row.fetched += n
+        for _ in range(n):
+            next(counter, None)
+
+
+def _summary(result: PullResult) -> str:
+    kept = [s for s in result.series if not s.status.startswith("skipped")]
+    lines = [f"medres pull: {result.studies} stud(ies), {len(result.series)} series ({len(kept)} pulled, "
+             f"{len(result.series) - len(kept)} skipped by the series filter); {result.fetched} instance(s) "
+             f"fetched -> {result.out}"]
+    if result.accessions_not_found or result.accessions_ambiguous:
+        lines.append(f"  accessions matching no study: {result.accessions_not_found}; matching several "
+                     f"(skipped): {result.accessions_ambiguous}")
+    for s in result.series:
+        if s.status.startswith("skipped"):
+            lines.append(f"  {s.study}/{s.series}: {s.status}")
+    for s in result.short:
+        lines.append(f"  INCOMPLETE {s.study}/{s.series}: {s.status} (rerun to fetch what is missing)")
+    return "\n".join(lines)
+
+
+def _server(args: argparse.Namespace, credentials: Any) -> Server:
+    if args.dicomweb:
+        from .dicomweb import DicomWeb
+
+        return DicomWeb(args.dicomweb, credentials, ca_bundle=args.ca_bundle, insecure=args.insecure,
+                        timeout_s=args.timeout, workers=args.workers)
+    from .dimse import Dimse
+
+    return Dimse(args.dimse, called_aet=args.called_aet, calling_aet=args.calling_aet, timeout_s=args.timeout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m medres.data.pull", description=__doc__.split("\n\n")[0])
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dicomweb", metavar="URL", help="the server's DICOMweb root, e.g. https://pacs/dicom-web")
+    where.add_argument("--dimse", metavar="HOST:PORT", help="the PACS's DIMSE address (C-FIND + C-GET)")
+    p.add_argument("--called-aet", default="ANY-SCP", help="with --dimse: the PACS's AE title")
+    p.add_argument("--calling-aet", default="MEDRES", help="with --dimse: medres's AE title")
+    p.add_argument("--out", required=True, help="the export folder to pull into (study/series/SOP.dcm)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--accessions", metavar="CSV", help="a CSV with an AccessionNumber column")
+    which.add_argument("--query", nargs="+", metavar="KEY=VALUE", help="study filters, e.g. Modality=CT")
+    p.add_argument("--series-filter", metavar="CONFIG", help="a config whose data.index rules decide, before "
+                                                             "download, which series could be kept")
+    p.add_argument("--index", metavar="DIR", help="then run medres.data.index on the export into DIR")
+    p.add_argument("--labels", help="with --index: the labels CSV")
+    p.add_argument("--workers", type=int, default=4, help="parallel retrievals (default 4)")
+    p.add_argument("--max-studies", type=int, default=1000, help="refuse more matches (default 1000)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    p.add_argument("--credentials", metavar="FILE", help="user=/password= or token= lines; mode 0600")
+    p.add_argument("--ca-bundle", metavar="PEM", help="the CAs that sign the server's TLS certificate")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS (a warning is printed)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        from .auth import read_credentials
+
+        if args.workers < 1 or args.max_studies < 1:
+            raise ConfigError("--workers and --max-studies must be at least 1")
+        filters = parse_query(args.query or [])
+        accessions = read_accessions(args.accessions) if args.accessions else None
+        rules = _rules(args.series_filter) if args.series_filter else None
+        server = _server(args, read_credentials(args.credentials))
+        result = pull(server, args.out, accessions=accessions, filters=filters, rules=rules,
+                      workers=args.workers, max_studies=args.max_studies, progress=not args.no_progress)
+        print(_summary(result))
+        if args.index:
+            from medres.data.index import main as index_main
+
+            extra = (["--config", args.series_filter] if args.series_filter else []) + \
+                    (["--labels", args.labels] if args.labels else [])
+            code = index_main([str(args.out), "--out", args.index, *extra]
+                              + (["--no-progress"] if args.no_progress else []))
+            if code:
+                return code
+    except MedresError as err:
+        print(f"medres pull: error: {err}", file=sys.stderr)
+        return 2
+    return 1 if result.short else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
