@@ -24,6 +24,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -301,6 +302,7 @@ def test_the_readme_runs_as_written(tmp_path):
     positions = sorted([(README.index(b), "py", b) for b in blocks_left]
                        + [(_position(c), "sh", c) for c in dict.fromkeys(commands_left)])
     for _, kind, item in positions:
+        start = time.perf_counter()
         if kind == "sh":
             handler = next(h for s, h in HANDLED.items() if item.startswith(s))
             handler(w, item)
@@ -309,6 +311,7 @@ def test_the_readme_runs_as_written(tmp_path):
             code = item + "\nfrom medres import load_image as medres_load\n" + check
             run(["-c", code], w.cwd, w.env)
         w.done.append(item)
+        print(f"{time.perf_counter() - start:6.1f} s  {item.splitlines()[0][:90]}")  # shown with -s / -rP
     assert len([d for d in w.done if d in blocks_left]) == len(blocks_left) == 3
 
 
