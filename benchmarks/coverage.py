@@ -17,6 +17,7 @@ Monte-Carlo SE is about sqrt(0.95 * 0.05 / D) (0.5 points at D = 2000).
     python benchmarks/coverage.py --draws 2000             # the tables in BENCHMARKS.md (11 min shared)
     python benchmarks/coverage.py --draws 500 --baseline   # the percentile bootstrap used before
     python benchmarks/coverage.py --draws 200 --quick      # a smoke run
+    python benchmarks/coverage.py --draws 200 --recalibration   # recalibration kept on evidence or not
 """
 
 from __future__ import annotations
@@ -105,6 +106,37 @@ def bootstrap_cell(metric: str, true: float, k: int, icc: float, draws: int,
     return hits / draws, width / draws
 
 
+def recalibration(draws: int) -> None:
+    """Out-of-sample Brier of three policies for a map fitted on the inner validation: never recalibrate,
+    always keep the fitted temperature, keep it on evidence (`choose_calibration`, what medres does)."""
+    from scipy.special import softmax
+
+    from medres.metrics.calibration import apply_calibration, choose_calibration, fit_calibration
+
+    def sample(rng: np.random.Generator, n: int, t_true: float):
+        z = rng.normal(0, 2.5, (n, 2))  # logits; labels drawn from softmax(z / t_true)
+        return z, (rng.uniform(size=n) < softmax(z / t_true, axis=1)[:, 1]).astype(int)
+
+    print(f"\nrecalibration: mean Brier on 2,000 new cases, {draws} draws per cell (share of draws kept)")
+    print("| true temperature | inner-validation patients | none | always fit | on evidence (kept) |")
+    print("|---|---|---|---|---|")
+    for t_true in (0.7, 1.0, 1.5, 2.5):
+        for n_inner in (20, 60):
+            rng = np.random.default_rng(zlib.crc32(repr(("recal", t_true, n_inner)).encode()))
+            brier = {"none": [], "always": [], "rule": []}
+            kept = 0
+            for _ in range(draws):
+                zi, yi = sample(rng, n_inner, t_true)
+                zo, yo = sample(rng, 2000, t_true)
+                rule = choose_calibration(zi, yi)
+                kept += rule["method"] != "none"
+                for name, cal in (("none", None), ("always", fit_calibration(zi, yi)), ("rule", rule)):
+                    brier[name].append(np.mean((apply_calibration(zo, cal)[:, 1] - yo) ** 2))
+            mean = {k: float(np.mean(v)) for k, v in brier.items()}
+            print(f"| {t_true} | {n_inner} | {mean['none']:.4f} | {mean['always']:.4f} | "
+                  f"{mean['rule']:.4f} ({kept / draws:.2f}) |", flush=True)
+
+
 def table(name: str, cell, trues, positives, iccs, draws: int) -> float:
     print(f"\n{name}: coverage of the 95% interval (mean width), {draws} draws per cell")
     print("| ICC | positive patients | " + " | ".join(f"true {t}" for t in trues) + " |")
@@ -126,7 +158,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one ICC (0.3) only")
     ap.add_argument("--baseline", action="store_true",
                     help="only the percentile patient bootstrap the report used before, in a few cells")
+    ap.add_argument("--recalibration", action="store_true",
+                    help="only the out-of-sample effect of recalibration policies (Brier)")
     args = ap.parse_args()
+    if args.recalibration:
+        recalibration(args.draws)
+        return
     if args.baseline:
         for metric, trues, ks in (("sensitivity", (0.9, 0.99), (5, 20)), ("auroc", (0.9, 0.99), (5, 20))):
             table(f"{metric}, percentile patient bootstrap", functools.partial(bootstrap_cell, metric),

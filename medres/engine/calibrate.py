@@ -3,8 +3,8 @@
 After a fold has predicted its inner-validation, held-out and test cases (uncalibrated, with the
 case-level ``logit_<class>`` columns), :func:`calibrate_fold` fits ``evaluate.calibration``
 (temperature or Platt scaling) on ``inner_val_predictions.parquet`` -- the only table it reads for the
-fit -- and keeps it only on evidence (:func:`medres.metrics.calibration.choose_calibration`: it must beat
-no recalibration in patient-grouped cross-validation on those cases; otherwise the identity map is kept,
+fit -- and keeps it only on evidence (:func:`medres.metrics.calibration.choose_calibration`: a
+likelihood-ratio test against no recalibration, on patients, at 5%; otherwise the identity map is kept,
 with the candidate and the reason under ``evidence``), stores the map in the
 fold's prediction checkpoint (plain types, under ``calibration``) and in ``calibration.json``, and
 rewrites the ``p_<class>`` / ``y_pred`` / ``y_pred_argmax`` columns of the fold's tables from their

@@ -12,7 +12,8 @@
   n / design effect), `auroc_score_interval` (score-type, open at perfect separation),
   `patient_bootstrap_ci` (cluster bootstrap, percentile / BCa, vectorised), `paired_bootstrap_ci`,
   `delong_roc_ci` and `delong_roc_test` (Obuchowski's clustered form with ``groups``), `wilson_interval`;
-- recalibration: `choose_calibration` (a temperature / Platt map kept only on cross-validated evidence);
+- recalibration: `choose_calibration` (a temperature / Platt map kept only when a likelihood-ratio test
+  on patients finds it beats no recalibration);
 - records: `to_records` / `MetricRecord` (the long-format rows of the report).
 
 Undefined values are NaN with a reason (`UndefinedMetricWarning`), never a substitute such as 0.5.

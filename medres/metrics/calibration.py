@@ -252,64 +252,53 @@ def fit_calibration(logits: ArrayLike, y_true: ArrayLike, method: str = "tempera
     return cal
 
 
-#: One-sided level of the evidence rule: a fitted map is kept only when its patient-grouped
-#: cross-validated log-loss beats no recalibration by more than this many standard errors (z of 5%).
-EVIDENCE_Z = 1.6448536269514722
+#: Level of the evidence rule: a fitted map is kept only when its likelihood-ratio test against no
+#: recalibration rejects at this level.
+EVIDENCE_LEVEL = 0.05
 
 
 def choose_calibration(logits: ArrayLike, y_true: ArrayLike, groups: ArrayLike | None = None,
-                       method: str = "temperature", *, positive: int = -1, n_folds: int = 10,
-                       seed: int = 0) -> dict:
-    """Fit a recalibration map and keep it only where the fitting cases show it helps beyond noise.
+                       method: str = "temperature", *, positive: int = -1) -> dict:
+    """Fit a recalibration map and keep it only where the fitting cases show it beats no recalibration.
 
-    The map is refitted in ``n_folds`` patient-grouped folds of the fitting cases (at most one fold per
-    patient) and scored on each fold's left-out patients; it is kept when the summed per-case log-loss
-    improvement over no recalibration exceeds `EVIDENCE_Z` standard errors (the SE of a sum of
-    per-patient improvements: a one-sided paired test at 5%). Otherwise the identity map is kept
-    (``method`` ``"none"``) and the fitted one is recorded as ``candidate``; a map fitted on a few
-    dozen cases is mostly noise and out of fold often calibrates worse than the raw probabilities.
+    The evidence is a likelihood-ratio test of the fitted map against the identity (T = 1; for Platt
+    a = 1, b = 0) on the fitting cases' labels: ``LR = 2 n (nll_identity - nll_fitted)`` with 1 degree
+    of freedom (temperature) or 2 (Platt). Several scans of one patient are not independent evidence:
+    ``LR`` is divided by the design effect of fully correlated scans, ``sum m_i^2 / n`` (m_i scans of
+    patient i; 1 with one scan each). The map is kept when the chi-squared p-value is below
+    `EVIDENCE_LEVEL`; otherwise the identity map is kept (``method`` ``"none"``) and the fitted one is
+    recorded as ``candidate``: a map fitted on a few dozen cases is mostly noise and out of fold often
+    calibrates worse than the raw probabilities.
 
     Returns `fit_calibration`'s dict (the map to apply) with ``evidence``: ``rule``, ``kept``,
-    ``cv_nll_identity`` and ``cv_nll_fitted`` (mean per case over the left-out folds), ``improvement``
-    (their difference), ``se`` (its standard error), ``patients``, ``folds`` and ``why``.
+    ``lr_statistic`` (after the design effect), ``df``, ``p_value``, ``design_effect``, ``patients`` and
+    ``why``.
     """
+    from scipy.stats import chi2
+
     z = _as_logits(logits)
     y = np.asarray(y_true, dtype=np.int64).ravel()
     fitted = fit_calibration(z, y, method, positive=positive)
-    rule = (f"kept when the {n_folds}-fold patient-grouped cross-validated log-loss beats no recalibration "
-            f"by more than {EVIDENCE_Z:.3f} standard errors")
+    rule = (f"kept when a likelihood-ratio test against no recalibration, on patients, has "
+            f"p < {EVIDENCE_LEVEL:g}")
     if fitted["method"] == "none":
         return {**fitted, "evidence": {"rule": rule, "kept": False, "why": fitted["note"]}}
     n = y.size
     _, cluster = np.unique(np.arange(n) if groups is None else np.asarray(groups), return_inverse=True)
-    cluster = cluster.ravel()
-    n_patients = int(cluster.max()) + 1
-    k = min(n_folds, n_patients)
-    fold_of_patient = np.random.default_rng(seed).permutation(n_patients) % k
-    fold = fold_of_patient[cluster]
-    rows = np.arange(n)
-    loss_identity = -_log_softmax(z)[rows, y]
-    loss_fitted = loss_identity.copy()
-    for f in range(k):
-        train, held = fold != f, fold == f
-        inner = fit_calibration(z[train], y[train], method, positive=positive)
-        loss_fitted[held] = -np.log(np.clip(apply_calibration(z[held], inner)[rows[:held.sum()], y[held]],
-                                            1e-300, None))
-    gain = np.bincount(cluster, weights=loss_identity - loss_fitted, minlength=n_patients)
-    se = float(np.sqrt(n_patients * gain.var(ddof=1))) / n if n_patients > 1 else math.inf
-    improvement = float(gain.sum()) / n
-    kept = improvement > EVIDENCE_Z * se
-    evidence = {"rule": rule, "kept": bool(kept), "cv_nll_identity": float(loss_identity.mean()),
-                "cv_nll_fitted": float(loss_fitted.mean()), "improvement": improvement, "se": se,
-                "patients": n_patients, "folds": int(k)}
+    m = np.bincount(cluster.ravel()).astype(np.float64)
+    deff = float((m**2).sum() / n)
+    df = 1 if fitted["method"] == "temperature" else 2
+    lr = max(0.0, 2 * n * (fitted["nll_before"] - fitted["nll_after"])) / deff
+    p_value = float(chi2.sf(lr, df))
+    kept = p_value < EVIDENCE_LEVEL
+    evidence = {"rule": rule, "kept": bool(kept), "lr_statistic": float(lr), "df": df, "p_value": p_value,
+                "design_effect": deff, "patients": int(m.size)}
+    summary = (f"log-loss {fitted['nll_after']:.4f} against {fitted['nll_before']:.4f} without "
+               f"recalibration on {m.size} patients, likelihood ratio {lr:.2f} on {df} df, p = {p_value:.3g}")
     if kept:
-        evidence["why"] = (f"cross-validated log-loss {evidence['cv_nll_fitted']:.4f} against "
-                           f"{evidence['cv_nll_identity']:.4f} without recalibration "
-                           f"(improvement {improvement:.4f}, SE {se:.4f})")
+        evidence["why"] = summary
         return {**fitted, "evidence": evidence}
-    evidence["why"] = (f"not kept: cross-validated log-loss {evidence['cv_nll_fitted']:.4f} against "
-                       f"{evidence['cv_nll_identity']:.4f} without recalibration (improvement "
-                       f"{improvement:.4f}, SE {se:.4f}, {n_patients} patients): no evidence that it helps")
+    evidence["why"] = f"not kept: {summary}: no evidence that it beats no recalibration"
     candidate = {key: v for key, v in fitted.items() if key not in ("n", "nll_before")}
     return {"method": "none", "n": fitted["n"], "nll_before": fitted["nll_before"],
             "nll_after": fitted["nll_before"], "note": evidence["why"], "candidate": candidate,

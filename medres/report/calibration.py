@@ -169,9 +169,10 @@ def calibration_section(preds: pd.DataFrame, config: Config, *, positive: str, n
                 "by temperature scaling, which keeps each case's ranking.")
         maps = fold_maps(run_dir)
         if maps:
-            note += (" A fitted map is kept only when it beats no recalibration in patient-grouped "
-                     "cross-validation on the inner validation; otherwise the fold keeps its uncalibrated "
-                     "probabilities. Maps: " + "; ".join(_describe(k, c) for k, c in maps.items()) + ".")
+            note += (" A fitted map is kept only when a likelihood-ratio test against no recalibration "
+                     "(scans of one patient counted as one) rejects at 5% on the inner validation; otherwise "
+                     "the fold keeps its uncalibrated probabilities. Maps: "
+                     + "; ".join(_describe(k, c) for k, c in maps.items()) + ".")
             if all(c.get("method") == "none" for c in maps.values()):
                 note += " No fold kept a recalibration: the report's probabilities are the uncalibrated ones."
         note += worse
