@@ -1,6 +1,6 @@
 """The shipped ImageNet recipe at a small batch against a classical baseline, on real images.
 
-Issue 13 section 7: ``medres/configs/imagenet_resnet50.yaml`` with only the image folder, the number of
+Issue 13 section 7: ``configs/imagenet_resnet50.yaml`` with only the image folder, the number of
 classes, the patch size and the batch overridden must train a small set of real images to the accuracy
 a classical baseline reaches on the same split. The images are scikit-learn's handwritten digits
 (1,797 real 8x8 scans of handwriting, 10 classes; UCI, Alpaydin & Kaynak 1998), written as 32x32 PNG
@@ -67,7 +67,7 @@ def main() -> None:
                      f"train.batch_size={args.batch}", f"output.dir={tmp / 'runs'}", *args.set]
         if args.epochs is not None:
             overrides.append(f"train.epochs={args.epochs}")
-        cfg = load_config(ROOT / "medres" / "configs" / "imagenet_resnet50.yaml", overrides)
+        cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", overrides)
         t0 = time.perf_counter()
         result = run(cfg, folds=[args.fold], quiet=True, evaluate=False)
         seconds = time.perf_counter() - t0

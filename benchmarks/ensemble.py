@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    cfg = load_config(ROOT / "medres" / "configs" / "ct_chest.yaml")
+    cfg = load_config(ROOT / "configs" / "ct_chest.yaml")
     with tempfile.TemporaryDirectory(prefix="medres-bench-ens-") as tmp:
         tmp = Path(tmp)
         scan = write_scan(tmp / "scan.nii.gz")

@@ -286,7 +286,7 @@ def fullres_switches(dry: bool, compiled: bool) -> dict[str, Any]:
         out["variants"]["compile"] = "skipped in the dry run (compiling on a CPU takes minutes)"
     for name, extra in variants.items():
         try:
-            cfg = load_config(ROOT / "medres" / "configs" / "ct_chest_fullres.yaml", [*base, *extra])
+            cfg = load_config(ROOT / "configs" / "ct_chest_fullres.yaml", [*base, *extra])
             out["variants"][name] = device_rate(cfg, steps=steps, warmup=warm)
         except Exception as e:  # e.g. CUDA graphs refusing a dynamic part: recorded, not fatal
             out["variants"][name] = f"failed: {type(e).__name__}: {str(e)[:300]}"
@@ -311,10 +311,10 @@ def fullres_loader(check: Check, out: Path, dry: bool) -> dict[str, Any]:
 
     demo = f"data.demo.out={out / 'demo_ct_chest_fullres'}"  # the cohort e2e_fullres reuses
     over = [*DRY_FULLRES, demo] if dry else [demo]
-    cfg = load_config(ROOT / "medres" / "configs" / "ct_chest_fullres.yaml", over)
+    cfg = load_config(ROOT / "configs" / "ct_chest_fullres.yaml", over)
     res = loader_rate(cfg, batches=4 if dry else 36, cache_dir=out / "cache_fullres")  # e2e_fullres reuses it
     # two patches per loaded volume (the same cache): does it pay off over one?
-    path = ROOT / "medres" / "configs" / "ct_chest_fullres.yaml"
+    path = ROOT / "configs" / "ct_chest_fullres.yaml"
     two = load_config(path, [*over, "data.patches_per_volume=2"])
     res["patches_per_volume_2"] = loader_rate(two, batches=2 if dry else 16, cache_dir=out / "cache_fullres")
     device = check.results["stages"].get("fullres_switches", {}).get("variants", {}).get("config defaults")
@@ -330,7 +330,7 @@ def e2e(config: str, out: Path, dry: bool, overrides: list[str], what: str, fold
     from sklearn.metrics import roc_auc_score
 
     name = Path(config).stem
-    cmd = [sys.executable, "-m", "medres.train", "--config", str(ROOT / "medres" / "configs" / config),
+    cmd = [sys.executable, "-m", "medres.train", "--config", str(ROOT / "configs" / config),
            "--output", str(out / "runs"), "--fold", "0", "--force", "--quiet",
            "--set", f"data.demo.out={out / ('demo_' + name)}",
            *[a for o in overrides for a in ("--set", o)]]

@@ -1,7 +1,7 @@
 """Training throughput: plain fp32 against medres's fast path, in one run, for two models.
 
 1. The 2D ResNet-50 at 224x224, 3 channels, 1000 classes (the ImageNet recipe), synthetic data.
-2. The main job's 3D dual-head model (``medres/configs/ct_chest.yaml``'s model and patch when that file
+2. The main job's 3D dual-head model (``configs/ct_chest.yaml``'s model and patch when that file
    loads, else dual_resnet10 on 48^3 patches), cross-entropy + MONAI Dice-CE on synthetic volumes.
 
 Each model is timed twice: plain fp32 (contiguous memory format), then the fast path: autocast
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-2d", action="store_true")
     p.add_argument("--skip-3d", action="store_true")
     p.add_argument("--config", type=Path, default=None,
-                   help="3D model spec (default medres/configs/ct_chest.yaml); with --loader-only / "
+                   help="3D model spec (default configs/ct_chest.yaml); with --loader-only / "
                         "--device-only "
-                        "the training configuration measured (default medres/configs/ct_chest_fullres.yaml)")
+                        "the training configuration measured (default configs/ct_chest_fullres.yaml)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--loader-only", action="store_true",
                    help="samples/s of the config's input pipeline with the model removed")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.loader_only or a.device_only:
         pipeline_main(a)
         return
-    a.config = a.config or ROOT / "medres" / "configs" / "ct_chest.yaml"
+    a.config = a.config or ROOT / "configs" / "ct_chest.yaml"
 
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if a.device == "auto" else a.device))
@@ -273,7 +273,7 @@ def pipeline_main(a: argparse.Namespace) -> None:
 
     from medres.config import load_config
 
-    cfg = load_config(a.config or ROOT / "medres" / "configs" / "ct_chest_fullres.yaml", a.overrides)
+    cfg = load_config(a.config or ROOT / "configs" / "ct_chest_fullres.yaml", a.overrides)
     if a.device != "auto":
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": a.device})})
     n = a.batches or (5 if a.quick else 20)

@@ -19,16 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_lr_is_scaled_linearly_to_the_total_batch():
-    cfg = load_config(ROOT / "medres" / "configs" / "imagenet_resnet50.yaml", ["train.batch_size=64"])
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", ["train.batch_size=64"])
     assert scaled_lr(cfg.optim, batch_size=64) == pytest.approx(0.025)
     assert scaled_lr(cfg.optim, batch_size=64, accumulate=2, world_size=2) == pytest.approx(0.1)
-    plain = load_config(ROOT / "medres" / "configs" / "smoke.yaml")
+    plain = load_config(ROOT / "configs" / "smoke.yaml")
     assert plain.optim.reference_batch_size is None
     assert scaled_lr(plain.optim, batch_size=64) == plain.optim.lr
 
 
 def test_scaled_lr_is_logged_and_kept_in_the_config(caplog):
-    cfg = load_config(ROOT / "medres" / "configs" / "imagenet_resnet50.yaml", ["train.batch_size=32"])
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", ["train.batch_size=32"])
     with caplog.at_level(logging.INFO, logger="medres.engine"):
         out = with_scaled_lr(cfg)
     assert out.optim.lr_scaled == pytest.approx(0.0125) and out.optim.lr == 0.1
@@ -36,7 +36,7 @@ def test_scaled_lr_is_logged_and_kept_in_the_config(caplog):
 
 
 def test_warm_up_then_step_or_cosine():
-    cfg = load_config(ROOT / "medres" / "configs" / "imagenet_resnet50.yaml")
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml")
     s = cfg.schedule
     f = [lr_factor(k, s, epochs=90, steps_per_epoch=10) for k in range(900)]
     assert f[0] == pytest.approx(1 / 50) and f[49] == pytest.approx(1.0)  # 5 epochs x 10 steps
@@ -69,7 +69,7 @@ def test_imagenet_recipe_at_batch_64_learns_stably_on_real_digits(tmp_path):
         (folder / str(y)).mkdir(parents=True, exist_ok=True)
         big = Image.fromarray(np.uint8(img * 255 / 16)).resize((32, 32), Image.BILINEAR)
         big.save(folder / str(y) / f"{i:04d}.png")
-    cfg = load_config(ROOT / "medres" / "configs" / "imagenet_resnet50.yaml", [
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", [
         f"data.image_folder={folder}", "model.num_classes=10", "data.patch_size=[32,32]",
         "train.batch_size=64", "data.num_workers=0", "train.epochs=12", f"output.dir={tmp_path / 'runs'}"])
     result = run(cfg, folds=[0], quiet=True)

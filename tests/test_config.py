@@ -221,8 +221,8 @@ def test_config_class_defaults_still_validate():
     assert Config().resolved().model.num_classes == 2
 
 
-SHIPPED = sorted((Path(__file__).resolve().parents[1] / "medres" / "configs").glob("*.yaml"))
-assert SHIPPED, "no shipped configs found under medres/configs"
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+assert SHIPPED, "no shipped configs found under configs/"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])

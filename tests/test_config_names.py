@@ -1,5 +1,6 @@
-"""Configurations by name: a file in the working directory wins, else the one shipped in medres/configs/;
-and the installed wheel runs the smoke configuration by name from an empty folder."""
+"""Configurations by name: a file in the working directory wins, else the shipped one (the repository's
+configs/, installed as medres/configs/); and the installed wheel runs the smoke configuration by name from
+an empty folder."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from medres.config import list_shipped_configs, load_config, resolve_config_path
 from medres.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "medres" / "configs"
+SHIPPED = ROOT / "configs"
 
 
 def test_a_shipped_config_by_name_resolves_its_paths_against_the_working_directory(tmp_path, monkeypatch):
@@ -24,7 +25,7 @@ def test_a_shipped_config_by_name_resolves_its_paths_against_the_working_directo
     assert Path(cfg.source) == SHIPPED / "smoke.yaml"
     assert cfg.data.demo.out == str(tmp_path / "demo_data" / "smoke")  # not inside the package
     assert load_config("smoke").source == cfg.source  # the suffix may be left out
-    # the repository's old layout keeps working where no configs/ folder exists
+    # configs/<name> (the repository's layout) works from a folder that has no configs/
     assert load_config("configs/smoke.yaml").source == cfg.source
     # a shipped file addressed by its full path is still shipped: its paths follow the working directory
     assert load_config(SHIPPED / "ct_chest.yaml").data.demo.out == str(tmp_path / "demo_data" / "ct_chest")
@@ -60,7 +61,8 @@ def test_list_configs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "medres.train", "--list-configs"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert [ln.split()[0] for ln in out.stdout.splitlines()] == sorted(shipped)
+    # one entry per shipped file; a long description wraps onto indented lines
+    assert [ln.split()[0] for ln in out.stdout.splitlines() if not ln.startswith(" ")] == sorted(shipped)
 
 
 @pytest.mark.slow

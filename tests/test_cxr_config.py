@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cxr_config_declares_the_2d_radiograph_job():
-    cfg = load_config(ROOT / "medres" / "configs" / "cxr.yaml").resolved()
+    cfg = load_config(ROOT / "configs" / "cxr.yaml").resolved()
     d, m = cfg.data, cfg.model
     assert (d.modality, d.spatial_dims, d.spacing, d.demo.kind) == ("XR", 2, [3.0, 3.0], "cxr")
     assert (m.spatial_dims, m.in_channels, m.num_classes, m.seg_classes) == (2, 1, 2, 3)
@@ -34,7 +34,7 @@ def test_pretrained_torchvision_resnet18_loads_into_the_cxr_model(tmp_path):
     tv = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18-local.pth"
     torch.save(tv.state_dict(), path)
-    cfg = load_config(ROOT / "medres" / "configs" / "cxr.yaml",
+    cfg = load_config(ROOT / "configs" / "cxr.yaml",
                       [f"model.pretrained={{path: {path}, source: torchvision}}"])
     model = build_model(cfg.resolved())
     sd = model.state_dict()

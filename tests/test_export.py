@@ -31,7 +31,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     df["split"] = np.where(df["patient_id"].isin(TEST_PATIENTS), "test", "train")
     df.to_csv(manifest, index=False)
-    cfg = load_config(ROOT / "medres" / "configs" / "smoke.yaml",
+    cfg = load_config(ROOT / "configs" / "smoke.yaml",
                       [f"data.manifest={manifest}", "data.demo=null", f"output.dir={root / 'runs'}",
                        "cv.val_fraction=0.5"])
     result = run(cfg, quiet=True)
@@ -157,7 +157,7 @@ def _tiny_export(folder: Path) -> tuple[Path, dict]:
     from medres.engine.fold import build_model, model_spec
     from medres.export import export_config
 
-    cfg = load_config(ROOT / "medres" / "configs" / "smoke.yaml")
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
     torch.manual_seed(0)
     model = build_model(cfg)
     folder.mkdir(parents=True, exist_ok=True)

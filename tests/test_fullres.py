@@ -13,7 +13,7 @@ from medres.config import load_config
 from medres.data.demo import FULLRES_SITES
 
 ROOT = Path(__file__).resolve().parents[1]
-FULLRES = ROOT / "medres" / "configs" / "ct_chest_fullres.yaml"
+FULLRES = ROOT / "configs" / "ct_chest_fullres.yaml"
 
 # ~4-5 mm voxels on the fullres grid's field, resampled to 6 mm: 42^3 volumes, 32^3 patches
 REDUCED = ["data.demo.n_patients=8", "data.demo.grid_scale=5", "data.demo.workers=1", "data.spacing=[6,6,6]",

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_run_api_smoke_fold(tmp_path):
-    cfg = load_config(ROOT / "medres" / "configs" / "smoke.yaml",
+    cfg = load_config(ROOT / "configs" / "smoke.yaml",
                       [f"data.demo.out={tmp_path / 'demo'}", f"output.dir={tmp_path / 'runs'}"])
     result = run(cfg, folds=[0], quiet=True)
     d = result.run_dir
@@ -63,14 +63,14 @@ def _png_folder(root: Path) -> Path:
 
 def test_imagenet_recipe_one_step_on_a_png_folder(tmp_path):
     folder = _png_folder(tmp_path / "images")
-    recipe = load_config(ROOT / "medres" / "configs" / "imagenet_resnet50.yaml")
+    recipe = load_config(ROOT / "configs" / "imagenet_resnet50.yaml")
     assert (recipe.optim.name, recipe.optim.lr, recipe.optim.momentum, recipe.optim.weight_decay) == (
         "sgd", 0.1, 0.9, 1e-4)
     assert (recipe.schedule.name, recipe.schedule.step_size, recipe.schedule.gamma) == ("step", 30, 0.1)
     assert recipe.optim.reference_batch_size == 256 and recipe.schedule.warmup_epochs == 5
     assert (recipe.train.epochs, recipe.train.batch_size, recipe.model.name) == (90, 256, "resnet50")
     assert recipe.data.augment.random_resized_crop == "auto" and recipe.data.augment.flip_prob == 0.5
-    cfg = load_config(ROOT / "medres" / "configs" / "imagenet_resnet50.yaml", [
+    cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", [
         f"data.image_folder={folder}", "model.num_classes=2", "data.patch_size=[32,32]", "data.num_workers=0",
         "train.batch_size=4", "train.epochs=1", "optim.lr=0.001", "schedule.warmup_epochs=0", "cv.folds=2",
         "cv.val_fraction=0.34",
@@ -102,7 +102,7 @@ def test_mr_multichannel_one_epoch(tmp_path):
             row[f"image_{seq}"] = _nifti(tmp_path / f"c{p}_{seq}.nii.gz", img)
         rows.append(row)
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
-    cfg = load_config(ROOT / "medres" / "configs" / "mr_multichannel.yaml", [
+    cfg = load_config(ROOT / "configs" / "mr_multichannel.yaml", [
         f"data.manifest={tmp_path / 'manifest.csv'}", "data.patch_size=[16,16,16]", "data.spacing=[2,2,2]",
         "model.options.base_channels=4", "train.epochs=1", "train.batch_size=2", "cv.folds=2",
         "cv.val_fraction=0.34", f"output.dir={tmp_path / 'runs'}"])
@@ -117,7 +117,7 @@ def test_mr_multichannel_one_epoch(tmp_path):
 @pytest.mark.slow
 def test_balanced_sampler_and_focal_loss_train_a_fold(tmp_path):
     # the class-balanced sampler (loss.cls.balanced_sampler) and focal loss wired through a real fold
-    cfg = load_config(ROOT / "medres" / "configs" / "smoke.yaml",
+    cfg = load_config(ROOT / "configs" / "smoke.yaml",
                       [f"data.demo.out={tmp_path / 'demo'}", f"output.dir={tmp_path / 'runs'}",
                        "loss.cls.balanced_sampler=true", "loss.cls.type=focal", "train.epochs=1"])
     result = run(cfg, folds=[0], quiet=True, evaluate=False)
@@ -182,7 +182,7 @@ def test_leave_site_out_run_reports_each_site_as_external(tmp_path):
             row[f"image_{seq}"] = _nifti(tmp_path / f"c{p}_{seq}.nii.gz", img)
         rows.append(row)
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
-    cfg = load_config(ROOT / "medres" / "configs" / "mr_multichannel.yaml", [
+    cfg = load_config(ROOT / "configs" / "mr_multichannel.yaml", [
         f"data.manifest={tmp_path / 'manifest.csv'}", "data.patch_size=[16,16,16]", "data.spacing=[2,2,2]",
         "model.options.base_channels=4", "train.epochs=1", "train.batch_size=4",
         "cv.strategy=leave_group_out", "cv.group_column=site", "cv.val_fraction=0.34",

@@ -1,4 +1,4 @@
-"""The configuration: pydantic models of the YAML files in ``medres/configs/`` and ``load_config``.
+"""The configuration: pydantic models of the YAML files in ``configs/`` and ``load_config``.
 
 This module never imports torch, so a configuration validates instantly. Every problem is a
 ``ConfigError`` naming the file, the setting's dotted path and a hint (for a typo, the closest valid
@@ -66,6 +66,6 @@ __all__ = [
     "load_config", "config_to_yaml", "save_resolved", "config_hash", "diff_configs", "flatten_dict",
     "check_resume_config", "INPUT_PATH_FIELDS", "RESUME_IGNORED_FIELDS", "DEFAULT_CT_WINDOWS", "ct_windows",
     "input_channels", "IndexConfig",
-    # configs by name (medres/configs/)
+    # configs by name (configs/, installed as medres.configs)
     "resolve_config_path", "list_shipped_configs",
 ]

@@ -8,7 +8,8 @@ Outputs (``output.dir``, ``data.cache_dir``) stay relative to the working direct
 written is kept in ``cfg.original_paths`` for display.
 
 Configs by name: ``load_config("ct_chest.yaml")`` reads ``ct_chest.yaml`` from the working directory when
-it is there, else the configuration shipped inside the package (``medres/configs/``;
+it is there, else the configuration shipped inside the package (the repository's ``configs/``, installed
+as ``medres.configs``;
 ``resolve_config_path``, ``list_shipped_configs``). A shipped configuration's relative paths resolve
 against the working directory (it lives in site-packages once installed, where nothing else does).
 """
@@ -16,6 +17,7 @@ against the working directory (it lives in site-packages once installed, where n
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -177,9 +179,16 @@ def _check(cfg: Config, source: str | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# configs by name (the ones shipped in medres/configs/)
+# configs by name (the ones shipped as medres.configs: the repository's configs/, mapped in setup.py)
 
-SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # medres/configs/
+def _shipped_folder() -> Path:
+    try:
+        return Path(str(importlib.resources.files("medres.configs"))).resolve()
+    except ModuleNotFoundError:  # a checkout on PYTHONPATH, not installed: the repository's own folder
+        return Path(__file__).resolve().parents[2] / "configs"
+
+
+SHIPPED_CONFIGS = _shipped_folder()
 
 
 def list_shipped_configs() -> dict[str, str]:
@@ -212,9 +221,10 @@ def resolve_config_path(name: str | os.PathLike[str]) -> tuple[Path, bool]:
     """Where the configuration ``name`` is, and whether it is a shipped one.
 
     An existing file wins (``ct_chest.yaml`` in the working directory, or any path). Otherwise a bare
-    name (``ct_chest.yaml``, or ``ct_chest``), or ``configs/<name>.yaml`` (the repository's old layout,
-    whose files now live in the package), means the shipped file of that name. A file inside
-    ``medres/configs/`` counts as shipped however it is addressed.
+    name (``ct_chest.yaml``, or ``ct_chest``), or ``configs/<name>.yaml`` (the repository's layout, whose
+    files are the shipped ones), means the shipped file of that name. A file inside the shipped
+    folder (``configs/`` of the repository, ``medres/configs/`` once installed) counts as shipped however
+    it is addressed.
 
     Raises:
         ConfigError: nothing of that name exists; the hint lists the shipped names.

@@ -1,4 +1,4 @@
-"""The configuration schema: pydantic models of the YAML files in ``medres/configs/`` (torch-free).
+"""The configuration schema: pydantic models of the YAML files in ``configs/`` (torch-free).
 
 Field names are the contract other modules build on: add fields, do not rename them.
 """

@@ -118,7 +118,7 @@ def test_radiograph_rules_index_pydicoms_crs_one_image_per_row(tmp_path: Path, m
     from medres.data.io import load_image
 
     monkeypatch.setenv("MEDRES_PROJECT_KEY", "dicomdirtests-key-0123456789")
-    rules = load_config(Path(__file__).parents[2] / "medres" / "configs" / "cxr.yaml").data.index
+    rules = load_config(Path(__file__).parents[2] / "configs" / "cxr.yaml").data.index
     assert rules.modalities == ["CR", "DX"] and rules.views == ["PA", "AP"] and not rules.original_only
     index_dicom(TREE, tmp_path, rules=rules)
     files = {r["file"]: r["path"] for r in _read(tmp_path / "private" / "files.csv")}

@@ -73,7 +73,7 @@ def test_no_usable_checkpoint_is_a_config_error(tmp_path):
 
 
 def test_load_model_rebuilds_the_model(tmp_path):
-    cfg = load_config(pathlib.Path(__file__).parents[2] / "medres" / "configs" / "smoke.yaml")
+    cfg = load_config(pathlib.Path(__file__).parents[2] / "configs" / "smoke.yaml")
     model = build_model(cfg)
     save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
                      "model_spec": model_spec(cfg)}, tmp_path / "checkpoint_best.pt")

@@ -25,7 +25,7 @@ from medres.engine.checkpoint import (
 from medres.engine.fold import build_model, model_spec
 from medres.errors import ConfigError, DataError
 
-SMOKE = pathlib.Path(__file__).parents[2] / "medres" / "configs" / "smoke.yaml"
+SMOKE = pathlib.Path(__file__).parents[2] / "configs" / "smoke.yaml"
 
 
 class _Evil:

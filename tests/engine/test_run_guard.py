@@ -13,7 +13,7 @@ from medres.config import load_config
 from medres.engine.run_guard import FolderLock, claim_run, config_sha256, folds_sha256
 from medres.errors import ConfigError
 
-SMOKE = pathlib.Path(__file__).parents[2] / "medres" / "configs" / "smoke.yaml"
+SMOKE = pathlib.Path(__file__).parents[2] / "configs" / "smoke.yaml"
 
 
 def _table(folds):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "medres" / "configs" / "smoke.yaml"
+SMOKE = ROOT / "configs" / "smoke.yaml"
 # fold 0: 5 training scans at batch 1 = 5 steps per epoch, 10 in all (group norm: batch norm needs two
 # samples at layer4's 1x1x1 map); no predictions (not under test)
 BASE = ["--fold", "0", "--no-predict", "--set", "cv.val_fraction=0.2", "--set", "train.batch_size=1",
