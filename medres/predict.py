@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--aggregate", choices=("max", "mean"), default=None,
                    help="window -> case probability: max (most abnormal window; default) or mean")
     p.add_argument("--no-masks", action="store_true", help="write probabilities only")
+    from medres.data.pacs.push import add_push_arguments
+
+    add_push_arguments(p)  # --push URL / --push-dimse HOST:PORT: the SEG and SR of each DICOM input
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from medres.logs import route_library_logs
@@ -141,6 +144,11 @@ def _run(args: argparse.Namespace) -> int:
     table = write_table(df, out / "predictions.csv")
     log.info("%d case(s) -> %s%s", len(df), table, "" if args.no_masks else f"; masks in {out / 'seg'}")
     log.info("%s", predictor.decision_rule())
+    if args.push or args.push_dimse:
+        from medres.data.pacs.push import push_predictions
+
+        push_predictions(args, df, out, list(predictor.config.data.labels), predictor.config.data.mask_labels,
+                         ckpt)
     return 0
 
 

@@ -1,0 +1,164 @@
+"""Predictions back to the PACS: ``python -m medres.predict ... --push URL`` (STOW-RS) or
+``--push-dimse HOST:PORT`` (C-STORE).
+
+For each DICOM input, the DICOM SEG that predict writes (``seg/<name>.dcm``) and a DICOM SR
+(``seg/<name>.sr.dcm``, :mod:`medres.data.dicom_sr`) are sent. Before each object is sent, the server is
+asked whether it already holds that SOPInstanceUID (QIDO-RS or C-FIND at instance level), so a push
+that failed part way is rerun without duplicating what arrived. The outcome of every object is written
+to ``push.csv`` beside ``predictions.csv`` (file, kind, status, reason: no patient field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from medres.errors import DataError
+
+__all__ = ["PushResult", "push_objects", "add_push_arguments", "push_predictions"]
+
+log = logging.getLogger("medres.data.pacs")
+
+
+class Target(Protocol):
+    name: str
+
+    def has_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> bool: ...
+    def store(self, datasets: Sequence[Dataset], where: str = "") -> None: ...
+
+
+@dataclass
+class PushResult:
+    file: str  # relative to the prediction folder
+    kind: str  # SEG / SR
+    status: str  # "stored", "already on the server", "failed"
+    reason: str = ""
+
+
+def push_objects(paths: Sequence[Path], target: Target, *, relative_to: Path) -> list[PushResult]:
+    """Send each DICOM file in ``paths`` unless the server holds its SOPInstanceUID already."""
+    results = []
+    for path in paths:
+        rel = str(path.relative_to(relative_to)) if path.is_relative_to(relative_to) else path.name
+        ds = pydicom.dcmread(path)
+        kind = str(ds.get("Modality", "") or "?")
+        where = f"{kind} {rel}"
+        try:
+            uids = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+            if target.has_instance(*uids):
+                results.append(PushResult(rel, kind, "already on the server"))
+                continue
+            target.store([ds], where=where)
+            results.append(PushResult(rel, kind, "stored"))
+        except DataError as err:
+            log.warning("push of %s to %s failed: %s", where, target.name, err.reason)
+            results.append(PushResult(rel, kind, "failed", err.reason))
+    return results
+
+
+def add_push_arguments(p: argparse.ArgumentParser) -> None:
+    """predict's ``--push`` / ``--push-dimse`` options (credentials never on the command line)."""
+    g = p.add_argument_group("push to a PACS (the DICOM SEG and SR of each DICOM input)")
+    one = g.add_mutually_exclusive_group()
+    one.add_argument("--push", metavar="URL", help="a DICOMweb root: STOW-RS (credentials: --credentials "
+                                                  "FILE, $MEDRES_PACS_USER/$MEDRES_PACS_PASSWORD, "
+                                                  "$MEDRES_PACS_TOKEN, ~/.netrc)")
+    one.add_argument("--push-dimse", metavar="HOST:PORT", help="a DIMSE storage SCP: C-STORE")
+    g.add_argument("--called-aet", default="ANY-SCP", help="with --push-dimse: the PACS's AE title")
+    g.add_argument("--calling-aet", default="MEDRES", help="with --push-dimse: medres's AE title")
+    g.add_argument("--credentials", metavar="FILE", help="with --push: user=/password= or token= (mode 0600)")
+    g.add_argument("--ca-bundle", metavar="PEM", help="with --push: the CAs of the server's certificate")
+    g.add_argument("--insecure", action="store_true", help="with --push: do not verify TLS (warned)")
+
+
+def _target(args: argparse.Namespace) -> Target:
+    if args.push:
+        from .auth import read_credentials
+        from .dicomweb import DicomWeb
+
+        return DicomWeb(args.push, read_credentials(args.credentials), ca_bundle=args.ca_bundle,
+                        insecure=args.insecure)
+    from .dimse import Dimse
+
+    return Dimse(args.push_dimse, called_aet=args.called_aet, calling_aet=args.calling_aet)
+
+
+def _case_srs(table: Any, seg_dir: Path, labels: Sequence[str],
+              mask_labels: Sequence[str] | Mapping[int, str], model_hash: str, relative_to: Path
+              ) -> list[Path]:
+    """The SEG and a TID 1500 SR of each case that has a SEG, in table order."""
+    import nibabel as nib
+
+    from medres import __version__
+    from medres.data.dicom_sr import mask_volumes_ml, write_prediction_sr
+    from medres.data.source_series import series_in_folder, source_series
+    from medres.layout import case_file_stems
+
+    if isinstance(mask_labels, Mapping):
+        mask_labels = [str(mask_labels[k]) for k in sorted(mask_labels, key=int)]
+    records = [r for r in table.to_dict("records") if isinstance(r.get("seg_path"), str) and r["seg_path"]]
+    stems = case_file_stems(records)
+    objects: list[Path] = []
+    for rec in records:
+        seg_path = seg_dir / f"{stems[str(rec['case_id'])]}.dcm"
+        if not seg_path.is_file():
+            continue  # not a DICOM source
+        source = Path(str(rec["image"]))
+        grid = series_in_folder(source) if source.is_dir() else source_series([source], where=source)
+        nifti = Path(rec["seg_path"])
+        nifti = nifti if nifti.is_absolute() else relative_to / nifti
+        mask = nib.load(nifti)
+        volumes = mask_volumes_ml(np.asarray(mask.dataobj), mask.affine, len(mask_labels))
+        probs = {c: float(rec[f"p_{c}"]) for c in labels if f"p_{c}" in rec}
+        if len(labels) == 2:  # a binary task: the finding is the positive class
+            probs = {labels[-1]: probs[labels[-1]]} if labels[-1] in probs else probs
+        y_pred = int(rec.get("y_pred", -1)) if str(rec.get("y_pred", "")).lstrip("-").isdigit() else -1
+        decision = labels[y_pred] if 0 <= y_pred < len(labels) else None
+        sr_path = seg_path.with_name(f"{seg_path.stem}.sr.dcm")
+        write_prediction_sr(pydicom.dcmread(seg_path), grid.datasets, probs, decision, volumes, sr_path,
+                            algorithm_version=__version__, model_hash=model_hash)
+        objects += [seg_path, sr_path]
+    return objects
+
+
+def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Sequence[str],
+                     mask_labels: Sequence[str] | Mapping[int, str], model_file: Path) -> list[PushResult]:
+    """predict's hook: write each DICOM case's SR beside its SEG, push both, write ``push.csv``.
+
+    Raises:
+        DataError: some object did not arrive (listed in ``push.csv``; rerun to send only those).
+    """
+    from medres.data.dicom_seg import file_sha256
+
+    if args.no_masks:
+        from medres.errors import ConfigError
+
+        raise ConfigError("--push sends the predicted masks (DICOM SEG), but --no-masks writes none",
+                          hint="leave out --no-masks")
+    target = _target(args)
+    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out)
+    if not objects:
+        log.warning("--push: no input is a DICOM series, so there is no DICOM SEG or SR to send")
+    results = push_objects(objects, target, relative_to=out)
+    with open(out / "push.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "kind", "status", "reason"])
+        writer.writerows([[r.file, r.kind, r.status, r.reason] for r in results])
+    failed = [r for r in results if r.status == "failed"]
+    log.info("pushed to %s: %d stored, %d already there, %d failed (push.csv)", target.name,
+             sum(r.status == "stored" for r in results), sum(r.status.startswith("already") for r in results),
+             len(failed))
+    if failed:
+        raise DataError(f"{len(failed)} of {len(results)} object(s) did not arrive (listed in push.csv)",
+                        path=target.name, hint="fix the cause named there and rerun the push; objects that "
+                                               "arrived are not sent again")
+    return results

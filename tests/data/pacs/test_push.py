@@ -1,0 +1,102 @@
+"""``python -m medres.predict --push URL`` against a real Orthanc: the SEG and the TID 1500 SR of a DICOM
+series arrive in its study, the SEG references the series, the SR reads back with highdicom (the
+probability of predictions.csv, the volume of the predicted mask, the SEG's segment) and passes
+dciodvfy, and a second push of the same objects sends nothing."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+from medres.config import load_config
+from medres.data.dicom_sr import PROBABILITY
+from medres.data.pacs.auth import Credentials
+from medres.data.pacs.dicomweb import DicomWeb
+from medres.data.pacs.push import push_objects
+from medres.engine.checkpoint import save_checkpoint
+from medres.engine.fold import build_model, model_spec
+from medres.predict import main
+from tests.data.annotation_factory import dciodvfy, dciodvfy_errors
+from tests.data.dicom_factory import write_series
+from tests.data.pacs.conftest import Orthanc
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dual-head ResNet-10 with random weights (as tests/test_predict.py's)."""
+    cfg = load_config({
+        "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],
+                 "normalize": "window", "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
+        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
+    })
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = tmp_path_factory.mktemp("run") / "checkpoint_best.pt"
+    save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
+                     "model_spec": model_spec(cfg), "epoch": 1}, path)
+    return path
+
+
+def _series_of(server: Orthanc, study: str, modality: str) -> list[pydicom.Dataset]:
+    web = DicomWeb(server.dicomweb, Credentials(server.user, server.password), timeout_s=20)
+    found = [s for s in web.find_series(study) if s.Modality == modality]
+    return [ds for s in found for sop in web.find_instances(study, str(s.SeriesInstanceUID))
+            for ds in web.retrieve(study, str(s.SeriesInstanceUID), [sop])]
+
+
+@pytest.mark.slow
+def test_predict_push_stores_seg_and_sr_in_the_source_study(empty_orthanc: Orthanc, checkpoint: Path,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    series = tmp_path / "series_1"
+    paths = write_series(series, 4)
+    empty_orthanc.upload(paths)
+    source = pydicom.dcmread(paths[0])
+    monkeypatch.setenv("MEDRES_PACS_USER", empty_orthanc.user)
+    monkeypatch.setenv("MEDRES_PACS_PASSWORD", empty_orthanc.password)
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--input", str(series), "--output", str(out),
+                 "--push", empty_orthanc.dicomweb]) == 0
+    with open(out / "push.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["kind"], r["status"]) for r in rows] == [("SEG", "stored"), ("SR", "stored")]
+
+    study = str(source.StudyInstanceUID)
+    (seg,) = _series_of(empty_orthanc, study, "SEG")
+    (sr,) = _series_of(empty_orthanc, study, "SR")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    for ds in (seg, sr):
+        assert (ds.StudyInstanceUID, ds.PatientID) == (source.StudyInstanceUID, source.PatientID)
+
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    mask = nib.load(out / table.loc[0, "seg_path"])
+    voxel_ml = abs(np.linalg.det(mask.affine[:3, :3])) / 1000.0
+    expected_ml = float((np.asarray(mask.dataobj) == 1).sum()) * voxel_ml
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    (volumetric,) = report.content.get_volumetric_roi_measurement_groups()
+    (volume,) = volumetric.get_measurements(name=hd.sr.CodedConcept("118565006", "SCT", "Volume"))
+    assert volume.value == pytest.approx(expected_ml, rel=1e-6, abs=1e-9)
+    ref = volumetric.referenced_segment
+    assert (ref.referenced_sop_instance_uid, ref.referenced_segment_numbers) == (seg.SOPInstanceUID, [1])
+    (finding,) = report.content.get_image_measurement_groups()
+    (prob,) = finding.get_measurements(name=hd.sr.CodedConcept(*PROBABILITY))
+    assert prob.value == pytest.approx(float(table.loc[0, "p_nodule"]), abs=1e-6)
+    (decision,) = finding.get_qualitative_evaluations()
+    called = table.loc[0, "y_pred"] == 1
+    assert decision.value.meaning == ("Present" if called else "Absent")
+    if dciodvfy() is not None:
+        assert dciodvfy_errors(out / "seg" / (Path(table.loc[0, "seg_path"]).name.split(".")[0] + ".sr.dcm")
+                               ) == []
+
+    again = push_objects(sorted((out / "seg").glob("*.dcm")), DicomWeb(
+        empty_orthanc.dicomweb, Credentials(empty_orthanc.user, empty_orthanc.password)), relative_to=out)
+    assert {r.status for r in again} == {"already on the server"}
+    assert len(empty_orthanc.rest("GET", "/instances").json()) == 4 + 2
