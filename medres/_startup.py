@@ -2,7 +2,7 @@
 
 ``import monai`` imports every MONAI submodule, among them ``monai.bundle``, which imports ``jsonschema``;
 ``jsonschema._format`` imports ``rfc3987_syntax`` when it is installed (jupyter pulls it in), and that
-module compiles an Earley grammar at import: seconds per process (14.8 s measured under load) for a
+module compiles an Earley grammar at import: seconds per process (BENCHMARKS.md, Start-up) for a
 checker of JSON-schema ``iri`` formats that medres never uses. :func:`install` hands
 ``jsonschema._format`` a stand-in whose ``is_valid_syntax`` imports the real module on its first call,
 so IRI validation still works, exactly, for whoever uses it, and costs nothing for whoever does not.

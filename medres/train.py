@@ -185,7 +185,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
             end_lock = claim.shared().acquire(wait_s=3600.0)  # another job may be evaluating
         missing = [k for k in range(cfg.cv.folds)
                    if not (run_dir / f"fold_{k}" / "predictions.parquet").exists()]
-        if is_main and predict and not missing and len(test):  # issue 10: the test split by the ensemble
+        if is_main and predict and not missing and len(test):  # the test split by the ensemble
             from medres.data.datasets import manifest_to_records
             from medres.engine.ensemble import write_test_ensemble
 
@@ -241,7 +241,7 @@ def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, de
     for name, records, masks in sets:
         if records:
             write_fold_predictions(run_dir, data.fold, model, records, cfg, name, masks=masks, device=device)
-    from medres.engine.calibrate import calibrate_fold  # issue 10: fitted on inner validation only
+    from medres.engine.calibrate import calibrate_fold  # fitted on inner validation only
 
     calibrate_fold(fold_dir, cfg)
     log.info("fold_%d predictions: %s", data.fold, (fold_dir / "predictions.parquet").resolve())

@@ -60,13 +60,13 @@ class DemoConfig(_Section):
     n_patients: int = Field(100, ge=4)
     seed: int = 0
     kind: Literal["ct_chest", "cxr"] = "ct_chest"  # (radiographs) cxr: the chest X-ray demo cohort
-    # --- full-resolution demo grid (issue 11) ---
+    # --- full-resolution demo grid ---
     grid: Literal["coarse", "fullres"] = "coarse"  # fullres: 0.7-0.9 mm pixels, 1.25-2 mm slices
     grid_scale: float = Field(1.0, gt=0)  # voxels this many times larger, same field (quick tests)
     workers: int = Field(1, ge=0)  # processes rendering scans; 0 = one per CPU core (at most 16)
 
 
-# --- radiographs (issue 13): projection radiographs, data.modality XR --------------------------------
+# --- radiographs: projection radiographs, data.modality XR --------------------------------------------
 class RadiographConfig(_Section):
     """How CR/DX radiographs are read (``medres.data.radiograph``; used when ``data.modality`` is XR)."""
 
@@ -128,7 +128,7 @@ class DataConfig(_Section):
     cache: Literal["memory", "disk", "mmap", "none"] = "memory"
     cache_dir: str | None = None  # disk cache folder (default: <output.dir>/.cache)
     num_workers: int = Field(0, ge=0)
-    # --- hostile input (issue 8): begin ---------------------------------------------------------------
+    # --- hostile input: begin -----------------------------------------------------------------------
     # scans whose header declares more voxels are refused before decompressing (never more than the
     # memory free at load time either; medres.data.limits)
     max_voxels: int = Field(2**31, ge=1)
@@ -161,7 +161,7 @@ class DataConfig(_Section):
         if not value or not all(v >= 1 for v in value):
             raise ValueError(f"every patch side must be at least 1 voxel, got {value}")
         return value
-    # --- hostile input (issue 8): end -----------------------------------------------------------------
+    # --- hostile input: end -------------------------------------------------------------------------
     index: IndexConfig = Field(default_factory=IndexConfig)  # python -m medres.data.index
     radiograph: RadiographConfig = Field(default_factory=RadiographConfig)  # (radiographs) modality XR
 
@@ -178,7 +178,7 @@ class DataConfig(_Section):
                 if key not in self.index.model_fields_set:
                     setattr(self.index, key, value)
         return self
-    # --- input pipeline for a GPU (issue 11; medres.engine.device_input) ---
+    # --- input pipeline for a GPU (medres.engine.device_input) ---
     prefetch_factor: int | None = Field(None, ge=1)  # batches each worker loads ahead (torch default 2)
     # keep the worker processes (and what they have loaded) from one epoch to the next
     persistent_workers: bool = True
@@ -248,7 +248,7 @@ class LossConfig(_Section):
 class OptimConfig(_Section):
     name: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
-    # (bag of tricks, issue 13) lr is stated for this total batch and scaled linearly to the actual one
+    # (bag of tricks) lr is stated for this total batch and scaled linearly to the actual one
     # (batch_size x accumulate x processes; Goyal et al. 2017, He et al. 2018); None: lr is used as is.
     # The scaled value is logged and saved in the run's config.yaml as lr_scaled.
     reference_batch_size: int | None = Field(None, ge=1)
@@ -287,7 +287,7 @@ class TrainConfig(_Section):
     pin_memory: bool | Literal["auto"] = "auto"
     device: str = "auto"
     checkpoint_every_steps: int | None = None
-    # --- GPU fast paths (issue 11; medres.engine.compute). Defaults on a GPU are unmeasured. ---
+    # --- GPU fast paths (medres.engine.compute). Defaults on a GPU are unmeasured. ---
     cudnn_benchmark: bool | Literal["auto"] = "auto"  # auto: on with CUDA (fixed patch shapes)
     fused_optimizer: bool | Literal["auto"] = "auto"  # auto: fused AdamW/SGD kernels with CUDA
     # torch.compile's mode when train.compile is on; reduce-overhead = CUDA graphs
@@ -371,7 +371,7 @@ class EvalConfig(_Section):
     nsd_tolerance_mm: float = Field(2.0, gt=0)
     sliding_window_overlap: float = Field(0.25, ge=0, lt=1)
     tta_flips: bool = False
-    # --- calibration (issue 10): recalibration map fitted per fold on its inner validation only,
+    # --- calibration: recalibration map fitted per fold on its inner validation only,
     # saved in the fold's checkpoint and applied to its held-out, test and new cases ---
     calibration: Literal["temperature", "platt", "none"] = "temperature"
     # external test sites (split=test, a cv.group_column value absent from development): the share of each

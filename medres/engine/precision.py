@@ -4,18 +4,13 @@ Every choice comes from ``train.*`` in the config; ``"auto"`` picks a sensible d
 
 - precision: on a GPU, bf16 when supported, else fp16 with a ``GradScaler``. On the CPU **fp32**.
   bf16 autocast on the CPU is allowed for 2D models only; asking for it with a 3D model is a
-  ``ConfigError``. bf16 is ~1.6-2x faster on CPUs with AVX-512 bf16 / AMX, but on the CPU (torch
-  2.14.1, oneDNN) 3D training under it diverges: the bf16 ``Conv3d`` weight gradients of a ResNet's
-  deep stages are wrong (on an AVX-512-bf16 CPU relative error ~0.9, often 1e30, for a 3x3x3
-  convolution over a 2x2x2 map; on an AMX CPU 0.087 in layer4 at 48^3 and a non-finite gradient
-  norm within a few steps, while a small isolated convolution looked sound there). How wrong, and
-  where, depends on the CPU's kernels, so no small probe can vouch for the run's model: the refusal
-  is unconditional (docs/reference.md §6). The loop's NaN guard is the backstop.
+  ``ConfigError``: the CPU kernels' bf16 ``Conv3d`` weight gradients are wrong in a ResNet's deep
+  stages, in a CPU-dependent way no small probe can rule out (measurements: docs/reference.md §6).
+  The loop's NaN guard is the backstop.
   ``bf16_if_native``: bf16 where it is native and sound, fp32 elsewhere: on a GPU that has bf16, and on
   a CPU with AVX-512 BF16 / AMX for a 2D model; fp32 on other CPUs (where bf16 would be emulated, and
   slower than fp32), for 3D models on the CPU and on GPUs without bf16. What it chose is logged.
-- channels_last: on for 2D models (docs/reference.md §6: ~1.3x for a 2D ResNet on this CPU); off for 3D,
-  where ``channels_last_3d`` gained under 10% for the main job's model here (within the noise).
+- channels_last: on for 2D models, off for 3D, where it did not pay (docs/reference.md §6).
 - pin_memory: on with a GPU only.
 """
 

@@ -56,7 +56,7 @@ def evaluate_run(
     _check_output(out, run, compare)
     run.predictions = add_spacing(run.predictions)
     seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
-    test_seg = test_segmentation_cases(run, segmentation_cases)  # issue 10: test split, folds and ensemble
+    test_seg = test_segmentation_cases(run, segmentation_cases)  # the test split: folds and ensemble
     items, note = gallery(run, seg, gallery_size)
     other = load_run(compare) if compare is not None else None
     prov = provenance(run.config, run.run_dir, run.checkpoints, report_seed=run.config.train.seed)

@@ -255,7 +255,7 @@ def _ClsLogits(model):  # noqa: N802 - builds a module lazily so this file impor
     return ClsLogits(model)
 
 
-# --- radiographs (issue 13) ------------------------------------------------------------------------------
+# --- radiographs ------------------------------------------------------------------------------------------
 def radiograph_view(image: np.ndarray, patient_orientation: str, view: str = "") -> np.ndarray:
     """A radiograph ``[X, Y]`` as loaded (X along a row) -> ``[rows, cols]`` to draw with row 0 on top, the
     way radiologists read it: for PA/AP views the patient's right on the viewer's left, head up.

@@ -1,39 +1,11 @@
 """``plan_config``: a complete, commented training configuration derived from a cohort's fingerprint.
 
-The rules (each choice is also explained by a comment in the written YAML):
-
-- **target spacing**: the median spacing per RAS axis. Strongly anisotropic cohorts (coarsest median
-  axis more than 3x the finest, nnU-Net's threshold) take the 10th percentile along the coarse axis
-  instead, so the thin-slice scans are not degraded to the thick ones (nnU-Net v2's rule). With a time
-  budget the planner may coarsen the finer axes in steps of 1.25x (never coarser than the coarsest
-  median axis for isotropic cohorts, and never so coarse that the 10th-percentile lesion spans fewer
-  than 3 voxels along its shortest side) until the recipe's epochs fit the budget.
-- **patch size**: the median field of view on the target grid, so a patch sees the whole scan (the
-  labels are per scan: a patch without the finding would carry a wrong label), rounded up to a multiple
-  of the network's stride; when the memory budget does not hold two such patches, the longest axis
-  shrinks (in stride steps) down to twice the 95th-percentile lesion extent (the lesion plus its
-  context), and evaluation slides windows over the rest. The ResNet's stride is 32; where the patch is a
-  multiple of 16 but not of 32, the last stage is dilated instead of strided (stride 16, as MedicalNet
-  does), which costs almost nothing because that stage works on the smallest maps.
-- **batch size**: the largest that fits the memory budget, measured by dry training steps (forward,
-  backward, AdamW step) at the patch size on the target device (``medres.plan.measure``), searched by
-  doubling and capped so that an epoch has at least 16 optimizer steps and a batch holds at most 5% of
-  the cohort's voxels (nnU-Net's cap).
-- **intensities**: CT: two windows, one from the lesions' foreground intensities (0.5-99.5th
-  percentile, widened 20%) and one from the body's; MR: per-channel z-score (intensities in arbitrary
-  units).
-- **losses**: balanced class weights when the patients' classes are imbalanced by more than 1.5:1;
-  Dice alone for the masks when the median lesion scan has under 1% foreground voxels (cross-entropy
-  then drives tiny lesions to background: measured on the demo cohort), Dice + CE otherwise.
-- **epochs / schedule**: about 1,000 optimizer steps (the demo recipe, ``ct_chest.yaml``: 950 steps),
-  20-300 epochs, fewer (not under 20) when the measured time per epoch does not fit ``minutes``; when no
-  candidate grid holds the recipe, the cheapest one is taken. An epoch's time is measured in its parts:
-  the median dry step times the steps, the training pipeline's mean per sample, the inner validation (its
-  pipeline and a whole-volume forward pass per scan) and the epoch's end (checkpoint, best copy and
-  metrics row, written by the engine's own functions in a temporary folder). AdamW 3e-3 with a cosine
-  schedule and a one-epoch warm-up.
-- **cache**: preprocessed volumes on disk, shared by the folds, when they fit in a quarter of the free
-  memory (then they stay in the page cache) or the free disk; in memory for one fold; none otherwise.
+One rule per setting, each explained by a comment in the written YAML: the target spacing (median,
+or nnU-Net's 10th percentile along a strongly anisotropic axis), the patch (the median field of view,
+shrunk to fit memory), the batch size (measured dry steps), intensity windows or z-scores, class
+weights, the segmentation loss, epochs fitted to the time budget (an epoch measured in its parts
+through the engine's own functions), and the cache. The rules, their sources and the measurements
+behind them are in docs/planning.md ("The rules").
 """
 
 from __future__ import annotations
@@ -290,10 +262,9 @@ def _pipeline_seconds(manifest: Path, raw: dict[str, Any], n: int = 6, *, train:
     """Mean seconds per sample spent in the data pipeline after the cache (crop, windows, augmentation
     for training; the whole-volume transforms for validation), over ``n`` epochs' draws of the first
     ``scans`` scans of the manifest. The mean, not the minimum: random augmentations (an affine with
-    probability 0.3) make most draws cheap and a few expensive, and the minimum missed the expensive ones
-    (measured on the demo: minimum 0.010 s, mean 0.024 s per sample at 64 x 64 x 48; the real epochs
-    matched the mean). Wall time, as training spends it; CPU time where the process was mostly not
-    running (another load held the cores)."""
+    probability 0.3) make most draws cheap and a few expensive, and the minimum misses the expensive ones
+    (docs/planning.md, "Time measurements"). Wall time, as training spends it; CPU time where the process
+    was mostly not running (another load held the cores)."""
     from medres.config import load_config
     from medres.data.datasets import CaseDataset, manifest_to_records
     from medres.data.manifest import read_manifest

@@ -166,7 +166,7 @@ def build_bundle(
         _record("pooled", "calibration_slope", fit.slope, note=fit_note or fit.reason, **common),
     ]
     recal = calibration_section(preds, cfg, positive=task.positive, n_bins=ECE_BINS, seed=seed,
-                                run_dir=run.run_dir)  # issue 10
+                                run_dir=run.run_dir)
     records += recal[0]
     if len(cfg.data.labels) > 2:
         for f in sorted(preds["fold"].unique()):
@@ -185,7 +185,7 @@ def build_bundle(
         records += holdout_test_records(run.test, thresholds, task, cfg, seed=seed)
     ext_recs = external_records(preds, run.inner_val, run.test, task, cfg, seed=seed)  # held-out sites
     records += ext_recs
-    test_seg_recs = test_segmentation_records(test_seg_cases, cfg, seed=seed)  # issue 10: folds + ensemble
+    test_seg_recs = test_segmentation_records(test_seg_cases, cfg, seed=seed)  # test split: folds + ensemble
     records += test_seg_recs
     comparison = None
     if compare is not None:
