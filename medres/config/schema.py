@@ -371,12 +371,21 @@ class EvalConfig(_Section):
     nsd_tolerance_mm: float = Field(2.0, gt=0)
     sliding_window_overlap: float = Field(0.25, ge=0, lt=1)
     tta_flips: bool = False
+    # a case's class probabilities from its sliding windows: max = the most abnormal window (a focal
+    # finding that one window sees); mean = softmax of the mean window logit (diffuse findings)
+    cls_aggregate: Literal["max", "mean"] = "max"
     # --- calibration: recalibration map fitted per fold on its inner validation only,
     # saved in the fold's checkpoint and applied to its held-out, test and new cases ---
     calibration: Literal["temperature", "platt", "none"] = "temperature"
     # external test sites (split=test, a cv.group_column value absent from development): the share of each
     # site's patients used to refit the intercept (recalibration-in-the-large); 0 turns it off
     external_recalibration_fraction: float = Field(0.2, ge=0, lt=1)
+    # conformal prediction sets, fitted per fold on its inner validation (medres.metrics.conformal):
+    # error rate alpha (sets hold the true class with probability >= 1 - alpha; null turns them off),
+    # the score (lac: 1 - p_y; aps: adaptive sets) and one threshold per true class (mondrian)
+    conformal_alpha: float | None = Field(0.1, gt=0, lt=1)
+    conformal_score: Literal["lac", "aps"] = "lac"
+    conformal_mondrian: bool = False
 
 
 class OutputConfig(_Section):

@@ -12,6 +12,8 @@
   n / design effect), `auroc_score_interval` (score-type, open at perfect separation),
   `patient_bootstrap_ci` (cluster bootstrap, percentile / BCa, vectorised), `paired_bootstrap_ci`,
   `delong_roc_ci` and `delong_roc_test` (Obuchowski's clustered form with ``groups``), `wilson_interval`;
+- conformal prediction sets: `fit_conformal` (split or Mondrian, LAC or APS score), `prediction_sets`,
+  `set_coverage` (held-out coverage with the clustered proportion interval, mean set size);
 - recalibration: `choose_calibration` (a temperature / Platt map kept only when a likelihood-ratio test
   on patients finds it beats no recalibration);
 - records: `to_records` / `MetricRecord` (the long-format rows of the report).
@@ -50,6 +52,7 @@ from medres.metrics.classification import (
     one_vs_rest_threshold_metrics,
     prevalence,
 )
+from medres.metrics.conformal import ConformalFit, SetCoverage, fit_conformal, prediction_sets, set_coverage
 from medres.metrics.curves import RocBand, precision_recall_curve, roc_band, roc_curve
 from medres.metrics.decision import DecisionCurve, decision_curve
 from medres.metrics.delong import (
@@ -84,6 +87,7 @@ __all__ = [
     "BootstrapResult",
     "CalibrationFit",
     "ConfusionCounts",
+    "ConformalFit",
     "DecisionCurve",
     "DeLongCI",
     "DeLongTest",
@@ -93,6 +97,7 @@ __all__ = [
     "RocBand",
     "SegmentationResult",
     "SegmentationSummary",
+    "SetCoverage",
     "ThresholdMetrics",
     "UndefinedMetricWarning",
     "auroc",
@@ -112,6 +117,7 @@ __all__ = [
     "delong_roc_ci",
     "delong_roc_test",
     "ece",
+    "fit_conformal",
     "macro_average",
     "metrics_at_threshold",
     "metrics_from_counts",
@@ -121,11 +127,13 @@ __all__ = [
     "patient_bootstrap",
     "patient_bootstrap_ci",
     "precision_recall_curve",
+    "prediction_sets",
     "prevalence",
     "reliability_curve",
     "roc_band",
     "roc_curve",
     "segmentation_metrics",
+    "set_coverage",
     "summarise_segmentation",
     "surface_distances",
     "to_records",

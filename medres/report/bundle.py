@@ -44,6 +44,7 @@ from medres.report.aggregate import (
 from medres.report.calibration import calibration_section
 from medres.report.cohort import cohort_table, split_audit
 from medres.report.compare import comparison as compare_runs
+from medres.report.conformal import SET_COLUMN, conformal_section
 from medres.report.external import external_group_table, external_records, external_test_table
 from medres.report.guidelines import guideline_table
 from medres.report.html import (
@@ -185,6 +186,10 @@ def build_bundle(
         records += holdout_test_records(run.test, thresholds, task, cfg, seed=seed)
     ext_recs = external_records(preds, run.inner_val, run.test, task, cfg, seed=seed)  # held-out sites
     records += ext_recs
+    conf_recs, conf_sets, conformal = conformal_section(preds, run.inner_val, cfg, seed=seed)
+    records += conf_recs
+    if conf_sets is not None:  # each held-out case's prediction set, in predictions.csv
+        preds[SET_COLUMN] = conf_sets
     test_seg_recs = test_segmentation_records(test_seg_cases, cfg, seed=seed)  # test split: folds + ensemble
     records += test_seg_recs
     comparison = None
@@ -320,6 +325,7 @@ def build_bundle(
         "gallery": gallery or [],
         "gallery_note": gallery_note,
         "comparison": comparison,
+        "conformal": conformal,
         "guideline_table": table_html(guideline_table()),
         "provenance": {"medres_version": (provenance or {}).get("medres version", "")},
         "provenance_rows": list((provenance or {}).items()),

@@ -37,7 +37,7 @@ def export_predictions(
     """An allow-listed copy for sharing: no patient ids, no file paths, no unknown free-text columns
     except those the configuration names as subgroups; case ids replaced by keys when unsafe."""
     keep = ["fold", "y_true"] + [c for c in df.columns if c.startswith("p_")]
-    keep += ["y_pred", "y_pred_argmax", "threshold", "y_pred_op"]
+    keep += ["y_pred", "y_pred_argmax", "threshold", "y_pred_op", "conformal_set"]
     keep += [c for c in (*KNOWN_SUBGROUPS, *config_subgroups, *SPACING_COLUMNS) if c in df.columns]
     out = df[[c for c in dict.fromkeys(keep) if c in df.columns]].copy()
     out.insert(0, "case_id" if ids_shown else "case_key", df["case_id"].map(labels).to_numpy())
