@@ -471,7 +471,7 @@ def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mappi
                                             "patch_size", "image_columns", "spatial_dims")},
         "inference": {"sliding_window_overlap": cfg_plain["evaluate"]["sliding_window_overlap"],
                       "tta_flips": cfg_plain["evaluate"]["tta_flips"],
-                      "window_aggregation": cfg_plain["evaluate"].get("cls_aggregate", "max"),
+                      "window_aggregation": cfg_plain["evaluate"]["cls_aggregate"],
                       "ensemble": "mean of the folds' calibrated class probabilities; argmax of the mean of "
                                   "their softmax maps",
                       "decision": "y_pred: the positive class where its probability reaches the mean "

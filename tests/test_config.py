@@ -253,3 +253,15 @@ def test_list_configs_shows_each_whole_first_sentence():
     assert listed["ct_chest.yaml"].endswith("by patient, then the evaluation report.")
     text = "A (x. y) 0.7 mm, e.g. c, He et al. 2016."
     assert first_sentence(text + " Next.") == text
+
+
+def test_window_aggregation_is_a_setting(tmp_path):
+    """``evaluate.cls_aggregate`` (documented in docs/ensemble_calibration_export.md) validates: max by
+    default, mean when set in a file, anything else a ConfigError naming the field and the choices."""
+    assert load_config().evaluate.cls_aggregate == "max"
+    path = tmp_path / "mean.yaml"
+    path.write_text("evaluate:\n  cls_aggregate: mean\n")
+    assert load_config(path).evaluate.cls_aggregate == "mean"
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["evaluate.cls_aggregate=median"])
+    assert e.value.field == "evaluate.cls_aggregate" and "mean" in str(e.value)

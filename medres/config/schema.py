@@ -374,6 +374,9 @@ class EvalConfig(_Section):
     # a case's class probabilities from its sliding windows: max = the most abnormal window (a focal
     # finding that one window sees); mean = softmax of the mean window logit (diffuse findings)
     cls_aggregate: Literal["max", "mean"] = "max"
+    # a case's class probabilities from its sliding windows: max = the most abnormal window (a focal
+    # finding that one window sees); mean = softmax of the mean window logit (diffuse findings)
+    cls_aggregate: Literal["max", "mean"] = "max"
     # --- calibration: recalibration map fitted per fold on its inner validation only,
     # saved in the fold's checkpoint and applied to its held-out, test and new cases ---
     calibration: Literal["temperature", "platt", "none"] = "temperature"

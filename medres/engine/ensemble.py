@@ -56,7 +56,7 @@ def write_test_ensemble(run_dir: str | os.PathLike[str], records: Iterable[Mappi
     out = run_dir / ENSEMBLE_DIR
     df = predict_cases(models, records, cfg.data, fold=-1, seg_dir=out / "seg" if masks else None,
                        seg_relative_to=run_dir, overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
-                       cls_aggregate=getattr(ev, "cls_aggregate", "max"), device=device,
+                       cls_aggregate=ev.cls_aggregate, device=device,
                        calibration=cals, member_names=names)
     write_table(df, out / "test_predictions.parquet")
     log.info("fold ensemble (%s) on %d test scans: %s", ", ".join(names), len(df),

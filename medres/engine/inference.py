@@ -257,14 +257,14 @@ def write_fold_predictions(run_dir: str | os.PathLike[str], fold: int, model: nn
     ``name`` is ``"predictions"`` (held-out cases), ``"inner_val_predictions"`` or ``"test_predictions"``;
     the case sets are disjoint within a fold, so all masks share ``seg/``. ``seg_path`` is relative to
     ``run_dir``. Window overlap, TTA and window aggregation come from ``cfg.evaluate``
-    (``sliding_window_overlap``, ``tta_flips``, ``cls_aggregate`` when the schema has it, else ``"max"``).
+    (``sliding_window_overlap``, ``tta_flips``, ``cls_aggregate``).
     """
     run_dir = Path(run_dir)
     fold_dir = run_dir / f"fold_{fold}"
     ev = cfg.evaluate
     df = predict_cases(model, records, cfg.data, fold=fold, seg_dir=fold_dir / "seg" if masks else None,
                        seg_relative_to=run_dir, overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
-                       cls_aggregate=getattr(ev, "cls_aggregate", "max"), device=device, logits=True)
+                       cls_aggregate=ev.cls_aggregate, device=device, logits=True)
     write_table(df, fold_dir / f"{name}.parquet")
     return df
 
@@ -318,7 +318,7 @@ class Predictor:
         ev = config.evaluate
         self.tta = ev.tta_flips if tta is None else tta
         self.overlap = ev.sliding_window_overlap if overlap is None else overlap
-        self.cls_aggregate = cls_aggregate or getattr(ev, "cls_aggregate", "max")
+        self.cls_aggregate = cls_aggregate or ev.cls_aggregate
         self.sw_batch_size = sw_batch_size
         self.transform = _eval_transform(config.data)
 

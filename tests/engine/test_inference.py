@@ -13,7 +13,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientati
 from scipy import ndimage
 from torch import nn
 
-from medres.config import Config
+from medres.config import Config, load_config
 from medres.data.io import MedresReader
 from medres.engine.inference import mask_to_source, predict_cases, write_fold_predictions
 from medres.engine.sliding import aggregate_windows, infer_volume
@@ -209,6 +209,23 @@ def test_predictions_table_and_fold_files(source, tmp_path):
     assert back.loc[0, "seg_path"] == f"fold_2/seg/{case_file_stem('a')}.nii.gz"
     write_fold_predictions(tmp_path / "run", 2, ThresholdModel(), recs[:1], cfg, name="test_predictions")
     assert len(pd.read_parquet(tmp_path / "run" / "fold_2" / "test_predictions.parquet")) == 1
+
+
+def test_window_aggregation_set_in_a_config_file_reaches_the_fold_table(source, tmp_path):
+    """``evaluate.cls_aggregate: mean`` in a YAML file changes the case probability the fold table holds:
+    the mean over windows of a scan where one window sees the finding, as infer_volume computes it."""
+    (tmp_path / "mean.yaml").write_text("evaluate:\n  cls_aggregate: mean\n")
+    tables = {}
+    for how, cfg in (("max", Config()), ("mean", load_config(tmp_path / "mean.yaml"))):
+        cfg.data = data_cfg().model_copy(update={"normalize": "none", "spacing": [1.5, 1.5, 1.5]})
+        recs = [{"case_id": "a", "patient_id": "p1", "image": str(source), "mask": None, "label": 1}]
+        tables[how] = write_fold_predictions(tmp_path / how, 0, ThresholdModel(), recs, cfg, masks=False)
+    x = eval_pipeline()({"image": str(source)})["image"]
+    ref = {how: float(infer_volume(ThresholdModel(), x, roi_size=[16, 16, 16], cls_aggregate=how)
+                      .cls_probs[1]) for how in ("max", "mean")}
+    assert ref["mean"] < ref["max"] - 0.1  # the check can fail: the two aggregations differ on this scan
+    for how in ("max", "mean"):
+        assert tables[how]["p_nodule"].iloc[0] == pytest.approx(ref[how], abs=1e-4)
 
 
 def test_fold_masks_of_ids_that_differ_only_in_unsafe_characters_are_distinct_files(tmp_path):
