@@ -11,10 +11,11 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydicom.dataset import Dataset
 
-from medres.errors import DataError
+from medres.errors import ConfigError, DataError
 
 from .auth import Credentials, http_session, server_name
 
@@ -37,8 +38,19 @@ class DicomWeb:
 
     def __init__(self, url: str, credentials: Credentials | None = None, *, ca_bundle: str | None = None,
                  insecure: bool = False, timeout_s: float = 60.0, workers: int = 4, retries: int = 3) -> None:
-        from dicomweb_client.api import DICOMwebClient
-
+        try:
+            from dicomweb_client.api import DICOMwebClient
+        except ImportError:
+            raise ConfigError("DICOMweb needs the dicomweb-client package",
+                              hint="pip install 'medres[pacs]'") from None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{server_name(url)!r} is not an http(s) URL",
+                              hint="pass the server's DICOMweb root, e.g. https://pacs.example.org/dicom-web")
+        if parts.username or parts.password:
+            raise ConfigError(f"the URL of {server_name(url)} holds credentials, which any user sees in the "
+                              "process list", hint="put them in --credentials FILE (mode 0600), "
+                                                   "$MEDRES_PACS_USER/$MEDRES_PACS_PASSWORD or ~/.netrc")
         self.url = url.rstrip("/")
         self.name = server_name(self.url)
         self.credentials = credentials or Credentials()

@@ -37,6 +37,11 @@ class Dimse:
 
     def __init__(self, address: str, *, called_aet: str = "ANY-SCP", calling_aet: str = "MEDRES",
                  timeout_s: float = 60.0) -> None:
+        try:
+            import pynetdicom  # noqa: F401
+        except ImportError:
+            raise ConfigError("DIMSE needs the pynetdicom package",
+                              hint="pip install 'medres[pacs]'") from None
         for what, aet in (("--called-aet", called_aet), ("--calling-aet", calling_aet)):
             if not aet or len(aet) > 16 or not aet.isascii() or "\\" in aet:
                 raise ConfigError(f"{what} {aet!r} is not an AE title (1-16 ASCII characters)")

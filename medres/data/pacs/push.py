@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from medres.errors import DataError
+from medres.errors import ConfigError, DataError, MedresError
 
 __all__ = ["PushResult", "push_objects", "add_push_arguments", "push_predictions"]
 
@@ -140,14 +140,16 @@ def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Se
     from medres.data.dicom_seg import file_sha256
 
     if args.no_masks:
-        from medres.errors import ConfigError
-
         raise ConfigError("--push sends the predicted masks (DICOM SEG), but --no-masks writes none",
                           hint="leave out --no-masks")
     target = _target(args)
     objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out)
     if not objects:
         log.warning("--push: no input is a DICOM series, so there is no DICOM SEG or SR to send")
+    return _push_and_record(objects, target, out)
+
+
+def _push_and_record(objects: Sequence[Path], target: Target, out: Path) -> list[PushResult]:
     results = push_objects(objects, target, relative_to=out)
     with open(out / "push.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -158,7 +160,39 @@ def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Se
              sum(r.status == "stored" for r in results), sum(r.status.startswith("already") for r in results),
              len(failed))
     if failed:
-        raise DataError(f"{len(failed)} of {len(results)} object(s) did not arrive (listed in push.csv)",
-                        path=target.name, hint="fix the cause named there and rerun the push; objects that "
-                                               "arrived are not sent again")
+        reasons = "; ".join(sorted({r.reason for r in failed}))
+        raise DataError(f"{len(failed)} of {len(results)} object(s) did not arrive ({reasons}); each is "
+                        f"listed in {out / 'push.csv'}", path=target.name,
+                        hint=f"fix the cause named there and rerun: python -m medres.data.pacs.push "
+                             f"--predictions {out} with the same --push/--push-dimse (what arrived is not "
+                             "sent again)")
     return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m medres.data.pacs.push --predictions DIR --push URL``: (re)send the SEG and SR files a
+    ``medres.predict`` run wrote into ``DIR/seg/``, skipping what the server holds already."""
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m medres.data.pacs.push", description=main.__doc__)
+    p.add_argument("--predictions", required=True, help="the --output folder of python -m medres.predict")
+    add_push_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if not (args.push or args.push_dimse):
+            raise ConfigError("say where to push", hint="--push URL (DICOMweb) or --push-dimse HOST:PORT")
+        out = Path(args.predictions)
+        objects = sorted((out / "seg").glob("*.dcm"))
+        if not objects:
+            raise DataError("holds no DICOM SEG or SR (seg/*.dcm)", path=out,
+                            hint="pass the --output folder of a predict run with --push on DICOM inputs")
+        _push_and_record(objects, _target(args), out)
+    except MedresError as err:
+        print(f"medres push: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

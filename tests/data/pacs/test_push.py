@@ -20,6 +20,7 @@ from medres.config import load_config
 from medres.data.dicom_sr import PROBABILITY
 from medres.data.pacs.auth import Credentials
 from medres.data.pacs.dicomweb import DicomWeb
+from medres.data.pacs.push import main as push_main
 from medres.data.pacs.push import push_objects
 from medres.engine.checkpoint import save_checkpoint
 from medres.engine.fold import build_model, model_spec
@@ -54,8 +55,8 @@ def _series_of(server: Orthanc, study: str, modality: str) -> list[pydicom.Datas
 
 @pytest.mark.slow
 def test_predict_push_stores_seg_and_sr_in_the_source_study(empty_orthanc: Orthanc, checkpoint: Path,
-                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     series = tmp_path / "series_1"
     paths = write_series(series, 4)
     empty_orthanc.upload(paths)
@@ -100,3 +101,22 @@ def test_predict_push_stores_seg_and_sr_in_the_source_study(empty_orthanc: Ortha
         empty_orthanc.dicomweb, Credentials(empty_orthanc.user, empty_orthanc.password)), relative_to=out)
     assert {r.status for r in again} == {"already on the server"}
     assert len(empty_orthanc.rest("GET", "/instances").json()) == 4 + 2
+
+    # a push that fails is listed per object, without the secret, and the rerun sends what is missing
+    empty_orthanc.rest("DELETE", f"/instances/{_orthanc_id(empty_orthanc, sr.SOPInstanceUID)}")
+    monkeypatch.setenv("MEDRES_PACS_PASSWORD", "Wrong-pass-123")
+    assert push_main(["--predictions", str(out), "--push", empty_orthanc.dicomweb]) == 2
+    err = capsys.readouterr().err
+    assert "401" in err and "push.csv" in err and "Wrong-pass-123" not in err
+    with open(out / "push.csv", newline="") as fh:
+        assert {r["status"] for r in csv.DictReader(fh)} == {"failed"}
+    monkeypatch.setenv("MEDRES_PACS_PASSWORD", empty_orthanc.password)
+    assert push_main(["--predictions", str(out), "--push", empty_orthanc.dicomweb]) == 0
+    with open(out / "push.csv", newline="") as fh:
+        assert sorted(r["status"] for r in csv.DictReader(fh)) == ["already on the server", "stored"]
+    assert len(empty_orthanc.rest("GET", "/instances").json()) == 4 + 2
+
+
+def _orthanc_id(server: Orthanc, sop: str) -> str:
+    (found,) = server.rest("POST", "/tools/lookup", data=str(sop)).json()
+    return str(found["ID"])
