@@ -49,6 +49,10 @@ NOT_RUN = {
     'pip install "medres[export]"': "installs; [dev] includes [export]",
     "pytest": "is this suite",
     "apt-get install -y chromium": "installs a system package (CI installs it)",
+    'pip install -e ".[pacs]"': "installs; [dev] includes [pacs]",
+    "python -m medres.data.pull": "needs a PACS; tests/data/pacs/ run it against a real Orthanc",
+    "python -m medres.predict --push": "needs a PACS; tests/data/pacs/test_push.py runs it against Orthanc",
+    "python -m medres.data.pacs.push": "needs a PACS; tests/data/pacs/test_push.py runs it against Orthanc",
     "jupyter lab notebooks/": "opens a browser UI; tests/test_notebooks.py executes the notebooks",
     "MEDRES_RUN=$PWD/runs/ct_chest jupyter lab notebooks/": "as above, with MEDRES_RUN (tested there too)",
     "torchrun": "several processes on several GPUs or machines; its arguments to medres.train are checked "
