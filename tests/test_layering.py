@@ -101,3 +101,22 @@ def test_report_imports_neither_torch_nor_higher_layers():
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _heavy_after_import(modules: list[str]) -> list[str]:
+    """The torch/MONAI modules present after importing ``modules`` in a fresh interpreter."""
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', 'torchvision')))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return eval(res.stdout.strip().splitlines()[-1])  # a list of module names printed by the child
+
+
+def test_torch_free_packages_import_without_torch_at_run_time():
+    """The static check above sees import statements; this one catches what they pull in (a torch-free
+    package importing a third-party module that imports torch). One interpreter for all of them; on a
+    failure, one per package to name the culprits."""
+    packages = [f"medres.{p}" for p in NO_TORCH]
+    if _heavy_after_import(packages):
+        culprits = {p: heavy[:3] for p in packages if (heavy := _heavy_after_import([p]))}
+        raise AssertionError(f"importing these pulls in torch/MONAI: {culprits}")
