@@ -21,13 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from medres.errors import ConfigError
+from medres.errors import ConfigError, DataError
 
-__all__ = ["Credentials", "read_credentials", "http_session", "server_name",
+__all__ = ["ServerUnavailable", "Credentials", "read_credentials", "http_session", "server_name",
            "USER_ENV", "PASSWORD_ENV", "TOKEN_ENV"]
 
 USER_ENV, PASSWORD_ENV, TOKEN_ENV = "MEDRES_PACS_USER", "MEDRES_PACS_PASSWORD", "MEDRES_PACS_TOKEN"
 log = logging.getLogger("medres.data.pacs")
+
+
+class ServerUnavailable(DataError):
+    """The server as a whole cannot be used (refused credentials, no connection): stop, do not go on."""
 
 
 @dataclass(frozen=True)

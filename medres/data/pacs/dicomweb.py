@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from medres.errors import ConfigError, DataError
 
-from .auth import Credentials, http_session, server_name
+from .auth import Credentials, ServerUnavailable, http_session, server_name
 
 __all__ = ["DicomWeb", "from_json"]
 
@@ -64,6 +64,7 @@ class DicomWeb:
     def errors(self, doing: str, where: str = "") -> Iterator[None]:
         """Turn what ``requests``/``dicomweb-client`` raise while ``doing`` into a DataError."""
         import requests
+        from pydicom.errors import InvalidDicomError
 
         where = f" ({where})" if where else ""
         try:
@@ -74,7 +75,7 @@ class DicomWeb:
                 hint = (f"check the credentials ({self.credentials.source}): --credentials FILE, "
                         "$MEDRES_PACS_USER/$MEDRES_PACS_PASSWORD, $MEDRES_PACS_TOKEN or ~/.netrc, and that "
                         "this user may read/write on the server")
-                raise DataError(f"the server refused {doing}{where}: HTTP {code} "
+                raise ServerUnavailable(f"the server refused {doing}{where}: HTTP {code} "
                                 f"({'not authenticated' if code == 401 else 'not allowed'})",
                                 path=self.name, hint=hint) from None
             if code == 404:
@@ -85,15 +86,15 @@ class DicomWeb:
                             hint="it failed after retries; look at the server's log, then rerun (what "
                                  "arrived is kept)") from None
         except requests.exceptions.SSLError:
-            raise DataError(f"TLS verification failed while {doing}{where}", path=self.name,
+            raise ServerUnavailable(f"TLS verification failed while {doing}{where}", path=self.name,
                             hint="pass --ca-bundle with the CA that signed its certificate") from None
         except requests.Timeout:
             raise DataError(f"the server did not answer in time while {doing}{where}", path=self.name,
                             hint="check that it is up and reachable, then rerun") from None
         except (requests.ConnectionError, requests.exceptions.RetryError):
-            raise DataError(f"cannot connect to the server while {doing}{where}", path=self.name,
+            raise ServerUnavailable(f"cannot connect to the server while {doing}{where}", path=self.name,
                             hint="check the URL and that the server is up and reachable") from None
-        except (ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, EOFError, InvalidDicomError) as exc:
             raise DataError(f"the server's answer could not be read while {doing}{where} "
                             f"({type(exc).__name__}: not DICOM / DICOM JSON?)", path=self.name,
                             hint="check that the URL is the server's DICOMweb root") from None

@@ -16,6 +16,8 @@ from pydicom.dataset import Dataset
 
 from medres.errors import ConfigError, DataError
 
+from .auth import ServerUnavailable
+
 __all__ = ["Dimse", "parse_address"]
 
 log = logging.getLogger("medres.data.pacs")
@@ -63,7 +65,7 @@ class Dimse:
         assoc = ae.associate(self.host, self.port, ae_title=self.called_aet, **kw)
         if not assoc.is_established:
             why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-            raise DataError(f"the association for {doing} was {why}", path=self.name,
+            raise ServerUnavailable(f"the association for {doing} was {why}", path=self.name,
                             hint=f"check the address, that the server is up, that it knows medres's AE title "
                                  f"{self.calling_aet!r} (and this host) and allows this operation")
         return assoc

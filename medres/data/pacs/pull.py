@@ -38,6 +38,8 @@ from pydicom.dataset import Dataset
 
 from medres.errors import ConfigError, DataError, MedresError, did_you_mean
 
+from .auth import ServerUnavailable
+
 __all__ = ["PullResult", "SeriesResult", "pull", "main", "pseudonym", "parse_query"]
 
 log = logging.getLogger("medres.data.pacs")
@@ -253,10 +255,10 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
     jobs: list[tuple[SeriesResult, str, str, list[str], Path]] = []
     for study in studies:
         study_uid = str(study.StudyInstanceUID)
-        s_name = f"s{pseudonym(key, 'study_uid', study_uid)[:12]}"
+        s_name = f"s{pseudonym(key, 'study', study_uid)[:12]}"
         for series in server.find_series(study_uid, where=f"study {s_name}"):
             series_uid = str(series.SeriesInstanceUID)
-            r_name = f"r{pseudonym(key, 'series_uid', series_uid)[:12]}"
+            r_name = f"r{pseudonym(key, 'series', series_uid)[:12]}"
             where = f"study {s_name}, series {r_name}"
             count = series.get("NumberOfSeriesRelatedInstances")
             row = SeriesResult(s_name, r_name, expected=int(count) if count not in (None, "") else 0)
@@ -320,10 +322,14 @@ def _drain(pending: dict[Future, SeriesResult], counter: Any, wait_all: bool) ->
         row = pending.pop(fut)
         try:
             n = fut.result()
+        except ServerUnavailable:
+            for other in pending:
+                other.cancel()
+            raise
         except DataError as err:
-            if not row.status:
+            if not row.status:  # one line per series, not per instance
                 row.status = f"failed: {err.reason}"
-            log.warning("%s", err)
+                log.warning("%s", err)
             continue
         row.fetched += n
         for _ in range(n):

@@ -5,6 +5,7 @@ open credentials file and an oversized query are clear errors without the secret
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -75,8 +76,8 @@ def test_pull_by_accession_equals_the_upload_and_resumes(orthanc: Orthanc, cohor
     for sop, path in got.items():
         mine, theirs = pydicom.dcmread(path), pydicom.dcmread(sources[sop])
         np.testing.assert_array_equal(mine.pixel_array, theirs.pixel_array)
-        study = f"s{pseudonym(key, 'study_uid', str(theirs.StudyInstanceUID))[:12]}"
-        series = f"r{pseudonym(key, 'series_uid', str(theirs.SeriesInstanceUID))[:12]}"
+        study = f"s{pseudonym(key, 'study', str(theirs.StudyInstanceUID))[:12]}"
+        series = f"r{pseudonym(key, 'series', str(theirs.SeriesInstanceUID))[:12]}"
         assert path.relative_to(out).parts == (study, series, f"{sop}.dcm")  # no ids in the path
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary file left
 
@@ -137,3 +138,111 @@ def test_the_module_runs_and_refuses_a_bad_query(orthanc: Orthanc, tmp_path: Pat
                         str(tmp_path / "o"), "--query", "Modalty=CT"], capture_output=True, text=True,
                        env=env, timeout=120)
     assert r.returncode == 2 and "Modality" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pull_then_index_and_an_ambiguous_accession(orthanc: Orthanc, cohort: dict, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    for paths in _study(tmp_path / "dup", "ACC2", localizer=False).values():  # a second study, same accession
+        orthanc.upload(paths)
+    monkeypatch.setenv("MEDRES_PROJECT_KEY", KEY)
+    monkeypatch.setenv("MEDRES_PACS_USER", orthanc.user)
+    monkeypatch.setenv("MEDRES_PACS_PASSWORD", orthanc.password)
+    config, accessions, labels = tmp_path / "rules.yaml", tmp_path / "cohort.csv", tmp_path / "labels.csv"
+    config.write_text("data:\n  index:\n    min_slices: 1\n")
+    accessions.write_text("AccessionNumber\nACC1\nACC2\n")
+    labels.write_text("AccessionNumber,label\nACC1,nodule\nACC2,normal\n")
+    out, indexed = tmp_path / "export", tmp_path / "indexed"
+    code = main(["--dicomweb", orthanc.dicomweb, "--out", str(out), "--accessions", str(accessions),
+                 "--series-filter", str(config), "--index", str(indexed), "--labels", str(labels),
+                 "--no-progress"])
+    assert code == 0
+    assert "matching several (skipped): 1" in capsys.readouterr().out
+    axial = {str(pydicom.dcmread(p).SOPInstanceUID) for p in cohort["ACC1"]["axial"]}
+    assert set(_on_disk(out)) == axial  # ACC2 is ambiguous: not pulled
+    with open(indexed / "manifest.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    study = pydicom.dcmread(cohort["ACC1"]["axial"][0]).StudyInstanceUID
+    assert row["label"] == "nodule"  # the export's folder is the index's study pseudonym
+    assert row["study_id"] == f"s{pseudonym(KEY.encode(), 'study', study)[:12]}" == _on_disk(out)[
+        next(iter(axial))].parent.parent.name
+
+
+class _FaultyFront:
+    """A real HTTP server on 127.0.0.1 in front of Orthanc that answers 500 (or a body that is not DICOM)
+    for the instances named in ``faults`` (SOPInstanceUID -> "500" | "500-once" | "garbage"): what
+    Orthanc itself cannot be made to do."""
+
+    def __init__(self, backend: str) -> None:
+        import http.server
+        import threading
+
+        import requests
+
+        self.faults: dict[str, str] = {}
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                sop = self.path.split("/instances/")[-1].split("?")[0] if "/instances/" in self.path else ""
+                fault = front.faults.get(sop, "")
+                if fault in ("500", "500-once"):
+                    if fault == "500-once":
+                        front.faults.pop(sop)
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                if fault == "garbage":
+                    body = b"--b\r\nContent-Type: application/dicom\r\n\r\nnot a DICOM file\r\n--b--"
+                    self.send_response(200)
+                    kind = 'multipart/related; type="application/dicom"; boundary=b'
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                r = requests.get(backend + self.path, headers={k: v for k, v in self.headers.items()
+                                                               if k.lower() not in ("host",)}, timeout=20)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() in ("content-type",):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_500_and_non_dicom_mid_pull_are_listed_and_a_rerun_completes(orthanc: Orthanc, cohort: dict,
+                                                                      tmp_path: Path) -> None:
+    front = _FaultyFront(orthanc.url)
+    try:
+        sops = sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in cohort["ACC1"]["axial"])
+        front.faults = {sops[0]: "500", sops[1]: "garbage", sops[2]: "500-once"}
+        web = DicomWeb(f"{front.url}/dicom-web", Credentials(orthanc.user, orthanc.password), timeout_s=20,
+                       retries=2)
+        out = tmp_path / "export"
+        result = pull(web, out, accessions=["ACC1"], key=KEY.encode(), workers=2, progress=False)
+        on_disk = set(_on_disk(out))
+        assert sops[2] in on_disk  # one 500, then retried with backoff
+        assert sops[0] not in on_disk and sops[1] not in on_disk
+        assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # nothing half-written
+        (short,) = result.short
+        assert short.status.startswith("failed: ")
+        assert "HTTP 500" in short.status or "could not be read" in short.status
+        front.faults = {}
+        again = pull(web, out, accessions=["ACC1"], key=KEY.encode(), progress=False)
+        assert again.fetched == 2 and again.short == [] and sops[0] in set(_on_disk(out))
+    finally:
+        front.close()
