@@ -1,11 +1,12 @@
-"""``python -m medres.evaluate --run runs/NAME [--output DIR] [--compare runs/OTHER]``: the report bundle.
+"""``python -m medres.evaluate --run runs/NAME [--output DIR] [--compare RUN ...]``: the report bundle.
 
 Reads a run folder, computes per-case segmentation metrics (predicted masks against the manifest's
 reference masks, in the source scan's geometry and spacing), the voxel spacing of every scan, the
 worst-case gallery (with the classification head's Grad-CAM when the fold's checkpoint and the data
 pipeline are available), and hands everything to `medres.report.build_bundle`. Written files:
 ``report.html``, ``summary.json``, ``predictions.csv``, ``seg_cases.csv``, ``cohort.csv`` in
-``--output`` (default ``runs/NAME/report``).
+``--output`` (default ``runs/NAME/report``). ``--compare`` compares every pair of the runs given (the
+run itself included) on the cases all of them predicted, Holm-adjusting DeLong's p-values across pairs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="the run folder (runs/NAME)")
     parser.add_argument("--output", help="where to write the bundle (default: RUN/report)")
     parser.add_argument(
-        "--compare", help="another run folder: paired DeLong and paired bootstrap differences"
+        "--compare", nargs="+", metavar="RUN",
+        help="other run folders: every pair compared (paired DeLong, Holm-adjusted across pairs, and "
+        "paired bootstrap differences of AUROC, AP, Brier and net benefit)",
     )
     parser.add_argument("--gallery", type=int, default=4, help="number of worst cases shown (default 4)")
     args = parser.parse_args(argv)

@@ -374,9 +374,6 @@ class EvalConfig(_Section):
     # a case's class probabilities from its sliding windows: max = the most abnormal window (a focal
     # finding that one window sees); mean = softmax of the mean window logit (diffuse findings)
     cls_aggregate: Literal["max", "mean"] = "max"
-    # a case's class probabilities from its sliding windows: max = the most abnormal window (a focal
-    # finding that one window sees); mean = softmax of the mean window logit (diffuse findings)
-    cls_aggregate: Literal["max", "mean"] = "max"
     # --- calibration: recalibration map fitted per fold on its inner validation only,
     # saved in the fold's checkpoint and applied to its held-out, test and new cases ---
     calibration: Literal["temperature", "platt", "none"] = "temperature"
@@ -389,6 +386,16 @@ class EvalConfig(_Section):
     conformal_alpha: float | None = Field(0.1, gt=0, lt=1)
     conformal_score: Literal["lac", "aps"] = "lac"
     conformal_mondrian: bool = False
+    # --compare: the threshold probabilities at which the runs' net benefits are compared
+    net_benefit_thresholds: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3])
+
+    @field_validator("net_benefit_thresholds")
+    @classmethod
+    def _probabilities(cls, value: list[float]) -> list[float]:
+        bad = [t for t in value if not 0 < t < 1]
+        if bad:
+            raise ValueError(f"net benefit thresholds {bad} are not probabilities strictly between 0 and 1")
+        return value
 
 
 class OutputConfig(_Section):

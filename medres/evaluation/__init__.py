@@ -25,7 +25,7 @@ __all__ = ["evaluate_run", "segmentation_cases", "add_spacing"]
 log = logging.getLogger("medres.evaluate")
 
 
-def _check_output(out: Path, run: Any, compare: str | Path | None) -> None:
+def _check_output(out: Path, run: Any, compare: list[str | Path]) -> None:
     """The report folder never is, holds or lies inside the run being read or the compared run, except
     inside the run's own ``report/`` (the default); nor is or holds the run's manifest or its folder."""
     from medres.files import check_output
@@ -33,7 +33,9 @@ def _check_output(out: Path, run: Any, compare: str | Path | None) -> None:
     own_report = Path(run.run_dir).resolve() / "report"
     target = out.resolve()
     manifest = getattr(getattr(run.config, "data", None), "manifest", None)
-    check_output(out, inputs={"run folder": run.run_dir, "compared run": compare, "run's manifest": manifest,
+    compared = ({"compared run": compare[0]} if len(compare) == 1
+                else {f"compared run {k + 1}": c for k, c in enumerate(compare)})
+    check_output(out, inputs={"run folder": run.run_dir, **compared, "run's manifest": manifest,
                               "manifest's folder": Path(manifest).parent if manifest else None},
                  what="report folder (--output)", may_lie_inside={"manifest's folder"} | (
                      {"run folder"} if target == own_report or target.is_relative_to(own_report) else set()))
@@ -42,23 +44,26 @@ def _check_output(out: Path, run: Any, compare: str | Path | None) -> None:
 def evaluate_run(
     run_dir: str | Path,
     output: str | Path | None = None,
-    compare: str | Path | None = None,
+    compare: str | Path | list[str | Path] | None = None,
     *,
     gallery_size: int = 4,
 ) -> Path:
-    """Write the report bundle of a run folder; returns the path of ``report.html``."""
+    """Write the report bundle of a run folder; returns the path of ``report.html``.
+
+    ``compare``: one or more other run folders; every pair of runs is compared (`medres.report.compare`)."""
     run = load_run(run_dir)
     missing = missing_folds(run)
     if missing:
         log.warning("folds %s of %d have no predictions yet (not finished): the report covers the other %d "
                     "only", missing, run.config.cv.folds, run.config.cv.folds - len(missing))
     out = Path(output) if output is not None else run.run_dir / "report"
+    compare = [] if compare is None else [compare] if isinstance(compare, (str, Path)) else list(compare)
     _check_output(out, run, compare)
     run.predictions = add_spacing(run.predictions)
     seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
     test_seg = test_segmentation_cases(run, segmentation_cases)  # the test split: folds and ensemble
     items, note = gallery(run, seg, gallery_size)
-    other = load_run(compare) if compare is not None else None
+    others = [load_run(c) for c in compare]
     prov = provenance(run.config, run.run_dir, run.checkpoints, report_seed=run.config.train.seed)
     build_bundle(
         run,
@@ -66,7 +71,7 @@ def evaluate_run(
         seg_cases=seg if len(seg) else None,
         gallery=items,
         provenance=prov,
-        compare=other,
+        compare=others or None,
         gallery_note=note,
         test_seg_cases=test_seg,
     )

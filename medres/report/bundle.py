@@ -43,7 +43,7 @@ from medres.report.aggregate import (
 )
 from medres.report.calibration import calibration_section
 from medres.report.cohort import cohort_table, split_audit
-from medres.report.compare import comparison as compare_runs
+from medres.report.compare import comparisons as compare_runs
 from medres.report.conformal import SET_COLUMN, conformal_section
 from medres.report.external import external_group_table, external_records, external_test_table
 from medres.report.guidelines import guideline_table
@@ -128,7 +128,7 @@ def build_bundle(
     seg_cases: pd.DataFrame | None = None,
     gallery: list[GalleryItem] | None = None,
     provenance: dict[str, str] | None = None,
-    compare: RunData | None = None,
+    compare: RunData | list[RunData] | None = None,
     seg_policy: str | None = None,
     gallery_note: str = "",
     test_seg_cases: pd.DataFrame | None = None,
@@ -193,8 +193,9 @@ def build_bundle(
     test_seg_recs = test_segmentation_records(test_seg_cases, cfg, seed=seed)  # test split: folds + ensemble
     records += test_seg_recs
     comparison = None
-    if compare is not None:
-        comp_recs, comparison = compare_runs(run, compare, task, seed)
+    if compare is not None:  # one run or several: every pair, on the cases all of them predicted
+        others = list(compare) if isinstance(compare, (list, tuple)) else [compare]
+        comp_recs, comparison = compare_runs([run, *others], task, seed)
         records += comp_recs
     rec_df = pd.DataFrame(records)
 
