@@ -100,6 +100,10 @@ def write_prediction_sr(seg: Dataset, source_datasets: Sequence[Dataset], probab
     except Exception as exc:  # highdicom raises ValueError/TypeError on header problems of the source
         raise DataError(f"the DICOM SR could not be built ({safe_message(exc)})", path=out_path,
                         hint="check the source series' headers") from None
+    scheme = Dataset()  # the private coding scheme of the probability and class codes, declared
+    scheme.CodingSchemeDesignator, scheme.CodingSchemeName = "99MEDRES", "medres codes"
+    scheme.CodingSchemeResponsibleOrganization = "medres"
+    sr.CodingSchemeIdentificationSequence = [scheme]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     sr.save_as(tmp, enforce_file_format=True)

@@ -77,7 +77,8 @@ class Dimse:
         return int(status.Status)
 
     # -- C-FIND -------------------------------------------------------------------------------------
-    def _find(self, level: str, keys: dict[str, str], doing: str, where: str = "") -> list[Dataset]:
+    def _find(self, level: str, keys: dict[str, str], doing: str, where: str = "", limit: int | None = None
+              ) -> list[Dataset]:
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
         where = f" ({where})" if where else ""
@@ -94,16 +95,20 @@ class Dimse:
                 code = self._status(status, doing, where)
                 if code in _PENDING and identifier is not None:
                     found.append(identifier)
+                    if limit is not None and len(found) >= limit:  # enough to decide: stop the search
+                        assoc.abort()
+                        return found
                 elif code != _SUCCESS:
                     raise DataError(f"the server answered C-FIND status 0x{code:04X} while {doing}{where}",
                                     path=self.name, hint="check that medres's AE may query this server")
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
         return found
 
     def find_studies(self, filters: dict[str, str], limit: int) -> list[Dataset]:
         keys = {"StudyInstanceUID": "", "AccessionNumber": "", "ModalitiesInStudy": "", **filters}
-        return self._find("STUDY", keys, "searching studies")[: max(0, limit)]
+        return self._find("STUDY", keys, "searching studies", limit=max(1, limit))
 
     def find_series(self, study_uid: str, where: str = "") -> list[Dataset]:
         keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": "", "Modality": "",

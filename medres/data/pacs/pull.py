@@ -395,6 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         filters = parse_query(args.query or [])
         accessions = read_accessions(args.accessions) if args.accessions else None
         rules = _rules(args.series_filter) if args.series_filter else None
+        from medres.files import check_output
+
+        check_output(args.out, inputs={"accessions file": args.accessions, "series-filter config":
+                                       args.series_filter, "labels file": args.labels,
+                                       "credentials file": args.credentials}, what="--out folder")
+        if args.index:
+            check_output(args.index, inputs={"export (--out)": args.out, "accessions file": args.accessions,
+                                             "labels file": args.labels}, what="--index folder")
         server = _server(args, read_credentials(args.credentials))
         result = pull(server, args.out, accessions=accessions, filters=filters, rules=rules,
                       workers=args.workers, max_studies=args.max_studies, progress=not args.no_progress)
