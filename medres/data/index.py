@@ -176,7 +176,7 @@ def _load_cache(path: Path, fingerprint: str) -> dict[str, list]:
 
 def _save_cache(path: Path, fingerprint: str, files: list[tuple[str, int, int]], path_keys: list[str],
                 entries: list[dict[str, Any]]) -> None:
-    """The header cache, with the fields and ids a series shares stored once (it loads ~10x faster)."""
+    """The header cache, with the fields and ids a series shares stored once (much faster to load)."""
     ftab: dict[str, int] = {}
     ktab: dict[str, int] = {}
     rows = {}

@@ -71,8 +71,8 @@ class DualHeadResNet(nn.Module):
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         self.num_classes, self.seg_classes = num_classes, seg_classes
         # the classification head is the backbone's own (pool, dropout, fc: ResNet.forward_head). Its fc
-        # is made after the backbone's own initialisation, as the separate head was until 1 Dec 2026:
-        # the same seed gives the same weights, so earlier runs' folds and metrics reproduce.
+        # is made after the backbone's own initialisation, as a separate head module's was: the same seed
+        # gives the same weights, so earlier runs' folds and metrics reproduce.
         self.backbone = ResNet(block, layers, spatial_dims=spatial_dims, in_channels=in_channels,
                                num_classes=0, **backbone_kwargs)
         self._has_cls = cls_head
