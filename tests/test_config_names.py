@@ -65,6 +65,21 @@ def test_list_configs(tmp_path):
     assert [ln.split()[0] for ln in out.stdout.splitlines() if not ln.startswith(" ")] == sorted(shipped)
 
 
+def test_a_checkout_that_is_not_installed_finds_the_repositorys_configs(tmp_path):
+    """With the checkout on PYTHONPATH and no installed ``medres.configs`` (an editable install's finder
+    taken away), the shipped configurations are the repository's configs/ folder."""
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+            "import importlib.util; assert importlib.util.find_spec('medres.configs') is None; "
+            "from medres.config import list_shipped_configs, load_config; "
+            "print(load_config('smoke.yaml').source); print(len(list_shipped_configs()))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    source, count = out.stdout.split()
+    assert Path(source) == SHIPPED / "smoke.yaml" and int(count) == len(list(SHIPPED.glob("*.yaml")))
+
+
 @pytest.mark.slow
 def test_installed_wheel_runs_the_smoke_config_by_name_from_an_empty_folder(tmp_path):
     """Build the wheel, install it into a fresh virtual environment outside the checkout, run
