@@ -265,3 +265,16 @@ def test_window_aggregation_is_a_setting(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(path, ["evaluate.cls_aggregate=median"])
     assert e.value.field == "evaluate.cls_aggregate" and "mean" in str(e.value)
+
+
+def test_a_field_added_since_a_run_was_saved_is_no_change_at_its_default(tmp_path):
+    """A checkpoint's config saved before ``evaluate.cls_aggregate`` existed resumes under the new
+    schema when the field holds its default (the old behaviour); set to anything else it is a change."""
+    cfg = load_config()
+    old = cfg.model_dump(mode="json")
+    del old["evaluate"]["cls_aggregate"]
+    assert diff_configs(old, cfg) == [] and check_resume_config(old, cfg, ignore=()) == []
+    mean = load_config(overrides=["evaluate.cls_aggregate=mean"])
+    assert diff_configs(old, mean) == [("evaluate.cls_aggregate", None, "mean")]
+    with pytest.raises(ConfigError, match="cls_aggregate"):  # evaluate.* is ignored for resuming by default
+        check_resume_config(old, mean, ignore=())

@@ -367,15 +367,20 @@ def diff_configs(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any], *
     """The settings that differ, as ``(dotted field, value in a, value in b)`` sorted by field.
 
     Accepts Configs or plain dicts (a checkpoint's ``config``). Fields matching ``ignore`` (exact or
-    ``section.*``) are left out. Lists compare whole (``data.patch_size``).
+    ``section.*``) are left out. Lists compare whole (``data.patch_size``). A field one side lacks (a
+    configuration saved before the field existed) that holds its schema default on the other is no
+    change: a new field's default keeps the old behaviour.
     """
     fa = flatten_dict(_plain(a.model_dump(mode="python") if isinstance(a, Config) else dict(a)))
     fb = flatten_dict(_plain(b.model_dump(mode="python") if isinstance(b, Config) else dict(b)))
     ignore = tuple(ignore)
     missing = object()
+    defaults = flatten_dict(_plain(Config().model_dump(mode="python")))
     out = []
     for field in sorted(set(fa) | set(fb)):
         va, vb = fa.get(field, missing), fb.get(field, missing)
+        if missing in (va, vb) and (vb if va is missing else va) == defaults.get(field, missing):
+            continue
         if va != vb and not _ignored(field, ignore):
             out.append((field, None if va is missing else va, None if vb is missing else vb))
     return out
