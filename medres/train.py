@@ -2,10 +2,13 @@
 
     python -m medres.train --config ct_chest.yaml [--set train.epochs=5 ...] [--fold k]
                            [--resume] [--force] [--quiet] [--output DIR]
+                           [--learning-curve 0.25 0.5 0.75 1.0]
     torchrun --nproc_per_node=2 -m medres.train --config ...        # DistributedDataParallel
 
 SIGTERM / SIGINT save a resumable checkpoint and exit with 143 / 130; ``--resume`` continues exactly.
-From Python: ``run(config) -> Run`` (run folder, per-fold metrics and predictions as DataFrames).
+From Python: ``run(config) -> Run`` (run folder, per-fold metrics and predictions as DataFrames);
+``learning_curve(config, fractions)``: the same folds trained on nested fractions of each fold's training
+patients, one sub-run per fraction, and the table and figure of out-of-fold AUROC and Dice against them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ if TYPE_CHECKING:  # the rest is imported where it is used, so that --help answe
     from medres.cv import FoldData
     from medres.engine.loop import LoopState
 
-__all__ = ["Run", "run", "main"]
+__all__ = ["Run", "run", "learning_curve", "nested_patient_subset", "main"]
 
 log = logging.getLogger("medres.train")
 
@@ -79,12 +82,14 @@ class Run:
 def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (),
         folds: Sequence[int] | None = None, resume: bool = False, force: bool = False, quiet: bool = False,
         evaluate: bool = True, predict: bool = True,
-        should_stop: Callable[[], int | None] | None = None) -> Run:
+        should_stop: Callable[[], int | None] | None = None, train_fraction: float | None = None) -> Run:
     """Train the configured folds (all by default), predict each fold's held-out cases with its best
     model, and evaluate the run once every fold has its predictions; return a :class:`Run`.
 
     ``config`` is a ``Config`` or a YAML path (``overrides`` are ``--set`` strings for a path).
     ``predict=False`` only trains (a later ``resume=True`` run finds the folds finished and predicts).
+    ``train_fraction``: each fold trains on `nested_patient_subset` of its training patients (the inner
+    validation and the held-out patients unchanged); the subset goes to ``fold_k/train_patients.csv``.
     Layout (DESIGN.md): ``runs/<name>/config.yaml``, ``folds.csv`` and ``fold_k/{checkpoint_last.pt,
     checkpoint_best.pt, metrics.csv, predictions.parquet, inner_val_predictions.parquet, ...}``.
     """
@@ -166,6 +171,11 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         for k in wanted:
             fold_dir = run_dir / f"fold_{k}"
             data = fold_data(cfg, df, fold_table, k, test)
+            if train_fraction is not None:
+                from dataclasses import replace
+
+                data = replace(data, train=nested_patient_subset(data.train, train_fraction,
+                                                                 seed=(cfg.cv.seed, k)))
             log.info("fold_%d of %d: %d training, %d inner-validation, %d held-out scans", k, cfg.cv.folds,
                      len(data.train), len(data.inner_val), len(data.heldout))
             result.states[k] = train_fold(cfg, data, fold_dir, compute=compute, dist_info=dist_info,
@@ -173,6 +183,8 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
                                           should_stop=should_stop, cache_dir=cache_dir,
                                           folds_hash=folds_hash)
             if is_main:
+                if train_fraction is not None:  # which training patients this fraction used
+                    _write_train_patients(fold_dir, data.train)
                 if predict:
                     _predict_fold(cfg, data, fold_dir, run_dir, compute.device)
                 result.metrics[k] = pd.read_csv(fold_dir / "metrics.csv")
@@ -205,6 +217,82 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         if claim is not None:
             route_library_logs()  # closes train.log
         cleanup_distributed()
+
+
+def nested_patient_subset(records: list[dict], fraction: float, *, seed: int | tuple[int, ...] = 0
+                          ) -> list[dict]:
+    """The records of ``fraction`` of the patients in ``records``, stratified by each patient's label.
+
+    Within each label (a patient's highest label index) the patients are put in one seeded random order
+    and the first ``max(1, round(fraction * n))`` kept; the order depends only on the seed and the
+    patients, so for one seed a smaller fraction's patients are always among a larger one's (nested)."""
+    import numpy as np
+
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"training fraction {fraction} is not in (0, 1]", field="--learning-curve",
+                          hint="give fractions such as 0.25 0.5 0.75 1.0")
+    label: dict[str, int] = {}
+    for r in records:
+        pid = str(r["patient_id"])
+        label[pid] = max(label.get(pid, -1), int(r.get("label", -1)))
+    rng = np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed)
+    keep: set[str] = set()
+    for stratum in sorted(set(label.values())):
+        patients = sorted(p for p, v in label.items() if v == stratum)
+        order = [patients[i] for i in rng.permutation(len(patients))]
+        keep.update(order[:max(1, round(fraction * len(order)))])
+    return [r for r in records if str(r["patient_id"]) in keep]
+
+
+def learning_curve(config: Config | str | os.PathLike[str], fractions: Sequence[float], *,
+                   overrides: Sequence[str] = (), resume: bool = False, force: bool = False,
+                   quiet: bool = False, should_stop: Callable[[], int | None] | None = None) -> Path:
+    """Train the configured run once per fraction on the same folds and write the learning curve.
+
+    Each fraction is a sub-run ``runs/<name>/learning_curve/frac_<f>/`` whose folds train on
+    `nested_patient_subset` of their training patients (nested across fractions, stratified by label,
+    seeded by ``cv.seed`` and the fold); its inner validation and held-out patients are those of the full
+    run, and the folds are drawn once (the first sub-run's ``folds.csv`` is every later one's
+    ``cv.folds_file``). Each sub-run is evaluated as usual; ``learning_curve/learning_curve.csv`` and
+    ``learning_curve.png`` hold the pooled out-of-fold AUROC and Dice with their intervals against the
+    fraction. Returns the CSV's path."""
+    from medres.config import Config, load_config
+    from medres.report.learning_curve import write_learning_curve
+
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    fracs = sorted({float(f) for f in fractions})
+    bad = [f for f in fracs if not 0 < f <= 1]
+    if not fracs or bad:
+        raise ConfigError(f"learning-curve fractions {bad or list(fractions)} must be in (0, 1]",
+                          field="--learning-curve", hint="e.g. --learning-curve 0.25 0.5 0.75 1.0")
+    root = Path(cfg.output.dir) / cfg.output.name / "learning_curve"
+    sub_runs: dict[float, Path] = {}
+    patients: dict[float, int] = {}
+    folds_file = cfg.cv.folds_file
+    for f in fracs:
+        sub = cfg.model_copy(update={
+            "output": cfg.output.model_copy(update={"dir": str(root), "name": f"frac_{f:g}"}),
+            "cv": cfg.cv.model_copy(update={"folds_file": folds_file})})
+        log.info("learning curve: fraction %g of each fold's training patients -> %s", f,
+                 root / f"frac_{f:g}")
+        result = run(sub, resume=resume, force=force, quiet=quiet, should_stop=should_stop, train_fraction=f)
+        sub_runs[f] = result.run_dir
+        folds_file = str((result.run_dir / "folds.csv").resolve())  # the same folds for every fraction
+        patients[f] = sum(len(_read_ids(result.run_dir / f"fold_{k}" / "train_patients.csv"))
+                          for k in range(result.config.cv.folds))
+    return write_learning_curve(root, sub_runs, patients, level=cfg.evaluate.ci_level)
+
+
+def _write_train_patients(fold_dir: Path, records: list[dict]) -> None:
+    from medres.files import atomic_write
+
+    text = "patient_id\n" + "".join(f"{p}\n" for p in sorted({str(r["patient_id"]) for r in records}))
+    atomic_write(fold_dir / "train_patients.csv", lambda t: t.write_text(text, encoding="utf-8"))
+
+
+def _read_ids(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return lines[1:]
 
 
 def _check_outputs(cfg: Config, run_dir: Path, df: pd.DataFrame) -> None:
@@ -285,6 +373,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="resume despite a changed configuration, or overwrite an existing run's folds")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars")
     p.add_argument("--output", metavar="DIR", help="the runs folder (output.dir)")
+    p.add_argument("--learning-curve", type=float, nargs="+", metavar="FRACTION",
+                   help="train the same folds on nested fractions of each fold's training patients, one "
+                        "sub-run each under RUN/learning_curve/, then the curve of out-of-fold AUROC and "
+                        "Dice against the fraction (e.g. 0.25 0.5 0.75 1.0)")
     p.add_argument("--no-predict", dest="predict", action="store_false",
                    help="train and checkpoint only; a later --resume writes the predictions and the report")
     return p
@@ -313,6 +405,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"output.dir={Path(args.output).resolve()}"] if args.output else [])
     try:
         cfg = load_config(args.config, overrides)
+        if args.learning_curve:
+            if args.fold or not args.predict:
+                parser.error("--learning-curve trains, predicts and evaluates every fold: drop --fold "
+                             "and --no-predict")
+            table = learning_curve(cfg, args.learning_curve, resume=args.resume, force=args.force,
+                                   quiet=args.quiet, should_stop=stop)
+            print(f"learning curve: {table.resolve()} and {table.with_suffix('.png').resolve()}")
+            return 0
         result = run(cfg, folds=args.fold, resume=args.resume, force=args.force, quiet=args.quiet,
                      predict=args.predict, should_stop=stop)
     except Interrupted as e:
