@@ -131,6 +131,10 @@ def _run(args: argparse.Namespace) -> int:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available", hint="use --device cpu")
     _check_output(args)
+    if args.push or args.push_dimse:  # the server's address, credentials and --no-masks, before predicting
+        from medres.data.pacs.push import check_push_arguments
+
+        check_push_arguments(args)
     predictor = _predictor(args, Predictor)
     records = input_records(args.input, predictor.config)
     if not records:

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 
 from medres.errors import ConfigError, DataError, MedresError
 
-__all__ = ["PushResult", "push_objects", "add_push_arguments", "push_predictions"]
+__all__ = ["PushResult", "push_objects", "add_push_arguments", "check_push_arguments", "push_predictions"]
 
 log = logging.getLogger("medres.data.pacs")
 
@@ -130,6 +130,15 @@ def _case_srs(table: Any, seg_dir: Path, labels: Sequence[str],
     return objects
 
 
+def check_push_arguments(args: argparse.Namespace) -> None:
+    """Refuse a push that cannot work before anything is predicted: ``--no-masks`` (no SEG), a bad URL,
+    address or AE title, an unreadable or open credentials file."""
+    if args.no_masks:
+        raise ConfigError("--push sends the predicted masks (DICOM SEG), but --no-masks writes none",
+                          hint="leave out --no-masks")
+    _target(args)
+
+
 def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Sequence[str],
                      mask_labels: Sequence[str] | Mapping[int, str], model_file: Path) -> list[PushResult]:
     """predict's hook: write each DICOM case's SR beside its SEG, push both, write ``push.csv``.
@@ -139,9 +148,7 @@ def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Se
     """
     from medres.data.dicom_seg import file_sha256
 
-    if args.no_masks:
-        raise ConfigError("--push sends the predicted masks (DICOM SEG), but --no-masks writes none",
-                          hint="leave out --no-masks")
+    check_push_arguments(args)
     target = _target(args)
     objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out)
     if not objects:

@@ -120,3 +120,22 @@ def test_predict_push_stores_seg_and_sr_in_the_source_study(empty_orthanc: Ortha
 def _orthanc_id(server: Orthanc, sop: str) -> str:
     (found,) = server.rest("POST", "/tools/lookup", data=str(sop)).json()
     return str(found["ID"])
+
+
+def test_a_push_that_cannot_work_is_refused_before_predicting(checkpoint: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    series = tmp_path / "series_1"
+    write_series(series, 2)
+    cred = tmp_path / "pacs.cred"
+    cred.write_text("user=a\npassword=Open-secret-1\n")
+    cred.chmod(0o644)
+    base = ["--checkpoint", str(checkpoint), "--input", str(series)]
+    cases = [(["--push", "http://127.0.0.1:9/dicom-web", "--no-masks"], "--no-masks"),
+             (["--push", "http://u:Url-secret-2@127.0.0.1:9/dicom-web"], "process list"),
+             (["--push", "http://127.0.0.1:9/dicom-web", "--credentials", str(cred)], "chmod 600"),
+             (["--push-dimse", "127.0.0.1", "--called-aet", "PACS"], "HOST:PORT")]
+    for k, (extra, expected) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        assert main([*base, "--output", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "secret" not in err and not (out / "predictions.csv").exists(), err
