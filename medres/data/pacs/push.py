@@ -16,13 +16,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any, Protocol
 
 from medres.errors import ConfigError, DataError, MedresError
+
+if TYPE_CHECKING:  # predict imports this module for its options: --help stays free of pydicom/numpy
+    from pydicom.dataset import Dataset
 
 __all__ = ["PushResult", "push_objects", "add_push_arguments", "check_push_arguments", "push_predictions"]
 
@@ -46,6 +45,8 @@ class PushResult:
 
 def push_objects(paths: Sequence[Path], target: Target, *, relative_to: Path) -> list[PushResult]:
     """Send each DICOM file in ``paths`` unless the server holds its SOPInstanceUID already."""
+    import pydicom
+
     results = []
     for path in paths:
         rel = str(path.relative_to(relative_to)) if path.is_relative_to(relative_to) else path.name
@@ -97,6 +98,8 @@ def _case_srs(table: Any, seg_dir: Path, labels: Sequence[str],
               ) -> list[Path]:
     """The SEG and a TID 1500 SR of each case that has a SEG, in table order."""
     import nibabel as nib
+    import numpy as np
+    import pydicom
 
     from medres import __version__
     from medres.data.dicom_sr import mask_volumes_ml, write_prediction_sr
