@@ -11,8 +11,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from medres.data.pacs.dimse import Dimse
-from medres.data.pacs.pull import main, pull
+from medres.data.pacs.pull import pull
 from medres.data.pacs.push import push_objects
+from medres.data.pull import main
 from medres.errors import DataError
 from tests.data.dicom_factory import write_series
 from tests.data.pacs.conftest import Orthanc

@@ -18,7 +18,8 @@ from pydicom.uid import generate_uid
 
 from medres.data.pacs.auth import Credentials, read_credentials
 from medres.data.pacs.dicomweb import DicomWeb
-from medres.data.pacs.pull import main, pseudonym, pull
+from medres.data.pacs.pull import pseudonym, pull
+from medres.data.pull import main
 from medres.errors import ConfigError, DataError
 from tests.data.dicom_factory import write_series
 from tests.data.pacs.conftest import Orthanc
