@@ -29,8 +29,16 @@ def main(argv: list[str] | None = None) -> int:
         help="other run folders: every pair compared (paired DeLong, Holm-adjusted across pairs, and "
         "paired bootstrap differences of AUROC, AP, Brier and net benefit)",
     )
+    parser.add_argument(
+        "--net-benefit-at", type=float, nargs="+", metavar="P_T",
+        help="threshold probabilities at which --compare compares net benefit (default: the run's "
+        "evaluate.net_benefit_thresholds, 0.1 0.2 0.3)",
+    )
     parser.add_argument("--gallery", type=int, default=4, help="number of worst cases shown (default 4)")
     args = parser.parse_args(argv)
+    if args.net_benefit_at and not all(0 < t < 1 for t in args.net_benefit_at):
+        parser.error(f"--net-benefit-at {args.net_benefit_at}: threshold probabilities must lie strictly "
+                     "between 0 and 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from medres.logs import route_library_logs
 
@@ -40,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from medres.report.run_folder import read_run_config
 
     try:
-        path = evaluate_run(args.run, args.output, args.compare, gallery_size=args.gallery)
+        path = evaluate_run(args.run, args.output, args.compare, gallery_size=args.gallery,
+                            net_benefit_thresholds=args.net_benefit_at)
         ci_level = read_run_config(args.run).evaluate.ci_level
     except (DataError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -47,11 +47,16 @@ def evaluate_run(
     compare: str | Path | list[str | Path] | None = None,
     *,
     gallery_size: int = 4,
+    net_benefit_thresholds: list[float] | None = None,
 ) -> Path:
     """Write the report bundle of a run folder; returns the path of ``report.html``.
 
+    ``net_benefit_thresholds``: replaces the run's ``evaluate.net_benefit_thresholds`` for this report.
+
     ``compare``: one or more other run folders; every pair of runs is compared (`medres.report.compare`)."""
     run = load_run(run_dir)
+    if net_benefit_thresholds is not None:
+        run.config.evaluate.net_benefit_thresholds = list(net_benefit_thresholds)
     missing = missing_folds(run)
     if missing:
         log.warning("folds %s of %d have no predictions yet (not finished): the report covers the other %d "

@@ -105,10 +105,19 @@ def test_no_shared_patient_is_refused(three_runs, tmp_path):
 def test_cli_compares_three_runs(three_runs, tmp_path):
     out = tmp_path / "out"
     a, b, c = map(str, three_runs)
-    assert main(["--run", a, "--output", str(out), "--compare", b, c, "--gallery", "0"]) == 0
+    argv = ["--run", a, "--output", str(out), "--compare", b, c, "--gallery", "0", "--net-benefit-at", "0.15"]
+    assert main(argv) == 0
     recs = pd.DataFrame(json.loads((out / "summary.json").read_text())["records"])
     comp = recs[recs["scope"] == "comparison"]
     assert set(comp["subgroup"]) == {"a - b", "a - c", "b - c"}
     assert (comp["metric"] == "delong_p_holm").sum() == 3
+    nb = comp[comp["metric"].str.startswith("net_benefit")]
+    assert set(nb["metric"]) == {"net_benefit_at_0.15_difference"} and len(nb) == 3
     html = (out / "report.html").read_text()
     assert "Comparison with b, c" in html and "SECRETPAT" not in html
+
+
+def test_cli_refuses_a_threshold_outside_0_1(three_runs, capsys):
+    with pytest.raises(SystemExit):
+        main(["--run", str(three_runs[0]), "--compare", str(three_runs[1]), "--net-benefit-at", "1.5"])
+    assert "strictly between 0 and 1" in capsys.readouterr().err
