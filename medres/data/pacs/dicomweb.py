@@ -34,7 +34,7 @@ def from_json(item: dict[str, Any]) -> Dataset:
 class DicomWeb:
     """One DICOMweb server: searches, retrieves and stores, each a DataError when the server refuses."""
 
-    batch = "instance"  # the pull retrieves one instance per request (WADO-RS), in parallel
+    batch = "instance"  # a resumed series: one request per missing instance (WADO-RS), in parallel
 
     def __init__(self, url: str, credentials: Credentials | None = None, *, ca_bundle: str | None = None,
                  insecure: bool = False, timeout_s: float = 60.0, workers: int = 4, retries: int = 3) -> None:
@@ -116,7 +116,7 @@ class DicomWeb:
             found = self.client.search_for_instances(study_instance_uid=study_uid,
                                                      series_instance_uid=series_uid,
                                                      fields=["SOPInstanceUID"], get_remaining=True)
-        return [str(from_json(x).SOPInstanceUID) for x in found if "00080018" in x]
+        return [str(x["00080018"]["Value"][0]) for x in found if x.get("00080018", {}).get("Value")]
 
     def has_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
         with self.errors("searching an instance", ""):
@@ -132,9 +132,24 @@ class DicomWeb:
             meta = self.client.retrieve_instance_metadata(study_uid, series_uid, sop_uid)
         return from_json(meta)
 
-    def retrieve(self, study_uid: str, series_uid: str, sop_uids: Sequence[str], where: str = ""
+    def retrieve(self, study_uid: str, series_uid: str, sop_uids: Sequence[str] | None, where: str = ""
                  ) -> Iterator[Dataset]:
-        """The instances ``sop_uids`` of a series, one WADO-RS request each."""
+        """The instances ``sop_uids`` of a series (None: all): one streamed WADO-RS series request when
+        several are asked (the others the series holds are dropped), else one instance request."""
+        if sop_uids is None or len(sop_uids) > 1:
+            wanted = None if sop_uids is None else set(sop_uids)
+            with self.errors("retrieving a series", where):
+                stream = self.client.iter_series(study_uid, series_uid)
+            while True:
+                with self.errors("retrieving a series", where):
+                    ds = next(stream, None)
+                if ds is None:
+                    return
+                if not isinstance(ds, Dataset):
+                    raise DataError(f"the server sent something that is not DICOM ({where})", path=self.name,
+                                    hint="check the server; rerun to fetch it again")
+                if wanted is None or str(ds.get("SOPInstanceUID", "")) in wanted:
+                    yield ds
         for sop in sop_uids:
             with self.errors("retrieving an instance", where):
                 ds = self.client.retrieve_instance(study_uid, series_uid, sop)

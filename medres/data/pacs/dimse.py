@@ -132,9 +132,11 @@ class Dimse:
     def header(self, study_uid: str, series_uid: str, sop_uid: str, where: str = "") -> Dataset:
         return next(iter(self.retrieve(study_uid, series_uid, [sop_uid], where=where)))
 
-    def retrieve(self, study_uid: str, series_uid: str, sop_uids: Sequence[str], where: str = ""
+    def retrieve(self, study_uid: str, series_uid: str, sop_uids: Sequence[str] | None, where: str = ""
                  ) -> Iterator[Dataset]:
         """The instances ``sop_uids`` of a series with one C-GET (the series level when all are asked)."""
+        if sop_uids is None:
+            sop_uids = self.find_instances(study_uid, series_uid, where)
         from pynetdicom import build_role, evt
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 

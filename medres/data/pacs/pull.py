@@ -34,13 +34,13 @@ class Server(Protocol):
     """What the pull needs of a PACS (DICOMweb and DIMSE give the same)."""
 
     name: str
-    batch: str  # "instance": retrieve() is called per instance; "series": with every missing instance
+    batch: str  # "instance": a resumed series' instances are retrieved one by one; "series": together
 
     def find_studies(self, filters: dict[str, str], limit: int) -> list[Dataset]: ...
     def find_series(self, study_uid: str, where: str = "") -> list[Dataset]: ...
     def find_instances(self, study_uid: str, series_uid: str, where: str = "") -> list[str]: ...
     def header(self, study_uid: str, series_uid: str, sop_uid: str, where: str = "") -> Dataset: ...
-    def retrieve(self, study_uid: str, series_uid: str, sop_uids: Sequence[str], where: str = ""
+    def retrieve(self, study_uid: str, series_uid: str, sop_uids: Sequence[str] | None, where: str = ""
                  ) -> Iterable[Dataset]: ...
 
 
@@ -236,7 +236,7 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
         raise DataError("no study matches", path=server.name,
                         hint="check the accession numbers or the --query filters")
     writer = _Writer(server.name)
-    jobs: list[tuple[SeriesResult, str, str, list[str], Path]] = []
+    jobs: list[tuple[SeriesResult, str, str, list[str] | None, Path]] = []
     for study in studies:
         study_uid = str(study.StudyInstanceUID)
         s_name = f"s{pseudonym(key, 'study', study_uid)[:12]}"
@@ -248,7 +248,12 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
             row = SeriesResult(s_name, r_name, expected=int(count) if count not in (None, "") else 0)
             result.series.append(row)
             reason = _skip_reason(series, rules) if rules is not None else ""
-            sops = [] if reason else server.find_instances(study_uid, series_uid, where=where)
+            folder = out / s_name / r_name
+            present = _present(folder)
+            # a new series over DICOMweb is streamed whole without listing its instances first
+            stream_all = not reason and rules is None and not present and server.batch == "instance" \
+                and row.expected > 0
+            sops = [] if reason or stream_all else server.find_instances(study_uid, series_uid, where=where)
             row.listed = len(sops)
             row.expected = row.expected or row.listed
             if not reason and rules is not None and sops:
@@ -256,25 +261,27 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
             if reason:
                 row.status = f"skipped: {reason}"
                 continue
-            folder = out / s_name / r_name
             folder.mkdir(parents=True, exist_ok=True)
-            missing = [s for s in sops if s not in _present(folder)]
-            if missing:
+            missing = None if stream_all else [s for s in sops if s not in present]
+            if missing is None or missing:
                 jobs.append((row, study_uid, series_uid, missing, folder))
     tasks: list[tuple[SeriesResult, Callable[[], int]]] = []
     for row, study_uid, series_uid, missing, folder in jobs:
         where = f"study {row.study}, series {row.series}"
-        batches = [[s] for s in missing] if server.batch == "instance" else [missing]
+        # a whole series in one streamed request; a resumed one instance by instance (DICOMweb)
+        whole = missing is None or len(missing) == row.listed
+        batches = [[s] for s in missing] if missing and server.batch == "instance" and not whole \
+            else [missing]
         for batch in batches:
-            def task(study_uid: str = study_uid, series_uid: str = series_uid, batch: list[str] = batch,
-                     folder: Path = folder, where: str = where) -> int:
+            def task(study_uid: str = study_uid, series_uid: str = series_uid,
+                     batch: list[str] | None = batch, folder: Path = folder, where: str = where) -> int:
                 n = 0
                 for ds in server.retrieve(study_uid, series_uid, batch, where=where):
                     writer.write(ds, folder, where)
                     n += 1
                 return n
             tasks.append((row, task))
-    total = sum(len(j[3]) for j in jobs)
+    total = sum(row.expected if missing is None else len(missing) for row, _, _, missing, _ in jobs)
     if tasks:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             pending: dict[Future, SeriesResult] = {}

@@ -9,6 +9,7 @@ stopped by its PID at the end. Without Orthanc the tests skip with the install c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -76,15 +77,9 @@ def orthanc_binary() -> str | None:
     return found
 
 
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    binary = orthanc_binary()
-    if binary is None:
-        message = f"Orthanc with its DICOMweb plugin is not installed ({INSTALL})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    folder = tmp_path_factory.mktemp("orthanc")
+@contextlib.contextmanager
+def running_orthanc(folder: Path, binary: str) -> Iterator[Orthanc]:
+    """An Orthanc on free 127.0.0.1 ports with its storage in ``folder``, stopped by its PID at the end."""
     server = Orthanc(http_port=_free_port(), dicom_port=_free_port())
     medres_port = _free_port()  # medres's own C-STORE port (C-MOVE destination); nothing listens here
     config = {
@@ -104,7 +99,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
         "HttpCompressionEnabled": False, "StableAge": 1, "ConcurrentJobs": 1,
     }
     (folder / "orthanc.json").write_text(json.dumps(config, indent=1))
-    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed at teardown
+    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed at the end
     proc = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
                             cwd=folder)
     try:
@@ -117,7 +112,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = (folder / "orthanc.log").read_text(errors="replace")[-2000:]
-                pytest.fail(f"Orthanc did not start (exit {proc.poll()}):\n{tail}")
+                raise RuntimeError(f"Orthanc did not start (exit {proc.poll()}):\n{tail}")
             time.sleep(0.2)
         yield server
     finally:
@@ -128,6 +123,21 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
             proc.kill()
             proc.wait(timeout=15)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    binary = orthanc_binary()
+    if binary is None:
+        message = f"Orthanc with its DICOMweb plugin is not installed ({INSTALL})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        with running_orthanc(tmp_path_factory.mktemp("orthanc"), binary) as server:
+            yield server
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture
