@@ -16,7 +16,7 @@ from medres.data.pacs.push import push_objects
 from medres.data.pull import main
 from medres.errors import DataError
 from tests.data.dicom_factory import write_series
-from tests.data.pacs.conftest import Orthanc
+from tests.data.pacs.conftest import Orthanc, _free_port
 
 KEY = b"pacs-dimse-test-key-0123456789abcdef"
 
@@ -74,11 +74,26 @@ def test_c_store_stores_once(empty_orthanc: Orthanc, tmp_path: Path) -> None:
 
 
 def test_unknown_ae_and_down_server_are_clear_errors(orthanc: Orthanc, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="rejected") as err:
+    with pytest.raises(DataError, match="association for searching studies was") as err:
         pull(_dimse(orthanc, "STRANGER"), tmp_path / "a", filters={"AccessionNumber": "X"}, key=KEY,
              progress=False)
     assert f"127.0.0.1:{orthanc.dicom_port}" in str(err.value) and "STRANGER" in str(err.value)
-    port = orthanc.dicom_port + 1 if orthanc.dicom_port < 65000 else orthanc.dicom_port - 1
-    down = Dimse(f"127.0.0.1:{port}", called_aet=orthanc.aet, calling_aet="MEDRES", timeout_s=5)
+    down = Dimse(f"127.0.0.1:{_free_port()}", called_aet=orthanc.aet, calling_aet="MEDRES", timeout_s=5)
     with pytest.raises(DataError, match="association"):
         pull(down, tmp_path / "b", filters={"AccessionNumber": "X"}, key=KEY, progress=False)
+
+
+@pytest.mark.slow
+def test_predict_push_dimse_stores_seg_and_sr(empty_orthanc: Orthanc, checkpoint: Path, tmp_path: Path
+                                              ) -> None:
+    from medres.predict import main as predict
+
+    paths = write_series(tmp_path / "series_1", 4)
+    empty_orthanc.upload(paths)
+    out = tmp_path / "out"
+    assert predict(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "series_1"),
+                    "--output", str(out), "--push-dimse", f"127.0.0.1:{empty_orthanc.dicom_port}",
+                    "--called-aet", empty_orthanc.aet, "--calling-aet", empty_orthanc.medres_aet]) == 0
+    modalities = sorted(empty_orthanc.rest("GET", f"/series/{s}").json()["MainDicomTags"]["Modality"]
+                        for s in empty_orthanc.rest("GET", "/series").json())
+    assert modalities == ["CT", "SEG", "SR"]

@@ -22,7 +22,7 @@ from medres.data.pacs.pull import pseudonym, pull
 from medres.data.pull import main
 from medres.errors import ConfigError, DataError
 from tests.data.dicom_factory import write_series
-from tests.data.pacs.conftest import Orthanc
+from tests.data.pacs.conftest import Orthanc, _free_port
 
 KEY = "pacs-pull-test-key-0123456789abcdef"
 
@@ -112,8 +112,7 @@ def test_wrong_password_down_server_and_limits_are_clear_errors(orthanc: Orthanc
         pull(_web(orthanc, wrong), tmp_path / "a", accessions=["ACC1"], key=KEY.encode(), progress=False)
     text = str(err.value)
     assert "401" in text and orthanc.dicomweb in text and wrong not in text and "credentials" in text
-    port = orthanc.http_port + 1 if orthanc.http_port < 65000 else orthanc.http_port - 1
-    down = DicomWeb(f"http://127.0.0.1:{port}/dicom-web", timeout_s=5, retries=0)
+    down = DicomWeb(f"http://127.0.0.1:{_free_port()}/dicom-web", timeout_s=5, retries=0)
     with pytest.raises(DataError, match="cannot connect"):
         pull(down, tmp_path / "b", filters={"Modality": "CT"}, key=KEY.encode(), progress=False)
     with pytest.raises(DataError, match="more than --max-studies 1"):

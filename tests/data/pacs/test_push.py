@@ -14,36 +14,16 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-import torch
 
-from medres.config import load_config
 from medres.data.dicom_sr import PROBABILITY
 from medres.data.pacs.auth import Credentials
 from medres.data.pacs.dicomweb import DicomWeb
 from medres.data.pacs.push import main as push_main
 from medres.data.pacs.push import push_objects
-from medres.engine.checkpoint import save_checkpoint
-from medres.engine.fold import build_model, model_spec
 from medres.predict import main
 from tests.data.annotation_factory import dciodvfy, dciodvfy_errors
 from tests.data.dicom_factory import write_series
 from tests.data.pacs.conftest import Orthanc
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dual-head ResNet-10 with random weights (as tests/test_predict.py's)."""
-    cfg = load_config({
-        "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],
-                 "normalize": "window", "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
-        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
-    })
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    path = tmp_path_factory.mktemp("run") / "checkpoint_best.pt"
-    save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-                     "model_spec": model_spec(cfg), "epoch": 1}, path)
-    return path
 
 
 def _series_of(server: Orthanc, study: str, modality: str) -> list[pydicom.Dataset]:
