@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import hmac
 import logging
@@ -144,6 +145,20 @@ def _header_reason(header: Dataset, rules: Any) -> str:
     return ""
 
 
+class DiskFull(DataError):
+    """The export's disk is full or read-only: the pull stops."""
+
+
+def _os_cause(exc: OSError) -> OSError:
+    """The first OSError with an errno in ``exc``'s chain (``exc`` itself when none has one)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
 class _Writer:
     """Writes instances into ``folder`` atomically (temporary name, then rename)."""
 
@@ -163,7 +178,12 @@ class _Writer:
             os.replace(tmp, target)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise DataError(f"cannot write an instance ({where}): {exc.strerror or type(exc).__name__}",
+            cause = _os_cause(exc)  # pydicom re-raises a write error with the tag and without errno
+            if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # no later write can succeed: stop
+                raise DiskFull(f"cannot write an instance ({where}): {cause.strerror}", path=folder,
+                               hint="free disk space (or pull to another disk), then rerun: what is complete "
+                                    "is kept") from None
+            raise DataError(f"cannot write an instance ({where}): {cause.strerror or type(exc).__name__}",
                             path=folder, hint="free disk space or fix permissions, then rerun (what is "
                                               "complete is kept)") from None
         except Exception as exc:  # pydicom cannot encode what arrived
@@ -313,7 +333,7 @@ def _drain(pending: dict[Future, SeriesResult], counter: Any, wait_all: bool) ->
         row = pending.pop(fut)
         try:
             n = fut.result()
-        except ServerUnavailable:
+        except (ServerUnavailable, DiskFull):
             for other in pending:
                 other.cancel()
             raise

@@ -249,3 +249,24 @@ def test_500_and_non_dicom_mid_pull_are_listed_and_a_rerun_completes(orthanc: Or
         assert again.fetched == 2 and again.short == [] and sops[0] in set(_on_disk(out))
     finally:
         front.close()
+
+
+def test_a_full_disk_stops_the_pull_with_complete_files_only(orthanc: Orthanc, cohort: dict,
+                                                             tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(small)],
+                             capture_output=True, timeout=30).returncode == 0
+    if not mounted:
+        pytest.skip("mounting a small tmpfs needs root (the full-disk case runs where it can)")
+    try:
+        with pytest.raises(DataError, match="No space left on device") as err:
+            pull(_web(orthanc), small / "export", accessions=["ACC1"], key=KEY.encode(), workers=1,
+                 progress=False)
+        assert "rerun" in str(err.value)
+        files = [p for p in (small / "export").rglob("*") if p.is_file()]
+        assert all(not p.name.startswith(".") for p in files)  # no temporary file left behind
+        for p in files:
+            assert pydicom.dcmread(p).SOPInstanceUID == p.stem  # what is there is complete
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True, timeout=30)
