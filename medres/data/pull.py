@@ -13,7 +13,8 @@ renamed, so a file with its final name is complete; a rerun fetches only the ins
 there yet. At the end every series is checked against the instance count the server reported and a
 short series is listed (exit code 1). ``--series-filter CONFIG`` applies the config's ``data.index``
 rules before anything is downloaded (modality, slice count, and from one instance's header:
-localizers, ORIGINAL, orientation). ``--index DIR`` then runs ``medres.data.index`` on the result.
+localizers, ORIGINAL, orientation); SEG and RTSTRUCT series are always fetched (the index's masks).
+``--index DIR`` then runs ``medres.data.index`` on the result.
 Credentials: see :mod:`medres.data.pacs.auth` (never on the command line).
 """
 

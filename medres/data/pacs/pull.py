@@ -29,6 +29,7 @@ __all__ = ["PullResult", "SeriesResult", "Server", "pull", "pseudonym", "parse_q
 log = logging.getLogger("medres.data.pacs")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PROJECTION = {"CR", "DX", "MG", "IO", "PX", "XA", "RF"}
+_ANNOTATIONS = {"SEG", "RTSTRUCT"}  # never filtered out: the index reads them as masks
 
 
 class Server(Protocol):
@@ -120,6 +121,8 @@ def load_rules(config: str | None) -> Any:
 def _skip_reason(series: Dataset, rules: Any) -> str:
     """Why a series (its QIDO/C-FIND attributes) cannot be kept under ``rules``, before any download."""
     modality = str(series.get("Modality", "") or "")
+    if modality in _ANNOTATIONS:  # the index turns them into the kept series' masks
+        return ""
     if rules.modalities and modality not in rules.modalities:
         return f"modality {modality or '(none)'} is not one of {list(rules.modalities)}"
     count = series.get("NumberOfSeriesRelatedInstances")
@@ -276,7 +279,8 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
             sops = [] if reason or stream_all else server.find_instances(study_uid, series_uid, where=where)
             row.listed = len(sops)
             row.expected = row.expected or row.listed
-            if not reason and rules is not None and sops:
+            image = str(series.get("Modality", "")) not in _ANNOTATIONS
+            if not reason and rules is not None and sops and image:
                 reason = _header_reason(server.header(study_uid, series_uid, sops[0], where=where), rules)
             if reason:
                 row.status = f"skipped: {reason}"
