@@ -315,9 +315,9 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
             for row, task in queue:  # at most 2 x workers queued: memory stays bounded
                 pending[pool.submit(task)] = row
                 if len(pending) >= 2 * max(1, workers):
-                    _drain(pending, done_count, wait_all=False)
+                    _drain(pending, done_count)
             while pending:
-                _drain(pending, done_count, wait_all=False)
+                _drain(pending, done_count)
             for _ in done_count:
                 pass
     for row in result.series:
@@ -326,12 +326,13 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
         row.on_disk = len(_present(out / row.study / row.series))
         if row.on_disk >= row.expected and row.on_disk >= row.listed:
             row.status = "complete"
-        elif not row.status:
+        else:
             row.status = f"short: {row.on_disk} of {row.expected} instance(s) on disk"
     return result
 
 
-def _drain(pending: dict[Future, SeriesResult], counter: Any, wait_all: bool) -> None:
+def _drain(pending: dict[Future, SeriesResult], counter: Any) -> None:
+    """Collect the tasks that finished: count their instances, note a failed series, stop on a dead server."""
     done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
     for fut in done:
         row = pending.pop(fut)
