@@ -179,7 +179,10 @@ class _FaultyFront:
 
         import requests
 
+        relay = requests.Session()
+        relay.trust_env = False  # forwards the client's Authorization as it came (no ~/.netrc of its own)
         self.faults: dict[str, str] = {}
+        self.authorization: list[str] = []  # the Authorization headers received
         front = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -187,6 +190,7 @@ class _FaultyFront:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                front.authorization.append(self.headers.get("Authorization", ""))
                 sop = self.path.split("/instances/")[-1].split("?")[0] if "/instances/" in self.path else ""
                 fault = front.faults.get(sop, "")
                 if fault in ("500", "500-once"):
@@ -204,7 +208,7 @@ class _FaultyFront:
                     self.end_headers()
                     self.wfile.write(body)
                     return
-                r = requests.get(backend + self.path, headers={k: v for k, v in self.headers.items()
+                r = relay.get(backend + self.path, headers={k: v for k, v in self.headers.items()
                                                                if k.lower() not in ("host",)}, timeout=20)
                 self.send_response(r.status_code)
                 for k, v in r.headers.items():
@@ -270,3 +274,29 @@ def test_a_full_disk_stops_the_pull_with_complete_files_only(orthanc: Orthanc, c
             assert pydicom.dcmread(p).SOPInstanceUID == p.stem  # what is there is complete
     finally:
         subprocess.run(["umount", str(small)], capture_output=True, timeout=30)
+
+
+def test_netrc_and_bearer_token_are_used_and_never_shown(orthanc: Orthanc, cohort: dict, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    netrc = tmp_path / "home" / ".netrc"
+    netrc.parent.mkdir()
+    netrc.write_text(f"machine 127.0.0.1 login {orthanc.user} password {orthanc.password}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(netrc.parent))
+    monkeypatch.setenv("NETRC", str(netrc))
+    for name in ("MEDRES_PACS_USER", "MEDRES_PACS_PASSWORD", "MEDRES_PACS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    web = DicomWeb(orthanc.dicomweb, read_credentials(None), timeout_s=20)  # nothing given: ~/.netrc
+    assert pull(web, tmp_path / "a", accessions=["ACC2"], key=KEY.encode(), progress=False).fetched == 4
+
+    token = "tok-Secret-0123456789"
+    monkeypatch.setenv("MEDRES_PACS_TOKEN", token)
+    front = _FaultyFront(orthanc.url)
+    try:
+        web = DicomWeb(f"{front.url}/dicom-web", read_credentials(None), timeout_s=20, retries=0)
+        with pytest.raises(DataError) as err:  # Orthanc takes HTTP basic only: the token is refused
+            pull(web, tmp_path / "b", accessions=["ACC2"], key=KEY.encode(), progress=False)
+    finally:
+        front.close()
+    assert front.authorization[0] == f"Bearer {token}"  # sent as a bearer token, .netrc not mixed in
+    assert "401" in str(err.value) and token not in str(err.value) and "MEDRES_PACS_TOKEN" in str(err.value)
