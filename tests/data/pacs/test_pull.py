@@ -300,3 +300,19 @@ def test_netrc_and_bearer_token_are_used_and_never_shown(orthanc: Orthanc, cohor
         front.close()
     assert front.authorization[0] == f"Bearer {token}"  # sent as a bearer token, .netrc not mixed in
     assert "401" in str(err.value) and token not in str(err.value) and "MEDRES_PACS_TOKEN" in str(err.value)
+
+
+def test_a_series_that_grows_between_pulls_gets_its_new_instance(orthanc: Orthanc, cohort: dict,
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    assert pull(_web(orthanc), out, accessions=["ACC2"], key=KEY.encode(), progress=False).fetched == 4
+    first = pydicom.dcmread(cohort["ACC2"]["axial"][0])
+    extra = tmp_path / "extra.dcm"
+    first.SOPInstanceUID = first.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    first.InstanceNumber = 5
+    first.save_as(extra, enforce_file_format=True)
+    orthanc.upload([extra])
+    again = pull(_web(orthanc), out, accessions=["ACC2"], key=KEY.encode(), progress=False)
+    (row,) = again.series
+    assert again.fetched == 1 and (row.expected, row.on_disk, row.status) == (5, 5, "complete")
+    assert str(first.SOPInstanceUID) in _on_disk(out)
