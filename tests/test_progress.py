@@ -22,13 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def no_logging_setup():
     """The ``medres`` logger as in a process where no command set it up (restored afterwards)."""
-    logger = logging.getLogger("medres")
+    logger, root = logging.getLogger("medres"), logging.getLogger()
     saved = logger.handlers[:], logger.level, logger.propagate
+    saved_root = root.handlers[:], root.level
     logger.handlers, logger.propagate = [], True
     logger.setLevel(logging.NOTSET)
+    # an earlier in-process command's logging.basicConfig leaves the root logger at INFO with a handler
+    # on a stream that pytest has since closed; a fresh process has neither
+    root.handlers = [h for h in root.handlers if type(h).__module__.startswith("_pytest")]
+    root.setLevel(logging.WARNING)
     yield
     logger.handlers, logger.propagate = saved[0], saved[2]
     logger.setLevel(saved[1])
+    root.handlers = saved_root[0]
+    root.setLevel(saved_root[1])
 
 
 class _Terminal(io.StringIO):

@@ -75,9 +75,9 @@ def test_cli_export_layout_with_the_default_cohort_size(tmp_path: Path, monkeypa
 
     asked = []
 
-    def small_demo(out, *, n_patients, seed):
+    def small_demo(out, *, n_patients, seed, **kwargs):
         asked.append(n_patients)
-        return generate_demo(out, n_patients=8, seed=seed)
+        return generate_demo(out, n_patients=8, seed=seed, **kwargs)
 
     monkeypatch.setattr(demo, "generate_demo", small_demo)
     assert demo.main(["--out", str(tmp_path / "x"), "--layout", "export"]) == 0

@@ -171,7 +171,8 @@ def test_cli_writes_the_config_and_the_fingerprint(tmp_path):
     assert cfg.data.manifest == str(manifest) and cfg.output.name == "my_cohort"
     assert "budget 4.0 GiB" in out.read_text()
     bad = subprocess.run([sys.executable, "-m", "medres.plan", "--manifest", str(tmp_path / "none.csv"),
-                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "--out", str(tmp_path / "other.yaml")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
     assert bad.returncode == 2 and "manifest not found" in bad.stderr and "Traceback" not in bad.stderr
 
 
