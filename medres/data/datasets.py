@@ -28,7 +28,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -298,8 +298,8 @@ class CaseDataset(Dataset):
         try:
             return fn(index)
         except Exception as exc:
-            err = _find_data_error(exc)
-            if err is None and _out_of_memory(exc):  # MONAI wraps it in a RuntimeError
+            err = _behind(exc, DataError)
+            if err is None and _behind(exc, MemoryError) is not None:  # MONAI wraps it in a RuntimeError
                 err = memory_error(_paths(rec)[0])
             os_error = _find_os_error(exc) if err is None else None
             if os_error is not None:
@@ -368,23 +368,15 @@ def disk_error(exc: BaseException, where: Path | None, doing: str) -> DataError:
                           "another disk), then run again")
 
 
-def _out_of_memory(exc: BaseException | None) -> bool:
-    """Whether a MemoryError is behind an exception."""
-    for _ in range(10):
-        if exc is None:
-            return False
-        if isinstance(exc, MemoryError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+E = TypeVar("E", bound=BaseException)
 
 
-def _find_data_error(exc: BaseException | None) -> DataError | None:
-    """The DataError behind an exception (MONAI's Compose wraps transform errors in RuntimeError)."""
+def _behind(exc: BaseException | None, kind: type[E]) -> E | None:
+    """The exception of ``kind`` behind ``exc`` (MONAI's Compose wraps transform errors in RuntimeError)."""
     for _ in range(10):
         if exc is None:
             return None
-        if isinstance(exc, DataError):
+        if isinstance(exc, kind):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
