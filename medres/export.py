@@ -273,26 +273,52 @@ def export_run(run_dir: str | Path, out: str | Path, *, formats: Sequence[str] =
 
 def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequence[int] | None,
                 check: bool) -> Path:
-    import torch
-
-    from medres.engine.ensemble import load_run_members, prediction_checkpoint
+    from medres.engine.ensemble import load_run_members
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"unknown export format {bad[0]!r}", hint=f"use {' '.join(FORMATS)}")
-    from medres.files import check_output
+    from medres.files import check_output, check_replace, claim_outputs
 
     check_output(out, inputs={"run folder": run_dir}, what="export folder (--out)")
     summary_path = run_dir / "report" / "summary.json"
     if not summary_path.is_file():
         raise DataError("the run has no report/summary.json (the model card quotes its metrics)",
                         path=run_dir, hint=f"python -m medres.evaluate --run {run_dir}")
+    from medres.engine.members import run_folds
+
+    wanted = list(folds) if folds is not None else run_folds(run_dir)
+    written = _export_files(wanted, formats)
+    check_replace(out, written, what="export folder (--out)")  # before the models are read
     models, config, cals, names = load_run_members(run_dir, folds)
-    summary = json.loads(summary_path.read_text())
     manifest = config.data.manifest  # the export's checks read a cohort scan through it
     check_output(out, inputs={"run's manifest": manifest,
                               "manifest's folder": Path(manifest).parent if manifest else None},
                  what="export folder (--out)", may_lie_inside={"manifest's folder"})
+    with claim_outputs(out, written, what="export folder (--out)"):
+        return _write_export(run_dir, out, formats, models, config, cals, names, check, summary_path)
+
+
+def _export_files(folds: Sequence[int], formats: Sequence[str]) -> list[str]:
+    """Every file an export of these folds in these formats may write."""
+    names = ["checks.json", "export.json", "model_card.json", "model_card.md"]
+    if "onnx" in formats and len(folds) > 1:
+        names.append("ensemble.onnx")
+    for k in folds:
+        names += [f"fold{k}.safetensors"] + [f"fold{k}{_SUFFIX[f]}" for f in formats if f in _SUFFIX]
+    return names
+
+
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list, config: Any, cals: list,
+                  names: list[str], check: bool, summary_path: Path) -> Path:
+    import torch
+
+    from medres.engine.ensemble import prediction_checkpoint
+
+    summary = json.loads(summary_path.read_text())
     out.mkdir(parents=True, exist_ok=True)
     cfg_plain = export_config(config)
     patch = list(config.data.patch_size)
@@ -311,10 +337,10 @@ def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequenc
                   metadata={"format": "medres", "member": name})
         plain = _Plain.wrap(model)
         if "onnx" in formats:
-            files["onnx"] = f"{name}.onnx"
+            files["onnx"] = f"{name}{_SUFFIX['onnx']}"
             _onnx_export(plain, example, out / files["onnx"], ("cls_logits", "seg_logits"))
         if "torchscript" in formats:
-            files["torchscript"] = f"{name}.torchscript.pt"
+            files["torchscript"] = f"{name}{_SUFFIX['torchscript']}"
             _torchscript_export(plain, example, out / files["torchscript"])
         members.append({"name": name, "fold": int(name[4:]), "model_spec": state["model_spec"],
                         "calibration": cal, "epoch": int(state.get("epoch", 0)),
@@ -329,8 +355,9 @@ def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequenc
     checks = _run_checks(run_dir, out, config, models, members, ensemble_file, example) if check else {}
     (out / "checks.json").write_text(json.dumps(checks, indent=1) + "\n")
     versions = _versions()
-    hashes = {p.name: sha256_file(p) for p in sorted(out.iterdir())
-              if p.suffix in (".onnx", ".pt", ".safetensors") or p.name == "checks.json"}
+    written = [*(f for m in members for f in m["files"].values()), "checks.json",
+               *([ensemble_file] if ensemble_file else [])]  # this export's files, not others in the folder
+    hashes = {n: sha256_file(out / n) for n in sorted(written)}
     from medres.engine.members import EXPORT_FORMAT
 
     meta = {"format": EXPORT_FORMAT, "config": cfg_plain, "labels": list(config.data.labels),

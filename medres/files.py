@@ -4,21 +4,28 @@ leaves the old file or the whole new one, never a part.
 
 Where outputs may go: :func:`check_output`, called by every command before it writes (an output never
 is, contains or lies inside an input); what may be removed: only what medres listed as written
-(:func:`remove_written`, :func:`foreign_entries`), never a whole folder it did not create.
+(:func:`remove_written`, :func:`foreign_entries`), never a whole folder it did not create; what may be
+replaced in an existing output folder: only files its written-files list names (:func:`claim_outputs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 from medres.errors import DataError
 
-__all__ = ["atomic_write", "check_output", "foreign_entries", "remove_written"]
+__all__ = ["WRITTEN_LIST", "atomic_write", "check_output", "check_replace", "claim_outputs",
+           "foreign_entries", "remove_written", "written_list"]
+
+#: The written-files list a command keeps in an output folder it writes into (predict, export, evaluate):
+#: the files medres wrote there, relative POSIX paths; only these may be replaced by a later run.
+WRITTEN_LIST = ".medres_written.json"
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object], *,
@@ -193,3 +200,71 @@ def remove_written(folder: str | os.PathLike[str], written: Collection[str]) -> 
         with contextlib.suppress(OSError):
             d.rmdir()  # only succeeds when empty
     return foreign_entries(folder, written) if folder.exists() else []
+
+
+def written_list(folder: str | os.PathLike[str]) -> list[str]:
+    """The files :data:`WRITTEN_LIST` in ``folder`` names ([] when there is none or it is unreadable:
+    then nothing there counts as medres's)."""
+    try:
+        files = json.loads((Path(folder) / WRITTEN_LIST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def _save_list(folder: Path, files: Collection[str]) -> None:
+    text = json.dumps({"format": "medres written files", "files": sorted(set(files))}, indent=1) + "\n"
+    atomic_write(folder / WRITTEN_LIST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def check_replace(folder: str | os.PathLike[str], names: Collection[str], *, what: str) -> None:
+    """Refuse when one of ``names`` (paths relative to ``folder``) is there already and is not a file
+    medres wrote there: not named by the folder's :data:`WRITTEN_LIST`, a folder, or reached through a
+    symbolic link. Files the command does not write are never looked at (a folder may hold the user's
+    other files).
+
+    Raises:
+        DataError: naming the folder and the first such file, with what to do.
+    """
+    folder = Path(folder)
+    listed = set(written_list(folder)) if folder.is_dir() else set()
+    for name in sorted({Path(n).as_posix() for n in names}):
+        p = folder / name
+        via_link = any((folder / q).is_symlink() for q in Path(name).parents if str(q) != ".")
+        if not (p.exists() or p.is_symlink() or via_link):
+            continue
+        if via_link or p.is_symlink() or not p.is_file() or name not in listed:
+            raise DataError(f"the {what} holds {name}, a file medres did not write there; it would be "
+                            "overwritten", path=folder,
+                            hint=f"choose another (new or empty) folder, or move or remove {folder / name}")
+
+
+@contextlib.contextmanager
+def claim_outputs(folder: str | os.PathLike[str], names: Collection[str], *, what: str) -> Iterator[Path]:
+    """Around the writing of ``names`` (paths relative to ``folder``): :func:`check_replace`, then list
+    them in the folder's :data:`WRITTEN_LIST` before they are written (a crash leaves nothing unlisted);
+    on leaving, those that were not written are dropped from the list again (and a list naming nothing
+    is removed, with the folder when this call created it and it is left empty).
+
+    Raises:
+        DataError: from :func:`check_replace`.
+    """
+    folder = Path(folder)
+    names = sorted({Path(n).as_posix() for n in names})
+    check_replace(folder, names, what=what)
+    created = not folder.exists()
+    kept = {f for f in written_list(folder) if (folder / f).is_file() and f not in names} if not created \
+        else set()
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_list(folder, kept | set(names))
+    try:
+        yield folder
+    finally:
+        now = kept | {n for n in names if (folder / n).is_file()}
+        if now:
+            _save_list(folder, now)
+        else:
+            (folder / WRITTEN_LIST).unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty

@@ -127,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from medres.data.dicom_seg import write_prediction_segs  # DICOM sources: also seg/<name>.dcm
     from medres.engine.inference import Predictor, write_table
+    from medres.files import claim_outputs
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available", hint="use --device cpu")
@@ -141,19 +142,34 @@ def _run(args: argparse.Namespace) -> int:
         raise DataError("lists no cases", path=args.input)
     out = Path(args.output)
     _check_output(args, records)
-    seg_dir = None if args.no_masks else out / "seg"
-    df = predictor.predict_records(records, seg_dir=seg_dir, seg_relative_to=out)
-    ckpt = _model_file(args)
-    write_prediction_segs(df, seg_dir, predictor.config.data.mask_labels, checkpoint=ckpt, relative_to=out)
-    table = write_table(df, out / "predictions.csv")
-    log.info("%d case(s) -> %s%s", len(df), table, "" if args.no_masks else f"; masks in {out / 'seg'}")
-    log.info("%s", predictor.decision_rule())
-    if args.push or args.push_dimse:
-        from medres.data.pacs.push import push_predictions
+    with claim_outputs(out, _written_names(args, records), what="--output folder"):
+        seg_dir = None if args.no_masks else out / "seg"
+        df = predictor.predict_records(records, seg_dir=seg_dir, seg_relative_to=out)
+        ckpt = _model_file(args)
+        write_prediction_segs(df, seg_dir, predictor.config.data.mask_labels, checkpoint=ckpt,
+                              relative_to=out)
+        table = write_table(df, out / "predictions.csv")
+        log.info("%d case(s) -> %s%s", len(df), table, "" if args.no_masks else f"; masks in {out / 'seg'}")
+        log.info("%s", predictor.decision_rule())
+        if args.push or args.push_dimse:
+            from medres.data.pacs.push import push_predictions
 
-        push_predictions(args, df, out, list(predictor.config.data.labels), predictor.config.data.mask_labels,
-                         ckpt)
+            push_predictions(args, df, out, list(predictor.config.data.labels),
+                             predictor.config.data.mask_labels, ckpt)
     return 0
+
+
+def _written_names(args: argparse.Namespace, records: Sequence[dict[str, Any]]) -> list[str]:
+    """Every file predict may write in ``--output`` for these records (a DICOM source's SEG and, with a
+    push, its SR and push.csv included): none may be a file medres did not write there."""
+    from medres.layout import case_file_stems
+
+    names = ["predictions.csv"]
+    push = bool(args.push or args.push_dimse)
+    if not args.no_masks:
+        for stem in case_file_stems(records).values():
+            names += [f"seg/{stem}.nii.gz", f"seg/{stem}.dcm"] + ([f"seg/{stem}.sr.dcm"] if push else [])
+    return names + (["push.csv"] if push else [])
 
 
 def _check_output(args: argparse.Namespace, records: Sequence[dict[str, Any]] = ()) -> None:

@@ -205,3 +205,32 @@ def test_an_output_on_around_or_inside_a_run_is_refused(tmp_path, capsys):
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert main(["--run", str(a), "--output", str(a / "report" / "v2"), "--gallery", "0"]) == 0  # its own
     assert (a / "report" / "v2" / "report.html").is_file()
+
+
+def test_a_file_evaluate_did_not_write_is_never_overwritten(tmp_path, capsys):
+    run = write_synthetic_run(tmp_path / "a", name="a", with_seg=False, seed=0)
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / "report.html").write_text("<p>the user's own report</p>")
+    argv = ["--run", str(run), "--output", str(out), "--gallery", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds report.html, a file medres did not write there" in err and str(out) in err
+    assert "Traceback" not in err
+    assert (out / "report.html").read_text() == "<p>the user's own report</p>"
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
+    (out / "report.html").unlink()
+    assert main(argv) == 0 and main(argv) == 0  # a rerun into its own output
+    # the run's own report/: what an earlier report wrote there is medres's, a planted file is not
+    assert main(["--run", str(run), "--gallery", "0"]) == 0
+    assert main(["--run", str(run), "--gallery", "0"]) == 0
+    (run / "report" / "cohort.csv").unlink()
+    (run / "report" / "cohort.csv").write_text("mine\n")
+    from medres.files import WRITTEN_LIST
+
+    listed = json.loads((run / "report" / WRITTEN_LIST).read_text())
+    listed["files"].remove("cohort.csv")
+    (run / "report" / WRITTEN_LIST).write_text(json.dumps(listed))
+    assert main(["--run", str(run), "--gallery", "0"]) == 2
+    assert "holds cohort.csv" in capsys.readouterr().err
+    assert (run / "report" / "cohort.csv").read_text() == "mine\n"

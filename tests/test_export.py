@@ -71,6 +71,10 @@ def test_export_checks_card_and_predict_without_the_run_folder(trained, tmp_path
     run_dir, root, manifest = trained
     out = tmp_path / "export"
     assert export_main(["--run", str(run_dir), "--out", str(out)]) == 0
+    from medres.files import written_list
+
+    assert {"report.html", "summary.json"} <= set(written_list(run_dir / "report"))  # training's report
+    assert "fold0.onnx" in written_list(out)
     checks = json.loads((out / "checks.json").read_text())
     assert checks["passed"] and checks["max_abs_diff"] <= MAX_ABS_DIFF
     assert set(checks["members"]["fold0"]) == {"onnx", "torchscript"} and "ensemble_window" in checks
@@ -122,6 +126,10 @@ def test_export_checks_card_and_predict_without_the_run_folder(trained, tmp_path
 
     np.testing.assert_array_equal(np.asarray(nib.load(by_run / a["seg_path"][0]).dataobj),
                                   np.asarray(nib.load(by_export / b["seg_path"][0]).dataobj))
+    # a rerun into its own export folder replaces its own files
+    assert export_main(["--run", str(run_dir), "--out", str(out), "--format", "onnx", "--no-check"]) == 0
+    assert set(json.loads((out / "export.json").read_text())["sha256"]) == {
+        "fold0.onnx", "fold1.onnx", "ensemble.onnx", "fold0.safetensors", "fold1.safetensors", "checks.json"}
 
 
 def test_export_errors_are_one_message(tmp_path, capsys):
@@ -146,6 +154,23 @@ def test_an_export_folder_on_around_or_inside_the_run_is_refused(tmp_path, capsy
         assert said in err and str(out) in err, err
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "runs", "runs/r", "runs/r/report", "runs/r/report/summary.json"]
+
+
+def test_a_file_export_did_not_write_is_never_overwritten(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "report").mkdir(parents=True)
+    (run_dir / "report" / "summary.json").write_text("{}")
+    (run_dir / "fold_0").mkdir()
+    (run_dir / "fold_0" / "checkpoint_best.pt").write_bytes(b"refused before it is read")
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "model_card.md").write_text("# the user's own card\n")
+    assert export_main(["--run", str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds model_card.md, a file medres did not write there" in err and str(out) in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert [p.name for p in out.iterdir()] == ["model_card.md"]
+    assert (out / "model_card.md").read_text() == "# the user's own card\n"
 
 
 # -- hostile export folders, built by the test (no training)

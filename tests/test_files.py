@@ -110,3 +110,33 @@ def test_remove_written_ignores_names_that_leave_the_folder(tmp_path: Path) -> N
     (tmp_path / "f").mkdir()
     assert remove_written(tmp_path / "f", ["../victim.txt", str(tmp_path / "victim.txt")]) == []
     assert (tmp_path / "victim.txt").read_text() == "precious"
+
+
+def test_claim_outputs_replaces_only_what_medres_listed(tmp_path: Path) -> None:
+    from medres.files import WRITTEN_LIST, claim_outputs, written_list
+
+    out = tmp_path / "out"
+    with claim_outputs(out, ["a.csv", "seg/b.nii.gz", "never.txt"], what="output folder"):
+        (out / "a.csv").write_text("1")
+        (out / "seg").mkdir()
+        (out / "seg" / "b.nii.gz").write_bytes(b"m")
+    assert written_list(out) == ["a.csv", "seg/b.nii.gz"]  # what was not written is not listed
+    with claim_outputs(out, ["a.csv"], what="output folder"):  # a rerun replaces its own file
+        (out / "a.csv").write_text("2")
+    assert written_list(out) == ["a.csv", "seg/b.nii.gz"]
+    (out / "mine.csv").write_text("user")
+    (out / "never.txt").write_text("user")
+    (tmp_path / "elsewhere").mkdir()
+    (out / "link.csv").symlink_to(tmp_path / "elsewhere" / "x.csv")
+    for name in ("mine.csv", "never.txt", "link.csv", "seg"):
+        with pytest.raises(DataError, match=f"holds {name}, a file medres did not write"), \
+                claim_outputs(out, [name, "a.csv"], what="output folder"):
+            raise AssertionError("refused before the body runs")
+    assert (out / "mine.csv").read_text() == "user" and (out / "never.txt").read_text() == "user"
+    assert not (tmp_path / "elsewhere" / "x.csv").exists()
+    with claim_outputs(out, ["a.csv", "mine2.csv"], what="output folder"):  # other user files: untouched
+        pass
+    new = tmp_path / "new"
+    with pytest.raises(RuntimeError), claim_outputs(new, ["a.csv"], what="output folder"):
+        raise RuntimeError("the command failed before writing")
+    assert not new.exists() and not (out / "mine2.csv").exists() and (out / WRITTEN_LIST).is_file()

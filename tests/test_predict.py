@@ -169,7 +169,7 @@ def test_cli_on_dicom_series_leaks_no_patient_fields(checkpoint, tmp_path):
     np.testing.assert_allclose(mask.affine, src.affine.numpy(), atol=1e-4)
     # the DICOM SEG goes back to the patient's record with its patient module (tests/data/test_dicom_seg.py)
     files = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".dcm"]
-    assert len(files) == 2
+    assert len(files) == 3  # the table, the mask and the written-files list
     for path in files:
         raw = path.read_bytes()
         raw += gzip.decompress(raw) if path.name.endswith(".gz") else b""
@@ -258,3 +258,26 @@ def test_an_existing_output_holding_a_listed_scan_is_refused(checkpoint, scans, 
     assert not (scans / "sub" / "predictions.csv").exists()
     assert main([*argv, "--output", str(scans / "predictions")]) == 0  # beside the manifest: allowed
     assert (scans / "predictions" / "predictions.csv").is_file()
+
+
+def test_a_file_predict_did_not_write_is_never_overwritten(checkpoint, scans, tmp_path, capsys):
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "predictions.csv").write_text("the user's own table\n")
+    (out / "notes.txt").write_text("kept")
+    argv = ["--checkpoint", str(checkpoint), "--input", str(scans), "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds predictions.csv, a file medres did not write there" in err and str(out) in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert (out / "predictions.csv").read_text() == "the user's own table\n"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "predictions.csv"]  # nothing written
+    (out / "predictions.csv").unlink()
+    assert main(argv) == 0 and main(argv) == 0  # a rerun replaces its own files; the user's stay
+    assert len(pd.read_csv(out / "predictions.csv")) == 2 and (out / "notes.txt").read_text() == "kept"
+    (out / "seg" / f"{case_file_stem('a')}.nii.gz").unlink()  # a link in its place is nobody's to follow
+    (out / "seg" / f"{case_file_stem('a')}.nii.gz").symlink_to(tmp_path / "outside.nii.gz")
+    assert main(argv) == 2
+    assert f"holds seg/{case_file_stem('a')}.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "outside.nii.gz").exists()
+

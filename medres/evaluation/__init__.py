@@ -16,6 +16,7 @@ import pandas as pd
 
 from medres.evaluation.cases import add_spacing, segmentation_cases
 from medres.evaluation.gallery import gallery
+from medres.files import claim_outputs
 from medres.report import build_bundle, load_run, provenance
 from medres.report.compare import missing_folds
 from medres.report.test_split import test_segmentation_cases
@@ -23,6 +24,12 @@ from medres.report.test_split import test_segmentation_cases
 __all__ = ["evaluate_run", "segmentation_cases", "add_spacing"]
 
 log = logging.getLogger("medres.evaluate")
+
+#: Every file :func:`medres.report.build_bundle` may write into the report folder: each is replaced only
+#: when the folder's written-files list (:func:`medres.files.claim_outputs`) names it, as it does for a
+#: report training or an earlier evaluate wrote there.
+BUNDLE_FILES = ("report.html", "summary.json", "predictions.csv", "seg_cases.csv", "cohort.csv",
+                "private/case_keys.csv")
 
 
 def _check_output(out: Path, run: Any, compare: list[str | Path]) -> None:
@@ -64,21 +71,22 @@ def evaluate_run(
     out = Path(output) if output is not None else run.run_dir / "report"
     compare = [] if compare is None else [compare] if isinstance(compare, (str, Path)) else list(compare)
     _check_output(out, run, compare)
-    run.predictions = add_spacing(run.predictions)
-    seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
-    test_seg = test_segmentation_cases(run, segmentation_cases)  # the test split: folds and ensemble
-    items, note = gallery(run, seg, gallery_size)
-    others = [load_run(c) for c in compare]
-    prov = provenance(run.config, run.run_dir, run.checkpoints, report_seed=run.config.train.seed)
-    build_bundle(
-        run,
-        out,
-        seg_cases=seg if len(seg) else None,
-        gallery=items,
-        provenance=prov,
-        compare=others or None,
-        gallery_note=note,
-        test_seg_cases=test_seg,
-    )
+    with claim_outputs(out, BUNDLE_FILES, what="report folder (--output)"):
+        run.predictions = add_spacing(run.predictions)
+        seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
+        test_seg = test_segmentation_cases(run, segmentation_cases)  # the test split: folds and ensemble
+        items, note = gallery(run, seg, gallery_size)
+        others = [load_run(c) for c in compare]
+        prov = provenance(run.config, run.run_dir, run.checkpoints, report_seed=run.config.train.seed)
+        build_bundle(
+            run,
+            out,
+            seg_cases=seg if len(seg) else None,
+            gallery=items,
+            provenance=prov,
+            compare=others or None,
+            gallery_note=note,
+            test_seg_cases=test_seg,
+        )
     log.info("report written to %s", out / "report.html")
     return out / "report.html"
