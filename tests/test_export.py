@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -225,6 +226,24 @@ def test_an_export_asking_for_a_huge_model_is_refused_before_allocating(tmp_path
     err = capsys.readouterr().err
     assert "weights of another model or width" in err and "fold0.safetensors" in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_an_export_asking_for_a_huge_window_is_refused_before_inference(tmp_path, capsys):
+    import resource
+
+    folder, meta = _tiny_export(tmp_path / "exp")
+    meta["config"]["data"]["patch_size"] = [4096, 4096, 4096]  # 256 GiB of float32 per channel
+    _write(folder, meta)
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), tmp_path / "in" / "a.nii.gz")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    argv = ["--model", str(folder), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert predict_main(argv) == 2
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 2**30
+    err = capsys.readouterr().err
+    assert "4096 x 4096 x 4096 voxels" in err and "256.0 GiB for its input alone" in err
+    assert "export.json" in err and "data.patch_size" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("hostile, words", [

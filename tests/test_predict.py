@@ -281,3 +281,23 @@ def test_a_file_predict_did_not_write_is_never_overwritten(checkpoint, scans, tm
     assert f"holds seg/{case_file_stem('a')}.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "outside.nii.gz").exists()
 
+
+def test_a_checkpoint_asking_for_a_huge_window_is_refused_before_inference(checkpoint, scans, tmp_path,
+                                                                            capsys):
+    import resource
+
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["data"]["patch_size"] = [4096, 4096, 4096]
+    huge = tmp_path / "huge" / "checkpoint_best.pt"
+    save_checkpoint(state, huge)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    argv = ["--checkpoint", str(huge), "--input", str(scans), "--output", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 2**30
+    err = capsys.readouterr().err
+    assert "4096 x 4096 x 4096 voxels" in err and "for its input alone" in err and str(huge) in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    config = load_config({"data": {"patch_size": [64, 64, 64]}})  # 1 MiB: a real window passes
+    from medres.engine.inference import check_window
+
+    check_window(config, 4)

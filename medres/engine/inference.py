@@ -15,6 +15,7 @@ can reach them. The predictions table follows DESIGN.md (see :func:`predict_case
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,14 +32,14 @@ from monai.transforms import SpatialResample
 from torch import Tensor, nn
 
 from medres.engine.sliding import Aggregate, infer_volume_models
-from medres.errors import DataError
+from medres.errors import ConfigError, DataError
 from medres.files import atomic_write
 from medres.layout import case_file_stems
 from medres.safe_text import csv_safe
 
 __all__ = [
     "mask_to_source", "source_probabilities", "save_mask", "predict_cases", "write_fold_predictions",
-    "Prediction", "Predictor", "RECORD_KEYS",
+    "Prediction", "Predictor", "RECORD_KEYS", "check_window",
 ]
 
 #: Record keys that are not subgroup columns (UIDs are identifiers and never copied to predictions).
@@ -122,6 +123,32 @@ def _eval_transform(data_cfg: Any) -> Callable[[dict], dict]:
     from medres.data.transforms import build_transforms
 
     return build_transforms(data_cfg, train=False)
+
+
+def check_window(config: Any, sw_batch_size: int = 1, *, path: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a sliding window whose input alone (channels x prod(data.patch_size) x 4 bytes x
+    ``sw_batch_size``) needs more memory than this process may use
+    (:func:`medres.data.limits.memory_allowance`): a few-kilobyte export or checkpoint can ask for any
+    window, and inference would allocate it (and far more for the network's feature maps) before failing.
+
+    Raises:
+        ConfigError: naming the window, its size and the memory allowed, before anything is allocated.
+    """
+    from medres.config.schema import input_channels
+    from medres.data.limits import memory_allowance
+
+    patch = [int(v) for v in config.data.patch_size]
+    channels = int(config.model.in_channels or input_channels(config.data))
+    need = channels * math.prod(patch) * 4 * max(int(sw_batch_size), 1)
+    room, what = memory_allowance()
+    if room is not None and need > room:
+        dims = " x ".join(map(str, patch))
+        raise ConfigError(f"the sliding window ({channels} channel(s) x {dims} voxels x {sw_batch_size} "
+                          f"window(s) a batch) needs {need / 2**30:.1f} GiB for its input alone, more than "
+                          f"the process may use: {room / 2**30:.1f} GiB ({what})",
+                          field="data.patch_size", path=path,
+                          hint="use a model whose data.patch_size is a realistic window (e.g. 96 x 96 x 96) "
+                               "or a lower sliding-window batch")
 
 
 def _log_probs(probs: Tensor) -> np.ndarray:
@@ -306,6 +333,7 @@ class Predictor:
                  cls_aggregate: Aggregate | None = None, sw_batch_size: int = 1,
                  calibration: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
                  member_names: Sequence[str] | None = None) -> None:
+        check_window(config, sw_batch_size)  # before a model is moved or a window allocated
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -329,6 +357,7 @@ class Predictor:
         from medres.engine.members import load_members
 
         models, config, cals, _ = load_members([path])
+        check_window(config, kwargs.get("sw_batch_size", 1), path=path)
         kwargs.setdefault("calibration", cals[0])
         return cls(models[0], config, **kwargs)
 
@@ -339,6 +368,7 @@ class Predictor:
         from medres.engine.members import load_run_members
 
         models, config, cals, names = load_run_members(run_dir, folds)
+        check_window(config, kwargs.get("sw_batch_size", 1), path=run_dir)
         return cls(models, config, calibration=cals, member_names=names, **kwargs)
 
     @classmethod
@@ -347,6 +377,7 @@ class Predictor:
         from medres.engine.members import load_export
 
         models, config, cals, names = load_export(folder)
+        check_window(config, kwargs.get("sw_batch_size", 1), path=Path(folder) / "export.json")
         return cls(models if len(models) > 1 else models[0], config, calibration=cals if len(models) > 1
                    else cals[0], member_names=names, **kwargs)
 
