@@ -197,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not objects:
             raise DataError("holds no DICOM SEG or SR (seg/*.dcm)", path=out,
                             hint="pass the --output folder of a predict run with --push on DICOM inputs")
-        _push_and_record(objects, _target(args), out)
+        from medres.files import claim_outputs
+
+        target = _target(args)
+        with claim_outputs(out, ["push.csv"], what="--predictions folder"):  # a push.csv of its own only
+            _push_and_record(objects, target, out)
     except MedresError as err:
         print(f"medres push: error: {err}", file=sys.stderr)
         return 2

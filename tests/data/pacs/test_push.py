@@ -119,3 +119,13 @@ def test_a_push_that_cannot_work_is_refused_before_predicting(checkpoint: Path, 
         assert main([*base, "--output", str(out), *extra]) == 2
         err = capsys.readouterr().err
         assert expected in err and "secret" not in err and not (out / "predictions.csv").exists(), err
+
+
+def test_a_push_csv_push_did_not_write_is_never_overwritten(tmp_path: Path, capsys) -> None:
+    (tmp_path / "seg").mkdir()
+    (tmp_path / "seg" / "x.dcm").write_bytes(b"never sent")
+    (tmp_path / "push.csv").write_text("the user's own list\n")
+    assert push_main(["--predictions", str(tmp_path), "--push", "http://127.0.0.1:9/dicom-web"]) == 2
+    assert "holds push.csv, a file medres did not write there" in capsys.readouterr().err
+    assert (tmp_path / "push.csv").read_text() == "the user's own list\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["push.csv", "seg"]
