@@ -217,17 +217,21 @@ def _save_list(folder: Path, files: Collection[str]) -> None:
     atomic_write(folder / WRITTEN_LIST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def check_replace(folder: str | os.PathLike[str], names: Collection[str], *, what: str) -> None:
+def check_replace(folder: str | os.PathLike[str], names: Collection[str], *, what: str,
+                  before_list: Collection[str] = ()) -> None:
     """Refuse when one of ``names`` (paths relative to ``folder``) is there already and is not a file
     medres wrote there: not named by the folder's :data:`WRITTEN_LIST`, a folder, or reached through a
     symbolic link. Files the command does not write are never looked at (a folder may hold the user's
-    other files).
+    other files). ``before_list``: names that count as medres's in a folder that has no list yet (one
+    medres itself made before it kept lists, e.g. a run's own ``report/``).
 
     Raises:
         DataError: naming the folder and the first such file, with what to do.
     """
     folder = Path(folder)
     listed = set(written_list(folder)) if folder.is_dir() else set()
+    if not (folder / WRITTEN_LIST).exists():
+        listed |= {Path(n).as_posix() for n in before_list}
     for name in sorted({Path(n).as_posix() for n in names}):
         p = folder / name
         via_link = any((folder / q).is_symlink() for q in Path(name).parents if str(q) != ".")
@@ -240,18 +244,19 @@ def check_replace(folder: str | os.PathLike[str], names: Collection[str], *, wha
 
 
 @contextlib.contextmanager
-def claim_outputs(folder: str | os.PathLike[str], names: Collection[str], *, what: str) -> Iterator[Path]:
+def claim_outputs(folder: str | os.PathLike[str], names: Collection[str], *, what: str,
+                  before_list: Collection[str] = ()) -> Iterator[Path]:
     """Around the writing of ``names`` (paths relative to ``folder``): :func:`check_replace`, then list
     them in the folder's :data:`WRITTEN_LIST` before they are written (a crash leaves nothing unlisted);
     on leaving, those that were not written are dropped from the list again (and a list naming nothing
     is removed, with the folder when this call created it and it is left empty).
 
     Raises:
-        DataError: from :func:`check_replace`.
+        DataError: from :func:`check_replace` (``before_list`` as there).
     """
     folder = Path(folder)
     names = sorted({Path(n).as_posix() for n in names})
-    check_replace(folder, names, what=what)
+    check_replace(folder, names, what=what, before_list=before_list)
     created = not folder.exists()
     kept = {f for f in written_list(folder) if (folder / f).is_file() and f not in names} if not created \
         else set()

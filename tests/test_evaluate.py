@@ -234,3 +234,8 @@ def test_a_file_evaluate_did_not_write_is_never_overwritten(tmp_path, capsys):
     assert main(["--run", str(run), "--gallery", "0"]) == 2
     assert "holds cohort.csv" in capsys.readouterr().err
     assert (run / "report" / "cohort.csv").read_text() == "mine\n"
+    (run / "report" / WRITTEN_LIST).unlink()  # a run's report/ from before the list: the report's own names
+    assert main(["--run", str(run), "--gallery", "0"]) == 0
+    assert main(["--run", str(run), "--output", str(out), "--gallery", "0"]) == 0
+    (out / WRITTEN_LIST).unlink()  # elsewhere no list means nothing there is medres's
+    assert main(["--run", str(run), "--output", str(out), "--gallery", "0"]) == 2

@@ -71,7 +71,9 @@ def evaluate_run(
     out = Path(output) if output is not None else run.run_dir / "report"
     compare = [] if compare is None else [compare] if isinstance(compare, (str, Path)) else list(compare)
     _check_output(out, run, compare)
-    with claim_outputs(out, BUNDLE_FILES, what="report folder (--output)"):
+    # a run's own report/ written before medres kept the list: its report files are the report's
+    own = BUNDLE_FILES if out.resolve() == Path(run.run_dir).resolve() / "report" else ()
+    with claim_outputs(out, BUNDLE_FILES, what="report folder (--output)", before_list=own):
         run.predictions = add_spacing(run.predictions)
         seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
         test_seg = test_segmentation_cases(run, segmentation_cases)  # the test split: folds and ensemble
