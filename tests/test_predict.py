@@ -18,11 +18,11 @@ import torch
 from medres.config import load_config
 from medres.data.io import load_image
 from medres.engine.checkpoint import save_checkpoint
-from medres.engine.fold import build_model, model_spec
 from medres.engine.inference import Predictor
 from medres.layout import case_file_stem
 from medres.predict import main
 from tests.data.dicom_factory import CT_SMALL, write_series
+from tests.tiny_checkpoint import save_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["case_id", "patient_id", "fold", "y_true", "p_normal", "p_nodule", "y_pred", "y_pred_argmax",
@@ -33,17 +33,7 @@ AFFINE = np.array([[0.0, -1.6, 0.0, 40.0], [-1.4, 0.0, 0.0, 30.0], [0.0, 0.0, 3.
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A dual-head ResNet-10 with random weights, saved through the engine's checkpoint writer."""
-    cfg = load_config({
-        "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],
-                 "normalize": "window", "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
-        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
-    })
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    path = tmp_path_factory.mktemp("run") / "checkpoint_best.pt"
-    save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-                     "model_spec": model_spec(cfg), "epoch": 1}, path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint_best.pt")
 
 
 def ct_volume(shape=(30, 26, 9)) -> np.ndarray:

@@ -215,26 +215,16 @@ def test_prediction_hook_never_pairs_one_cases_headers_with_anothers_mask(tmp_pa
 def test_predict_cli_writes_a_valid_seg_for_a_dicom_series(tmp_path, source):
     """End to end: ``python -m medres.predict`` on a DICOM series (random weights) -> seg/<case>.dcm that
     dciodvfy accepts, that highdicom reads back to the NIfTI mask's voxels, and that cites the checkpoint."""
-    from medres.config import load_config
     from medres.data.dicom_seg import file_sha256
-    from medres.engine.checkpoint import save_checkpoint
-    from medres.engine.fold import build_model, model_spec
     from medres.predict import main
+    from tests.tiny_checkpoint import save_tiny_checkpoint
 
-    cfg = load_config({
-        "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],
-                 "normalize": "window", "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
-        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
-    })
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():  # bias the nodule channel so that the predicted mask is not empty
+    def bias_nodule(model: torch.nn.Module) -> None:  # so that the predicted mask is not empty
         last = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))][-1]
         assert last.out_channels == 2 and last.bias is not None
         last.bias[1] += 10.0
-    ckpt = tmp_path / "checkpoint_best.pt"
-    save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-                     "model_spec": model_spec(cfg), "epoch": 1}, ckpt)
+
+    ckpt = save_tiny_checkpoint(tmp_path / "checkpoint_best.pt", bias_nodule)
     folder, paths = source
     out = tmp_path / "out"
     args = ["--checkpoint", str(ckpt), "--input", str(folder), "--output", str(out), "--device", "cpu"]

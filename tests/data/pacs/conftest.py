@@ -150,20 +150,6 @@ def empty_orthanc(orthanc: Orthanc) -> Orthanc:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dual-head ResNet-10 with random weights (as tests/test_predict.py's), for predict --push."""
-    import torch
+    from tests.tiny_checkpoint import save_tiny_checkpoint
 
-    from medres.config import load_config
-    from medres.engine.checkpoint import save_checkpoint
-    from medres.engine.fold import build_model, model_spec
-
-    cfg = load_config({
-        "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],
-                 "normalize": "window", "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
-        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
-    })
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    path = tmp_path_factory.mktemp("run") / "checkpoint_best.pt"
-    save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
-                     "model_spec": model_spec(cfg), "epoch": 1}, path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint_best.pt")
