@@ -6,7 +6,8 @@ windows on the patch, flips, small affine, intensity jitter); only loading and c
 - ``monai``: ``LoadImaged`` with MONAI's default readers, no cache (every epoch loads every scan).
 - ``monai_cache``: MONAI ``CacheDataset`` over the same transforms (caches up to the first random one:
   load, orient, resample, pad; float32 HU, filled at construction).
-- ``medres``: ``medres.data.datasets.build_dataset`` (``MedresReader`` with its geometry and image/mask
+- ``medres``: ``medres.data.pipeline.datasets.build_dataset`` (``MedresReader`` with its geometry and
+image/mask
   checks, memory cache keyed by file state re-checked on every access, CT cached as float16 HU, windows
   after the cache).
 
@@ -36,9 +37,9 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientati
 
 from medres.config import DataConfig
 from medres.data import read_manifest
-from medres.data.datasets import build_dataset, manifest_to_records
 from medres.data.demo import generate_demo
-from medres.data.transforms import sample_transforms
+from medres.data.pipeline.datasets import build_dataset, manifest_to_records
+from medres.data.pipeline.transforms import sample_transforms
 
 WINDOWS = [{"name": "lung", "center": -600, "width": 1500},
            {"name": "mediastinum", "center": 40, "width": 400}]

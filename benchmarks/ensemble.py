@@ -33,10 +33,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from medres.checkpoint import save_checkpoint
 from medres.config import load_config
-from medres.engine.checkpoint import save_checkpoint
-from medres.engine.fold import build_model, model_spec
-from medres.engine.inference import Predictor
+from medres.inference.predictor import Predictor
+from medres.training.fold import build_model, model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 5

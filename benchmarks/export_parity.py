@@ -6,7 +6,7 @@ out-of-fold AUROC and Dice (issue 9, item 4). Not a speed benchmark: a parity me
 Steps, each what a user would do:
 
 1. the built-in demo cohort the built-in run used (its ``config.yaml`` names it) written as a hospital
-   export (``medres.data.demo_export.generate_export``: nested tree, SOP-UID file names, localizer,
+   export (``medres.data.demo.export.generate_export``: nested tree, SOP-UID file names, localizer,
    thick and coronal series, SEG / RTSTRUCT, ``labels.csv`` keyed by AccessionNumber);
 2. ``medres.data.index`` on it (labels and the ``site`` column carried into the manifest);
 3. the built-in run's ``folds.csv`` carried over to the export's pseudonymous patient ids through
@@ -47,7 +47,7 @@ def main() -> None:
                    help="overrides for the export run (compare with a built-in run of the same settings)")
     a = p.parse_args()
     from medres.config import IndexConfig
-    from medres.data.demo_export import generate_export
+    from medres.data.demo.export import generate_export
     from medres.data.index import index_dicom
 
     saved = yaml.safe_load((a.builtin_run / "config.yaml").read_text())

@@ -182,7 +182,7 @@ def pytest_gpu(out: Path, dry: bool) -> dict[str, Any]:
     import xml.etree.ElementTree as ET
 
     junit = out / "pytest_gpu.xml"
-    paths = ["tests/engine/test_gpu_paths.py", "tests/engine/test_device_input.py"] if dry else ["tests"]
+    paths = ["tests/training/test_gpu_paths.py", "tests/training/test_device_input.py"] if dry else ["tests"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     p = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",

@@ -59,10 +59,10 @@ def _fill(ds: Any, workers: int) -> None:
 def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None) -> dict[str, Any]:
     """Samples/s the training input pipeline delivers on the training device (model removed)."""
     from medres.data.cohort import load_cohort
-    from medres.data.datasets import build_dataset, build_loader, manifest_to_records
-    from medres.engine.device_input import device_batches, host_data_config
-    from medres.engine.precision import resolve_compute_settings
-    from medres.engine.sampling import EpochSampler
+    from medres.data.pipeline.datasets import build_dataset, build_loader, manifest_to_records
+    from medres.training.device_input import device_batches, host_data_config
+    from medres.training.precision import resolve_compute_settings
+    from medres.training.sampling import EpochSampler
 
     cfg, df = load_cohort(cfg)
     d, t = cfg.data, cfg.train
@@ -109,12 +109,12 @@ def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None
 
 def device_rate(cfg: Config, *, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
     """Samples/s of ``train_one_epoch`` on a batch already on the device (input pipeline removed)."""
-    from medres.engine.compute import apply_backend_flags, compile_model, use_fused_optimizer
-    from medres.engine.fold import build_model
-    from medres.engine.loop import LoopState, train_one_epoch
-    from medres.engine.losses import build_loss
-    from medres.engine.optim import build_optimizer
-    from medres.engine.precision import resolve_compute_settings
+    from medres.training.compute import apply_backend_flags, compile_model, use_fused_optimizer
+    from medres.training.fold import build_model
+    from medres.training.loop import LoopState, train_one_epoch
+    from medres.training.losses import build_loss
+    from medres.training.optim import build_optimizer
+    from medres.training.precision import resolve_compute_settings
 
     cfg = cfg.resolved()
     m, t, d = cfg.model, cfg.train, cfg.data

@@ -66,13 +66,14 @@ def timed(args: list[str], repeats: int) -> tuple[float, float, str]:
 
 # what each command imports on its real path (its main() imports these where it uses them)
 REAL_PATH = {
-    "medres.predict": ["medres.predict", "medres.data.datasets", "medres.data.manifest",
-                       "medres.data.dicom_seg", "medres.engine.inference", "medres.engine.members"],
+    "medres.predict": ["medres.predict", "medres.data.pipeline.datasets", "medres.data.manifest",
+                       "medres.data.dicom_objects.seg_write", "medres.inference.predictor",
+                       "medres.inference.members"],
     "medres.evaluate": ["medres.evaluate", "medres.evaluation", "medres.evaluation.cases",
                         "medres.evaluation.gallery", "medres.report"],
     "medres.train": ["medres.train", "medres.data.cohort", "medres.data.demo", "medres.cv",
-                     "medres.engine.fold", "medres.engine.loop", "medres.engine.tracking",
-                     "medres.engine.inference", "medres.evaluation", "medres.evaluation.cases"],
+                     "medres.training.fold", "medres.training.loop", "medres.training.tracking",
+                     "medres.inference.predictor", "medres.evaluation", "medres.evaluation.cases"],
 }
 
 

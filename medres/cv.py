@@ -505,7 +505,7 @@ def fold_data(cfg: Config, df: pd.DataFrame, folds: pd.DataFrame, k: int, test: 
     validation (``cv.val_fraction``, seed ``cv.seed + k``), its held-out patients, and the test rows.
     The inner validation is drawn from the training patients only: with leave-group-out folds from the
     training groups, with temporal folds from the earlier periods."""
-    from medres.data.datasets import manifest_to_records
+    from medres.data.pipeline.datasets import manifest_to_records
 
     train_df, held_df = fold_split(df, folds, k, expanding=cfg.cv.strategy == "temporal")
     tr_ids, val_ids = inner_validation_split(train_df, fraction=cfg.cv.val_fraction, seed=cfg.cv.seed + k,

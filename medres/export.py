@@ -59,14 +59,14 @@ _PATH_FIELDS = {"data": ("manifest", "demo", "image_folder", "root", "cache_dir"
 
 def sha256_file(path: Path) -> str:
     """SHA-256 of a file (as recorded in export.json)."""
-    from medres.engine.members import sha256_file as digest
+    from medres.inference.members import sha256_file as digest
 
     return digest(path)
 
 
 def load_export(folder: str | Path) -> tuple[list[Any], Any, list[dict | None], list[str]]:
-    """See :func:`medres.engine.members.load_export` (``medres.predict --model`` uses it)."""
-    from medres.engine.members import load_export as load
+    """See :func:`medres.inference.members.load_export` (``medres.predict --model`` uses it)."""
+    from medres.inference.members import load_export as load
 
     return load(folder)
 
@@ -90,7 +90,7 @@ class _Plain:
         import torch
         from torch import nn
 
-        from medres.engine.sliding import split_output
+        from medres.inference.sliding import split_output
 
         class Plain(nn.Module):
             def __init__(self, m: nn.Module) -> None:
@@ -188,7 +188,7 @@ class _OrtModel:
 
 def _check_volume(config: Any, records: list[dict]) -> tuple[Any, str] | None:
     """The first scan of the cohort through the evaluation pipeline, or None when none can be read."""
-    from medres.data.transforms import build_transforms
+    from medres.data.pipeline.transforms import build_transforms
 
     transform = build_transforms(config.data, train=False)
     for rec in records[:3]:
@@ -202,7 +202,7 @@ def _check_volume(config: Any, records: list[dict]) -> tuple[Any, str] | None:
 def _probabilities(models: Sequence[Any], image: Any, config: Any) -> list[tuple[Any, Any]]:
     import torch
 
-    from medres.engine.sliding import infer_volume_models
+    from medres.inference.sliding import infer_volume_models
 
     ev = config.evaluate
     out = []
@@ -273,7 +273,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, formats: Sequence[str] =
 
 def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequence[int] | None,
                 check: bool) -> Path:
-    from medres.engine.ensemble import load_run_members
+    from medres.inference.ensemble import load_run_members
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -285,7 +285,7 @@ def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequenc
     if not summary_path.is_file():
         raise DataError("the run has no report/summary.json (the model card quotes its metrics)",
                         path=run_dir, hint=f"python -m medres.evaluate --run {run_dir}")
-    from medres.engine.members import run_folds
+    from medres.inference.members import run_folds
 
     wanted = list(folds) if folds is not None else run_folds(run_dir)
     written = _export_files(wanted, formats)
@@ -316,7 +316,7 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
                   names: list[str], check: bool, summary_path: Path) -> Path:
     import torch
 
-    from medres.engine.ensemble import prediction_checkpoint
+    from medres.inference.ensemble import prediction_checkpoint
 
     summary = json.loads(summary_path.read_text())
     out.mkdir(parents=True, exist_ok=True)
@@ -325,7 +325,7 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
     in_ch = int(config.model.in_channels or 1)
     example = torch.zeros((1, in_ch, *patch))
     members = []
-    from medres.engine.checkpoint import load_checkpoint
+    from medres.checkpoint import load_checkpoint
 
     # the checked reader (mapped, not read again): the same files load_run_members just verified
     states = [load_checkpoint(prediction_checkpoint(run_dir / f"fold_{n[4:]}"), mmap=True) for n in names]
@@ -358,7 +358,7 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
     written = [*(f for m in members for f in m["files"].values()), "checks.json",
                *([ensemble_file] if ensemble_file else [])]  # this export's files, not others in the folder
     hashes = {n: sha256_file(out / n) for n in sorted(written)}
-    from medres.engine.members import EXPORT_FORMAT
+    from medres.inference.members import EXPORT_FORMAT
 
     meta = {"format": EXPORT_FORMAT, "config": cfg_plain, "labels": list(config.data.labels),
             "members": members, "ensemble_onnx": ensemble_file, "onnx_opset": ONNX_OPSET,
@@ -378,8 +378,8 @@ def _run_checks(run_dir: Path, out: Path, config: Any, models: list, members: li
     """Exported graphs against PyTorch on a real cohort scan (whole pipeline, sliding windows)."""
     import torch
 
-    from medres.data.datasets import manifest_to_records
     from medres.data.manifest import read_manifest
+    from medres.data.pipeline.datasets import manifest_to_records
 
     try:
         manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root,
@@ -529,7 +529,7 @@ def _field_of_view_ml(config: Any, manifest: Any) -> float | None:
     """The field of view of the cohort's first readable 3D scan after preprocessing, in mL."""
     if manifest is None or config.data.spatial_dims != 3:
         return None
-    from medres.data.datasets import manifest_to_records
+    from medres.data.pipeline.datasets import manifest_to_records
 
     try:
         found = _check_volume(config, manifest_to_records(manifest, config.data))

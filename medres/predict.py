@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medres.data.inputs import discover_inputs
+from medres.data.readers.inputs import discover_inputs
 from medres.errors import ConfigError, DataError, MedresError
 
 __all__ = ["main", "input_records"]
@@ -69,7 +69,7 @@ def _scan_records(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def input_records(path: str | Path, config: Any) -> list[dict[str, Any]]:
-    """The cases named by ``--input`` as records (see :func:`medres.engine.inference.predict_cases`)."""
+    """The cases named by ``--input`` as records (see :func:`medres.inference.predictor.predict_cases`)."""
     path = Path(path)
     if not path.exists():
         raise DataError("does not exist", path=path, hint="pass a scan, a DICOM series folder, a folder of "
@@ -83,8 +83,8 @@ def input_records(path: str | Path, config: Any) -> list[dict[str, Any]]:
 
 def _manifest_records(path: Path, config: Any) -> list[dict[str, Any]]:
     """Records of a manifest; ``label`` may be absent or empty (``y_true`` -1), else from ``data.labels``."""
-    from medres.data.datasets import manifest_to_records
     from medres.data.manifest import read_manifest
+    from medres.data.pipeline.datasets import manifest_to_records
 
     return manifest_to_records(read_manifest(path, link_roots=config.data.link_roots,
                                              key_file=config.data.index.key_file), config.data)
@@ -125,9 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from medres.data.dicom_seg import write_prediction_segs  # DICOM sources: also seg/<name>.dcm
-    from medres.engine.inference import Predictor, write_table
+    from medres.data.dicom_objects.seg_write import (
+        write_prediction_segs,  # DICOM sources: also seg/<name>.dcm
+    )
     from medres.files import claim_outputs
+    from medres.inference.predictor import Predictor, write_table
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available", hint="use --device cpu")
@@ -204,7 +206,7 @@ def _model_file(args: argparse.Namespace) -> Path:
         return Path(args.checkpoint)
     if args.model is not None:
         return Path(args.model) / "export.json"
-    from medres.engine.members import prediction_checkpoint, run_folds
+    from medres.inference.members import prediction_checkpoint, run_folds
 
     folds = args.folds or run_folds(args.run)
     return prediction_checkpoint(Path(args.run) / f"fold_{folds[0]}")

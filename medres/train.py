@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the rest is imported where it is used, so that --help answe
 
     from medres.config import Config
     from medres.cv import FoldData
-    from medres.engine.loop import LoopState
+    from medres.training.loop import LoopState
 
 __all__ = ["Run", "run", "learning_curve", "nested_patient_subset", "main"]
 
@@ -99,11 +99,11 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
     from medres.config import Config, load_config
     from medres.cv import audit_folds, fold_data, make_cv_folds, read_folds, split_test
     from medres.data.cohort import load_cohort
-    from medres.engine.distributed import barrier, cleanup_distributed, init_distributed
-    from medres.engine.fold import train_fold
-    from medres.engine.precision import resolve_compute_settings
-    from medres.engine.run_guard import claim_run, folds_sha256
     from medres.logs import route_library_logs
+    from medres.training.distributed import barrier, cleanup_distributed, init_distributed
+    from medres.training.fold import train_fold
+    from medres.training.precision import resolve_compute_settings
+    from medres.training.run_guard import claim_run, folds_sha256
 
     should_stop = should_stop or (lambda: None)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
@@ -121,7 +121,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
 
         # -- the cohort (rank 0 first: it may write the demo cohort) and the run folder
         run_dir = Path(cfg.output.dir) / cfg.output.name
-        from medres.engine.optim import with_scaled_lr
+        from medres.training.optim import with_scaled_lr
 
         if is_main:
             cfg, df = load_cohort(cfg)
@@ -198,8 +198,8 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         missing = [k for k in range(cfg.cv.folds)
                    if not (run_dir / f"fold_{k}" / "predictions.parquet").exists()]
         if is_main and predict and not missing and len(test):  # the test split by the ensemble
-            from medres.data.datasets import manifest_to_records
-            from medres.engine.ensemble import write_test_ensemble
+            from medres.data.pipeline.datasets import manifest_to_records
+            from medres.inference.ensemble import write_test_ensemble
 
             write_test_ensemble(run_dir, manifest_to_records(test, cfg.data), cfg, device=compute.device)
         if is_main and evaluate and predict and not missing:
@@ -318,8 +318,8 @@ def _check_outputs(cfg: Config, run_dir: Path, df: pd.DataFrame) -> None:
 
 def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, device: torch.device) -> None:
     """Held-out, inner-validation (and test) predictions of the fold's best model (DESIGN.md contract)."""
-    from medres.engine.fold import build_model, load_best_weights
-    from medres.engine.inference import write_fold_predictions
+    from medres.inference.predictor import write_fold_predictions
+    from medres.training.fold import build_model, load_best_weights
 
     model = build_model(cfg)
     load_best_weights(model, fold_dir)
@@ -329,7 +329,7 @@ def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, de
     for name, records, masks in sets:
         if records:
             write_fold_predictions(run_dir, data.fold, model, records, cfg, name, masks=masks, device=device)
-    from medres.engine.calibrate import calibrate_fold  # fitted on inner validation only
+    from medres.training.calibrate import calibrate_fold  # fitted on inner validation only
 
     calibrate_fold(fold_dir, cfg)
     log.info("fold_%d predictions: %s", data.fold, (fold_dir / "predictions.parquet").resolve())
@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.config:
         parser.error("--config is required (or --list-configs)")
     from medres.config import load_config
-    from medres.engine.loop import Interrupted
+    from medres.training.loop import Interrupted
 
     stop = _StopFlag()
     stop.install()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from medres.config import load_config
-from medres.engine.optim import lr_factor, scaled_lr, with_scaled_lr
+from medres.training.optim import lr_factor, scaled_lr, with_scaled_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_lr_is_scaled_linearly_to_the_total_batch():
 
 def test_scaled_lr_is_logged_and_kept_in_the_config(caplog):
     cfg = load_config(ROOT / "configs" / "imagenet_resnet50.yaml", ["train.batch_size=32"])
-    with caplog.at_level(logging.INFO, logger="medres.engine"):
+    with caplog.at_level(logging.INFO, logger="medres.training"):
         out = with_scaled_lr(cfg)
     assert out.optim.lr_scaled == pytest.approx(0.0125) and out.optim.lr == 0.1
     assert "0.0125" in caplog.text and "256" in caplog.text

@@ -28,7 +28,7 @@ def test_pretrained_torchvision_resnet18_loads_into_the_cxr_model(tmp_path):
     """A torchvision ResNet-18 file (random init here: nothing downloads) loads into the dual-head
     model; the RGB stem is summed to one channel."""
     torchvision = pytest.importorskip("torchvision")
-    from medres.engine.fold import build_model
+    from medres.training.fold import build_model
 
     torch.manual_seed(0)
     tv = torchvision.models.resnet18(weights=None)

@@ -15,11 +15,11 @@ import pytest
 
 from medres.config import load_config
 from medres.data.demo import generate_demo
-from medres.engine.calibrate import case_ids_digest
 from medres.export import MAX_ABS_DIFF
 from medres.export import main as export_main
 from medres.predict import main as predict_main
 from medres.train import run
+from medres.training.calibrate import case_ids_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_PATIENTS = ("P0003", "P0008")
@@ -180,8 +180,8 @@ def _tiny_export(folder: Path) -> tuple[Path, dict]:
     import torch
     from safetensors.torch import save_file
 
-    from medres.engine.fold import build_model, model_spec
     from medres.export import export_config
+    from medres.training.fold import build_model, model_spec
 
     cfg = load_config(ROOT / "configs" / "smoke.yaml")
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ def test_quiet_silences_library_noise_only(monkeypatch):
             warnings.simplefilter("always")
             quiet_libraries()
             warnings.warn_explicit("per-scan noise", UserWarning, "x.py", 1, module="monai.transforms.x")
-            warnings.warn_explicit("medres warning", UserWarning, "y.py", 1, module="medres.data.io")
+            warnings.warn_explicit("medres warning", UserWarning, "y.py", 1, module="medres.data.readers.io")
         assert [str(w.message) for w in caught] == ["medres warning"]
         assert not logging.getLogger("alembic").isEnabledFor(logging.INFO)
         assert not logging.getLogger("mlflow").isEnabledFor(logging.INFO)

@@ -19,9 +19,12 @@ MAY_IMPORT = {
     "config": BASE,
     "models": BASE | {"config"}, "data": BASE | {"config"}, "metrics": BASE, "cv": BASE | {"config", "data"},
     "report": BASE | {"config", "metrics"},
-    "engine": BASE | {"config", "models", "data", "metrics", "cv"},
-    "evaluation": BASE | {"config", "models", "data", "metrics", "cv", "engine", "report"},
-    "plan": BASE | {"config", "models", "data", "engine"},  # fingerprint a cohort, dry-run the model
+    "checkpoint": BASE | {"config", "models", "data"},
+    "inference": BASE | {"config", "models", "data", "metrics", "checkpoint"},
+    "training": BASE | {"config", "models", "data", "metrics", "cv", "checkpoint", "inference"},
+    "evaluation": BASE | {"config", "models", "data", "metrics", "cv", "checkpoint", "inference", "report"},
+    # fingerprint a cohort, measure an epoch
+    "plan": BASE | {"config", "models", "data", "checkpoint", "training"},
 }
 # may import any part but these
 ENTRY_POINTS = {"medres.train", "medres.evaluate", "medres.predict", "medres.export"}
@@ -95,8 +98,8 @@ def test_report_imports_neither_torch_nor_higher_layers():
     code = (
         "import sys, medres.report; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'monai') "
-        "or m.startswith(('medres.models', 'medres.data', 'medres.engine', 'medres.cv', "
-        "'medres.evaluation'))]; "
+        "or m.startswith(('medres.models', 'medres.data', 'medres.training', 'medres.cv', "
+        "'medres.evaluation', 'medres.inference', 'medres.checkpoint'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from medres.data.dicom_seg import write_dicom_seg
+from medres.data.dicom_objects.seg_write import write_dicom_seg
 from medres.logs import LIBRARY_LOGGERS, route_library_logs
 from tests.data.dicom_factory import write_series
 
@@ -48,7 +48,7 @@ def test_highdicom_seg_lines_go_to_the_log_file_and_warnings_still_print(tmp_pat
 
 def test_mlflow_store_lines_go_to_the_log_file(tmp_path, capfd):
     pytest.importorskip("mlflow")
-    from medres.engine.tracking import MetricsTracker
+    from medres.training.tracking import MetricsTracker
 
     log_file = tmp_path / "run" / "train.log"
     route_library_logs(log_file, medres_too=True)
@@ -64,7 +64,7 @@ def test_mlflow_store_lines_go_to_the_log_file(tmp_path, capfd):
 
 def test_tracking_can_be_turned_off(tmp_path):
     from medres.config import load_config
-    from medres.engine.tracking import MetricsTracker
+    from medres.training.tracking import MetricsTracker
 
     cfg = load_config("smoke.yaml", ["output.tracking=[]"])
     assert cfg.output.tracking == []

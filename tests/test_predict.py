@@ -15,10 +15,10 @@ import pydicom
 import pytest
 import torch
 
+from medres.checkpoint import save_checkpoint
 from medres.config import load_config
-from medres.data.io import load_image
-from medres.engine.checkpoint import save_checkpoint
-from medres.engine.inference import Predictor
+from medres.data.readers.io import load_image
+from medres.inference.predictor import Predictor
 from medres.layout import case_file_stem
 from medres.predict import main
 from tests.data.dicom_factory import CT_SMALL, write_series
@@ -157,7 +157,8 @@ def test_cli_on_dicom_series_leaks_no_patient_fields(checkpoint, tmp_path):
     mask = nib.load(out / df.loc[0, "seg_path"])
     assert mask.shape == tuple(src.shape)
     np.testing.assert_allclose(mask.affine, src.affine.numpy(), atol=1e-4)
-    # the DICOM SEG goes back to the patient's record with its patient module (tests/data/test_dicom_seg.py)
+    # the DICOM SEG goes back to the patient's record with its patient module
+    # (tests/data/dicom_objects/test_dicom_seg.py)
     files = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".dcm"]
     assert len(files) == 3  # the table, the mask and the written-files list
     for path in files:
@@ -288,6 +289,6 @@ def test_a_checkpoint_asking_for_a_huge_window_is_refused_before_inference(check
     assert "4096 x 4096 x 4096 voxels" in err and "for its input alone" in err and str(huge) in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
     config = load_config({"data": {"patch_size": [64, 64, 64]}})  # 1 MiB: a real window passes
-    from medres.engine.inference import check_window
+    from medres.inference.predictor import check_window
 
     check_window(config, 4)

@@ -56,7 +56,7 @@ NOT_RUN = {
     "jupyter lab notebooks/": "opens a browser UI; tests/test_notebooks.py executes the notebooks",
     "MEDRES_RUN=$PWD/runs/ct_chest jupyter lab notebooks/": "as above, with MEDRES_RUN (tested there too)",
     "torchrun": "several processes on several GPUs or machines; its arguments to medres.train are checked "
-                "with --help (DDP itself: tests/engine/test_distributed.py)",
+                "with --help (DDP itself: tests/training/test_distributed.py)",
     "python -m medres.train --config ct_chest_fullres.yaml": "a GPU job; checked with --help",
     "bash benchmarks/gpu_check.sh": "needs a CUDA device",
     "for k in 0 1 2 3 4; do sbatch": "a Slurm cluster and GPUs; the inner command: --help",

@@ -29,7 +29,7 @@ def test_monai_import_leaves_the_iri_grammar_for_its_first_use():
         f"answers = [[V({{'format': f}}, format_checker=F()).is_valid(s) for f in ('iri', 'iri-reference')] "
         f"for s in {IRIS!r}]; "
     )
-    ours = _run("import sys, medres.data.io, monai; "
+    ours = _run("import sys, medres.data.readers.io, monai; "
                 "before = 'rfc3987_syntax' in sys.modules and 'jsonschema._format' in sys.modules; "
                 + check + "import json; print(json.dumps({'loaded_before': before, 'answers': answers, "
                 "'jsonschema': 'jsonschema._format' in sys.modules}))")

@@ -11,9 +11,9 @@ import torch
 
 def save_tiny_checkpoint(path: Path, prepare: Callable[[torch.nn.Module], None] | None = None) -> Path:
     """Build the model (seed 0), let ``prepare`` adjust its weights, and save it at ``path``."""
+    from medres.checkpoint import save_checkpoint
     from medres.config import load_config
-    from medres.engine.checkpoint import save_checkpoint
-    from medres.engine.fold import build_model, model_spec
+    from medres.training.fold import build_model, model_spec
 
     cfg = load_config({
         "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],

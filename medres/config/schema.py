@@ -49,7 +49,7 @@ class AugmentConfig(_Section):
     # 2D natural-image recipe (ImageNet-style). true: random-resized crop (scale 0.08-1, Szegedy et al.
     # 2015); "auto": that for patches of at least 64 px a side, and for smaller (CIFAR-sized) images the
     # pad-and-crop of He et al. 2016 sec. 4.2 (pad patch/8 px, random patch-size crop; the whole image at
-    # evaluation); see medres.data.transforms.natural_crop
+    # evaluation); see medres.data.pipeline.transforms.natural_crop
     random_resized_crop: bool | Literal["auto"] = False
 
 
@@ -68,7 +68,8 @@ class DemoConfig(_Section):
 
 # --- radiographs: projection radiographs, data.modality XR --------------------------------------------
 class RadiographConfig(_Section):
-    """How CR/DX radiographs are read (``medres.data.radiograph``; used when ``data.modality`` is XR)."""
+    """How CR/DX radiographs are read (``medres.data.readers.radiograph``; used when ``data.modality`` is
+    XR)."""
 
     voi: int | str | None = None  # which VOI window/LUT: index (0 = first) or its explanation; None: first
     allow_for_processing: bool = False  # FOR PROCESSING (raw detector) images are refused unless true
@@ -124,13 +125,13 @@ class DataConfig(_Section):
     patch_size: list[int] = Field(default_factory=lambda: [48, 48, 48])
     pos_fraction: float = Field(0.5, ge=0, le=1)  # share of crops centred on mask foreground
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    # mmap: the disk cache as memory-mapped .npy files (float16 / uint8; medres.data.disk_cache)
+    # mmap: the disk cache as memory-mapped .npy files (float16 / uint8; medres.data.pipeline.disk_cache)
     cache: Literal["memory", "disk", "mmap", "none"] = "memory"
     cache_dir: str | None = None  # disk cache folder (default: <output.dir>/.cache)
     num_workers: int = Field(0, ge=0)
     # --- hostile input: begin -----------------------------------------------------------------------
     # scans whose header declares more voxels are refused before decompressing (never more than the
-    # memory free at load time either; medres.data.limits)
+    # memory free at load time either; medres.data.readers.limits)
     max_voxels: int = Field(2**31, ge=1)
     # a DICOM series folder with more entries is refused before any file in it is read
     max_files_per_series: int = Field(100_000, ge=1)
@@ -178,7 +179,7 @@ class DataConfig(_Section):
                 if key not in self.index.model_fields_set:
                     setattr(self.index, key, value)
         return self
-    # --- input pipeline for a GPU (medres.engine.device_input) ---
+    # --- input pipeline for a GPU (medres.training.device_input) ---
     prefetch_factor: int | None = Field(None, ge=1)  # batches each worker loads ahead (torch default 2)
     # keep the worker processes (and what they have loaded) from one epoch to the next
     persistent_workers: bool = True
@@ -287,7 +288,7 @@ class TrainConfig(_Section):
     pin_memory: bool | Literal["auto"] = "auto"
     device: str = "auto"
     checkpoint_every_steps: int | None = None
-    # --- GPU fast paths (medres.engine.compute). Defaults on a GPU are unmeasured. ---
+    # --- GPU fast paths (medres.training.compute). Defaults on a GPU are unmeasured. ---
     cudnn_benchmark: bool | Literal["auto"] = "auto"  # auto: on with CUDA (fixed patch shapes)
     fused_optimizer: bool | Literal["auto"] = "auto"  # auto: fused AdamW/SGD kernels with CUDA
     # torch.compile's mode when train.compile is on; reduce-overhead = CUDA graphs
@@ -427,7 +428,7 @@ def ct_windows(d: DataConfig) -> list[tuple[float, float]]:
 
 def input_channels(d: DataConfig) -> int:
     """The one rule for the number of channels the data pipeline gives the model (``model.in_channels``
-    follows it; ``medres.data.transforms`` builds exactly these): one per image column, times the CT
+    follows it; ``medres.data.pipeline.transforms`` builds exactly these): one per image column, times the CT
     windows when CT is windowed (``normalize: window``); 3 for ImageNet-normalized natural images."""
     if d.modality == "natural" and d.normalize == "imagenet":
         return 3

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medres.data.limits import patch_fits_none, patch_misfit, resampled_shape
+from medres.data.readers.limits import patch_fits_none, patch_misfit, resampled_shape
 from medres.errors import ConfigError, DataError
 
 __all__ = ["CheckResult", "check_cohort", "format_problems", "main"]
@@ -87,7 +87,7 @@ def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tupl
     warnings: list[DataError] = []
     shape = None
     n_images = n_masks = 0
-    from medres.data.io import check_image_mask, load_image  # torch and MONAI: only to read scans
+    from medres.data.readers.io import check_image_mask, load_image  # torch and MONAI: only to read scans
 
     try:
         image = load_image(paths[0] if len(paths) == 1 else paths, series_uid=series_uid, ndim=ndim,
@@ -103,7 +103,7 @@ def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tupl
         mask = load_image(mask_path, ndim=ndim, dtype=None, max_voxels=max_voxels,
                           max_files=max_files) if mask_path else None
         if radiograph is not None:  # radiographs: manifest spacing/view, mask on the image's pixels
-            from medres.data.radiograph import RadiographGeometryd
+            from medres.data.readers.radiograph import RadiographGeometryd
 
             views = radiograph.get("views")
             d = RadiographGeometryd(require_spacing=bool(radiograph.get("require_spacing")),
@@ -151,7 +151,8 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
     ``manifest_only``: the manifest's columns, rows, labels and paths only, without reading a scan (and
     without importing torch or MONAI: seconds for a large cohort).
     ``radiograph`` (``{"require_spacing": bool, "views": [...] | None}``, for ``data.modality: XR``) runs
-    the radiograph checks of ``medres.data.radiograph.RadiographGeometryd`` (spacing, view, mask size).
+    the radiograph checks of ``medres.data.readers.radiograph.RadiographGeometryd`` (spacing, view, mask
+    size).
     ``link_roots``/``key_file``: the folders symbolic links may lead into (:func:`read_manifest`)."""
     from medres.data.manifest import validate_manifest  # pandas: imported here, so --help is instant
 

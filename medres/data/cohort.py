@@ -79,8 +79,8 @@ def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
                  d.demo.n_patients)
         from medres.progress import progress_wanted
 
-        if d.demo.kind == "cxr":  # the chest X-ray demo (medres.data.demo_cxr)
-            from medres.data.demo_cxr import generate_cxr_demo
+        if d.demo.kind == "cxr":  # the chest X-ray demo (medres.data.demo.cxr)
+            from medres.data.demo.cxr import generate_cxr_demo
 
             manifest = generate_cxr_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed,
                                          progress=progress_wanted())

@@ -69,7 +69,7 @@ def trusted_link_roots(manifest_dir: str | os.PathLike[str], link_roots: Sequenc
     ``link_roots`` are the user's own (config or command line); the index's file counts only when its
     signature verifies under the project key (``key_file``; ``$MEDRES_PROJECT_KEY`` wins).
     """
-    from .project_key import read_link_roots
+    from medres.data.project_key import read_link_roots
 
     roots = []
     for folder in link_roots:

@@ -146,9 +146,9 @@ def gallery(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> tuple[list[Gal
 class GradCam:
     """MONAI's Grad-CAM of the classification head (positive class) around a point of a case.
 
-    The case goes through the evaluation transforms (`medres.data.transforms.build_transforms`); a
+    The case goes through the evaluation transforms (`medres.data.pipeline.transforms.build_transforms`); a
     ``data.patch_size`` box centred on the point (mapped from source voxels to the model's grid through
-    the affines) is fed to the fold's model (`medres.engine.checkpoint.load_model`), with the target
+    the affines) is fed to the fold's model (`medres.checkpoint.load_model`), with the target
     layer the encoder's last stage (``backbone.layer4``). Without a classification head or checkpoints no
     map is drawn and ``note`` says why; any failure drops the maps with the reason in ``note``.
     """
@@ -171,7 +171,7 @@ class GradCam:
 
     def _model(self, fold: int):
         if fold not in self.models:
-            from medres.engine.checkpoint import load_model
+            from medres.checkpoint import load_model
 
             fd = self.run.run_dir / f"fold_{fold}"
             ckpt = next(
@@ -208,7 +208,7 @@ class GradCam:
 
         cfg = self.run.config
         if self.transform is None:
-            from medres.data.transforms import build_transforms
+            from medres.data.pipeline.transforms import build_transforms
 
             self.transform = build_transforms(cfg.data, train=False)
         paths = [p for p in str(row["image"]).split(";") if p]

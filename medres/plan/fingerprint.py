@@ -1,7 +1,7 @@
 """The dataset fingerprint: what a plan is derived from, measured on every scan of a manifest.
 
 ``fingerprint_cohort(manifest)`` reads each row's image(s) and mask with medres's own readers
-(``medres.data.io.load_image``: the geometry checks and DataErrors of training apply) and records:
+(``medres.data.readers.io.load_image``: the geometry checks and DataErrors of training apply) and records:
 
 - per scan: voxel spacing and size along the RAS axes (the axes training resamples to), the
   orientation codes of the file, the field of view in mm, the label;
@@ -129,8 +129,8 @@ def fingerprint_cohort(manifest: str | os.PathLike[str], *, modality: str | None
     Raises:
         DataError: a row whose files cannot be read, or a mask off its image's grid, naming the row.
     """
-    from medres.data.io import load_image
     from medres.data.manifest import image_columns_of, read_manifest
+    from medres.data.readers.io import load_image
 
     df = read_manifest(manifest)
     columns = list(image_columns) if image_columns else image_columns_of(list(df.columns))

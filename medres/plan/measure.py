@@ -78,10 +78,11 @@ def _reset_hwm() -> bool:
 
 def available_memory_bytes(device: torch.device) -> int:
     """Free memory of the device now: CUDA ``mem_get_info``; CPU: what this process may still use (the least
-    of ``MemAvailable``, RLIMIT_AS and the cgroup's limit: :func:`medres.data.limits.available_memory`)."""
+    of ``MemAvailable``, RLIMIT_AS and the cgroup's limit:
+    :func:`medres.data.readers.limits.available_memory`)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    from medres.data.limits import available_memory
+    from medres.data.readers.limits import available_memory
 
     free = available_memory()
     if free is None:

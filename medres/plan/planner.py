@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medres.data.limits import resampled_shape
+from medres.data.readers.limits import resampled_shape
 from medres.errors import ConfigError, DataError
 from medres.files import atomic_write, check_output
 
@@ -141,9 +141,9 @@ class _Bench:
         return torch.autocast("cuda", dtype=dtype)
 
     def build(self):
-        from medres.engine.fold import build_model
-        from medres.engine.losses import build_loss
-        from medres.engine.optim import build_optimizer
+        from medres.training.fold import build_model
+        from medres.training.losses import build_loss
+        from medres.training.optim import build_optimizer
 
         m = self.cfg.model
         model = build_model(self.cfg).to(self.device)
@@ -200,8 +200,8 @@ def _time_epoch(bench: _Bench, patch: list[int], grid: list[int], batch: int, co
     """Seconds of one epoch as training spends them: the optimizer steps, the training pipeline per
     sample, the inner validation (its pipeline and whole-volume forward passes per scan) and the epoch's
     end (checkpoint, best copy, metrics row; measured by :func:`_epoch_end_seconds`)."""
-    from medres.engine.fold import build_model
     from medres.plan.measure import measure_forward, measure_step
+    from medres.training.fold import build_model
 
     step = measure_step(bench.build, bench.batch_maker(patch), batch, device=bench.device, timed_steps=5,
                         autocast=bench.autocast)
@@ -227,9 +227,9 @@ def _epoch_end_seconds(bench: _Bench, patch: list[int], batch: int, folder: Path
     every epoch overestimates a little (it happens when validation improves)."""
     import tempfile
 
-    from medres.engine.checkpoint import copy_checkpoint, rng_state, save_checkpoint
-    from medres.engine.tracking import MetricsTracker
+    from medres.checkpoint import copy_checkpoint, rng_state, save_checkpoint
     from medres.layout import CHECKPOINT_BEST, CHECKPOINT_LAST
+    from medres.training.tracking import MetricsTracker
 
     model, loss_fn, optimizer = bench.build()
     image, labels, mask = bench.batch_maker(patch)(min(batch, 2))
@@ -266,8 +266,8 @@ def _pipeline_seconds(manifest: Path, raw: dict[str, Any], n: int = 6, *, train:
     (docs/planning.md, "Time measurements"). Wall time, as training spends it; CPU time where the process
     was mostly not running (another load held the cores)."""
     from medres.config import load_config
-    from medres.data.datasets import CaseDataset, manifest_to_records
     from medres.data.manifest import read_manifest
+    from medres.data.pipeline.datasets import CaseDataset, manifest_to_records
 
     cfg = load_config(data=raw)
     records = manifest_to_records(read_manifest(manifest, vocabulary=cfg.data.labels,

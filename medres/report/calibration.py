@@ -1,6 +1,6 @@
 """The report's calibration section: ECE, Brier and the reliability diagram before and after recalibration.
 
-Each fold's recalibration map (``medres.engine.calibrate``) was fitted on that fold's inner
+Each fold's recalibration map (``medres.training.calibrate``) was fitted on that fold's inner
 validation only and applied to its held-out cases. The run's tables keep both versions: ``p_<class>``
 (calibrated; the probabilities every other section of the report uses) and ``logit_<class>``, whose
 softmax is the uncalibrated model output. Runs without logits (older runs) show one column.

@@ -1,7 +1,7 @@
 """The held-out test split (manifest ``split=test``) segmented by each fold model and by the fold ensemble.
 
 Each fold's model predicts the test scans (``fold_k/test_predictions.parquet``, masks in
-``fold_k/seg/``); the fold ensemble (``medres.engine.ensemble``) predicts them once more with every
+``fold_k/seg/``); the fold ensemble (``medres.inference.ensemble``) predicts them once more with every
 fold model together (``ensemble/test_predictions.parquet``, masks in ``ensemble/seg/``: the argmax of
 the mean of the folds' softmax maps). Both are scored against the reference masks here, per case,
 then summarised as mean per-case metrics with patient-bootstrap intervals: scope ``test`` (per fold)

@@ -20,7 +20,7 @@ def _cohort(root: Path, *, planted: bool) -> Path:
     scans = root / "scans"
     scans.mkdir(parents=True)
     write_series(scans / "s1", 4)  # 128 x 128 x 4
-    from medres.data.io import load_image
+    from medres.data.readers.io import load_image
 
     grid = load_image(scans / "s1").affine.numpy()
     mask = np.zeros((128, 128, 4), np.uint8)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medres.data.io import load_image
+from medres.data.readers.io import load_image
 from medres.errors import DataError
 from tests.data.conftest import NIBABEL_DATA
 from tests.data.dicom_factory import CT_SMALL

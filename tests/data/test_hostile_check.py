@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from monai.transforms import Spacing
 
 from medres.data.check import check_cohort, main
-from medres.data.limits import resampled_shape
+from medres.data.readers.limits import resampled_shape
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 

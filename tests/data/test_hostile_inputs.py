@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medres.data.inputs import discover_inputs
+from medres.data.readers.inputs import discover_inputs
 from medres.errors import DataError
 from tests.data.dicom_factory import write_series
 

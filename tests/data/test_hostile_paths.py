@@ -138,7 +138,7 @@ def test_other_delimiters_are_named(layout, sep, name):
 def test_zero_length_pixel_data_is_a_data_error(tmp_path):
     import copy
 
-    from medres.data.io import load_image
+    from medres.data.readers.io import load_image
     from tests.data.dicom_factory import ct_small
 
     ds = copy.deepcopy(ct_small())

@@ -7,8 +7,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medres.data.io import load_image
-from medres.data.redact import decoder_message
+from medres.data.readers.io import load_image
+from medres.data.readers.redact import decoder_message
 from medres.errors import DataError
 from tests.data.dicom_factory import write_series
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from medres.config import DataConfig
-from medres.data.datasets import CaseDataset, manifest_to_records
 from medres.data.manifest import read_manifest
+from medres.data.pipeline.datasets import CaseDataset, manifest_to_records
 from medres.errors import DataError
 
 
@@ -86,7 +86,7 @@ def test_study_audit_errors_give_each_hint_once():
 _CHILD = """
 import sys
 from medres.config import DataConfig
-from medres.data.datasets import CaseDataset, manifest_to_records
+from medres.data.pipeline.datasets import CaseDataset, manifest_to_records
 from medres.data.manifest import read_manifest
 from medres.errors import DataError
 cfg = DataConfig(mask_column=None, spacing=None, orientation=None)

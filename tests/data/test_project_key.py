@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medres.data.index import main as index_main
+from medres.data.index.__main__ import main as index_main
 from medres.data.project_key import existing_project_key, project_key, read_link_roots, write_link_roots
 from medres.errors import ConfigError
 

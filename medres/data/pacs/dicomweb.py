@@ -15,9 +15,8 @@ from urllib.parse import urlsplit
 
 from pydicom.dataset import Dataset
 
+from medres.data.pacs.auth import Credentials, ServerUnavailable, http_session, server_name
 from medres.errors import ConfigError, DataError
-
-from .auth import Credentials, ServerUnavailable, http_session, server_name
 
 __all__ = ["DicomWeb", "from_json"]
 

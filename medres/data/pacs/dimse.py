@@ -14,9 +14,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from medres.data.pacs.auth import ServerUnavailable
 from medres.errors import ConfigError, DataError
-
-from .auth import ServerUnavailable
 
 __all__ = ["Dimse", "parse_address"]
 

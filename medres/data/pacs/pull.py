@@ -19,9 +19,8 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
+from medres.data.pacs.auth import ServerUnavailable
 from medres.errors import ConfigError, DataError, did_you_mean
-
-from .auth import ServerUnavailable
 
 __all__ = ["PullResult", "SeriesResult", "Server", "pull", "pseudonym", "parse_query", "read_accessions",
            "load_rules", "summary"]
@@ -133,7 +132,7 @@ def _skip_reason(series: Dataset, rules: Any) -> str:
 
 def _header_reason(header: Dataset, rules: Any) -> str:
     """Why a series cannot be kept, from one instance's header (ImageType, orientation)."""
-    from medres.data.index_series import orientation_of
+    from medres.data.index.series import orientation_of
 
     image_type = [str(x).upper() for x in (header.get("ImageType") or [])]
     if rules.exclude_localizers and "LOCALIZER" in image_type:

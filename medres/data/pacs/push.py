@@ -2,7 +2,8 @@
 ``--push-dimse HOST:PORT`` (C-STORE).
 
 For each DICOM input, the DICOM SEG that predict writes (``seg/<name>.dcm``) and a DICOM SR
-(``seg/<name>.sr.dcm``, :mod:`medres.data.dicom_sr`) are sent. Before each object is sent, the server is
+(``seg/<name>.sr.dcm``, :mod:`medres.data.dicom_objects.sr`) are sent. Before each object is sent, the
+server is
 asked whether it already holds that SOPInstanceUID (QIDO-RS or C-FIND at instance level), so a push
 that failed part way is rerun without duplicating what arrived. The outcome of every object is written
 to ``push.csv`` beside ``predictions.csv`` (file, kind, status, reason: no patient field).
@@ -83,12 +84,12 @@ def add_push_arguments(p: argparse.ArgumentParser) -> None:
 
 def _target(args: argparse.Namespace) -> Target:
     if args.push:
-        from .auth import read_credentials
-        from .dicomweb import DicomWeb
+        from medres.data.pacs.auth import read_credentials
+        from medres.data.pacs.dicomweb import DicomWeb
 
         return DicomWeb(args.push, read_credentials(args.credentials), ca_bundle=args.ca_bundle,
                         insecure=args.insecure)
-    from .dimse import Dimse
+    from medres.data.pacs.dimse import Dimse
 
     return Dimse(args.push_dimse, called_aet=args.called_aet, calling_aet=args.calling_aet)
 
@@ -102,8 +103,8 @@ def _case_srs(table: Any, seg_dir: Path, labels: Sequence[str],
     import pydicom
 
     from medres import __version__
-    from medres.data.dicom_sr import mask_volumes_ml, write_prediction_sr
-    from medres.data.source_series import series_in_folder, source_series
+    from medres.data.dicom_objects.sr import mask_volumes_ml, write_prediction_sr
+    from medres.data.readers.source_series import series_in_folder, source_series
     from medres.layout import case_file_stems
 
     if isinstance(mask_labels, Mapping):
@@ -149,7 +150,7 @@ def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Se
     Raises:
         DataError: some object did not arrive (listed in ``push.csv``; rerun to send only those).
     """
-    from medres.data.dicom_seg import file_sha256
+    from medres.data.dicom_objects.seg_write import file_sha256
 
     check_push_arguments(args)
     target = _target(args)

@@ -14,12 +14,12 @@ import pytest
 
 from medres.config import IndexConfig
 from medres.data.demo import generate_demo
-from medres.data.demo_export import generate_export
+from medres.data.demo.export import generate_export
 from medres.data.index import index_dicom
-from medres.data.io import load_image
 from medres.data.pacs.auth import Credentials
 from medres.data.pacs.dicomweb import DicomWeb
 from medres.data.pacs.pull import pull, read_accessions
+from medres.data.readers.io import load_image
 from tests.data.pacs.conftest import Orthanc
 
 KEY = "demo-roundtrip-test-key-0123456789"

@@ -15,7 +15,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from medres.data.dicom_sr import PROBABILITY
+from medres.data.dicom_objects.sr import PROBABILITY
 from medres.data.pacs.auth import Credentials
 from medres.data.pacs.dicomweb import DicomWeb
 from medres.data.pacs.push import main as push_main

@@ -1,0 +1,631 @@
+"""From a hospital export to a manifest: ``python -m medres.data.index ROOT --out DIR [--labels L.csv]``.
+
+Walks ROOT at any depth and recognises DICOM files by content (see :mod:`medres.data.index.headers`;
+DICOMDIRs and other files are skipped and counted), reads headers only in worker processes, groups the
+instances by SeriesInstanceUID (never by folder), describes every series and chooses the ones to train
+on by the ``data.index`` rules. Writes:
+
+- ``DIR/manifest.csv``: one row per chosen series, ready for ``medres.data.check`` and ``medres.train``;
+  its ``image`` is ``series/<case_id>``, a folder holding links to exactly that series' files (so a
+  series spread over folders, mixed with others in one folder, or one geometry part of a series loads
+  through the ordinary series reader); ``mask`` is ``masks/<case_id>.nii.gz`` when a SEG/RTSTRUCT
+  annotates it, else empty (not annotated);
+- ``DIR/index.csv``: every series, annotation object, skipped file and unmatched labels row, with its
+  verdict and reason;
+- ``DIR/private/``: the header cache, ``files.csv`` (index file position -> path), ``series.csv``
+  (index row -> its files' positions), ``pseudonyms.csv``
+  (original ids and series descriptions -> pseudonyms), ``written.json`` (the links medres wrote under
+  ``series/``: the only files a later run removes). Only this folder holds anything identifying.
+
+``--out`` is a new or empty folder, or one this command wrote; never the export, a folder inside it or
+one around it (:func:`medres.files.check_output`), and a ``series/<case_id>`` folder medres did not
+write is refused, never deleted.
+
+Pseudonyms are HMAC-SHA256 of the original ids under a project key (``MEDRES_PROJECT_KEY`` or the key
+file, generated on first use, never written to DIR), so one project's runs agree and nobody without the
+key can link them back. The labels file is matched on ``--labels-key`` in the same keyed space.
+Messages name files by their position in ``private/files.csv``, never by path (a folder may be named
+after a patient).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medres.data.index.annotations import attach_annotations
+from medres.data.index.headers import read_header
+from medres.data.index.series import Instance, Series, describe, group_series, select_series
+from medres.data.project_key import project_key, write_link_roots
+from medres.errors import ConfigError, DataError
+from medres.files import atomic_write, check_output, foreign_entries, remove_written
+from medres.layout import check_distinct_files
+from medres.safe_text import csv_cell
+
+__all__ = ["index_dicom", "IndexResult", "project_key"]
+
+log = logging.getLogger("medres.index")
+
+CACHE_VERSION = 4  # 3: ViewPosition and ImagerPixelSpacing (radiographs); 4: Label Map SEGs, links
+_ID_FIELDS = {"patient": "patient_id", "accession": "accession", "study": "study_uid", "series": "series_uid",
+              "sop": "sop_uid", "for": "for_uid"}
+_LABEL_KEYS = {"AccessionNumber": "accession", "PatientID": "patient", "StudyInstanceUID": "study"}
+INDEX_COLUMNS = ["row", "kind", "verdict", "reason", "case_id", "patient_id", "study_id", "part", "modality",
+                 "sop_class", "image_type", "orientation", "slices", "rows", "cols", "pixel_spacing",
+                 "thickness", "gap", "regular", "contrast", "kernel", "series_number", "files", "folders",
+                 "annotation_rows", "source_row", "label", "file", "view"]
+
+
+@dataclass
+class IndexResult:
+    """What :func:`index_dicom` did: output paths and counts."""
+
+    out: Path
+    manifest: Path
+    index: Path
+    files: int = 0
+    read: int = 0
+    cached: int = 0
+    skipped_files: Counter = field(default_factory=Counter)
+    series: int = 0
+    kept: int = 0
+    seconds: float = 0.0
+
+
+class _Pseudonyms:
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.fingerprint = hmac.new(key, b"medres-index-fingerprint", hashlib.sha256).hexdigest()[:16]
+
+    def __call__(self, field_name: str, value: str) -> str:
+        if not value:
+            return ""
+        return hmac.new(self.key, f"{field_name}\0{value}".encode(), hashlib.sha256).hexdigest()[:16]
+
+    def path_key(self, rel: str) -> str:
+        return hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), key=self.key[:64],
+                               digest_size=12).hexdigest()
+
+
+_LINK_OUT = "link_outside_export"  # a file status: a symbolic link that leaves the export (not followed)
+
+
+def _leaves(link: str, real_root: str) -> str:
+    """Why the symbolic link ``link`` leads out of the export (its target resolved), or ""."""
+    target = os.path.realpath(link)
+    if os.path.commonpath([target, real_root]) == real_root:
+        return ""
+    what = "folder" if os.path.isdir(target) else "file"
+    return f"a symbolic link to a {what} outside the export: not followed"
+
+
+def _walk(root: Path, skip: Path, outside: dict[str, str] | None = None) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every file under root, sorted; ``skip`` (the output) left out.
+
+    Folder links are not descended. A link whose target (resolved) lies outside the export is listed
+    with size -1 and its reason put in ``outside``: nothing out there is read, copied or linked.
+    """
+    out = []
+    outside = {} if outside is None else outside
+    real_root = os.path.realpath(root)
+    skip_s = str(skip)
+    stack = [str(root)]
+    root_len = len(str(root)) + 1
+    while stack:
+        folder = stack.pop()
+        if folder == skip_s:
+            continue
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_symlink() and (why := _leaves(e.path, real_root)):
+                    st = e.stat(follow_symlinks=False)
+                    out.append((e.path[root_len:], -1, st.st_mtime_ns))
+                    outside[e.path[root_len:]] = why
+                elif e.is_file():
+                    st = e.stat()
+                    out.append((e.path[root_len:], st.st_size, st.st_mtime_ns))
+            except OSError:
+                continue
+    out.sort()
+    return out
+
+
+def _load_cache(path: Path, fingerprint: str) -> dict[str, list]:
+    """path key -> [size, mtime_ns, entry]; {} when absent, damaged, older or made under another key."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != CACHE_VERSION or data.get("key") != fingerprint:
+            return {}
+        ftab, ktab = data["fields"], data["keys"]
+        out = {}
+        for pk, (size, mtime, status, reason, fid, kid, ipp, sop, annotation) in data["files"].items():
+            entry: dict[str, Any] = {"status": status, "reason": reason}
+            if fid is not None:
+                entry["fields"] = {**ftab[fid], "ipp": ipp}
+                entry["keys"] = {**ktab[kid], "sop": sop}
+            if annotation is not None:
+                entry["annotation"] = annotation
+            out[pk] = [size, mtime, entry]
+        return out
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {}
+
+
+def _save_cache(path: Path, fingerprint: str, files: list[tuple[str, int, int]], path_keys: list[str],
+                entries: list[dict[str, Any]]) -> None:
+    """The header cache, with the fields and ids a series shares stored once (much faster to load)."""
+    ftab: dict[str, int] = {}
+    ktab: dict[str, int] = {}
+    rows = {}
+    for (_, size, mtime), pk, e in zip(files, path_keys, entries):
+        fid = kid = ipp = sop = None
+        if "fields" in e:
+            f = {k: v for k, v in e["fields"].items() if k != "ipp"}
+            fid = ftab.setdefault(json.dumps(f, sort_keys=True), len(ftab))
+            keys = {k: v for k, v in e["keys"].items() if k != "sop"}
+            kid = ktab.setdefault(json.dumps(keys, sort_keys=True), len(ktab))
+            ipp, sop = e["fields"]["ipp"], e["keys"]["sop"]
+        rows[pk] = [size, mtime, e["status"], e["reason"], fid, kid, ipp, sop, e.get("annotation")]
+    data = {"version": CACHE_VERSION, "key": fingerprint, "fields": [json.loads(f) for f in ftab],
+            "keys": [json.loads(k) for k in ktab], "files": rows}
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _hashed(record: dict[str, Any], pseudo: _Pseudonyms) -> dict[str, Any]:
+    """The cacheable part of a header record: fields, ids as pseudonyms, annotation references hashed."""
+    out = {"status": record["status"], "reason": record.get("reason", "")}
+    if record["status"] == "dicom":
+        ids = record["ids"]
+        out["fields"] = record["fields"]
+        out["keys"] = {k: pseudo(k, ids.get(v, "")) for k, v in _ID_FIELDS.items()}
+        if "annotation" in record:
+            a = record["annotation"]
+            out["annotation"] = {"kind": a["kind"], "series": pseudo("series", a.get("ref_series", "")),
+                                 "sops": sorted(pseudo("sop", u) for u in a.get("ref_sops", [])),
+                                 "for": pseudo("for", a.get("ref_for", ""))}
+    return out
+
+
+def _read_all(root: Path, paths: list[str], workers: int, progress: bool) -> list[dict[str, Any]]:
+    full = [str(root / p) for p in paths]
+    if workers <= 1 or len(full) < 64:
+        return [read_header(p) for p in _progress(full, progress)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(_progress(pool.map(read_header, full, chunksize=64), progress, total=len(full)))
+
+
+def _progress(it: Any, enabled: bool, total: int | None = None) -> Any:
+    from medres.progress import track
+
+    return track(it, desc="medres index: headers", total=total, unit="files", progress=enabled)
+
+
+def _labels(path: Path | None, key_name: str, columns: list[str], pseudo: _Pseudonyms
+            ) -> tuple[dict[str, list[int]], list[dict[str, str]]]:
+    """Labels file rows keyed by the pseudonym of ``key_name`` (matched before any other hashing)."""
+    if path is None:
+        return {}, []
+    try:  # every cell as text (ids like 00123 stay as written); csv, not pandas: starts in milliseconds
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            records = list(reader)
+            header = list(reader.fieldnames or [])
+    except (OSError, ValueError, csv.Error) as exc:  # ValueError: undecodable text, a NUL in the path
+        raise DataError(f"the labels file cannot be read as CSV ({type(exc).__name__})", path=path,
+                        hint="save it as UTF-8 CSV with a header row") from None
+    missing = [c for c in [key_name, *columns] if c not in header]
+    if missing:
+        raise DataError(f"the labels file lacks the column(s) {missing} (it has {header})",
+                        path=path, hint="name the key column as --labels-key and the label column 'label'")
+    by_key: dict[str, list[int]] = defaultdict(list)
+    rows = []
+    for i, rec in enumerate(records):
+        if any(rec.get(c) is None for c in [key_name, *columns]):
+            raise DataError(f"labels row {i + 1} has fewer cells than the header", path=path,
+                            hint="fix the row (or quote cells holding commas)")
+        rows.append({c: rec[c].strip() for c in columns})
+        by_key[pseudo(_LABEL_KEYS[key_name], rec[key_name].strip())].append(i + 1)
+    return by_key, rows
+
+
+_CASE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_MARKERS = ("written.json", "links.json", "state.json", "header_cache.json")  # private/: an index output
+
+
+def _series_files(n: int) -> list[str]:
+    """The names medres gives the links of a series folder holding ``n`` files."""
+    return [f"{k + 1:05d}.dcm" for k in range(n)]
+
+
+def _claim_out(out: Path) -> dict[str, int]:
+    """What medres wrote under ``out/series/`` before (case id -> number of links), read from
+    ``private/written.json`` (or, for an older index, ``private/links.json``); ``{}`` for a new or empty
+    folder. A folder holding anything else, or whose ``series``/``masks``/``private`` is a symbolic
+    link, is refused: medres never writes into (or prunes) a folder it did not write."""
+    if not out.exists() and not out.is_symlink():
+        return {}
+    if not out.is_dir():
+        raise DataError("exists and is not a folder", path=out, hint="choose a new folder for --out")
+    if not any(out.iterdir()):
+        return {}
+    linked = [n for n in ("series", "masks", "private") if (out / n).is_symlink()]
+    ours = any((out / "private" / m).is_file() for m in _MARKERS)
+    if linked or not ours:
+        why = f"its {linked[0]}/ is a symbolic link" if linked else "it holds files and no medres index"
+        raise DataError(f"--out must be a new or empty folder, or one medres.data.index wrote ({why}); "
+                        "medres never writes into or deletes from a folder it did not write", path=out,
+                        hint="choose a new folder for --out")
+    try:  # a case id is one file name ([A-Za-z0-9._-], as the index makes them): nothing else is claimed
+        written = _load_links(out / "private" / "written.json").get("series")
+        if not isinstance(written, dict):
+            written = {k: len(v) for k, v in _load_links(out / "private" / "links.json").items()}
+        return {str(k): int(v) for k, v in written.items() if _CASE_NAME.fullmatch(str(k))
+                and str(k) not in (".", "..")}
+    except (AttributeError, TypeError, ValueError):
+        return {}
+
+
+def _save_written(private: Path, series: dict[str, int]) -> None:
+    atomic_write(private / "written.json",
+                 lambda tmp: tmp.write_text(json.dumps({"version": 1, "series": series}), encoding="utf-8"))
+
+
+def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str] | None,
+                 written: int) -> None:
+    folder = out / "series" / s.case_id
+    wanted = [i.path for i in s.instances]
+    if previous == wanted and folder.is_dir() and not folder.is_symlink():
+        return
+    left = remove_written(folder, _series_files(written)) if written else foreign_entries(folder, ())
+    if left:
+        raise DataError(f"series/{s.case_id} holds {len(left)} file(s) medres did not write; medres will "
+                        "not delete them", path=folder, hint="move them away or choose a new --out folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, inst in enumerate(s.instances):
+        src, dst = os.path.abspath(root / inst.path), folder / f"{k + 1:05d}.dcm"
+        if how == "symlink":
+            os.symlink(src, dst)
+        elif how == "hardlink":
+            os.link(src, dst)
+        else:
+            shutil.copyfile(src, dst)
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]], *, exact: bool = False) -> None:
+    """A CSV for people (text cells made inert for spreadsheets: ``medres.safe_text.csv_cell``), or with
+    ``exact`` one that medres reads back (the manifest: its labels and ids must stay as written)."""
+    cell = (lambda v: v) if exact else csv_cell
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r.get(k) is None else cell(r.get(k))) for k in columns})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+def _os_errors_as_data_errors(index: Any) -> Any:
+    """``index_dicom`` with an operating-system error (a full disk above all) as a DataError naming the
+    output folder and its free space, never a traceback; the temporary files are removed where made."""
+
+    @functools.wraps(index)
+    def wrapped(root: str | os.PathLike[str], out: str | os.PathLike[str], **kw: Any) -> IndexResult:
+        try:
+            return index(root, out, **kw)
+        except OSError as exc:
+            raise _write_error(exc, Path(out).absolute()) from None
+    return wrapped
+
+
+def _write_error(exc: OSError, out: Path) -> DataError:
+    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    what = f"{name}: {exc.strerror or 'operating-system error'}"
+    folder = next((p for p in (out, *out.parents) if p.exists()), Path(os.sep))
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MB free on its disk"
+    except OSError:
+        free = "free space unknown"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return DataError(f"the index could not be written ({what}; {free})", path=out,
+                         hint="free disk space (or raise the quota / file-size limit, or choose an --out "
+                              "with room) and run the index again: what it had finished is reused")
+    return DataError(f"the index could not be written or its export read ({what}; {free})", path=out,
+                     hint="check that the output folder is writable and the export readable, then run again")
+
+
+@_os_errors_as_data_errors
+def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                labels: str | os.PathLike[str] | None = None, labels_key: str | None = None,
+                rules: Any = None, mask_labels: dict[int, str] | None = None,
+                key_file: str | os.PathLike[str] | None = None, progress: bool = False) -> IndexResult:
+    """Index a DICOM export and write ``out/manifest.csv``, ``out/index.csv`` and ``out/private/``.
+
+    Args:
+        root: the export's top folder (any layout).
+        out: the output folder: new, empty, or one this command wrote; never the export, inside it or
+            around it (:func:`medres.files.check_output`). Only links listed in ``private/written.json``
+            are ever removed.
+        labels: optional CSV with a key column and the ``label_columns`` of the rules.
+        labels_key: AccessionNumber, PatientID or StudyInstanceUID (default: the rules').
+        rules: a :class:`medres.config.IndexConfig` (default: its defaults).
+        mask_labels: ``data.mask_labels`` (index -> name) for SEG/RTSTRUCT conversion.
+        key_file: project key file (``$MEDRES_PROJECT_KEY`` wins).
+        progress: show a progress bar on stderr.
+    """
+    from medres.config import IndexConfig
+
+    start = time.perf_counter()
+    rules = rules or IndexConfig()
+    root, out = Path(root).absolute(), Path(out).absolute()
+    if not root.is_dir():
+        raise DataError("the export folder does not exist or is not a folder", path=root)
+    pseudo = _Pseudonyms(project_key(key_file or rules.key_file))  # a weak key is refused before any write
+    check_output(out, inputs={"export folder": root, "labels file": labels}, what="output folder (--out)")
+    written = _claim_out(out)
+    private = out / "private"
+    private.mkdir(parents=True, exist_ok=True)
+    key_name = labels_key or rules.labels_key
+    if key_name not in _LABEL_KEYS:
+        raise ConfigError(f"labels key {key_name!r} is not one of {list(_LABEL_KEYS)}")
+    label_index, label_rows = _labels(Path(labels) if labels else None, key_name, list(rules.label_columns),
+                                      pseudo)
+    result = IndexResult(out=out, manifest=out / "manifest.csv", index=out / "index.csv")
+
+    outside: dict[str, str] = {}
+    files = _walk(root, out, outside)
+    state_path = private / "state.json"
+    state = _state_digest(files, rules, labels, mask_labels, pseudo.fingerprint, key_name)
+    if _unchanged(state_path, state, out):  # nothing changed since the last run: its outputs stand
+        saved = json.loads(state_path.read_text())["result"]
+        result.files, result.cached, result.series, result.kept = len(files), len(files), saved["series"], \
+            saved["kept"]
+        result.skipped_files = Counter(saved["skipped_files"])
+        result.seconds = time.perf_counter() - start
+        return result
+    state_path.unlink(missing_ok=True)
+    cache_path = private / "header_cache.json"
+    cache = _load_cache(cache_path, pseudo.fingerprint)
+    entries: list[dict[str, Any]] = [None] * len(files)  # type: ignore[list-item]
+    todo = []
+    path_keys = [pseudo.path_key(rel) for rel, _, _ in files]
+    for k, ((rel, size, mtime), pk) in enumerate(zip(files, path_keys)):
+        hit = cache.get(pk)
+        if size < 0:
+            entries[k] = {"status": _LINK_OUT, "reason": outside[rel]}
+        elif hit is not None and hit[0] == size and hit[1] == mtime:
+            entries[k] = hit[2]
+        else:
+            todo.append(k)
+    workers = rules.workers or min(os.cpu_count() or 1, 8)
+    fresh = _read_all(root, [files[k][0] for k in todo], workers, progress)
+    identities: dict[str, dict[str, str]] = {}
+    for k, record in zip(todo, fresh):
+        entries[k] = _hashed(record, pseudo)
+        if record["status"] == "dicom":
+            ids = record["ids"]
+            identities[entries[k]["keys"]["series"]] = {
+                "PatientID": ids["patient_id"], "AccessionNumber": ids["accession"],
+                "StudyInstanceUID": ids["study_uid"], "SeriesInstanceUID": ids["series_uid"],
+                "SeriesDescription": ids["description"]}
+    result.files, result.read, result.cached = len(files), len(todo), len(files) - len(todo)
+    if todo or len(cache) != len(files):
+        _save_cache(cache_path, pseudo.fingerprint, files, path_keys, entries)
+
+    images, annotations, file_rows = [], [], []
+    for k, e in enumerate(entries):
+        if e["status"] != "dicom":
+            result.skipped_files[e["status"]] += 1
+            file_rows.append({"kind": "file", "verdict": "skipped", "reason": e["reason"], "file": k + 1})
+            continue
+        inst = Instance(position=k + 1, path=files[k][0], fields=e["fields"], keys=e["keys"],
+                        stamp=f"{files[k][1]}:{files[k][2]}")
+        (annotations if "annotation" in e else images).append((inst, e.get("annotation")))
+    series = group_series([i for i, _ in images], lambda key: f"c{key[:12]}")
+    for s in series:
+        describe(s, rules.oblique_deg)
+    series.sort(key=lambda s: (s.keys["patient"], s.keys["study"], str(s.info["series_number"]).zfill(6),
+                               s.case_id))
+    for r, s in enumerate(series):
+        s.row = r + 1
+    # series/<case_id> and masks/<case_id>.nii.gz: two series never share a folder or a mask
+    check_distinct_files(((s.case_id, s.case_id, s.row) for s in series), what="series folder")
+    select_series(series, rules)
+    _apply_labels(series, label_index, label_rows, _LABEL_KEYS[key_name], key_name, bool(labels))
+    first_free = len(series) + 1
+    masks_path = private / "masks.json"
+    previous_masks = _load_links(masks_path)
+    annotation_rows, masks_done = attach_annotations(series, annotations, first_free, root, out, rules,
+                                                     mask_labels, previous_masks)
+    if masks_done != previous_masks:
+        masks_path.write_text(json.dumps(masks_done))
+    extra_rows = []
+    r = first_free + len(annotation_rows)
+    for row in file_rows:
+        row["row"] = r
+        r += 1
+        extra_rows.append(row)
+    if labels:
+        used = {n for s in series for n in s.label.get("_rows", [])}
+        for n in range(1, len(label_rows) + 1):
+            if n not in used and not any(n in rows for rows in label_index.values() if len(rows) > 1):
+                extra_rows.append({"row": r, "kind": "labels", "verdict": "unmatched", "source_row": n,
+                                   "reason": f"labels row {n} matches no study in the export "
+                                             f"({key_name})"})
+                r += 1
+
+    previous_links = _load_links(private / "links.json")
+    kept = [s for s in series if s.verdict == "kept"]
+    foreign = [s.case_id for s in kept if s.case_id not in written
+               and os.path.lexists(out / "series" / s.case_id)]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise DataError(f"series/{foreign[0]}{more} exists but medres did not write it; medres will not "
+                        "delete it", path=out / "series" / foreign[0],
+                        hint="move it away or choose a new --out folder")
+    # the files about to be written are listed before they exist, so a crash leaves nothing unlisted
+    _save_written(private, {**written, **{s.case_id: max(len(s.instances), written.get(s.case_id, 0))
+                                          for s in kept}})
+    links = {}
+    for s in kept:
+        _link_series(s, root, out, rules.link, previous_links.get(s.case_id), written.get(s.case_id, 0))
+        links[s.case_id] = [i.path for i in s.instances]
+    _drop_stale(out / "series", {k: n for k, n in written.items() if k not in links})
+    _save_written(private, {s.case_id: len(s.instances) for s in kept})
+    if rules.link == "symlink":  # read_manifest follows links into this export only (manifest.link_roots)
+        write_link_roots(private / "link_roots.txt", [os.path.realpath(root)], pseudo.key)  # signed
+    if links != previous_links:
+        (private / "links.json").write_text(json.dumps(links))
+
+    index_rows = [_series_row(s) for s in series] + annotation_rows + extra_rows
+    _write_csv(out / "index.csv", INDEX_COLUMNS, index_rows)
+    man_cols = ["case_id", "patient_id", "study_id", "image", "mask", *rules.label_columns, "modality",
+                "orientation", "slices", "thickness", "kernel", "contrast", "index_row"]
+    if any(s.info["orientation"] == "projection" for s in kept):  # radiographs: the view, a subgroup column
+        man_cols.insert(man_cols.index("modality") + 1, "view")
+    _write_csv(result.manifest, man_cols, [
+        {"case_id": s.case_id, "patient_id": f"p{s.keys['patient'][:12]}",
+         "study_id": f"s{s.keys['study'][:12]}", "image": f"series/{s.case_id}", "mask": s.mask,
+         **{c: s.label.get(c, "") for c in rules.label_columns},
+         "index_row": s.row, **{k: _fmt(s.info[k]) for k in _MANIFEST_INFO}} for s in kept], exact=True)
+    _write_csv(private / "series.csv", ["row", "case_id", "files"],
+               [{"row": s.row, "case_id": s.case_id, "files": " ".join(str(i.position) for i in s.instances)}
+                for s in series])
+    if todo:
+        _write_csv(private / "files.csv", ["file", "path"], [{"file": k + 1, "path": rel}
+                                                            for k, (rel, _, _) in enumerate(files)])
+    _merge_pseudonyms(private / "pseudonyms.csv", identities, series)
+    result.series, result.kept = len(series), len(kept)
+    state_path.write_text(json.dumps({"digest": state, "result": {
+        "series": result.series, "kept": result.kept, "skipped_files": dict(result.skipped_files)}}))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _state_digest(files: list[tuple[str, int, int]], rules: Any, labels: Any, mask_labels: Any,
+                  fingerprint: str, key_name: str) -> str:
+    """A digest of everything an index run depends on: the files' paths, sizes and mtimes, the rules,
+    the labels file, the mask labels and the project key (by its fingerprint)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, rules.model_dump(mode="json"), sorted((mask_labels or {}).items()),
+                         fingerprint, key_name]).encode())
+    if labels:
+        h.update(Path(labels).read_bytes())
+    h.update("\n".join(f"{rel}\0{size}\0{mtime}" for rel, size, mtime in files)
+             .encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _unchanged(state_path: Path, digest: str, out: Path) -> bool:
+    try:
+        saved = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if saved.get("digest") != digest or not all((out / n).exists() for n in ("manifest.csv", "index.csv")):
+        return False
+    try:  # the outputs must be those this run wrote (not edited or replaced since)
+        return all(os.path.getmtime(out / name) <= os.path.getmtime(state_path)
+                   for name in ("manifest.csv", "index.csv"))
+    except OSError:
+        return False
+
+
+def _apply_labels(series: list[Series], by_key: dict[str, list[int]], rows: list[dict[str, str]],
+                  key_field: str, key_name: str, have_labels: bool) -> None:
+    if not have_labels:
+        return
+    for s in series:
+        matches = by_key.get(s.keys.get(key_field, ""), [])
+        if s.verdict != "kept":
+            s.label = {"_rows": matches}
+            continue
+        if not matches:
+            s.verdict, s.reason = "skipped", f"no row of the labels file matches its {key_name}"
+        elif len(matches) > 1:
+            s.verdict, s.reason = "skipped", f"its {key_name} matches labels rows {matches}: which applies?"
+            s.label = {"_rows": matches}
+        else:
+            s.label = {**rows[matches[0] - 1], "_rows": matches}
+
+
+_MANIFEST_INFO = ("modality", "view", "orientation", "slices", "thickness", "kernel", "contrast")
+
+
+def _series_row(s: Series) -> dict[str, Any]:
+    i = s.info
+    kind = ("image" if s.split == "image" else "part") if s.part else "series"
+    return {"row": s.row, "kind": kind, "verdict": s.verdict, "reason": s.reason,
+            "case_id": s.case_id, "patient_id": f"p{s.keys['patient'][:12]}" if s.keys["patient"] else "",
+            "study_id": f"s{s.keys['study'][:12]}", "part": s.part,
+            **{k: _fmt(i[k]) for k in ("modality", "sop_class", "image_type", "orientation", "slices", "rows",
+                                       "cols", "pixel_spacing", "thickness", "gap", "regular", "contrast",
+                                       "kernel", "series_number", "files", "folders")},
+            "annotation_rows": " ".join(str(r) for r in s.annotation_rows), "label": s.label.get("label", ""),
+            "view": i.get("view", "")}
+
+
+def _load_links(path: Path) -> dict[str, list[str]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _drop_stale(folder: Path, stale: dict[str, int]) -> None:
+    """Remove the links medres wrote for series no longer chosen (and their folders once empty); what
+    else such a folder holds is left where it is."""
+    for case_id, n in stale.items():
+        left = remove_written(folder / case_id, _series_files(n))
+        if left:
+            log.warning("series/%s: %d file(s) medres did not write are left in place", case_id, len(left))
+
+
+def _merge_pseudonyms(path: Path, identities: dict[str, dict[str, str]], series: list[Series]) -> None:
+    """private/pseudonyms.csv: original ids -> pseudonyms, kept across runs (the cache holds no ids)."""
+    cols = ["case_id", "patient_id", "study_id", "PatientID", "AccessionNumber", "StudyInstanceUID",
+            "SeriesInstanceUID", "SeriesDescription"]
+    rows: dict[str, dict[str, str]] = {}
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = {r["case_id"]: r for r in csv.DictReader(fh)}
+    if not identities and rows:
+        return
+    for s in series:
+        ident = identities.get(s.keys["series"])
+        if ident is not None:
+            rows[s.case_id] = {"case_id": s.case_id, "patient_id": f"p{s.keys['patient'][:12]}",
+                               "study_id": f"s{s.keys['study'][:12]}", **ident}
+    _write_csv(path, cols, list(rows.values()))

@@ -1,5 +1,0 @@
-"""The training engine: losses, optimizers and schedules, the loop, checkpoints, distribution, tracking.
-
-Kept light on purpose: import the submodules you need (``medres.engine.losses``,
-``medres.engine.optim``, ...); nothing heavy is imported here.
-"""

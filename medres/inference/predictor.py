@@ -1,0 +1,445 @@
+"""Predictions for cases: probabilities, and masks that overlay the SOURCE scan.
+
+Each case goes through the evaluation pipeline (``medres.data.pipeline.transforms.build_transforms(data,
+train=False)``: load, orientation, spacing, intensity), then whole-volume inference
+(:func:`medres.inference.sliding.infer_volume`: MONAI sliding windows, optional flip TTA). The stitched
+segmentation logits live on the pipeline's grid (e.g. RAS at 1.5 mm); they are softmaxed and resampled
+with MONAI's ``SpatialResample`` from that grid's affine to the source scan's affine and shape (both kept
+by the reader as ``meta["original_affine"]`` / ``meta["spatial_shape"]``), then argmaxed. Resampling by
+affines rather than inverting the pipeline step by step works for any pipeline that tracks its affine,
+and the mask written has exactly the source's shape and affine, so it overlays the original scan.
+
+Masks are written with nibabel from a fresh header (only the array and the affine), so no DICOM field
+can reach them. The predictions table follows DESIGN.md (see :func:`predict_cases`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import MetaTensor
+from monai.transforms import SpatialResample
+from torch import Tensor, nn
+
+from medres.errors import ConfigError, DataError
+from medres.files import atomic_write
+from medres.inference.sliding import Aggregate, infer_volume_models
+from medres.layout import case_file_stems
+from medres.safe_text import csv_safe
+
+__all__ = [
+    "mask_to_source", "source_probabilities", "save_mask", "predict_cases", "write_fold_predictions",
+    "Prediction", "Predictor", "RECORD_KEYS", "check_window",
+]
+
+#: Record keys that are not subgroup columns (UIDs are identifiers and never copied to predictions).
+RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "row", "fold", "study_uid", "series_uid")
+
+
+def _affine(a: Any) -> np.ndarray:
+    a = a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+    return a.astype(np.float64)
+
+
+def source_geometry(image: MetaTensor) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The source scan's RAS affine ``[4, 4]`` and spatial shape, as the reader recorded them."""
+    meta = getattr(image, "meta", {})
+    if "original_affine" not in meta or "spatial_shape" not in meta:
+        raise DataError("the evaluation pipeline lost the source geometry (meta 'original_affine' / "
+                        "'spatial_shape')", hint="load images with medres.data.MedresReader")
+    return _affine(meta["original_affine"]), tuple(int(s) for s in np.asarray(meta["spatial_shape"]).ravel())
+
+
+def source_probabilities(probs: Tensor, grid_affine: Any, src_affine: Any,
+                         src_shape: Sequence[int]) -> Tensor:
+    """Class probabilities ``[S, *src_shape]`` resampled (bilinear, by affines) from the pipeline's grid to
+    the source geometry. Resampling is linear, so the mean of several models' resampled maps is the
+    resampled mean map (the fold ensemble's mask is the argmax of either)."""
+    # the model's output may carry its input's meta (MONAI would warn that grid_affine replaces it)
+    plain = probs.as_tensor() if isinstance(probs, MetaTensor) else probs
+    probs = MetaTensor(plain.float(), affine=torch.as_tensor(_affine(grid_affine)))
+    nsp = probs.ndim - 1
+    shape = tuple(src_shape) + (1,) * (nsp - len(src_shape))
+    out = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=False, dtype=torch.float64)(
+        probs, dst_affine=torch.as_tensor(_affine(src_affine)), spatial_size=shape)
+    return out.as_tensor()
+
+
+def mask_to_source(seg_logits: Tensor, grid_affine: Any, src_affine: Any,
+                   src_shape: Sequence[int], *, probabilities: bool = False) -> MetaTensor:
+    """Label map in the source geometry from logits on the pipeline's grid.
+
+    Args:
+        seg_logits: ``[S, *spatial]`` logits on the grid described by ``grid_affine`` (4x4, RAS)
+            (probabilities instead, e.g. a fold ensemble's mean softmax, with ``probabilities=True``).
+        src_affine, src_shape: the source scan's 4x4 RAS affine and spatial shape. A source with fewer
+            spatial axes than the grid (one 2D slice read into a 3D pipeline) gets size-1 axes.
+
+    Returns a ``MetaTensor`` ``[*src_shape]`` of uint8 class indices whose affine is ``src_affine``.
+    """
+    probs = seg_logits.float() if probabilities else torch.softmax(seg_logits.float(), dim=0)
+    nsp = seg_logits.ndim - 1
+    out = source_probabilities(probs, grid_affine, src_affine, src_shape)
+    labels = torch.argmax(out, dim=0).to(torch.uint8)
+    labels = labels.reshape(tuple(src_shape)) if len(src_shape) < nsp else labels
+    return MetaTensor(labels, affine=torch.as_tensor(_affine(src_affine)))
+
+
+def save_mask(mask: MetaTensor, path: str | os.PathLike[str]) -> Path:
+    """Write a label map as NIfTI: uint8, its affine as sform and qform, nothing else in the header."""
+    img = nib.Nifti1Image(np.asarray(mask.detach().cpu().numpy(), dtype=np.uint8), _affine(mask.affine))
+    img.set_sform(img.affine, code=1)
+    img.set_qform(img.affine, code=1)
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
+
+
+def _data_error(exc: BaseException) -> DataError | None:
+    """The DataError behind an exception (MONAI's Compose wraps transform errors in RuntimeError)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, DataError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _path_text(image: Any) -> str:
+    if isinstance(image, (list, tuple)):
+        return ";".join(map(str, image))
+    return "" if image is None else str(image)
+
+
+def _eval_transform(data_cfg: Any) -> Callable[[dict], dict]:
+    from medres.data.pipeline.transforms import build_transforms
+
+    return build_transforms(data_cfg, train=False)
+
+
+def check_window(config: Any, sw_batch_size: int = 1, *, path: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a sliding window whose input alone (channels x prod(data.patch_size) x 4 bytes x
+    ``sw_batch_size``) needs more memory than this process may use
+    (:func:`medres.data.readers.limits.memory_allowance`): a few-kilobyte export or checkpoint can ask for any
+    window, and inference would allocate it (and far more for the network's feature maps) before failing.
+
+    Raises:
+        ConfigError: naming the window, its size and the memory allowed, before anything is allocated.
+    """
+    from medres.config.schema import input_channels
+    from medres.data.readers.limits import memory_allowance
+
+    patch = [int(v) for v in config.data.patch_size]
+    channels = int(config.model.in_channels or input_channels(config.data))
+    need = channels * math.prod(patch) * 4 * max(int(sw_batch_size), 1)
+    room, what = memory_allowance()
+    if room is not None and need > room:
+        dims = " x ".join(map(str, patch))
+        raise ConfigError(f"the sliding window ({channels} channel(s) x {dims} voxels x {sw_batch_size} "
+                          f"window(s) a batch) needs {need / 2**30:.1f} GiB for its input alone, more than "
+                          f"the process may use: {room / 2**30:.1f} GiB ({what})",
+                          field="data.patch_size", path=path,
+                          hint="use a model whose data.patch_size is a realistic window (e.g. 96 x 96 x 96) "
+                               "or a lower sliding-window batch")
+
+
+def _log_probs(probs: Tensor) -> np.ndarray:
+    """Case-level log-probabilities: the logits up to a per-case constant (what calibration needs)."""
+    return np.log(np.clip(probs.detach().cpu().double().numpy(), 1e-300, None))
+
+
+def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapping[str, Any]], data_cfg: Any,
+                  *, labels: Sequence[str] | None = None, fold: int = -1,
+                  seg_dir: str | os.PathLike[str] | None = None,
+                  seg_relative_to: str | os.PathLike[str] | None = None,
+                  transform: Callable[[dict], dict] | None = None, overlap: float = 0.25, tta: bool = False,
+                  cls_aggregate: Aggregate = "max", sw_batch_size: int = 1,
+                  device: torch.device | str | None = None,
+                  calibration: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+                  member_names: Sequence[str] | None = None, logits: bool = False) -> pd.DataFrame:
+    """Predict every record; write masks to ``seg_dir``; return the predictions table.
+
+    Args:
+        model: a model whose output is ``DualOutput`` (or plain logits), in any mode (run in eval mode);
+            or several (a run's fold models): each window passes through all of them while in memory
+            (:func:`medres.inference.sliding.infer_volume_models`), and the table is their ensemble:
+            ``p_<class>`` the mean of the members' (calibrated) class probabilities, the mask the argmax
+            of the mean of their softmax maps, and per member ``p_<class>_<member>`` beside them.
+        records: dicts as ``medres.data.pipeline.datasets.manifest_to_records`` makes them: ``case_id``,
+            ``patient_id``, ``image`` (path or list of paths, one per channel), ``mask``, ``label``
+            (index into ``labels``, -1 when unknown) and subgroup columns.
+        data_cfg: ``Config.data``; ``patch_size`` is the sliding window, ``labels`` the class names.
+        seg_dir: where the masks go, ``<name>.nii.gz`` with ``name`` from ``medres.layout.case_file_stem``
+            (None: no masks written); two records whose names would clash are refused before any is written.
+        seg_relative_to: ``seg_path`` is written relative to this folder (default: absolute).
+        transform: the evaluation pipeline (default: ``build_transforms(data_cfg, train=False)``).
+        overlap, tta, cls_aggregate, sw_batch_size, device: see ``infer_volume``.
+        calibration: the fitted recalibration map of the model (one per model for several), as
+            ``medres.metrics.calibration.fit_calibration`` returns it; None: plain softmax.
+        member_names: column suffixes of the members (default ``fold0``, ``fold1``, ...).
+        logits: also write ``logit_<class>`` (single model only; the fold tables have them).
+
+    Returns one row per record: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred``, the
+    subgroup columns, ``image`` and ``mask`` (source paths; several channels joined by ``;``, "" when
+    none), ``seg_path`` when masks are written, and with ``logits`` ``logit_<class>`` (the uncalibrated
+    case-level log-probabilities, from which calibration is fitted and ``p_`` rebuilt).
+    ``y_pred`` is the class called at the operating point kept in ``calibration`` (chosen on the fold's
+    inner validation; for several members the mean of their thresholds, as the report's test ensemble),
+    ``y_pred_argmax`` the most probable class; without an operating point both are the argmax (-1
+    without a classification head). Raises ``DataError`` naming the case when a scan cannot be processed.
+    """
+    from medres.inference.operating_point import decide, ensemble_threshold, positive_index
+    from medres.metrics.calibration import apply_calibration
+
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if calibration is None or isinstance(calibration, Mapping):
+        calibrations = [calibration] * len(models)
+    else:
+        calibrations = list(calibration)
+    if len(calibrations) != len(models):
+        raise ValueError(f"{len(calibrations)} calibrations for {len(models)} models")
+    ensemble = len(models) > 1
+    names = list(member_names) if member_names is not None else [f"fold{k}" for k in range(len(models))]
+    labels = list(labels if labels is not None else data_cfg.labels)
+    threshold = ensemble_threshold(calibrations) if labels == list(data_cfg.labels) else None
+    positive = positive_index(data_cfg)
+    transform = transform or _eval_transform(data_cfg)
+    records = list(records)
+    stems = case_file_stems(records) if seg_dir is not None else {}
+    rows = []
+    from medres.progress import progress_wanted, track
+
+    for rec in track(records, desc="predicting", unit="scans", progress=progress_wanted(), final=False):
+        case_id = str(rec["case_id"])
+        try:
+            extra = {k: rec[k] for k in ("pixel_spacing", "view") if rec.get(k)}  # radiographs
+            sample = transform({"image": rec["image"], **extra})
+        except Exception as exc:
+            err = _data_error(exc)
+            if err is None:
+                raise
+            raise err.located(case_id=case_id) from None
+        image = sample["image"]
+        preds = infer_volume_models(models, image, roi_size=list(data_cfg.patch_size), overlap=overlap,
+                                    tta=tta, cls_aggregate=cls_aggregate, sw_batch_size=sw_batch_size,
+                                    device=device)
+        label = rec.get("label", -1)
+        row: dict[str, Any] = {"case_id": case_id, "patient_id": str(rec.get("patient_id", "") or ""),
+                               "fold": int(fold), "y_true": int(-1 if label is None else label)}
+        has_cls = preds[0].cls_probs is not None
+        log_probs = [_log_probs(p.cls_probs) for p in preds] if has_cls else []
+        member_probs = [apply_calibration(z, c) for z, c in zip(log_probs, calibrations)]
+        probs = np.mean(member_probs, axis=0) if has_cls else None
+        for k, name in enumerate(labels):
+            row[f"p_{name}"] = float(probs[k]) if has_cls else float("nan")
+        row["y_pred"] = int(decide(probs[None], positive, threshold)[0]) if has_cls else -1
+        row["y_pred_argmax"] = int(np.argmax(probs)) if has_cls else -1
+        row.update({k: v for k, v in rec.items() if k not in RECORD_KEYS})
+        view = getattr(image, "meta", {}).get("ViewPosition", "")  # a Code String already (the reader)
+        if view and not str(row.get("view", "") or "").strip():  # a DICOM radiograph's own view, as a
+            row["view"] = view  # subgroup column when the manifest has none (the manifest's wins)
+        row["image"], row["mask"] = _path_text(rec["image"]), _path_text(rec.get("mask"))
+        segs = [p.seg_logits for p in preds]
+        if seg_dir is not None and segs[0] is not None:
+            src_affine, src_shape = source_geometry(image)
+            if ensemble:
+                mean = torch.stack([torch.softmax(s.float(), dim=0) for s in segs]).mean(0)
+                mask = mask_to_source(mean, image.affine, src_affine, src_shape, probabilities=True)
+            else:
+                mask = mask_to_source(segs[0], image.affine, src_affine, src_shape)
+            path = save_mask(mask, Path(seg_dir) / f"{stems[case_id]}.nii.gz")
+            row["seg_path"] = (os.path.relpath(path, seg_relative_to) if seg_relative_to is not None
+                               else str(path))
+        if has_cls and ensemble:
+            for m, p in zip(names, member_probs):
+                row.update({f"p_{name}_{m}": float(p[k]) for k, name in enumerate(labels)})
+        elif has_cls and logits:
+            row.update({f"logit_{name}": float(log_probs[0][k]) for k, name in enumerate(labels)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a predictions table atomically (``.parquet`` or ``.csv`` by suffix). A CSV is for people: its
+    text cells are made inert for spreadsheets (``medres.safe_text.csv_safe``); parquet keeps exact values."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    return atomic_write(path, lambda tmp: csv_safe(df).to_csv(tmp, index=False))
+
+
+def write_fold_predictions(run_dir: str | os.PathLike[str], fold: int, model: nn.Module,
+                           records: Iterable[Mapping[str, Any]], cfg: Any, name: str = "predictions", *,
+                           masks: bool = True, device: torch.device | str | None = None) -> pd.DataFrame:
+    """Predict a fold's cases into ``run_dir/fold_<fold>/<name>.parquet`` and masks into ``fold_<fold>/seg/``.
+
+    ``name`` is ``"predictions"`` (held-out cases), ``"inner_val_predictions"`` or ``"test_predictions"``;
+    the case sets are disjoint within a fold, so all masks share ``seg/``. ``seg_path`` is relative to
+    ``run_dir``. Window overlap, TTA and window aggregation come from ``cfg.evaluate``
+    (``sliding_window_overlap``, ``tta_flips``, ``cls_aggregate``).
+    """
+    run_dir = Path(run_dir)
+    fold_dir = run_dir / f"fold_{fold}"
+    ev = cfg.evaluate
+    df = predict_cases(model, records, cfg.data, fold=fold, seg_dir=fold_dir / "seg" if masks else None,
+                       seg_relative_to=run_dir, overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
+                       cls_aggregate=ev.cls_aggregate, device=device, logits=True)
+    write_table(df, fold_dir / f"{name}.parquet")
+    return df
+
+
+@dataclass
+class Prediction:
+    """One scan's prediction: class probabilities by class name and the mask in the source geometry."""
+
+    probabilities: dict[str, float]
+    mask: MetaTensor | None
+    decision: str | None = None  # the class called at the operating point (``y_pred``)
+
+    @property
+    def label(self) -> str | None:
+        """The class called at the model's operating point, as ``y_pred`` (the most probable class when
+        the model has none; None without a classification head)."""
+        return self.decision if self.decision is not None else self.argmax_label
+
+    @property
+    def argmax_label(self) -> str | None:
+        """The most probable class, as ``y_pred_argmax`` (None without a classification head)."""
+        return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
+
+
+class Predictor:
+    """A trained model (or a run's fold ensemble) with its evaluation pipeline, for notebooks.
+
+    >>> pred = Predictor.from_checkpoint("runs/ct_chest/fold_0/checkpoint_best.pt")
+    >>> pred = Predictor.from_run("runs/ct_chest")   # every fold's model: their ensemble
+    >>> p = pred.predict("scan.nii.gz")          # or a DICOM series folder, or a loaded MetaTensor
+    >>> p.probabilities, p.mask.shape, p.mask.affine   # mask overlays the source scan
+
+    ``calibration`` is each model's fitted recalibration map (a checkpoint's ``calibration`` entry);
+    class probabilities are calibrated with it before the members are averaged.
+    """
+
+    def __init__(self, model: nn.Module | Sequence[nn.Module], config: Any, *,
+                 device: torch.device | str = "auto", tta: bool | None = None, overlap: float | None = None,
+                 cls_aggregate: Aggregate | None = None, sw_batch_size: int = 1,
+                 calibration: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+                 member_names: Sequence[str] | None = None) -> None:
+        check_window(config, sw_batch_size)  # before a model is moved or a window allocated
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
+        self.models = [m.to(self.device).eval() for m in models]
+        self.model = self.models[0]
+        self.calibration = calibration
+        self.member_names = list(member_names) if member_names is not None else None
+        self.config = config
+        ev = config.evaluate
+        self.tta = ev.tta_flips if tta is None else tta
+        self.overlap = ev.sliding_window_overlap if overlap is None else overlap
+        self.cls_aggregate = cls_aggregate or ev.cls_aggregate
+        self.sw_batch_size = sw_batch_size
+        self.transform = _eval_transform(config.data)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
+        """Load ``path`` with ``medres.checkpoint.load_model`` (and its fitted calibration, if
+        any); keyword arguments as ``__init__``."""
+        from medres.inference.members import load_members
+
+        models, config, cals, _ = load_members([path])
+        check_window(config, kwargs.get("sw_batch_size", 1), path=path)
+        kwargs.setdefault("calibration", cals[0])
+        return cls(models[0], config, **kwargs)
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike[str], folds: Sequence[int] | None = None,
+                 **kwargs: Any) -> Predictor:
+        """The fold ensemble of a run folder (``folds``: a subset; default all trained folds)."""
+        from medres.inference.members import load_run_members
+
+        models, config, cals, names = load_run_members(run_dir, folds)
+        check_window(config, kwargs.get("sw_batch_size", 1), path=run_dir)
+        return cls(models, config, calibration=cals, member_names=names, **kwargs)
+
+    @classmethod
+    def from_export(cls, folder: str | os.PathLike[str], **kwargs: Any) -> Predictor:
+        """The model(s) of a ``python -m medres.export`` folder, without the run folder."""
+        from medres.inference.members import load_export
+
+        models, config, cals, names = load_export(folder)
+        check_window(config, kwargs.get("sw_batch_size", 1), path=Path(folder) / "export.json")
+        return cls(models if len(models) > 1 else models[0], config, calibration=cals if len(models) > 1
+                   else cals[0], member_names=names, **kwargs)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config.data.labels)
+
+    def decision_rule(self) -> str:
+        """How ``y_pred`` is called: at the operating point chosen on inner validation, or the argmax."""
+        from medres.inference.operating_point import ensemble_threshold, positive_index
+
+        cals = self.calibration if isinstance(self.calibration, (list, tuple)) else [self.calibration]
+        thr = ensemble_threshold(cals)
+        if thr is None:
+            notes = [((c or {}).get("operating_point") or {}).get("note") for c in cals]
+            why = next((n for n in notes if n), "the model holds no operating point")
+            return f"y_pred: the most probable class ({why}); y_pred_argmax: the same"
+        pos = self.labels[positive_index(self.config.data)]
+        how = (cals[0] or {}).get("operating_point", {}).get("method", "?")
+        how += ", mean of the folds" if len(cals) > 1 else ""
+        return (f"y_pred: {pos} where p_{pos} >= {thr:.4g}, the operating point chosen on inner validation "
+                f"({how}) as in the report; y_pred_argmax: the most probable class")
+
+    def predict_records(self, records: Iterable[Mapping[str, Any]],
+                        seg_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> pd.DataFrame:
+        """The predictions table for several records (see :func:`predict_cases`)."""
+        model = self.models if len(self.models) > 1 else self.model
+        return predict_cases(model, records, self.config.data, seg_dir=seg_dir, transform=self.transform,
+                             overlap=self.overlap, tta=self.tta, cls_aggregate=self.cls_aggregate,
+                             sw_batch_size=self.sw_batch_size, device=self.device,
+                             calibration=self.calibration, member_names=self.member_names, **kwargs)
+
+    def predict(self, image: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Tensor | np.ndarray
+                ) -> Prediction:
+        """Predict one scan: a path (file or DICOM series folder), a list of paths (one per channel), or an
+        array/``MetaTensor`` as ``medres.data.load_image`` returns it (``[*spatial]``, or ``[C, *spatial]``
+        for several image columns; a plain array gets an identity affine)."""
+        with tempfile.TemporaryDirectory(prefix="medres-predict-") as tmp:
+            is_path = isinstance(image, (str, os.PathLike, list, tuple))
+            source = image if is_path else self._to_files(image, tmp)
+            df = self.predict_records([{"case_id": "case", "image": source}], seg_dir=tmp)
+            row = df.iloc[0]
+            probs = {c: float(row[f"p_{c}"]) for c in self.labels} if row["y_pred"] >= 0 else {}
+            decision = self.labels[int(row["y_pred"])] if row["y_pred"] >= 0 else None
+            mask = None
+            if "seg_path" in row and isinstance(row["seg_path"], str):
+                nii = nib.load(row["seg_path"])
+                mask = MetaTensor(torch.from_numpy(np.asarray(nii.dataobj)),
+                                  affine=torch.as_tensor(nii.affine))
+        return Prediction(probs, mask, decision)
+
+    def _to_files(self, image: Tensor | np.ndarray, folder: str) -> list[str]:
+        """Write an in-memory scan as float32 NIfTI file(s): it then goes through the pipeline as a path."""
+        arr = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
+        affine = _affine(image.affine) if isinstance(image, MetaTensor) else np.eye(4)
+        channels = len(self.config.data.image_columns)
+        arrays = list(arr) if channels > 1 else [arr]
+        if len(arrays) != channels:
+            raise DataError(f"expected {channels} channels (one per image column), got an array of shape "
+                            f"{arr.shape}", hint="pass [C, *spatial] with C = len(data.image_columns)")
+        paths = []
+        for i, a in enumerate(arrays):
+            paths.append(os.path.join(folder, f"input_{i}.nii.gz"))
+            nib.save(nib.Nifti1Image(np.asarray(a, dtype=np.float32), affine), paths[-1])
+        return paths

@@ -1,0 +1,109 @@
+"""Per-fold recalibration: fitted on the fold's inner-validation predictions only, saved in its checkpoint.
+
+After a fold has predicted its inner-validation, held-out and test cases (uncalibrated, with the
+case-level ``logit_<class>`` columns), :func:`calibrate_fold` fits ``evaluate.calibration``
+(temperature or Platt scaling) on ``inner_val_predictions.parquet`` -- the only table it reads for the
+fit -- and keeps it only on evidence (:func:`medres.metrics.calibration.choose_calibration`: a
+likelihood-ratio test against no recalibration, on patients, at 5%; otherwise the identity map is kept,
+with the candidate and the reason under ``evidence``), stores the map in the
+fold's prediction checkpoint (plain types, under ``calibration``) and in ``calibration.json``, and
+rewrites the ``p_<class>`` / ``y_pred`` / ``y_pred_argmax`` columns of the fold's tables from their
+logits. The uncalibrated probabilities stay recoverable as ``softmax(logit_<class>)``. ``medres.predict``
+and the fold ensemble read the map from the checkpoint.
+
+The fold's operating point is chosen on the same calibrated inner-validation predictions, exactly as the
+report chooses it (``evaluate.threshold``, ``evaluate.threshold_target``), and kept in the map under
+``operating_point``; ``y_pred`` is the class called at it
+(:func:`medres.inference.operating_point.decide`), ``y_pred_argmax`` the most probable class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medres.checkpoint import load_checkpoint, save_checkpoint
+from medres.inference.operating_point import choose_operating_point, decide, positive_index
+
+__all__ = ["calibrate_fold", "case_ids_digest", "TABLES"]
+
+log = logging.getLogger("medres.training")
+
+#: The fold tables whose probabilities are recalibrated (the fit reads the first one only).
+TABLES = ("inner_val_predictions", "predictions", "test_predictions")
+
+
+def case_ids_digest(case_ids: Any) -> str:
+    """SHA-256 of the sorted case ids (a record of which cases a map was fitted on, without them)."""
+    return hashlib.sha256("\n".join(sorted(map(str, case_ids))).encode()).hexdigest()
+
+
+def _recalibrate(df: pd.DataFrame, labels: list[str], cal: dict) -> pd.DataFrame:
+    from medres.metrics.calibration import apply_calibration
+
+    z = df[[f"logit_{c}" for c in labels]].to_numpy(np.float64)
+    p = apply_calibration(z, cal)
+    out = df.copy()
+    for k, c in enumerate(labels):
+        out[f"p_{c}"] = p[:, k]
+    op = cal.get("operating_point") or {}
+    out["y_pred"] = decide(p, op.get("positive", len(labels) - 1), op.get("threshold"))
+    out["y_pred_argmax"] = np.argmax(p, axis=1).astype(np.int64)
+    return out
+
+
+def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
+    """Fit the fold's recalibration on its inner validation; save it; recalibrate the fold's tables.
+
+    Returns the map (``fit_calibration``'s dict plus ``fitted_on``, ``case_ids_sha256``), or None when
+    the fold has no inner-validation logits (no classification head, or no inner validation).
+    """
+    from medres.inference.members import prediction_checkpoint
+    from medres.inference.predictor import write_table
+    from medres.metrics.calibration import choose_calibration
+
+    fold_dir = Path(fold_dir)
+    labels = list(cfg.data.labels)
+    cols = [f"logit_{c}" for c in labels]
+    val_path = fold_dir / "inner_val_predictions.parquet"
+    if not val_path.is_file():
+        return None
+    val = pd.read_parquet(val_path)
+    if not set(cols) <= set(val.columns):
+        return None
+    val = val[val["y_true"] >= 0]
+    positive = positive_index(cfg.data)
+    method = cfg.evaluate.calibration if len(labels) == 2 or cfg.evaluate.calibration != "platt" \
+        else "temperature"
+    cal = choose_calibration(val[cols].to_numpy(np.float64), val["y_true"].to_numpy(),
+                             val["patient_id"].astype(str).to_numpy() if "patient_id" in val else None,
+                             method, positive=positive)
+    log.info("%s: recalibration (%s) %s", fold_dir.name, method, cal["evidence"]["why"])
+    cal.update(fitted_on="inner_val", case_ids_sha256=case_ids_digest(val["case_id"]),
+               labels=labels)
+    p_val = _recalibrate(val, labels, cal)[f"p_{labels[positive]}"].to_numpy()
+    cal["operating_point"] = choose_operating_point(val["y_true"].to_numpy(), p_val, cfg)
+    ckpt = prediction_checkpoint(fold_dir)
+    state = load_checkpoint(ckpt)
+    state["calibration"] = cal
+    save_checkpoint(state, ckpt, keep_previous=False)
+    (fold_dir / "calibration.json").write_text(json.dumps(cal, indent=1) + "\n")
+    for name in TABLES:
+        path = fold_dir / f"{name}.parquet"
+        if path.is_file():
+            df = pd.read_parquet(path)
+            if set(cols) <= set(df.columns):
+                write_table(_recalibrate(df, labels, cal), path)
+    op = cal["operating_point"]
+    log.info("%s: calibration %s fitted on %d inner-validation cases%s; operating point: %s", fold_dir.name,
+             cal["method"], cal["n"], f" (T = {cal['temperature']:.3g})" if "temperature" in cal else "",
+             f"p_{labels[positive]} >= {op['threshold']:.3g} ({op['method']})" if op["threshold"] is not None
+             else op["note"])
+    return cal

@@ -1,0 +1,350 @@
+"""Train one cross-validation fold, top to bottom (nanoGPT's shape): the model, loss, optimizer,
+schedule and loaders from the config, then the epoch loop with checkpoints, best-model tracking,
+early stopping and exact resume.
+
+``train_fold`` is an independent job (``python -m medres.train --fold k``): all it needs is the
+configuration, the records of its training / inner-validation cases (:class:`medres.cv.FoldData`)
+and its folder. The steps inside an epoch are in :mod:`medres.training.loop`; predicting the held-out
+cases and evaluating the run are done by the caller, ``medres.train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medres.checkpoint import (
+    BEST,
+    LAST,
+    clean_stale_temporaries,
+    copy_checkpoint,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap_model,
+)
+from medres.config import Config, flatten_dict
+from medres.cv import FoldData
+from medres.training.distributed import DistInfo, all_reduce_mean, world_size
+from medres.training.loop import (
+    Interrupted,
+    LoopState,
+    evaluate_epoch,
+    forward_volume,
+    train_one_epoch,
+    val_metrics,
+)
+from medres.training.precision import ComputeSettings
+from medres.training.run_guard import check_fold_start, config_sha256
+from medres.training.sampling import EpochSampler
+from medres.training.tracking import MetricsTracker
+
+__all__ = ["build_model", "model_spec", "train_fold", "restore_state", "load_best_weights", "weights_digest"]
+
+log = logging.getLogger("medres.training")
+
+
+def model_spec(cfg: Config) -> dict[str, Any]:
+    """``{name, kwargs}``: what ``create_model`` needs to rebuild the model (stored in checkpoints)."""
+    m = cfg.model
+    kwargs = {"spatial_dims": m.spatial_dims, "in_channels": m.in_channels, "num_classes": m.num_classes}
+    if m.name.startswith("dual_"):  # plain backbones (resnet50, ...) have a classifier only
+        kwargs.update(seg_classes=m.seg_classes, cls_head=m.cls_head, seg_head=m.seg_head)
+    kwargs.update(m.options)
+    return {"name": m.name, "kwargs": kwargs}
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The configured model, with pretrained backbone weights when ``model.pretrained`` is set."""
+    from medres.models import create_model
+
+    spec = model_spec(cfg)
+    model = create_model(spec["name"], **spec["kwargs"])
+    if cfg.model.pretrained is not None:
+        from medres.models import load_pretrained
+
+        load_pretrained(model, cfg.model.pretrained.path, source=cfg.model.pretrained.source)
+    return model
+
+
+def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeSettings,
+               dist_info: DistInfo | None = None, resume: bool = False, force: bool = False,
+               progress: bool = False, should_stop: Callable[[], int | None] = lambda: None,
+               cache_dir: Path | None = None, folds_hash: str | None = None) -> LoopState:
+    """Train fold ``data.fold`` into ``fold_dir`` (checkpoints, metrics.csv); return the final LoopState.
+
+    ``should_stop()`` returns the number of a received signal or None; when one arrives a resumable
+    checkpoint is written and :class:`Interrupted` raised. Raises :class:`TrainingDiverged` on a
+    non-finite loss or gradient, and ConfigError when ``fold_dir`` already holds a checkpoint and
+    neither ``resume`` nor ``force`` is given, when resuming with a changed configuration without
+    ``force``, or when resuming a checkpoint trained with folds other than ``folds_hash``
+    (:func:`medres.training.run_guard.folds_sha256` of the run's assignment, recorded in every checkpoint
+    with the configuration's hash).
+    """
+    from medres import __version__
+    from medres.data.pipeline.datasets import balanced_sample_weights, build_dataset, build_loader
+    from medres.training.compute import apply_backend_flags, compile_model, usable_cpus, use_fused_optimizer
+    from medres.training.device_input import device_batches, host_data_config
+    from medres.training.losses import build_loss
+    from medres.training.optim import build_optimizer, build_scheduler
+
+    dist_info = dist_info or DistInfo()
+    t, m, is_main = cfg.train, cfg.model, dist_info.is_main
+    fold_seed = t.seed + 1000 * data.fold
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(fold_dir)
+
+    # -- an existing checkpoint: resume it (when its folds and configuration are this run's), or refuse
+    ckpt = check_fold_start(fold_dir, cfg, fold=data.fold, folds_hash=folds_hash, resume=resume, force=force,
+                            quiet=not is_main)
+
+    # -- model, loss, optimizer
+    torch.manual_seed(fold_seed)
+    model = build_model(cfg).to(compute.device, memory_format=compute.memory_format(m.spatial_dims))
+    counts = [sum(1 for r in data.train if int(r["label"]) == c) for c in range(m.num_classes)]
+    loss_fn = build_loss(cfg.loss, class_counts=counts, num_classes=m.num_classes, seg_classes=m.seg_classes,
+                         cls_head=m.cls_head, seg_head=m.seg_head).to(compute.device)
+    apply_backend_flags(t, compute.device)
+    optimizer = build_optimizer(model, cfg.optim, extra_params=list(loss_fn.parameters()),
+                                fused=use_fused_optimizer(t, compute.device) or None)
+
+    # -- data: a seeded sampler per epoch, so epoch e's order and augmentation are f(seed, e, index);
+    # with data.augment_on_device the random spatial transforms run on the batch after the copy
+    train_set = build_dataset(data.train, host_data_config(cfg.data), train=True, cache_dir=cache_dir,
+                              seed=fold_seed)
+    if is_main and ckpt is None and cfg.data.modality != "natural":
+        warn_patch_fits_none(train_set, cfg.data.patch_size)
+    if is_main and progress and cfg.data.cache in ("disk", "mmap"):
+        missing = train_set.uncached()
+        if missing:
+            log.info("fold_%d: %d of %d training scans are not in the preprocessing cache yet; the first "
+                     "epoch preprocesses them (slower than the next ones)", data.fold, missing,
+                     len(train_set))
+    weights = (balanced_sample_weights([int(r["label"]) for r in data.train]).tolist()
+               if cfg.loss.cls.balanced_sampler else None)
+    per_rank = math.ceil(len(train_set) / dist_info.world_size)
+    per_batch = t.batch_size // cfg.data.patches_per_volume  # volumes per batch (batch_size counts patches)
+    # a last batch of one sample breaks batch norm (one value per channel at layer4): drop it
+    drop_last = per_rank * cfg.data.patches_per_volume % t.batch_size == 1 and per_rank > 1
+    n_batches = per_rank // per_batch if drop_last else math.ceil(per_rank / per_batch)
+    scheduler = build_scheduler(optimizer, cfg.schedule, epochs=t.epochs,
+                                steps_per_epoch=math.ceil(n_batches / t.accumulate))
+    scaler = compute.grad_scaler()
+
+    # more loader workers than usable CPUs hold more memory and contend for the cores (torch warns of
+    # slowness or freezes); each sample's augmentation is f(seed, epoch, index), so the number of workers
+    # changes nothing that is learned
+    workers = min(cfg.data.num_workers, usable_cpus())
+    if workers < cfg.data.num_workers and is_main:
+        log.info("data.num_workers %d capped to the %d usable CPUs", cfg.data.num_workers, workers)
+
+    def loader(dataset: Any, sampler: EpochSampler, batch_size: int, epoch: int, drop: bool = False) -> Any:
+        return build_loader(dataset, batch_size=batch_size, shuffle=False, seed=t.seed, epoch=epoch,
+                            sampler=sampler, num_workers=workers, pin_memory=compute.pin_memory,
+                            drop_last=drop, prefetch_factor=cfg.data.prefetch_factor,
+                            persistent_workers=cfg.data.persistent_workers)
+
+    val_loader = None
+    if data.inner_val:
+        val_set = build_dataset(data.inner_val, cfg.data, train=False, cache_dir=cache_dir)
+        val_loader = loader(val_set, EpochSampler(len(val_set), shuffle=False, rank=dist_info.rank,
+                                                  world_size=dist_info.world_size), 1, 0)
+
+    # -- resume: the objects' states, and where training stands
+    state, resume_rng = LoopState(), None
+    if ckpt is not None:
+        state, resume_rng = restore_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                                          scaler=scaler, loss_fn=loss_fn)
+        log.info("fold_%d: resuming after step %d (epoch %d%s)", data.fold, state.step, state.epoch + 1,
+                 f", batch {state.batch_in_epoch}" if state.batch_in_epoch else "")
+        if state.early_stopped or state.epoch >= t.epochs:
+            return state
+
+    net = model
+    if dist_info.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[compute.device.index] if compute.device.type == "cuda" else None)
+    if compute.compile:
+        net = compile_model(net, t)
+
+    meta = {"config": cfg.model_dump(mode="json"), "model_spec": model_spec(cfg),
+            "medres_version": __version__, "fold": data.fold, "config_sha256": config_sha256(cfg),
+            **({"folds_sha256": folds_hash} if folds_hash is not None else {})}
+    tracker = None
+    if is_main:
+        tracker = MetricsTracker(fold_dir, run_name=f"{cfg.output.name}/fold_{data.fold}",
+                                 params=flatten_dict(meta["config"]),
+                                 resume_epoch=state.epoch if ckpt else None,
+                                 backends=tuple(cfg.output.tracking))
+
+    def checkpoint() -> None:
+        if is_main:
+            save_checkpoint({
+                "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(), "loss": loss_fn.state_dict(), "rng": rng_state(),
+                **asdict(state), **meta,
+            }, fold_dir / LAST)
+
+    def mid_epoch_checkpoint() -> None:  # every train.checkpoint_every_steps (the epoch's end saves anyway)
+        n = t.checkpoint_every_steps
+        if n and state.step % n == 0 and state.batch_in_epoch < n_batches:
+            checkpoint()
+            log.info("checkpoint: step %d (epoch %d, batch %d)", state.step, state.epoch + 1,
+                     state.batch_in_epoch)
+
+    # -- the epochs
+    es, infer, positive = t.early_stopping, _volume_infer(cfg), _positive_index(cfg)
+    if resume_rng is not None and state.batch_in_epoch == 0:
+        set_rng_state(resume_rng)
+        resume_rng = None
+    state.finished = state.early_stopped or state.epoch >= t.epochs
+    # one loader for every epoch (its workers persist): the sampler tags each index with its epoch
+    sampler = EpochSampler(len(train_set), seed=fold_seed, epoch=state.epoch, rank=dist_info.rank,
+                           world_size=dist_info.world_size, weights=weights, tag_epoch=True)
+    train_loader, batches = loader(train_set, sampler, per_batch, state.epoch, drop_last), None
+    try:
+        while not state.finished:
+            t0 = time.perf_counter()
+            if state.batch_in_epoch == 0:
+                state.new_epoch()
+            sampler.epoch, sampler.skip = state.epoch, state.batch_in_epoch * per_batch
+            batches = device_batches(train_loader, cfg.data, compute, seed=fold_seed, epoch=state.epoch,
+                                     first_batch=state.batch_in_epoch, batch_size=t.batch_size)
+            stopped = train_one_epoch(
+                net, batches, loss_fn, optimizer,
+                scheduler, scaler, compute, state, spatial_dims=m.spatial_dims, accumulate=t.accumulate,
+                clip_grad_norm=t.clip_grad_norm, total_batches=n_batches,
+                should_stop=lambda: should_stop() is not None, on_step=mid_epoch_checkpoint,
+                restore_rng=resume_rng, progress=progress)
+            resume_rng = None
+            if stopped and state.batch_in_epoch < n_batches:
+                checkpoint()
+                raise Interrupted(should_stop() or 15, fold_dir / LAST if is_main else None)
+            seconds = time.perf_counter() - t0
+
+            sums = state.sums
+            means = dict(zip(sums, all_reduce_mean([v / max(state.samples, 1) for v in sums.values()],
+                                                   compute.device)))
+            row = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": seconds, "samples_per_s": state.samples * world_size() / max(seconds, 1e-9),
+                   **means}
+            improved = False
+            validate = (state.epoch + 1) % t.val_every == 0 or state.epoch + 1 == t.epochs
+            if val_loader is not None and validate:
+                records = evaluate_epoch(net, val_loader, loss_fn, compute, spatial_dims=m.spatial_dims,
+                                         epoch=state.epoch, infer=infer, progress=progress)
+                row.update(val_metrics(records, positive=positive))
+                value = row.get(es.monitor, math.nan)
+                improved = math.isfinite(value) and (state.best is None or (
+                    value > state.best if es.mode == "max" else value < state.best))
+                if improved:
+                    state.best, state.best_epoch, state.bad_rounds = value, state.epoch + 1, 0
+                else:
+                    state.bad_rounds += 1
+                if es.patience is not None and state.bad_rounds > es.patience:
+                    log.info("early stopping: %s has not improved for %d validation rounds "
+                             "(best %.4f at epoch %d)", es.monitor, state.bad_rounds,
+                             state.best if state.best is not None else math.nan, state.best_epoch)
+                    state.early_stopped = True
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            state.finished = state.early_stopped or state.epoch >= t.epochs
+            if is_main:
+                tracker.log_epoch(row)
+                shown = (f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
+                log.info("epoch %d/%d: %s", state.epoch, t.epochs, ", ".join(shown))
+            checkpoint()
+            if is_main and (improved or (state.finished and not (fold_dir / BEST).exists())):
+                copy_checkpoint(fold_dir / LAST, fold_dir / BEST)
+            if should_stop() is not None and not state.finished:
+                raise Interrupted(should_stop(), fold_dir / LAST if is_main else None)
+    finally:
+        del train_loader, val_loader, batches  # their worker processes stop now, even on an exception
+        if tracker is not None:
+            tracker.close()
+
+    if dist_info.enabled:  # each rank records its parameters: equal digests = replicas in sync
+        # (batch-norm running statistics stay per rank, as DDP keeps them; rank 0's are saved)
+        (fold_dir / f"weights_rank{dist_info.rank}.sha256").write_text(weights_digest(model) + "\n")
+    return state
+
+
+def warn_patch_fits_none(dataset: Any, patch: Sequence[int], n: int = 8) -> None:
+    """``medres.data.check``'s patch-size warning at the start of training, judged on the first ``n``
+    training cases (preprocessed now rather than in the first batch: the cache keeps them)."""
+    from medres.data.readers.limits import patch_fits_none, patch_misfit
+
+    shapes = [dataset.preprocessed_shape(i) for i in range(min(n, len(dataset)))]
+    largest = patch_fits_none(shapes, patch)
+    if largest is not None:
+        judged = f"each of the first {len(shapes)} training images"
+        log.warning("%s; %s", *patch_misfit(patch, largest, judged))
+
+
+def restore_state(ckpt: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  scheduler: Any, scaler: torch.amp.GradScaler,
+                  loss_fn: nn.Module) -> tuple[LoopState, dict[str, Any]]:
+    """Load a checkpoint's states into the objects; return the :class:`LoopState` and the RNG state
+    (restored by ``train_fold`` at the point where it was saved)."""
+    load_weights(model, ckpt)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    loss_fn.load_state_dict(ckpt["loss"])
+    names = LoopState.__dataclass_fields__
+    state = LoopState(**{k: ckpt[k] for k in names if k in ckpt})
+    return state, ckpt["rng"]
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over every parameter's name and bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in unwrap_model(model).named_parameters():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _positive_index(cfg: Config) -> int:
+    d = cfg.data
+    return d.labels.index(d.positive_label) if d.positive_label else len(d.labels) - 1
+
+
+def _volume_infer(cfg: Config) -> Callable[[nn.Module, torch.Tensor], tuple[Any, Any]]:
+    """Validation inference: MONAI sliding windows over the whole volume; a volume of exactly the patch
+    size is one plain forward pass (what a single blended window gives, without building the window)."""
+    from medres.inference.sliding import infer_volume
+
+    roi = list(cfg.data.patch_size)
+    overlap = cfg.evaluate.sliding_window_overlap
+
+    def infer(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if list(image.shape[2:]) == roi:
+            return forward_volume(unwrap_model(model), image)
+        pred = infer_volume(unwrap_model(model), image[0], roi_size=roi, overlap=overlap)
+        probs, seg = pred.cls_probs, pred.seg_logits
+        cls = torch.log(probs.clamp_min(1e-12))[None].to(image.device) if probs is not None else None
+        seg = seg[None].to(image.device) if seg is not None else None
+        return cls, seg
+
+    return infer
+
+
+def load_best_weights(model: nn.Module, fold_dir: Path) -> None:
+    """Load ``checkpoint_best.pt`` (else the last) into ``model`` for prediction."""
+    path = fold_dir / BEST if (fold_dir / BEST).exists() else fold_dir / LAST
+    load_weights(model, load_checkpoint(path), path=path)
