@@ -18,9 +18,12 @@ from medres.data.demo.ct import SITES, _plan, generate_demo
 from medres.data.readers.io import check_image_mask
 from medres.errors import DataError
 from tests.data.annotation_factory import dciodvfy, dciodvfy_errors
+from tests.data.demo.digest import content_digest
 from tests.data.demo_cohort import N_PATIENTS, demo_manifest  # noqa: F401 - fixture
 
 COLUMNS = ["case_id", "patient_id", "study_uid", "image", "mask", "label", "site", "scanner", "sex", "age"]
+# Every image and mask of the 4-patient cohort at seed 0 (ct_chest.yaml's out-of-fold results depend on them)
+IMAGES_MASKS_SHA256 = "660edf45f5eaabadf9124098f5caa86b8ad2dc8bf3fd5364cb1690d402021ee4"
 
 
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -98,6 +101,7 @@ def test_deterministic_and_seed_dependent(tmp_path: Path) -> None:
     first = generate_demo(tmp_path / "first", n_patients=4, seed=0)
     again = generate_demo(tmp_path / "again", n_patients=4, seed=0)
     assert _tree_bytes(again.parent) == _tree_bytes(first.parent)  # byte-identical, DICOM and gzip included
+    assert content_digest(first.parent, skip=("manifest.csv", "demo_cohort.json")) == IMAGES_MASKS_SHA256
     other = generate_demo(tmp_path / "other", n_patients=4, seed=1)
     assert other.read_bytes() != first.read_bytes()
 

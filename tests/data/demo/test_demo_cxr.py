@@ -13,6 +13,12 @@ import pytest
 from medres.config import DataConfig
 from medres.data.demo.cxr import FIELD_MM, generate_cxr_demo
 from medres.data.pipeline.transforms import build_transforms
+from tests.data.demo.digest import content_digest
+
+# The plain cohort (9 patients, seed 0) as cxr.yaml's results were made on: it must never change.
+PLAIN_MANIFEST_SHA256 = "cb55383bd76d773a9cda0b0905dd9c9c2235a9d30d4908864216e608fc0ccf75"
+PLAIN_FIRST_IMAGE_SHA256 = "21cdf2351d3171cff94c56c15f32dbbda25202a3a8c7870dfa9bdf3a8cae4565"  # a DICOM file
+PLAIN_CONTENT_SHA256 = "867e04836c6f2cd082353ca65cc9daa9e9d68788f89d2f669904e1d6a48985d2"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +77,14 @@ def test_output_is_byte_identical_and_reused(cohort, tmp_path):
     assert _digest(again.parent) == _digest(cohort.parent)
     before = again.stat().st_mtime_ns
     assert generate_cxr_demo(tmp_path / "again", n_patients=9, seed=0).stat().st_mtime_ns == before
+
+
+def test_plain_cohort_is_pinned(cohort):
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    assert hashlib.sha256(cohort.read_bytes()).hexdigest() == PLAIN_MANIFEST_SHA256
+    first = cohort.parent / df.loc[0, "image"]
+    assert hashlib.sha256(first.read_bytes()).hexdigest() == PLAIN_FIRST_IMAGE_SHA256
+    assert content_digest(cohort.parent) == PLAIN_CONTENT_SHA256  # every image, mask and the stamp
 
 
 def test_preflight_check_passes_the_demo_and_names_a_mask_of_another_size(cohort, tmp_path):
