@@ -56,13 +56,17 @@ _EQUIPMENT_SITE_FIELDS = ("InstitutionName", "InstitutionAddress", "Institutiona
                           "InstitutionalDepartmentTypeCodeSequence", "StationName", "DeviceSerialNumber")
 
 
-# the colour a viewer should show a segment in (RecommendedDisplayCIELabValue, PS3.3 C.8.20.2): matplotlib's
-# colour-blind-safe tab10 cycle (RGB); a known structure type has its own entry, any other class name one
-# chosen by the SHA-256 of its lower-case name, so the same label gets the same colour in every SEG
+# the colour a viewer should show a segment in (RecommendedDisplayCIELabValue, PS3.3 C.8.20.2): a known
+# structure type has its own entry of matplotlib's colour-blind-safe tab10 cycle (and three of tab20);
+# any other class name a colour generated from the SHA-256 of its lower-case name (hue, and one of a few
+# lightness/saturation levels), so the same label gets the same colour in every SEG
 PALETTE_RGB = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+               (174, 199, 232), (255, 187, 120), (152, 223, 138))
 _TYPE_COLOUR = {"Lung": 0, "Kidney": 1, "Pancreas": 2, "Nodule": 3, "Neoplasm": 4, "Liver": 5, "Heart": 6,
-                "Bone": 7, "Prostate": 8, "Brain": 9, "Lesion": 1, "Mass": 4, "Spleen": 4}
+                "Bone": 7, "Prostate": 8, "Brain": 9, "Lesion": 10, "Mass": 11, "Spleen": 12}
+#: two segments of one SEG are kept at least this far apart (largest RGB channel difference)
+MIN_COLOUR_DISTANCE = 24
 
 
 def _known_colour(name: str) -> int | None:
@@ -70,30 +74,55 @@ def _known_colour(name: str) -> int | None:
     return _TYPE_COLOUR.get(key)
 
 
-def segment_colour(name: str) -> tuple[int, int, int]:
-    """The RGB colour of a class name in medres's SEGs (:data:`PALETTE_RGB`): by its structure type when
-    known (``lung``/``lungs`` alike), else by the SHA-256 of its lower-case name."""
+def _generated_colour(text: str) -> tuple[int, int, int]:
+    """A colour from the SHA-256 of ``text``: any of 3600 hues at one of 3 x 2 lightness/saturation
+    levels (never near-white or near-black, so it shows on a grey scan)."""
+    import colorsys
     import hashlib
 
+    d = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    hue = int.from_bytes(d[:2], "big") % 3600 / 3600.0
+    value = (0.95, 0.8, 0.65)[d[2] % 3]
+    saturation = (0.85, 0.6)[d[3] % 2]
+    return tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, saturation, value))  # type: ignore
+
+
+def segment_colour(name: str) -> tuple[int, int, int]:
+    """The RGB colour of a class name in medres's SEGs: its structure type's entry of
+    :data:`PALETTE_RGB` when the name is a known structure (``lung``/``lungs`` alike), else one generated
+    from the SHA-256 of its lower-case name (the same name, the same colour, in every SEG)."""
     known = _known_colour(name)
     if known is not None:
         return PALETTE_RGB[known]
-    digest = hashlib.sha256(name.strip().lower().encode("utf-8", "surrogatepass")).digest()
-    return PALETTE_RGB[digest[0] % len(PALETTE_RGB)]
+    return _generated_colour(name.strip().lower())
+
+
+def _near(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    return max(abs(x - y) for x, y in zip(a, b)) < MIN_COLOUR_DISTANCE
 
 
 def segment_colours(names: Sequence[str]) -> list[tuple[int, int, int]]:
-    """:func:`segment_colour` of each name, kept apart within one SEG: known structures keep theirs; a
-    name whose colour is taken takes the next free palette entry (names in sorted order, so the result
-    depends on the set of labels, not on their numbers)."""
-    chosen: dict[str, tuple[int, int, int]] = {}
-    order = sorted(set(names), key=lambda n: (_known_colour(n) is None, n))
-    for name in order:
-        k = PALETTE_RGB.index(segment_colour(name))
-        free = [PALETTE_RGB[(k + step) % len(PALETTE_RGB)] for step in range(len(PALETTE_RGB))]
-        free = [c for c in free if c not in chosen.values()]
-        chosen[name] = free[0] if free else PALETTE_RGB[k]  # more labels than colours: share
-    return [chosen[n] for n in names]
+    """:func:`segment_colour` of each label (one per entry: two entries with one name are two labels),
+    kept apart within one SEG: a label whose colour is taken (by a name of the same structure type, or
+    one within :data:`MIN_COLOUR_DISTANCE`) takes the first free colour generated from its name and a
+    counter. Labels are visited known structures first, then by name, then by position, so the result
+    depends on the set of labels, not on their numbers, and any number of labels get distinct colours."""
+    order = sorted(range(len(names)), key=lambda i: (_known_colour(names[i]) is None, names[i], i))
+    chosen: dict[int, tuple[int, int, int]] = {}
+    taken: set[tuple[int, int, int]] = set()
+    for i in order:
+        name, k = names[i].strip().lower(), 0
+        rgb = segment_colour(names[i])
+        # kept apart to the eye while a few hundred labels can be; beyond that, distinct values only
+        while k < 64 and len(taken) < 256 and any(_near(rgb, c) for c in taken):
+            k += 1
+            rgb = _generated_colour(f"{name}#{k}")
+        while rgb in taken:
+            k += 1
+            rgb = _generated_colour(f"{name}#{k}") if k < 100_000 else (k % 256, k // 256 % 256, k // 65536)
+        chosen[i] = rgb
+        taken.add(rgb)
+    return [chosen[i] for i in range(len(names))]
 
 
 def segment_codes(name: str) -> tuple[Any, Any]:

@@ -150,13 +150,38 @@ def test_every_segment_has_its_labels_colour_in_every_seg(tmp_path, source):
         rgb = [_display_rgb(item) for item in segments]
         assert len({tuple(np.round(c)) for c in rgb}) == len(segments)  # distinct within a SEG
         for item, c in zip(segments, rgb):
-            assert min(np.abs(np.asarray(PALETTE_RGB) - c).max(axis=1)) <= 1.0  # a palette colour
             colours.setdefault(item.SegmentLabel, []).append(c)
+    assert min(np.abs(np.asarray(PALETTE_RGB) - colours["nodule"][0]).max(axis=1)) <= 1.0  # known: palette
     assert set(colours) == {"nodule", "Left lung"}
     for seen in colours.values():  # the same label, the same colour, whatever its number
         np.testing.assert_allclose(seen[0], seen[1], atol=1e-6)
     np.testing.assert_allclose(colours["nodule"][0], segment_colour("nodule"), atol=1.0)
     assert segment_colour("lungs") == segment_colour("Lung")  # one structure type, one colour
+
+
+def test_more_labels_than_palette_entries_get_distinct_colours_everywhere_the_same(tmp_path, source):
+    """25 labels (more than the palette's 13 entries), with names of one structure type (lung/lungs,
+    tumor/neoplasm) and one name twice: no two segments of the SEG share a colour (decoded from the
+    file by scikit-image), and a label present in another SEG with other labels keeps its colour."""
+    from medres.data.dicom_objects.seg_write import MIN_COLOUR_DISTANCE, segment_colour
+
+    folder, paths = source
+    names = ["background", "lung", "lungs", "tumor", "neoplasm", "nodule", "nodule",
+             *(f"structure {k}" for k in range(18))]
+    mask = np.zeros((COLS, ROWS, 6), np.uint8)
+    many = write_dicom_seg(mask, paths, names, tmp_path / "many.dcm", algorithm_version="1", model_hash="x")
+    segments = pydicom.dcmread(many).SegmentSequence
+    assert len(segments) == len(names) - 1
+    rgb = np.array([_display_rgb(item) for item in segments])
+    gaps = np.abs(rgb[:, None, :] - rgb[None, :, :]).max(axis=2) + np.eye(len(rgb)) * 255
+    assert gaps.min() >= MIN_COLOUR_DISTANCE - 1.5  # apart to the eye, not merely different numbers
+    few = write_dicom_seg(mask, paths, ["background", "structure 7", "nodule"], tmp_path / "few.dcm",
+                          algorithm_version="1", model_hash="x")
+    again = {item.SegmentLabel: _display_rgb(item) for item in pydicom.dcmread(few).SegmentSequence}
+    by_label = {item.SegmentLabel: c for item, c in zip(segments, rgb)}
+    np.testing.assert_allclose(again["structure 7"], by_label["structure 7"], atol=1e-6)
+    np.testing.assert_allclose(again["structure 7"], segment_colour("structure 7"), atol=1.0)
+    np.testing.assert_allclose(again["nodule"], segment_colour("nodule"), atol=1.0)
 
 
 def test_prediction_hook_writes_seg_for_dicom_inputs_only(tmp_path, source):
