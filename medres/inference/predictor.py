@@ -31,7 +31,7 @@ from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 from torch import Tensor, nn
 
-from medres.errors import ConfigError, DataError
+from medres.errors import DataError
 from medres.files import atomic_write
 from medres.inference.sliding import Aggregate, infer_volume_models
 from medres.layout import case_file_stems
@@ -125,30 +125,70 @@ def _eval_transform(data_cfg: Any) -> Callable[[dict], dict]:
     return build_transforms(data_cfg, train=False)
 
 
-def check_window(config: Any, sw_batch_size: int = 1, *, path: str | os.PathLike[str] | None = None) -> None:
-    """Refuse a sliding window whose input alone (channels x prod(data.patch_size) x 4 bytes x
-    ``sw_batch_size``) needs more memory than this process may use
-    (:func:`medres.data.readers.limits.memory_allowance`): a few-kilobyte export or checkpoint can ask for any
-    window, and inference would allocate it (and far more for the network's feature maps) before failing.
+def _window_memory(channels: int, patch: Sequence[int], outputs: int, classes: int, batch: int,
+                   shape: Sequence[int] | None, members: int, tta: bool, overlap: float) -> dict[str, int]:
+    """Bytes (float32) a sliding-window inference holds at once, by buffer: the windows' input and
+    output (``outputs`` stitched channels of every member), MONAI's weight map, and for a volume of
+    ``shape`` (padded to the window) its input (and a flipped copy under TTA), the stitched output and
+    count map, the members' summed logits (and the flipped pass added to them) and every window's
+    class probabilities of every pass."""
+    window = math.prod(patch)
+    need = {"input": channels * window * batch * 4, "outputs": (outputs * batch + 1) * window * 4}
+    if shape is None:
+        return need
+    dims = list(shape)
+    slices = dims.pop() if len(dims) == len(patch) + 1 else 1  # a 2D model on a volume: slice by slice
+    padded = [max(int(s), int(p)) for s, p in zip(dims, patch)]
+    volume = math.prod(padded) * slices
+    step = [max(1, int(p * (1 - overlap))) for p in patch]
+    windows = math.prod(math.ceil((s - p) / t) + 1 for s, p, t in zip(padded, patch, step)) * slices
+    passes = 1 + (len(dims) if tta else 0)
+    need["input"] += channels * volume * 4 * (3 if tta else 2)
+    need["outputs"] += ((outputs + 1) + outputs * (2 if tta else 1)) * volume * 4 \
+        + windows * classes * members * passes * 4
+    return need
+
+
+def check_window(config: Any, sw_batch_size: int = 1, *, path: str | os.PathLike[str] | None = None,
+                 shape: Sequence[int] | None = None, members: int = 1, tta: bool = False,
+                 overlap: float = 0.25, case_id: str | None = None) -> None:
+    """Refuse a sliding-window inference that needs more memory than this process may use
+    (:func:`medres.data.readers.limits.memory_allowance`), counting its input and output buffers in
+    float32: the window batch (channels x prod(data.patch_size) x ``sw_batch_size``) and its
+    segmentation logits for every one of ``members`` models, and, given the volume's ``shape`` (after
+    the evaluation pipeline), the stitched volume, its count map, the summed logits, the flipped copies
+    of ``tta`` and every window's class probabilities. A few-kilobyte export or checkpoint can ask for
+    any window (and a scan for any volume): this runs before anything is allocated.
+
+    ``config``: a resolved ``Config`` (or its ``data`` section, as ``predict_cases`` has it).
 
     Raises:
-        ConfigError: naming the window, its size and the memory allowed, before anything is allocated.
+        DataError: naming the window, the memory needed and the memory allowed.
     """
     from medres.config.schema import input_channels
     from medres.data.readers.limits import memory_allowance
 
-    patch = [int(v) for v in config.data.patch_size]
-    channels = int(config.model.in_channels or input_channels(config.data))
-    need = channels * math.prod(patch) * 4 * max(int(sw_batch_size), 1)
+    data = getattr(config, "data", config)
+    model = getattr(config, "model", None)
+    patch = [int(v) for v in data.patch_size]
+    channels = int(getattr(model, "in_channels", None) or input_channels(data))
+    seg = int(getattr(model, "seg_classes", None) or len(data.mask_labels))
+    classes = int(getattr(model, "num_classes", None) or len(data.labels))
+    members, batch = max(int(members), 1), max(int(sw_batch_size), 1)
+    parts = _window_memory(channels, patch, seg * members, classes, batch, shape, members, tta, overlap)
+    need = sum(parts.values())
     room, what = memory_allowance()
     if room is not None and need > room:
         dims = " x ".join(map(str, patch))
-        raise ConfigError(f"the sliding window ({channels} channel(s) x {dims} voxels x {sw_batch_size} "
-                          f"window(s) a batch) needs {need / 2**30:.1f} GiB for its input alone, more than "
-                          f"the process may use: {room / 2**30:.1f} GiB ({what})",
-                          field="data.patch_size", path=path,
-                          hint="use a model whose data.patch_size is a realistic window (e.g. 96 x 96 x 96) "
-                               "or a lower sliding-window batch")
+        volume = f" over a {' x '.join(map(str, shape))} volume" if shape is not None else ""
+        flips = ", flip TTA" if tta and shape is not None else ""
+        raise DataError(f"the sliding window ({channels} channel(s) x {dims} voxels x {batch} window(s) a "
+                        f"batch, {members} model(s){flips}){volume} needs {need / 2**30:.1f} GiB "
+                        f"({parts['input'] / 2**30:.1f} GiB for its input alone, "
+                        f"{parts['outputs'] / 2**30:.1f} GiB for its outputs), more than the process may "
+                        f"use: {room / 2**30:.1f} GiB ({what})", path=path, case_id=case_id,
+                        hint="use a model whose data.patch_size is a realistic window (e.g. 96 x 96 x 96), "
+                             "a lower sliding-window batch, fewer TTA flips or a smaller (resampled) scan")
 
 
 def _log_probs(probs: Tensor) -> np.ndarray:
@@ -228,6 +268,8 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
                 raise
             raise err.located(case_id=case_id) from None
         image = sample["image"]
+        check_window(data_cfg, sw_batch_size, shape=tuple(image.shape[1:]), members=len(models), tta=tta,
+                     overlap=overlap, case_id=case_id)  # the stitched outputs too, before any window runs
         preds = infer_volume_models(models, image, roi_size=list(data_cfg.patch_size), overlap=overlap,
                                     tta=tta, cls_aggregate=cls_aggregate, sw_batch_size=sw_batch_size,
                                     device=device)
