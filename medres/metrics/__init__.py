@@ -16,7 +16,12 @@
   `set_coverage` (held-out coverage with the clustered proportion interval, mean set size);
 - recalibration: `choose_calibration` (a temperature / Platt map kept only when a likelihood-ratio test
   on patients finds it beats no recalibration);
-- records: `to_records` / `MetricRecord` (the long-format rows of the report).
+- records: `to_records` / `MetricRecord` (the long-format rows of the report);
+- regression targets (`regression`): MAE, RMSE, R^2, Pearson r and Lin's CCC (Fisher z and patient
+  bootstrap), `bland_altman`, `binned_calibration`, `interval_coverage`, `regression_summary` /
+  `regression_records`;
+- multi-label findings (`multilabel`): per-label, macro and micro AUROC / AP on shared patient
+  resamples, `cooccurrence`, `multilabel_metrics` / `multilabel_records`.
 
 Undefined values are NaN with a reason (`UndefinedMetricWarning`), never a substitute such as 0.5.
 """
@@ -64,9 +69,32 @@ from medres.metrics.delong import (
     delong_roc_ci,
     delong_roc_test,
 )
+from medres.metrics.multilabel import (
+    Cooccurrence,
+    LabelMetrics,
+    MultilabelSummary,
+    cooccurrence,
+    multilabel_metrics,
+    multilabel_records,
+)
 from medres.metrics.operating_points import candidate_thresholds, choose_threshold
 from medres.metrics.proportions import ProportionInterval, clustered_proportion_interval, wilson_interval
 from medres.metrics.records import RECORD_COLUMNS, MetricRecord, to_records
+from medres.metrics.regression import (
+    BlandAltman,
+    IntervalCoverage,
+    RegressionCalibration,
+    RegressionSummary,
+    binned_calibration,
+    bland_altman,
+    ccc_interval,
+    concordance_correlation,
+    interval_coverage,
+    pearson_interval,
+    regression_bootstrap,
+    regression_records,
+    regression_summary,
+)
 from medres.metrics.segmentation import (
     SEGMENTATION_METRICS,
     SegmentationResult,
@@ -84,15 +112,22 @@ __all__ = [
     "THRESHOLD_METRICS",
     "VECTORISED_METRICS",
     "AurocInterval",
+    "BlandAltman",
     "BootstrapResult",
     "CalibrationFit",
     "ConfusionCounts",
     "ConformalFit",
+    "Cooccurrence",
     "DecisionCurve",
     "DeLongCI",
     "DeLongTest",
+    "IntervalCoverage",
+    "LabelMetrics",
     "MetricRecord",
+    "MultilabelSummary",
     "ProportionInterval",
+    "RegressionCalibration",
+    "RegressionSummary",
     "ReliabilityCurve",
     "RocBand",
     "SegmentationResult",
@@ -104,32 +139,44 @@ __all__ = [
     "auroc_score_interval",
     "average_precision",
     "binary_segmentation_metrics",
+    "binned_calibration",
+    "bland_altman",
     "brier",
     "calibration_intercept_slope",
     "candidate_thresholds",
+    "ccc_interval",
     "choose_calibration",
     "choose_threshold",
     "class_balance_reason",
     "clustered_proportion_interval",
+    "concordance_correlation",
     "confusion_counts",
+    "cooccurrence",
     "decision_curve",
     "delong_covariance",
     "delong_roc_ci",
     "delong_roc_test",
     "ece",
     "fit_conformal",
+    "interval_coverage",
     "macro_average",
     "metrics_at_threshold",
     "metrics_from_counts",
+    "multilabel_metrics",
+    "multilabel_records",
     "one_vs_rest",
     "one_vs_rest_threshold_metrics",
     "paired_bootstrap_ci",
     "patient_bootstrap",
     "patient_bootstrap_ci",
+    "pearson_interval",
     "precision_recall_curve",
     "prediction_sets",
     "prevalence",
     "reliability_curve",
+    "regression_bootstrap",
+    "regression_records",
+    "regression_summary",
     "roc_band",
     "roc_curve",
     "segmentation_metrics",
