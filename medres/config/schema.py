@@ -200,6 +200,18 @@ class ModelConfig(_Section):
     spatial_dims: Literal[2, 3] | None = None  # default: data.spatial_dims
     in_channels: int | None = Field(None, ge=1)  # default: from data (windows / image columns)
     num_classes: int | None = Field(None, ge=1)  # default: len(data.labels)
+    def positive_index(self) -> int:
+        """The report's positive class, an index into ``labels``: ``positive_label``, else the last label."""
+        if not self.positive_label:
+            return len(self.labels) - 1
+        if self.positive_label not in self.labels:
+            from medres.errors import ConfigError
+
+            raise ConfigError(f"data.positive_label {self.positive_label!r} is not one of data.labels "
+                              f"{list(self.labels)}", field="data.positive_label",
+                              hint="set data.positive_label to one of the class names")
+        return self.labels.index(self.positive_label)
+
     seg_classes: int | None = Field(None, ge=1)  # default: len(data.mask_labels)
     cls_head: bool = True
     seg_head: bool = True

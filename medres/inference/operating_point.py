@@ -7,13 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["choose_operating_point", "decide", "ensemble_threshold", "positive_index"]
-
-
-def positive_index(data_cfg: Any) -> int:
-    """The report's positive class: ``data.positive_label``, else the last label."""
-    labels = list(data_cfg.labels)
-    return labels.index(data_cfg.positive_label) if data_cfg.positive_label else len(labels) - 1
+__all__ = ["choose_operating_point", "decide", "ensemble_threshold"]
 
 
 def choose_operating_point(y_true: np.ndarray, p_positive: np.ndarray, cfg: Any) -> dict:
@@ -24,7 +18,7 @@ def choose_operating_point(y_true: np.ndarray, p_positive: np.ndarray, cfg: Any)
     """
     from medres.metrics.operating_points import choose_threshold
 
-    ev, pos = cfg.evaluate, positive_index(cfg.data)
+    ev, pos = cfg.evaluate, cfg.data.positive_index()
     y = (np.asarray(y_true) == pos).astype(np.int8)
     thr, note = None, ""
     if y.size == 0:

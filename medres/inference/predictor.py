@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 from torch import Tensor, nn
 
+from medres.data.records import RECORD_KEYS, Case, as_cases
 from medres.errors import DataError
 from medres.files import atomic_write
 from medres.inference.sliding import Aggregate, infer_volume_models
@@ -39,11 +40,8 @@ from medres.safe_text import csv_safe
 
 __all__ = [
     "mask_to_source", "source_probabilities", "save_mask", "predict_cases", "write_fold_predictions",
-    "Prediction", "Predictor", "RECORD_KEYS", "check_window",
+    "Prediction", "Predictor", "PredictSettings", "RECORD_KEYS", "check_window",
 ]
-
-#: Record keys that are not subgroup columns (UIDs are identifiers and never copied to predictions).
-RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "row", "fold", "study_uid", "series_uid")
 
 
 def _affine(a: Any) -> np.ndarray:
@@ -196,29 +194,15 @@ def _log_probs(probs: Tensor) -> np.ndarray:
     return np.log(np.clip(probs.detach().cpu().double().numpy(), 1e-300, None))
 
 
-def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapping[str, Any]], data_cfg: Any,
-                  *, labels: Sequence[str] | None = None, fold: int = -1,
-                  seg_dir: str | os.PathLike[str] | None = None,
-                  seg_relative_to: str | os.PathLike[str] | None = None,
-                  transform: Callable[[dict], dict] | None = None, overlap: float = 0.25, tta: bool = False,
-                  cls_aggregate: Aggregate = "max", sw_batch_size: int = 1,
-                  device: torch.device | str | None = None,
-                  calibration: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
-                  member_names: Sequence[str] | None = None, logits: bool = False) -> pd.DataFrame:
-    """Predict every record; write masks to ``seg_dir``; return the predictions table.
+@dataclass(frozen=True)
+class PredictSettings:
+    """How :func:`predict_cases` predicts and what it writes.
 
-    Args:
-        model: a model whose output is ``DualOutput`` (or plain logits), in any mode (run in eval mode);
-            or several (a run's fold models): each window passes through all of them while in memory
-            (:func:`medres.inference.sliding.infer_volume_models`), and the table is their ensemble:
-            ``p_<class>`` the mean of the members' (calibrated) class probabilities, the mask the argmax
-            of the mean of their softmax maps, and per member ``p_<class>_<member>`` beside them.
-        records: dicts as ``medres.data.pipeline.datasets.manifest_to_records`` makes them: ``case_id``,
-            ``patient_id``, ``image`` (path or list of paths, one per channel), ``mask``, ``label``
-            (index into ``labels``, -1 when unknown) and subgroup columns.
-        data_cfg: ``Config.data``; ``patch_size`` is the sliding window, ``labels`` the class names.
+    Attributes:
+        labels: the class names of the ``p_`` columns (default ``data.labels``).
+        fold: the ``fold`` column (-1: not a fold's model).
         seg_dir: where the masks go, ``<name>.nii.gz`` with ``name`` from ``medres.layout.case_file_stem``
-            (None: no masks written); two records whose names would clash are refused before any is written.
+            (None: no masks written); two cases whose names would clash are refused before any is written.
         seg_relative_to: ``seg_path`` is written relative to this folder (default: absolute).
         transform: the evaluation pipeline (default: ``build_transforms(data_cfg, train=False)``).
         overlap, tta, cls_aggregate, sw_batch_size, device: see ``infer_volume``.
@@ -227,6 +211,45 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
         member_names: column suffixes of the members (default ``fold0``, ``fold1``, ...).
         logits: also write ``logit_<class>`` (single model only; the fold tables have them).
 
+    """
+
+    labels: Sequence[str] | None = None
+    fold: int = -1
+    seg_dir: str | os.PathLike[str] | None = None
+    seg_relative_to: str | os.PathLike[str] | None = None
+    transform: Callable[[dict], dict] | None = None
+    overlap: float = 0.25
+    tta: bool = False
+    cls_aggregate: Aggregate = "max"
+    sw_batch_size: int = 1
+    device: torch.device | str | None = None
+    calibration: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None
+    member_names: Sequence[str] | None = None
+    logits: bool = False
+
+    def updated(self, **changes: Any) -> PredictSettings:
+        """A copy with ``changes`` (field names; an unknown name is a TypeError naming the fields)."""
+        names = [f.name for f in fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise TypeError(f"unknown prediction setting(s) {unknown}; PredictSettings has {names}")
+        return replace(self, **changes) if changes else self
+
+
+def predict_cases(model: nn.Module | Sequence[nn.Module], cases: Iterable[Case | Mapping[str, Any]],
+                  data_cfg: Any, settings: PredictSettings | None = None, **changes: Any) -> pd.DataFrame:
+    """Predict every case; write masks to ``settings.seg_dir``; return the predictions table.
+
+    Args:
+        model: a model whose output is ``DualOutput`` (or plain logits), in any mode (run in eval mode);
+            or several (a run's fold models): each window passes through all of them while in memory
+            (:func:`medres.inference.sliding.infer_volume_models`), and the table is their ensemble:
+            ``p_<class>`` the mean of the members' (calibrated) class probabilities, the mask the argmax
+            of the mean of their softmax maps, and per member ``p_<class>_<member>`` beside them.
+        cases: :class:`medres.data.records.Case` records as ``manifest_to_records`` makes them (or dict
+            records with ``case_id`` and ``image`` at least, read by ``Case.from_mapping``).
+        data_cfg: ``Config.data``; ``patch_size`` is the sliding window, ``labels`` the class names.
+        settings: see :class:`PredictSettings`; ``changes``: fields of it to change, as keywords.
     Returns one row per record: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred``, the
     subgroup columns, ``image`` and ``mask`` (source paths; several channels joined by ``;``, "" when
     none), ``seg_path`` when masks are written, and with ``logits`` ``logit_<class>`` (the uncalibrated
@@ -236,10 +259,13 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
     ``y_pred_argmax`` the most probable class; without an operating point both are the argmax (-1
     without a classification head). Raises ``DataError`` naming the case when a scan cannot be processed.
     """
-    from medres.inference.operating_point import decide, ensemble_threshold, positive_index
+    from medres.inference.operating_point import decide, ensemble_threshold
     from medres.metrics.calibration import apply_calibration
 
     models = list(model) if isinstance(model, (list, tuple)) else [model]
+    s = (settings or PredictSettings()).updated(**changes)
+    seg_dir, calibration, sw_batch_size = s.seg_dir, s.calibration, s.sw_batch_size
+    tta, overlap = s.tta, s.overlap
     if calibration is None or isinstance(calibration, Mapping):
         calibrations = [calibration] * len(models)
     else:
@@ -247,21 +273,21 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
     if len(calibrations) != len(models):
         raise ValueError(f"{len(calibrations)} calibrations for {len(models)} models")
     ensemble = len(models) > 1
-    names = list(member_names) if member_names is not None else [f"fold{k}" for k in range(len(models))]
-    labels = list(labels if labels is not None else data_cfg.labels)
+    names = list(s.member_names) if s.member_names is not None else [f"fold{k}" for k in range(len(models))]
+    labels = list(s.labels if s.labels is not None else data_cfg.labels)
     threshold = ensemble_threshold(calibrations) if labels == list(data_cfg.labels) else None
-    positive = positive_index(data_cfg)
-    transform = transform or _eval_transform(data_cfg)
-    records = list(records)
+    positive = data_cfg.positive_index()
+    transform = s.transform or _eval_transform(data_cfg)
+    records = as_cases(cases)
     stems = case_file_stems(records) if seg_dir is not None else {}
     rows = []
     from medres.progress import progress_wanted, track
 
     for rec in track(records, desc="predicting", unit="scans", progress=progress_wanted(), final=False):
-        case_id = str(rec["case_id"])
+        case_id = rec.case_id
         try:
-            extra = {k: rec[k] for k in ("pixel_spacing", "view") if rec.get(k)}  # radiographs
-            sample = transform({"image": rec["image"], **extra})
+            extra = {k: rec.extras[k] for k in ("pixel_spacing", "view") if rec.extras.get(k)}  # radiographs
+            sample = transform({"image": rec.as_item()["image"], **extra})
         except Exception as exc:
             err = _data_error(exc)
             if err is None:
@@ -271,11 +297,10 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
         check_window(data_cfg, sw_batch_size, shape=tuple(image.shape[1:]), members=len(models), tta=tta,
                      overlap=overlap, case_id=case_id)  # the stitched outputs too, before any window runs
         preds = infer_volume_models(models, image, roi_size=list(data_cfg.patch_size), overlap=overlap,
-                                    tta=tta, cls_aggregate=cls_aggregate, sw_batch_size=sw_batch_size,
-                                    device=device)
-        label = rec.get("label", -1)
-        row: dict[str, Any] = {"case_id": case_id, "patient_id": str(rec.get("patient_id", "") or ""),
-                               "fold": int(fold), "y_true": int(-1 if label is None else label)}
+                                    tta=tta, cls_aggregate=s.cls_aggregate, sw_batch_size=sw_batch_size,
+                                    device=s.device)
+        row: dict[str, Any] = {"case_id": case_id, "patient_id": rec.patient_id, "fold": int(s.fold),
+                               "y_true": rec.label}
         has_cls = preds[0].cls_probs is not None
         log_probs = [_log_probs(p.cls_probs) for p in preds] if has_cls else []
         member_probs = [apply_calibration(z, c) for z, c in zip(log_probs, calibrations)]
@@ -284,11 +309,11 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
             row[f"p_{name}"] = float(probs[k]) if has_cls else float("nan")
         row["y_pred"] = int(decide(probs[None], positive, threshold)[0]) if has_cls else -1
         row["y_pred_argmax"] = int(np.argmax(probs)) if has_cls else -1
-        row.update({k: v for k, v in rec.items() if k not in RECORD_KEYS})
+        row.update(rec.extras)
         view = getattr(image, "meta", {}).get("ViewPosition", "")  # a Code String already (the reader)
         if view and not str(row.get("view", "") or "").strip():  # a DICOM radiograph's own view, as a
             row["view"] = view  # subgroup column when the manifest has none (the manifest's wins)
-        row["image"], row["mask"] = _path_text(rec["image"]), _path_text(rec.get("mask"))
+        row["image"], row["mask"] = _path_text(rec.image), _path_text(rec.mask)
         segs = [p.seg_logits for p in preds]
         if seg_dir is not None and segs[0] is not None:
             src_affine, src_shape = source_geometry(image)
@@ -298,12 +323,12 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], records: Iterable[Mapp
             else:
                 mask = mask_to_source(segs[0], image.affine, src_affine, src_shape)
             path = save_mask(mask, Path(seg_dir) / f"{stems[case_id]}.nii.gz")
-            row["seg_path"] = (os.path.relpath(path, seg_relative_to) if seg_relative_to is not None
+            row["seg_path"] = (os.path.relpath(path, s.seg_relative_to) if s.seg_relative_to is not None
                                else str(path))
         if has_cls and ensemble:
             for m, p in zip(names, member_probs):
                 row.update({f"p_{name}_{m}": float(p[k]) for k, name in enumerate(labels)})
-        elif has_cls and logits:
+        elif has_cls and s.logits:
             row.update({f"logit_{name}": float(log_probs[0][k]) for k, name in enumerate(labels)})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -429,7 +454,7 @@ class Predictor:
 
     def decision_rule(self) -> str:
         """How ``y_pred`` is called: at the operating point chosen on inner validation, or the argmax."""
-        from medres.inference.operating_point import ensemble_threshold, positive_index
+        from medres.inference.operating_point import ensemble_threshold
 
         cals = self.calibration if isinstance(self.calibration, (list, tuple)) else [self.calibration]
         thr = ensemble_threshold(cals)
@@ -437,20 +462,26 @@ class Predictor:
             notes = [((c or {}).get("operating_point") or {}).get("note") for c in cals]
             why = next((n for n in notes if n), "the model holds no operating point")
             return f"y_pred: the most probable class ({why}); y_pred_argmax: the same"
-        pos = self.labels[positive_index(self.config.data)]
+        pos = self.labels[self.config.data.positive_index()]
         how = (cals[0] or {}).get("operating_point", {}).get("method", "?")
         how += ", mean of the folds" if len(cals) > 1 else ""
         return (f"y_pred: {pos} where p_{pos} >= {thr:.4g}, the operating point chosen on inner validation "
                 f"({how}) as in the report; y_pred_argmax: the most probable class")
 
-    def predict_records(self, records: Iterable[Mapping[str, Any]],
+    @property
+    def settings(self) -> PredictSettings:
+        """This predictor's :class:`PredictSettings` (pipeline, windows, device, calibration)."""
+        return PredictSettings(transform=self.transform, overlap=self.overlap, tta=self.tta,
+                               cls_aggregate=self.cls_aggregate, sw_batch_size=self.sw_batch_size,
+                               device=self.device, calibration=self.calibration,
+                               member_names=self.member_names)
+
+    def predict_records(self, records: Iterable[Case | Mapping[str, Any]],
                         seg_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> pd.DataFrame:
-        """The predictions table for several records (see :func:`predict_cases`)."""
+        """The predictions table for several cases (see :func:`predict_cases`; keywords: fields of
+        :class:`PredictSettings`)."""
         model = self.models if len(self.models) > 1 else self.model
-        return predict_cases(model, records, self.config.data, seg_dir=seg_dir, transform=self.transform,
-                             overlap=self.overlap, tta=self.tta, cls_aggregate=self.cls_aggregate,
-                             sw_batch_size=self.sw_batch_size, device=self.device,
-                             calibration=self.calibration, member_names=self.member_names, **kwargs)
+        return predict_cases(model, records, self.config.data, self.settings, seg_dir=seg_dir, **kwargs)
 
     def predict(self, image: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Tensor | np.ndarray
                 ) -> Prediction:
@@ -460,7 +491,7 @@ class Predictor:
         with tempfile.TemporaryDirectory(prefix="medres-predict-") as tmp:
             is_path = isinstance(image, (str, os.PathLike, list, tuple))
             source = image if is_path else self._to_files(image, tmp)
-            df = self.predict_records([{"case_id": "case", "image": source}], seg_dir=tmp)
+            df = self.predict_records([Case(case_id="case", image=source)], seg_dir=tmp)
             row = df.iloc[0]
             probs = {c: float(row[f"p_{c}"]) for c in self.labels} if row["y_pred"] >= 0 else {}
             decision = self.labels[int(row["y_pred"])] if row["y_pred"] >= 0 else None

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from medres.config import Config
-from medres.errors import DataError
 from medres.metrics.bootstrap import patient_bootstrap_ci
 from medres.metrics.classification import confusion_counts, metrics_from_counts
 from medres.metrics.delong import auroc_score_interval, delong_roc_ci
@@ -52,14 +51,9 @@ class BinaryTask:
 
 
 def binary_task(config: Config) -> BinaryTask:
-    labels = list(config.data.labels)
-    pos = config.data.positive_label or labels[-1]
-    if pos not in labels:
-        raise DataError(
-            f"data.positive_label {pos!r} is not one of data.labels {labels}",
-            hint="set data.positive_label to one of the class names",
-        )
-    return BinaryTask(pos, labels.index(pos), f"p_{pos}")
+    index = config.data.positive_index()
+    pos = config.data.labels[index]
+    return BinaryTask(pos, index, f"p_{pos}")
 
 
 def _record(

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from medres.checkpoint import load_checkpoint, save_checkpoint
-from medres.inference.operating_point import choose_operating_point, decide, positive_index
+from medres.inference.operating_point import choose_operating_point, decide
 
 __all__ = ["calibrate_fold", "case_ids_digest", "TABLES"]
 
@@ -79,7 +79,7 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
     if not set(cols) <= set(val.columns):
         return None
     val = val[val["y_true"] >= 0]
-    positive = positive_index(cfg.data)
+    positive = cfg.data.positive_index()
     method = cfg.evaluate.calibration if len(labels) == 2 or cfg.evaluate.calibration != "platt" \
         else "temperature"
     cal = choose_calibration(val[cols].to_numpy(np.float64), val["y_true"].to_numpy(),

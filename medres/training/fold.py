@@ -204,7 +204,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
                      state.batch_in_epoch)
 
     # -- the epochs
-    es, infer, positive = t.early_stopping, _volume_infer(cfg), _positive_index(cfg)
+    es, infer, positive = t.early_stopping, _volume_infer(cfg), cfg.data.positive_index()
     if resume_rng is not None and state.batch_in_epoch == 0:
         set_rng_state(resume_rng)
         resume_rng = None
@@ -317,11 +317,6 @@ def weights_digest(model: nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _positive_index(cfg: Config) -> int:
-    d = cfg.data
-    return d.labels.index(d.positive_label) if d.positive_label else len(d.labels) - 1
 
 
 def _volume_infer(cfg: Config) -> Callable[[nn.Module, torch.Tensor], tuple[Any, Any]]:

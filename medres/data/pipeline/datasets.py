@@ -44,29 +44,30 @@ from medres.data.pipeline.transforms import load_transforms, preprocess_signatur
 from medres.data.readers.dicom import ACQUISITION_FIELDS, safe_message
 from medres.data.readers.limits import memory_error
 from medres.data.readers.radiograph import RADIOGRAPH_META_FIELDS, RADIOGRAPH_RECORD_KEYS
+from medres.data.records import RECORD_KEYS, Case
 from medres.errors import DataError
 from medres.files import atomic_write
 
 __all__ = ["manifest_to_records", "build_dataset", "build_loader", "CaseDataset", "item_seed",
-           "balanced_sample_weights", "file_fingerprint", "RECORD_KEYS"]
+           "balanced_sample_weights", "file_fingerprint", "RECORD_KEYS", "Case"]
 
 log = logging.getLogger(__name__)
 
-#: Keys every record has; the others are subgroup columns (site, scanner, sex, age, ...), all text.
-RECORD_KEYS = ("case_id", "patient_id", "image", "mask", "label", "row")
 _CACHE_VERSION = 2  # bumped when what the readers return changes (2: 16-bit PNGs scaled by bit depth)
 _META_KEEP = ("affine", "original_affine", "spatial_shape", "spacing", "space", "original_channel_dim",
               *ACQUISITION_FIELDS, *RADIOGRAPH_META_FIELDS)
 _LOAD_KEYS = ("image", "mask", *RADIOGRAPH_RECORD_KEYS)  # radiographs: manifest pixel_spacing and view
 
 
-def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[dict[str, Any]]:
-    """Records for :func:`build_dataset` from a manifest read by ``medres.data.read_manifest``.
+def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[Case]:
+    """The :class:`~medres.data.records.Case` of each row of a manifest read by
+    ``medres.data.read_manifest``, in the manifest's order.
 
-    Each record: ``case_id``, ``patient_id``, ``image`` (a path, or a list of paths when
-    ``data.image_columns`` names several: one channel each), ``mask`` (path or None), ``label`` (index
-    into ``data.labels``; -1 when the manifest has no label column or the cell is empty), ``row``
-    (1-based manifest row), plus every other column as text.
+    ``image`` is a path, or a tuple of paths when ``data.image_columns`` names several (one channel
+    each); ``mask`` a path or None; ``label`` the index into ``data.labels`` (-1 when the manifest has no
+    label column or the cell is empty); ``row`` the 1-based manifest row; ``fold``, ``study_uid`` and
+    ``series_uid`` the cells as text where the manifest has the column; every other column is an extra,
+    as text.
     """
     problems = []
     columns = list(df.columns)
@@ -83,6 +84,10 @@ def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[dict[str
     # rows), so "row 15" means line 16 of the CSV however the frame was split
     own_rows = ([int(i) + 1 for i in df.index] if pd.api.types.is_integer_dtype(df.index)
                 else list(range(1, len(df) + 1)))
+
+    def text(rec: Mapping[str, Any], column: str) -> str | None:
+        return None if column not in columns else "" if rec[column] is None else str(rec[column])
+
     for row, rec in zip(own_rows, df.to_dict("records")):
         label_text = str(rec.get("label", "") or "")
         if label_text and label_text not in labels:
@@ -92,11 +97,12 @@ def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[dict[str
             continue
         images = [str(rec[c]) for c in data_cfg.image_columns]
         mask = str(rec.get(mask_col, "") or "") if mask_col else ""
-        out = {"case_id": str(rec["case_id"]), "patient_id": str(rec["patient_id"]),
-               "image": images[0] if len(images) == 1 else images, "mask": mask or None,
-               "label": labels.get(label_text, -1), "row": row}
-        out.update({k: "" if v is None else str(v) for k, v in rec.items() if k not in skip})
-        records.append(out)
+        records.append(Case(
+            case_id=str(rec["case_id"]), patient_id=str(rec["patient_id"]),
+            image=images[0] if len(images) == 1 else tuple(images), mask=mask or None,
+            label=labels.get(label_text, -1), row=row, fold=text(rec, "fold"),
+            study_uid=text(rec, "study_uid"), series_uid=text(rec, "series_uid"),
+            extras={k: "" if v is None else str(v) for k, v in rec.items() if k not in skip}))
     if problems:
         from medres.errors import DataErrors
 
@@ -160,7 +166,7 @@ class CaseDataset(Dataset):
     (``EpochSampler(tag_epoch=True)``) lets persistent DataLoader workers follow the epochs.
 
     Args:
-        records: from :func:`manifest_to_records` (or dicts with ``image`` and optional ``mask``).
+        records: Cases from :func:`manifest_to_records` (or dicts with ``image`` and optional ``mask``).
         data_cfg: the ``data`` section.
         train: training samples (patch crop + augmentation) or evaluation samples (whole volume).
         cache: ``"memory"``, ``"disk"`` (needs ``cache_dir``), ``"mmap"`` (memory-mapped ``.npy`` entries
@@ -174,7 +180,7 @@ class CaseDataset(Dataset):
                  cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> None:
         if cache in ("disk", "mmap") and cache_dir is None:
             raise ValueError(f"cache={cache!r} needs a cache_dir")
-        self.records = [dict(r) for r in records]
+        self.records = [r.as_item() if isinstance(r, Case) else dict(r) for r in records]
         self.cfg, self.train, self.cache, self.seed = data_cfg, train, cache, int(seed)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.epoch = 0
