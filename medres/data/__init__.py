@@ -15,6 +15,7 @@ _LAZY = {
     "check_cohort": "medres.data.check",
     "generate_demo": "medres.data.demo",
     "build_transforms": "medres.data.pipeline.transforms",
+    "Case": "medres.data.records",
     "manifest_to_records": "medres.data.pipeline.datasets",
     "build_dataset": "medres.data.pipeline.datasets",
     "build_loader": "medres.data.pipeline.datasets",
