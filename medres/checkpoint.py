@@ -37,7 +37,7 @@ import torch
 
 from medres.errors import ConfigError, DataError
 from medres.files import atomic_write
-from medres.layout import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV
+from medres.runfolder import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "load_weights", "build_checked_model",

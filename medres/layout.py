@@ -1,7 +1,4 @@
-"""The names of the files in a run folder that more than one stage reads (DESIGN.md, "Run folder").
-
-``runs/<name>/config.yaml``, ``folds.csv``, and per fold ``fold_k/`` with the checkpoints below,
-``metrics.csv`` and the predictions tables. Torch-free, so the report can find them too.
+"""How a case's files are named (a run folder's own paths are ``medres.runfolder``'s).
 
 A case's files (``seg/<name>.nii.gz``, ``seg/<name>.dcm``) are named by :func:`case_file_stem`, the one
 rule from a case id to a file name: a readable prefix plus a hash of the exact id, so two ids never share
@@ -17,13 +14,7 @@ from typing import Any
 
 from medres.errors import DataError
 
-__all__ = ["CHECKPOINT_LAST", "CHECKPOINT_PREV", "CHECKPOINT_BEST", "CHECKPOINTS_BEST_FIRST",
-           "case_file_stem", "case_file_stems", "check_distinct_files"]
-
-CHECKPOINT_LAST = "checkpoint_last.pt"  # written every epoch (and every N steps): what --resume reads
-CHECKPOINT_PREV = "checkpoint_prev.pt"  # the last one before it, kept as a fallback for a damaged file
-CHECKPOINT_BEST = "checkpoint_best.pt"  # the best epoch by train.early_stopping.monitor: what predicts
-CHECKPOINTS_BEST_FIRST = (CHECKPOINT_BEST, CHECKPOINT_LAST)  # a fold's model for prediction, in order
+__all__ = ["case_file_stem", "case_file_stems", "check_distinct_files"]
 
 CASE_PREFIX_CHARS = 40  # the readable part of a case's file name
 CASE_HASH_CHARS = 12  # hex digits of the SHA-256 of the exact case id (48 bits)

@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"medres", "errors", "files", "layout", "progress", "_startup", "safe_text", "logs"}
+BASE = {"medres", "errors", "files", "layout", "runfolder", "progress", "_startup", "safe_text", "logs"}
 # which top-level parts of medres each part may import (besides itself)
 MAY_IMPORT = {
     "medres": {"errors", "_startup"}, "progress": set(), "_startup": set(),
     "errors": set(), "logs": set(), "files": {"errors"}, "layout": {"errors"}, "safe_text": set(),
+    "runfolder": {"errors", "files", "layout"},
     "config": BASE,
     "models": BASE | {"config"}, "data": BASE | {"config"}, "metrics": BASE, "cv": BASE | {"config", "data"},
     "report": BASE | {"config", "metrics"},
@@ -28,8 +29,8 @@ MAY_IMPORT = {
 }
 # may import any part but these
 ENTRY_POINTS = {"medres.train", "medres.evaluate", "medres.predict", "medres.export"}
-NO_TORCH = ("config", "metrics", "report", "cv", "errors", "files", "layout", "progress", "_startup",
-            "safe_text", "logs")
+NO_TORCH = ("config", "metrics", "report", "cv", "errors", "files", "layout", "runfolder", "progress",
+            "_startup", "safe_text", "logs")
 
 
 def modules() -> dict[str, Path]:

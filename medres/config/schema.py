@@ -7,9 +7,20 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from medres.config.tasks import TaskConfig, check_tasks
 
 __all__ = [
     "DEFAULT_CT_WINDOWS", "ct_windows", "input_channels",
@@ -189,17 +200,6 @@ class DataConfig(_Section):
     # random flips / affine on the training device after the copy (batched), not in the workers
     augment_on_device: bool = False
 
-
-class PretrainedConfig(_Section):
-    path: str
-    source: Literal["torchvision", "medicalnet", "medres"] = "torchvision"
-
-
-class ModelConfig(_Section):
-    name: str = "dual_resnet18"
-    spatial_dims: Literal[2, 3] | None = None  # default: data.spatial_dims
-    in_channels: int | None = Field(None, ge=1)  # default: from data (windows / image columns)
-    num_classes: int | None = Field(None, ge=1)  # default: len(data.labels)
     def positive_index(self) -> int:
         """The report's positive class, an index into ``labels``: ``positive_label``, else the last label."""
         if not self.positive_label:
@@ -212,6 +212,17 @@ class ModelConfig(_Section):
                               hint="set data.positive_label to one of the class names")
         return self.labels.index(self.positive_label)
 
+
+class PretrainedConfig(_Section):
+    path: str
+    source: Literal["torchvision", "medicalnet", "medres"] = "torchvision"
+
+
+class ModelConfig(_Section):
+    name: str = "dual_resnet18"
+    spatial_dims: Literal[2, 3] | None = None  # default: data.spatial_dims
+    in_channels: int | None = Field(None, ge=1)  # default: from data (windows / image columns)
+    num_classes: int | None = Field(None, ge=1)  # default: len(data.labels)
     seg_classes: int | None = Field(None, ge=1)  # default: len(data.mask_labels)
     cls_head: bool = True
     seg_head: bool = True
@@ -463,10 +474,26 @@ class Config(_Section):
     cv: CVConfig = Field(default_factory=CVConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    # prediction tasks beside the segmentation head (medres.config.tasks); None: the single head from
+    # data.labels. Left out of dumps and hashes when None, so configurations without it read as before.
+    tasks: list[TaskConfig] | None = None
 
     # where it came from (not part of the dump or the hash)
     _source: str | None = PrivateAttr(default=None)
     _original_paths: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tasks_consistent(self) -> Config:
+        """Task names and columns against each other and the data section (``check_tasks``)."""
+        check_tasks(self)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if self.tasks is None:
+            out.pop("tasks", None)
+        return out
 
     @property
     def source(self) -> str | None:

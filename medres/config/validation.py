@@ -5,6 +5,7 @@ Private to ``medres.config``.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -54,6 +55,9 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+_UNION_TAG = re.compile(r"(?:literal|dict|list|tuple)\[.*\]|str|int|float|bool")
+
+
 def _walk(loc: Iterable[str | int]) -> tuple[str, Any, type[BaseModel] | None]:
     """(dotted path, annotation of the last field, model holding the last key) for a pydantic loc.
 
@@ -65,9 +69,14 @@ def _walk(loc: Iterable[str | int]) -> tuple[str, Any, type[BaseModel] | None]:
     annotation: Any = Config
     free = False  # inside a dict: every key is allowed
     for item in loc:
+        if isinstance(item, str) and _UNION_TAG.fullmatch(item) and \
+                typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            continue  # pydantic's name of the union member that failed (`x | dict[...]`): not a key
         if isinstance(item, int) or free:
             parts.append(str(item))
             free = False
+        elif model is not None and _member(annotation, item) is not None:  # a tagged union's member
+            model = holder = _member(annotation, item)
         elif model is not None and item in model.model_fields:
             holder = model
             annotation = model.model_fields[item].annotation
@@ -80,6 +89,27 @@ def _walk(loc: Iterable[str | int]) -> tuple[str, Any, type[BaseModel] | None]:
             model = None
         # else: a union-member tag pydantic adds ('str', 'list[float]'); not part of the path
     return ".".join(parts), annotation, holder
+
+
+def _member(annotation: Any, tag: str) -> type[BaseModel] | None:
+    """The model of a discriminated union (``tasks``) whose ``type`` literal is ``tag``, or None."""
+    members = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    members += [m for a in typing.get_args(annotation) if not isinstance(a, type)
+                for m in [_member(a, tag)] if m is not None]
+    for m in members:
+        field = m.model_fields.get("type")
+        if field is not None and tag in typing.get_args(field.annotation):
+            return m
+    return None
+
+
+def _tags(annotation: Any) -> list[str]:
+    """The ``type`` literals of a discriminated union's members, in order."""
+    out: list[str] = []
+    for a in typing.get_args(annotation):
+        field = a.model_fields.get("type") if isinstance(a, type) and issubclass(a, BaseModel) else None
+        out += [t for t in (typing.get_args(field.annotation) if field else _tags(a)) if t not in out]
+    return out
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:
@@ -95,6 +125,16 @@ def _describe(err: dict, notes: dict[str, str]) -> tuple[str, str, str]:
     """(dotted field, reason, hint) for one pydantic error."""
     field, annotation, holder = _walk(err["loc"])
     kind, value = err["type"], err.get("input")
+    raised = (err.get("ctx") or {}).get("error")
+    if isinstance(raised, ConfigError):  # a cross-field check (``check_tasks``) names its own field
+        return raised.field or field, raised.reason, raised.hint
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = _tags(annotation)
+        tag = (err.get("ctx") or {}).get("tag")
+        close = suggest(str(tag), tags) if tag is not None else None
+        reason = (f"unknown type {tag!r}" + (f" — did you mean {close!r}?" if close else "")
+                  if tag is not None else "'type' is missing")
+        return f"{field}.type", reason, f"expected one of {', '.join(tags)}"
     if kind == "extra_forbidden":
         key = str(err["loc"][-1])
         valid = list(holder.model_fields) if holder is not None else []

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from medres.errors import DataError
-from medres.layout import CHECKPOINTS_BEST_FIRST
 from medres.report import GalleryItem, binary_task, case_labels
 from medres.report.figures import gallery_figure
 from medres.report.run_folder import RunData
+from medres.runfolder import RunFolder
 
 __all__ = ["load_scan", "first_path", "worst_cases", "gallery", "radiograph_view", "radiograph_figure"]
 
@@ -173,12 +173,9 @@ class GradCam:
         if fold not in self.models:
             from medres.checkpoint import load_model
 
-            fd = self.run.run_dir / f"fold_{fold}"
-            ckpt = next(
-                (fd / n for n in CHECKPOINTS_BEST_FIRST if (fd / n).is_file()), None
-            )
-            if ckpt is None:
-                raise FileNotFoundError(f"no checkpoint in fold_{fold}")
+            ckpt = RunFolder(self.run.run_dir).predicting_checkpoint(fold)
+            if not ckpt.is_file():
+                raise FileNotFoundError(f"no checkpoint in {ckpt.parent.name}")
             self.models[fold] = load_model(ckpt)[0]
         return self.models[fold]
 

@@ -24,14 +24,12 @@ import pandas as pd
 import torch
 
 from medres.inference.members import load_members, load_run_members, prediction_checkpoint, run_folds
+from medres.runfolder import RunFolder
 
-__all__ = ["ENSEMBLE_DIR", "prediction_checkpoint", "load_members", "load_run_members", "run_folds",
+__all__ = ["prediction_checkpoint", "load_members", "load_run_members", "run_folds",
            "write_test_ensemble"]
 
 log = logging.getLogger("medres.training")
-
-#: The run folder's sub-folder for the fold ensemble's predictions.
-ENSEMBLE_DIR = "ensemble"
 
 
 def write_test_ensemble(run_dir: str | os.PathLike[str], records: Iterable[Mapping[str, Any]], cfg: Any, *,
@@ -53,12 +51,12 @@ def write_test_ensemble(run_dir: str | os.PathLike[str], records: Iterable[Mappi
     if device is not None:
         models = [m.to(device) for m in models]
     ev = cfg.evaluate
-    out = run_dir / ENSEMBLE_DIR
-    df = predict_cases(models, records, cfg.data, fold=-1, seg_dir=out / "seg" if masks else None,
+    out = RunFolder(run_dir).ensemble
+    df = predict_cases(models, records, cfg.data, fold=-1, seg_dir=out.seg_dir if masks else None,
                        seg_relative_to=run_dir, overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
                        cls_aggregate=ev.cls_aggregate, device=device,
                        calibration=cals, member_names=names)
-    write_table(df, out / "test_predictions.parquet")
+    write_table(df, out.test_predictions)
     log.info("fold ensemble (%s) on %d test scans: %s", ", ".join(names), len(df),
-             (out / "test_predictions.parquet").resolve())
+             out.test_predictions.resolve())
     return df

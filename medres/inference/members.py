@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from torch import nn
 
 from medres.checkpoint import build_checked_model, load_checkpoint, load_weights, model_from_state
 from medres.errors import ConfigError, DataError
-from medres.layout import CHECKPOINTS_BEST_FIRST
+from medres.runfolder import FoldFolder, RunFolder, member_name
 
 __all__ = ["EXPORT_FORMAT", "prediction_checkpoint", "load_members", "load_run_members", "run_folds",
            "load_export", "export_file", "sha256_file"]
@@ -29,12 +28,8 @@ EXPORT_FORMAT = 1
 
 
 def prediction_checkpoint(fold_dir: str | os.PathLike[str]) -> Path:
-    """The checkpoint a fold predicts with: ``checkpoint_best.pt``, else ``checkpoint_last.pt``."""
-    fold_dir = Path(fold_dir)
-    for name in CHECKPOINTS_BEST_FIRST:
-        if (fold_dir / name).exists():
-            return fold_dir / name
-    return fold_dir / CHECKPOINTS_BEST_FIRST[-1]
+    """The checkpoint a fold predicts with: the best, else the last (``medres.runfolder``)."""
+    return FoldFolder(Path(fold_dir)).predicting_checkpoint()
 
 
 def load_members(paths: Sequence[str | os.PathLike[str]]
@@ -64,7 +59,7 @@ def load_members(paths: Sequence[str | os.PathLike[str]]
         cal = state.get("calibration")
         cals.append(dict(cal) if cal else None)
         fold = state.get("fold")
-        names.append(f"fold{fold}" if isinstance(fold, int) else f"model{len(names)}")
+        names.append(member_name(fold) if isinstance(fold, int) else f"model{len(names)}")
     if not models:
         raise ConfigError("no checkpoints to ensemble")
     if len(set(names)) != len(names):
@@ -74,12 +69,7 @@ def load_members(paths: Sequence[str | os.PathLike[str]]
 
 def run_folds(run_dir: str | os.PathLike[str]) -> list[int]:
     """The fold numbers of a run folder that have a checkpoint, sorted."""
-    run_dir = Path(run_dir)
-    out = []
-    for p in run_dir.glob("fold_*"):
-        if re.fullmatch(r"fold_\d+", p.name) and prediction_checkpoint(p).exists():
-            out.append(int(p.name.split("_")[1]))
-    return sorted(out)
+    return RunFolder(run_dir).trained_folds()
 
 
 def load_run_members(run_dir: str | os.PathLike[str], folds: Sequence[int] | None = None
@@ -95,8 +85,9 @@ def load_run_members(run_dir: str | os.PathLike[str], folds: Sequence[int] | Non
         raise DataError(f"no checkpoint for fold(s) {missing or 'any'}", path=run_dir,
                         hint=f"folds with a checkpoint: {have or 'none'}; train them first "
                              "(python -m medres.train --fold k)")
-    models, config, cals, _ = load_members([prediction_checkpoint(run_dir / f"fold_{k}") for k in wanted])
-    return models, config, cals, [f"fold{k}" for k in wanted]
+    run = RunFolder(run_dir)
+    models, config, cals, _ = load_members([run.predicting_checkpoint(k) for k in wanted])
+    return models, config, cals, [member_name(k) for k in wanted]
 
 
 def sha256_file(path: Path) -> str:

@@ -36,6 +36,7 @@ from medres.errors import DataError
 from medres.files import atomic_write
 from medres.inference.sliding import Aggregate, infer_volume_models
 from medres.layout import case_file_stems
+from medres.runfolder import RunFolder
 from medres.safe_text import csv_safe
 
 __all__ = [
@@ -354,12 +355,12 @@ def write_fold_predictions(run_dir: str | os.PathLike[str], fold: int, model: nn
     (``sliding_window_overlap``, ``tta_flips``, ``cls_aggregate``).
     """
     run_dir = Path(run_dir)
-    fold_dir = run_dir / f"fold_{fold}"
+    fold_dir = RunFolder(run_dir).fold(fold)
     ev = cfg.evaluate
-    df = predict_cases(model, records, cfg.data, fold=fold, seg_dir=fold_dir / "seg" if masks else None,
+    df = predict_cases(model, records, cfg.data, fold=fold, seg_dir=fold_dir.seg_dir if masks else None,
                        seg_relative_to=run_dir, overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
                        cls_aggregate=ev.cls_aggregate, device=device, logits=True)
-    write_table(df, fold_dir / f"{name}.parquet")
+    write_table(df, fold_dir.table(name))
     return df
 
 

@@ -228,7 +228,7 @@ def _epoch_end_seconds(bench: _Bench, patch: list[int], batch: int, folder: Path
     import tempfile
 
     from medres.checkpoint import copy_checkpoint, rng_state, save_checkpoint
-    from medres.layout import CHECKPOINT_BEST, CHECKPOINT_LAST
+    from medres.runfolder import RunFolder
     from medres.training.tracking import MetricsTracker
 
     model, loss_fn, optimizer = bench.build()
@@ -243,14 +243,15 @@ def _epoch_end_seconds(bench: _Bench, patch: list[int], batch: int, folder: Path
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".plan-probe-", dir=folder) as d:
         # a fold folder inside the temporary one: the tracker's MLflow store goes in its parent
-        tracker = MetricsTracker(Path(d) / "fold_0", run_name="plan-probe", params={"probe": 1})
+        fold = RunFolder(d).fold(0)
+        tracker = MetricsTracker(fold.dir, run_name="plan-probe", params={"probe": 1})
         try:
             for e in range(4):
                 t0 = time.perf_counter()
                 tracker.log_epoch({"epoch": e + 1, "step": e + 1, "lr": 1e-3, "seconds": 1.0, "loss": 1.0,
                                    "val_loss": 1.0, "val_auroc": 0.5, "val_dice": 0.5})
-                save_checkpoint(state, Path(d) / "fold_0" / CHECKPOINT_LAST)
-                copy_checkpoint(Path(d) / "fold_0" / CHECKPOINT_LAST, Path(d) / "fold_0" / CHECKPOINT_BEST)
+                save_checkpoint(state, fold.checkpoint_last)
+                copy_checkpoint(fold.checkpoint_last, fold.checkpoint_best)
                 times.append(time.perf_counter() - t0)
         finally:
             tracker.close()

@@ -31,13 +31,14 @@ import pandas as pd
 
 from medres.checkpoint import load_checkpoint, save_checkpoint
 from medres.inference.operating_point import choose_operating_point, decide
+from medres.runfolder import HELDOUT, INNER_VAL, TEST, FoldFolder
 
 __all__ = ["calibrate_fold", "case_ids_digest", "TABLES"]
 
 log = logging.getLogger("medres.training")
 
 #: The fold tables whose probabilities are recalibrated (the fit reads the first one only).
-TABLES = ("inner_val_predictions", "predictions", "test_predictions")
+TABLES = (INNER_VAL, HELDOUT, TEST)
 
 
 def case_ids_digest(case_ids: Any) -> str:
@@ -65,14 +66,13 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
     Returns the map (``fit_calibration``'s dict plus ``fitted_on``, ``case_ids_sha256``), or None when
     the fold has no inner-validation logits (no classification head, or no inner validation).
     """
-    from medres.inference.members import prediction_checkpoint
     from medres.inference.predictor import write_table
     from medres.metrics.calibration import choose_calibration
 
-    fold_dir = Path(fold_dir)
+    fold = FoldFolder(Path(fold_dir))
     labels = list(cfg.data.labels)
     cols = [f"logit_{c}" for c in labels]
-    val_path = fold_dir / "inner_val_predictions.parquet"
+    val_path = fold.inner_val_predictions
     if not val_path.is_file():
         return None
     val = pd.read_parquet(val_path)
@@ -85,24 +85,24 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
     cal = choose_calibration(val[cols].to_numpy(np.float64), val["y_true"].to_numpy(),
                              val["patient_id"].astype(str).to_numpy() if "patient_id" in val else None,
                              method, positive=positive)
-    log.info("%s: recalibration (%s) %s", fold_dir.name, method, cal["evidence"]["why"])
+    log.info("%s: recalibration (%s) %s", fold.dir.name, method, cal["evidence"]["why"])
     cal.update(fitted_on="inner_val", case_ids_sha256=case_ids_digest(val["case_id"]),
                labels=labels)
     p_val = _recalibrate(val, labels, cal)[f"p_{labels[positive]}"].to_numpy()
     cal["operating_point"] = choose_operating_point(val["y_true"].to_numpy(), p_val, cfg)
-    ckpt = prediction_checkpoint(fold_dir)
+    ckpt = fold.predicting_checkpoint()
     state = load_checkpoint(ckpt)
     state["calibration"] = cal
     save_checkpoint(state, ckpt, keep_previous=False)
-    (fold_dir / "calibration.json").write_text(json.dumps(cal, indent=1) + "\n")
+    fold.calibration.write_text(json.dumps(cal, indent=1) + "\n")
     for name in TABLES:
-        path = fold_dir / f"{name}.parquet"
+        path = fold.table(name)
         if path.is_file():
             df = pd.read_parquet(path)
             if set(cols) <= set(df.columns):
                 write_table(_recalibrate(df, labels, cal), path)
     op = cal["operating_point"]
-    log.info("%s: calibration %s fitted on %d inner-validation cases%s; operating point: %s", fold_dir.name,
+    log.info("%s: calibration %s fitted on %d inner-validation cases%s; operating point: %s", fold.dir.name,
              cal["method"], cal["n"], f" (T = {cal['temperature']:.3g})" if "temperature" in cal else "",
              f"p_{labels[positive]} >= {op['threshold']:.3g} ({op['method']})" if op["threshold"] is not None
              else op["note"])

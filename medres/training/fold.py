@@ -22,8 +22,6 @@ import torch
 from torch import nn
 
 from medres.checkpoint import (
-    BEST,
-    LAST,
     clean_stale_temporaries,
     copy_checkpoint,
     load_checkpoint,
@@ -34,6 +32,7 @@ from medres.checkpoint import (
     unwrap_model,
 )
 from medres.config import Config, flatten_dict
+from medres.runfolder import FoldFolder, fold_name
 from medres.cv import FoldData
 from medres.training.distributed import DistInfo, all_reduce_mean, world_size
 from medres.training.loop import (
@@ -102,6 +101,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     t, m, is_main = cfg.train, cfg.model, dist_info.is_main
     fold_seed = t.seed + 1000 * data.fold
     fold_dir.mkdir(parents=True, exist_ok=True)
+    last, best = FoldFolder(fold_dir).checkpoint_last, FoldFolder(fold_dir).checkpoint_best
     clean_stale_temporaries(fold_dir)
 
     # -- an existing checkpoint: resume it (when its folds and configuration are this run's), or refuse
@@ -182,7 +182,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
             **({"folds_sha256": folds_hash} if folds_hash is not None else {})}
     tracker = None
     if is_main:
-        tracker = MetricsTracker(fold_dir, run_name=f"{cfg.output.name}/fold_{data.fold}",
+        tracker = MetricsTracker(fold_dir, run_name=f"{cfg.output.name}/{fold_name(data.fold)}",
                                  params=flatten_dict(meta["config"]),
                                  resume_epoch=state.epoch if ckpt else None,
                                  backends=tuple(cfg.output.tracking))
@@ -194,7 +194,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(), "loss": loss_fn.state_dict(), "rng": rng_state(),
                 **asdict(state), **meta,
-            }, fold_dir / LAST)
+            }, last)
 
     def mid_epoch_checkpoint() -> None:  # every train.checkpoint_every_steps (the epoch's end saves anyway)
         n = t.checkpoint_every_steps
@@ -230,7 +230,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
             resume_rng = None
             if stopped and state.batch_in_epoch < n_batches:
                 checkpoint()
-                raise Interrupted(should_stop() or 15, fold_dir / LAST if is_main else None)
+                raise Interrupted(should_stop() or 15, last if is_main else None)
             seconds = time.perf_counter() - t0
 
             sums = state.sums
@@ -265,10 +265,10 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
                 shown = (f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
                 log.info("epoch %d/%d: %s", state.epoch, t.epochs, ", ".join(shown))
             checkpoint()
-            if is_main and (improved or (state.finished and not (fold_dir / BEST).exists())):
-                copy_checkpoint(fold_dir / LAST, fold_dir / BEST)
+            if is_main and (improved or (state.finished and not best.exists())):
+                copy_checkpoint(last, best)
             if should_stop() is not None and not state.finished:
-                raise Interrupted(should_stop(), fold_dir / LAST if is_main else None)
+                raise Interrupted(should_stop(), last if is_main else None)
     finally:
         del train_loader, val_loader, batches  # their worker processes stop now, even on an exception
         if tracker is not None:
@@ -276,7 +276,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
 
     if dist_info.enabled:  # each rank records its parameters: equal digests = replicas in sync
         # (batch-norm running statistics stay per rank, as DDP keeps them; rank 0's are saved)
-        (fold_dir / f"weights_rank{dist_info.rank}.sha256").write_text(weights_digest(model) + "\n")
+        FoldFolder(fold_dir).weights_digest(dist_info.rank).write_text(weights_digest(model) + "\n")
     return state
 
 
@@ -341,5 +341,5 @@ def _volume_infer(cfg: Config) -> Callable[[nn.Module, torch.Tensor], tuple[Any,
 
 def load_best_weights(model: nn.Module, fold_dir: Path) -> None:
     """Load ``checkpoint_best.pt`` (else the last) into ``model`` for prediction."""
-    path = fold_dir / BEST if (fold_dir / BEST).exists() else fold_dir / LAST
+    path = FoldFolder(fold_dir).predicting_checkpoint()
     load_weights(model, load_checkpoint(path), path=path)

@@ -31,13 +31,12 @@ from typing import Any
 
 from medres.config import RESUME_IGNORED_FIELDS, Config, check_resume_config, flatten_dict
 from medres.errors import ConfigError
+from medres.runfolder import FoldFolder, RunFolder
 
-__all__ = ["FolderLock", "RunClaim", "claim_run", "check_fold_start", "folds_sha256", "config_sha256",
-           "LOCK_NAME"]
+__all__ = ["FolderLock", "RunClaim", "claim_run", "check_fold_start", "folds_sha256", "config_sha256"]
 
 log = logging.getLogger("medres.training")
 
-LOCK_NAME = ".lock"
 #: how long a job waits for another's short hold of ``<run>/.lock`` (writing config.yaml / folds.csv)
 SHARED_LOCK_WAIT_S = 120.0
 
@@ -135,9 +134,10 @@ def check_fold_start(fold_dir: Path, cfg: Config, *, fold: int, folds_hash: str 
     ``force`` is given; when resuming, when the checkpoint was trained with another patient-to-fold
     assignment (``force`` does not override this) or, without ``force``, another configuration.
     Reads only."""
-    from medres.checkpoint import LAST, PREV, load_checkpoint
+    from medres.checkpoint import load_checkpoint
 
-    if not ((fold_dir / LAST).exists() or (fold_dir / PREV).exists()):
+    last = FoldFolder(fold_dir).checkpoint_last
+    if not (last.exists() or FoldFolder(fold_dir).checkpoint_prev.exists()):
         if resume and not quiet:
             log.info("fold_%d: nothing to resume in %s; starting it", fold, fold_dir)
         return None
@@ -147,22 +147,22 @@ def check_fold_start(fold_dir: Path, cfg: Config, *, fold: int, folds_hash: str 
         raise ConfigError(f"{fold_dir} already holds a checkpoint", field="output.name",
                           hint="pass --resume to continue it, --force to start it over, or choose "
                                "another output.name")
-    ckpt = load_checkpoint(fold_dir / LAST, mmap=mmap, warn=not quiet)
+    ckpt = load_checkpoint(last, mmap=mmap, warn=not quiet)
     saved = ckpt.get("folds_sha256")
     if folds_hash is not None and saved is not None and saved != folds_hash:
         raise ConfigError(f"fold_{fold}'s checkpoint was trained with another patient-to-fold assignment "
                           f"than the run's folds.csv (or cv.folds_file) now holds: resuming would score "
-                          f"patients it trained on as held out", path=fold_dir / LAST, field="cv",
+                          f"patients it trained on as held out", path=last, field="cv",
                           hint="restore the folds.csv the run was trained with, or start a new run "
                                "(another output.name); --force does not override this")
     if folds_hash is not None and saved is None and not quiet:
         log.warning("fold_%d: %s was written by an older medres that did not record its folds; it cannot "
-                    "be verified against folds.csv (continuing)", fold, fold_dir / LAST)
+                    "be verified against folds.csv (continuing)", fold, last)
     stored_cfg = ckpt.get("config_sha256")
     if stored_cfg is not None and isinstance(ckpt.get("config"), Mapping) \
             and config_sha256(ckpt["config"]) != stored_cfg:
         raise ConfigError(f"fold_{fold}'s checkpoint holds a configuration that does not match the hash "
-                          "recorded with it (the file was edited)", path=fold_dir / LAST,
+                          "recorded with it (the file was edited)", path=last,
                           hint="use the checkpoint as medres.train wrote it, or start a new run")
     if stored_cfg is None or stored_cfg != config_sha256(cfg):
         changes = check_resume_config(ckpt["config"], cfg, force=force)
@@ -188,7 +188,7 @@ class RunClaim:
 
     def shared(self) -> FolderLock:
         """The short lock around the files every fold job shares (config.yaml, folds.csv, the report)."""
-        return FolderLock(self.run_dir / LOCK_NAME, what=f"run folder {self.run_dir.name}")
+        return FolderLock(RunFolder(self.run_dir).lock, what=f"run folder {self.run_dir.name}")
 
 
 def claim_run(run_dir: Path, cfg: Config, fold_table: Any, folds: Sequence[int], *, resume: bool,
@@ -197,21 +197,22 @@ def claim_run(run_dir: Path, cfg: Config, fold_table: Any, folds: Sequence[int],
     then write (or verify) ``config.yaml`` and ``folds.csv`` under ``<run>/.lock``. On a refusal nothing
     in the run folder has changed (at most an empty fold folder holding its lock file)."""
     folds_hash = folds_sha256(fold_table)
+    run = RunFolder(run_dir)
     claim = RunClaim(run_dir=run_dir, folds_hash=folds_hash, config_hash=config_sha256(cfg))
 
     def check(quiet: bool) -> None:
         _check_folds_file(run_dir, fold_table, folds, force=force)
         for k in folds:  # before config.yaml: a checkpoint's own record says most precisely what changed
-            check_fold_start(run_dir / f"fold_{k}", cfg, fold=k, folds_hash=folds_hash, resume=resume,
+            check_fold_start(run.fold(k).dir, cfg, fold=k, folds_hash=folds_hash, resume=resume,
                              force=force, mmap=True, quiet=quiet)
         _check_config_file(run_dir, cfg, force=force)
 
     check(quiet=True)  # read only: the usual refusals cost nothing
     try:
         for k in folds:
-            fold_dir = run_dir / f"fold_{k}"
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            lock = FolderLock(fold_dir / LOCK_NAME, what=f"fold {k} of run {run_dir.name}")
+            fold = run.fold(k)
+            fold.dir.mkdir(parents=True, exist_ok=True)
+            lock = FolderLock(fold.lock, what=f"fold {k} of run {run_dir.name}")
             claim.locks.append(lock.acquire())
         with claim.shared().acquire(wait_s=SHARED_LOCK_WAIT_S):
             check(quiet=True)  # again: another job may have written since the first look
@@ -225,17 +226,17 @@ def claim_run(run_dir: Path, cfg: Config, fold_table: Any, folds: Sequence[int],
 def _check_folds_file(run_dir: Path, fold_table: Any, folds: Sequence[int], *, force: bool) -> None:
     """Refuse when the run's folds.csv differs from this job's and may not be replaced: without
     ``force``, or when a fold this job does not restart was trained with it."""
-    from medres.checkpoint import LAST, PREV
     from medres.cv import folds_table
 
-    path = run_dir / "folds.csv"
+    run = RunFolder(run_dir)
+    path = run.folds_csv
     if not path.exists():
         return
     current = _read_table(path)
     if current is not None and current.equals(folds_table(fold_table)):
         return
-    others = sorted(int(p.name[5:]) for p in run_dir.glob("fold_*") if p.name[5:].isdigit()
-                    and int(p.name[5:]) not in folds and ((p / LAST).exists() or (p / PREV).exists()))
+    others = sorted(int(f.index) for f in run.folds() if f.index not in folds
+                    and (f.checkpoint_last.exists() or f.checkpoint_prev.exists()))
     if force and not others:
         return
     what = "cannot be read as a folds table" if current is None else (
@@ -244,7 +245,7 @@ def _check_folds_file(run_dir: Path, fold_table: Any, folds: Sequence[int], *, f
     why = (f"fold(s) {others} were trained with it, so it is never replaced" if others else
            "pass --force to replace it")
     raise ConfigError(f"the run's folds.csv {what}; {why}", path=path, field="cv",
-                      hint=f"run with the run's own configuration (--config {run_dir / 'config.yaml'}), or "
+                      hint=f"run with the run's own configuration (--config {run.config}), or "
                            "choose another output.name")
 
 
@@ -254,7 +255,7 @@ def _check_config_file(run_dir: Path, cfg: Config, *, force: bool) -> None:
     from medres.config import load_config
     from medres.errors import MedresError
 
-    path = run_dir / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.exists():
         return
     try:
@@ -286,11 +287,11 @@ def _write_shared(run_dir: Path, cfg: Config, fold_table: Any) -> None:
     from medres.cv import write_folds
     from medres.files import atomic_write
 
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = RunFolder(run_dir).config
     if not cfg_path.exists() or config_to_yaml(cfg) not in cfg_path.read_text(encoding="utf-8"):
         save_resolved(cfg, cfg_path)
     from medres.cv import folds_table
 
-    folds_path = run_dir / "folds.csv"
+    folds_path = RunFolder(run_dir).folds_csv
     if _read_table(folds_path) is None or not _read_table(folds_path).equals(folds_table(fold_table)):
         atomic_write(folds_path, lambda tmp: write_folds(fold_table, tmp))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medres.files import atomic_write
+from medres.runfolder import FoldFolder, RunFolder
 from medres.training.run_guard import FolderLock
 
 __all__ = ["MetricsTracker"]
@@ -42,7 +43,9 @@ class MetricsTracker:
     def __init__(self, fold_dir: str | Path, *, run_name: str = "",
                  params: Mapping[str, Any] | None = None, resume_epoch: int | None = None,
                  backends: tuple[str, ...] = ("tensorboard", "mlflow")) -> None:
-        self.path = Path(fold_dir) / "metrics.csv"
+        fold = FoldFolder(Path(fold_dir))
+        run = RunFolder(fold.dir.parent)
+        self.path = fold.metrics_csv
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         if resume_epoch is not None and self.path.exists():
@@ -55,18 +58,17 @@ class MetricsTracker:
             if importlib.util.find_spec("tensorboard") is not None:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+                self._tb = SummaryWriter(str(fold.tensorboard))
             else:
                 off.append("TensorBoard")
         if "mlflow" in backends:
             if importlib.util.find_spec("mlflow") is not None:
                 import mlflow
 
-                root = self.path.parent.parent
-                self._store_lock = FolderLock(root / ".mlflow.lock", what="the run's MLflow store")
+                self._store_lock = FolderLock(run.mlflow_lock, what="the run's MLflow store")
                 with self._store_lock.acquire(wait_s=STORE_WAIT_S):
-                    mlflow.set_tracking_uri(f"sqlite:///{(root / 'mlflow.db').resolve()}")
-                    mlflow.set_experiment(root.name)
+                    mlflow.set_tracking_uri(f"sqlite:///{run.mlflow_db.resolve()}")
+                    mlflow.set_experiment(run.root.name)
                     self._mlflow = mlflow.start_run(run_name=run_name or self.path.parent.name)
                     if params:
                         mlflow.log_params({k: str(v)[:250] for k, v in params.items()})

@@ -1,0 +1,248 @@
+"""Prediction tasks beside the segmentation head: the ``tasks:`` list of a configuration (torch-free).
+
+Each task is one question asked of every scan, read from manifest columns::
+
+    tasks:
+      - name: findings
+        type: multilabel          # binary | multiclass | multilabel | regression
+        columns: [opacity, effusion, cardiomegaly]   # 0/1 cells; -1 uncertain; blank unknown
+        uncertain: ignore         # a -1 cell: ignore (unknown) | ones | zeros, or {column: policy}
+      - name: ctr
+        type: regression
+        column: ctr               # a number per cell; blank unknown
+        unit: ratio
+        loss: huber
+
+Without ``tasks:`` a configuration has today's single classification head from ``data.labels``;
+:func:`effective_tasks` gives it in the same shape, so later code reads one list. The checks that need
+the whole configuration (names, columns, mask labels) are in :func:`check_tasks`, which the root
+``Config`` runs; the cells are checked against the manifest by ``medres.data.tasks``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medres.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from medres.config.schema import Config
+
+__all__ = [
+    "TaskConfig", "BinaryTask", "MulticlassTask", "MultilabelTask", "RegressionTask", "TASK_TYPES",
+    "RESERVED_COLUMNS", "ID_COLUMNS", "HEAD_NAMES", "SINGLE_HEAD", "effective_tasks", "check_tasks",
+    "task_columns", "uncertain_policy",
+]
+
+#: Manifest columns medres reads for something else (data_manifests/README.md): no task may be named so.
+RESERVED_COLUMNS = ("case_id", "patient_id", "study_uid", "series_uid", "image", "mask", "label", "split",
+                    "fold", "site", "scanner", "sex", "age", "pixel_spacing", "view")
+#: Columns that identify a scan or place it in a split: never a task's target.
+ID_COLUMNS = ("case_id", "patient_id", "study_uid", "series_uid", "image", "mask", "split", "fold")
+#: The heads' names in reports (``head`` of the long-format records).
+HEAD_NAMES = ("classification", "segmentation")
+#: The name of the task :func:`effective_tasks` makes of ``data.labels``.
+SINGLE_HEAD = "classification"
+TASK_TYPES = ("binary", "multiclass", "multilabel", "regression")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+Uncertain = Literal["ignore", "ones", "zeros"]
+
+
+class _Task(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    name: str  # letters, digits, '_', '-', '.'; names the task's outputs and report sections
+    weight: float = Field(1.0, ge=0)  # fixed weight of this task's loss (loss.task.mode: fixed)
+
+    def target_columns(self) -> list[str]:
+        """The manifest columns this task reads, in order."""
+        return list(self.columns) if isinstance(self, MultilabelTask) else [self.column]  # type: ignore[attr-defined]
+
+
+class BinaryTask(_Task):
+    """One yes/no question: a 0/1 column (``-1`` uncertain, blank unknown), or two class names."""
+
+    type: Literal["binary"]
+    column: str
+    # the two cell values meaning 0 and 1, in that order (e.g. [normal, nodule]); None: 0/1 cells
+    classes: list[str] | None = None
+    uncertain: Uncertain | dict[str, Uncertain] = "ignore"  # a -1 cell (0/1 cells only)
+    loss: Literal["bce", "focal"] = "bce"
+    # balanced: n_negative / n_positive on the training fold; none: 1; or {column: weight}
+    pos_weight: Literal["balanced", "none"] | dict[str, float] = "none"
+
+
+class MulticlassTask(_Task):
+    """One of several classes per scan: a column of class names (blank unknown)."""
+
+    type: Literal["multiclass"]
+    column: str
+    classes: list[str]  # the cell values, in output index order
+    loss: Literal["ce", "focal"] = "ce"
+
+
+class MultilabelTask(_Task):
+    """Findings that may co-occur: one 0/1 column each (``-1`` uncertain, blank unknown)."""
+
+    type: Literal["multilabel"]
+    columns: list[str]
+    uncertain: Uncertain | dict[str, Uncertain] = "ignore"  # one policy, or one per column
+    loss: Literal["bce", "focal"] = "bce"
+    pos_weight: Literal["balanced", "none"] | dict[str, float] = "none"
+
+
+class RegressionTask(_Task):
+    """A number per scan (blank unknown); targets are standardised on the training fold."""
+
+    type: Literal["regression"]
+    column: str
+    unit: str | None = None  # shown with the values in reports (e.g. mm, ratio)
+    loss: Literal["mse", "l1", "huber"] = "mse"
+
+
+AnyTask = BinaryTask | MulticlassTask | MultilabelTask | RegressionTask
+TaskConfig = Annotated[AnyTask, Field(discriminator="type")]
+
+
+def task_columns(task: AnyTask) -> list[str]:
+    """The manifest columns ``task`` reads, in order."""
+    return task.target_columns()
+
+
+def uncertain_policy(task: AnyTask, column: str) -> str:
+    """How a ``-1`` cell of ``column`` is read: ``ignore``, ``ones`` or ``zeros`` (``ignore`` for tasks
+    without uncertain cells)."""
+    policy = getattr(task, "uncertain", "ignore")
+    return policy.get(column, "ignore") if isinstance(policy, dict) else policy
+
+
+def effective_tasks(cfg: Config) -> list[AnyTask]:
+    """The configuration's tasks; without ``tasks:``, today's classification head from ``data.labels``
+    as one task named ``classification`` reading the ``label`` column (binary with the classes
+    [negative, positive] for two labels, else multiclass; its loss stays ``loss.cls``), and none when
+    ``model.cls_head`` is off."""
+    if cfg.tasks is not None:
+        return list(cfg.tasks)
+    if not cfg.model.cls_head:
+        return []
+    labels = list(cfg.data.labels)
+    weight = cfg.loss.task.cls
+    if len(labels) == 2:
+        positive = cfg.data.positive_label or labels[-1]
+        negative = next(x for x in labels if x != positive)
+        return [BinaryTask(type="binary", name=SINGLE_HEAD, column="label", classes=[negative, positive],
+                           loss="focal" if cfg.loss.cls.type == "focal" else "bce", weight=weight)]
+    return [MulticlassTask(type="multiclass", name=SINGLE_HEAD, column="label", classes=labels,
+                           loss=cfg.loss.cls.type, weight=weight)]
+
+
+def _fields(i: int, task: AnyTask) -> Iterator[tuple[str, str]]:
+    """(dotted field, column) for each column of task ``i``."""
+    if isinstance(task, MultilabelTask):
+        for j, c in enumerate(task.columns):
+            yield f"tasks.{i}.columns.{j}", c
+    else:
+        yield f"tasks.{i}.column", task.column
+
+
+def check_tasks(cfg: Config) -> None:
+    """Refuse a ``tasks:`` list that cannot mean what it says (no-op without one).
+
+    Raises:
+        ConfigError: naming the dotted field, the task and the column, for an empty list; a name that is
+        blank, not a plain word, repeated, or that clashes with a reserved manifest column, a head or a
+        ``data.mask_labels`` name; an empty or repeated column list; a column that is an id, path or split
+        column, or that two tasks read; ``classes`` that are too few or repeated; ``pos_weight`` or
+        ``uncertain`` keys that are not the task's columns, or a weight that is not positive.
+    """
+    tasks = cfg.tasks
+    if tasks is None:
+        return
+    if not tasks:
+        raise ConfigError("the tasks list is empty", field="tasks",
+                          hint="remove 'tasks:' for the single head from data.labels, or list the tasks")
+    d = cfg.data
+    taken: dict[str, str] = {}  # a reserved word (case-folded) -> what it is
+    for c in RESERVED_COLUMNS:
+        taken[c.casefold()] = f"the manifest column {c!r}"
+    for c in d.image_columns:
+        taken[c.casefold()] = f"the image column {c!r}"
+    if d.mask_column:
+        taken[d.mask_column.casefold()] = f"the mask column {d.mask_column!r}"
+    for v in sorted(d.mask_labels):
+        taken[d.mask_labels[v].casefold()] = f"the mask label {d.mask_labels[v]!r} (data.mask_labels {v})"
+    for h in HEAD_NAMES:
+        taken[h] = f"the {h} head"
+    structural = {c.casefold() for c in ID_COLUMNS} | {c.casefold() for c in d.image_columns}
+    if d.mask_column:
+        structural.add(d.mask_column.casefold())
+
+    names: dict[str, int] = {}
+    readers: dict[str, tuple[str, str]] = {}  # column -> (task name, field)
+    for i, task in enumerate(tasks):
+        name = task.name
+        where = f"tasks.{i}.name"
+        if not name.strip():
+            raise ConfigError(f"task {i} has an empty name", field=where, hint="give every task a name")
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"task name {name!r} may hold only letters, digits, '_', '-' and '.' (it names "
+                              "output columns and report sections)", field=where, hint="e.g. findings, ctr")
+        if name.casefold() in names:
+            raise ConfigError(f"two tasks are named {name!r} (tasks {names[name.casefold()]} and {i})",
+                              field=where, hint="give each task its own name")
+        names[name.casefold()] = i
+        if name.casefold() in taken or name.startswith("image_"):
+            what = taken.get(name.casefold(), "an image column (image_*)")
+            raise ConfigError(f"task name {name!r} clashes with {what}", field=where,
+                              hint=f"rename the task (e.g. {name}_task); its column may keep its name")
+        cols = task.target_columns()
+        if isinstance(task, MultilabelTask) and not cols:
+            raise ConfigError(f"task {name!r} lists no columns", field=f"tasks.{i}.columns",
+                              hint="list the manifest columns holding each finding's 0/1")
+        for field, col in _fields(i, task):
+            if not col.strip() or col != col.strip():
+                raise ConfigError(f"task {name!r}: column {col!r} is empty or has surrounding spaces",
+                                  field=field, hint="write the manifest column's header exactly")
+            if col.casefold() in structural or col.startswith("image_"):
+                raise ConfigError(f"task {name!r}: column {col!r} identifies the scan or its split; it "
+                                  "cannot be a target", field=field,
+                                  hint="name the column holding the target")
+            if col in readers:
+                other, first = readers[col]
+                reason = (f"column {col!r} is listed twice in task {name!r}" if other == name else
+                          f"column {col!r} is read by two tasks: {other!r} ({first}) and {name!r}")
+                raise ConfigError(reason, field=field,
+                                  hint="each manifest column is the target of one task: remove one")
+            readers[col] = (name, field)
+        classes = getattr(task, "classes", None)
+        binary = isinstance(task, BinaryTask)
+        if classes is not None and (len(set(classes)) != len(classes) or len(classes) < 2
+                                    or (binary and len(classes) != 2)):
+            many = "exactly" if binary else "at least"
+            raise ConfigError(f"task {name!r}: classes {classes} must be {many} 2 different names",
+                              field=f"tasks.{i}.classes",
+                              hint="[negative, positive]" if binary else "each class once, in output order")
+        for key in ("pos_weight", "uncertain"):
+            given = getattr(task, key, None)
+            if not isinstance(given, dict):
+                continue
+            for col, value in given.items():
+                if col not in cols:
+                    close = did_you_mean(col, cols)
+                    raise ConfigError(f"task {name!r}: {key} names {col!r}, which is not one of its columns "
+                                      f"{cols}", field=f"tasks.{i}.{key}.{col}",
+                                      hint=f"did you mean {close[0]!r}?" if close else f"use one of {cols}")
+                if key == "pos_weight" and not (math.isfinite(value) and value > 0):
+                    raise ConfigError(f"task {name!r}: pos_weight of {col!r} is {value}; it must be a "
+                                      "positive number", field=f"tasks.{i}.pos_weight.{col}",
+                                      hint="e.g. 3.0 counts each positive three times; or 'balanced'")
+        if isinstance(task, BinaryTask) and task.classes is not None and task.uncertain != "ignore":
+            raise ConfigError(f"task {name!r}: uncertain applies to 0/1/-1 cells, but the task reads the "
+                              f"class names {task.classes}", field=f"tasks.{i}.uncertain",
+                              hint="remove uncertain, or remove classes and write the column as 0/1/-1")
