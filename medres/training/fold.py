@@ -32,8 +32,8 @@ from medres.checkpoint import (
     unwrap_model,
 )
 from medres.config import Config, flatten_dict
-from medres.runfolder import FoldFolder, fold_name
 from medres.cv import FoldData
+from medres.runfolder import FoldFolder, fold_name
 from medres.training.distributed import DistInfo, all_reduce_mean, world_size
 from medres.training.loop import (
     Interrupted,
