@@ -20,14 +20,61 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from medres.data.readers.limits import patch_fits_none, patch_misfit, resampled_shape
 from medres.errors import ConfigError, DataError
 
-__all__ = ["CheckResult", "check_cohort", "format_problems", "main"]
+__all__ = ["CheckResult", "CheckSettings", "check_cohort", "format_problems", "main"]
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """What :func:`check_cohort` checks a manifest against (the ``data`` section's settings).
+
+    Attributes:
+        vocabulary: the class names labels must be one of (None: any).
+        root: the data root paths may not leave (default: the manifest's folder).
+        image_columns, mask_column: the manifest's image column(s) and mask column.
+        mask_labels: the label values a mask may hold (None: any).
+        ndim: 2 or 3 spatial dimensions (None: as read).
+        atol: image/mask affine tolerance (mm).
+        max_voxels, max_files_per_series: the reader's limits.
+        patch_size, spacing: warn when the patch is larger than every (resampled) image.
+        workers: reading processes (default: the CPUs, at most 8; 1 reads in this process).
+        manifest_only: the manifest's columns, rows, labels and paths only, without reading a scan (and
+            without importing torch or MONAI: seconds for a large cohort).
+        radiograph: ``{"require_spacing": bool, "views": [...] | None}`` for ``data.modality: XR``: the
+            checks of ``medres.data.readers.radiograph.RadiographGeometryd`` (spacing, view, mask size).
+        link_roots, key_file: the folders symbolic links may lead into (:func:`read_manifest`).
+    """
+
+    vocabulary: Sequence[str] | None = None
+    root: str | Path | None = None
+    image_columns: Sequence[str] | None = None
+    mask_column: str | None = "mask"
+    mask_labels: Sequence[int] | None = None
+    ndim: int | None = None
+    atol: float = 1e-3
+    max_voxels: int | None = None
+    max_files_per_series: int | None = None
+    patch_size: Sequence[int] | None = None
+    spacing: Sequence[float] | None = None
+    workers: int | None = None
+    manifest_only: bool = False
+    radiograph: dict | None = None
+    link_roots: Sequence[str] = ()
+    key_file: str | None = None
+
+    def updated(self, **changes: Any) -> CheckSettings:
+        """A copy with ``changes`` (field names; an unknown name is a TypeError naming the fields)."""
+        names = [f.name for f in fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise TypeError(f"unknown check setting(s) {unknown}; CheckSettings has {names}")
+        return replace(self, **changes) if changes else self
 
 
 @dataclass
@@ -81,8 +128,11 @@ def similar_patient_ids(df: Any) -> list[DataError]:
 
 def _check_row(task: tuple) -> tuple[int, list[DataError], list[DataError], tuple[int, ...] | None, int, int]:
     """One manifest row (run in a worker process): problems, warnings, resampled shape, counts."""
-    (row, case, paths, series_uid, mask_path, ndim, mask_labels, atol, max_voxels, spacing, radiograph,
-     pixel_spacing, view, max_files) = task
+    row, case, paths, series_uid, mask_path, pixel_spacing, view, settings = task
+    ndim, atol, radiograph = settings.ndim, settings.atol, settings.radiograph
+    max_voxels, max_files = settings.max_voxels, settings.max_files_per_series
+    mask_labels = list(settings.mask_labels) if settings.mask_labels is not None else None
+    spacing = list(settings.spacing) if settings.spacing else None
     problems: list[DataError] = []
     warnings: list[DataError] = []
     shape = None
@@ -131,36 +181,26 @@ def _pool(workers: int):  # noqa: ANN202
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if "fork" in methods else None))
 
 
-def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = None,
-                 root: str | Path | None = None, image_columns: Sequence[str] | None = None,
-                 mask_column: str | None = "mask", mask_labels: Sequence[int] | None = None,
-                 ndim: int | None = None, atol: float = 1e-3, max_voxels: int | None = None,
-                 max_files_per_series: int | None = None, patch_size: Sequence[int] | None = None,
-                 spacing: Sequence[float] | None = None,
-                 workers: int | None = None, manifest_only: bool = False,
+def check_cohort(manifest: str | Path, settings: CheckSettings | None = None, *,
                  on_progress: Callable[[int, int, int], None] | None = None,
                  on_problem: Callable[[DataError, bool], None] | None = None,
-                 radiograph: dict | None = None, link_roots: Sequence[str] = (),
-                 key_file: str | None = None) -> CheckResult:
+                 **changes: Any) -> CheckResult:
     """Check every row, file and image/mask pair of a manifest; never stops at the first problem.
 
-    Rows are read in ``workers`` processes (default: the CPUs, at most 8; 1 reads in this process).
-    ``on_problem(error, is_warning)`` is called as each is found, ``on_progress(done, total, problems)``
-    now and then. Warnings (not failures): patient ids equal after stripping zeros/case/spaces, all-zero
-    images, one-slice volumes in a 3D cohort, a ``patch_size`` larger than every (resampled) image.
-    ``manifest_only``: the manifest's columns, rows, labels and paths only, without reading a scan (and
-    without importing torch or MONAI: seconds for a large cohort).
-    ``radiograph`` (``{"require_spacing": bool, "views": [...] | None}``, for ``data.modality: XR``) runs
-    the radiograph checks of ``medres.data.readers.radiograph.RadiographGeometryd`` (spacing, view, mask
-    size).
-    ``link_roots``/``key_file``: the folders symbolic links may lead into (:func:`read_manifest`)."""
+    ``settings``: what to check against (:class:`CheckSettings`); ``changes``: fields of it to change, as
+    keywords (``check_cohort(m, vocabulary=[...], ndim=3)``). ``on_problem(error, is_warning)`` is called
+    as each is found, ``on_progress(done, total, problems)`` now and then. Warnings (not failures):
+    patient ids equal after stripping zeros/case/spaces, all-zero images, one-slice volumes in a 3D
+    cohort, a ``patch_size`` larger than every (resampled) image."""
     from medres.data.manifest import validate_manifest  # pandas: imported here, so --help is instant
 
+    s = (settings or CheckSettings()).updated(**changes)
     result = CheckResult()
     report = on_problem or (lambda err, warning: None)
     try:
-        df, errors = validate_manifest(manifest, vocabulary=vocabulary, root=root,
-                                       image_columns=image_columns, link_roots=link_roots, key_file=key_file)
+        df, errors = validate_manifest(manifest, vocabulary=s.vocabulary, root=s.root,
+                                       image_columns=s.image_columns, link_roots=s.link_roots,
+                                       key_file=s.key_file)
     except DataError as err:
         result.problems.append(err)
         return result
@@ -169,25 +209,23 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
     result.problems.extend(errors)
     result.rows = len(df)
     images = df.attrs.get("image_columns")
-    if images is None or manifest_only:  # column-level problems: the rows cannot be read
+    if images is None or s.manifest_only:  # column-level problems: the rows cannot be read
         result.problems.sort(key=lambda e: -1 if e.row is None else e.row)
         return result
     for warning in similar_patient_ids(df):
         report(warning, True)
         result.warnings.append(warning)
     bad_rows = {e.row for e in errors if e.row is not None}
-    labels = list(mask_labels) if mask_labels is not None else None
     tasks = []
     for i, rec in enumerate(df.to_dict("records")):
         row = i + 1
         if row in bad_rows:
             continue
-        mask_path = rec.get(mask_column) if mask_column else None
+        mask_path = rec.get(s.mask_column) if s.mask_column else None
         tasks.append((row, rec.get("case_id") or None, [rec[c] for c in images],
-                      rec.get("series_uid") or None, mask_path or None, ndim, labels, atol, max_voxels,
-                      list(spacing) if spacing else None, radiograph,
-                      rec.get("pixel_spacing"), rec.get("view"), max_files_per_series))
-    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+                      rec.get("series_uid") or None, mask_path or None, rec.get("pixel_spacing"),
+                      rec.get("view"), s))
+    n_workers = s.workers if s.workers is not None else min(8, os.cpu_count() or 1)
     shapes = []
 
     def take(out: tuple) -> None:
@@ -215,9 +253,9 @@ def check_cohort(manifest: str | Path, *, vocabulary: Sequence[str] | None = Non
                 take(out)
                 if on_progress is not None and (done % 200 == 0 or done == total):
                     on_progress(done, total, len(result.problems))
-    largest = patch_fits_none(shapes, patch_size) if patch_size else None
+    largest = patch_fits_none(shapes, s.patch_size) if s.patch_size else None
     if largest is not None:
-        reason, hint = patch_misfit(patch_size, largest, "every image")
+        reason, hint = patch_misfit(s.patch_size, largest, "every image")
         warning = DataError(reason, path=manifest, hint=hint)
         report(warning, True)
         result.warnings.append(warning)
@@ -304,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'warning' if warning else 'problem'}: {err}", file=sys.stderr, flush=True)
 
     try:
-        result = check_cohort(manifest, atol=args.atol, on_progress=progress, on_problem=found,
-                              manifest_only=args.manifest_only, **settings)
+        result = check_cohort(manifest, CheckSettings(atol=args.atol, manifest_only=args.manifest_only,
+                                                      **settings), on_progress=progress, on_problem=found)
     except ConfigError as err:  # e.g. a --link-root that is not a folder
         print(f"medres data check: {err}", file=sys.stderr)
         return 2
