@@ -1,4 +1,7 @@
-"""Generate a demo cohort locally: ``python -m medres.data.demo --out X [--kind cxr] [--layout export]``."""
+"""Generate a demo cohort locally: ``python -m medres.data.demo [--out X] [--kind cxr] [--layout export]``.
+
+``--kind cxr_findings``: the chest X-ray cohort with effusion, cardiomegaly and the cardiothoracic ratio
+beside the opacity (several questions per radiograph; ``medres.data.demo.cxr``)."""
 
 from __future__ import annotations
 
@@ -14,11 +17,14 @@ from medres.errors import DataError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medres.data.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder to write (reused if it holds the same cohort)")
-    parser.add_argument("--kind", choices=("ct_chest", "cxr"), default="ct_chest",
+    parser.add_argument("--out", default=None, help="folder to write (reused if it holds the same cohort); "
+                                                     "default demo_data/KIND")
+    parser.add_argument("--kind", choices=("ct_chest", "cxr", "cxr_findings"), default="ct_chest",
                         help="ct_chest: 3D chest CT (default); cxr: 2D chest radiographs "
-                             "(medres.data.demo.cxr)")
-    parser.add_argument("--n-patients", type=int, default=None, help="default: 100 (ct_chest), 150 (cxr)")
+                             "(medres.data.demo.cxr); cxr_findings: the radiographs with opacity, effusion, "
+                             "cardiomegaly and the cardiothoracic ratio")
+    parser.add_argument("--n-patients", type=int, default=None,
+                        help="default: 100 (ct_chest), 150 (cxr, cxr_findings)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=["builtin", "export"], default="builtin",
                         help="export: the cohort as a hospital DICOM export (medres.data.demo.export)")
@@ -28,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.quiet
     if args.layout == "export" and args.kind != "ct_chest":
         parser.error("--layout export writes the chest CT cohort only (--kind ct_chest)")
-    n_patients = args.n_patients or (150 if args.kind == "cxr" else 100)
+    n_patients = args.n_patients or (100 if args.kind == "ct_chest" else 150)
+    args.out = args.out or str(Path("demo_data") / args.kind)
     start = time.perf_counter()
     if args.layout == "export":
         from medres.data.demo.export import generate_export
@@ -44,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
               f"python -m medres.data.index {export} --out {indexed} --labels {labels}")
         return 0
     try:
-        if args.kind == "cxr":
+        if args.kind in ("cxr", "cxr_findings"):
             from medres.data.demo.cxr import generate_cxr_demo
 
-            manifest = generate_cxr_demo(args.out, n_patients=n_patients, seed=args.seed, progress=progress)
+            manifest = generate_cxr_demo(args.out, n_patients=n_patients, seed=args.seed,
+                                         findings=args.kind == "cxr_findings", progress=progress)
         else:
             manifest = generate_demo(args.out, n_patients=n_patients, seed=args.seed,
                                      workers=min(os.cpu_count() or 1, 16), progress=progress)

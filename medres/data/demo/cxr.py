@@ -22,7 +22,17 @@ the opacity (grown 10%). Masks are PNG label maps on each image's pixel grid: 0 
 2 opacity (opacity drawn over lung). Labels ``normal`` / ``opacity``; sex, age, view (PA), site, scanner.
 DICOM files carry made-up patient fields (``DEMO^0001``) so privacy tests have something to find.
 
-Output is byte-identical for a given (n_patients, seed); a folder holding the same cohort is reused.
+``generate_cxr_demo(out, findings=True)`` (``--kind cxr_findings``) writes the findings variant: the
+same patients, sites and opacity quota, and beside them, independently and co-occurring, a pleural
+effusion (a dense meniscus filling the lateral lung base, one or both sides, 20-90 mm high) in a third of
+the patients and cardiomegaly (cardiothoracic ratio > 0.5) in a third. Its manifest adds 0/1 columns
+``opacity``, ``effusion``, ``cardiomegaly`` and the number ``ctr`` (max horizontal heart width / max inner
+thoracic width, from the generator's geometry in the PA projection); a few ``effusion`` cells are blank
+(unknown) and a few ``-1`` (uncertain, CheXpert style). Its mask's lung (1) is the aerated lung. Its
+extra randomness comes from separate streams, so the plain cohort's bytes do not depend on it.
+
+Output is byte-identical for a given (n_patients, seed, findings); a folder holding the same cohort is
+reused.
 """
 
 from __future__ import annotations
@@ -40,13 +50,22 @@ from scipy.ndimage import gaussian_filter
 from medres.data.demo.folder import partial_folder, replace_folder, written_files
 from medres.errors import DataError
 
-__all__ = ["generate_cxr_demo", "CXR_DEMO_VERSION", "CXR_SITES", "FIELD_MM"]
+__all__ = ["generate_cxr_demo", "CXR_DEMO_VERSION", "CXR_FINDINGS_VERSION", "CXR_SITES", "FIELD_MM",
+           "FINDINGS_COLUMNS", "cardiothoracic_ratio"]
 
 CXR_DEMO_VERSION = 1
+CXR_FINDINGS_VERSION = 1  # the findings variant's own version: bumping it leaves the plain cohort alone
 FIELD_MM = 381.0  # (n - 1) x pixel size at every site: 128 pixels of 3 mm after resampling
 _STAMP = "demo_cohort.json"
 MANIFEST_COLUMNS = ["case_id", "patient_id", "image", "mask", "label", "site", "scanner", "sex", "age",
                     "view", "pixel_spacing"]
+FINDINGS_COLUMNS = ["opacity", "effusion", "cardiomegaly", "ctr"]
+# geometry of the PA projection (mm at scale 1): lung ellipses (centre x, semi-axes) and the heart's
+_LUNG_CX = (-78.0, 80.0)
+_LUNG_CY, _LUNG_AX, _LUNG_AY = -10.0, 60.0, 125.0
+_HEART_CX, _HEART_CY, _HEART_AX, _HEART_AY = 22.0, 55.0, 68.0, 52.0
+_CARDIOMEGALY_CTR = 0.5
+_FLUID = 0.44  # pleural fluid's projected density: soft tissue, between the trunk (0.42) and heart (0.5)
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,7 @@ class _Patient:
     heart: float  # heart width factor
     opacities: list[_Opacity]
     studies: list[int]
+    effusion: tuple[float, float] = (0.0, 0.0)  # fluid height (mm) in the right, left pleural space; 0: none
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -102,9 +122,9 @@ def _lungs(x: np.ndarray, y: np.ndarray, p: _Patient) -> tuple[np.ndarray, np.nd
     """Right and left lung fields (bool [rows, cols]); x to the patient's left, y to the feet (mm)."""
     s = p.scale
     out = []
-    for side, cx in ((-1, -78.0), (1, 80.0)):
-        cx, cy = cx * s, -10.0 * s
-        ax, ay = 60.0 * s, 125.0 * s
+    for side, cx in zip((-1, 1), _LUNG_CX):
+        cx, cy = cx * s, _LUNG_CY * s
+        ax, ay = _LUNG_AX * s, _LUNG_AY * s
         ell = ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1.0
         # diaphragm dome: the lung ends above a parabola (the right dome sits higher)
         dome = (85.0 if side < 0 else 95.0) * s + 0.006 * (x - cx) ** 2
@@ -114,11 +134,40 @@ def _lungs(x: np.ndarray, y: np.ndarray, p: _Patient) -> tuple[np.ndarray, np.nd
 
 def _heart(x: np.ndarray, y: np.ndarray, p: _Patient) -> np.ndarray:
     s = p.scale
-    return ((x - 22.0 * s) / (68.0 * s * p.heart)) ** 2 + ((y - 55.0 * s) / (52.0 * s)) ** 2 <= 1.0
+    u, v = (x - _HEART_CX * s) / (_HEART_AX * s * p.heart), (y - _HEART_CY * s) / (_HEART_AY * s)
+    return u ** 2 + v ** 2 <= 1.0
 
 
-def _plan(n_patients: int, seed: int) -> list[_Patient]:
+def cardiothoracic_ratio(heart: float) -> float:
+    """Max horizontal heart width / max inner thoracic width (between the lungs' lateral margins) of a
+    demo radiograph with heart width factor ``heart``; the patient's scale cancels."""
+    thorax = (_LUNG_CX[1] + _LUNG_AX) - (_LUNG_CX[0] - _LUNG_AX)  # both lungs are widest at the same row
+    return 2.0 * _HEART_AX * heart / thorax
+
+
+def _fluid(x: np.ndarray, y: np.ndarray, p: _Patient, right: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """How much of each pixel is pleural fluid (float [rows, cols] in [0, 1]): a meniscus resting on the
+    lung's lower margin, thicker toward the lateral chest wall (the blunted costophrenic angle)."""
+    s = p.scale
+    out = np.zeros(np.broadcast_shapes(x.shape, y.shape), dtype=np.float32)
+    for side, cx, lung, height in zip((-1, 1), _LUNG_CX, (right, left), p.effusion):
+        if height <= 0:
+            continue
+        cx, ax = cx * s, _LUNG_AX * s
+        lateral = np.clip(side * (x - cx) / ax, -1.0, 1.0)  # -1 medial margin, 0 centre, 1 lateral wall
+        ellipse_floor = _LUNG_CY * s + _LUNG_AY * s * np.sqrt(np.maximum(1.0 - lateral ** 2, 0.0))
+        dome = (85.0 if side < 0 else 95.0) * s + 0.006 * (x - cx) ** 2
+        floor = np.minimum(ellipse_floor, dome)  # the lung's lower margin in this column
+        top = floor - height * (0.2 + 0.8 * np.clip((lateral + 0.3) / 1.3, 0.0, 1.0) ** 2)
+        out = np.maximum(out, np.clip((y - top) / 6.0 + 0.5, 0.0, 1.0) * lung)
+    return out
+
+
+def _plan(n_patients: int, seed: int, findings: bool = False) -> list[_Patient]:
+    """Every patient's anatomy, opacities and studies. ``findings``: also effusion and a spread heart size,
+    drawn from their own streams (keys 21, 22) so that the plain plan's draws are untouched."""
     g = _rng(seed, 1)
+    quota = _findings_quota(n_patients, seed) if findings else None
     n_op = max(1, round(n_patients / 3))
     op_ids = set(g.permutation(n_patients)[:n_op].tolist())
     follow = set(g.permutation(n_patients)[:max(1, round(n_patients / 5))].tolist())
@@ -132,9 +181,13 @@ def _plan(n_patients: int, seed: int) -> list[_Patient]:
         p = _Patient(i, sex, int(r.integers(25, 90)), (1.0 if sex == "M" else 0.93) * r.uniform(0.95, 1.05),
                      (float(r.uniform(-10, 10)), float(r.uniform(-10, 10))), float(r.uniform(0.9, 1.15)), [],
                      [site_of[i]])
+        if quota is not None:
+            _add_findings(p, *quota, seed)
         if i in op_ids:
             right, left = _lungs(x, y, p)
             lung = (right | left) & ~_heart(x, y, p)
+            if findings:
+                lung &= _fluid(x, y, p, right, left) < 0.5  # opacities sit in aerated lung
             pts = np.argwhere(lung)
             for k in range(2 if r.random() < 0.2 else 1):
                 radius = r.uniform(15.0, 40.0) if k == 0 else r.uniform(12.0, 22.0)
@@ -146,6 +199,25 @@ def _plan(n_patients: int, seed: int) -> list[_Patient]:
             p.studies.append(site_of[i] if r.random() < 0.6 else int(r.integers(len(CXR_SITES))))
         patients.append(p)
     return patients
+
+
+def _findings_quota(n_patients: int, seed: int) -> tuple[set[int], set[int]]:
+    """Patients with an effusion and with cardiomegaly: a third each (exact quotas), drawn independently
+    of each other and of the opacity quota, so the findings co-occur by chance."""
+    g = _rng(seed, 21)
+    n = max(1, round(n_patients / 3))
+    return set(g.permutation(n_patients)[:n].tolist()), set(g.permutation(n_patients)[:n].tolist())
+
+
+def _add_findings(p: _Patient, effusion_ids: set[int], enlarged_ids: set[int], seed: int) -> None:
+    r = _rng(seed, 22, p.index)
+    # the heart width factor spread so that the CTR, not the factor, decides cardiomegaly (> 0.5)
+    ctr = r.uniform(0.51, 0.66) if p.index in enlarged_ids else r.uniform(0.38, 0.495)
+    p.heart = float(ctr / cardiothoracic_ratio(1.0))
+    sides = r.choice(3, p=[0.4, 0.3, 0.3])  # right, left, both
+    heights = np.exp(r.uniform(np.log(20.0), np.log(90.0), 2))  # mm: small ones are subtle
+    if p.index in effusion_ids:
+        p.effusion = (float(heights[0] * (sides != 1)), float(heights[1] * (sides != 0)))
 
 
 def _render(p: _Patient, study: int, site: CxrSite, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +238,11 @@ def _render(p: _Patient, study: int, site: CxrSite, seed: int) -> tuple[np.ndarr
     texture *= 0.045 / max(float(texture.std()), 1e-6)
     hila = np.float32(0.04) * (np.abs(x) < 45.0 * s)
     d = np.where(lungs, 0.16 + texture + hila, d)
+    aerated = lungs
+    if any(p.effusion):  # only the findings variant: the plain cohort's arithmetic stays as it was
+        fluid = _fluid(x, y, p, right, left)
+        d += fluid * (np.float32(_FLUID) - d)
+        aerated = lungs & (fluid < 0.5)  # what the mask calls lung
     heart = _heart(x, y, p)
     d = np.where(heart, np.maximum(d, np.float32(0.5)), d)
     d += np.float32(0.12) * ((np.abs(x) < 20.0 * s) & (y > -170.0 * s) & trunk)  # mediastinum and spine
@@ -181,7 +258,7 @@ def _render(p: _Patient, study: int, site: CxrSite, seed: int) -> tuple[np.ndarr
     tc = np.clip((ax - 15.0) / 125.0, 0, 1)
     clavicles = (np.abs(y + 135.0 * s + 18.0 * tc * s) < 7.0 * s) & (ax > 15.0) & (ax < 145.0 * s)
     d += np.float32(0.12) * clavicles
-    field = lungs & ~heart
+    field = aerated & ~heart
     label = field.astype(np.uint8)
     growth = 1.0 + 0.1 * study
     for op in p.opacities:
@@ -266,26 +343,49 @@ def _write_dicom(path: Path, density: np.ndarray, site: CxrSite, p: _Patient, st
     ds.save_as(path, enforce_file_format=True)
 
 
-def _is_complete(out: Path, n_patients: int, seed: int) -> bool:
+def _kind_version(findings: bool) -> tuple[str, int]:
+    return ("cxr_findings", CXR_FINDINGS_VERSION) if findings else ("cxr", CXR_DEMO_VERSION)
+
+
+def _is_complete(out: Path, n_patients: int, seed: int, findings: bool = False) -> bool:
     try:
         stamp = json.loads((out / _STAMP).read_text())
     except (OSError, ValueError):
         return False
     if (stamp.get("kind"), stamp.get("version"), stamp.get("n_patients"), stamp.get("seed")) != (
-            "cxr", CXR_DEMO_VERSION, n_patients, seed):
+            *_kind_version(findings), n_patients, seed):
         return False
     return all((out / f).exists() for f in stamp.get("files", []))
 
 
+def _findings_cells(p: _Patient, study: int, unlabelled: dict[tuple[int, int], str]) -> dict[str, str]:
+    effusion = "1" if any(p.effusion) else "0"
+    ctr = cardiothoracic_ratio(p.heart)
+    return {"opacity": "1" if p.opacities else "0", "effusion": unlabelled.get((p.index, study), effusion),
+            "cardiomegaly": "1" if ctr > _CARDIOMEGALY_CTR else "0", "ctr": f"{ctr:.4f}"}
+
+
+def _unlabelled_effusion(plan: list[_Patient], seed: int) -> dict[tuple[int, int], str]:
+    """Scans whose ``effusion`` cell is blank (unknown, 3%) or -1 (uncertain, 4%): exact quotas of the
+    scans, at least one each, drawn from their own stream (key 23)."""
+    scans = [(p.index, study) for p in plan for study in range(len(p.studies))]
+    order = _rng(seed, 23).permutation(len(scans))
+    n_blank, n_uncertain = max(1, round(0.03 * len(scans))), max(1, round(0.04 * len(scans)))
+    cells = {scans[k]: "" for k in order[:n_blank]}
+    cells.update({scans[k]: "-1" for k in order[n_blank:n_blank + n_uncertain]})
+    return cells
+
+
 def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, seed: int = 0,
-                      progress: bool = False) -> Path:
+                      findings: bool = False, progress: bool = False) -> Path:
     """Write the chest X-ray demo cohort under ``out``; return its ``manifest.csv`` (reused if complete).
+    ``findings``: the variant with effusion, cardiomegaly and the cardiothoracic ratio (module docstring).
     ``progress``: show the patients written (medres.progress)."""
     out = Path(out)
     if n_patients < 6:
         raise DataError(f"the chest X-ray demo needs at least 6 patients, got {n_patients}", path=out,
                         hint="use --n-patients 6 or more")
-    if _is_complete(out, n_patients, seed):
+    if _is_complete(out, n_patients, seed, findings):
         return out / "manifest.csv"
     written_files(out, _STAMP)  # refused now, before generating, when it holds what the demo did not write
     tmp = partial_folder(out)
@@ -294,7 +394,8 @@ def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, see
     rows, files = [], []
     from medres.progress import track
 
-    plan = _plan(n_patients, seed)
+    plan = _plan(n_patients, seed, findings)
+    unlabelled = _unlabelled_effusion(plan, seed) if findings else {}
     for p in track(plan, desc=f"demo cohort: writing {out.name}", unit="patients", progress=progress):
         for study, site_index in enumerate(p.studies):
             site = CXR_SITES[site_index]
@@ -312,19 +413,22 @@ def generate_cxr_demo(out: str | os.PathLike[str], *, n_patients: int = 150, see
             mask = f"masks/{case}.png"
             _write_png(tmp / mask, label)
             files += [image, mask]
+            extra = _findings_cells(p, study, unlabelled) if findings else {}
             rows.append({"case_id": case, "patient_id": f"P{p.index + 1:04d}", "image": image, "mask": mask,
                          "label": "opacity" if p.opacities else "normal", "site": site.name,
                          "scanner": site.scanner, "sex": p.sex, "age": str(p.age + study), "view": "PA",
-                         "pixel_spacing": spacing})
+                         "pixel_spacing": spacing, **extra})
     with open(tmp / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        columns = MANIFEST_COLUMNS + (FINDINGS_COLUMNS if findings else [])
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     files.append("manifest.csv")
-    stamp = {"kind": "cxr", "version": CXR_DEMO_VERSION, "n_patients": n_patients, "seed": seed,
+    kind, version = _kind_version(findings)
+    stamp = {"kind": kind, "version": version, "n_patients": n_patients, "seed": seed,
              "n_scans": len(rows), "files": files}
     (tmp / _STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
-    if _is_complete(out, n_patients, seed):
+    if _is_complete(out, n_patients, seed, findings):
         shutil.rmtree(tmp)  # our own temporary folder
     else:  # an older demo cohort, only its own files, is replaced
         replace_folder(out, tmp, _STAMP)
