@@ -10,6 +10,10 @@ correlation ``icc``). Each draw runs exactly the functions the report's records 
 - AUROC: `medres.metrics.delong.auroc_score_interval` on ``positives`` positive and twice as many
   negative patients; scan score = mu * y + sqrt(icc) * u_patient + sqrt(1 - icc) * e_scan (standard
   normals), so the scan-level AUROC is Phi(mu / sqrt(2)).
+- average precision: the report's AP record (`medres.report.aggregate.average_precision_record`:
+  Clopper-Pearson on the effective number of positive scans, the design effect from the patient
+  bootstrap) on the AUROC draws; the true AP is the population value of the same binormal model at the
+  expected scan prevalence 1/3, integrated numerically (precision over recall).
 
 A cell's coverage is the share of draws whose interval holds the true value; with D draws its
 Monte-Carlo SE is about sqrt(0.95 * 0.05 / D) (0.5 points at D = 2000).
@@ -18,6 +22,7 @@ Monte-Carlo SE is about sqrt(0.95 * 0.05 / D) (0.5 points at D = 2000).
     python benchmarks/coverage.py --draws 500 --baseline   # the percentile bootstrap used before
     python benchmarks/coverage.py --draws 200 --quick      # a smoke run
     python benchmarks/coverage.py --draws 200 --recalibration   # recalibration kept on evidence or not
+    python benchmarks/coverage.py --draws 500 --ap              # average precision only
 """
 
 from __future__ import annotations
@@ -83,6 +88,33 @@ def auroc_cell(true: float, positives: int, icc: float, draws: int, seed: int) -
         r = auroc_score_interval(y, s, g)
         hits += r.ci_low <= true <= r.ci_high
         width += r.ci_high - r.ci_low
+    return hits / draws, width / draws
+
+
+def true_average_precision(auroc: float, prevalence: float = 1 / 3) -> float:
+    """Population AP of the binormal model: positives N(mu, 1), negatives N(0, 1), AUROC = Phi(mu/sqrt 2)."""
+    mu = np.sqrt(2) * norm.ppf(auroc)
+    t = np.linspace(mu + 9, -9, 400_001)  # thresholds from high to low: recall rises from 0 to 1
+    tpr, fpr = norm.sf(t - mu), norm.sf(t)
+    precision = prevalence * tpr / np.maximum(prevalence * tpr + (1 - prevalence) * fpr, 1e-300)
+    return float(np.sum(precision[1:] * np.diff(tpr)))
+
+
+def ap_cell(true_auroc: float, positives: int, icc: float, draws: int, seed: int) -> tuple[float, float]:
+    """Coverage of the report's AP interval; the true AP follows from the AUROC column's binormal model."""
+    from types import SimpleNamespace
+
+    from medres.report.aggregate import average_precision_record
+
+    true = true_average_precision(true_auroc)
+    ev = SimpleNamespace(bootstrap_resamples=2000, ci_level=0.95)
+    rng = np.random.default_rng(seed)
+    hits, width = 0, 0.0
+    for i in range(draws):
+        y, s, g = auroc_draw(rng, true_auroc, positives, icc)
+        r = average_precision_record("all", y, s, g, ev, seed=i, common={})
+        hits += r["ci_low"] <= true <= r["ci_high"]
+        width += r["ci_high"] - r["ci_low"]
     return hits / draws, width / draws
 
 
@@ -158,6 +190,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one ICC (0.3) only")
     ap.add_argument("--baseline", action="store_true",
                     help="only the percentile patient bootstrap the report used before, in a few cells")
+    ap.add_argument("--ap", action="store_true", help="only average precision (true AP from the AUROC model)")
     ap.add_argument("--recalibration", action="store_true",
                     help="only the out-of-sample effect of recalibration policies (Brier)")
     args = ap.parse_args()
@@ -171,6 +204,13 @@ def main() -> None:
         return
     iccs = (0.3,) if args.quick else ICCS
     start = time.perf_counter()
+    if args.ap:
+        print("true AP at scan prevalence 1/3: "
+              + ", ".join(f"AUROC {t} -> {true_average_precision(t):.3f}" for t in AUROC_TRUE))
+        table("average precision (report's AP record)", ap_cell, AUROC_TRUE, AUROC_POSITIVES, iccs,
+              args.draws)
+        print(f"\n{time.perf_counter() - start:.0f} s")
+        return
     table("sensitivity (clustered_proportion_interval)", proportion_cell, PROPORTION_TRUE,
           PROPORTION_POSITIVES, iccs, args.draws)
     table("AUROC (auroc_score_interval)", auroc_cell, AUROC_TRUE, AUROC_POSITIVES, iccs, args.draws)

@@ -166,7 +166,7 @@ def _interval_record(scope: str, name: str, value: float, res, note: str, common
                    note="; ".join(x for x in (note, res.note) if x), **common)
 
 
-def _average_precision_record(scope: str, y, s, g, ev, seed: int, common: dict) -> dict:
+def average_precision_record(scope: str, y, s, g, ev, seed: int, common: dict) -> dict:
     """AP with a binomial-type interval on the effective number of positive scans.
 
     The patient bootstrap gives AP's variance; the interval is Clopper-Pearson on
@@ -227,7 +227,7 @@ def classification_records(
         recs.append(_record(scope, "auroc", math.nan, note=note or au.reason, **common))
     else:
         recs.append(_interval_record(scope, "auroc", au.auroc, au, note, common))
-    recs.append(_average_precision_record(scope, y, s, g, ev, seed, common))
+    recs.append(average_precision_record(scope, y, s, g, ev, seed, common))
     value, ci, how, note = _boot("brier", y, s, g, ev, seed)
     recs.append(_record(scope, "brier", value, ci=ci, ci_method=how, note=note, **common))
     if with_delong:
