@@ -5,14 +5,19 @@ leaves the old file or the whole new one, never a part.
 Where outputs may go: :func:`check_output`, called by every command before it writes (an output never
 is, contains or lies inside an input); what may be removed: only what medres listed as written
 (:func:`remove_written`, :func:`foreign_entries`), never a whole folder it did not create; what may be
-replaced in an existing output folder: only files its written-files list names (:func:`claim_outputs`).
+replaced in an existing output folder: only files its written-files list names (:func:`claim_outputs`,
+:func:`save_written`; one list, :data:`WRITTEN_LIST`, for every command). What is copied or linked from
+an input: only the file that was checked (:func:`copy_checked`, :func:`link_checked`: the same device
+and inode as the ``lstat`` the decision used, opened without following a symbolic link).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -20,11 +25,13 @@ from pathlib import Path
 
 from medres.errors import DataError
 
-__all__ = ["WRITTEN_LIST", "atomic_write", "check_output", "check_replace", "claim_outputs",
-           "foreign_entries", "remove_written", "written_list"]
+__all__ = ["WRITTEN_LIST", "FileChanged", "atomic_write", "check_output", "check_replace", "claim_outputs",
+           "copy_checked", "foreign_entries", "link_checked", "remove_written", "save_written",
+           "written_list"]
 
-#: The written-files list a command keeps in an output folder it writes into (predict, export, evaluate):
-#: the files medres wrote there, relative POSIX paths; only these may be replaced by a later run.
+#: The written-files list a command keeps in an output folder it writes into (index, pull, demo, predict,
+#: export, evaluate): the files medres wrote there, relative POSIX paths; only these may be replaced by a
+#: later run.
 WRITTEN_LIST = ".medres_written.json"
 
 
@@ -204,12 +211,26 @@ def remove_written(folder: str | os.PathLike[str], written: Collection[str]) -> 
 
 def written_list(folder: str | os.PathLike[str]) -> list[str]:
     """The files :data:`WRITTEN_LIST` in ``folder`` names ([] when there is none or it is unreadable:
-    then nothing there counts as medres's)."""
+    then nothing there counts as medres's); a name that leaves the folder is dropped."""
     try:
         files = json.loads((Path(folder) / WRITTEN_LIST).read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+    if not isinstance(files, list):
+        return []
+    return [f for f in files if isinstance(f, str) and _inside_name(f)]
+
+
+def _inside_name(name: str) -> bool:
+    """A relative path that stays in its folder (no ``..``, not absolute, no NUL): a list naming
+    anything else names nothing medres wrote there."""
+    return bool(name) and "\0" not in name and not os.path.isabs(name) and ".." not in Path(name).parts
+
+
+def save_written(folder: str | os.PathLike[str], files: Collection[str]) -> None:
+    """Write ``folder``'s :data:`WRITTEN_LIST` naming ``files`` (relative POSIX paths), atomically; list a
+    file before it is written, so that a crash leaves nothing of medres's unlisted."""
+    _save_list(Path(folder), files)
 
 
 def _save_list(folder: Path, files: Collection[str]) -> None:
@@ -273,3 +294,60 @@ def claim_outputs(folder: str | os.PathLike[str], names: Collection[str], *, wha
             if created:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only when empty
+
+
+class FileChanged(DataError):
+    """An input file changed between the check that chose it and the copy (replaced, or made a link)."""
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_checked(src: str | os.PathLike[str], identity: tuple[int, int], what: str) -> int:
+    """``src`` opened for reading without following a symbolic link in its last part, and only when it
+    is still the regular file of ``identity`` (st_dev, st_ino): a swapped link or file is refused."""
+    try:
+        fd = os.open(src, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOENT):  # now a link (or gone)
+            raise FileChanged(f"{what} changed after it was checked (it is now a symbolic link or gone); "
+                              "it is not copied", hint="run again once the folder is no longer being "
+                                                      "changed") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != tuple(identity):
+        os.close(fd)
+        raise FileChanged(f"{what} changed after it was checked (another file is under its name now); it "
+                          "is not copied", hint="run again once the folder is no longer being changed")
+    return fd
+
+
+def copy_checked(src: str | os.PathLike[str], dst: str | os.PathLike[str], identity: tuple[int, int], *,
+                 what: str = "an input file") -> None:
+    """Copy ``src`` to ``dst`` from a descriptor opened with ``O_NOFOLLOW`` whose ``fstat`` is the
+    checked file ``identity`` (st_dev, st_ino of the ``lstat`` the decision used), so a link or file
+    swapped in between the check and the copy is never read.
+
+    Raises:
+        FileChanged: ``src`` is no longer that file (``what`` names it in the message).
+    """
+    fd = _open_checked(src, identity, what)
+    with os.fdopen(fd, "rb") as fin, open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def link_checked(src: str | os.PathLike[str], dst: str | os.PathLike[str], identity: tuple[int, int], *,
+                 what: str = "an input file") -> None:
+    """Hard-link ``dst`` to ``src`` only when it is the checked file ``identity``: the link is made
+    without following a symbolic link and kept only when its own ``lstat`` is that file.
+
+    Raises:
+        FileChanged: ``src`` is no longer that file (nothing is left at ``dst``).
+    """
+    os.close(_open_checked(src, identity, what))
+    os.link(src, dst, follow_symlinks=False)
+    st = os.lstat(dst)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != tuple(identity):
+        os.unlink(dst)
+        raise FileChanged(f"{what} changed after it was checked; it is not linked",
+                          hint="run again once the folder is no longer being changed")

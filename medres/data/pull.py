@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             cfg = load_config(args.series_filter)
             done = index_dicom(args.out, args.index, labels=args.labels, rules=cfg.data.index,
-                               mask_labels=dict(cfg.data.mask_labels), progress=not args.no_progress)
+                               mask_labels=dict(cfg.data.mask_labels), progress=not args.no_progress,
+                               max_files_per_folder=cfg.data.max_files_per_series)
             print(f"medres index: {done.series} series, {done.kept} kept\n  manifest: {done.manifest}\n"
                   f"  index:    {done.index}")
     except MedresError as err:

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         check_output(args.out, inputs={"config file": cfg.source}, what="output folder (--out)")
         result = index_dicom(args.root, args.out, labels=args.labels, labels_key=args.labels_key,
                              rules=cfg.data.index, mask_labels=dict(cfg.data.mask_labels),
-                             progress=not args.no_progress)
+                             progress=not args.no_progress,
+                             max_files_per_folder=cfg.data.max_files_per_series)
     except (DataError, ConfigError) as err:
         print(f"medres index: {err}", file=sys.stderr)
         return 2

@@ -14,12 +14,17 @@ on by the ``data.index`` rules. Writes:
   verdict and reason;
 - ``DIR/private/``: the header cache, ``files.csv`` (index file position -> path), ``series.csv``
   (index row -> its files' positions), ``pseudonyms.csv``
-  (original ids and series descriptions -> pseudonyms), ``written.json`` (the links medres wrote under
-  ``series/``: the only files a later run removes). Only this folder holds anything identifying.
+  (original ids and series descriptions -> pseudonyms). Only this folder holds anything identifying;
+- ``DIR/.medres_written.json``: every file this command wrote in DIR (:mod:`medres.files`' one
+  written-files list): the only files a later run replaces or removes (an index from before the list:
+  its ``private/written.json``, read once and replaced by the list).
 
 ``--out`` is a new or empty folder, or one this command wrote; never the export, a folder inside it or
 one around it (:func:`medres.files.check_output`), and a ``series/<case_id>`` folder medres did not
-write is refused, never deleted.
+write is refused, never deleted. Copies and hard links are made only to the very file the walk saw
+(same device and inode, opened without following a link); a folder of the export with more than
+``data.max_files_per_series`` entries, and every further name of a hard-linked file, are skipped
+unread and listed in ``index.csv`` with the reason.
 
 Pseudonyms are HMAC-SHA256 of the original ids under a project key (``MEDRES_PROJECT_KEY`` or the key
 file, generated on first use, never written to DIR), so one project's runs agree and nobody without the
@@ -51,8 +56,20 @@ from medres.data.index.annotations import attach_annotations
 from medres.data.index.headers import read_header
 from medres.data.index.series import Instance, Series, describe, group_series, select_series
 from medres.data.project_key import project_key, write_link_roots
+from medres.data.readers.limits import DEFAULT_MAX_FILES_PER_SERIES
 from medres.errors import ConfigError, DataError
-from medres.files import atomic_write, check_output, foreign_entries, remove_written
+from medres.files import (
+    WRITTEN_LIST,
+    FileChanged,
+    check_output,
+    check_replace,
+    copy_checked,
+    foreign_entries,
+    link_checked,
+    remove_written,
+    save_written,
+    written_list,
+)
 from medres.layout import check_distinct_files
 from medres.safe_text import csv_cell
 
@@ -102,6 +119,8 @@ class _Pseudonyms:
 
 
 _LINK_OUT = "link_outside_export"  # a file status: a symbolic link that leaves the export (not followed)
+_TOO_MANY = "folder_too_large"  # a folder past the per-folder bound: none of its entries read
+_HARD_LINK = "hard_link_seen"  # another name of a file already listed: read (and linked) once
 
 
 def _leaves(link: str, real_root: str) -> str:
@@ -113,14 +132,25 @@ def _leaves(link: str, real_root: str) -> str:
     return f"a symbolic link to a {what} outside the export: not followed"
 
 
-def _walk(root: Path, skip: Path, outside: dict[str, str] | None = None) -> list[tuple[str, int, int]]:
+#: what the walk saw of a file it lists: (st_dev, st_ino, st_nlink, the resolved target of a link in the
+#: export, "" for a plain file); the copy and the hard link are made only to that same file
+_Seen = tuple[int, int, int, str]
+
+
+def _walk(root: Path, skip: Path, skipped: dict[str, tuple[str, str]] | None = None,
+          max_files: int = DEFAULT_MAX_FILES_PER_SERIES, seen: dict[str, _Seen] | None = None
+          ) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime_ns) of every file under root, sorted; ``skip`` (the output) left out.
 
-    Folder links are not descended. A link whose target (resolved) lies outside the export is listed
-    with size -1 and its reason put in ``outside``: nothing out there is read, copied or linked.
+    Folder links are not descended. Listed with size -1 and (status, reason) in ``skipped``, never read:
+    a link whose target (resolved) lies outside the export; a folder of more than ``max_files`` entries
+    (one row; the listing stops there, so a folder of millions costs nothing); every name of a
+    hard-linked file but its first (sorted), so 20,000 links to one slice are read once. ``seen`` gets
+    each listed file's identity (:data:`_Seen`).
     """
-    out = []
-    outside = {} if outside is None else outside
+    out: list[tuple[str, int, int]] = []
+    skipped = {} if skipped is None else skipped
+    seen = {} if seen is None else seen
     real_root = os.path.realpath(root)
     skip_s = str(skip)
     stack = [str(root)]
@@ -129,25 +159,54 @@ def _walk(root: Path, skip: Path, outside: dict[str, str] | None = None) -> list
         folder = stack.pop()
         if folder == skip_s:
             continue
+        here: list[tuple[str, int, int]] = []
+        here_dirs, here_skipped, here_seen = [], {}, {}
         try:
-            entries = list(os.scandir(folder))
+            with os.scandir(folder) as it:
+                for n, e in enumerate(it, start=1):
+                    if n > max_files:
+                        raise _TooMany
+                    try:
+                        rel = e.path[root_len:]
+                        if e.is_dir(follow_symlinks=False):
+                            here_dirs.append(e.path)
+                        elif e.is_symlink() and (why := _leaves(e.path, real_root)):
+                            here.append((rel, -1, e.stat(follow_symlinks=False).st_mtime_ns))
+                            here_skipped[rel] = (_LINK_OUT, why)
+                        elif e.is_file():
+                            st = e.stat()
+                            here.append((rel, st.st_size, st.st_mtime_ns))
+                            here_seen[rel] = (st.st_dev, st.st_ino, st.st_nlink,
+                                              os.path.realpath(e.path) if e.is_symlink() else "")
+                    except OSError:
+                        continue
+        except _TooMany:
+            rel = folder[root_len:] or "."
+            out.append((rel, -1, 0))
+            skipped[rel] = (_TOO_MANY, f"a folder of more than {max_files} entries "
+                                       "(data.max_files_per_series): none of them read")
+            continue
         except OSError:
             continue
-        for e in entries:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                elif e.is_symlink() and (why := _leaves(e.path, real_root)):
-                    st = e.stat(follow_symlinks=False)
-                    out.append((e.path[root_len:], -1, st.st_mtime_ns))
-                    outside[e.path[root_len:]] = why
-                elif e.is_file():
-                    st = e.stat()
-                    out.append((e.path[root_len:], st.st_size, st.st_mtime_ns))
-            except OSError:
-                continue
+        out += here
+        stack += here_dirs
+        skipped.update(here_skipped)
+        seen.update(here_seen)
     out.sort()
+    first: dict[tuple[int, int], int] = {}
+    for k, (rel, _, mtime) in enumerate(out):
+        ident = seen.get(rel)
+        if ident is None or ident[2] < 2 or ident[3]:  # a single name, or reached through a link
+            continue
+        n = first.setdefault(ident[:2], k)
+        if n != k:
+            out[k] = (rel, -1, mtime)
+            skipped[rel] = (_HARD_LINK, f"another name (a hard link) of file {n + 1}: read once")
     return out
+
+
+class _TooMany(Exception):
+    pass
 
 
 def _load_cache(path: Path, fingerprint: str) -> dict[str, list]:
@@ -255,7 +314,12 @@ def _labels(path: Path | None, key_name: str, columns: list[str], pseudo: _Pseud
 
 
 _CASE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_SERIES_FILE = re.compile(r"series/([A-Za-z0-9._-]+)/([0-9]{5}\.dcm)")
 _MARKERS = ("written.json", "links.json", "state.json", "header_cache.json")  # private/: an index output
+#: the files an index run may write besides series/ and masks/ (all listed in the written-files list)
+_OWN_FILES = ("manifest.csv", "index.csv", "private/header_cache.json", "private/state.json",
+              "private/files.csv", "private/series.csv", "private/pseudonyms.csv", "private/masks.json",
+              "private/links.json", "private/link_roots.txt")
 
 
 def _series_files(n: int) -> list[str]:
@@ -263,46 +327,59 @@ def _series_files(n: int) -> list[str]:
     return [f"{k + 1:05d}.dcm" for k in range(n)]
 
 
-def _claim_out(out: Path) -> dict[str, int]:
-    """What medres wrote under ``out/series/`` before (case id -> number of links), read from
-    ``private/written.json`` (or, for an older index, ``private/links.json``); ``{}`` for a new or empty
+def _claim_out(out: Path) -> tuple[dict[str, list[str]], set[str]]:
+    """What medres wrote in ``out`` before: (case id -> the files it wrote in ``series/<case id>/``,
+    every path the folder's written-files list names). The list is ``out/.medres_written.json``
+    (:data:`medres.files.WRITTEN_LIST`); an index from before it is read from ``private/written.json``
+    (or ``private/links.json``) and the names an index writes. ``({}, set())`` for a new or empty
     folder. A folder holding anything else, or whose ``series``/``masks``/``private`` is a symbolic
     link, is refused: medres never writes into (or prunes) a folder it did not write."""
     if not out.exists() and not out.is_symlink():
-        return {}
+        return {}, set()
     if not out.is_dir():
         raise DataError("exists and is not a folder", path=out, hint="choose a new folder for --out")
     if not any(out.iterdir()):
-        return {}
+        return {}, set()
     linked = [n for n in ("series", "masks", "private") if (out / n).is_symlink()]
-    ours = any((out / "private" / m).is_file() for m in _MARKERS)
+    has_list = (out / WRITTEN_LIST).is_file()
+    listed = set(written_list(out)) if has_list else set()
+    ours = "index.csv" in listed if has_list else any((out / "private" / m).is_file() for m in _MARKERS)
     if linked or not ours:
         why = f"its {linked[0]}/ is a symbolic link" if linked else "it holds files and no medres index"
         raise DataError(f"--out must be a new or empty folder, or one medres.data.index wrote ({why}); "
                         "medres never writes into or deletes from a folder it did not write", path=out,
                         hint="choose a new folder for --out")
-    try:  # a case id is one file name ([A-Za-z0-9._-], as the index makes them): nothing else is claimed
-        written = _load_links(out / "private" / "written.json").get("series")
-        if not isinstance(written, dict):
-            written = {k: len(v) for k, v in _load_links(out / "private" / "links.json").items()}
-        return {str(k): int(v) for k, v in written.items() if _CASE_NAME.fullmatch(str(k))
-                and str(k) not in (".", "..")}
-    except (AttributeError, TypeError, ValueError):
-        return {}
-
-
-def _save_written(private: Path, series: dict[str, int]) -> None:
-    atomic_write(private / "written.json",
-                 lambda tmp: tmp.write_text(json.dumps({"version": 1, "series": series}), encoding="utf-8"))
+    if not has_list:
+        listed = {*_OWN_FILES, "private/written.json"}
+        try:  # a case id is one file name ([A-Za-z0-9._-], as the index makes them): nothing else is claimed
+            old = _load_links(out / "private" / "written.json").get("series")
+            if not isinstance(old, dict):
+                old = {k: len(v) for k, v in _load_links(out / "private" / "links.json").items()}
+            listed |= {f"series/{k}/{name}" for k, v in old.items() for name in _series_files(int(v))}
+            masks = _load_links(out / "private" / "masks.json")
+            listed |= {str(m["mask"]) for m in masks.values() if isinstance(m, dict) and m.get("mask")}
+        except (AttributeError, TypeError, ValueError):
+            pass
+    series: dict[str, list[str]] = defaultdict(list)
+    for f in sorted(listed):
+        if (m := _SERIES_FILE.fullmatch(f)) and m.group(1) not in (".", ".."):
+            series[m.group(1)].append(m.group(2))
+    return dict(series), listed
 
 
 def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str] | None,
-                 written: int) -> None:
+                 written: list[str], seen: dict[str, _Seen]) -> None:
+    """``out/series/<case id>/`` holding the series' files (``how``: symlink, hardlink or copy). A copy
+    or a hard link is made only to the file the walk saw (:func:`medres.files.copy_checked`).
+
+    Raises:
+        FileChanged: a file was swapped (for a link or another file) since the walk.
+    """
     folder = out / "series" / s.case_id
     wanted = [i.path for i in s.instances]
     if previous == wanted and folder.is_dir() and not folder.is_symlink():
         return
-    left = remove_written(folder, _series_files(written)) if written else foreign_entries(folder, ())
+    left = remove_written(folder, written) if written else foreign_entries(folder, ())
     if left:
         raise DataError(f"series/{s.case_id} holds {len(left)} file(s) medres did not write; medres will "
                         "not delete them", path=folder, hint="move them away or choose a new --out folder")
@@ -311,10 +388,13 @@ def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str]
         src, dst = os.path.abspath(root / inst.path), folder / f"{k + 1:05d}.dcm"
         if how == "symlink":
             os.symlink(src, dst)
-        elif how == "hardlink":
-            os.link(src, dst)
+            continue
+        dev, ino, _, real = seen[inst.path]
+        what = f"file {inst.position} of the export (private/files.csv)"
+        if how == "hardlink":
+            link_checked(real or src, dst, (dev, ino), what=what)
         else:
-            shutil.copyfile(src, dst)
+            copy_checked(real or src, dst, (dev, ino), what=what)
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]], *, exact: bool = False) -> None:
@@ -371,20 +451,23 @@ def _write_error(exc: OSError, out: Path) -> DataError:
 def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                 labels: str | os.PathLike[str] | None = None, labels_key: str | None = None,
                 rules: Any = None, mask_labels: dict[int, str] | None = None,
-                key_file: str | os.PathLike[str] | None = None, progress: bool = False) -> IndexResult:
+                key_file: str | os.PathLike[str] | None = None, progress: bool = False,
+                max_files_per_folder: int = DEFAULT_MAX_FILES_PER_SERIES) -> IndexResult:
     """Index a DICOM export and write ``out/manifest.csv``, ``out/index.csv`` and ``out/private/``.
 
     Args:
         root: the export's top folder (any layout).
         out: the output folder: new, empty, or one this command wrote; never the export, inside it or
-            around it (:func:`medres.files.check_output`). Only links listed in ``private/written.json``
-            are ever removed.
+            around it (:func:`medres.files.check_output`). Only files its written-files list
+            (``out/.medres_written.json``, :mod:`medres.files`) names are ever replaced or removed.
         labels: optional CSV with a key column and the ``label_columns`` of the rules.
         labels_key: AccessionNumber, PatientID or StudyInstanceUID (default: the rules').
         rules: a :class:`medres.config.IndexConfig` (default: its defaults).
         mask_labels: ``data.mask_labels`` (index -> name) for SEG/RTSTRUCT conversion.
         key_file: project key file (``$MEDRES_PROJECT_KEY`` wins).
         progress: show a progress bar on stderr.
+        max_files_per_folder: a folder of the export with more entries is listed as skipped, unread
+            (``data.max_files_per_series``).
     """
     from medres.config import IndexConfig
 
@@ -395,7 +478,10 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
         raise DataError("the export folder does not exist or is not a folder", path=root)
     pseudo = _Pseudonyms(project_key(key_file or rules.key_file))  # a weak key is refused before any write
     check_output(out, inputs={"export folder": root, "labels file": labels}, what="output folder (--out)")
-    written = _claim_out(out)
+    written, listed = _claim_out(out)
+    check_replace(out, _OWN_FILES, what="output folder (--out)", before_list=listed)
+    listed |= set(_OWN_FILES)
+    save_written(out, listed)  # listed before anything is written: a crash leaves nothing unlisted
     private = out / "private"
     private.mkdir(parents=True, exist_ok=True)
     key_name = labels_key or rules.labels_key
@@ -405,8 +491,9 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                       pseudo)
     result = IndexResult(out=out, manifest=out / "manifest.csv", index=out / "index.csv")
 
-    outside: dict[str, str] = {}
-    files = _walk(root, out, outside)
+    skipped: dict[str, tuple[str, str]] = {}
+    seen: dict[str, _Seen] = {}
+    files = _walk(root, out, skipped, max_files_per_folder, seen)
     state_path = private / "state.json"
     state = _state_digest(files, rules, labels, mask_labels, pseudo.fingerprint, key_name)
     if _unchanged(state_path, state, out):  # nothing changed since the last run: its outputs stand
@@ -425,7 +512,7 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     for k, ((rel, size, mtime), pk) in enumerate(zip(files, path_keys)):
         hit = cache.get(pk)
         if size < 0:
-            entries[k] = {"status": _LINK_OUT, "reason": outside[rel]}
+            entries[k] = {"status": skipped[rel][0], "reason": skipped[rel][1]}
         elif hit is not None and hit[0] == size and hit[1] == mtime:
             entries[k] = hit[2]
         else:
@@ -468,6 +555,10 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     first_free = len(series) + 1
     masks_path = private / "masks.json"
     previous_masks = _load_links(masks_path)
+    mask_names = {f"masks/{s.case_id}.nii.gz" for s in series if s.verdict == "kept"}
+    check_replace(out, mask_names, what="output folder (--out)")
+    listed |= mask_names
+    save_written(out, listed)
     annotation_rows, masks_done = attach_annotations(series, annotations, first_free, root, out, rules,
                                                      mask_labels, previous_masks)
     if masks_done != previous_masks:
@@ -497,14 +588,20 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                         "delete it", path=out / "series" / foreign[0],
                         hint="move it away or choose a new --out folder")
     # the files about to be written are listed before they exist, so a crash leaves nothing unlisted
-    _save_written(private, {**written, **{s.case_id: max(len(s.instances), written.get(s.case_id, 0))
-                                          for s in kept}})
+    listed |= {f"series/{s.case_id}/{name}" for s in kept for name in _series_files(len(s.instances))}
+    save_written(out, listed)
     links = {}
     for s in kept:
-        _link_series(s, root, out, rules.link, previous_links.get(s.case_id), written.get(s.case_id, 0))
+        try:
+            _link_series(s, root, out, rules.link, previous_links.get(s.case_id), written.get(s.case_id, []),
+                         seen)
+        except FileChanged as err:  # swapped since the walk: the series is not used, nothing of it kept
+            remove_written(out / "series" / s.case_id, _series_files(len(s.instances)))
+            s.verdict, s.reason = "skipped", f"{err.reason}; run the index again"
+            continue
         links[s.case_id] = [i.path for i in s.instances]
-    _drop_stale(out / "series", {k: n for k, n in written.items() if k not in links})
-    _save_written(private, {s.case_id: len(s.instances) for s in kept})
+    kept = [s for s in kept if s.verdict == "kept"]
+    _drop_stale(out / "series", {k: names for k, names in written.items() if k not in links})
     if rules.link == "symlink":  # read_manifest follows links into this export only (manifest.link_roots)
         write_link_roots(private / "link_roots.txt", [os.path.realpath(root)], pseudo.key)  # signed
     if links != previous_links:
@@ -531,6 +628,10 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     result.series, result.kept = len(series), len(kept)
     state_path.write_text(json.dumps({"digest": state, "result": {
         "series": result.series, "kept": result.kept, "skipped_files": dict(result.skipped_files)}}))
+    # the list names what is there now: this run's links, and every other file of medres's still there
+    save_written(out, {f"series/{s.case_id}/{name}" for s in kept for name in _series_files(len(s.instances))}
+                 | {f for f in listed if not f.startswith("series/") and os.path.lexists(out / f)})
+    (private / "written.json").unlink(missing_ok=True)  # the list of an index from before the one list
     result.seconds = time.perf_counter() - start
     return result
 
@@ -604,11 +705,11 @@ def _load_links(path: Path) -> dict[str, list[str]]:
         return {}
 
 
-def _drop_stale(folder: Path, stale: dict[str, int]) -> None:
+def _drop_stale(folder: Path, stale: dict[str, list[str]]) -> None:
     """Remove the links medres wrote for series no longer chosen (and their folders once empty); what
     else such a folder holds is left where it is."""
-    for case_id, n in stale.items():
-        left = remove_written(folder / case_id, _series_files(n))
+    for case_id, names in stale.items():
+        left = remove_written(folder / case_id, names)
         if left:
             log.warning("series/%s: %d file(s) medres did not write are left in place", case_id, len(left))
 

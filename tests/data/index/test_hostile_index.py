@@ -117,3 +117,98 @@ def test_the_manifest_reader_follows_the_indexs_signed_links_only(tmp_path: Path
     listing.write_text("".join(line + "\n" for line in listing.read_text().splitlines()[1:]))  # unsigned
     with pytest.raises(DataErrors, match="outside the data root"):
         read_manifest(out / "manifest.csv")
+
+
+@pytest.mark.parametrize("link", ["copy", "hardlink"])
+def test_a_file_swapped_for_a_link_after_the_walk_is_never_copied(tmp_path: Path, link: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the walk (which saw a plain file inside the export) and the copy, a slice becomes a
+    symbolic link to a file outside (or another file under its name): the index copies or links nothing
+    of it and leaves the series out, saying why; the outside file is never read into series/."""
+    from medres.data.index import build
+
+    root = tmp_path / "export"
+    slices = write_series(root / "ct", 5, edit=_patient("IN"))
+    secret = write_series(tmp_path / "elsewhere", 5, edit=_patient("OUT"))[2]
+    other = write_series(root / "ct2", 5, edit=_patient("IN2"))
+    read_all = build._read_all
+
+    def read_then_swap(*args, **kw):  # noqa: ANN002, ANN003, ANN202 - after the header phase
+        records = read_all(*args, **kw)
+        slices[2].unlink()
+        os.symlink(secret, slices[2])  # now a link out of the export
+        os.link(other[1], tmp_path / "kept_alive")  # so the new file cannot reuse the old inode
+        (tmp_path / "new").write_bytes(other[0].read_bytes())
+        os.replace(tmp_path / "new", other[1])  # another file (inode) under a checked name
+        return records
+
+    monkeypatch.setattr(build, "_read_all", read_then_swap)
+    out = tmp_path / "out"
+    result = index_dicom(root, out, rules=IndexConfig(min_slices=4, link=link, workers=1))
+    assert result.kept == 0 and _rows(out / "manifest.csv") == []
+    reasons = [r["reason"] for r in _rows(out / "index.csv") if r["kind"] == "series"]
+    assert len(reasons) == 2 and all("changed after it was checked" in r for r in reasons)
+    assert any("symbolic link" in r for r in reasons) and any("another file" in r for r in reasons)
+    assert not (out / "series").exists() or list((out / "series").rglob("*")) == []
+    assert os.stat(secret).st_nlink == 1  # never hard-linked
+
+
+def test_a_huge_folder_is_listed_unread_and_hard_links_are_read_once(tmp_path: Path) -> None:
+    """A folder past the per-folder bound costs one row (none of its files read); 300 hard links to one
+    slice are one file read and 299 rows naming the first (no path, no id)."""
+    root = tmp_path / "export"
+    write_series(root / "ct", 5, edit=_patient("IN"))
+    crowd = write_series(root / "crowd", 1, edit=_patient("CROWD"))[0]
+    for k in range(300):  # 30 folders of 10 names, each under the bound
+        (root / "crowd" / f"d{k // 10:02d}").mkdir(exist_ok=True)
+        os.link(crowd, root / "crowd" / f"d{k // 10:02d}" / f"L{k:03d}")
+    write_series(root / "big", 41, edit=_patient("BIG"))
+    out = tmp_path / "out"
+    result = index_dicom(root, out, rules=IndexConfig(min_slices=4, workers=1), max_files_per_folder=40)
+    assert result.read == 5 + 1  # the series and one name of the slice; nothing of the big folder
+    assert result.skipped_files["hard_link_seen"] == 300 and result.skipped_files["folder_too_large"] == 1
+    rows = {r["file"]: r for r in _rows(out / "index.csv") if r["kind"] == "file"}
+    paths = {r["file"]: r["path"] for r in _rows(out / "private" / "files.csv")}
+    big = [r for f, r in rows.items() if paths[f] == "big"]
+    assert len(big) == 1 and "more than 40 entries" in big[0]["reason"]
+    first = next(f for f, p in paths.items() if p == "crowd/" + crowd.name)
+    linked = [r for r in rows.values() if "hard link" in r["reason"]]
+    assert len(linked) == 300 and {r["reason"] for r in linked} == {
+        f"another name (a hard link) of file {first}: read once"}
+    assert len(_rows(out / "manifest.csv")) == 1
+
+
+def test_an_index_folder_from_before_the_one_list_keeps_working(tmp_path: Path) -> None:
+    """An index written with private/written.json (no .medres_written.json) is rerun: its links are
+    replaced and pruned as its own, a file it never wrote is refused, and the one list replaces the old."""
+    import json
+
+    from medres.files import WRITTEN_LIST, written_list
+
+    root = tmp_path / "export"
+    write_series(root / "a", 5, edit=_patient("A"))
+    write_series(root / "b", 6, edit=_patient("B"))
+    out = tmp_path / "out"
+    index_dicom(root, out, rules=IndexConfig(min_slices=4))
+    cases = {r["case_id"]: int(r["slices"]) for r in _rows(out / "manifest.csv")}
+    assert len(cases) == 2
+    listed = set(written_list(out))
+    assert {"manifest.csv", "index.csv", "private/header_cache.json"} <= listed
+    assert {f"series/{c}/{k:05d}.dcm" for c, n in cases.items() for k in range(1, n + 1)} <= listed
+    (out / WRITTEN_LIST).unlink()  # as an older medres left it
+    (out / "private" / "written.json").write_text(json.dumps({"version": 1, "series": cases}))
+    (out / "private" / "state.json").unlink()
+    index_dicom(root, out, rules=IndexConfig(min_slices=6))  # a's 5 slices are dropped: its links go
+    kept = [r["case_id"] for r in _rows(out / "manifest.csv")]
+    assert len(kept) == 1 and sorted(p.name for p in (out / "series").iterdir()) == kept
+    assert not (out / "private" / "written.json").exists()
+    assert {f"series/{kept[0]}/{k:05d}.dcm" for k in range(1, 7)} <= set(written_list(out))
+    assert not any(f.startswith("series/") and kept[0] not in f for f in written_list(out))
+    # a file the list does not name is never replaced
+    files = json.loads((out / WRITTEN_LIST).read_text())
+    files["files"].remove("manifest.csv")
+    (out / WRITTEN_LIST).write_text(json.dumps(files))
+    (out / "manifest.csv").write_text("mine\n")
+    with pytest.raises(DataError, match="holds manifest.csv, a file medres did not write"):
+        index_dicom(root, out, rules=IndexConfig(min_slices=4))
+    assert (out / "manifest.csv").read_text() == "mine\n"

@@ -364,9 +364,10 @@ def test_a_planted_written_list_claims_nothing_outside_series(tmp_path: Path) ->
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "00001.dcm").write_text("precious")
-    written = json.loads((out / "private" / "written.json").read_text())
-    written["series"].update({"../../victim": 1, "..": 1})
-    (out / "private" / "written.json").write_text(json.dumps(written))
+    written = json.loads((out / ".medres_written.json").read_text())
+    written["files"] += ["series/../../victim/00001.dcm", "series/../00001.dcm", "../victim/00001.dcm"]
+    (out / ".medres_written.json").write_text(json.dumps(written))
     index_dicom(tmp_path / "exp", out, rules=IndexConfig(min_slices=6))  # its series dropped: links go
     assert (victim / "00001.dcm").read_text() == "precious"
     assert _rows(out / "manifest.csv") == [] and list((out / "series").iterdir()) == []
+    assert not any(".." in f for f in json.loads((out / ".medres_written.json").read_text())["files"])
