@@ -168,6 +168,9 @@ def check_tasks(cfg: Config) -> None:
         raise ConfigError("the tasks list is empty", field="tasks",
                           hint="remove 'tasks:' for the single head from data.labels, or list the tasks")
     d = cfg.data
+    if d.image_folder is not None:
+        raise ConfigError("tasks read manifest columns, but data.image_folder gives only class folders",
+                          field="tasks", hint="write a manifest (data.manifest) with the tasks' columns")
     taken: dict[str, str] = {}  # a reserved word (case-folded) -> what it is
     for c in RESERVED_COLUMNS:
         taken[c.casefold()] = f"the manifest column {c!r}"

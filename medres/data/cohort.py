@@ -92,6 +92,11 @@ def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
                                      workers=d.demo.workers or min(os.cpu_count() or 1, 16),
                                      progress=progress_wanted())
         cfg = cfg.model_copy(update={"data": d.model_copy(update={"manifest": str(manifest)})})
-    df = read_manifest(cfg.data.manifest, vocabulary=cfg.data.labels, root=cfg.data.root,
-                       link_roots=cfg.data.link_roots, key_file=cfg.data.index.key_file)
+    # with tasks: the tasks' columns are the targets (their cells checked here, before any training)
+    df = read_manifest(cfg.data.manifest, vocabulary=cfg.data.labels if cfg.tasks is None else None,
+                       root=cfg.data.root, link_roots=cfg.data.link_roots, key_file=cfg.data.index.key_file)
+    if cfg.tasks is not None:
+        from medres.data.tasks import parse_task_targets
+
+        parse_task_targets(df, cfg.tasks)
     return cfg, df
