@@ -19,6 +19,11 @@ nodule grown by 15%): two thirds of them a solid nodule of radius 12.5-30 mm (2.
 ground-glass (-650..-550 HU) and small solid (6-11 mm); a fifth also carry a second, small nodule.
 Noise (30, 45, 18 HU at the three sites, spatially correlated) and blur follow the sites.
 
+The manifest's ``nodule_diameter_mm`` is a regression target: the largest diameter (2 x the largest
+semi-axis, follow-up growth included) of the scan's largest nodule, blank for ``normal`` scans. Blank,
+not 0: a diameter is a question about nodule scans only, and a blank (unknown) cell removes a normal scan
+from that task rather than teaching it that nodules of 0 mm exist.
+
 Output is byte-identical for a given (n_patients, seed); a folder that already holds a complete cohort
 for the same settings is reused, not rewritten.
 """
@@ -39,12 +44,12 @@ import numpy as np
 from medres.data.demo.folder import partial_folder, replace_folder, written_files
 from medres.errors import DataError
 
-__all__ = ["generate_demo", "DEMO_VERSION", "SITES", "FULLRES_SITES", "demo_sites"]
+__all__ = ["generate_demo", "DEMO_VERSION", "SITES", "FULLRES_SITES", "demo_sites", "nodule_diameter_mm"]
 
-DEMO_VERSION = 2  # bump when the output changes: older cohorts on disk are then regenerated
+DEMO_VERSION = 3  # bump when the output changes: older cohorts on disk are then regenerated (3: diameter)
 _STAMP = "demo_cohort.json"
 MANIFEST_COLUMNS = ["case_id", "patient_id", "study_uid", "image", "mask", "label", "site", "scanner",
-                    "sex", "age"]
+                    "sex", "age", "nodule_diameter_mm"]
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,17 @@ def _ellipsoid(xs, ys, zs, centre, semi) -> np.ndarray:  # noqa: ANN001 - broadc
             + ((zs - centre[2]) / semi[2]) ** 2) <= 1.0
 
 
+def _growth(study: int) -> float:
+    return 1.0 + 0.15 * study  # the follow-up's nodule grown by 15%
+
+
+def nodule_diameter_mm(p: _Patient, study: int) -> float | None:
+    """The largest diameter (mm) of the largest nodule in a patient's study; None for a normal patient."""
+    if not p.nodules:
+        return None
+    return 2.0 * max(float(np.max(n.semi)) for n in p.nodules) * _growth(study)
+
+
 def _render(p: _Patient, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, growth: float
             ) -> tuple[np.ndarray, np.ndarray]:
     """HU volume and nodule mask on the grid of RAS coordinates ``xs`` [X,1,1], ``ys`` [1,Y,1], ``zs``
@@ -246,7 +262,7 @@ def _scan(p: _Patient, study: int, seed: int, sites: tuple[Site, ...] = SITES
     site = sites[p.studies[study]]
     r = _rng(seed, 3, p.index, study)
     shift = r.uniform(-8, 8, size=3) if study else np.zeros(3)  # repositioned patient at follow-up
-    growth = 1.0 + 0.15 * study
+    growth = _growth(study)
     spacing = np.array([site.pixel_mm, site.pixel_mm, site.slice_mm])
     n = np.array([site.n, site.n, site.n_slices])
     flips = np.array(site.flips, dtype=float)
@@ -343,6 +359,10 @@ def _is_complete(out: Path, n_patients: int, seed: int, grid: str = "coarse",
     return all((out / f).exists() for f in stamp.get("files", []))
 
 
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def _scan_job(job: tuple[_Patient, int, int, tuple[Site, ...]]
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Site]:
     return _scan(*job)
@@ -399,7 +419,8 @@ def generate_demo(out: str | os.PathLike[str], *, n_patients: int = 100, seed: i
         files.append(mask_path)
         rows.append({"case_id": case, "patient_id": f"P{p.index + 1:04d}", "study_uid": uids["study"],
                      "image": image, "mask": mask_path, "label": "nodule" if p.nodules else "normal",
-                     "site": site.name, "scanner": site.scanner, "sex": p.sex, "age": str(p.age + study)})
+                     "site": site.name, "scanner": site.scanner, "sex": p.sex, "age": str(p.age + study),
+                     "nodule_diameter_mm": _cell(nodule_diameter_mm(p, study))})
     with open(tmp / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -21,7 +21,8 @@ from tests.data.annotation_factory import dciodvfy, dciodvfy_errors
 from tests.data.demo.digest import content_digest
 from tests.data.demo_cohort import N_PATIENTS, demo_manifest  # noqa: F401 - fixture
 
-COLUMNS = ["case_id", "patient_id", "study_uid", "image", "mask", "label", "site", "scanner", "sex", "age"]
+COLUMNS = ["case_id", "patient_id", "study_uid", "image", "mask", "label", "site", "scanner", "sex", "age",
+           "nodule_diameter_mm"]
 # Every image and mask of the 4-patient cohort at seed 0 (ct_chest.yaml's out-of-fold results depend on them)
 IMAGES_MASKS_SHA256 = "660edf45f5eaabadf9124098f5caa86b8ad2dc8bf3fd5364cb1690d402021ee4"
 
@@ -60,6 +61,37 @@ def test_images_and_masks_load_aligned_with_realistic_hu(demo_manifest: Path) ->
         if m.any():  # nodules: far denser than lung on average (ground-glass about -600 HU)
             assert hu[m].mean() > -700
     assert formats == {"dicom", "nifti"}
+
+
+def test_nodule_diameter_is_twice_the_largest_semi_axis_and_blank_for_normal_scans(
+        demo_manifest: Path) -> None:  # noqa: F811
+    df = pd.read_csv(demo_manifest, dtype=str, keep_default_na=False)
+    plan = _plan(N_PATIENTS, 0)
+    assert (df.loc[df["label"] == "normal", "nodule_diameter_mm"] == "").all()  # unknown, not 0 mm
+    nodules = df[df["label"] == "nodule"]
+    assert len(nodules) and (nodules["nodule_diameter_mm"] != "").all()
+    for row in nodules.itertuples():
+        p = plan[int(row.patient_id[1:]) - 1]
+        study = int(row.case_id.rsplit("_S", 1)[1]) - 1
+        expected = 2 * max(float(n.semi.max()) for n in p.nodules) * (1.15 if study else 1.0)
+        assert float(row.nodule_diameter_mm) == pytest.approx(expected, abs=0.005)
+        if len(p.nodules) == 1:  # the mask's extent along the ellipsoid's axes agrees to a voxel or two
+            mask = load_image(demo_manifest.parent / row.mask)
+            spacing = np.linalg.norm(mask.affine[:3, :3].numpy(), axis=0)
+            voxels = np.argwhere(mask.numpy() > 0)
+            extent = (voxels.max(0) - voxels.min(0) + 1) * spacing
+            assert abs(extent.max() - expected) <= 2 * spacing.max(), (row.case_id, extent, expected)
+
+
+def test_a_cohort_from_before_the_diameter_column_is_regenerated(tmp_path: Path) -> None:
+    manifest = generate_demo(tmp_path / "old", n_patients=4, seed=0)
+    stamp_path = tmp_path / "old" / "demo_cohort.json"
+    stamp = json.loads(stamp_path.read_text())
+    stamp["version"] = 2  # as the version without the column wrote it
+    stamp_path.write_text(json.dumps(stamp))
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    df.drop(columns="nodule_diameter_mm").to_csv(manifest, index=False)
+    assert "nodule_diameter_mm" in pd.read_csv(generate_demo(tmp_path / "old", n_patients=4, seed=0)).columns
 
 
 def test_dicom_series_tags(demo_manifest: Path) -> None:  # noqa: F811
