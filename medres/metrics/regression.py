@@ -12,7 +12,7 @@ Inputs are the reference values ``y_true [N]`` and the predictions ``y_pred [N]`
   leave-one-patient-out jackknife and the critical value is Student's t on patients - 1;
 - `bland_altman`: bias, limits of agreement ``bias +- k SD`` and their intervals, exact by default
   (Carkeet 2015: the noncentral t) or Bland and Altman's approximate SE ``sqrt(3 s^2 / n)``; clustered
-  cases count ``n / deff`` (the design effect of the mean difference);
+  cases count ``n / deff`` (the design effect of the mean difference), with ``n / deff - 1`` df;
 - `binned_calibration`: mean predicted and observed per predicted-quantile bin, and the OLS intercept and
   slope of observed on predicted with patient-clustered standard errors (statsmodels);
 - `interval_coverage`: the share of cases with ``lo <= y <= hi`` and its clustered Clopper-Pearson interval;
@@ -341,8 +341,8 @@ def bland_altman(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike | None 
             ``"approximate"`` (Bland and Altman, Stat Methods Med Res 1999: SE ``sqrt(3 s^2 / n)`` with
             t on n - 1).
 
-    The bias interval is ``bias +- t s / sqrt(n)``. With clustered cases n is ``n / deff`` and the
-    degrees of freedom are patients - 1.
+    The bias interval is ``bias +- t s / sqrt(n)``, t on n - 1 df. With clustered cases n is
+    ``n_eff = n / deff`` throughout, degrees of freedom included (``n_eff - 1``).
     """
     _check_level(level)
     if method not in ("exact", "approximate"):
@@ -360,24 +360,23 @@ def bland_altman(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike | None 
     bias, sd = float(d.mean()), float(d.std(ddof=1))
     deff = _mean_design_effect(d, cluster, n_clusters)
     n_eff = n / deff
-    df = (n_clusters - 1) if _clustered(cluster, n_clusters) else n - 1
-    df = max(df, 1)
+    df = max(n_eff - 1, 1.0)
     alpha = 1 - level
     t = float(student_t.ppf(1 - alpha / 2, df))
     cluster_note = f"; n/deff = {n_eff:.1f} of {n} cases ({n_clusters} patients)" if deff > 1 else ""
     half = t * sd / math.sqrt(n_eff)
-    bias_est = Estimate("bias", bias, bias - half, bias + half, f"t on {df} df" + cluster_note, level)
+    bias_est = Estimate("bias", bias, bias - half, bias + half, f"t on {df:.4g} df" + cluster_note, level)
     limits = []
     for name, sign in (("loa_lower", -1.0), ("loa_upper", 1.0)):
         value = bias + sign * k * sd
         if method == "exact":
             q = nct.ppf([alpha / 2, 1 - alpha / 2], df, sign * k * math.sqrt(n_eff))
             lo, hi = bias + sd * q / math.sqrt(n_eff)
-            how = f"exact, noncentral t (Carkeet 2015) on {df} df"
+            how = f"exact, noncentral t (Carkeet 2015) on {df:.4g} df"
         else:
             se = math.sqrt(3 * sd * sd / n_eff)
             lo, hi = value - t * se, value + t * se
-            how = f"approximate SE sqrt(3 s^2/n) (Bland-Altman 1999), t on {df} df"
+            how = f"approximate SE sqrt(3 s^2/n) (Bland-Altman 1999), t on {df:.4g} df"
         limits.append(Estimate(name, value, float(lo), float(hi), how + cluster_note, level))
     return BlandAltman(bias_est, limits[0], limits[1], sd, k, n, n_clusters, deff, n_eff, method,
                        (p + y) / 2, d)

@@ -133,8 +133,11 @@ def test_bland_altman_counts_duplicated_patients_once():
     y, p, _ = _sample(4, n=30)
     once = bland_altman(y, p)
     twice = bland_altman(np.repeat(y, 2), np.repeat(p, 2), np.repeat(np.arange(30), 2))
-    assert twice.design_effect > 1.9
-    assert (twice.bias.ci_low, twice.bias.ci_high) == pytest.approx((once.bias.ci_low, once.bias.ci_high))
+    # each patient twice: the cluster variance of the mean is the unduplicated s^2 / n, so n_eff = 30 * 58/59
+    assert twice.n_effective == pytest.approx(30 * 58 / 59)
+    se_once = (once.bias.ci_high - once.bias.value) / stats.t.ppf(0.975, 29)
+    se_twice = (twice.bias.ci_high - twice.bias.value) / stats.t.ppf(0.975, twice.n_effective - 1)
+    assert se_twice == pytest.approx(se_once, rel=1e-10)
     naive = bland_altman(np.repeat(y, 2), np.repeat(p, 2))
     assert naive.bias.ci_high - naive.bias.ci_low < 0.75 * (once.bias.ci_high - once.bias.ci_low)
 
