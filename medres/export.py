@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from medres.errors import ConfigError, DataError, MedresError
+from medres.runfolder import RunFolder, member_fold, member_name
 from medres.safe_text import markdown_text as md
 
 __all__ = ["export_run", "load_export", "main", "MAX_ABS_DIFF"]
@@ -69,6 +70,11 @@ def load_export(folder: str | Path) -> tuple[list[Any], Any, list[dict | None], 
     from medres.inference.members import load_export as load
 
     return load(folder)
+
+
+def _summary_name() -> str:
+    """The report's summary file, relative to the run folder (as the messages and the card name it)."""
+    return RunFolder("").report.summary.as_posix()
 
 
 def export_config(config: Any) -> dict:
@@ -281,13 +287,11 @@ def _export_run(run_dir: Path, out: Path, formats: Sequence[str], folds: Sequenc
     from medres.files import check_output, check_replace, claim_outputs
 
     check_output(out, inputs={"run folder": run_dir}, what="export folder (--out)")
-    summary_path = run_dir / "report" / "summary.json"
+    summary_path = RunFolder(run_dir).report.summary
     if not summary_path.is_file():
-        raise DataError("the run has no report/summary.json (the model card quotes its metrics)",
+        raise DataError(f"the run has no {_summary_name()} (the model card quotes its metrics)",
                         path=run_dir, hint=f"python -m medres.evaluate --run {run_dir}")
-    from medres.inference.members import run_folds
-
-    wanted = list(folds) if folds is not None else run_folds(run_dir)
+    wanted = list(folds) if folds is not None else RunFolder(run_dir).trained_folds()
     written = _export_files(wanted, formats)
     check_replace(out, written, what="export folder (--out)")  # before the models are read
     models, config, cals, names = load_run_members(run_dir, folds)
@@ -305,7 +309,8 @@ def _export_files(folds: Sequence[int], formats: Sequence[str]) -> list[str]:
     if "onnx" in formats and len(folds) > 1:
         names.append("ensemble.onnx")
     for k in folds:
-        names += [f"fold{k}.safetensors"] + [f"fold{k}{_SUFFIX[f]}" for f in formats if f in _SUFFIX]
+        names += [f"{member_name(k)}.safetensors"] + [f"{member_name(k)}{_SUFFIX[f]}" for f in formats
+                                                       if f in _SUFFIX]
     return names
 
 
@@ -315,8 +320,6 @@ _SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list, config: Any, cals: list,
                   names: list[str], check: bool, summary_path: Path) -> Path:
     import torch
-
-    from medres.inference.ensemble import prediction_checkpoint
 
     summary = json.loads(summary_path.read_text())
     out.mkdir(parents=True, exist_ok=True)
@@ -328,7 +331,8 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
     from medres.checkpoint import load_checkpoint
 
     # the checked reader (mapped, not read again): the same files load_run_members just verified
-    states = [load_checkpoint(prediction_checkpoint(run_dir / f"fold_{n[4:]}"), mmap=True) for n in names]
+    run = RunFolder(run_dir)
+    states = [load_checkpoint(run.member(n).predicting_checkpoint(), mmap=True) for n in names]
     for name, model, cal, state in zip(names, models, cals, states):
         from safetensors.torch import save_file
 
@@ -342,7 +346,7 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
         if "torchscript" in formats:
             files["torchscript"] = f"{name}{_SUFFIX['torchscript']}"
             _torchscript_export(plain, example, out / files["torchscript"])
-        members.append({"name": name, "fold": int(name[4:]), "model_spec": state["model_spec"],
+        members.append({"name": name, "fold": member_fold(name), "model_spec": state["model_spec"],
                         "calibration": cal, "epoch": int(state.get("epoch", 0)),
                         "best": state.get("best"), "best_epoch": state.get("best_epoch"),
                         "parameters": int(sum(p.numel() for p in model.parameters())), "files": files})
@@ -512,7 +516,7 @@ def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mappi
         "members": [{k: v for k, v in mm.items() if k in ("name", "fold", "epoch", "best", "best_epoch",
                                                           "calibration")} for mm in members],
         "metrics": metrics,
-        "metrics_source": "the run's report (report/summary.json), unchanged",
+        "metrics_source": f"the run's report ({_summary_name()}), unchanged",
         "calibration": {"method": config.evaluate.calibration,
                         "fitted_on": "each fold's inner-validation predictions only",
                         "maps": {mm["name"]: mm["calibration"] for mm in members}},

@@ -184,10 +184,11 @@ def _check_output(args: argparse.Namespace, records: Sequence[dict[str, Any]] = 
 
     given = Path(args.input)
     manifest = given.is_file() and given.suffix.lower() == ".csv"
-    ckpt_run = Path(args.checkpoint).absolute().parent.parent if args.checkpoint else None
+    from medres.runfolder import RunFolder
+
+    ckpt_run = RunFolder.of_checkpoint(args.checkpoint) if args.checkpoint else None
     inputs = {"run folder": args.run, "checkpoint": args.checkpoint, "export folder": args.model,
-              "run holding the checkpoint": ckpt_run if ckpt_run and (ckpt_run / "config.yaml").is_file()
-              else None,
+              "run holding the checkpoint": ckpt_run.root if ckpt_run else None,
               "input manifest" if manifest else "input": given,
               "manifest's folder (data root)": given.parent if manifest else None}
     scans: dict[str, Any] = {}
@@ -206,10 +207,10 @@ def _model_file(args: argparse.Namespace) -> Path:
         return Path(args.checkpoint)
     if args.model is not None:
         return Path(args.model) / "export.json"
-    from medres.inference.members import prediction_checkpoint, run_folds
+    from medres.runfolder import RunFolder
 
-    folds = args.folds or run_folds(args.run)
-    return prediction_checkpoint(Path(args.run) / f"fold_{folds[0]}")
+    run = RunFolder(args.run)
+    return run.predicting_checkpoint((args.folds or run.trained_folds())[0])
 
 
 def _predictor(args: argparse.Namespace, predictor_cls: Any) -> Any:

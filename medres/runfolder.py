@@ -298,6 +298,10 @@ class RunFolder:
                  if p.is_dir() and (k := fold_index(p)) is not None]
         return [FoldFolder(p, k) for k, p in sorted(found)]
 
+    def tables_glob(self, name: str = HELDOUT) -> str:
+        """A glob pattern for the prediction table ``name`` of every fold (to show a user)."""
+        return str(self.root / f"{_FOLD_PREFIX}*" / FoldFolder(self.root).table(name).name)
+
     def trained_folds(self) -> list[int]:
         """The fold numbers with a checkpoint to predict with, sorted."""
         return [int(f.index) for f in self.folds() if f.predicting_checkpoint().exists()]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medres.errors import ConfigError, MedresError
+from medres.runfolder import HELDOUT, INNER_VAL, TEST, FoldFolder, RunFolder
 
 if TYPE_CHECKING:  # the rest is imported where it is used, so that --help answers at once
     import pandas as pd
@@ -121,6 +122,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
 
         # -- the cohort (rank 0 first: it may write the demo cohort) and the run folder
         run_dir = Path(cfg.output.dir) / cfg.output.name
+        folder = RunFolder(run_dir)
         from medres.training.optim import with_scaled_lr
 
         if is_main:
@@ -137,8 +139,8 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         by_patient = cfg.cv.strategy == "patient"  # other designs take the number of folds from the data
         if cfg.cv.folds_file is not None:
             fold_table = read_folds(cfg.cv.folds_file, n_folds=cfg.cv.folds if by_patient else None)
-        elif resume and (run_dir / "folds.csv").exists():
-            fold_table = read_folds(run_dir / "folds.csv", n_folds=cfg.cv.folds if by_patient else None)
+        elif resume and folder.folds_csv.exists():
+            fold_table = read_folds(folder.folds_csv, n_folds=cfg.cv.folds if by_patient else None)
         else:
             fold_table = make_cv_folds(df, cfg)
         audit_folds(df, fold_table)
@@ -159,7 +161,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         folds_hash = folds_sha256(fold_table)
         if is_main:
             claim = claim_run(run_dir, cfg, fold_table, wanted, resume=resume, force=force)
-            route_library_logs(run_dir / "train.log", medres_too=True)  # library chatter: not the terminal
+            route_library_logs(folder.log, medres_too=True)  # library chatter: not the terminal
             log.info("run folder: %s (%d scans, %d folds%s)", run_dir.resolve(), len(df), cfg.cv.folds,
                      f", {len(test)} test scans held out" if len(test) else "")
         barrier()
@@ -169,7 +171,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else (
             run_dir / ".cache" if cfg.data.cache in ("disk", "mmap") else None)
         for k in wanted:
-            fold_dir = run_dir / f"fold_{k}"
+            fold_dir = folder.fold(k).dir
             data = fold_data(cfg, df, fold_table, k, test)
             if train_fraction is not None:
                 from dataclasses import replace
@@ -187,16 +189,16 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
                     _write_train_patients(fold_dir, data.train)
                 if predict:
                     _predict_fold(cfg, data, fold_dir, run_dir, compute.device)
-                result.metrics[k] = pd.read_csv(fold_dir / "metrics.csv")
-                if (fold_dir / "predictions.parquet").exists():
-                    result.predictions[k] = pd.read_parquet(fold_dir / "predictions.parquet")
+                result.metrics[k] = pd.read_csv(folder.fold(k).metrics_csv)
+                if folder.fold(k).predictions.exists():
+                    result.predictions[k] = pd.read_parquet(folder.fold(k).predictions)
             barrier()
 
         # -- the evaluation, once every fold has its predictions (one fold job at a time: the run's lock)
         if claim is not None:
             end_lock = claim.shared().acquire(wait_s=3600.0)  # another job may be evaluating
         missing = [k for k in range(cfg.cv.folds)
-                   if not (run_dir / f"fold_{k}" / "predictions.parquet").exists()]
+                   if not folder.fold(k).predictions.exists()]
         if is_main and predict and not missing and len(test):  # the test split by the ensemble
             from medres.data.pipeline.datasets import manifest_to_records
             from medres.inference.ensemble import write_test_ensemble
@@ -277,8 +279,8 @@ def learning_curve(config: Config | str | os.PathLike[str], fractions: Sequence[
                  root / f"frac_{f:g}")
         result = run(sub, resume=resume, force=force, quiet=quiet, should_stop=should_stop, train_fraction=f)
         sub_runs[f] = result.run_dir
-        folds_file = str((result.run_dir / "folds.csv").resolve())  # the same folds for every fraction
-        patients[f] = sum(len(_read_ids(result.run_dir / f"fold_{k}" / "train_patients.csv"))
+        folds_file = str(RunFolder(result.run_dir).folds_csv.resolve())  # the same folds for every fraction
+        patients[f] = sum(len(_read_ids(RunFolder(result.run_dir).fold(k).train_patients))
                           for k in range(result.config.cv.folds))
     return write_learning_curve(root, sub_runs, patients, level=cfg.evaluate.ci_level)
 
@@ -287,7 +289,7 @@ def _write_train_patients(fold_dir: Path, records: list[dict]) -> None:
     from medres.files import atomic_write
 
     text = "patient_id\n" + "".join(f"{p}\n" for p in sorted({str(r["patient_id"]) for r in records}))
-    atomic_write(fold_dir / "train_patients.csv", lambda t: t.write_text(text, encoding="utf-8"))
+    atomic_write(FoldFolder(fold_dir).train_patients, lambda t: t.write_text(text, encoding="utf-8"))
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -324,15 +326,14 @@ def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, de
     model = build_model(cfg)
     load_best_weights(model, fold_dir)
     model = model.to(device).eval()
-    sets = (("predictions", data.heldout, True), ("inner_val_predictions", data.inner_val, False),
-            ("test_predictions", data.test, True))
+    sets = ((HELDOUT, data.heldout, True), (INNER_VAL, data.inner_val, False), (TEST, data.test, True))
     for name, records, masks in sets:
         if records:
             write_fold_predictions(run_dir, data.fold, model, records, cfg, name, masks=masks, device=device)
     from medres.training.calibrate import calibrate_fold  # fitted on inner validation only
 
     calibrate_fold(fold_dir, cfg)
-    log.info("fold_%d predictions: %s", data.fold, (fold_dir / "predictions.parquet").resolve())
+    log.info("fold_%d predictions: %s", data.fold, FoldFolder(fold_dir).predictions.resolve())
 
 
 def _setup_logging(*, quiet: bool, is_main: bool) -> None:
@@ -424,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.run_dir.resolve()}")
         if result.predictions:
-            print(f"predictions: {result.run_dir.resolve()}/fold_*/predictions.parquet")
+            print(f"predictions: {RunFolder(result.run_dir.resolve()).tables_glob()}")
         if result.report is not None:  # the headline numbers, ending with the report's path
             from medres.report.headline import headline
 

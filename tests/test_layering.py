@@ -6,6 +6,7 @@ cycles."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,44 @@ def test_torch_free_packages_import_without_torch_at_run_time():
     if _heavy_after_import(packages):
         culprits = {p: heavy[:3] for p in packages if (heavy := _heavy_after_import([p]))}
         raise AssertionError(f"importing these pulls in torch/MONAI: {culprits}")
+
+
+#: a run folder's file names: spelled only in medres/runfolder.py, every other module asks it for the path
+RUN_FILE_NAMES = ("config.yaml", "folds.csv", "train.log", "mlflow.db", ".mlflow.lock", "checkpoint_last.pt",
+                  "checkpoint_prev.pt", "checkpoint_best.pt", "metrics.csv", "predictions.parquet",
+                  "calibration.json", "train_patients.csv", "summary.json", "case_keys.csv")
+#: run sub-folders, caught where a path is joined with them (``run_dir / "report"``)
+RUN_DIR_NAMES = ("report", "ensemble", "tensorboard", ".lock")
+
+
+def _run_path_literals(tree: ast.AST) -> list[tuple[int, str]]:
+    """String literals (docstrings aside) that spell a run-folder path: a run file's name, alone or at the
+    end of a path; a ``fold_*`` glob; ``fold_{k}`` formatted; a path joined with a run sub-folder."""
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    names = "|".join(re.escape(n) for n in RUN_FILE_NAMES)
+    spelled = re.compile(rf"(^|/)[\w.]*({names})$|fold_\*|checkpoint_\*")
+    hits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs \
+                and spelled.search(node.value):
+            hits.append((node.lineno, node.value))
+        elif isinstance(node, ast.JoinedStr):
+            for a, b in zip(node.values, node.values[1:]):
+                if isinstance(a, ast.Constant) and str(a.value).endswith("fold_") \
+                        and isinstance(b, ast.FormattedValue):
+                    hits.append((node.lineno, f"{a.value}{{...}}"))
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) \
+                and isinstance(node.right, ast.Constant) and node.right.value in RUN_DIR_NAMES:
+            hits.append((node.lineno, f"/ {node.right.value!r}"))
+    return hits
+
+
+def test_run_folder_paths_are_spelled_in_runfolder_only():
+    """Every reader and writer of a run folder goes through ``medres.runfolder`` (a renamed file cannot
+    leave a stale copy of its name behind)."""
+    problems = [f"{f.relative_to(ROOT)}:{line}: {text!r}" for name, f in sorted(modules().items())
+                if name != "medres.runfolder"
+                for line, text in _run_path_literals(ast.parse(f.read_text()))]
+    assert not problems, "spell these through medres.runfolder:\n" + "\n".join(problems)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from medres import runfolder
 from medres.evaluation.cases import add_spacing, segmentation_cases
 from medres.evaluation.gallery import gallery
 from medres.files import claim_outputs
@@ -28,8 +29,7 @@ log = logging.getLogger("medres.evaluate")
 #: Every file :func:`medres.report.build_bundle` may write into the report folder: each is replaced only
 #: when the folder's written-files list (:func:`medres.files.claim_outputs`) names it, as it does for a
 #: report training or an earlier evaluate wrote there.
-BUNDLE_FILES = ("report.html", "summary.json", "predictions.csv", "seg_cases.csv", "cohort.csv",
-                "private/case_keys.csv")
+BUNDLE_FILES = runfolder.BUNDLE_FILES
 
 
 def _check_output(out: Path, run: Any, compare: list[str | Path]) -> None:
@@ -37,7 +37,7 @@ def _check_output(out: Path, run: Any, compare: list[str | Path]) -> None:
     inside the run's own ``report/`` (the default); nor is or holds the run's manifest or its folder."""
     from medres.files import check_output
 
-    own_report = Path(run.run_dir).resolve() / "report"
+    own_report = runfolder.RunFolder(Path(run.run_dir).resolve()).report_dir
     target = out.resolve()
     manifest = getattr(getattr(run.config, "data", None), "manifest", None)
     compared = ({"compared run": compare[0]} if len(compare) == 1
@@ -68,11 +68,11 @@ def evaluate_run(
     if missing:
         log.warning("folds %s of %d have no predictions yet (not finished): the report covers the other %d "
                     "only", missing, run.config.cv.folds, run.config.cv.folds - len(missing))
-    out = Path(output) if output is not None else run.run_dir / "report"
+    out = Path(output) if output is not None else runfolder.RunFolder(run.run_dir).report_dir
     compare = [] if compare is None else [compare] if isinstance(compare, (str, Path)) else list(compare)
     _check_output(out, run, compare)
     # a run's own report/ written before medres kept the list: its report files are the report's
-    own = BUNDLE_FILES if out.resolve() == Path(run.run_dir).resolve() / "report" else ()
+    own = BUNDLE_FILES if out.resolve() == runfolder.RunFolder(Path(run.run_dir).resolve()).report_dir else ()
     with claim_outputs(out, BUNDLE_FILES, what="report folder (--output)", before_list=own):
         run.predictions = add_spacing(run.predictions)
         seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
@@ -90,5 +90,5 @@ def evaluate_run(
             gallery_note=note,
             test_seg_cases=test_seg,
         )
-    log.info("report written to %s", out / "report.html")
-    return out / "report.html"
+    log.info("report written to %s", runfolder.ReportFolder(out).html)
+    return runfolder.ReportFolder(out).html

@@ -64,6 +64,7 @@ from medres.report.seg_classes import class_empty_counts
 from medres.report.seg_records import segmentation_records
 from medres.report.subgroups import subgroup_records
 from medres.report.test_split import test_segmentation_records, test_segmentation_table
+from medres.runfolder import ReportFolder
 from medres.safe_text import csv_safe
 
 __all__ = ["Bundle", "GalleryItem", "build_bundle", "ECE_BINS"]
@@ -331,12 +332,13 @@ def build_bundle(
         "provenance": {"medres_version": (provenance or {}).get("medres version", "")},
         "provenance_rows": list((provenance or {}).items()),
     }
-    (output / "report.html").write_text(render_html(context), encoding="utf-8")
+    bundle = ReportFolder(output)
+    bundle.html.write_text(render_html(context), encoding="utf-8")
 
     keys = pseudonymise(preds["patient_id"])
     key_of = dict(zip(preds["patient_id"], keys))
     csv_safe(export_predictions(preds, list(ev.subgroups), keys, labels, ids_shown)).to_csv(
-        output / "predictions.csv", index=False
+        bundle.predictions_csv, index=False
     )
     if seg_cases is not None:
         sc = seg_cases.drop(
@@ -344,13 +346,12 @@ def build_bundle(
         )
         sc.insert(0, "case_id" if ids_shown else "case_key", seg_cases["case_id"].map(labels).to_numpy())
         sc.insert(1, "patient_key", seg_cases["patient_id"].map(key_of).to_numpy())
-        csv_safe(sc).to_csv(output / "seg_cases.csv", index=False)
+        csv_safe(sc).to_csv(bundle.seg_cases, index=False)
     if not ids_shown:  # the key -> case id map stays out of the shareable files
-        private = output / "private"
-        private.mkdir(exist_ok=True)
+        bundle.case_keys.parent.mkdir(exist_ok=True)
         keys_table = pd.DataFrame({"case_key": preds["case_id"].map(labels), "case_id": preds["case_id"]})
-        csv_safe(keys_table).to_csv(private / "case_keys.csv", index=False)
-    csv_safe(cohort).to_csv(output / "cohort.csv")
+        csv_safe(keys_table).to_csv(bundle.case_keys, index=False)
+    csv_safe(cohort).to_csv(bundle.cohort)
     summary = {
         "run": run.run_dir.name,
         "task": {"positive_class": task.positive, "score_column": task.score_col, "labels": cfg.data.labels},
@@ -358,5 +359,5 @@ def build_bundle(
         "split_audit": audit.to_dict("records"),
         "records": [_json_record(r) for r in records],
     }
-    (output / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
+    bundle.summary.write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
     return Bundle(output, rec_df, preds, thresholds)

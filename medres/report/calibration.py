@@ -23,6 +23,7 @@ from medres.metrics.bootstrap import patient_bootstrap_ci
 from medres.metrics.calibration import reliability_curve, weighted_ece
 from medres.report.aggregate import _quiet, _record
 from medres.report.figures import _subplots, to_data_uri
+from medres.runfolder import RunFolder
 
 __all__ = ["uncalibrated_scores", "calibration_records", "calibration_section"]
 
@@ -89,9 +90,9 @@ def _figure(curves: dict[str, object], n_bins: int) -> str:
 def fold_maps(run_dir: str | Path | None) -> dict[int, dict]:
     """Each fold's fitted map (``fold_k/calibration.json``) by fold number."""
     out: dict[int, dict] = {}
-    for path in sorted(Path(run_dir).glob("fold_*/calibration.json")) if run_dir is not None else []:
+    for fold in RunFolder(run_dir).folds() if run_dir is not None else []:
         try:
-            out[int(path.parent.name.split("_")[1])] = json.loads(path.read_text())
+            out[int(fold.index)] = json.loads(fold.calibration.read_text())
         except (ValueError, OSError):
             continue
     return out

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medres.runfolder import ReportFolder
+
 __all__ = ["headline"]
 
 _WIDTH = 26
@@ -45,13 +47,13 @@ def _pick(records: pd.DataFrame, **where: str) -> pd.Series | None:
 
 def headline(report_dir: str | Path, *, ci_level: float = 0.95) -> str:
     """The headline of the report bundle in ``report_dir`` (``summary.json``, ``cohort.csv``)."""
-    report_dir = Path(report_dir)
-    summary = json.loads((report_dir / "summary.json").read_text(encoding="utf-8"))
+    bundle = ReportFolder(Path(report_dir))
+    summary = json.loads(bundle.summary.read_text(encoding="utf-8"))
     records = pd.DataFrame(summary["records"])
     task = summary["task"]
     pos = task["positive_class"]
     level = f"{ci_level:.0%} CI"
-    cohort = report_dir / "cohort.csv"
+    cohort = bundle.cohort
     counts = ""
     if cohort.is_file():
         table = pd.read_csv(cohort, index_col=0, dtype=str)
@@ -106,5 +108,5 @@ def headline(report_dir: str | Path, *, ci_level: float = 0.95) -> str:
         rec = delong.iloc[0]
         lines.append(_line("AUROC difference", f"{_with_ci(rec)}  ({rec['ci_method']}; this run minus the "
                                                "other)"))
-    lines.append(_line("report", str((report_dir / "report.html").resolve())))
+    lines.append(_line("report", str(bundle.html.resolve())))
     return "\n".join(lines)

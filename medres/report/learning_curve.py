@@ -16,6 +16,7 @@ import pandas as pd
 
 from medres.errors import DataError
 from medres.report.figures import _subplots, to_data_uri
+from medres.runfolder import RunFolder
 
 __all__ = ["learning_curve_table", "learning_curve_figure", "write_learning_curve"]
 
@@ -30,7 +31,7 @@ def learning_curve_table(sub_runs: dict[float, Path], train_patients: dict[float
     ``train_patients``: the training patients summed over the folds, per fraction (shown as is)."""
     rows = []
     for frac, run_dir in sorted(sub_runs.items()):
-        path = Path(run_dir) / "report" / "summary.json"
+        path = RunFolder(run_dir).report.summary
         if not path.is_file():
             raise DataError("the learning-curve sub-run has no report", path=path,
                             hint="finish its folds with python -m medres.train --learning-curve ... --resume")

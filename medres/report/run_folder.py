@@ -8,7 +8,6 @@ the table's ``seg_path``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pandas as pd
 
 from medres.config import Config, load_config
 from medres.errors import DataError
+from medres.runfolder import RunFolder
 
 __all__ = ["RunData", "load_run", "read_run_config"]
 
@@ -57,7 +57,7 @@ class RunData:
 
 def read_run_config(run_dir: Path) -> Config:
     """The run's resolved ``config.yaml`` as a `Config` (ConfigError names the file and field)."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.is_file():
         raise DataError(
             "the run folder has no config.yaml",
@@ -112,39 +112,33 @@ def load_run(run_dir: str | Path) -> RunData:
     if not run_dir.is_dir():
         raise DataError("run folder not found", path=run_dir, hint="pass runs/NAME as written by training")
     config = read_run_config(run_dir)
-    fold_dirs = sorted(
-        (p for p in run_dir.glob("fold_*") if re.fullmatch(r"fold_\d+", p.name)),
-        key=lambda p: int(p.name.split("_")[1]),
-    )
+    folder = RunFolder(run_dir)
     parts, inner, tests, logs, ckpts = [], [], [], [], []
-    for fd in fold_dirs:
-        pred = fd / "predictions.parquet"
+    for fold in folder.folds():
+        pred = fold.predictions
         if not pred.is_file():
             raise DataError(
-                "fold has no predictions.parquet",
-                path=fd,
+                f"fold has no {pred.name}",
+                path=fold.dir,
                 hint="the fold's training did not finish; re-run it with --fold",
             )
         df = _read_parquet(pred)
         _check_scores(df, config.data.labels, pred)
         parts.append(df)
-        iv = fd / "inner_val_predictions.parquet"
-        if iv.is_file():
-            inner.append(_read_parquet(iv))
-        tp = fd / "test_predictions.parquet"
-        if tp.is_file():
-            tests.append(_read_parquet(tp))
-        mc = fd / "metrics.csv"
-        if mc.is_file():
-            logs.append(pd.read_csv(mc).assign(fold=int(fd.name.split("_")[1])))
-        ckpts += sorted(p.relative_to(run_dir) for p in fd.glob("checkpoint_*.pt"))
+        if fold.inner_val_predictions.is_file():
+            inner.append(_read_parquet(fold.inner_val_predictions))
+        if fold.test_predictions.is_file():
+            tests.append(_read_parquet(fold.test_predictions))
+        if fold.metrics_csv.is_file():
+            logs.append(pd.read_csv(fold.metrics_csv).assign(fold=fold.index))
+        ckpts += [p.relative_to(run_dir) for p in fold.checkpoints()]
     if not parts:
         raise DataError(
-            "the run folder holds no fold_k/predictions.parquet",
+            f"the run folder holds no fold_k/{folder.fold(0).predictions.name}",
             path=run_dir,
             hint="train first: python -m medres.train --config ...",
         )
-    folds_csv = run_dir / "folds.csv"
+    folds_csv = folder.folds_csv
     folds = (
         pd.read_csv(folds_csv, dtype={"patient_id": str}, keep_default_na=False)
         if folds_csv.is_file()

@@ -20,19 +20,18 @@ import pandas as pd
 from medres.config import Config
 from medres.report.html import seg_cells
 from medres.report.run_folder import RunData, _read_parquet
+from medres.runfolder import RunFolder
 from medres.report.seg_records import segmentation_records
 
-__all__ = ["ENSEMBLE_TEST", "load_ensemble_test", "test_segmentation_cases", "test_segmentation_records",
+__all__ = ["load_ensemble_test", "test_segmentation_cases", "test_segmentation_records",
            "test_segmentation_table"]
 
-#: The fold ensemble's test-split predictions, relative to the run folder.
-ENSEMBLE_TEST = Path("ensemble") / "test_predictions.parquet"
 _ENSEMBLE_FOLD = -1  # the ensemble's ``fold`` in its table
 
 
 def load_ensemble_test(run_dir: str | Path) -> pd.DataFrame | None:
     """``ensemble/test_predictions.parquet`` of a run folder, or None."""
-    path = Path(run_dir) / ENSEMBLE_TEST
+    path = RunFolder(run_dir).ensemble.test_predictions
     return _read_parquet(path) if path.is_file() else None
 
 

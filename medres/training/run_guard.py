@@ -31,7 +31,7 @@ from typing import Any
 
 from medres.config import RESUME_IGNORED_FIELDS, Config, check_resume_config, flatten_dict
 from medres.errors import ConfigError
-from medres.runfolder import FoldFolder, RunFolder
+from medres.runfolder import FoldFolder, RunFolder, fold_name
 
 __all__ = ["FolderLock", "RunClaim", "claim_run", "check_fold_start", "folds_sha256", "config_sha256"]
 
@@ -150,9 +150,9 @@ def check_fold_start(fold_dir: Path, cfg: Config, *, fold: int, folds_hash: str 
     ckpt = load_checkpoint(last, mmap=mmap, warn=not quiet)
     saved = ckpt.get("folds_sha256")
     if folds_hash is not None and saved is not None and saved != folds_hash:
-        raise ConfigError(f"fold_{fold}'s checkpoint was trained with another patient-to-fold assignment "
-                          f"than the run's folds.csv (or cv.folds_file) now holds: resuming would score "
-                          f"patients it trained on as held out", path=last, field="cv",
+        raise ConfigError(f"{fold_name(fold)}'s checkpoint was trained with another patient-to-fold "
+                          f"assignment than the run's folds.csv (or cv.folds_file) now holds: resuming would "
+                          f"score patients it trained on as held out", path=last, field="cv",
                           hint="restore the folds.csv the run was trained with, or start a new run "
                                "(another output.name); --force does not override this")
     if folds_hash is not None and saved is None and not quiet:
@@ -161,8 +161,8 @@ def check_fold_start(fold_dir: Path, cfg: Config, *, fold: int, folds_hash: str 
     stored_cfg = ckpt.get("config_sha256")
     if stored_cfg is not None and isinstance(ckpt.get("config"), Mapping) \
             and config_sha256(ckpt["config"]) != stored_cfg:
-        raise ConfigError(f"fold_{fold}'s checkpoint holds a configuration that does not match the hash "
-                          "recorded with it (the file was edited)", path=last,
+        raise ConfigError(f"{fold_name(fold)}'s checkpoint holds a configuration that does not match the "
+                          "hash recorded with it (the file was edited)", path=last,
                           hint="use the checkpoint as medres.train wrote it, or start a new run")
     if stored_cfg is None or stored_cfg != config_sha256(cfg):
         changes = check_resume_config(ckpt["config"], cfg, force=force)
