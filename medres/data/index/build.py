@@ -168,6 +168,8 @@ def _walk(root: Path, skip: Path, skipped: dict[str, tuple[str, str]] | None = N
                         raise _TooMany
                     try:
                         rel = e.path[root_len:]
+                        if e.name == WRITTEN_LIST:  # medres's own list of a pulled export: not data
+                            continue
                         if e.is_dir(follow_symlinks=False):
                             here_dirs.append(e.path)
                         elif e.is_symlink() and (why := _leaves(e.path, real_root)):

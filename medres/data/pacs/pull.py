@@ -10,6 +10,7 @@ import hmac
 import logging
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -21,6 +22,7 @@ from pydicom.dataset import Dataset
 
 from medres.data.pacs.auth import ServerUnavailable
 from medres.errors import ConfigError, DataError, did_you_mean
+from medres.files import WRITTEN_LIST, save_written, written_list
 
 __all__ = ["PullResult", "SeriesResult", "Server", "pull", "pseudonym", "parse_query", "read_accessions",
            "load_rules", "summary"]
@@ -29,6 +31,7 @@ log = logging.getLogger("medres.data.pacs")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PROJECTION = {"CR", "DX", "MG", "IO", "PX", "XA", "RF"}
 _ANNOTATIONS = {"SEG", "RTSTRUCT"}  # never filtered out: the index reads them as masks
+_STUDY = re.compile(r"s[0-9a-f]{12}")  # the pull's study folders (pseudonyms)
 
 
 class Server(Protocol):
@@ -162,11 +165,14 @@ def _os_cause(exc: OSError) -> OSError:
 
 
 class _Writer:
-    """Writes instances into ``folder`` atomically (temporary name, then rename)."""
+    """Writes instances into ``folder`` atomically (a new temporary file, then a rename) and keeps the
+    names it wrote (relative to the export) for the export's written-files list."""
 
-    def __init__(self, server_name: str) -> None:
+    def __init__(self, server_name: str, out: Path) -> None:
         self.server_name = server_name
+        self.out = out
         self.lock = threading.Lock()
+        self.written: set[str] = set()
 
     def write(self, ds: Dataset, folder: Path, where: str) -> Path:
         sop = str(ds.get("SOPInstanceUID", ""))
@@ -174,12 +180,18 @@ class _Writer:
             raise DataError(f"the server sent an instance without a valid SOPInstanceUID ({where})",
                             path=self.server_name, hint="check the server's data")
         target = folder / f"{sop}.dcm"
-        tmp = folder / f".{sop}.dcm.part"
-        try:
+        tmp = None
+        try:  # a new file (O_EXCL): a link planted under a temporary name is never written through
+            fd, name = tempfile.mkstemp(prefix=f".{sop}.", suffix=".dcm.part", dir=folder)
+            os.close(fd)
+            tmp = Path(name)
             ds.save_as(tmp, enforce_file_format=True)
             os.replace(tmp, target)
+            with self.lock:
+                self.written.add(target.relative_to(self.out).as_posix())
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             cause = _os_cause(exc)  # pydicom re-raises a write error with the tag and without errno
             if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # no later write can succeed: stop
                 raise DiskFull(f"cannot write an instance ({where}): {cause.strerror}", path=folder,
@@ -189,10 +201,53 @@ class _Writer:
                             path=folder, hint="free disk space or fix permissions, then rerun (what is "
                                               "complete is kept)") from None
         except Exception as exc:  # pydicom cannot encode what arrived
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise DataError(f"an instance could not be written as DICOM ({where}: {type(exc).__name__})",
                             path=self.server_name, hint="check the server's data") from None
         return target
+
+
+def _claim_export(out: Path) -> tuple[set[str], bool]:
+    """(what earlier pulls wrote in ``out``, whether its :data:`medres.files.WRITTEN_LIST` exists). A
+    new or empty folder, or an export a pull wrote (its list, or, from before the list, nothing but
+    study-pseudonym folders); anything else, or a link, is refused before anything is written."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DataError("the export folder (--out) is a symbolic link or a file", path=out,
+                        hint="choose a new folder (or one an earlier pull wrote) for --out")
+    if not out.exists():
+        return set(), False
+    if (out / WRITTEN_LIST).is_file():
+        return set(written_list(out)), True
+    foreign = [e for e in out.iterdir() if e.is_symlink() or not e.is_dir() or not _STUDY.fullmatch(e.name)]
+    if foreign:
+        raise DataError(f"the export folder (--out) holds {len(foreign)} entr(ies) no pull wrote; medres "
+                        "pulls only into a new or empty folder or one it pulled into", path=out,
+                        hint="choose a new folder for --out")
+    return set(), False
+
+
+def _series_folder(out: Path, study: str, series: str) -> Path:
+    """``out/study/series``, made; never reached through a symbolic link (that would write elsewhere)."""
+    folder = out / study / series
+    for part in (out / study, folder):
+        if part.is_symlink() or (part.exists() and not part.is_dir()):
+            raise DataError(f"{part.relative_to(out).as_posix()} in the export is a symbolic link or a "
+                            "file; medres writes only into folders it made", path=out,
+                            hint="move it away (or pull into a new folder)")
+        part.mkdir(exist_ok=True)
+    return folder
+
+
+def _save_list(out: Path, names: set[str]) -> None:
+    """Write the export's written-files list; a disk too full for it is a warning (the error that
+    stopped the pull is the one to report), and the next pull lists what it finds of its own again."""
+    if not out.is_dir() or (not names and not (out / WRITTEN_LIST).exists()):
+        return
+    try:
+        save_written(out, names)
+    except OSError as exc:
+        log.warning("the export's list of written files could not be saved (%s)", exc.strerror)
 
 
 def _present(folder: Path) -> set[str]:
@@ -251,13 +306,14 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
 
     out = Path(out)
     key = key or project_key(getattr(rules, "key_file", None))
+    listed, has_list = _claim_export(out)
     result = PullResult(out=out)
     studies = _studies(server, accessions, dict(filters or {}), max_studies, result)
     result.studies = len(studies)
     if not studies:
         raise DataError("no study matches", path=server.name,
                         hint="check the accession numbers or the --query filters")
-    writer = _Writer(server.name)
+    writer = _Writer(server.name, out)
     jobs: list[tuple[SeriesResult, str, str, list[str] | None, Path]] = []
     for study in studies:
         study_uid = str(study.StudyInstanceUID)
@@ -284,7 +340,10 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
             if reason:
                 row.status = f"skipped: {reason}"
                 continue
-            folder.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
+            _series_folder(out, s_name, r_name)
+            if not has_list:  # an export from before the list: what a pull left in its own layout
+                listed |= {f"{s_name}/{r_name}/{p}.dcm" for p in present}
             missing = None if stream_all else [s for s in sops if s not in present]
             if missing is None or missing:
                 jobs.append((row, study_uid, series_uid, missing, folder))
@@ -305,20 +364,23 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
                 return n
             tasks.append((row, task))
     total = sum(row.expected if missing is None else len(missing) for row, _, _, missing, _ in jobs)
-    if tasks:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            pending: dict[Future, SeriesResult] = {}
-            queue = iter(tasks)
-            done_count = iter(track(range(total), desc=f"pull from {server.name}", unit="instances",
-                                    progress=progress))
-            for row, task in queue:  # at most 2 x workers queued: memory stays bounded
-                pending[pool.submit(task)] = row
-                if len(pending) >= 2 * max(1, workers):
+    try:
+        if tasks:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                pending: dict[Future, SeriesResult] = {}
+                queue = iter(tasks)
+                done_count = iter(track(range(total), desc=f"pull from {server.name}", unit="instances",
+                                        progress=progress))
+                for row, task in queue:  # at most 2 x workers queued: memory stays bounded
+                    pending[pool.submit(task)] = row
+                    if len(pending) >= 2 * max(1, workers):
+                        _drain(pending, done_count)
+                while pending:
                     _drain(pending, done_count)
-            while pending:
-                _drain(pending, done_count)
-            for _ in done_count:
-                pass
+                for _ in done_count:
+                    pass
+    finally:  # the export's one written-files list (medres.files): what every pull into it wrote
+        _save_list(out, listed | writer.written)
     for row in result.series:
         if row.status:
             continue

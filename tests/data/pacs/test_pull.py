@@ -21,6 +21,7 @@ from medres.data.pacs.dicomweb import DicomWeb
 from medres.data.pacs.pull import pseudonym, pull
 from medres.data.pull import main
 from medres.errors import ConfigError, DataError
+from medres.files import WRITTEN_LIST, written_list
 from tests.data.dicom_factory import write_series
 from tests.data.pacs.conftest import Orthanc, _free_port
 
@@ -80,7 +81,8 @@ def test_pull_by_accession_equals_the_upload_and_resumes(orthanc: Orthanc, cohor
         study = f"s{pseudonym(key, 'study', str(theirs.StudyInstanceUID))[:12]}"
         series = f"r{pseudonym(key, 'series', str(theirs.SeriesInstanceUID))[:12]}"
         assert path.relative_to(out).parts == (study, series, f"{sop}.dcm")  # no ids in the path
-    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary file left
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.name != WRITTEN_LIST]  # no temp
+    assert set(written_list(out)) == {p.relative_to(out).as_posix() for p in got.values()}  # the one list
 
     again = pull(_web(orthanc), out, accessions=["ACC1", "ACC2"], key=key, progress=False)
     assert again.fetched == 0 and {s.status for s in again.series} == {"complete"}
@@ -244,7 +246,7 @@ def test_500_and_non_dicom_mid_pull_are_listed_and_a_rerun_completes(orthanc: Or
         on_disk = set(_on_disk(out))
         assert sops[2] in on_disk  # one 500, then retried with backoff
         assert sops[0] not in on_disk and sops[1] not in on_disk
-        assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # nothing half-written
+        assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.name != WRITTEN_LIST]
         (short,) = result.short
         assert short.status.startswith("failed: ")
         assert "HTTP 500" in short.status or "could not be read" in short.status
@@ -268,7 +270,7 @@ def test_a_full_disk_stops_the_pull_with_complete_files_only(orthanc: Orthanc, c
             pull(_web(orthanc), small / "export", accessions=["ACC1"], key=KEY.encode(), workers=1,
                  progress=False)
         assert "rerun" in str(err.value)
-        files = [p for p in (small / "export").rglob("*") if p.is_file()]
+        files = [p for p in (small / "export").rglob("*") if p.is_file() and p.name != WRITTEN_LIST]
         assert all(not p.name.startswith(".") for p in files)  # no temporary file left behind
         for p in files:
             assert pydicom.dcmread(p).SOPInstanceUID == p.stem  # what is there is complete
@@ -316,3 +318,39 @@ def test_a_series_that_grows_between_pulls_gets_its_new_instance(orthanc: Orthan
     (row,) = again.series
     assert again.fetched == 1 and (row.expected, row.on_disk, row.status) == (5, 5, "complete")
     assert str(first.SOPInstanceUID) in _on_disk(out)
+
+
+def test_a_pull_writes_only_into_a_folder_it_made(orthanc: Orthanc, cohort: dict, tmp_path: Path) -> None:
+    """An --out holding someone's files is refused before anything is fetched; a study folder that is a
+    symbolic link (to somewhere outside) is refused, nothing written through it; a temporary name
+    planted as a link is never written through."""
+    key = KEY.encode()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="holds 1 entr"):
+        pull(_web(orthanc), theirs, accessions=["ACC1"], key=key, progress=False)
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
+
+    out, elsewhere = tmp_path / "export", tmp_path / "elsewhere"
+    first = pull(_web(orthanc), out, accessions=["ACC1"], key=key, progress=False)
+    assert first.fetched > 0 and set(written_list(out)) == {
+        p.relative_to(out).as_posix() for p in out.rglob("*.dcm")}
+    study = next(p for p in out.iterdir() if p.is_dir())
+    moved = tmp_path / "moved"
+    study.rename(moved)
+    elsewhere.mkdir()
+    study.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(DataError, match="is a symbolic link"):
+        pull(_web(orthanc), out, accessions=["ACC1"], key=key, progress=False)
+    assert list(elsewhere.iterdir()) == []
+    study.unlink()
+    moved.rename(study)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    series = next(p for p in study.iterdir() if p.is_dir())
+    lost = sorted(series.glob("*.dcm"))[0]
+    lost.unlink()
+    (series / f".{lost.stem}.dcm.part").symlink_to(victim)  # the old fixed temporary name
+    again = pull(_web(orthanc), out, accessions=["ACC1"], key=key, progress=False)
+    assert again.fetched == 1 and lost.is_file() and victim.read_text() == "precious"
