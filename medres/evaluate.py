@@ -3,10 +3,12 @@
 Reads a run folder, computes per-case segmentation metrics (predicted masks against the manifest's
 reference masks, in the source scan's geometry and spacing), the voxel spacing of every scan, the
 worst-case gallery (with the classification head's Grad-CAM when the fold's checkpoint and the data
-pipeline are available), and hands everything to `medres.report.build_bundle`. Written files:
-``report.html``, ``summary.json``, ``predictions.csv``, ``seg_cases.csv``, ``cohort.csv`` in
-``--output`` (default ``runs/NAME/report``). ``--compare`` compares every pair of the runs given (the
-run itself included) on the cases all of them predicted, Holm-adjusting DeLong's p-values across pairs.
+pipeline are available), saves them in ``--output`` (default ``runs/NAME/report``) under
+``private/evaluation/``, and builds the bundle from those saved tables
+(`medres.report.build_saved_bundle`, which a notebook can call again without torch). Written files:
+``report.html``, ``summary.json``, ``predictions.csv``, ``seg_cases.csv``, ``cohort.csv``. ``--compare``
+compares every pair of the runs given (the run itself included) on the cases all of them predicted,
+Holm-adjusting DeLong's p-values across pairs.
 """
 
 from __future__ import annotations

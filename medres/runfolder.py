@@ -25,7 +25,7 @@ from medres.errors import DataError
 from medres.layout import case_file_stem
 
 __all__ = ["CHECKPOINT_LAST", "CHECKPOINT_PREV", "CHECKPOINT_BEST", "CHECKPOINTS_BEST_FIRST",
-           "HELDOUT", "INNER_VAL", "TEST", "TABLES", "BUNDLE_FILES",
+           "HELDOUT", "INNER_VAL", "TEST", "TABLES", "BUNDLE_FILES", "EVALUATION_FILES",
            "RunFolder", "FoldFolder", "EnsembleFolder", "ReportFolder",
            "fold_name", "member_name", "member_fold", "fold_index", "is_run"]
 
@@ -50,6 +50,12 @@ _REPORT_HTML, _SUMMARY, _PREDICTIONS_CSV, _SEG_CASES, _COHORT = (
 _CASE_KEYS = "private/case_keys.csv"
 #: the files of a report bundle, relative to its folder (what a later evaluate may replace there)
 BUNDLE_FILES = (_REPORT_HTML, _SUMMARY, _PREDICTIONS_CSV, _SEG_CASES, _COHORT, _CASE_KEYS)
+_EVALUATION = "private/evaluation"  # what evaluate measured on the scans; they name cases, so private
+_SAVED_SEG, _SAVED_TEST_SEG, _SAVED_SPACING, _SAVED_GALLERY = (
+    f"{_EVALUATION}/{n}" for n in ("seg_cases.parquet", "test_seg_cases.parquet", "spacing.parquet",
+                                   "gallery.json"))
+#: the evaluation's per-case tables in a report folder, read back by the report (``medres.report``)
+EVALUATION_FILES = (_SAVED_SEG, _SAVED_TEST_SEG, _SAVED_SPACING, _SAVED_GALLERY)
 
 
 def fold_name(fold: int) -> str:
@@ -228,6 +234,31 @@ class ReportFolder:
     def case_keys(self) -> Path:
         """The case-key table, kept apart from the shareable files."""
         return self.dir / _CASE_KEYS
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """The evaluation's per-case tables (``medres.report.evaluation_tables``)."""
+        return self.dir / _EVALUATION
+
+    @property
+    def saved_seg_cases(self) -> Path:
+        """The held-out masks' scores per case and class, as evaluate computed them."""
+        return self.dir / _SAVED_SEG
+
+    @property
+    def saved_test_seg_cases(self) -> Path:
+        """The test split's mask scores per case and class: each fold's and the ensemble's."""
+        return self.dir / _SAVED_TEST_SEG
+
+    @property
+    def saved_spacing(self) -> Path:
+        """Each held-out case's voxel spacing."""
+        return self.dir / _SAVED_SPACING
+
+    @property
+    def saved_gallery(self) -> Path:
+        """The worst cases evaluate drew, with their note."""
+        return self.dir / _SAVED_GALLERY
 
 
 @dataclass(frozen=True)

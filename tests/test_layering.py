@@ -127,6 +127,18 @@ def test_torch_free_packages_import_without_torch_at_run_time():
         raise AssertionError(f"importing these pulls in torch/MONAI: {culprits}")
 
 
+def test_no_private_name_crosses_a_part():
+    """``from medres.X import _name`` only within one top-level part: what another part needs is public."""
+    known = modules()
+    problems = []
+    for name, f in known.items():
+        for imported in sorted(imports(name, f, known)[2]):
+            mod, _, attr = imported.partition(":")
+            if attr.startswith("_") and not attr.startswith("__") and part(mod) != part(name):
+                problems.append(f"{name} imports the private {attr} from {mod}")
+    assert not problems, "\n".join(problems)
+
+
 #: a run folder's file names: spelled only in medres/runfolder.py, every other module asks it for the path
 RUN_FILE_NAMES = ("config.yaml", "folds.csv", "train.log", "mlflow.db", ".mlflow.lock", "checkpoint_last.pt",
                   "checkpoint_prev.pt", "checkpoint_best.pt", "metrics.csv", "predictions.parquet",

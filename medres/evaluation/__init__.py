@@ -1,13 +1,15 @@
 """The evaluation stage: a run folder in, the report bundle out.
 
-``evaluate_run`` scores the predicted masks per case (:mod:`medres.evaluation.cases`), draws the
-worst-case gallery with Grad-CAM (:mod:`medres.evaluation.gallery`, which loads scans and the fold's
-model) and hands everything to :func:`medres.report.build_bundle`, which itself never imports torch.
-``python -m medres.evaluate`` is its command line.
+``evaluate_run`` scores the predicted masks per case, held-out and on the test split
+(:mod:`medres.evaluation.cases`), measures each scan's spacing, draws the worst-case gallery with
+Grad-CAM (:mod:`medres.evaluation.gallery`, which loads the fold's model), saves these tables in the
+report folder (:mod:`medres.report.evaluation_tables`) and has the report, which never imports torch,
+build the bundle from the saved tables. ``python -m medres.evaluate`` is its command line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,17 @@ from typing import Any
 import pandas as pd
 
 from medres import runfolder
-from medres.evaluation.cases import add_spacing, segmentation_cases
+from medres.evaluation.cases import scan_spacing, segmentation_cases, test_segmentation_cases
 from medres.evaluation.gallery import gallery
-from medres.files import claim_outputs
-from medres.report import build_bundle, load_run, provenance
+from medres.files import atomic_write, claim_outputs
+from medres.report import load_run
 from medres.report.compare import missing_folds
-from medres.report.test_split import test_segmentation_cases
+from medres.report.evaluation_tables import EvaluationTables, build_saved_bundle
+from medres.report.run_folder import RunData
+from medres.runfolder import EVALUATION_FILES, ReportFolder
 
-__all__ = ["evaluate_run", "segmentation_cases", "add_spacing"]
+__all__ = ["evaluate_run", "evaluation_tables", "write_evaluation", "segmentation_cases",
+           "test_segmentation_cases", "scan_spacing"]
 
 log = logging.getLogger("medres.evaluate")
 
@@ -46,6 +51,30 @@ def _check_output(out: Path, run: Any, compare: list[str | Path]) -> None:
                               "manifest's folder": Path(manifest).parent if manifest else None},
                  what="report folder (--output)", may_lie_inside={"manifest's folder"} | (
                      {"run folder"} if target == own_report or target.is_relative_to(own_report) else set()))
+
+
+def evaluation_tables(run: RunData, gallery_size: int = 4) -> EvaluationTables:
+    """Everything the report needs from the scans: per-case mask scores (held-out and test split), each
+    held-out scan's spacing, and the worst-case gallery of ``gallery_size`` cases."""
+    seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
+    test_seg = test_segmentation_cases(run)  # the test split: each fold's model and the fold ensemble
+    spacing = scan_spacing(run.predictions)
+    items, note = gallery(run, seg, gallery_size)
+    return EvaluationTables(seg, test_seg, spacing, items, note)
+
+
+def write_evaluation(tables: EvaluationTables, report_dir: str | Path) -> None:
+    """Save ``tables`` into ``report_dir`` (``medres.runfolder.EVALUATION_FILES``), where
+    `medres.report.build_saved_bundle` reads them; each file whole or not at all (`atomic_write`)."""
+    folder = ReportFolder(Path(report_dir))
+    for path, table in ((folder.saved_seg_cases, tables.seg_cases),
+                        (folder.saved_test_seg_cases, tables.test_seg_cases),
+                        (folder.saved_spacing, tables.spacing)):
+        atomic_write(path, lambda tmp, t=table: t.to_parquet(tmp, index=False))
+    drawn = {"note": tables.gallery_note,
+             "items": [{"case_id": i.case_id, "src": i.src, "caption": i.caption} for i in tables.gallery]}
+    text = json.dumps(drawn, indent=1)
+    atomic_write(folder.saved_gallery, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def evaluate_run(
@@ -72,23 +101,11 @@ def evaluate_run(
     compare = [] if compare is None else [compare] if isinstance(compare, (str, Path)) else list(compare)
     _check_output(out, run, compare)
     # a run's own report/ written before medres kept the list: its report files are the report's
-    own = BUNDLE_FILES if out.resolve() == runfolder.RunFolder(Path(run.run_dir).resolve()).report_dir else ()
-    with claim_outputs(out, BUNDLE_FILES, what="report folder (--output)", before_list=own):
-        run.predictions = add_spacing(run.predictions)
-        seg = segmentation_cases(run) if run.has_seg else pd.DataFrame()
-        test_seg = test_segmentation_cases(run, segmentation_cases)  # the test split: folds and ensemble
-        items, note = gallery(run, seg, gallery_size)
+    written = BUNDLE_FILES + EVALUATION_FILES
+    own = written if out.resolve() == runfolder.RunFolder(Path(run.run_dir).resolve()).report_dir else ()
+    with claim_outputs(out, written, what="report folder (--output)", before_list=own):
+        write_evaluation(evaluation_tables(run, gallery_size), out)
         others = [load_run(c) for c in compare]
-        prov = provenance(run.config, run.run_dir, run.checkpoints, report_seed=run.config.train.seed)
-        build_bundle(
-            run,
-            out,
-            seg_cases=seg if len(seg) else None,
-            gallery=items,
-            provenance=prov,
-            compare=others or None,
-            gallery_note=note,
-            test_seg_cases=test_seg,
-        )
+        build_saved_bundle(run, out, compare=others)  # the report reads the saved tables back
     log.info("report written to %s", runfolder.ReportFolder(out).html)
     return runfolder.ReportFolder(out).html

@@ -1,5 +1,6 @@
 """Per-case measurements of a run folder for the report: segmentation metrics of every predicted mask
-against its reference (in the source scan's geometry and spacing), and each scan's voxel spacing."""
+against its reference (in the source scan's geometry and spacing), held-out and on the test split, and
+each scan's voxel spacing."""
 
 from __future__ import annotations
 
@@ -10,23 +11,26 @@ import numpy as np
 import pandas as pd
 
 from medres.errors import DataError
-from medres.evaluation.gallery import first_path, load_scan
+from medres.evaluation.scans import first_path, load_scan
 from medres.layout import check_distinct_files
 from medres.metrics.segmentation import segmentation_metrics
 from medres.report.cohort import SPACING_COLUMNS
 from medres.report.run_folder import RunData
+from medres.report.test_split import load_ensemble_test
 
-__all__ = ["segmentation_cases", "add_spacing", "check_mask_files"]
+__all__ = ["segmentation_cases", "test_segmentation_cases", "scan_spacing", "check_mask_files"]
 
-def segmentation_cases(run: RunData) -> pd.DataFrame:
+
+def segmentation_cases(run: RunData, table: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per case and foreground class: Dice, IoU, HD, HD95, ASSD, NSD, volumes, and the empty-mask flag.
 
-    Uses the rows with a ``seg_path`` (relative to the run folder) and a reference ``mask``.
+    Scores ``table`` (default: the held-out ``run.predictions``): the rows with a ``seg_path`` (relative
+    to the run folder) and a reference ``mask``.
     """
     cfg = run.config
     classes = {int(k): v for k, v in cfg.data.mask_labels.items() if int(k) != 0}
     rows = []
-    preds = run.predictions
+    preds = run.predictions if table is None else table
     if "seg_path" not in preds.columns or "mask" not in preds.columns:
         return pd.DataFrame()
     check_mask_files(preds, run.run_dir)
@@ -80,15 +84,27 @@ def check_mask_files(table: pd.DataFrame, run_dir: Path) -> None:
              "version of medres (it names each case's mask by its exact id)")
 
 
-def add_spacing(preds: pd.DataFrame) -> pd.DataFrame:
-    """Add ``spacing_x_mm``, ``spacing_y_mm``, ``spacing_z_mm`` of each case's (first) image."""
+def test_segmentation_cases(run: RunData) -> pd.DataFrame:
+    """Per-case segmentation metrics of the test split (manifest ``split=test``): each fold model's masks
+    (``fold`` k) and the fold ensemble's (``fold`` -1), as :func:`segmentation_cases` scores them."""
+    frames = []
+    for table in (run.test, load_ensemble_test(run.run_dir)):
+        if table is None or not len(table) or "seg_path" not in table.columns:
+            continue
+        frames.append(segmentation_cases(run, table))
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def scan_spacing(preds: pd.DataFrame) -> pd.DataFrame:
+    """``case_id`` and the ``spacing_x_mm``, ``spacing_y_mm``, ``spacing_z_mm`` of each case's (first)
+    image (NaN where unreadable); no columns when the table names no images."""
     import nibabel as nib
 
-    out = preds.copy()
-    if "image" not in out.columns:
-        return out
+    if "image" not in preds.columns:
+        return pd.DataFrame()
     values = []
-    for path in out["image"]:
+    for path in preds["image"]:
         first = first_path(path)
         try:
             if first is None:
@@ -100,5 +116,6 @@ def add_spacing(preds: pd.DataFrame) -> pd.DataFrame:
         except (DataError, OSError):
             sp = np.array([])
         values.append(list(sp[:3]) + [np.nan] * (3 - min(3, sp.size)))
-    out[list(SPACING_COLUMNS)] = np.asarray(values, dtype=np.float64)
+    out = pd.DataFrame(np.asarray(values, dtype=np.float64).reshape(-1, 3), columns=list(SPACING_COLUMNS))
+    out.insert(0, "case_id", preds["case_id"].astype(str).to_numpy())
     return out

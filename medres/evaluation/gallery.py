@@ -11,63 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medres.errors import DataError
+from medres.evaluation.scans import first_path, load_scan, to_ras
 from medres.report import GalleryItem, binary_task, case_labels
 from medres.report.figures import gallery_figure
 from medres.report.run_folder import RunData
 from medres.runfolder import RunFolder
 
-__all__ = ["load_scan", "first_path", "worst_cases", "gallery", "radiograph_view", "radiograph_figure"]
-
-
-def first_path(value: object) -> str | None:
-    """The first channel's path of a predictions ``image``/``mask`` value (channels are joined by ``;``)."""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        value = value[0] if len(value) else ""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    text = str(value).split(";")[0].strip()
-    return text or None
-
-
-def load_scan(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel array, spacing (mm per axis) and voxel-to-RAS affine [4, 4] of a scan or mask.
-
-    NIfTI is read with nibabel directly (the array as stored, as medres's reader gives it, without
-    importing MONAI); DICOM and the rest go through `medres.data.load_image`.
-    """
-    if str(path).endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        try:
-            img = nib.load(str(path))
-            data = np.asarray(img.dataobj)
-        except (OSError, ValueError) as exc:
-            raise DataError(
-                f"cannot read NIfTI: {type(exc).__name__}", path=path, hint="the file is damaged or not NIfTI"
-            ) from None
-        return data, np.asarray(img.header.get_zooms(), dtype=np.float64)[: data.ndim], np.asarray(img.affine)
-    from medres.data import load_image
-
-    img = load_image(path)
-    spacing = np.asarray(img.meta.get("spacing", [1.0] * img.ndim), dtype=np.float64)[: img.ndim]
-    affine = img.meta.get("affine", np.eye(4))
-    return (
-        np.asarray(img),
-        spacing,
-        np.asarray(affine.cpu() if hasattr(affine, "cpu") else affine, dtype=float),
-    )
-
-
-def to_ras(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder a 3D volume's axes to RAS (nibabel's closest canonical) and return it with its new affine,
-    so every gallery slice is axial with anterior up (displayed radiologically by the figure)."""
-    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
-
-    if volume.ndim != 3:
-        return volume, affine
-    ornt = io_orientation(affine)
-    return apply_orientation(volume, ornt), affine @ inv_ornt_aff(ornt, volume.shape)
+__all__ = ["worst_cases", "gallery", "radiograph_view", "radiograph_figure"]
 
 
 def worst_cases(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> list[tuple[str, str]]:
@@ -274,8 +224,10 @@ def radiograph_view(image: np.ndarray, patient_orientation: str, view: str = "")
 def radiograph_figure(row: pd.Series, run: RunData, title: str) -> str:
     """The whole radiograph, reference and predicted label maps as contours per foreground class (solid
     reference, dashed prediction), as a data URI. Full image, never a crop."""
+    from matplotlib.figure import Figure
+
     from medres.data import load_image
-    from medres.report.figures import _subplots, to_data_uri
+    from medres.report.figures import to_data_uri
 
     cfg = run.config
     image = load_image(first_path(row["image"]))
@@ -283,8 +235,8 @@ def radiograph_figure(row: pd.Series, run: RunData, title: str) -> str:
     orient, view = str(meta.get("PatientOrientation", "") or ""), str(meta.get("ViewPosition", "") or "")
     view = view or str(row.get("view", "") or "")
     shown = radiograph_view(np.asarray(image, dtype=np.float32), orient, view)
-    fig, axes = _subplots(1, 1, figsize=(3.6, 3.9), squeeze=False)
-    ax = axes[0, 0]
+    fig = Figure(figsize=(3.6, 3.9))  # no pyplot: the caller's backend stays as it is
+    ax = fig.subplots()
     lo, hi = (float(v) for v in np.percentile(shown, [0.5, 99.5]))
     ax.imshow(shown, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
     colours = ["lime", "deepskyblue", "orange", "magenta", "yellow"]

@@ -1,10 +1,11 @@
 """The cohort report: aggregation into long-format records, figures, the HTML page and the bundle.
 
 Imports only ``medres.metrics``, ``medres.config`` and ``medres.errors`` (no torch), so a report can
-be rebuilt in a notebook from a run's saved predictions::
+be rebuilt in a notebook from a run's saved predictions and the per-case tables the evaluation saved
+in its report folder (`medres.report.evaluation_tables`)::
 
-    from medres.report import load_run, build_bundle
-    build_bundle(load_run("runs/ct_chest"), "runs/ct_chest/report")
+    from medres.report import build_saved_bundle, load_run
+    build_saved_bundle(load_run("runs/ct_chest"), "runs/ct_chest/report")
 """
 
 from medres.report.aggregate import (
@@ -19,6 +20,7 @@ from medres.report.aggregate import (
 )
 from medres.report.bundle import Bundle, GalleryItem, build_bundle
 from medres.report.cohort import cohort_table, split_audit
+from medres.report.evaluation_tables import build_saved_bundle
 from medres.report.guidelines import guideline_table
 from medres.report.privacy import case_labels, pseudonymise
 from medres.report.provenance import provenance
@@ -36,6 +38,7 @@ __all__ = [
     "add_age_band",
     "binary_task",
     "build_bundle",
+    "build_saved_bundle",
     "case_labels",
     "classification_records",
     "holdout_test_records",

@@ -3,28 +3,26 @@
 Each fold's model predicts the test scans (``fold_k/test_predictions.parquet``, masks in
 ``fold_k/seg/``); the fold ensemble (``medres.inference.ensemble``) predicts them once more with every
 fold model together (``ensemble/test_predictions.parquet``, masks in ``ensemble/seg/``: the argmax of
-the mean of the folds' softmax maps). Both are scored against the reference masks here, per case,
-then summarised as mean per-case metrics with patient-bootstrap intervals: scope ``test`` (per fold)
-and ``test_ensemble`` (fold ``ensemble``). The classification head's test records are
+the mean of the folds' softmax maps). The evaluation stage scores both against the reference masks per
+case (``medres.evaluation.cases.test_segmentation_cases``, saved with the report); here they are
+summarised as mean per-case metrics with patient-bootstrap intervals: scope ``test`` (per fold) and
+``test_ensemble`` (fold ``ensemble``). The classification head's test records are
 ``medres.report.aggregate.holdout_test_records``.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from medres.config import Config
 from medres.report.html import seg_cells
-from medres.report.run_folder import RunData, _read_parquet
-from medres.runfolder import RunFolder
+from medres.report.run_folder import _read_parquet
 from medres.report.seg_records import segmentation_records
+from medres.runfolder import RunFolder
 
-__all__ = ["load_ensemble_test", "test_segmentation_cases", "test_segmentation_records",
-           "test_segmentation_table"]
+__all__ = ["load_ensemble_test", "test_segmentation_records", "test_segmentation_table"]
 
 _ENSEMBLE_FOLD = -1  # the ensemble's ``fold`` in its table
 
@@ -35,26 +33,9 @@ def load_ensemble_test(run_dir: str | Path) -> pd.DataFrame | None:
     return _read_parquet(path) if path.is_file() else None
 
 
-def test_segmentation_cases(run: RunData, seg_cases: Callable[[RunData], pd.DataFrame]) -> pd.DataFrame:
-    """Per-case segmentation metrics of the test split: each fold's masks and the ensemble's.
-
-    ``seg_cases`` computes per-case metrics of a RunData's ``predictions`` (the evaluation's
-    ``segmentation_cases``); it is called with the test tables in place of the held-out ones. The
-    ensemble's rows have ``fold`` -1.
-    """
-    frames = []
-    for table in (run.test, load_ensemble_test(run.run_dir)):
-        if table is None or not len(table) or "seg_path" not in table.columns:
-            continue
-        view = copy.copy(run)
-        view.predictions = table
-        frames.append(seg_cases(view))
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def test_segmentation_records(cases: pd.DataFrame, config: Config, *, seed: int = 0) -> list[dict]:
-    """Records of :func:`test_segmentation_cases`: scope ``test`` per fold, ``test_ensemble``."""
+    """Records of the test split's per-case scores (``fold`` -1: the ensemble's): scope ``test`` per
+    fold, ``test_ensemble``."""
     if cases is None or not len(cases):
         return []
     recs = []
