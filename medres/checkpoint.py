@@ -15,8 +15,10 @@ a crash (or a full disk) falls back to it with a warning. A write the disk refus
 killed process left are removed by :func:`clean_stale_temporaries` at the next start.
 
 Reading: every check lives in :func:`load_checkpoint` (and :func:`load_weights` for the fit to a model);
-a model is rebuilt from a file (checkpoint or export) only by :func:`build_checked_model`, which checks
-the spec against the stored weights on the ``meta`` device before it allocates anything.
+a model is rebuilt only here: :func:`rebuild_model` (a checkpoint file or dict), :func:`fold_model` (a
+run's fold, best else last) and :func:`exported_model` (a ``medres.export`` safetensors file), all through
+:func:`build_checked_model`, which checks the spec against the stored weights on the ``meta`` device
+before it allocates anything. No other medres module calls ``torch.load`` on a model's file.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ import torch
 
 from medres.errors import ConfigError, DataError
 from medres.files import atomic_write
-from medres.runfolder import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV
+from medres.runfolder import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV, RunFolder
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "load_weights", "build_checked_model",
-    "model_from_state", "to_plain", "rng_state",
+    "rebuild_model", "fold_model", "exported_model", "to_plain", "rng_state",
     "set_rng_state", "unwrap_model", "clean_stale_temporaries",
 ]
 
@@ -358,20 +360,96 @@ def _plain_option(v: Any) -> bool:
     return isinstance(v, _SPEC_LEAF)
 
 
-def model_from_state(state: Mapping[str, Any], *, path: str | os.PathLike[str] | None = None
-                     ) -> torch.nn.Module:
-    """The model (eval mode) stored in a loaded checkpoint (:func:`load_checkpoint`): its ``model_spec``
-    checked against its weights before anything is built (:func:`build_checked_model`)."""
-    if "model_spec" not in state:
-        raise ConfigError("not a medres checkpoint (no 'model_spec' entry)", path=path,
-                          hint="use a checkpoint written by medres.train")
-    model = build_checked_model(state["model_spec"], {k: v.shape for k, v in state["model"].items()},
-                                path=path)
-    load_weights(model, state, path=path)
+#: what a checkpoint may hold besides dicts, lists and tuples (what ``torch.load(weights_only=True)`` gives)
+_PLAIN_LEAF = (torch.Tensor, bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _check_plain(state: Mapping[str, Any], path: str | os.PathLike[str] | None) -> None:
+    """ConfigError unless a checkpoint dict given in memory holds only tensors and plain values (the check
+    a file gets from ``weights_only`` loading); the error names the top-level entry, never a value."""
+    def plain(obj: Any, depth: int) -> bool:
+        if isinstance(obj, _PLAIN_LEAF):
+            return True
+        if depth > 64:
+            return False
+        if isinstance(obj, Mapping):
+            return all(isinstance(k, (str, int)) and plain(v, depth + 1) for k, v in obj.items())
+        return isinstance(obj, (list, tuple, set, frozenset)) and all(plain(v, depth + 1) for v in obj)
+
+    for key, value in state.items():
+        if not (isinstance(key, str) and plain(value, 0)):
+            raise ConfigError(f"its {str(key)[:40]!r} entry holds something other than tensors and plain "
+                              "values (numbers, strings, lists, dicts)", path=path,
+                              hint="use a checkpoint written by medres.train")
+
+
+def _filled(model: torch.nn.Module, spec: Any, weights: Mapping[str, torch.Tensor],
+            path: str | os.PathLike[str] | None) -> torch.nn.Module:
+    """``model`` (built by :func:`build_checked_model`) holding ``weights``, checked, in eval mode."""
+    load_weights(model, {"model": weights, "model_spec": spec}, path=path)
     return model.eval()
 
 
-def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"):
+def rebuild_model(source: str | os.PathLike[str] | Mapping[str, Any], *,
+                  map_location: str | torch.device = "cpu", path: str | os.PathLike[str] | None = None
+                  ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model (eval mode) a checkpoint holds, and the checkpoint: the one way medres rebuilds a model.
+
+    ``source`` is a checkpoint file (read by :func:`load_checkpoint`, with its checks and fallback) or a
+    checkpoint dict (given the same checks: plain types only, a ``model`` state dict, a valid config;
+    ``path`` names it in errors). Its ``model_spec`` is checked against its weights before anything is
+    built. Raises ConfigError naming the file."""
+    if isinstance(source, Mapping):
+        state = dict(source)
+        _check_plain(state, path)
+        _check_structure(state, path)
+    else:
+        path = source if path is None else path
+        state = load_checkpoint(source, map_location=map_location)
+    if "model_spec" not in state:
+        raise ConfigError("not a medres checkpoint (no 'model_spec' entry)", path=path,
+                          hint="use a checkpoint written by medres.train")
+    spec, weights = state["model_spec"], state["model"]
+    model = build_checked_model(spec, {k: v.shape for k, v in weights.items()}, path=path)
+    return _filled(model, spec, weights, path), state
+
+
+def fold_model(run_dir: str | os.PathLike[str], fold: int, *, map_location: str | torch.device = "cpu"
+               ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """:func:`rebuild_model` of fold ``fold`` of a run folder: its best checkpoint, else its last."""
+    return rebuild_model(RunFolder(run_dir).predicting_checkpoint(fold), map_location=map_location)
+
+
+def exported_model(path: str | os.PathLike[str], spec: Any) -> torch.nn.Module:
+    """The model (eval mode) of a ``medres.export`` weights file (safetensors) and its ``model_spec``.
+
+    The safetensors header is read first (the library checks its offsets and sizes against the file)
+    and the names and shapes it lists are checked against ``spec`` on the ``meta`` device before any
+    tensor is read (:func:`build_checked_model`). Raises ConfigError naming ``path``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error for a header that does not hold
+        raise _not_safetensors(exc, path) from None
+    model = build_checked_model(spec, shapes, path=path)  # refused here before a tensor is read
+    try:
+        weights = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - the same, met when the data is read
+        raise _not_safetensors(exc, path) from None
+    return _filled(model, spec, weights, path)
+
+
+def _not_safetensors(exc: Exception, path: Path) -> ConfigError:
+    return ConfigError(f"is not a valid safetensors file ({str(exc).splitlines()[0][:160]})",
+                       path=path, hint="copy the whole export folder again, or export again")
+
+
+def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+               ) -> tuple[torch.nn.Module, Any]:
     """Rebuild the model stored in a checkpoint: ``(model in eval mode, Config)``."""
     from medres.config import Config
 
@@ -379,7 +457,7 @@ def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device
     if "config" not in state:
         raise ConfigError("not a medres checkpoint (no 'config' entry)", path=path)
     config = Config.model_validate(state["config"])  # validated by load_checkpoint already
-    return model_from_state(state, path=path), config
+    return rebuild_model(state, path=path)[0], config
 
 
 def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

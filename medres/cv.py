@@ -16,6 +16,13 @@ belongs to the period of their *first* scan (their entry into the cohort), so al
 side of every cutoff; patients before the first cutoff have fold ``-1`` (always training, never held out)
 and fold k trains only on patients of earlier periods (`fold_split` with ``expanding=True``).
 
+With the configuration's ``tasks:`` (``medres.config.tasks``) patient folds are stratified on every
+task jointly instead: each patient gets one row of indicators, a finding positive if any of their scans
+is (binary and multi-label columns), their class (multi-class, the highest index like the single head)
+and the quantile bin of their mean (regression), and the patients are dealt to folds by iterative
+stratification (Sechidis, Tsoumakas and Vlahavas, ECML PKDD 2011; the ``iterative-stratification``
+package), so each finding's prevalence is about equal in every fold. Patients never split, as above.
+
 ``folds.csv`` (``patient_id,fold``) is the split file: written with every run, editable, and validated
 when read back (``read_folds``). ``audit_folds`` checks a manifest against it before any training.
 """
@@ -37,11 +44,12 @@ from medres.errors import DataError, DataErrors
 
 if TYPE_CHECKING:
     from medres.config import Config
+    from medres.config.tasks import AnyTask
 
 __all__ = [
     "split_test", "make_folds", "make_group_folds", "make_temporal_folds", "make_cv_folds", "time_keys",
     "folds_table", "write_folds", "read_folds", "fold_split", "audit_folds", "inner_validation_split",
-    "FoldData", "fold_data", "TRAIN_ONLY",
+    "FoldData", "fold_data", "TRAIN_ONLY", "task_strata",
 ]
 
 _UNLABELLED = -1
@@ -121,13 +129,15 @@ def _patient_strata(df: pd.DataFrame, label_col: str, group_col: str,
 
 def make_folds(df: pd.DataFrame, *, n_folds: int = 5, seed: int = 0, label_col: str = "label",
                group_col: str = "patient_id", labels: Sequence[str] | None = None,
-               split_col: str = "split") -> pd.DataFrame:
+               split_col: str = "split", tasks: Sequence[AnyTask] | None = None) -> pd.DataFrame:
     """Assign every development patient to one of ``n_folds`` folds.
 
     Args:
         df: the manifest (one row per scan, ids as text).
         labels: the class vocabulary (``data.labels``) giving the label order for mixed-label patients;
             without it labels are ranked as numbers, or else alphabetically.
+        tasks: the configuration's tasks (``cfg.tasks``): stratify on all of them jointly
+            (:func:`task_strata`, iterative stratification) instead of on ``label_col``.
 
     Returns:
         ``folds.csv``'s table: ``patient_id`` (text), ``fold`` (int, 0..n_folds-1), sorted by patient.
@@ -135,12 +145,17 @@ def make_folds(df: pd.DataFrame, *, n_folds: int = 5, seed: int = 0, label_col: 
         and ``split_test(df)``.
 
     Raises:
-        DataError: fewer patients than folds, or a class with fewer patients than folds.
+        DataError: fewer patients than folds, or a class (a task's finding or class) with fewer
+        patients than folds.
     """
     dev, test = split_test(df, split_col=split_col)
     test_ids = sorted(set(_ids(test, group_col))) if len(test) else []
     if len(dev) == 0:
         raise DataError("no development rows: every row has split=test", hint="mark some rows split=train")
+    if tasks is not None:
+        out = _task_folds(dev, tasks, n_splits=n_folds, seed=seed, group_col=group_col)
+        out.attrs["test_patients"] = test_ids
+        return out
     dev = dev.assign(**{"_pid": _ids(dev, group_col)}).sort_values("_pid", kind="stable")
     ids, strata = _patient_strata(dev, label_col, group_col, labels)
     patients = pd.DataFrame({"patient_id": ids.to_numpy(), "stratum": strata.to_numpy()}).drop_duplicates()
@@ -304,7 +319,107 @@ def make_cv_folds(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         return make_group_folds(df, group_col=cv.group_column)
     if cv.strategy == "temporal":
         return make_temporal_folds(df, time_col=str(cv.time_column), cutoffs=cv.temporal_cutoffs)
-    return make_folds(df, n_folds=cv.folds, seed=cv.seed, labels=cfg.data.labels)
+    return make_folds(df, n_folds=cv.folds, seed=cv.seed, labels=cfg.data.labels, tasks=cfg.tasks)
+
+
+def task_strata(df: pd.DataFrame, tasks: Sequence[AnyTask], *, n_folds: int,
+                group_col: str = "patient_id", strict: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """One row per patient (sorted by id) of 0/1 stratification indicators over ``tasks``, and the
+    rows' patient ids.
+
+    Columns: ``<task>:<column>`` = any of the patient's scans positive (binary, multi-label; unknown
+    counts as negative); ``<task>:<class>`` = the patient's class (multi-class: the highest class index
+    among their scans); ``<task>:bin<k>`` = the quantile bin of the patient's mean (regression:
+    ``min(10, known patients // (2 n_folds))`` bins, none below 2). Cells are read by
+    ``medres.data.tasks.parse_task_targets`` (its DataErrors name the row and column).
+
+    Raises:
+        DataError: a finding or class with fewer patients than ``n_folds`` (some folds would hold none);
+        with ``strict=False`` a UserWarning instead.
+    """
+    from medres.data.tasks import parse_task_targets
+
+    ids = _ids(df, group_col).to_numpy()
+    table = parse_task_targets(df, tasks)
+    patients = np.array(sorted(set(ids)), dtype=object)
+    columns: dict[str, np.ndarray] = {}
+    short: list[str] = []
+    for task in tasks:
+        targets = table[task.name]
+        frame = pd.DataFrame(targets.values, columns=list(targets.columns)).groupby(ids, sort=True)
+        if task.type in ("binary", "multilabel"):
+            name_of = ({c: f"{task.name}:{c}" for c in targets.columns} if task.type == "multilabel"
+                       else {targets.columns[0]: task.name})
+            for col, flag in (frame.max() == 1).reindex(patients).items():
+                columns[name_of[col]] = flag.to_numpy(dtype=bool)
+        elif task.type == "multiclass":
+            cls = frame.max().reindex(patients).iloc[:, 0].to_numpy()
+            for k, name in enumerate(task.classes):
+                columns[f"{task.name}:{name}"] = cls == k
+        else:
+            mean = frame.mean().reindex(patients).iloc[:, 0]
+            known = mean.notna().to_numpy()
+            q = min(10, int(known.sum()) // (2 * n_folds))
+            if q >= 2:
+                bins = pd.qcut(mean[known], q, labels=False, duplicates="drop").to_numpy()
+                for k in range(int(bins.max()) + 1):
+                    flag = np.zeros(len(patients), dtype=bool)
+                    flag[known] = bins == k
+                    columns[f"{task.name}:bin{k}"] = flag
+            continue
+        kind = "positive" if task.type != "multiclass" else "of class"
+        short += [f"{name!r}: {int(columns[name].sum())} patient(s) {kind}" for name in columns
+                  if name.split(":")[0] == task.name and columns[name].sum() < n_folds]
+    if short and strict:
+        raise DataError(f"a task's finding or class has fewer patients than folds ({'; '.join(short)}; "
+                        f"cv.folds={n_folds}), so some folds would hold none of it",
+                        hint="lower cv.folds, add patients, or leave the column out of the task")
+    if short:
+        warnings.warn(f"inner validation: {'; '.join(short)} in this training fold (fewer than {n_folds}), "
+                      "so the validation subset may miss it", UserWarning, stacklevel=3)
+    out = pd.DataFrame(columns, index=pd.Index(patients, name="patient_id"))
+    return out, [str(p) for p in patients]
+
+
+_TASK_FOLD_DRAWS = 10
+
+
+def _unevenness(labels: np.ndarray, fold: np.ndarray, n_splits: int) -> float:
+    """The largest gap between a fold's share of a stratum and the whole's, plus the largest relative
+    gap between a fold's size and n / n_splits."""
+    sizes = np.bincount(fold, minlength=n_splits)
+    if labels.shape[1] == 0 or (sizes == 0).any():
+        return float(np.abs(sizes - len(fold) / n_splits).max() / len(fold)) + (sizes == 0).any()
+    shares = np.stack([labels[fold == k].mean(axis=0) for k in range(n_splits)])
+    gap = np.abs(shares - labels.mean(axis=0)).max()
+    return float(gap + np.abs(sizes - len(fold) / n_splits).max() / len(fold))
+
+
+def _task_folds(df: pd.DataFrame, tasks: Sequence[AnyTask], *, n_splits: int, seed: int,
+                group_col: str, strict: bool = True) -> pd.DataFrame:
+    """Patients dealt to ``n_splits`` folds by iterative stratification on :func:`task_strata`."""
+    from iterstrat.ml_stratifiers import IterativeStratification
+
+    strata, patients = task_strata(df, tasks, n_folds=n_splits, group_col=group_col, strict=strict)
+    if len(patients) < n_splits:
+        raise DataError(f"{len(patients)} patients cannot fill {n_splits} folds",
+                        hint="lower cv.folds or add patients")
+    # each patient is placed by its rarest label, so frequent ones balance only by chance: of a few
+    # seeded draws (ties broken at random, independent of row order) keep the most even one
+    labels = strata.to_numpy(dtype=bool)
+    rng = np.random.RandomState(seed)
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(_TASK_FOLD_DRAWS):
+        order = rng.permutation(len(patients))
+        fold = np.empty(len(patients), dtype=int)
+        fold[order] = IterativeStratification(labels=labels[order], r=np.full(n_splits, 1 / n_splits),
+                                              random_state=rng)
+        score = _unevenness(labels, fold, n_splits)
+        if best is None or score < best[0]:
+            best = (score, fold)
+    out = pd.DataFrame({"patient_id": patients, "fold": best[1]})
+    out.attrs["strata"] = list(strata.columns)
+    return out
 
 
 def folds_table(folds: pd.DataFrame | dict[str, int]) -> pd.DataFrame:
@@ -453,16 +568,25 @@ def audit_folds(df: pd.DataFrame, folds: pd.DataFrame, *, group_col: str = "pati
 
 
 def inner_validation_split(train_df: pd.DataFrame, *, fraction: float, seed: int, label_col: str = "label",
-                           group_col: str = "patient_id", labels: Sequence[str] | None = None
-                           ) -> tuple[list[str], list[str]]:
+                           group_col: str = "patient_id", labels: Sequence[str] | None = None,
+                           tasks: Sequence[AnyTask] | None = None) -> tuple[list[str], list[str]]:
     """(training patient ids, validation patient ids) inside one training fold, grouped and stratified.
 
     Uses the first split of ``StratifiedGroupKFold(n_splits=round(1/fraction), shuffle=True,
     random_state=seed)``: unlike ``GroupShuffleSplit`` it keeps the class balance, which early stopping
     and threshold choice on a small validation set need. Each class needs ``n_splits`` patients to
-    appear in the validation set for sure; with fewer a UserWarning says so.
+    appear in the validation set for sure; with fewer a UserWarning says so. With ``tasks`` the first of
+    ``n_splits`` folds stratified on the tasks jointly (as `make_folds`) is the validation subset.
     """
     n_splits = max(2, round(1 / fraction))
+    if tasks is not None:
+        if _ids(train_df, group_col).nunique() < n_splits:
+            raise DataError(f"{_ids(train_df, group_col).nunique()} training patients cannot give a "
+                            f"{fraction:.0%} validation subset",
+                            hint="raise cv.val_fraction, lower cv.folds or add patients")
+        split = _task_folds(train_df, tasks, n_splits=n_splits, seed=seed, group_col=group_col, strict=False)
+        held = (split["fold"] == 0).to_numpy()
+        return sorted(split["patient_id"][~held]), sorted(split["patient_id"][held])
     ids, strata = _patient_strata(train_df, label_col, group_col, labels)
     n_patients = ids.nunique()
     if n_patients < n_splits:
@@ -509,7 +633,7 @@ def fold_data(cfg: Config, df: pd.DataFrame, folds: pd.DataFrame, k: int, test: 
 
     train_df, held_df = fold_split(df, folds, k, expanding=cfg.cv.strategy == "temporal")
     tr_ids, val_ids = inner_validation_split(train_df, fraction=cfg.cv.val_fraction, seed=cfg.cv.seed + k,
-                                             labels=cfg.data.labels)
+                                             labels=cfg.data.labels, tasks=cfg.tasks)
     in_val = train_df["patient_id"].astype(str).isin(set(map(str, val_ids))).to_numpy()
 
     def records(frame: pd.DataFrame) -> list[dict[str, Any]]:

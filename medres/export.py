@@ -44,7 +44,7 @@ from medres.errors import ConfigError, DataError, MedresError
 from medres.runfolder import RunFolder, member_fold, member_name
 from medres.safe_text import markdown_text as md
 
-__all__ = ["export_run", "load_export", "main", "MAX_ABS_DIFF"]
+__all__ = ["export_run", "main", "MAX_ABS_DIFF"]
 
 log = logging.getLogger("medres.export")
 
@@ -63,13 +63,6 @@ def sha256_file(path: Path) -> str:
     from medres.inference.members import sha256_file as digest
 
     return digest(path)
-
-
-def load_export(folder: str | Path) -> tuple[list[Any], Any, list[dict | None], list[str]]:
-    """See :func:`medres.inference.members.load_export` (``medres.predict --model`` uses it)."""
-    from medres.inference.members import load_export as load
-
-    return load(folder)
 
 
 def _summary_name() -> str:

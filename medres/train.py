@@ -320,12 +320,10 @@ def _check_outputs(cfg: Config, run_dir: Path, df: pd.DataFrame) -> None:
 
 def _predict_fold(cfg: Config, data: FoldData, fold_dir: Path, run_dir: Path, device: torch.device) -> None:
     """Held-out, inner-validation (and test) predictions of the fold's best model (DESIGN.md contract)."""
+    from medres.checkpoint import fold_model
     from medres.inference.predictor import write_fold_predictions
-    from medres.training.fold import build_model, load_best_weights
 
-    model = build_model(cfg)
-    load_best_weights(model, fold_dir)
-    model = model.to(device).eval()
+    model = fold_model(run_dir, data.fold)[0].to(device)  # the best checkpoint, else the last
     sets = ((HELDOUT, data.heldout, True), (INNER_VAL, data.inner_val, False), (TEST, data.test, True))
     for name, records, masks in sets:
         if records:

@@ -323,3 +323,132 @@ def test_temporal_folds_errors_name_rows_not_dates():
         make_temporal_folds(df, time_col="year", cutoffs=[2016])
     with pytest.raises(DataError, match="from 2022: fold 1 would hold out nobody"):
         make_temporal_folds(df, time_col="year", cutoffs=[2019, 2022])
+
+
+# --- stratified on the configuration's tasks -----------------------------------------------------------
+
+def test_folds_without_tasks_are_those_of_before():
+    """The folds drawn before tasks existed, recorded from that code: same seed, same folds.csv."""
+    before = {0: "110213002324211343034032440103440242143404021313321202",
+              7: "431211300413333424043403122122100402231434102004120143"}
+    for seed, folds in before.items():
+        table = make_folds(cohort(), n_folds=5, seed=seed, labels=LABELS)
+        assert "".join(map(str, table["fold"])) == folds
+        assert table.equals(make_folds(cohort(), n_folds=5, seed=seed, labels=LABELS, tasks=None))
+
+
+def task_cohort(n_patients: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Patients with 1-3 scans, three co-occurring findings of 6-40% prevalence (some cells blank, one
+    finding on one scan only) and a cardiothoracic ratio per scan."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        rare = rng.random() < 0.06
+        effusion = rng.random() < (0.5 if rare else 0.15)
+        cardio = rng.random() < 0.4
+        ratio = 0.45 + 0.05 * cardio + 0.04 * rng.standard_normal()
+        for s in range(int(rng.integers(1, 4))):
+            rows.append({"case_id": f"c{p}_{s}", "patient_id": f"p{p:04d}",
+                         "rare": str(int(rare and s == 0)),
+                         "effusion": "" if rng.random() < 0.1 else str(int(effusion)),
+                         "cardio": str(int(cardio)), "ctr": f"{ratio + 0.005 * s:.4f}",
+                         "split": "test" if p % 25 == 0 else "train"})
+    return pd.DataFrame(rows).astype(str)
+
+
+TASKS = [{"name": "findings", "type": "multilabel", "columns": ["rare", "effusion", "cardio"]},
+         {"name": "ratio", "type": "regression", "column": "ctr"}]
+
+
+def configured(tasks: list[dict]) -> list:
+    from medres.config import load_config
+
+    return load_config({"tasks": tasks}).tasks
+
+
+def per_patient(df: pd.DataFrame) -> pd.DataFrame:
+    """Independent of medres: any-positive findings and mean ratio per patient, with pandas alone."""
+    dev = df[df["split"] != "test"]
+    numbers = dev[["rare", "effusion", "cardio", "ctr"]].replace("", np.nan).astype(float)
+    return numbers.groupby(dev["patient_id"].to_numpy()).agg(
+        {"rare": "max", "effusion": "max", "cardio": "max", "ctr": "mean"}).fillna({"effusion": 0})
+
+
+def spread(patients: pd.DataFrame, fold: pd.Series) -> pd.Series:
+    """Per finding, the largest |fold prevalence - overall prevalence|."""
+    cols = ["rare", "effusion", "cardio"]
+    return (patients[cols].groupby(fold).mean() - patients[cols].mean()).abs().max()
+
+
+def test_folds_on_tasks_keep_every_finding_prevalence_and_the_ratio_distribution():
+    df = task_cohort()
+    patients = per_patient(df)
+    folds = make_folds(df, n_folds=5, seed=0, tasks=configured(TASKS))
+    fold = folds.set_index("patient_id")["fold"].reindex(patients.index)
+    assert fold.notna().all() and set(folds["patient_id"]) == set(patients.index)
+    assert sorted(folds.attrs["test_patients"]) == sorted(set(df["patient_id"][df["split"] == "test"]))
+    sizes = fold.value_counts()
+    assert (abs(sizes - len(patients) / 5) <= 0.05 * len(patients) / 5).all(), sizes
+    stratified = spread(patients, fold)
+    assert (stratified <= 2 / sizes.min()).all(), stratified  # within two patients of each fold
+    # random patient folds, many seeds: stratification beats their median spread for every finding
+    ids = patients.index.to_numpy()
+    random = pd.DataFrame([spread(patients, pd.Series(k, index=ids)) for k in (
+        np.argsort(np.random.default_rng(s).permutation(len(ids))) % 5 for s in range(20))])
+    assert (stratified < random.median()).all(), (stratified, random.median())
+    # the ratio: each fold's quartiles close to the whole's
+    q = patients["ctr"].quantile([0.25, 0.5, 0.75])
+    by_fold = patients["ctr"].groupby(fold).quantile([0.25, 0.5, 0.75]).unstack()
+    assert (by_fold - q.to_numpy()).abs().max().max() < 0.01
+
+
+def test_folds_on_tasks_are_deterministic_patient_level_and_pass_the_audit():
+    df = task_cohort(120)
+    tasks = configured(TASKS)
+    a = make_folds(df, n_folds=4, seed=3, tasks=tasks)
+    shuffled = df.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    assert a.equals(make_folds(shuffled, n_folds=4, seed=3, tasks=tasks))
+    assert not a["fold"].equals(make_folds(df, n_folds=4, seed=4, tasks=tasks)["fold"])
+    assert a["patient_id"].is_unique and sorted(set(a["fold"])) == [0, 1, 2, 3]
+    audit_folds(df, a)
+
+
+def test_make_cv_folds_passes_the_tasks():
+    from medres.config import load_config
+    from medres.cv import make_cv_folds
+
+    df = task_cohort(100)
+    cfg = load_config({"tasks": TASKS, "cv": {"folds": 3, "seed": 2}})
+    assert make_cv_folds(df, cfg).equals(make_folds(df, n_folds=3, seed=2, tasks=cfg.tasks))
+
+
+def test_a_finding_rarer_than_the_folds_is_refused_by_name():
+    df = task_cohort(60)
+    with pytest.raises(DataError, match=r"'findings:rare': \d patient\(s\) positive.*cv.folds=10"):
+        make_folds(df, n_folds=10, seed=0, tasks=configured(TASKS))
+
+
+def test_multiclass_and_binary_tasks_stratify_their_classes():
+    df = task_cohort(200)
+    df["grade"] = np.where(df["cardio"] == "1", "high", np.where(df["effusion"] == "1", "mid", "low"))
+    tasks = configured([{"name": "grading", "type": "multiclass", "column": "grade",
+                         "classes": ["low", "mid", "high"]},
+                        {"name": "eff", "type": "binary", "column": "effusion"}])
+    folds = make_folds(df, n_folds=5, seed=0, tasks=tasks)
+    assert folds.attrs["strata"] == ["grading:low", "grading:mid", "grading:high", "eff"]
+    dev = df[df["split"] != "test"]
+    grade = dev.groupby("patient_id")["grade"].agg(lambda g: max(g, key=["low", "mid", "high"].index))
+    fold = folds.set_index("patient_id")["fold"].reindex(grade.index)
+    share = pd.crosstab(fold, grade, normalize="index")
+    assert (share - grade.value_counts(normalize=True)).abs().max().max() <= 0.03
+
+
+def test_inner_validation_on_tasks_is_patient_level_and_stratified():
+    df = task_cohort(200)
+    dev = df[df["split"] != "test"]
+    train, val = inner_validation_split(dev, fraction=0.2, seed=0, tasks=configured(TASKS))
+    assert not set(train) & set(val) and set(train) | set(val) == set(dev["patient_id"])
+    assert abs(len(val) - 0.2 * (len(train) + len(val))) <= 1
+    patients = per_patient(df)
+    in_val = pd.Series(patients.index.isin(val), index=patients.index)
+    assert (spread(patients, in_val) <= 0.03).all()

@@ -202,7 +202,7 @@ def _write(folder: Path, meta: object) -> None:
 def test_a_tiny_export_loads_its_exact_weights(tmp_path):
     from safetensors.torch import load_file
 
-    from medres.export import load_export
+    from medres.inference.members import load_export
 
     folder, _ = _tiny_export(tmp_path / "exp")
     (model,), _, _, names = load_export(folder)
@@ -254,7 +254,7 @@ def test_an_export_asking_for_a_huge_window_is_refused_before_inference(tmp_path
 ])
 def test_a_malformed_export_json_is_a_config_error(tmp_path, hostile, words):
     from medres.errors import ConfigError
-    from medres.export import load_export
+    from medres.inference.members import load_export
 
     folder, meta = _tiny_export(tmp_path / "exp")
     if isinstance(hostile, dict):
@@ -267,7 +267,7 @@ def test_a_malformed_export_json_is_a_config_error(tmp_path, hostile, words):
 @pytest.mark.parametrize("where", ["parent", "absolute", "symlink", "onnx"])
 def test_every_file_an_export_names_lies_inside_it(tmp_path, where):
     from medres.errors import ConfigError
-    from medres.export import load_export
+    from medres.inference.members import load_export
 
     folder, meta = _tiny_export(tmp_path / "exp")
     outside = tmp_path / "outside.safetensors"
@@ -291,7 +291,7 @@ def test_a_safetensors_file_with_a_lying_header_is_a_config_error(tmp_path):
     import struct
 
     from medres.errors import ConfigError
-    from medres.export import load_export
+    from medres.inference.members import load_export
 
     folder, _ = _tiny_export(tmp_path / "exp")
     header = json.dumps({"backbone.conv1.weight": {"dtype": "F32", "shape": [100000, 100000],

@@ -24,14 +24,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from medres.errors import ConfigError, did_you_mean
-
-if TYPE_CHECKING:
-    from medres.config.schema import Config
 
 __all__ = [
     "TaskConfig", "BinaryTask", "MulticlassTask", "MultilabelTask", "RegressionTask", "TASK_TYPES",
@@ -122,9 +119,9 @@ def uncertain_policy(task: AnyTask, column: str) -> str:
     return policy.get(column, "ignore") if isinstance(policy, dict) else policy
 
 
-def effective_tasks(cfg: Config) -> list[AnyTask]:
-    """The configuration's tasks; without ``tasks:``, today's classification head from ``data.labels``
-    as one task named ``classification`` reading the ``label`` column (binary with the classes
+def effective_tasks(cfg: Any) -> list[AnyTask]:
+    """The tasks of ``cfg`` (a ``Config``); without ``tasks:``, today's classification head from
+    ``data.labels`` as one task named ``classification`` reading the ``label`` column (binary with the classes
     [negative, positive] for two labels, else multiclass; its loss stays ``loss.cls``), and none when
     ``model.cls_head`` is off."""
     if cfg.tasks is not None:
@@ -151,8 +148,9 @@ def _fields(i: int, task: AnyTask) -> Iterator[tuple[str, str]]:
         yield f"tasks.{i}.column", task.column
 
 
-def check_tasks(cfg: Config) -> None:
-    """Refuse a ``tasks:`` list that cannot mean what it says (no-op without one).
+def check_tasks(cfg: Any) -> None:
+    """Refuse a ``tasks:`` list of ``cfg`` (a ``Config``, which imports this module) that cannot mean
+    what it says (no-op without one).
 
     Raises:
         ConfigError: naming the dotted field, the task and the column, for an empty list; a name that is

@@ -136,22 +136,20 @@ def parse_task_targets(df: pd.DataFrame, tasks: Sequence[AnyTask], *,
         values = np.full((len(df), len(columns)), np.nan)
         uncertain = np.zeros((len(df), len(columns)), dtype=bool)
         for j, col in enumerate(columns):
-            cells = df[col].astype(str).str.strip().tolist()
-            for k, text in enumerate(cells):
-                if not text:
-                    continue
-                value, why, hint = _cell(task, text)
-                if why:
-                    bad += 1
-                    if len(problems) < _MAX_ERRORS:
-                        problems.append(DataError(f"task {task.name!r}, column {col!r}: {why}", path=path,
-                                                  row=rows[k], case_id=cases[k], hint=hint))
-                    continue
-                if value == -1.0 and isinstance(task, (BinaryTask, MultilabelTask)):
-                    uncertain[k, j] = True
-                    policy = uncertain_policy(task, col)
-                    value = {"ignore": math.nan, "ones": 1.0, "zeros": 0.0}[policy]
-                values[k, j] = value
+            cells = df[col].astype(str).str.strip().to_numpy()
+            read = {text: _cell(task, text) for text in pd.unique(cells) if text}  # few distinct cells
+            wrong = [text for text, (_, why, _) in read.items() if why]
+            for k in np.flatnonzero(pd.Series(cells).isin(wrong).to_numpy()):
+                bad += 1
+                if len(problems) < _MAX_ERRORS:
+                    _, why, hint = read[cells[k]]
+                    problems.append(DataError(f"task {task.name!r}, column {col!r}: {why}", path=path,
+                                              row=rows[k], case_id=cases[k], hint=hint))
+            if isinstance(task, (BinaryTask, MultilabelTask)):
+                uncertain[:, j] = [bool(t) and read[t][0] == -1.0 for t in cells]
+                mapped = {"ignore": math.nan, "ones": 1.0, "zeros": 0.0}[uncertain_policy(task, col)]
+                read = {t: (mapped, "", "") if v == -1.0 else (v, w, h) for t, (v, w, h) in read.items()}
+            values[:, j] = [read[t][0] if t else math.nan for t in cells]
         out[task.name] = TaskTargets(task=task, columns=tuple(columns), values=values, uncertain=uncertain)
     if problems:
         if bad > len(problems):

@@ -98,7 +98,7 @@ class GradCam:
 
     The case goes through the evaluation transforms (`medres.data.pipeline.transforms.build_transforms`); a
     ``data.patch_size`` box centred on the point (mapped from source voxels to the model's grid through
-    the affines) is fed to the fold's model (`medres.checkpoint.load_model`), with the target
+    the affines) is fed to the fold's model (`medres.checkpoint.rebuild_model`), with the target
     layer the encoder's last stage (``backbone.layer4``). Without a classification head or checkpoints no
     map is drawn and ``note`` says why; any failure drops the maps with the reason in ``note``.
     """
@@ -121,12 +121,12 @@ class GradCam:
 
     def _model(self, fold: int):
         if fold not in self.models:
-            from medres.checkpoint import load_model
+            from medres.checkpoint import rebuild_model
 
             ckpt = RunFolder(self.run.run_dir).predicting_checkpoint(fold)
             if not ckpt.is_file():
                 raise FileNotFoundError(f"no checkpoint in {ckpt.parent.name}")
-            self.models[fold] = load_model(ckpt)[0]
+            self.models[fold] = rebuild_model(ckpt)[0]
         return self.models[fold]
 
     def __call__(

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from medres.checkpoint import build_checked_model, load_checkpoint, load_weights, model_from_state
+from medres.checkpoint import exported_model, load_checkpoint, rebuild_model
 from medres.errors import ConfigError, DataError
 from medres.runfolder import FoldFolder, RunFolder, member_name
 
@@ -55,7 +55,7 @@ def load_members(paths: Sequence[str | os.PathLike[str]]
         elif data != first:
             raise ConfigError("the checkpoints of the ensemble differ in their data pipeline or labels",
                               path=path, hint="ensemble only the folds of one run")
-        models.append(model_from_state(state, path=path))  # its spec checked against its weights first
+        models.append(rebuild_model(state, path=path)[0])  # its spec checked against its weights first
         cal = state.get("calibration")
         cals.append(dict(cal) if cal else None)
         fold = state.get("fold")
@@ -110,10 +110,7 @@ def load_export(folder: str | Path) -> tuple[list[Any], Any, list[dict | None], 
     names must lie inside the folder (no absolute path, ``..`` or link out of it), each weights file's
     safetensors header must be consistent (the library checks offsets and sizes against the file) and its
     tensor names and shapes must be those of the member's ``model_spec``, compared on the ``meta`` device
-    (:func:`medres.checkpoint.build_checked_model`). Raises ConfigError / DataError."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+    (:func:`medres.checkpoint.exported_model`). Raises ConfigError / DataError."""
     from medres.config import Config
 
     folder = Path(folder)
@@ -149,20 +146,7 @@ def load_export(folder: str | Path) -> tuple[list[Any], Any, list[dict | None], 
         digest = digests.get(path.name)
         if digest is not None and sha256_file(path) != digest:
             raise DataError("weights file does not match its SHA-256 in export.json", path=path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-        except Exception as exc:  # noqa: BLE001 - safetensors' own error for a header that does not hold
-            raise ConfigError(f"is not a valid safetensors file ({str(exc).splitlines()[0][:160]})",
-                              path=path, hint="copy the whole export folder again, or export again") from None
-        model = build_checked_model(mm["model_spec"], shapes, path=path)
-        try:
-            weights = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - the same, met when the data is read
-            raise ConfigError(f"is not a valid safetensors file ({str(exc).splitlines()[0][:160]})",
-                              path=path, hint="copy the whole export folder again, or export again") from None
-        load_weights(model, {"model": weights, "model_spec": mm["model_spec"]}, path=path)
-        models.append(model.eval())
+        models.append(exported_model(path, mm["model_spec"]))
         cal = mm.get("calibration")
         cals.append(dict(cal) if isinstance(cal, dict) else None)
         names.append(mm["name"])

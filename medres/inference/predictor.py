@@ -420,7 +420,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
-        """Load ``path`` with ``medres.checkpoint.load_model`` (and its fitted calibration, if
+        """Load ``path`` with ``medres.checkpoint.rebuild_model`` (and its fitted calibration, if
         any); keyword arguments as ``__init__``."""
         from medres.inference.members import load_members
 

@@ -24,7 +24,6 @@ from torch import nn
 from medres.checkpoint import (
     clean_stale_temporaries,
     copy_checkpoint,
-    load_checkpoint,
     load_weights,
     rng_state,
     save_checkpoint,
@@ -48,7 +47,7 @@ from medres.training.run_guard import check_fold_start, config_sha256
 from medres.training.sampling import EpochSampler
 from medres.training.tracking import MetricsTracker
 
-__all__ = ["build_model", "model_spec", "train_fold", "restore_state", "load_best_weights", "weights_digest"]
+__all__ = ["build_model", "model_spec", "train_fold", "restore_state", "weights_digest"]
 
 log = logging.getLogger("medres.training")
 
@@ -337,9 +336,3 @@ def _volume_infer(cfg: Config) -> Callable[[nn.Module, torch.Tensor], tuple[Any,
         return cls, seg
 
     return infer
-
-
-def load_best_weights(model: nn.Module, fold_dir: Path) -> None:
-    """Load ``checkpoint_best.pt`` (else the last) into ``model`` for prediction."""
-    path = FoldFolder(fold_dir).predicting_checkpoint()
-    load_weights(model, load_checkpoint(path), path=path)

@@ -224,6 +224,7 @@ class CaseDataset(Dataset):
 
     def _read_disk(self, path: Path) -> dict[str, Any] | None:
         try:
+            # the cache's own tensors, written by this class (a model's file is read by medres.checkpoint)
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             return None

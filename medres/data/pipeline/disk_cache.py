@@ -69,6 +69,7 @@ class MmapCache:
         if not (d / "meta.pt").exists():
             return None
         try:
+            # the cache's own entry, written by put() (a model's file is read by medres.checkpoint)
             meta = torch.load(d / "meta.pt", map_location="cpu", weights_only=True)
             entry: dict[str, Any] = {}
             for k in meta["arrays"]:
