@@ -11,7 +11,14 @@ import tempfile
 from pathlib import Path
 
 from medres.errors import DataError
-from medres.files import check_output, foreign_entries, remove_written
+from medres.files import (
+    WRITTEN_LIST,
+    check_output,
+    foreign_entries,
+    remove_written,
+    save_written,
+    written_list,
+)
 
 __all__ = ["written_files", "partial_folder", "replace_folder"]
 
@@ -29,12 +36,14 @@ def written_files(out: Path, stamp_name: str = _STAMP) -> list[str]:
                         hint="choose an empty or new folder for the demo cohort")
     if not any(out.iterdir()):
         return []
+    listed = written_list(out)  # medres.files' one written-files list (a cohort from before it: the stamp)
     try:
-        files = [str(f) for f in json.loads((out / stamp_name).read_text())["files"]]
+        files = listed if stamp_name in listed else \
+            [str(f) for f in json.loads((out / stamp_name).read_text())["files"]]
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError("the folder is not empty and holds no demo cohort; medres will not overwrite it",
                         path=out, hint="choose an empty or new folder for the demo cohort") from None
-    written = [*files, stamp_name]
+    written = [*files, stamp_name, *([WRITTEN_LIST] if stamp_name in listed else [])]
     foreign = foreign_entries(out, written)
     if foreign:
         raise DataError(f"the folder holds a demo cohort and {len(foreign)} file(s) the demo did not write; "
@@ -58,6 +67,7 @@ def replace_folder(out: Path, tmp: Path, stamp_name: str = _STAMP) -> None:
         if left:
             raise DataError(f"the folder holds {len(left)} file(s) the demo did not write", path=out,
                             hint="move them away, or choose an empty or new folder for the demo cohort")
+        save_written(tmp, [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir()])
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

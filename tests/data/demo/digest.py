@@ -17,7 +17,7 @@ def content_digest(folder: Path, skip: tuple[str, ...] = ()) -> str:
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if not p.is_file() or rel in skip:
+        if not p.is_file() or rel in skip or rel == ".medres_written.json":  # medres's list, not content
             continue
         data = p.read_bytes()
         if p.suffix == ".png":

@@ -216,8 +216,9 @@ def test_a_demo_folder_holding_foreign_files_is_never_replaced(tmp_path: Path,
         assert stop.value.code == 2 and "did not write" in capsys.readouterr().err
         assert _tree_bytes(out) == before
     assert not list(tmp_path.glob(".*partial*"))  # refused before anything was generated
-    # a stamp that lists none of the folder's files (planted or damaged) claims nothing
+    # a written-files list and stamp that list none of the folder's files (planted or damaged) claim nothing
     (out / "images" / "my_scan.nii.gz").unlink()
+    (out / ".medres_written.json").write_text(json.dumps({"files": []}))
     (out / "demo_cohort.json").write_text(json.dumps({"version": 0, "files": []}))
     with pytest.raises(DataError, match="did not write"):
         generate_demo(out, n_patients=4, seed=0)
