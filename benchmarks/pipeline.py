@@ -111,7 +111,7 @@ def device_rate(cfg: Config, *, steps: int = 20, warmup: int = 3) -> dict[str, A
     """Samples/s of ``train_one_epoch`` on a batch already on the device (input pipeline removed)."""
     from medres.training.compute import apply_backend_flags, compile_model, use_fused_optimizer
     from medres.training.fold import build_model
-    from medres.training.loop import LoopState, train_one_epoch
+    from medres.training.loop import EpochSettings, LoopState, TrainParts, train_one_epoch
     from medres.training.losses import build_loss
     from medres.training.optim import build_optimizer
     from medres.training.precision import resolve_compute_settings
@@ -140,8 +140,8 @@ def device_rate(cfg: Config, *, steps: int = 20, warmup: int = 3) -> dict[str, A
         state = LoopState()
         _sync(fast.device)
         t0 = time.perf_counter()
-        train_one_epoch(net, [batch] * n, loss_fn, optimizer, None, scaler, fast, state,
-                        spatial_dims=m.spatial_dims, total_batches=n)
+        train_one_epoch(TrainParts(net, loss_fn, optimizer, None, scaler), [batch] * n, state,
+                        EpochSettings(fast, spatial_dims=m.spatial_dims, total_batches=n))
         _sync(fast.device)
         return time.perf_counter() - t0
 

@@ -199,7 +199,7 @@ def _time_epoch(bench: _Bench, patch: list[int], grid: list[int], batch: int, co
                 pipeline_s: float, val_pipeline_s: float, epoch_end_s: float) -> dict[str, float]:
     """Seconds of one epoch as training spends them: the optimizer steps, the training pipeline per
     sample, the inner validation (its pipeline and whole-volume forward passes per scan) and the epoch's
-    end (checkpoint, best copy, metrics row; measured by :func:`_epoch_end_seconds`)."""
+    end (metrics row, checkpoint, best copy: training's own ``epoch_end``, :func:`_epoch_end_seconds`)."""
     from medres.plan.measure import measure_forward, measure_step
     from medres.training.fold import build_model
 
@@ -221,37 +221,48 @@ def _time_epoch(bench: _Bench, patch: list[int], grid: list[int], batch: int, co
 
 
 def _epoch_end_seconds(bench: _Bench, patch: list[int], batch: int, folder: Path) -> float:
-    """Seconds of an epoch's end beside validation, measured with the engine's own functions in a
-    temporary folder beside the plan: the checkpoint written (the previous one verified and kept), copied
-    as the best, and a metrics row logged (with MLflow / TensorBoard where installed). Counting the copy
-    every epoch overestimates a little (it happens when validation improves)."""
+    """Seconds of an epoch's end beside validation, measured through training's own
+    :func:`medres.training.fold.epoch_end` in a temporary folder beside the plan: the metrics row logged
+    (with the configured trackers), the checkpoint written by ``save_fold_checkpoint`` (the previous one
+    verified and kept) and copied as the best. Counting the copy every epoch overestimates a little (it
+    happens when validation improves)."""
     import tempfile
 
-    from medres.checkpoint import copy_checkpoint, rng_state, save_checkpoint
+    import torch
+
     from medres.runfolder import RunFolder
+    from medres.training.fold import epoch_end, fold_meta, save_fold_checkpoint
+    from medres.training.loop import LoopState, TrainParts
+    from medres.training.optim import build_scheduler
     from medres.training.tracking import MetricsTracker
 
+    cfg = bench.cfg
     model, loss_fn, optimizer = bench.build()
     image, labels, mask = bench.batch_maker(patch)(min(batch, 2))
     with bench.autocast():
         loss, _ = loss_fn(model(image), labels, mask, 0)
     loss.backward()
     optimizer.step()  # the optimizer's state exists, as in a real checkpoint
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "loss": loss_fn.state_dict(), "rng": rng_state()}
+    parts = TrainParts(model=model, loss_fn=loss_fn, optimizer=optimizer,
+                       scheduler=build_scheduler(optimizer, cfg.schedule, epochs=cfg.train.epochs,
+                                                 steps_per_epoch=1),
+                       scaler=torch.amp.GradScaler(bench.device.type, enabled=False))
+    state, meta = LoopState(), fold_meta(cfg, 0)
     times = []
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".plan-probe-", dir=folder) as d:
         # a fold folder inside the temporary one: the tracker's MLflow store goes in its parent
         fold = RunFolder(d).fold(0)
-        tracker = MetricsTracker(fold.dir, run_name="plan-probe", params={"probe": 1})
+        tracker = MetricsTracker(fold.dir, run_name="plan-probe", params={"probe": 1},
+                                 backends=tuple(cfg.output.tracking))
         try:
             for e in range(4):
+                state.epoch = e + 1
+                row = {"epoch": e + 1, "step": e + 1, "lr": 1e-3, "seconds": 1.0, "loss": 1.0,
+                       "val_loss": 1.0, "val_auroc": 0.5, "val_dice": 0.5}
                 t0 = time.perf_counter()
-                tracker.log_epoch({"epoch": e + 1, "step": e + 1, "lr": 1e-3, "seconds": 1.0, "loss": 1.0,
-                                   "val_loss": 1.0, "val_auroc": 0.5, "val_dice": 0.5})
-                save_checkpoint(state, fold.checkpoint_last)
-                copy_checkpoint(fold.checkpoint_last, fold.checkpoint_best)
+                epoch_end(fold, row, lambda: save_fold_checkpoint(fold.checkpoint_last, parts, state, meta),
+                          tracker=tracker, best=True)
                 times.append(time.perf_counter() - t0)
         finally:
             tracker.close()

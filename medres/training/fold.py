@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ from medres.cv import FoldData
 from medres.runfolder import FoldFolder, fold_name
 from medres.training.distributed import DistInfo, all_reduce_mean, world_size
 from medres.training.loop import (
+    EpochSettings,
     Interrupted,
     LoopState,
+    TrainParts,
     evaluate_epoch,
     forward_volume,
     train_one_epoch,
@@ -47,9 +49,90 @@ from medres.training.run_guard import check_fold_start, config_sha256
 from medres.training.sampling import EpochSampler
 from medres.training.tracking import MetricsTracker
 
-__all__ = ["build_model", "model_spec", "train_fold", "restore_state", "weights_digest"]
+__all__ = ["build_model", "model_spec", "train_fold", "restore_state", "weights_digest", "FoldSettings",
+           "fold_meta", "save_fold_checkpoint", "epoch_end"]
 
 log = logging.getLogger("medres.training")
+
+
+@dataclass(frozen=True)
+class FoldSettings:
+    """What a fold's training works out from the configuration, once (:meth:`from_config`).
+
+    Attributes:
+        fold: the fold's number.
+        seed: the fold's seed (``train.seed + 1000 * fold``): initial weights, order and augmentation.
+        per_batch: volumes per batch (``train.batch_size`` counts patches).
+        drop_last: drop an epoch's last batch (it would hold one sample: batch norm needs two).
+        n_batches: batches per epoch on each rank.
+        steps_per_epoch: optimizer steps per epoch (``n_batches / train.accumulate``, rounded up).
+        workers: DataLoader workers (``data.num_workers``, at most the usable CPUs).
+        epoch: how :func:`medres.training.loop.train_one_epoch` trains each epoch.
+    """
+
+    fold: int
+    seed: int
+    per_batch: int
+    drop_last: bool
+    n_batches: int
+    steps_per_epoch: int
+    workers: int
+    epoch: EpochSettings
+
+    @classmethod
+    def from_config(cls, cfg: Config, fold: int, n_train: int, compute: ComputeSettings, *,
+                    world_size: int = 1, progress: bool = False) -> FoldSettings:
+        """The settings of fold ``fold`` training on ``n_train`` scans split over ``world_size`` ranks."""
+        from medres.training.compute import usable_cpus
+
+        t, patches = cfg.train, cfg.data.patches_per_volume
+        per_rank = math.ceil(n_train / world_size)
+        per_batch = t.batch_size // patches
+        # a last batch of one sample breaks batch norm (one value per channel at layer4): drop it
+        drop_last = per_rank * patches % t.batch_size == 1 and per_rank > 1
+        n_batches = per_rank // per_batch if drop_last else math.ceil(per_rank / per_batch)
+        # more loader workers than usable CPUs hold more memory and contend for the cores (torch warns of
+        # slowness or freezes); each sample's augmentation is f(seed, epoch, index), so the number of
+        # workers changes nothing that is learned
+        workers = min(cfg.data.num_workers, usable_cpus())
+        epoch = EpochSettings(compute=compute, spatial_dims=cfg.model.spatial_dims, accumulate=t.accumulate,
+                              clip_grad_norm=t.clip_grad_norm, total_batches=n_batches, progress=progress)
+        return cls(fold=fold, seed=t.seed + 1000 * fold, per_batch=per_batch, drop_last=drop_last,
+                   n_batches=n_batches, steps_per_epoch=math.ceil(n_batches / t.accumulate), workers=workers,
+                   epoch=epoch)
+
+
+def fold_meta(cfg: Config, fold: int, folds_hash: str | None = None) -> dict[str, Any]:
+    """What every checkpoint of a fold records besides the training state: the configuration (and its
+    hash), the model's spec, medres's version, the fold and the hash of the run's fold assignment."""
+    from medres import __version__
+
+    return {"config": cfg.model_dump(mode="json"), "model_spec": model_spec(cfg),
+            "medres_version": __version__, "fold": fold, "config_sha256": config_sha256(cfg),
+            **({"folds_sha256": folds_hash} if folds_hash is not None else {})}
+
+
+def save_fold_checkpoint(path: Path, parts: TrainParts, state: LoopState, meta: Mapping[str, Any]) -> None:
+    """A fold's resumable checkpoint: the bare model's weights, the optimizer, schedule, scaler and loss
+    states, the RNG states, the :class:`LoopState` and ``meta`` (:func:`fold_meta`)."""
+    save_checkpoint({
+        "model": unwrap_model(parts.model).state_dict(), "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
+        "scaler": parts.scaler.state_dict(), "loss": parts.loss_fn.state_dict(), "rng": rng_state(),
+        **asdict(state), **meta,
+    }, path)
+
+
+def epoch_end(folder: FoldFolder, row: Mapping[str, Any], save: Callable[[], None], *,
+              tracker: MetricsTracker | None, best: bool) -> None:
+    """An epoch's end after validation, as ``train_fold`` does it (and ``medres.plan`` measures it): the
+    metrics row logged (``tracker``: the main rank's), the last checkpoint written by ``save``, and
+    copied as the best when ``best``."""
+    if tracker is not None:
+        tracker.log_epoch(row)
+    save()
+    if best:
+        copy_checkpoint(folder.checkpoint_last, folder.checkpoint_best)
 
 
 def model_spec(cfg: Config) -> dict[str, Any]:
@@ -89,16 +172,17 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     (:func:`medres.training.run_guard.folds_sha256` of the run's assignment, recorded in every checkpoint
     with the configuration's hash).
     """
-    from medres import __version__
     from medres.data.pipeline.datasets import balanced_sample_weights, build_dataset, build_loader
-    from medres.training.compute import apply_backend_flags, compile_model, usable_cpus, use_fused_optimizer
+    from medres.training.compute import apply_backend_flags, compile_model, use_fused_optimizer
     from medres.training.device_input import device_batches, host_data_config
     from medres.training.losses import build_loss
     from medres.training.optim import build_optimizer, build_scheduler
 
     dist_info = dist_info or DistInfo()
     t, m, is_main = cfg.train, cfg.model, dist_info.is_main
-    fold_seed = t.seed + 1000 * data.fold
+    fs = FoldSettings.from_config(cfg, data.fold, len(data.train), compute, world_size=dist_info.world_size,
+                                  progress=progress)
+    fold_seed = fs.seed
     fold_dir.mkdir(parents=True, exist_ok=True)
     last, best = FoldFolder(fold_dir).checkpoint_last, FoldFolder(fold_dir).checkpoint_best
     clean_stale_temporaries(fold_dir)
@@ -131,19 +215,9 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
                      len(train_set))
     weights = (balanced_sample_weights([int(r["label"]) for r in data.train]).tolist()
                if cfg.loss.cls.balanced_sampler else None)
-    per_rank = math.ceil(len(train_set) / dist_info.world_size)
-    per_batch = t.batch_size // cfg.data.patches_per_volume  # volumes per batch (batch_size counts patches)
-    # a last batch of one sample breaks batch norm (one value per channel at layer4): drop it
-    drop_last = per_rank * cfg.data.patches_per_volume % t.batch_size == 1 and per_rank > 1
-    n_batches = per_rank // per_batch if drop_last else math.ceil(per_rank / per_batch)
-    scheduler = build_scheduler(optimizer, cfg.schedule, epochs=t.epochs,
-                                steps_per_epoch=math.ceil(n_batches / t.accumulate))
+    per_batch, drop_last, n_batches, workers = fs.per_batch, fs.drop_last, fs.n_batches, fs.workers
+    scheduler = build_scheduler(optimizer, cfg.schedule, epochs=t.epochs, steps_per_epoch=fs.steps_per_epoch)
     scaler = compute.grad_scaler()
-
-    # more loader workers than usable CPUs hold more memory and contend for the cores (torch warns of
-    # slowness or freezes); each sample's augmentation is f(seed, epoch, index), so the number of workers
-    # changes nothing that is learned
-    workers = min(cfg.data.num_workers, usable_cpus())
     if workers < cfg.data.num_workers and is_main:
         log.info("data.num_workers %d capped to the %d usable CPUs", cfg.data.num_workers, workers)
 
@@ -176,9 +250,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     if compute.compile:
         net = compile_model(net, t)
 
-    meta = {"config": cfg.model_dump(mode="json"), "model_spec": model_spec(cfg),
-            "medres_version": __version__, "fold": data.fold, "config_sha256": config_sha256(cfg),
-            **({"folds_sha256": folds_hash} if folds_hash is not None else {})}
+    meta = fold_meta(cfg, data.fold, folds_hash)
     tracker = None
     if is_main:
         tracker = MetricsTracker(fold_dir, run_name=f"{cfg.output.name}/{fold_name(data.fold)}",
@@ -186,14 +258,11 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
                                  resume_epoch=state.epoch if ckpt else None,
                                  backends=tuple(cfg.output.tracking))
 
+    parts = TrainParts(model=net, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+
     def checkpoint() -> None:
         if is_main:
-            save_checkpoint({
-                "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(), "loss": loss_fn.state_dict(), "rng": rng_state(),
-                **asdict(state), **meta,
-            }, last)
+            save_fold_checkpoint(last, parts, state, meta)
 
     def mid_epoch_checkpoint() -> None:  # every train.checkpoint_every_steps (the epoch's end saves anyway)
         n = t.checkpoint_every_steps
@@ -220,12 +289,9 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
             sampler.epoch, sampler.skip = state.epoch, state.batch_in_epoch * per_batch
             batches = device_batches(train_loader, cfg.data, compute, seed=fold_seed, epoch=state.epoch,
                                      first_batch=state.batch_in_epoch, batch_size=t.batch_size)
-            stopped = train_one_epoch(
-                net, batches, loss_fn, optimizer,
-                scheduler, scaler, compute, state, spatial_dims=m.spatial_dims, accumulate=t.accumulate,
-                clip_grad_norm=t.clip_grad_norm, total_batches=n_batches,
-                should_stop=lambda: should_stop() is not None, on_step=mid_epoch_checkpoint,
-                restore_rng=resume_rng, progress=progress)
+            stopped = train_one_epoch(parts, batches, state, fs.epoch,
+                                      should_stop=lambda: should_stop() is not None,
+                                      on_step=mid_epoch_checkpoint, restore_rng=resume_rng)
             resume_rng = None
             if stopped and state.batch_in_epoch < n_batches:
                 checkpoint()
@@ -260,12 +326,10 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
             state.batch_in_epoch = 0
             state.finished = state.early_stopped or state.epoch >= t.epochs
             if is_main:
-                tracker.log_epoch(row)
                 shown = (f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
                 log.info("epoch %d/%d: %s", state.epoch, t.epochs, ", ".join(shown))
-            checkpoint()
-            if is_main and (improved or (state.finished and not best.exists())):
-                copy_checkpoint(last, best)
+            epoch_end(FoldFolder(fold_dir), row, checkpoint, tracker=tracker,
+                      best=is_main and (improved or (state.finished and not best.exists())))
             if should_stop() is not None and not state.finished:
                 raise Interrupted(should_stop(), last if is_main else None)
     finally:

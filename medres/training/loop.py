@@ -31,8 +31,8 @@ from medres.errors import DataError, MedresError
 from medres.training.distributed import all_reduce_grads, any_rank, gather_records, is_active
 from medres.training.precision import ComputeSettings
 
-__all__ = ["LoopState", "TrainingDiverged", "Interrupted", "train_one_epoch", "evaluate_epoch",
-           "val_metrics", "forward_volume"]
+__all__ = ["LoopState", "TrainParts", "EpochSettings", "TrainingDiverged", "Interrupted", "train_one_epoch",
+           "evaluate_epoch", "val_metrics", "forward_volume"]
 
 log = logging.getLogger("medres.training")
 
@@ -68,6 +68,40 @@ class LoopState:
         self.batch_in_epoch, self.sums, self.samples = 0, {}, 0
 
 
+@dataclass
+class TrainParts:
+    """What training steps: the model (as trained: DDP / compiled wrappers allowed), the loss (whose
+    learned weights are parameters too), the optimizer, the per-step schedule (or None) and the
+    gradient scaler."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+
+
+@dataclass(frozen=True)
+class EpochSettings:
+    """How :func:`train_one_epoch` trains, the same for every epoch of a fold.
+
+    Attributes:
+        compute: device, precision and memory format.
+        spatial_dims: 2 or 3.
+        accumulate: batches per optimizer step (gradient accumulation).
+        clip_grad_norm: the gradient norm clipped to (None: no clipping).
+        total_batches: batches in an epoch (the last one steps the optimizer; shown in the progress bar).
+        progress: show a progress bar.
+    """
+
+    compute: ComputeSettings
+    spatial_dims: int
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
+    total_batches: int | None = None
+    progress: bool = False
+
+
 def _check_inputs(image: Tensor, case_ids: list[str], step: int) -> None:
     """Non-finite voxels are a data problem: name the cases before any forward pass sees them."""
     finite = torch.isfinite(image.flatten(1)).all(dim=1)
@@ -97,12 +131,9 @@ def _loss_terms(terms: Mapping[str, Any]) -> dict[str, float]:
 
 
 def train_one_epoch(
-    model: nn.Module, loader: Iterable[Mapping[str, Any]], loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler, compute: ComputeSettings,
-    state: LoopState, *, spatial_dims: int,
-    accumulate: int = 1, clip_grad_norm: float | None = None, total_batches: int | None = None,
+    parts: TrainParts, loader: Iterable[Mapping[str, Any]], state: LoopState, settings: EpochSettings, *,
     should_stop: Callable[[], bool] = lambda: False, on_step: Callable[[], None] | None = None,
-    restore_rng: Mapping[str, Any] | None = None, progress: bool = False,
+    restore_rng: Mapping[str, Any] | None = None,
 ) -> bool:
     """Train on the batches of epoch ``state.epoch`` not done yet; return True when stopped early by a signal.
 
@@ -113,6 +144,10 @@ def train_one_epoch(
     """
     from medres.progress import track
 
+    model, loss_fn, optimizer, scheduler, scaler = (parts.model, parts.loss_fn, parts.optimizer,
+                                                    parts.scheduler, parts.scaler)
+    compute, spatial_dims, accumulate = settings.compute, settings.spatial_dims, settings.accumulate
+    clip_grad_norm, total_batches = settings.clip_grad_norm, settings.total_batches
     model.train()
     loss_fn.train()
     ddp = is_active()
@@ -121,7 +156,7 @@ def train_one_epoch(
         set_rng_state(restore_rng)
     shown: dict[str, Any] = {}
     for batch in track(it, desc=f"epoch {state.epoch + 1}", total=total_batches, unit="batches",
-                       initial=state.batch_in_epoch, progress=progress, final=False, postfix=shown):
+                       initial=state.batch_in_epoch, progress=settings.progress, final=False, postfix=shown):
         image, labels, mask = _to_device(batch, compute, spatial_dims)
         case_ids = list(batch["case_id"])
         _check_inputs(image, case_ids, state.step)

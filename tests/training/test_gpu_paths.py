@@ -19,7 +19,7 @@ import torch
 
 from medres.config import OptimConfig, TrainConfig
 from medres.models import create_model
-from medres.training.loop import LoopState, train_one_epoch
+from medres.training.loop import EpochSettings, LoopState, TrainParts, train_one_epoch
 from medres.training.optim import build_optimizer
 from medres.training.precision import resolve_compute_settings
 
@@ -55,8 +55,8 @@ def _setup(precision: str):
 
 def _train(parts, batches) -> None:
     fast, model, loss, opt, scaler = parts
-    train_one_epoch(model, batches, loss, opt, None, scaler, fast, LoopState(), spatial_dims=3,
-                    total_batches=len(batches))
+    train_one_epoch(TrainParts(model, loss, opt, None, scaler), batches, LoopState(),
+                    EpochSettings(fast, spatial_dims=3, total_batches=len(batches)))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

@@ -23,9 +23,11 @@ from medres.errors import ConfigError, DataError
 from medres.models import DualOutput, create_model
 from medres.training.fold import train_fold
 from medres.training.loop import (
+    EpochSettings,
     Interrupted,
     LoopState,
     TrainingDiverged,
+    TrainParts,
     evaluate_epoch,
     train_one_epoch,
     val_metrics,
@@ -92,8 +94,8 @@ def run_epochs(t, n=1):
     state = LoopState()
     for _ in range(n):
         state.new_epoch()
-        train_one_epoch(t.model, t.train_loader, t.loss, t.opt, None, t.scaler, t.compute, state,
-                        spatial_dims=3, total_batches=len(t.train_loader))
+        train_one_epoch(TrainParts(t.model, t.loss, t.opt, None, t.scaler), t.train_loader, state,
+                        EpochSettings(t.compute, spatial_dims=3, total_batches=len(t.train_loader)))
         state.epoch += 1
     return state
 
