@@ -209,7 +209,7 @@ def multilabel_metrics(y_true: ArrayLike, scores: ArrayLike, groups: ArrayLike |
             if y_ref is None:  # a macro average: name the labels without a value
                 missing = [names[j] for j in range(n_labels) if not math.isfinite(full[j])]
                 res = replace(res, reason=f"{name} undefined: labels {missing} have no value "
-                                          "(one class only among their known rows)")
+                                          "(no known rows, or one class only)")
             return res
         return _interval(name, estimate, values, jack_values, method=method, level=level,
                          n_resamples=n_resamples, n_clusters=n_clusters, seed=seed)
