@@ -20,6 +20,7 @@ import hashlib
 import importlib.resources
 import os
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,13 @@ def _unmark(obj: Any, path: str, notes: dict[str, str], source: str | None) -> A
 # overrides
 
 
+def _models(annotation: Any) -> set[type[BaseModel]]:
+    """Every pydantic model inside an annotation (``list[A | B]`` -> {A, B})."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {annotation}
+    return {m for a in typing.get_args(annotation) for m in _models(a)}
+
+
 def _check_override_path(parts: list[str], text: str) -> None:
     """ConfigError with a suggestion when ``a.b.c`` is not a setting of the schema."""
     model: type[BaseModel] | None = Config
@@ -86,6 +94,11 @@ def _check_override_path(parts: list[str], text: str) -> None:
                 annotation, model = Any, None
                 continue
             raise ConfigError(f"--set {text!r}: {'.'.join(parts[:depth])} has no sub-settings", field=here)
+        lists = [a for a in (annotation, *typing.get_args(annotation)) if typing.get_origin(a) is list]
+        if part.isdigit() and lists:  # an item of a list: data.windows.0, tasks.1
+            if len(_models(lists[0])) > 1:
+                return  # an item of several kinds (tasks): its keys are checked once the value is applied
+            continue
         if part not in model.model_fields:
             close = suggest(part, model.model_fields)
             raise ConfigError(
@@ -106,12 +119,19 @@ def _apply_override(raw: dict, text: str, notes: dict[str, str]) -> str:
     _check_override_path(parts, text)
     value = _unmark(load_yaml_value(value_text, field=key), key, notes, None)
     node: Any = raw
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         if isinstance(node, list):
+            if int(part) >= len(node):
+                raise ConfigError(f"--set {text!r}: index {part} is past the list's end ({len(node)} items)",
+                                  field=key)
             node = node[int(part)]
             continue
         child = node.get(part)
         if not isinstance(child, (dict, list)):
+            if parts[depth + 1].isdigit() and depth + 2 < len(parts):
+                raise ConfigError(f"--set {text!r}: the configuration has no {'.'.join(parts[:depth + 1])} "
+                                  "list to change an item of", field=key,
+                                  hint="write the whole list in the configuration file")
             child = node[part] = {}
         node = child
     last = parts[-1]

@@ -130,3 +130,23 @@ def test_task_weighting_modes_exist():
     assert cfg.loss.task.mode == "fixed"
     learned = load_config({"tasks": [CTR], "loss": {"task": {"mode": "uncertainty"}}})
     assert learned.loss.task.mode == "uncertainty"
+
+
+def test_set_changes_one_task_and_names_what_is_wrong():
+    cfg = load_config({"tasks": [FINDINGS, CTR]}, ["tasks.1.loss=l1", "tasks.0.columns=[a, b]"])
+    assert cfg.tasks[1].loss == "l1" and cfg.tasks[0].columns == ["a", "b"]
+    for override, field, words in [
+        ("tasks.1.units=mm", "tasks.1.units", ["unknown key 'units'", "did you mean 'unit'"]),
+        ("tasks.2.unit=mm", "tasks.2.unit", ["past the list's end (2 items)"]),
+        ("tasks.1.name=findings", "tasks.1.name", ["two tasks"]),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_config({"tasks": [FINDINGS, CTR]}, [override])
+        assert info.value.field == field and all(w in str(info.value) for w in words), str(info.value)
+    with pytest.raises(ConfigError, match="no tasks list"):
+        load_config(None, ["tasks.0.unit=mm"])
+    # a list of one kind of setting: an item's keys are checked as before
+    windows = {"data": {"windows": [{"name": "lung", "center": -600, "width": 1500}]}}
+    assert load_config(windows, ["data.windows.0.center=-500"]).data.windows[0].center == -500
+    with pytest.raises(ConfigError, match="did you mean 'center'"):
+        load_config(windows, ["data.windows.0.centre=-500"])
