@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medres.data.readers.limits import patch_fits_none, patch_misfit, resampled_shape
-from medres.errors import ConfigError, DataError
+from medres.errors import ConfigError, DataError, DataErrors
 
 __all__ = ["CheckResult", "CheckSettings", "check_cohort", "format_problems", "main"]
 
@@ -49,6 +49,8 @@ class CheckSettings:
         radiograph: ``{"require_spacing": bool, "views": [...] | None}`` for ``data.modality: XR``: the
             checks of ``medres.data.readers.radiograph.RadiographGeometryd`` (spacing, view, mask size).
         link_roots, key_file: the folders symbolic links may lead into (:func:`read_manifest`).
+        tasks: the configuration's tasks (``cfg.tasks``): their cells are checked too
+            (``medres.data.tasks``); None: none.
     """
 
     vocabulary: Sequence[str] | None = None
@@ -67,6 +69,7 @@ class CheckSettings:
     radiograph: dict | None = None
     link_roots: Sequence[str] = ()
     key_file: str | None = None
+    tasks: Sequence[Any] | None = None
 
     def updated(self, **changes: Any) -> CheckSettings:
         """A copy with ``changes`` (field names; an unknown name is a TypeError naming the fields)."""
@@ -208,6 +211,10 @@ def check_cohort(manifest: str | Path, settings: CheckSettings | None = None, *,
         report(err, False)
     result.problems.extend(errors)
     result.rows = len(df)
+    if s.tasks is not None and len(df):
+        for err in _task_problems(df, s.tasks, manifest):
+            report(err, False)
+            result.problems.append(err)
     images = df.attrs.get("image_columns")
     if images is None or s.manifest_only:  # column-level problems: the rows cannot be read
         result.problems.sort(key=lambda e: -1 if e.row is None else e.row)
@@ -284,12 +291,28 @@ def format_problems(problems: Sequence[DataError]) -> str:
     return "\n".join(lines)
 
 
+def _task_problems(df: Any, tasks: Sequence[Any], manifest: str | Path) -> list[DataError]:
+    """Every bad cell of the tasks' columns (``medres.data.tasks.parse_task_targets``)."""
+    from medres.data.tasks import parse_task_targets
+
+    try:
+        parse_task_targets(df, tasks, path=str(manifest))
+    except DataErrors as err:
+        return list(err.errors)
+    except DataError as err:
+        return [err]
+    except ConfigError as err:  # an uncertain policy with no -1 cell to map
+        return [DataError(f"{err.field}: {err.reason}", path=manifest, hint=err.hint)]
+    return []
+
+
 def _from_config(path: str) -> dict:
     from medres.config import load_config
 
     cfg = load_config(path)
     data = cfg.data
-    return {"vocabulary": list(data.labels), "mask_labels": sorted(int(k) for k in data.mask_labels),
+    return {"vocabulary": list(data.labels) if cfg.tasks is None else None, "tasks": cfg.tasks,
+            "mask_labels": sorted(int(k) for k in data.mask_labels),
             "image_columns": list(data.image_columns), "mask_column": data.mask_column,
             "ndim": int(data.spatial_dims), "root": data.root, "manifest": data.manifest,
             "max_voxels": data.max_voxels, "max_files_per_series": data.max_files_per_series,

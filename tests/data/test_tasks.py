@@ -164,3 +164,28 @@ def test_a_run_refuses_a_bad_cell_before_training(tmp_path):
     pd.DataFrame(rows).assign(opacity="1").to_csv(tmp_path / "m.csv", index=False)
     _, df = load_cohort(load_config(raw))  # no label column needed with tasks
     assert len(df) == 4
+
+
+def test_the_cohort_check_lists_bad_task_cells(tmp_path, capsys):
+    from medres.data.check import check_cohort, main
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(4):
+        (tmp_path / "img" / f"{i}.png").write_bytes(b"")
+        rows.append({"case_id": f"c{i}", "patient_id": f"p{i}", "image": f"img/{i}.png",
+                     "opacity": ["0", "1", "2", "0"][i], "ctr": ["0.5", "x", "0.4", ""][i]})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {manifest: m.csv}\n"
+                      "tasks:\n  - {name: findings, type: multilabel, columns: [opacity], uncertain: ones}\n"
+                      "  - {name: ratio, type: regression, column: ctr}\n")
+    assert main(["--config", str(config), "--manifest-only"]) == 1  # no label column needed with tasks
+    out = capsys.readouterr().out
+    assert "2 problem(s)" in out and "'2' is not 0, 1, -1" in out and "'x' is not a number" in out
+    table = [line.split()[:2] for line in out.splitlines() if line.split()[:1] in (["2"], ["3"])]
+    assert table == [["2", "c1"], ["3", "c2"]]
+    result = check_cohort(tmp_path / "m.csv", manifest_only=True,
+                          tasks=load_config({"tasks": [{"name": "o", "type": "binary", "column": "opacity",
+                                                        "uncertain": "ones"}]}).tasks)
+    assert [(e.row, "'2'" in e.reason) for e in result.problems] == [(3, True)]
