@@ -6,10 +6,11 @@ Inputs are the reference values ``y_true [N]`` and the predictions ``y_pred [N]`
 
 - errors and agreement: `mae`, `rmse`, `r2` (scikit-learn's), `pearson_r`, `concordance_correlation`
   (Lin 1989), each with a patient bootstrap (`regression_bootstrap`, all metrics on the same
-  resamples, vectorised over moment sums);
+  resamples, vectorised over moment sums; at 20-50 patients it under-covers, see BENCHMARKS.md);
 - `pearson_interval` (Fisher z) and `ccc_interval` (Fisher z of the CCC with Lin's asymptotic
-  variance); with several scans per patient the variance is multiplied by a design effect from the
-  leave-one-patient-out jackknife and the critical value is Student's t on patients - 1;
+  variance); with several scans per patient the variance is multiplied by a design effect (the
+  leave-one-patient-out over the leave-one-scan-out jackknife variance) and the critical value is
+  Student's t on patients - 1;
 - `bland_altman`: bias, limits of agreement ``bias +- k SD`` and their intervals, exact by default
   (Carkeet 2015: the noncentral t) or Bland and Altman's approximate SE ``sqrt(3 s^2 / n)``; clustered
   cases count ``n / deff`` (the design effect of the mean difference), with ``n / deff - 1`` df;
@@ -229,8 +230,8 @@ def pearson_interval(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike | N
     """Pearson's r with the Fisher-z interval ``tanh(atanh r +- z / sqrt(n - 3))``.
 
     With one case per patient this is ``scipy.stats.pearsonr(...).confidence_interval()``; with several
-    scans per patient the variance of atanh r is multiplied by the leave-one-patient-out jackknife's
-    design effect (at least 1) and the critical value is t on patients - 1.
+    scans per patient the variance of atanh r is multiplied by a design effect (patient over scan
+    jackknife variance, at least 1) and the critical value is t on patients - 1.
     """
     _check_level(level)
     y, p = _pair(y_true, y_pred)
