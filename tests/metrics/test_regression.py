@@ -37,6 +37,7 @@ from medres.metrics.regression import (
 
 # Bland & Altman, Lancet 1986, Table 1: first reading of peak expiratory flow (l/min) of 17 subjects with
 # the Wright and the mini Wright meter. Published: mean difference -2.1, SD 38.8, limits -80 and 76 (2 SD).
+# The same 17 pairs as the R package blandr's copy of the paper's table (bland.altman.PEFR.r, first readings).
 WRIGHT = [494, 395, 516, 434, 476, 557, 413, 442, 650, 433, 417, 656, 267, 478, 178, 423, 427]
 MINI_WRIGHT = [512, 430, 520, 428, 500, 600, 364, 380, 658, 445, 432, 626, 260, 477, 259, 350, 451]
 
