@@ -28,8 +28,9 @@ effusion (a dense meniscus filling the lateral lung base, one or both sides, 20-
 the patients and cardiomegaly (cardiothoracic ratio > 0.5) in a third. Its manifest adds 0/1 columns
 ``opacity``, ``effusion``, ``cardiomegaly`` and the number ``ctr`` (max horizontal heart width / max inner
 thoracic width, from the generator's geometry in the PA projection); a few ``effusion`` cells are blank
-(unknown) and a few ``-1`` (uncertain, CheXpert style). Its mask's lung (1) is the aerated lung. Its
-extra randomness comes from separate streams, so the plain cohort's bytes do not depend on it.
+(unknown) and a few ``-1`` (uncertain, CheXpert style); follow-ups keep the findings. Its mask's lung (1)
+is the aerated lung. Its extra randomness comes from separate streams, so the plain cohort's bytes
+do not depend on it.
 
 Output is byte-identical for a given (n_patients, seed, findings); a folder holding the same cohort is
 reused.
@@ -60,7 +61,8 @@ _STAMP = "demo_cohort.json"
 MANIFEST_COLUMNS = ["case_id", "patient_id", "image", "mask", "label", "site", "scanner", "sex", "age",
                     "view", "pixel_spacing"]
 FINDINGS_COLUMNS = ["opacity", "effusion", "cardiomegaly", "ctr"]
-# geometry of the PA projection (mm at scale 1): lung ellipses (centre x, semi-axes) and the heart's
+# the PA projection's geometry (mm at scale 1): the lung ellipses (centre x per side, centre y, semi-axes)
+# and the heart ellipse (its x semi-axis times the patient's heart width factor)
 _LUNG_CX = (-78.0, 80.0)
 _LUNG_CY, _LUNG_AX, _LUNG_AY = -10.0, 60.0, 125.0
 _HEART_CX, _HEART_CY, _HEART_AX, _HEART_AY = 22.0, 55.0, 68.0, 52.0
