@@ -31,9 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from medres.errors import ConfigError, did_you_mean
 
 __all__ = [
-    "TaskConfig", "BinaryTask", "MulticlassTask", "MultilabelTask", "RegressionTask", "TASK_TYPES",
+    "TaskConfig", "AnyTask", "BinaryTask", "MulticlassTask", "MultilabelTask", "RegressionTask", "TASK_TYPES",
     "RESERVED_COLUMNS", "ID_COLUMNS", "HEAD_NAMES", "SINGLE_HEAD", "effective_tasks", "check_tasks",
-    "task_columns", "uncertain_policy",
+    "uncertain_policy",
 ]
 
 #: Manifest columns medres reads for something else (data_manifests/README.md): no task may be named so.
@@ -59,14 +59,20 @@ class _Task(BaseModel):
 
     def target_columns(self) -> list[str]:
         """The manifest columns this task reads, in order."""
-        return list(self.columns) if isinstance(self, MultilabelTask) else [self.column]  # type: ignore[attr-defined]
+        raise NotImplementedError
 
 
-class BinaryTask(_Task):
+class _OneColumn(_Task):
+    column: str
+
+    def target_columns(self) -> list[str]:
+        return [self.column]
+
+
+class BinaryTask(_OneColumn):
     """One yes/no question: a 0/1 column (``-1`` uncertain, blank unknown), or two class names."""
 
     type: Literal["binary"]
-    column: str
     # the two cell values meaning 0 and 1, in that order (e.g. [normal, nodule]); None: 0/1 cells
     classes: list[str] | None = None
     uncertain: Uncertain | dict[str, Uncertain] = "ignore"  # a -1 cell (0/1 cells only)
@@ -75,11 +81,10 @@ class BinaryTask(_Task):
     pos_weight: Literal["balanced", "none"] | dict[str, float] = "none"
 
 
-class MulticlassTask(_Task):
+class MulticlassTask(_OneColumn):
     """One of several classes per scan: a column of class names (blank unknown)."""
 
     type: Literal["multiclass"]
-    column: str
     classes: list[str]  # the cell values, in output index order
     loss: Literal["ce", "focal"] = "ce"
 
@@ -93,23 +98,20 @@ class MultilabelTask(_Task):
     loss: Literal["bce", "focal"] = "bce"
     pos_weight: Literal["balanced", "none"] | dict[str, float] = "none"
 
+    def target_columns(self) -> list[str]:
+        return list(self.columns)
 
-class RegressionTask(_Task):
+
+class RegressionTask(_OneColumn):
     """A number per scan (blank unknown); targets are standardised on the training fold."""
 
     type: Literal["regression"]
-    column: str
     unit: str | None = None  # shown with the values in reports (e.g. mm, ratio)
     loss: Literal["mse", "l1", "huber"] = "mse"
 
 
 AnyTask = BinaryTask | MulticlassTask | MultilabelTask | RegressionTask
 TaskConfig = Annotated[AnyTask, Field(discriminator="type")]
-
-
-def task_columns(task: AnyTask) -> list[str]:
-    """The manifest columns ``task`` reads, in order."""
-    return task.target_columns()
 
 
 def uncertain_policy(task: AnyTask, column: str) -> str:

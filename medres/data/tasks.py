@@ -12,6 +12,7 @@ them are reported at once.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from medres.errors import ConfigError, DataError, DataErrors, did_you_mean
 __all__ = ["TaskTargets", "TaskTable", "parse_task_targets", "manifest_rows"]
 
 _MAX_ERRORS = 50  # cells listed in one error; the count says how many more
+_DATE = re.compile(r"\d{4}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}")
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def parse_task_targets(df: pd.DataFrame, tasks: Sequence[AnyTask], *,
         values = np.full((len(df), len(columns)), np.nan)
         uncertain = np.zeros((len(df), len(columns)), dtype=bool)
         for j, col in enumerate(columns):
-            cells = df[col].astype(str).str.strip().to_numpy()
+            cells = df[col].fillna("").astype(str).str.strip().to_numpy()
             read = {text: _cell(task, text) for text in pd.unique(cells) if text}  # few distinct cells
             wrong = [text for text, (_, why, _) in read.items() if why]
             for k in np.flatnonzero(pd.Series(cells).isin(wrong).to_numpy()):
@@ -161,27 +163,35 @@ def parse_task_targets(df: pd.DataFrame, tasks: Sequence[AnyTask], *,
     return TaskTable(case_ids=tuple(str(c) for c in cases), rows=tuple(rows), tasks=out)
 
 
+def _shown(text: str, close: bool = False) -> str:
+    """The cell as quoted text when it cannot be a name or a date (a number, a short code such as ``yes``
+    or ``n/a``, a near miss of a class name); else only its length: a wrong column can hold anything."""
+    if close or len(text) <= 4 or (_number(text) is not None and not _DATE.search(text)):
+        return repr(text[:40])
+    return f"a text of {len(text)} characters (not shown)"
+
+
 def _cell(task: AnyTask, text: str) -> tuple[float, str, str]:
     """(value, what is wrong or "", what to do) for one non-blank cell."""
     if isinstance(task, RegressionTask):
         number = _number(text)
         if number is None:
-            return math.nan, f"{text[:40]!r} is not a number", (
+            return math.nan, f"{_shown(text)} is not a number", (
                 "write a number with a '.' for decimals (no units, no thousands separator), or leave the "
                 "cell blank when unknown")
         if not math.isfinite(number):
-            return math.nan, f"{text[:40]!r} is not a finite number", "leave the cell blank when unknown"
+            return math.nan, f"{_shown(text)} is not a finite number", "leave the cell blank when unknown"
         return number, "", ""
     classes = getattr(task, "classes", None)
     if isinstance(task, MulticlassTask) or classes is not None:
         if text in classes:
             return float(classes.index(text)), "", ""
         close = did_you_mean(text, classes)
-        return math.nan, f"{text[:40]!r} is not one of the classes {list(classes)}", (
+        return math.nan, f"{_shown(text, bool(close))} is not one of the classes {list(classes)}", (
             f"did you mean {close[0]!r}? " if close else "") + "leave the cell blank when unknown"
     number = _number(text)
     if number not in (0.0, 1.0, -1.0):
-        return math.nan, f"{text[:40]!r} is not 0, 1, -1 (uncertain) or blank (unknown)", (
+        return math.nan, f"{_shown(text)} is not 0, 1, -1 (uncertain) or blank (unknown)", (
             "write 1 for present, 0 for absent, -1 for uncertain, or leave the cell blank when unknown")
     return float(number), "", ""
 

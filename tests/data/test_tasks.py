@@ -89,7 +89,7 @@ def problems(df: pd.DataFrame, configured: list | None = None) -> list[DataError
     ("ctr", ["0.5", "", "", "inf", "1"], 4, ["'inf'", "not a finite number"]),
     ("ctr", ["NaN", "", "", "", "1"], 1, ["not a finite number"]),
     ("projection", ["PA", "AP", "", "lateral", "PA"], 4,
-     ["'lateral'", "not one of the classes", "'view_cls'"]),
+     ["a text of 7 characters (not shown)", "not one of the classes", "'view_cls'"]),
     ("projection", ["PA", "pa", "", "LAT", "PA"], 2, ["did you mean 'PA'"]),
 ])
 def test_a_bad_cell_names_its_row_column_and_task(column, cells, row, words):
@@ -98,6 +98,12 @@ def test_a_bad_cell_names_its_row_column_and_task(column, cells, row, words):
     assert err.case_id == "abcde"[row - 1]
     for word in words:
         assert word in str(err), (word, str(err))
+
+
+def test_names_and_dates_in_a_wrong_column_are_not_shown():
+    errs = problems(manifest(ctr=["Jane Doe", "2019-05-03", "", "", "1"]))
+    assert [e.row for e in errs] == [1, 2]
+    assert all("not shown" in str(e) and "Jane" not in str(e) and "2019" not in str(e) for e in errs)
 
 
 def test_every_bad_cell_is_reported_at_once_by_row():
