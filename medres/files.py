@@ -254,6 +254,9 @@ def check_replace(folder: str | os.PathLike[str], names: Collection[str], *, wha
     if not (folder / WRITTEN_LIST).exists():
         listed |= {Path(n).as_posix() for n in before_list}
     for name in sorted({Path(n).as_posix() for n in names}):
+        if not _inside_name(name):
+            raise DataError(f"the {what} would get a file outside it ({name!r})", path=folder,
+                            hint="name outputs inside the folder (no '..', no absolute path)")
         p = folder / name
         via_link = any((folder / q).is_symlink() for q in Path(name).parents if str(q) != ".")
         if not (p.exists() or p.is_symlink() or via_link):
