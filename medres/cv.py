@@ -330,7 +330,7 @@ def task_strata(df: pd.DataFrame, tasks: Sequence[AnyTask], *, n_folds: int,
     Columns: ``<task>:<column>`` = any of the patient's scans positive (binary, multi-label; unknown
     counts as negative); ``<task>:<class>`` = the patient's class (multi-class: the highest class index
     among their scans); ``<task>:bin<k>`` = the quantile bin of the patient's mean (regression:
-    ``min(10, known patients // (2 n_folds))`` bins, none below 2). Cells are read by
+    ``min(10, known patients // (2 n_folds))`` equal bins by rank, none below 2). Cells are read by
     ``medres.data.tasks.parse_task_targets`` (its DataErrors name the row and column).
 
     Raises:
@@ -361,8 +361,9 @@ def task_strata(df: pd.DataFrame, tasks: Sequence[AnyTask], *, n_folds: int,
             known = mean.notna().to_numpy()
             q = min(10, int(known.sum()) // (2 * n_folds))
             if q >= 2:
-                bins = pd.qcut(mean[known], q, labels=False, duplicates="drop").to_numpy()
-                for k in range(int(bins.max()) + 1):
+                # by rank, so that tied values (a few distinct numbers) still fill q equal bins
+                bins = pd.qcut(mean[known].rank(method="first"), q, labels=False).to_numpy()
+                for k in range(q):
                     flag = np.zeros(len(patients), dtype=bool)
                     flag[known] = bins == k
                     columns[f"{task.name}:bin{k}"] = flag

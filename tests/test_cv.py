@@ -452,3 +452,15 @@ def test_inner_validation_on_tasks_is_patient_level_and_stratified():
     patients = per_patient(df)
     in_val = pd.Series(patients.index.isin(val), index=patients.index)
     assert (spread(patients, in_val) <= 0.03).all()
+
+
+def test_a_regression_of_few_distinct_values_is_still_balanced():
+    rows = [{"case_id": f"c{i}", "patient_id": f"p{i:02d}", "count": str(i % 2 * 2), "same": "1.5"}
+            for i in range(40)]
+    df = pd.DataFrame(rows)
+    tasks = configured([{"name": "n", "type": "regression", "column": "count"},
+                        {"name": "s", "type": "regression", "column": "same"}])
+    folds = make_folds(df, n_folds=4, seed=0, tasks=tasks)
+    count = df.set_index("patient_id").loc[folds["patient_id"], "count"]
+    per_fold = pd.crosstab(folds["fold"].to_numpy(), count.to_numpy())
+    assert (per_fold.to_numpy() >= 4).all() and (per_fold.to_numpy() <= 6).all(), per_fold
