@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -225,3 +226,13 @@ def test_findings_cohort_is_deterministic_and_beside_the_plain_one(findings, coh
     assert content_digest(cohort.parent) == PLAIN_CONTENT_SHA256  # generating the variant changed nothing
     plain = generate_cxr_demo(tmp_path / "again", n_patients=12, seed=0)  # the other kind: replaced
     assert "ctr" not in pd.read_csv(plain).columns
+
+
+def test_cli_writes_the_findings_cohort_to_its_default_folder(tmp_path, monkeypatch, capsys):
+    from medres.data.demo.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--kind", "cxr_findings", "--n-patients", "6", "--quiet"]) == 0
+    manifest = tmp_path / "demo_data" / "cxr_findings" / "manifest.csv"
+    assert str(Path("demo_data") / "cxr_findings" / "manifest.csv") in capsys.readouterr().out
+    assert {"effusion", "cardiomegaly", "ctr"} <= set(pd.read_csv(manifest).columns)
