@@ -254,7 +254,8 @@ class SegLossConfig(_Section):
 
 class TaskWeightConfig(_Section):
     """How the two heads' losses combine: fixed weights, a warm-up of the classification weight,
-    or learned uncertainty weighting (Kendall, Gal and Cipolla, CVPR 2018)."""
+    or learned uncertainty weighting (Kendall, Gal and Cipolla, CVPR 2018). With ``tasks:`` each task's
+    own ``weight`` takes the place of ``cls``, and ``uncertainty`` learns one s_i per task."""
 
     mode: Literal["fixed", "warmup", "uncertainty"] = "fixed"
     cls: float = Field(1.0, ge=0)
