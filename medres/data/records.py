@@ -2,13 +2,13 @@
 
 :class:`Case` is what ``medres.data.pipeline.datasets.manifest_to_records`` returns and what training and
 inference read. It is also a read-only mapping (``case["case_id"]``, ``case.get("row")``) over
-:meth:`Case.as_item`, the ONE dict form of a case that MONAI's dictionary transforms and the datasets use.
+:meth:`Case.as_item`, the one dict form of a case that MONAI's dictionary transforms and the datasets use.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +123,6 @@ class Case(Mapping[str, Any]):
         return len(self.as_item())
 
 
-def as_cases(records: Sequence[Mapping[str, Any]] | Any) -> list[Case]:
+def as_cases(records: Iterable[Case | Mapping[str, Any]]) -> list[Case]:
     """Cases from Cases or dict records (see :meth:`Case.from_mapping`)."""
     return [Case.from_mapping(r) for r in records]
