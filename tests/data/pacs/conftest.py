@@ -39,6 +39,7 @@ class Orthanc:
     password: str = PASSWORD
     aet: str = SERVER_AET
     medres_aet: str = MEDRES_AET
+    medres_port: int = 0  # where Orthanc sends medres's AE (C-MOVE destination, /modalities/medres/store)
 
     @property
     def url(self) -> str:
@@ -80,8 +81,8 @@ def orthanc_binary() -> str | None:
 @contextlib.contextmanager
 def running_orthanc(folder: Path, binary: str) -> Iterator[Orthanc]:
     """An Orthanc on free 127.0.0.1 ports with its storage in ``folder``, stopped by its PID at the end."""
-    server = Orthanc(http_port=_free_port(), dicom_port=_free_port())
-    medres_port = _free_port()  # medres's own C-STORE port (C-MOVE destination); nothing listens here
+    medres_port = _free_port()  # medres's own C-STORE port (C-MOVE destination); the tests listen there
+    server = Orthanc(http_port=_free_port(), dicom_port=_free_port(), medres_port=medres_port)
     config = {
         "Name": "medres-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "Plugins": [str(PLUGINS / "libOrthancDicomWeb.so")],
