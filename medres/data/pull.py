@@ -3,10 +3,12 @@
     python -m medres.data.pull --dicomweb https://pacs/dicom-web --out export/ --accessions cohort.csv
     python -m medres.data.pull --dicomweb URL --out export/ --query Modality=CT StudyDate=20210101-20211231
     python -m medres.data.pull --dimse HOST:PORT --called-aet PACS --calling-aet MEDRES --out export/ ...
+    python -m medres.data.pull --dimse HOST:PORT --called-aet PACS --move-dest MEDRES --move-port 11112 ...
 
 Studies are found by accession number (a CSV with an ``AccessionNumber`` column) or by attribute
 filters (QIDO-RS or C-FIND at study level); each matching series is retrieved (WADO-RS per instance,
-or C-GET per series) into ``OUT/<study pseudonym>/<series pseudonym>/<SOPInstanceUID>.dcm``: the
+or C-GET, or with ``--move-dest`` C-MOVE to a Storage SCP medres runs meanwhile, per series) into
+``OUT/<study pseudonym>/<series pseudonym>/<SOPInstanceUID>.dcm``: the
 pseudonyms are HMAC-SHA256 of the UIDs under the project key (the index's ``study_id`` is the same
 ``s...`` pseudonym), so no name or id is in a path. Each file is written to a temporary name and
 renamed, so a file with its final name is complete; a rerun fetches only the instances that are not
@@ -40,7 +42,8 @@ def _server(args: argparse.Namespace, credentials: Any) -> Server:
                         timeout_s=args.timeout, workers=args.workers)
     from medres.data.pacs.dimse import Dimse
 
-    return Dimse(args.dimse, called_aet=args.called_aet, calling_aet=args.calling_aet, timeout_s=args.timeout)
+    return Dimse(args.dimse, called_aet=args.called_aet, calling_aet=args.calling_aet, timeout_s=args.timeout,
+                 move_dest=args.move_dest, move_host=args.move_host, move_port=args.move_port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--dimse", metavar="HOST:PORT", help="the PACS's DIMSE address (C-FIND + C-GET)")
     p.add_argument("--called-aet", default="ANY-SCP", help="with --dimse: the PACS's AE title")
     p.add_argument("--calling-aet", default="MEDRES", help="with --dimse: medres's AE title")
+    p.add_argument("--move-dest", metavar="AET", help="with --dimse: retrieve with C-MOVE to this AE title "
+                                                      "(medres's, as the PACS knows it) instead of C-GET")
+    p.add_argument("--move-port", type=int, default=11112, help="with --move-dest: the port medres receives "
+                                                                "on, as the PACS knows it (default 11112)")
+    p.add_argument("--move-host", default="127.0.0.1", help="with --move-dest: the address to receive on "
+                                                            "(default 127.0.0.1; all: 0.0.0.0)")
     p.add_argument("--out", required=True, help="the export folder to pull into (study/series/SOP.dcm)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--accessions", metavar="CSV", help="a CSV with an AccessionNumber column")
@@ -72,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.workers < 1 or args.max_studies < 1:
             raise ConfigError("--workers and --max-studies must be at least 1")
+        if args.move_dest and not args.dimse:
+            raise ConfigError("--move-dest needs --dimse (C-MOVE is DIMSE)")
         filters = parse_query(args.query or [])
         accessions = read_accessions(args.accessions) if args.accessions else None
         rules = load_rules(args.series_filter) if args.series_filter else None

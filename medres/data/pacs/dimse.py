@@ -1,4 +1,4 @@
-"""DIMSE (C-FIND, C-GET, C-STORE) through ``pynetdicom``, with medres's errors.
+"""DIMSE (C-FIND, C-GET or C-MOVE, C-STORE) through ``pynetdicom``, with medres's errors.
 
 The same operations as :class:`medres.data.pacs.dicomweb.DicomWeb`, so the pull and the push take
 either. Every association has connection, ACSE, DIMSE and network timeouts; a refused association, an
@@ -7,6 +7,7 @@ abort or a failure status is a :class:`medres.DataError` naming the server (host
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -37,19 +38,28 @@ class Dimse:
     batch = "series"  # the pull retrieves a series' missing instances with one C-GET
 
     def __init__(self, address: str, *, called_aet: str = "ANY-SCP", calling_aet: str = "MEDRES",
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, move_dest: str | None = None, move_host: str = "127.0.0.1",
+                 move_port: int = 11112) -> None:
         try:
             import pynetdicom  # noqa: F401
         except ImportError:
             raise ConfigError("DIMSE needs the pynetdicom package",
                               hint="pip install 'medres[pacs]'") from None
-        for what, aet in (("--called-aet", called_aet), ("--calling-aet", calling_aet)):
+        for what, aet in (("--called-aet", called_aet), ("--calling-aet", calling_aet),
+                          ("--move-dest", move_dest or "MEDRES")):
             if not aet or len(aet) > 16 or not aet.isascii() or "\\" in aet:
                 raise ConfigError(f"{what} {aet!r} is not an AE title (1-16 ASCII characters)")
         self.host, self.port = parse_address(address)
         self.called_aet, self.calling_aet, self.timeout_s = called_aet, calling_aet, float(timeout_s)
         self.name = f"dicom://{self.host}:{self.port} (AE {called_aet})"
         self._classes: dict[str, dict[str, str]] = {}  # series UID -> {SOP instance UID: SOP class UID}
+        # C-MOVE: the PACS sends to ``move_dest``, a Storage SCP medres runs on move_host:move_port while
+        # retrievals are under way; what arrives is routed to the retrieval waiting for its series
+        self.move_dest, self.move_host, self.move_port = move_dest, move_host, int(move_port)
+        self._move_lock, self._life_lock = threading.Lock(), threading.Lock()
+        self._move_users = 0
+        self._listener: Any = None
+        self._moved: dict[str, list[Dataset]] = {}  # series UID -> instances received for it
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own log lines name ids
 
     def _ae(self) -> Any:
@@ -133,9 +143,13 @@ class Dimse:
 
     def retrieve(self, study_uid: str, series_uid: str, sop_uids: Sequence[str] | None, where: str = ""
                  ) -> Iterator[Dataset]:
-        """The instances ``sop_uids`` of a series with one C-GET (the series level when all are asked)."""
+        """The instances ``sop_uids`` of a series with one C-GET, or C-MOVE when a move destination is
+        set (the series level when all are asked)."""
         if sop_uids is None:
             sop_uids = self.find_instances(study_uid, series_uid, where)
+        if self.move_dest:
+            yield from self._retrieve_move(study_uid, series_uid, sop_uids, where)
+            return
         from pynetdicom import build_role, evt
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
@@ -185,6 +199,99 @@ class Dimse:
         if failed and not got:
             raise DataError(f"C-GET failed ({where})", path=self.name,
                             hint="check that the server allows C-GET from medres's AE title; rerun")
+        yield from got
+
+    # -- C-MOVE -------------------------------------------------------------------------------------
+    def _sink(self, ds: Dataset) -> int:
+        from medres.data.pacs.listen import NOT_AUTHORIZED, SUCCESS
+
+        with self._move_lock:
+            waiting = self._moved.get(str(ds.get("SeriesInstanceUID", "")))
+            if waiting is None:
+                log.warning("C-MOVE: %s sent an instance of a series no retrieval waits for: refused",
+                            self.name)
+                return NOT_AUTHORIZED
+            waiting.append(ds)
+        return SUCCESS
+
+    @contextlib.contextmanager
+    def _receiving(self, series_uid: str) -> Iterator[list[Dataset]]:
+        """The list the temporary Storage SCP fills with ``series_uid``'s instances while the block runs
+        (the SCP runs while any retrieval needs it)."""
+        from medres.data.pacs.listen import Allowed, Listener
+
+        with self._life_lock:  # start and stop under their own lock: the SCP's handler takes _move_lock
+            with self._move_lock:
+                if series_uid in self._moved:
+                    raise DataError("a series is already being retrieved", path=self.name)
+                self._moved[series_uid] = received = []
+            if self._move_users == 0:
+                assert self.move_dest is not None
+                try:
+                    pacs = [Allowed(self.called_aet, self.host)]  # the PACS sends with its own AE title
+                    self._listener = Listener(None, aet=self.move_dest, host=self.move_host,
+                                              port=self.move_port, allow=pacs, sink=self._sink,
+                                              min_free_bytes=0).start()
+                except BaseException:
+                    with self._move_lock:
+                        self._moved.pop(series_uid, None)
+                    raise
+            self._move_users += 1
+        try:
+            yield received
+        finally:
+            with self._move_lock:
+                self._moved.pop(series_uid, None)
+            with self._life_lock:
+                self._move_users -= 1
+                if self._move_users == 0:
+                    listener, self._listener = self._listener, None
+                    listener.stop(wait_s=self.timeout_s)
+
+    def _retrieve_move(self, study_uid: str, series_uid: str, sop_uids: Sequence[str], where: str
+                       ) -> Iterator[Dataset]:
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
+
+        wanted = set(sop_uids)
+        ae = self._ae()
+        ae.add_requested_context(MOVE)
+        doing = "retrieving a series (C-MOVE)"
+        query = Dataset()
+        query.StudyInstanceUID, query.SeriesInstanceUID = study_uid, series_uid
+        classes = self._classes.get(series_uid)
+        if classes is not None and wanted == set(classes):
+            query.QueryRetrieveLevel = "SERIES"
+        else:
+            query.QueryRetrieveLevel = "IMAGE"
+            query.SOPInstanceUID = sorted(wanted)
+        failed, unknown, refused = 0, False, 0
+        with self._receiving(series_uid) as received:
+            assoc = self._associate(ae, doing)
+            try:
+                for status, _ in assoc.send_c_move(query, self.move_dest, MOVE):
+                    code = self._status(status, doing, f" ({where})")
+                    if code not in _PENDING and code != _SUCCESS:
+                        failed = int(status.get("NumberOfFailedSuboperations", 0) or 0) or 1
+                        tried = sum(int(status.get(f"Number{k}Suboperations", 0) or 0)
+                                    for k in ("OfCompleted", "OfFailed", "OfWarning"))
+                        # 0xA801: destination unknown; a failure before any sub-operation (Orthanc: 0xC000)
+                        unknown = code == 0xA801 or (tried == 0 and code >= 0xA000)
+                        refused = code
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            got = [ds for ds in received if str(ds.get("SOPInstanceUID", "")) in wanted]
+        if unknown and not got:
+            raise ServerUnavailable(f"the server refused to send to the move destination AE "
+                                    f"{self.move_dest!r} (C-MOVE status 0x{refused:04X}, nothing sent)",
+                                    path=self.name,
+                                    hint=f"register medres in the PACS as AE {self.move_dest!r} at this "
+                                         f"host, port {self.move_port} (or pull with C-GET: leave out "
+                                         "--move-dest)")
+        if failed and not got:
+            raise DataError(f"C-MOVE failed ({where})", path=self.name,
+                            hint=f"check that the server may send to AE {self.move_dest!r} at this host, "
+                                 f"port {self.move_port}, and that nothing else listens there; rerun")
         yield from got
 
     # -- C-STORE ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""DIMSE against a real Orthanc: C-FIND + C-GET pull equals the upload (and resumes), C-STORE stores once,
+"""DIMSE against a real Orthanc: C-FIND + C-GET (or C-MOVE) pull equals the upload (and resumes),
+C-STORE stores once,
 an unknown calling AE and a down server are clear errors."""
 
 from __future__ import annotations
@@ -81,6 +82,47 @@ def test_unknown_ae_and_down_server_are_clear_errors(orthanc: Orthanc, tmp_path:
     down = Dimse(f"127.0.0.1:{_free_port()}", called_aet=orthanc.aet, calling_aet="MEDRES", timeout_s=5)
     with pytest.raises(DataError, match="association"):
         pull(down, tmp_path / "b", filters={"AccessionNumber": "X"}, key=KEY, progress=False)
+
+
+def test_c_move_pull_equals_the_upload_and_resumes(empty_orthanc: Orthanc, tmp_path: Path) -> None:
+    paths = _upload_study(empty_orthanc, tmp_path / "src", "DACC3")
+
+    def mover() -> Dimse:
+        return Dimse(f"127.0.0.1:{empty_orthanc.dicom_port}", called_aet=empty_orthanc.aet,
+                     calling_aet=empty_orthanc.medres_aet, timeout_s=20, move_dest=empty_orthanc.medres_aet,
+                     move_port=empty_orthanc.medres_port)
+
+    out = tmp_path / "export"
+    result = pull(mover(), out, accessions=["DACC3"], key=KEY, workers=2, progress=False)
+    got = {p.stem: p for p in out.rglob("*.dcm")}
+    sources = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in paths}
+    assert set(got) == set(sources) and result.fetched == 5 and result.short == []
+    assert {s.status for s in result.series} == {"complete"}
+    for sop, path in got.items():
+        np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array,
+                                      pydicom.dcmread(sources[sop]).pixel_array)
+    lost = sorted(got)[0]
+    got[lost].unlink()
+    again = pull(mover(), out, accessions=["DACC3"], key=KEY, progress=False)
+    assert again.fetched == 1 and got[lost].is_file() and again.short == []
+
+
+def test_c_move_cli_and_an_unknown_destination(empty_orthanc: Orthanc, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDRES_PROJECT_KEY", KEY.decode())
+    _upload_study(empty_orthanc, tmp_path / "src", "DACC4")
+    base = ["--dimse", f"127.0.0.1:{empty_orthanc.dicom_port}", "--called-aet", empty_orthanc.aet,
+            "--calling-aet", empty_orthanc.medres_aet, "--query", "AccessionNumber=DACC4", "--no-progress",
+            "--move-port", str(empty_orthanc.medres_port)]
+    assert main([*base, "--out", str(tmp_path / "a"), "--move-dest", empty_orthanc.medres_aet]) == 0
+    assert len(list((tmp_path / "a").rglob("*.dcm"))) == 5
+    unknown = Dimse(f"127.0.0.1:{empty_orthanc.dicom_port}", called_aet=empty_orthanc.aet,
+                    calling_aet=empty_orthanc.medres_aet, timeout_s=20, move_dest="NOBODY",
+                    move_port=empty_orthanc.medres_port)
+    with pytest.raises(DataError, match="refused to send to the move destination AE 'NOBODY'") as err:
+        pull(unknown, tmp_path / "b", accessions=["DACC4"], key=KEY, progress=False)
+    assert f"port {empty_orthanc.medres_port}" in str(err.value)
+    assert not list((tmp_path / "b").rglob("*.dcm"))
 
 
 @pytest.mark.slow
