@@ -44,7 +44,7 @@ from medres.report.aggregate import (
 from medres.report.calibration import calibration_section
 from medres.report.cohort import cohort_table, split_audit
 from medres.report.compare import comparisons as compare_runs
-from medres.report.conformal import SET_COLUMN, conformal_section
+from medres.report.conformal import SET_COLUMN, conformal_section, test_conformal_section
 from medres.report.external import external_group_table, external_records, external_test_table
 from medres.report.guidelines import guideline_table
 from medres.report.html import (
@@ -185,6 +185,8 @@ def build_bundle(
     has_test = run.test is not None and len(run.test) > 0
     if has_test:
         records += holdout_test_records(run.test, thresholds, task, cfg, seed=seed)
+    test_conf_recs, test_conformal = test_conformal_section(preds, run.test, cfg, seed=seed)  # OOF-calibrated
+    records += test_conf_recs
     ext_recs = external_records(preds, run.inner_val, run.test, task, cfg, seed=seed)  # held-out sites
     records += ext_recs
     conf_recs, conf_sets, conformal = conformal_section(preds, run.inner_val, cfg, seed=seed)
@@ -328,6 +330,7 @@ def build_bundle(
         "gallery_note": gallery_note,
         "comparison": comparison,
         "conformal": conformal,
+        "test_conformal": test_conformal,
         "guideline_table": table_html(guideline_table()),
         "provenance": {"medres_version": (provenance or {}).get("medres version", "")},
         "provenance_rows": list((provenance or {}).items()),
