@@ -106,7 +106,17 @@ def http_session(credentials: Credentials, *, ca_bundle: str | None = None, inse
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
 
-    session = requests.Session()
+    class _Session(requests.Session):
+        """$REQUESTS_CA_BUNDLE/$CURL_CA_BUNDLE would replace the session's own verify (--ca-bundle,
+        --insecure) on every request: the options given here win."""
+
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if verify is None and self.verify is not True:
+                settings["verify"] = self.verify
+            return settings
+
+    session = _Session()
     if credentials.token:
         session.headers["Authorization"] = f"Bearer {credentials.token}"
         session.trust_env = False  # .netrc would replace the bearer header

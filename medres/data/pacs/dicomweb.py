@@ -25,6 +25,14 @@ _SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesN
                   "NumberOfSeriesRelatedInstances")
 
 
+def _read_timed_out(exc: BaseException) -> bool:
+    """Whether a ``requests`` connection error is a read timeout that urllib3's retries gave up on."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, (ReadTimeoutError, TimeoutError))
+
+
 def from_json(item: dict[str, Any]) -> Dataset:
     """A DICOM JSON object (QIDO answer) as a pydicom Dataset (bulk data left out)."""
     return Dataset.from_json(item, bulk_data_uri_handler=lambda *_: b"")
@@ -90,7 +98,11 @@ class DicomWeb:
         except requests.Timeout:
             raise DataError(f"the server did not answer in time while {doing}{where}", path=self.name,
                             hint="check that it is up and reachable, then rerun") from None
-        except (requests.ConnectionError, requests.exceptions.RetryError):
+        except (requests.ConnectionError, requests.exceptions.RetryError) as exc:
+            if _read_timed_out(exc):  # urllib3's retries end a read timeout as a ConnectionError
+                raise DataError(f"the server did not answer in time (--timeout) while {doing}{where}",
+                                path=self.name, hint="check that it is up and not overloaded, raise "
+                                                     "--timeout for a slow server, then rerun") from None
             raise ServerUnavailable(f"cannot connect to the server while {doing}{where}", path=self.name,
                             hint="check the URL and that the server is up and reachable") from None
         except (ValueError, TypeError, KeyError, AttributeError, EOFError, InvalidDicomError) as exc:
