@@ -110,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medres.data.pacs.push import add_push_arguments
 
     add_push_arguments(p)  # --push URL / --push-dimse HOST:PORT: the SEG and SR of each DICOM input
+    p.add_argument("--sr", action="store_true", help="also write a DICOM SR (TID 1500) beside each DICOM "
+                                                     "input's SEG, seg/<name>.sr.dcm (--push writes it too)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from medres.logs import route_library_logs
@@ -134,6 +136,9 @@ def _run(args: argparse.Namespace) -> int:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available", hint="use --device cpu")
     _check_output(args)
+    if args.sr and args.no_masks:
+        raise ConfigError("--sr describes the predicted masks (it references the DICOM SEG), but --no-masks "
+                          "writes none", hint="leave out --no-masks")
     if args.push or args.push_dimse:  # the server's address, credentials and --no-masks, before predicting
         from medres.data.pacs.push import check_push_arguments
 
@@ -158,6 +163,11 @@ def _run(args: argparse.Namespace) -> int:
 
             push_predictions(args, df, out, list(predictor.config.data.labels),
                              predictor.config.data.mask_labels, ckpt)
+        elif args.sr:
+            from medres.data.pacs.push import write_prediction_srs
+
+            write_prediction_srs(df, out, list(predictor.config.data.labels),
+                                 predictor.config.data.mask_labels, ckpt)
     return 0
 
 
@@ -170,7 +180,8 @@ def _written_names(args: argparse.Namespace, records: Sequence[dict[str, Any]]) 
     push = bool(args.push or args.push_dimse)
     if not args.no_masks:
         for stem in case_file_stems(records).values():
-            names += [f"seg/{stem}.nii.gz", f"seg/{stem}.dcm"] + ([f"seg/{stem}.sr.dcm"] if push else [])
+            names += [f"seg/{stem}.nii.gz", f"seg/{stem}.dcm"] + ([f"seg/{stem}.sr.dcm"] if push or args.sr
+                                                                   else [])
     return names + (["push.csv"] if push else [])
 
 

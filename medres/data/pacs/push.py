@@ -24,7 +24,8 @@ from medres.errors import ConfigError, DataError, MedresError
 if TYPE_CHECKING:  # predict imports this module for its options: --help stays free of pydicom/numpy
     from pydicom.dataset import Dataset
 
-__all__ = ["PushResult", "push_objects", "add_push_arguments", "check_push_arguments", "push_predictions"]
+__all__ = ["PushResult", "push_objects", "add_push_arguments", "check_push_arguments", "push_predictions",
+           "write_prediction_srs"]
 
 log = logging.getLogger("medres.data.pacs")
 
@@ -158,6 +159,19 @@ def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Se
     if not objects:
         log.warning("--push: no input is a DICOM series, so there is no DICOM SEG or SR to send")
     return _push_and_record(objects, target, out)
+
+
+def write_prediction_srs(table: Any, out: Path, labels: Sequence[str],
+                         mask_labels: Sequence[str] | Mapping[int, str], model_file: Path) -> list[Path]:
+    """predict ``--sr``: write each DICOM case's SR beside its SEG (``seg/<name>.sr.dcm``) without pushing."""
+    from medres.data.dicom_objects.seg_write import file_sha256
+
+    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out)
+    srs = [p for p in objects if p.name.endswith(".sr.dcm")]
+    log.info("%d DICOM SR(s) beside the SEGs in %s", len(srs), out / "seg")
+    if not srs:
+        log.warning("--sr: no input is a DICOM series, so there is no DICOM SEG to report on")
+    return srs
 
 
 def _push_and_record(objects: Sequence[Path], target: Target, out: Path) -> list[PushResult]:

@@ -129,3 +129,25 @@ def test_a_push_csv_push_did_not_write_is_never_overwritten(tmp_path: Path, caps
     assert "holds push.csv, a file medres did not write there" in capsys.readouterr().err
     assert (tmp_path / "push.csv").read_text() == "the user's own list\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["push.csv", "seg"]
+
+
+def test_predict_sr_writes_the_sr_beside_the_seg_without_a_server(checkpoint: Path, tmp_path: Path) -> None:
+    series = tmp_path / "series_1"
+    source = pydicom.dcmread(write_series(series, 4)[0])
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--input", str(series), "--output", str(out), "--sr"]) == 0
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    stem = Path(table.loc[0, "seg_path"]).name.split(".")[0]
+    seg, sr = pydicom.dcmread(out / "seg" / f"{stem}.dcm"), pydicom.dcmread(out / "seg" / f"{stem}.sr.dcm")
+    assert not (out / "push.csv").exists() and sr.Modality == "SR"
+    assert (sr.StudyInstanceUID, sr.PatientID) == (source.StudyInstanceUID, source.PatientID)
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    (volumetric,) = report.content.get_volumetric_roi_measurement_groups()
+    assert volumetric.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    (finding,) = report.content.get_image_measurement_groups()
+    (prob,) = finding.get_measurements(name=hd.sr.CodedConcept(*PROBABILITY))
+    assert prob.value == pytest.approx(float(table.loc[0, "p_nodule"]), abs=1e-6)
+    if dciodvfy() is not None:
+        assert dciodvfy_errors(out / "seg" / f"{stem}.sr.dcm") == []
+    assert main(["--checkpoint", str(checkpoint), "--input", str(series), "--output", str(tmp_path / "o2"),
+                 "--sr", "--no-masks"]) == 2
