@@ -51,6 +51,7 @@ NOT_RUN = {
     "apt-get install -y chromium": "installs a system package (CI installs it)",
     'pip install -e ".[pacs]"': "installs; [dev] includes [pacs]",
     "python -m medres.data.pull": "needs a PACS; tests/data/pacs/ run it against a real Orthanc",
+    "python -m medres.data.listen": "a server running until stopped; tests/data/pacs/test_listen.py runs it",
     "python -m medres.predict --push": "needs a PACS; tests/data/pacs/test_push.py runs it against Orthanc",
     "python -m medres.data.pacs.push": "needs a PACS; tests/data/pacs/test_push.py runs it against Orthanc",
     "jupyter lab notebooks/": "opens a browser UI; tests/test_notebooks.py executes the notebooks",
