@@ -37,7 +37,7 @@ from medres.data.index.build import (
 from medres.data.project_key import project_key
 from medres.data.readers.limits import DEFAULT_MAX_FILES_PER_SERIES
 from medres.errors import ConfigError, DataError
-from medres.files import WRITTEN_LIST, check_output, save_written
+from medres.files import WRITTEN_LIST, check_output, save_written, written_list
 
 __all__ = ["PartResult", "part_of", "index_part", "merge_parts", "PARTS"]
 
@@ -211,10 +211,12 @@ def merge_parts(out: str | os.PathLike[str], root: str | os.PathLike[str] | None
     # out holds parts/ and (from an earlier merge) an index: list the index's own files before they exist,
     # as index_dicom does, so that it takes out as the index it writes
     others = [e.name for e in out.iterdir() if e.name not in (PARTS, WRITTEN_LIST)]
-    if not (out / WRITTEN_LIST).is_file():
-        if others:
-            raise DataError(f"holds {len(others)} entr(ies) besides {PARTS}/ and no medres index", path=out,
-                            hint="index into a new folder")
+    has_list = (out / WRITTEN_LIST).is_file()
+    if (others and not has_list) or (has_list and "index.csv" not in written_list(out)) \
+            or (out / "private").is_symlink():
+        raise DataError(f"holds entries besides {PARTS}/ that are not a medres index", path=out,
+                        hint="run the parts with a new --out folder, then merge there")
+    if not has_list:
         save_written(out, set(_OWN_FILES))
     private = out / "private"
     private.mkdir(exist_ok=True)

@@ -107,4 +107,10 @@ def test_a_series_across_parts_is_one_series_and_a_missing_part_is_named(tmp_pat
     _same_outputs(tmp_path / "one", out)
     with open(out / "manifest.csv", newline="") as fh:
         assert [r["slices"] for r in csv.DictReader(fh)] == ["6"]
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out / "parts", foreign / "parts")
+    (foreign / "notes.txt").write_text("not medres's")
+    with pytest.raises(DataError, match="not a medres index"):
+        merge_parts(foreign, rules=rules)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt", "parts"]  # nothing written
     assert main([str(export), "--out", str(tmp_path / "x"), "--num-parts", "2", "--part-id", "2"]) == 2
