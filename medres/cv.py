@@ -45,6 +45,7 @@ from medres.errors import DataError, DataErrors
 if TYPE_CHECKING:
     from medres.config import Config
     from medres.config.tasks import AnyTask
+    from medres.data.records import Case
 
 __all__ = [
     "split_test", "make_folds", "make_group_folds", "make_temporal_folds", "make_cv_folds", "time_keys",
@@ -616,13 +617,13 @@ def inner_validation_split(train_df: pd.DataFrame, *, fraction: float, seed: int
 
 @dataclass
 class FoldData:
-    """The records (``manifest_to_records`` dicts) of one fold's disjoint patient sets, and the test set."""
+    """The cases (``manifest_to_records``) of one fold's disjoint patient sets, and the test set."""
 
     fold: int
-    train: list[dict[str, Any]]
-    inner_val: list[dict[str, Any]]
-    heldout: list[dict[str, Any]]
-    test: list[dict[str, Any]]
+    train: list[Case]
+    inner_val: list[Case]
+    heldout: list[Case]
+    test: list[Case]
 
 
 def fold_data(cfg: Config, df: pd.DataFrame, folds: pd.DataFrame, k: int, test: pd.DataFrame) -> FoldData:
@@ -637,7 +638,7 @@ def fold_data(cfg: Config, df: pd.DataFrame, folds: pd.DataFrame, k: int, test: 
                                              labels=cfg.data.labels, tasks=cfg.tasks)
     in_val = train_df["patient_id"].astype(str).isin(set(map(str, val_ids))).to_numpy()
 
-    def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    def records(frame: pd.DataFrame) -> list[Case]:
         return manifest_to_records(frame, cfg.data) if len(frame) else []
 
     return FoldData(fold=k, train=records(train_df[~in_val]), inner_val=records(train_df[in_val]),
