@@ -224,7 +224,9 @@ def written_list(folder: str | os.PathLike[str]) -> list[str]:
 def _inside_name(name: str) -> bool:
     """A relative path that stays in its folder (no ``..``, not absolute, no NUL): a list naming
     anything else names nothing medres wrote there."""
-    return bool(name) and "\0" not in name and not os.path.isabs(name) and ".." not in Path(name).parts
+    text = name if os.sep == "/" else name.replace(os.sep, "/")  # text, not pathlib: thousands of names
+    return bool(text) and text[0] != "/" and "\0" not in text and "/../" not in f"/{text}/" and (
+        os.sep == "/" or not os.path.isabs(name))
 
 
 def save_written(folder: str | os.PathLike[str], files: Collection[str]) -> None:
@@ -239,18 +241,19 @@ def _save_list(folder: Path, files: Collection[str]) -> None:
 
 
 def check_replace(folder: str | os.PathLike[str], names: Collection[str], *, what: str,
-                  before_list: Collection[str] = ()) -> None:
+                  before_list: Collection[str] = (), listed: Collection[str] | None = None) -> None:
     """Refuse when one of ``names`` (paths relative to ``folder``) is there already and is not a file
     medres wrote there: not named by the folder's :data:`WRITTEN_LIST`, a folder, or reached through a
     symbolic link. Files the command does not write are never looked at (a folder may hold the user's
     other files). ``before_list``: names that count as medres's in a folder that has no list yet (one
-    medres itself made before it kept lists, e.g. a run's own ``report/``).
+    medres itself made before it kept lists, e.g. a run's own ``report/``). ``listed``: the folder's
+    list when the caller has just read it (:func:`written_list`).
 
     Raises:
         DataError: naming the folder and the first such file, with what to do.
     """
     folder = Path(folder)
-    listed = set(written_list(folder)) if folder.is_dir() else set()
+    listed = set(listed) if listed is not None else set(written_list(folder)) if folder.is_dir() else set()
     if not (folder / WRITTEN_LIST).exists():
         listed |= {Path(n).as_posix() for n in before_list}
     for name in sorted({Path(n).as_posix() for n in names}):

@@ -145,11 +145,12 @@ def _walk(root: Path, skip: Path, skipped: dict[str, tuple[str, str]] | None = N
     Folder links are not descended. Listed with size -1 and (status, reason) in ``skipped``, never read:
     a link whose target (resolved) lies outside the export; a folder of more than ``max_files`` entries
     (one row; the listing stops there, so a folder of millions costs nothing); every name of a
-    hard-linked file but its first (sorted), so 20,000 links to one slice are read once. ``seen`` gets
-    each listed file's identity (:data:`_Seen`).
+    hard-linked file but its first (sorted), so 20,000 links to one slice are read once. ``seen``, when
+    given, gets each listed file's identity (:data:`_Seen`).
     """
     out: list[tuple[str, int, int]] = []
     skipped = {} if skipped is None else skipped
+    keep = seen is not None  # every file's identity wanted (else only hard-linked files')
     seen = {} if seen is None else seen
     real_root = os.path.realpath(root)
     skip_s = str(skip)
@@ -172,14 +173,17 @@ def _walk(root: Path, skip: Path, skipped: dict[str, tuple[str, str]] | None = N
                             continue
                         if e.is_dir(follow_symlinks=False):
                             here_dirs.append(e.path)
-                        elif e.is_symlink() and (why := _leaves(e.path, real_root)):
+                            continue
+                        link = e.is_symlink()
+                        if link and (why := _leaves(e.path, real_root)):
                             here.append((rel, -1, e.stat(follow_symlinks=False).st_mtime_ns))
                             here_skipped[rel] = (_LINK_OUT, why)
                         elif e.is_file():
                             st = e.stat()
                             here.append((rel, st.st_size, st.st_mtime_ns))
-                            here_seen[rel] = (st.st_dev, st.st_ino, st.st_nlink,
-                                              os.path.realpath(e.path) if e.is_symlink() else "")
+                            if keep or (st.st_nlink > 1 and not link):
+                                here_seen[rel] = (st.st_dev, st.st_ino, st.st_nlink,
+                                                  os.path.realpath(e.path) if link else "")
                     except OSError:
                         continue
         except _TooMany:
@@ -195,15 +199,16 @@ def _walk(root: Path, skip: Path, skipped: dict[str, tuple[str, str]] | None = N
         skipped.update(here_skipped)
         seen.update(here_seen)
     out.sort()
-    first: dict[tuple[int, int], int] = {}
-    for k, (rel, _, mtime) in enumerate(out):
-        ident = seen.get(rel)
-        if ident is None or ident[2] < 2 or ident[3]:  # a single name, or reached through a link
-            continue
-        n = first.setdefault(ident[:2], k)
-        if n != k:
-            out[k] = (rel, -1, mtime)
-            skipped[rel] = (_HARD_LINK, f"another name (a hard link) of file {n + 1}: read once")
+    named = [rel for rel, ident in seen.items() if ident[2] > 1 and not ident[3]]  # hard-linked files
+    if named:  # the first name in sorted order is read, the others listed
+        position = {rel: k for k, (rel, _, _) in enumerate(out)}
+        first: dict[tuple[int, int], int] = {}
+        for k in sorted(position[rel] for rel in named if rel in position):
+            rel, _, mtime = out[k]
+            n = first.setdefault(seen[rel][:2], k)
+            if n != k:
+                out[k] = (rel, -1, mtime)
+                skipped[rel] = (_HARD_LINK, f"another name (a hard link) of file {n + 1}: read once")
     return out
 
 
@@ -363,14 +368,15 @@ def _claim_out(out: Path) -> tuple[dict[str, list[str]], set[str]]:
         except (AttributeError, TypeError, ValueError):
             pass
     series: dict[str, list[str]] = defaultdict(list)
-    for f in sorted(listed):
-        if (m := _SERIES_FILE.fullmatch(f)) and m.group(1) not in (".", ".."):
-            series[m.group(1)].append(m.group(2))
+    match = _SERIES_FILE.fullmatch
+    for f in listed:
+        if f.startswith("series/") and (m := match(f)) and m[1] not in (".", ".."):
+            series[m[1]].append(m[2])
     return dict(series), listed
 
 
 def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str] | None,
-                 written: list[str], seen: dict[str, _Seen]) -> None:
+                 written: list[str], seen: dict[str, _Seen] | None) -> None:
     """``out/series/<case id>/`` holding the series' files (``how``: symlink, hardlink or copy). A copy
     or a hard link is made only to the file the walk saw (:func:`medres.files.copy_checked`).
 
@@ -391,7 +397,7 @@ def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str]
         if how == "symlink":
             os.symlink(src, dst)
             continue
-        dev, ino, _, real = seen[inst.path]
+        dev, ino, _, real = seen[inst.path]  # type: ignore[index]  (given for copy and hardlink)
         what = f"file {inst.position} of the export (private/files.csv)"
         if how == "hardlink":
             link_checked(real or src, dst, (dev, ino), what=what)
@@ -480,10 +486,19 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
         raise DataError("the export folder does not exist or is not a folder", path=root)
     pseudo = _Pseudonyms(project_key(key_file or rules.key_file))  # a weak key is refused before any write
     check_output(out, inputs={"export folder": root, "labels file": labels}, what="output folder (--out)")
+    has_list = (out / WRITTEN_LIST).is_file()
     written, listed = _claim_out(out)
-    check_replace(out, _OWN_FILES, what="output folder (--out)", before_list=listed)
+    check_replace(out, _OWN_FILES, what="output folder (--out)", before_list=listed, listed=listed)
+    saved = set(listed) if has_list else None
+
+    def save_list(names: set[str]) -> None:  # rewritten only when it changes (an unchanged rerun: never)
+        nonlocal saved
+        if names != saved:
+            save_written(out, names)
+            saved = set(names)
+
     listed |= set(_OWN_FILES)
-    save_written(out, listed)  # listed before anything is written: a crash leaves nothing unlisted
+    save_list(listed)  # listed before anything is written: a crash leaves nothing unlisted
     private = out / "private"
     private.mkdir(parents=True, exist_ok=True)
     key_name = labels_key or rules.labels_key
@@ -494,7 +509,7 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     result = IndexResult(out=out, manifest=out / "manifest.csv", index=out / "index.csv")
 
     skipped: dict[str, tuple[str, str]] = {}
-    seen: dict[str, _Seen] = {}
+    seen: dict[str, _Seen] | None = {} if rules.link != "symlink" else None  # copies: the file checked
     files = _walk(root, out, skipped, max_files_per_folder, seen)
     state_path = private / "state.json"
     state = _state_digest(files, rules, labels, mask_labels, pseudo.fingerprint, key_name)
@@ -560,7 +575,7 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     mask_names = {f"masks/{s.case_id}.nii.gz" for s in series if s.verdict == "kept"}
     check_replace(out, mask_names, what="output folder (--out)")
     listed |= mask_names
-    save_written(out, listed)
+    save_list(listed)
     annotation_rows, masks_done = attach_annotations(series, annotations, first_free, root, out, rules,
                                                      mask_labels, previous_masks)
     if masks_done != previous_masks:
@@ -591,7 +606,7 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
                         hint="move it away or choose a new --out folder")
     # the files about to be written are listed before they exist, so a crash leaves nothing unlisted
     listed |= {f"series/{s.case_id}/{name}" for s in kept for name in _series_files(len(s.instances))}
-    save_written(out, listed)
+    save_list(listed)
     links = {}
     for s in kept:
         try:
@@ -630,9 +645,10 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     result.series, result.kept = len(series), len(kept)
     state_path.write_text(json.dumps({"digest": state, "result": {
         "series": result.series, "kept": result.kept, "skipped_files": dict(result.skipped_files)}}))
-    # the list names what is there now: this run's links, and every other file of medres's still there
-    save_written(out, {f"series/{s.case_id}/{name}" for s in kept for name in _series_files(len(s.instances))}
-                 | {f for f in listed if not f.startswith("series/") and os.path.lexists(out / f)})
+    # the list names what is there now: this run's links, its own names, and medres's other files still there
+    others = {f for f in listed if not f.startswith("series/") and os.path.lexists(out / f)}
+    save_list({f"series/{s.case_id}/{name}" for s in kept for name in _series_files(len(s.instances))}
+              | set(_OWN_FILES) | others)
     (private / "written.json").unlink(missing_ok=True)  # the list of an index from before the one list
     result.seconds = time.perf_counter() - start
     return result
