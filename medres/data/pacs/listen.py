@@ -254,6 +254,7 @@ class Listener:
             while self._busy and time.monotonic() < deadline:
                 self._cond.wait(timeout=0.1)
         if self._ae is not None:
+            time.sleep(0.2)  # the answer to the last C-STORE goes out before the associations are closed
             self._ae.shutdown()  # aborts the associations still open, closes the socket
             self._ae = None
         self.save_list()

@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+import requests
 from pydicom.uid import generate_uid
 
 from medres.data.pacs.listen import OUT_OF_RESOURCES, Listener
@@ -80,7 +82,7 @@ def test_allow_list_rejects_other_aes_and_addresses(empty_orthanc: Orthanc, tmp_
     caplog.set_level(logging.WARNING, logger="medres.data.pacs")
     with Listener(out, port=_free_port(), allow=["MODALITY1@127.0.0.1"], key=KEY, min_free_bytes=0) as lis:
         assert _send(paths, lis.port, calling="STRANGER") == []
-        assert _send(paths, lis.port, calling="MODALITY1", called="OTHERAE") == []  # not our AE title
+        assert _send(paths, lis.port, called="OTHERAE") == []  # not our AE title
         assert _send(paths, lis.port) == [0, 0]
     assert len(list(out.rglob("*.dcm"))) == 2
     rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
@@ -90,12 +92,11 @@ def test_allow_list_rejects_other_aes_and_addresses(empty_orthanc: Orthanc, tmp_
     # Orthanc's own AE at an address not on the list: its C-STORE to medres fails, nothing is written
     empty_orthanc.upload(paths)
     elsewhere = tmp_path / "elsewhere"
+    ids = empty_orthanc.rest("GET", "/instances").json()
     with Listener(elsewhere, aet=empty_orthanc.medres_aet, port=empty_orthanc.medres_port,
-                  allow=[f"{empty_orthanc.aet}@10.255.255.1"], key=KEY, min_free_bytes=0):
-        with pytest.raises(Exception, match="500|409|Error"):
-            empty_orthanc.rest("POST", "/modalities/medres/store",
-                               json={"Resources": empty_orthanc.rest("GET", "/instances").json(),
-                                     "Synchronous": True})
+                  allow=[f"{empty_orthanc.aet}@10.255.255.1"], key=KEY, min_free_bytes=0), \
+            pytest.raises(requests.HTTPError):
+        empty_orthanc.rest("POST", "/modalities/medres/store", json={"Resources": ids, "Synchronous": True})
     assert not list(elsewhere.rglob("*.dcm"))
 
 
@@ -121,7 +122,8 @@ def test_the_module_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     out, port = tmp_path / "export", _free_port()
     env = {**os.environ, "MEDRES_PROJECT_KEY": KEY.decode()}
     proc = subprocess.Popen([sys.executable, "-m", "medres.data.listen", "--port", str(port), "--aet",
-                             "MEDRES", "--out", str(out), "--allow", "MODALITY1@127.0.0.1", "--min-free", "0"],
+                             "MEDRES", "--out", str(out), "--allow", "MODALITY1@127.0.0.1",
+                             "--min-free", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         assert proc.stdout is not None
@@ -135,6 +137,26 @@ def test_the_module_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 0 and "2 instance(s) received" in rest, rest
     assert len(written_list(out)) == 2 and len(list(out.rglob("*.dcm"))) == 2
-    time.sleep(0)  # the port is free again: a new listener binds it
+    # the port is free again: a new listener binds it
     with Listener(tmp_path / "again", port=port, allow=["MODALITY1"], key=KEY, min_free_bytes=0):
         pass
+
+
+def test_stop_finishes_the_instance_being_stored(tmp_path: Path) -> None:
+    paths = _series(tmp_path / "src", 2)
+    entered, stored = threading.Event(), []
+
+    def slow(ds: pydicom.Dataset) -> int:
+        entered.set()
+        time.sleep(1.0)
+        stored.append(str(ds.SOPInstanceUID))
+        return 0
+
+    listener = Listener(None, port=_free_port(), allow=["MODALITY1"], sink=slow).start()
+    sender = threading.Thread(target=_send, args=(paths, listener.port), daemon=True)
+    sender.start()
+    assert entered.wait(10)
+    listener.stop()  # while the first instance is being stored
+    sender.join(10)
+    assert stored == [str(pydicom.dcmread(paths[0]).SOPInstanceUID)]  # finished; the second never taken
+    assert listener.received == 1 and not sender.is_alive()
