@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -254,7 +255,7 @@ def _save_cache(path: Path, fingerprint: str, files: list[tuple[str, int, int]],
         rows[pk] = [size, mtime, e["status"], e["reason"], fid, kid, ipp, sop, e.get("annotation")]
     data = {"version": CACHE_VERSION, "key": fingerprint, "fields": [json.loads(f) for f in ftab],
             "keys": [json.loads(k) for k in ktab], "files": rows}
-    tmp = path.with_suffix(".tmp")
+    tmp = _new_temp(path)
     try:
         tmp.write_text(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, path)
@@ -405,11 +406,23 @@ def _link_series(s: Series, root: Path, out: Path, how: str, previous: list[str]
             copy_checked(real or src, dst, (dev, ino), what=what)
 
 
+def _new_temp(path: Path) -> Path:
+    """A new, empty temporary file beside ``path`` (``O_EXCL``: a link planted under a fixed temporary
+    name would be written through)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:  # mode 0o666 less the umask, as open() would give the file itself
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]], *, exact: bool = False) -> None:
     """A CSV for people (text cells made inert for spreadsheets: ``medres.safe_text.csv_cell``), or with
     ``exact`` one that medres reads back (the manifest: its labels and ids must stay as written)."""
     cell = (lambda v: v) if exact else csv_cell
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = _new_temp(path)
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")

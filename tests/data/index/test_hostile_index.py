@@ -212,3 +212,23 @@ def test_an_index_folder_from_before_the_one_list_keeps_working(tmp_path: Path) 
     with pytest.raises(DataError, match="holds manifest.csv, a file medres did not write"):
         index_dicom(root, out, rules=IndexConfig(min_slices=4))
     assert (out / "manifest.csv").read_text() == "mine\n"
+
+
+def test_links_planted_in_the_output_are_never_written_through(tmp_path: Path) -> None:
+    """Links under the index's own names (a private/ file, a fixed temporary name) pointing elsewhere:
+    the rerun refuses the first and never writes through the second."""
+    root, out = tmp_path / "export", tmp_path / "out"
+    write_series(root / "ct", 5, edit=_patient("IN"))
+    index_dicom(root, out, rules=IndexConfig(min_slices=4))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for name in ("index.csv.tmp", "manifest.csv.tmp", "private/header_cache.tmp"):
+        (out / name).symlink_to(victim)
+    (out / "private" / "state.json").unlink()
+    index_dicom(root, out, rules=IndexConfig(min_slices=3))
+    assert victim.read_text() == "precious" and len(_rows(out / "manifest.csv")) == 1
+    (out / "private" / "links.json").unlink()
+    (out / "private" / "links.json").symlink_to(victim)
+    with pytest.raises(DataError, match="holds private/links.json, a file medres did not write"):
+        index_dicom(root, out, rules=IndexConfig(min_slices=4))
+    assert victim.read_text() == "precious"
