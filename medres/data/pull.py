@@ -16,7 +16,9 @@ there yet. At the end every series is checked against the instance count the ser
 short series is listed (exit code 1). ``--series-filter CONFIG`` applies the config's ``data.index``
 rules before anything is downloaded (modality, slice count, and from one instance's header:
 localizers, ORIGINAL, orientation); SEG and RTSTRUCT series are always fetched (the index's masks).
-``--index DIR`` then runs ``medres.data.index`` on the result.
+``--index DIR`` then runs ``medres.data.index`` on the result. ``--out`` is a new or empty folder or
+an export a pull wrote; every instance stored is listed in its ``.medres_written.json``
+(:mod:`medres.files`), and nothing is written through a link.
 Credentials: see :mod:`medres.data.pacs.auth` (never on the command line).
 """
 
