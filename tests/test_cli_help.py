@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["medres.train", "medres.evaluate", "medres.predict", "medres.export", "medres.plan",
-            "medres.data.check", "medres.data.demo", "medres.data.index"]
+            "medres.data.check", "medres.data.demo", "medres.data.index", "medres.data.listen"]
 
 
 @pytest.mark.parametrize("module", COMMANDS)
