@@ -37,7 +37,7 @@ from medres.data.index.build import (
 from medres.data.project_key import project_key
 from medres.data.readers.limits import DEFAULT_MAX_FILES_PER_SERIES
 from medres.errors import ConfigError, DataError
-from medres.files import WRITTEN_LIST, check_output, save_written, written_list
+from medres.files import WRITTEN_LIST, atomic_write, check_output, save_written, written_list
 
 __all__ = ["PartResult", "part_of", "index_part", "merge_parts", "PARTS"]
 
@@ -147,13 +147,8 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = json.dumps(data)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _parts(out: Path) -> tuple[Path, str, list[Path]]:
