@@ -2,7 +2,8 @@
 
 One server per test session, from a generated configuration: HTTP and DICOM ports chosen free on
 127.0.0.1, remote HTTP access off, a test user and password, storage in a temporary folder, the
-DICOMweb plugin, medres's own AE registered at 127.0.0.1 (C-FIND/C-GET/C-STORE from it only). It is
+DICOMweb plugin, medres's own AE registered at 127.0.0.1 (C-FIND/C-GET/C-MOVE/C-STORE from it only;
+C-MOVE and ``/modalities/medres/store`` send to it at ``Orthanc.medres_port``). It is
 stopped by its PID at the end. Without Orthanc the tests skip with the install command; under
 ``CI=true`` a missing Orthanc is a failure.
 """
