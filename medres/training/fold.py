@@ -307,8 +307,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
             improved = False
             validate = (state.epoch + 1) % t.val_every == 0 or state.epoch + 1 == t.epochs
             if val_loader is not None and validate:
-                records = evaluate_epoch(net, val_loader, loss_fn, compute, spatial_dims=m.spatial_dims,
-                                         epoch=state.epoch, infer=infer, progress=progress)
+                records = evaluate_epoch(net, val_loader, loss_fn, fs.epoch, epoch=state.epoch, infer=infer)
                 row.update(val_metrics(records, positive=positive))
                 value = row.get(es.monitor, math.nan)
                 improved = math.isfinite(value) and (state.best is None or (

@@ -221,13 +221,13 @@ def forward_volume(model: nn.Module, image: Tensor) -> tuple[Tensor | None, Tens
 
 @torch.no_grad()
 def evaluate_epoch(
-    model: nn.Module, loader: Iterable[Mapping[str, Any]], loss_fn: nn.Module | None,
-    compute: ComputeSettings, *,
-    spatial_dims: int, epoch: int = 0,
+    model: nn.Module, loader: Iterable[Mapping[str, Any]], loss_fn: nn.Module | None, settings: EpochSettings,
+    *, epoch: int = 0,
     infer: Callable[[nn.Module, Tensor], tuple[Tensor | None, Tensor | None]] = forward_volume,
-    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict every validation case; return one record per case, gathered from all ranks.
+
+    ``settings``: the fold's :class:`EpochSettings` (its compute settings, spatial dims and progress bar).
 
     Records: ``index`` (dataset index), ``case_id``, ``label``, ``probs`` (softmax, list), ``dice``
     (mean foreground Dice of the argmax mask, NaN when the reference has no foreground) and ``loss``.
@@ -238,6 +238,7 @@ def evaluate_epoch(
 
     from medres.progress import track
 
+    compute, spatial_dims, progress = settings.compute, settings.spatial_dims, settings.progress
     model.eval()
     index_batches = list(loader.batch_sampler)
     records = []

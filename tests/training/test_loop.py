@@ -86,7 +86,8 @@ def make(tmp_path, *, epochs=2, lr=3e-3):
                               sampler=EpochSampler(len(train_ds), seed=7))
     val_loader = DataLoader(val_ds, batch_size=1, sampler=EpochSampler(len(val_ds), shuffle=False))
     return SimpleNamespace(model=model, opt=opt, scaler=compute.grad_scaler(), loss=ToyLoss(),
-                           compute=compute, cfg=cfg, train_loader=train_loader, val_loader=val_loader,
+                           compute=compute, settings=EpochSettings(compute, spatial_dims=3), cfg=cfg,
+                           train_loader=train_loader, val_loader=val_loader,
                            dir=tmp_path)
 
 
@@ -163,9 +164,9 @@ def test_train_fold_learns_and_writes_checkpoints(cohort):
 
 def test_validation_records_and_auroc_agree_with_scikit_learn(tmp_path):
     t = make(tmp_path, lr=1e-2)
-    before = val_metrics(evaluate_epoch(t.model, t.val_loader, t.loss, t.compute, spatial_dims=3))
+    before = val_metrics(evaluate_epoch(t.model, t.val_loader, t.loss, t.settings))
     run_epochs(t, 3)
-    after = evaluate_epoch(t.model, t.val_loader, t.loss, t.compute, spatial_dims=3)
+    after = evaluate_epoch(t.model, t.val_loader, t.loss, t.settings)
     m = val_metrics(after)
     assert m["val_loss"] < before["val_loss"]
     # each case once, in dataset order
@@ -219,7 +220,7 @@ def test_non_finite_input_is_a_data_error_naming_the_case(tmp_path):
     ds.items[2][0][0, 1, 1, 1] = math.inf
     loader = DataLoader(ds, batch_size=1, sampler=EpochSampler(4, shuffle=False))
     with pytest.raises(DataError, match="case002"):
-        evaluate_epoch(t.model, loader, t.loss, t.compute, spatial_dims=3)
+        evaluate_epoch(t.model, loader, t.loss, t.settings)
 
 
 @pytest.mark.slow
@@ -263,9 +264,9 @@ def test_mixed_precision_paths_train(tmp_path, device, precision):
     assert t.scaler.is_enabled() == (precision == "fp16") and t.compute.pin_memory == (device == "cuda")
     t.model.to(t.compute.device)
     t.loss.to(t.compute.device)
-    before = val_metrics(evaluate_epoch(t.model, t.val_loader, t.loss, t.compute, spatial_dims=3))["val_loss"]
+    before = val_metrics(evaluate_epoch(t.model, t.val_loader, t.loss, t.settings))["val_loss"]
     run_epochs(t, 3)
-    after = val_metrics(evaluate_epoch(t.model, t.val_loader, t.loss, t.compute, spatial_dims=3))["val_loss"]
+    after = val_metrics(evaluate_epoch(t.model, t.val_loader, t.loss, t.settings))["val_loss"]
     assert math.isfinite(after) and after < before
 
 
