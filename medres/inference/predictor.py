@@ -211,7 +211,6 @@ class PredictSettings:
             ``medres.metrics.calibration.fit_calibration`` returns it; None: plain softmax.
         member_names: column suffixes of the members (default ``fold0``, ``fold1``, ...).
         logits: also write ``logit_<class>`` (single model only; the fold tables have them).
-
     """
 
     labels: Sequence[str] | None = None
@@ -251,6 +250,7 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], cases: Iterable[Case |
             records with ``case_id`` and ``image`` at least, read by ``Case.from_mapping``).
         data_cfg: ``Config.data``; ``patch_size`` is the sliding window, ``labels`` the class names.
         settings: see :class:`PredictSettings`; ``changes``: fields of it to change, as keywords.
+
     Returns one row per record: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred``, the
     subgroup columns, ``image`` and ``mask`` (source paths; several channels joined by ``;``, "" when
     none), ``seg_path`` when masks are written, and with ``logits`` ``logit_<class>`` (the uncalibrated
@@ -263,10 +263,10 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], cases: Iterable[Case |
     from medres.inference.operating_point import decide, ensemble_threshold
     from medres.metrics.calibration import apply_calibration
 
-    models = list(model) if isinstance(model, (list, tuple)) else [model]
     s = (settings or PredictSettings()).updated(**changes)
     seg_dir, calibration, sw_batch_size = s.seg_dir, s.calibration, s.sw_batch_size
     tta, overlap = s.tta, s.overlap
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
     if calibration is None or isinstance(calibration, Mapping):
         calibrations = [calibration] * len(models)
     else:
