@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from medres.config.schema import Config, input_channels
+from medres.config.tasks import task_layout
 from medres.config.validation import is_mapping, model_in, suggest, translate_validation_error
 from medres.config.yaml11 import AmbiguousInt, Yaml11Bool, load_yaml, load_yaml_value
 from medres.errors import ConfigError
@@ -184,10 +185,19 @@ def _check(cfg: Config, source: str | None) -> None:
              "remove model.in_channels; it follows the data section")
     if not (m.cls_head or m.seg_head):
         fail("model.cls_head", "both heads are switched off", "keep at least one of cls_head / seg_head")
-    if d.image_folder is None and m.num_classes != len(d.labels):
+    if cfg.tasks is not None:  # one wide head sliced by the task layout
+        layout = task_layout(cfg)
+        if m.num_classes != layout.width:
+            fail("model.num_classes", f"model.num_classes={m.num_classes} but the tasks need {layout.width} "
+                 "outputs", "remove model.num_classes; it follows the tasks")
+        single, w = layout.single_label, loss.cls.weights
+        if isinstance(w, list) and (single is None or len(w) != len(single.classes)):
+            k = f"{len(single.classes)} classes of task {single.name!r}" if single else "no single-label task"
+            fail("loss.cls.weights", f"{len(loss.cls.weights)} class weights for {k}")
+    elif d.image_folder is None and m.num_classes != len(d.labels):
         fail("model.num_classes", f"model.num_classes={m.num_classes} but data.labels has "
              f"{len(d.labels)} classes", "remove model.num_classes; it follows data.labels")
-    if isinstance(loss.cls.weights, list) and len(loss.cls.weights) != m.num_classes:
+    if cfg.tasks is None and isinstance(loss.cls.weights, list) and len(loss.cls.weights) != m.num_classes:
         fail("loss.cls.weights", f"{len(loss.cls.weights)} class weights for {m.num_classes} classes")
     if cfg.train.batch_size % d.patches_per_volume:
         fail("data.patches_per_volume", f"train.batch_size {cfg.train.batch_size} is not a multiple of "

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from medres.config.tasks import TaskConfig, check_tasks
+from medres.config.tasks import TaskConfig, check_tasks, task_layout
 
 __all__ = [
     "DEFAULT_CT_WINDOWS", "ct_windows", "input_channels",
@@ -510,7 +510,7 @@ class Config(_Section):
         """A copy with the derived model defaults filled in (idempotent):
 
         - ``model.spatial_dims`` <- ``data.spatial_dims``
-        - ``model.num_classes`` <- ``len(data.labels)``
+        - ``model.num_classes`` <- ``len(data.labels)`` (with ``tasks:``, the task layout's width)
         - ``model.seg_classes`` <- ``len(data.mask_labels)``
         - ``model.in_channels`` <- :func:`input_channels` (what the data pipeline makes)
         """
@@ -518,7 +518,8 @@ class Config(_Section):
         channels = input_channels(d)
         model = m.model_copy(update={
             "spatial_dims": m.spatial_dims if m.spatial_dims is not None else d.spatial_dims,
-            "num_classes": m.num_classes if m.num_classes is not None else len(d.labels),
+            "num_classes": m.num_classes if m.num_classes is not None else (
+                task_layout(self).width if self.tasks is not None else len(d.labels)),
             "seg_classes": m.seg_classes if m.seg_classes is not None else len(d.mask_labels),
             "in_channels": m.in_channels if m.in_channels is not None else channels,
         })

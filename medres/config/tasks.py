@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +34,7 @@ from medres.errors import ConfigError, did_you_mean
 __all__ = [
     "TaskConfig", "AnyTask", "BinaryTask", "MulticlassTask", "MultilabelTask", "RegressionTask", "TASK_TYPES",
     "RESERVED_COLUMNS", "ID_COLUMNS", "HEAD_NAMES", "SINGLE_HEAD", "effective_tasks", "check_tasks",
-    "uncertain_policy",
+    "uncertain_policy", "TaskSlot", "TaskLayout", "task_layout", "SINGLE_LABEL_TYPES",
 ]
 
 #: Manifest columns medres reads for something else (data_manifests/README.md): no task may be named so.
@@ -46,6 +47,8 @@ HEAD_NAMES = ("classification", "segmentation")
 #: The name of the task :func:`effective_tasks` makes of ``data.labels``.
 SINGLE_HEAD = "classification"
 TASK_TYPES = ("binary", "multiclass", "multilabel", "regression")
+#: Task types answered by one softmax over classes; a configuration has at most one of them for now.
+SINGLE_LABEL_TYPES = ("binary", "multiclass")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 Uncertain = Literal["ignore", "ones", "zeros"]
@@ -108,6 +111,7 @@ class RegressionTask(_OneColumn):
     type: Literal["regression"]
     unit: str | None = None  # shown with the values in reports (e.g. mm, ratio)
     loss: Literal["mse", "l1", "huber"] = "mse"
+    interval: float = Field(0.9, gt=0, lt=1)  # coverage of the prediction interval (split conformal)
 
 
 AnyTask = BinaryTask | MulticlassTask | MultilabelTask | RegressionTask
@@ -139,6 +143,126 @@ def effective_tasks(cfg: Any) -> list[AnyTask]:
                            loss="focal" if cfg.loss.cls.type == "focal" else "bce", weight=weight)]
     return [MulticlassTask(type="multiclass", name=SINGLE_HEAD, column="label", classes=labels,
                            loss=cfg.loss.cls.type, weight=weight)]
+
+
+@dataclass(frozen=True)
+class TaskSlot:
+    """One task's place in the model's classification output and in a batch's ``targets``.
+
+    Attributes:
+        name, type: the task's name and type.
+        start, stop: its slice of ``cls_logits`` (binary 2, multiclass K, multilabel one per column,
+            regression 1: the standardised value).
+        target_start, target_stop: its slice of the ``targets`` tensor (single-label: the class index;
+            multilabel: one 0/1 per column; regression: the raw value; NaN unknown).
+        classes: the class names (single-label: ``data.labels`` for the single head, else ``classes`` or
+            ``("0", "1")`` for 0/1 cells), the columns (multilabel) or ``(column,)`` (regression).
+        outputs: the prediction tables' columns for this task (``p_<class>``; ``p_<c>``, ``y_<c>``,
+            ``logit_<c>``; ``pred_<t>``, ``y_<t>``, ``pred_<t>_lo``, ``pred_<t>_hi``).
+        task: the task's configuration.
+    """
+
+    name: str
+    type: str
+    start: int
+    stop: int
+    target_start: int
+    target_stop: int
+    classes: tuple[str, ...]
+    outputs: tuple[str, ...]
+    task: AnyTask
+
+    @property
+    def logits(self) -> slice:
+        """The slice of ``cls_logits``."""
+        return slice(self.start, self.stop)
+
+    @property
+    def targets(self) -> slice:
+        """The slice of ``targets``."""
+        return slice(self.target_start, self.target_stop)
+
+    @property
+    def single_label(self) -> bool:
+        return self.type in SINGLE_LABEL_TYPES
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """The tasks of a configuration in config order, each a slice of one wide classification head
+    (:func:`task_layout`). ``single_head``: no ``tasks:`` (today's head from ``data.labels``)."""
+
+    slots: tuple[TaskSlot, ...]
+    single_head: bool
+
+    def __iter__(self) -> Iterator[TaskSlot]:
+        return iter(self.slots)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, name: str) -> TaskSlot:
+        for s in self.slots:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def width(self) -> int:
+        """Outputs of the classification head (``model.num_classes``)."""
+        return self.slots[-1].stop if self.slots else 0
+
+    @property
+    def n_targets(self) -> int:
+        """Length of a batch item's ``targets``."""
+        return self.slots[-1].target_stop if self.slots else 0
+
+    @property
+    def target_slices(self) -> dict[str, slice]:
+        """Task name -> its slice of ``targets``."""
+        return {s.name: s.targets for s in self.slots}
+
+    @property
+    def logit_slices(self) -> dict[str, slice]:
+        """Task name -> its slice of ``cls_logits``."""
+        return {s.name: s.logits for s in self.slots}
+
+    @property
+    def single_label(self) -> TaskSlot | None:
+        """The binary / multiclass task (the one that fills ``label``), or None."""
+        return next((s for s in self.slots if s.single_label), None)
+
+
+def task_layout(cfg: Any) -> TaskLayout:
+    """The :class:`TaskLayout` of ``cfg`` (a ``Config``). Without ``tasks:`` it is the one task of
+    :func:`effective_tasks` with width ``len(data.labels)`` and classes ``data.labels`` (empty when
+    ``model.cls_head`` is off)."""
+    single_head = cfg.tasks is None
+    slots: list[TaskSlot] = []
+    start = target = 0
+    for task in effective_tasks(cfg):
+        if single_head:
+            classes: tuple[str, ...] = tuple(cfg.data.labels)
+        elif isinstance(task, MultilabelTask):
+            classes = tuple(task.columns)
+        elif isinstance(task, RegressionTask):
+            classes = (task.column,)
+        else:
+            classes = tuple(task.classes) if task.classes is not None else ("0", "1")
+        if isinstance(task, MultilabelTask):
+            width, n = len(classes), len(classes)
+            outputs = tuple(f"{kind}_{c}" for c in classes for kind in ("p", "y", "logit"))
+        elif isinstance(task, RegressionTask):
+            width, n = 1, 1
+            outputs = (f"pred_{task.name}", f"y_{task.name}", f"pred_{task.name}_lo", f"pred_{task.name}_hi")
+        else:
+            width, n = len(classes), 1
+            outputs = tuple(f"p_{c}" for c in classes)
+        slots.append(TaskSlot(name=task.name, type=task.type, start=start, stop=start + width,
+                              target_start=target, target_stop=target + n, classes=classes, outputs=outputs,
+                              task=task))
+        start, target = start + width, target + n
+    return TaskLayout(slots=tuple(slots), single_head=single_head)
 
 
 def _fields(i: int, task: AnyTask) -> Iterator[tuple[str, str]]:
@@ -249,3 +373,12 @@ def check_tasks(cfg: Any) -> None:
             raise ConfigError(f"task {name!r}: uncertain applies to 0/1/-1 cells, but the task reads the "
                               f"class names {task.classes}", field=f"tasks.{i}.uncertain",
                               hint="remove uncertain, or remove classes and write the column as 0/1/-1")
+    single = [i for i, t in enumerate(tasks) if t.type in SINGLE_LABEL_TYPES]
+    if len(single) > 1:
+        names_ = ", ".join(repr(tasks[i].name) for i in single)
+        raise ConfigError(f"one binary/multiclass task per configuration for now; tasks {names_} are "
+                          "single-label", field=f"tasks.{single[1]}.type",
+                          hint="keep one of them, or write the others as one multilabel task of 0/1 columns")
+    if not cfg.model.cls_head:
+        raise ConfigError("tasks are answered by the classification head, but model.cls_head is off",
+                          field="model.cls_head", hint="set model.cls_head: true, or remove tasks:")
