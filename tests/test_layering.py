@@ -18,12 +18,14 @@ MAY_IMPORT = {
     "medres": {"errors", "_startup"}, "progress": set(), "_startup": set(),
     "errors": set(), "logs": set(), "files": {"errors"}, "layout": {"errors"}, "safe_text": set(),
     "runfolder": {"errors", "files", "layout"},
+    "distributed": {"errors"},  # torchrun's process group, for training and prediction
     "config": BASE,
     "models": BASE | {"config"}, "data": BASE | {"config"}, "metrics": BASE, "cv": BASE | {"config", "data"},
     "report": BASE | {"config", "metrics"},
     "checkpoint": BASE | {"config", "models", "data"},
-    "inference": BASE | {"config", "models", "data", "metrics", "checkpoint"},
-    "training": BASE | {"config", "models", "data", "metrics", "cv", "checkpoint", "inference"},
+    "inference": BASE | {"config", "models", "data", "metrics", "checkpoint", "distributed"},
+    "training": BASE | {"config", "models", "data", "metrics", "cv", "checkpoint", "inference",
+                        "distributed"},
     "evaluation": BASE | {"config", "models", "data", "metrics", "cv", "checkpoint", "inference", "report"},
     # fingerprint a cohort, measure an epoch
     "plan": BASE | {"config", "models", "data", "checkpoint", "training"},

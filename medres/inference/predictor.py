@@ -42,6 +42,7 @@ from medres.safe_text import csv_safe
 __all__ = [
     "mask_to_source", "source_probabilities", "save_mask", "predict_cases", "write_fold_predictions",
     "Prediction", "Predictor", "PredictSettings", "RECORD_KEYS", "check_window",
+    "write_table",
 ]
 
 

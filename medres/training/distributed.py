@@ -1,75 +1,33 @@
 """DistributedDataParallel from torchrun's environment, nanoGPT-style.
 
 ``torchrun --nproc_per_node=N -m medres.train ...`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
-``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them (gloo on the CPU, nccl on
-GPUs). Only rank 0 writes files. Validation predictions are gathered from every rank and the padding
-that ``DistributedSampler`` adds (it repeats the first indices so that every rank gets the same number
-of samples) is dropped by dataset index, so no case is counted twice.
+``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` (from :mod:`medres.distributed`, shared
+with prediction) reads them (gloo on the CPU, nccl on GPUs). Only rank 0 writes files. Validation
+predictions are gathered from every rank and the padding that ``DistributedSampler`` adds (it repeats
+the first indices so that every rank gets the same number of samples) is dropped by dataset index, so no
+case is counted twice.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from medres.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    is_active,
+    world_size,
+)
+
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_active", "world_size", "any_rank",
            "all_reduce_grads", "gather_records", "all_reduce_mean", "barrier", "broadcast_object"]
-
-
-def is_active() -> bool:
-    """True inside a process group (torchrun); the one test every helper here uses."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    """The number of processes (1 without a process group)."""
-    return dist.get_world_size() if is_active() else 1
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(*, backend: str | None = None) -> DistInfo:
-    """Join the process group when launched by torchrun; a single process otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistInfo()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        if backend is None:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
-
-
-def cleanup_distributed() -> None:
-    if is_active():
-        dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if is_active():
-        dist.barrier()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
@@ -90,15 +48,6 @@ def all_reduce_grads(module: torch.nn.Module) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= dist.get_world_size()
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank (identity without a process group)."""
-    if not is_active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def all_reduce_mean(values: Sequence[float], device: torch.device | None = None) -> list[float]:

@@ -41,9 +41,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, W
 
 from medres.config import DataConfig
 from medres.data.pipeline.transforms import load_transforms, preprocess_signature, sample_transforms
-from medres.data.readers.dicom import ACQUISITION_FIELDS, safe_message
+from medres.data.readers.dicom import ACQUISITION_FIELDS
 from medres.data.readers.limits import memory_error
 from medres.data.readers.radiograph import RADIOGRAPH_META_FIELDS, RADIOGRAPH_RECORD_KEYS
+from medres.data.readers.redact import safe_message
 from medres.data.records import RECORD_KEYS, Case
 from medres.errors import DataError
 from medres.files import atomic_write
