@@ -32,14 +32,23 @@ __all__ = ["prediction_checkpoint", "load_members", "load_run_members", "run_fol
 log = logging.getLogger("medres.training")
 
 
+def _layout(cfg: Any) -> Any:
+    """The task layout of a ``tasks:`` configuration (None for today's single head)."""
+    from medres.config.tasks import task_layout
+
+    return task_layout(cfg) if cfg.tasks is not None else None
+
+
 def write_test_ensemble(run_dir: str | os.PathLike[str], records: Iterable[Mapping[str, Any]], cfg: Any, *,
                         folds: Sequence[int] | None = None, masks: bool = True,
                         device: torch.device | str | None = None) -> pd.DataFrame | None:
     """The fold ensemble's predictions of the test split: ``ensemble/test_predictions.parquet``.
 
     ``fold`` is -1 (no fold model alone); the folds' own probabilities are the ``p_<class>_fold<k>``
-    columns. ``seg_path`` is relative to ``run_dir``. Returns None when there are no test records or
-    fewer than two folds have a checkpoint (one fold is no ensemble: its own table already says it).
+    columns (with ``tasks:`` also ``p_<c>_fold<k>`` per label and ``pred_<t>_fold<k>`` per regression
+    task: ``medres.inference.tasks``). ``seg_path`` is relative to ``run_dir``. Returns None when there are
+    no test records or fewer than two folds have a checkpoint (one fold is no ensemble: its own table
+    already says it).
     """
     from medres.inference.predictor import predict_cases, write_table
 
@@ -55,7 +64,7 @@ def write_test_ensemble(run_dir: str | os.PathLike[str], records: Iterable[Mappi
     df = predict_cases(models, records, cfg.data, fold=-1, seg_dir=out.seg_dir if masks else None,
                        seg_relative_to=run_dir, overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
                        cls_aggregate=ev.cls_aggregate, device=device,
-                       calibration=cals, member_names=names)
+                       calibration=cals, member_names=names, layout=_layout(cfg))
     write_table(df, out.test_predictions)
     log.info("fold ensemble (%s) on %d test scans: %s", ", ".join(names), len(df),
              out.test_predictions.resolve())

@@ -36,6 +36,9 @@ def load_members(paths: Sequence[str | os.PathLike[str]]
                  ) -> tuple[list[nn.Module], Any, list[dict | None], list[str]]:
     """Models (eval mode), the first one's Config, each one's ``calibration`` and member names.
 
+    A checkpoint's ``task_scales`` (the regression targets' mean and sd, ``tasks:`` configurations) are
+    copied into its calibration map, which then holds everything its outputs need.
+
     Raises ConfigError when the checkpoints disagree on the data pipeline or the class vocabulary
     (an ensemble needs one preprocessing and one meaning per output).
     """
@@ -50,14 +53,18 @@ def load_members(paths: Sequence[str | os.PathLike[str]]
         data = cfg.data.model_dump(mode="json", include={"labels", "windows", "normalize", "orientation",
                                                          "spacing", "patch_size", "image_columns",
                                                          "spatial_dims", "modality", "mask_labels"})
+        data["tasks"] = cfg.model_dump(mode="json", include={"tasks"}).get("tasks")  # one meaning per output
         if first is None:
             config, first = cfg, data
         elif data != first:
-            raise ConfigError("the checkpoints of the ensemble differ in their data pipeline or labels",
-                              path=path, hint="ensemble only the folds of one run")
+            raise ConfigError("the checkpoints of the ensemble differ in their data pipeline, labels or "
+                              "tasks", path=path, hint="ensemble only the folds of one run")
         models.append(rebuild_model(state, path=path)[0])  # its spec checked against its weights first
         cal = state.get("calibration")
-        cals.append(dict(cal) if cal else None)
+        cal = dict(cal) if cal else None
+        if state.get("task_scales"):  # a tasks: model's target scales travel with its calibration map
+            cal = {**(cal or {}), "task_scales": state["task_scales"]}
+        cals.append(cal)
         fold = state.get("fold")
         names.append(member_name(fold) if isinstance(fold, int) else f"model{len(names)}")
     if not models:

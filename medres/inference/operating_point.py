@@ -10,15 +10,19 @@ import numpy as np
 __all__ = ["choose_operating_point", "decide", "ensemble_threshold"]
 
 
-def choose_operating_point(y_true: np.ndarray, p_positive: np.ndarray, cfg: Any) -> dict:
+def choose_operating_point(y_true: np.ndarray, p_positive: np.ndarray, cfg: Any, *,
+                           positive: int | None = None) -> dict:
     """The fold's threshold on ``p_<positive>``, chosen on inner validation as the report chooses it.
+
+    ``positive``: the positive class index (default ``data.positive_index()``; 1 for a 0/1 label).
 
     Returns plain types: ``threshold`` (None when the inner validation holds one class only or no
     case), ``method``, ``target``, ``positive`` (class index), ``n_val``, ``n_val_pos`` and ``note``.
     """
     from medres.metrics.operating_points import choose_threshold
 
-    ev, pos = cfg.evaluate, cfg.data.positive_index()
+    ev = cfg.evaluate
+    pos = cfg.data.positive_index() if positive is None else int(positive)
     y = (np.asarray(y_true) == pos).astype(np.int8)
     thr, note = None, ""
     if y.size == 0:

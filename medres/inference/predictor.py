@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +212,9 @@ class PredictSettings:
             ``medres.metrics.calibration.fit_calibration`` returns it; None: plain softmax.
         member_names: column suffixes of the members (default ``fold0``, ``fold1``, ...).
         logits: also write ``logit_<class>`` (single model only; the fold tables have them).
+        layout: the configuration's ``TaskLayout`` (``medres.config.tasks.task_layout``); with ``tasks:``
+            every task's columns (``medres.inference.tasks``) replace the single head's. The members'
+            ``calibration`` maps then carry the checkpoints' ``task_scales``.
     """
 
     labels: Sequence[str] | None = None
@@ -227,6 +230,7 @@ class PredictSettings:
     calibration: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None
     member_names: Sequence[str] | None = None
     logits: bool = False
+    layout: Any = None
 
     def updated(self, **changes: Any) -> PredictSettings:
         """A copy with ``changes`` (field names; an unknown name is a TypeError naming the fields)."""
@@ -259,9 +263,12 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], cases: Iterable[Case |
     ``y_pred`` is the class called at the operating point kept in ``calibration`` (chosen on the fold's
     inner validation; for several members the mean of their thresholds, as the report's test ensemble),
     ``y_pred_argmax`` the most probable class; without an operating point both are the argmax (-1
-    without a classification head). Raises ``DataError`` naming the case when a scan cannot be processed.
+    without a classification head). With a task layout (``settings.layout``), each task's columns as
+    :func:`medres.inference.tasks.task_columns` writes them. Raises ``DataError`` naming the case when a
+    scan cannot be processed.
     """
     from medres.inference.operating_point import decide, ensemble_threshold
+    from medres.inference.tasks import record_targets, task_columns, uses_tasks
     from medres.metrics.calibration import apply_calibration
 
     s = (settings or PredictSettings()).updated(**changes)
@@ -282,10 +289,13 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], cases: Iterable[Case |
     transform = s.transform or _eval_transform(data_cfg)
     records = as_cases(cases)
     stems = case_file_stems(records) if seg_dir is not None else {}
+    multi = uses_tasks(s.layout)
+    targets = record_targets(records, s.layout) if multi else {}
     rows = []
     from medres.progress import progress_wanted, track
 
-    for rec in track(records, desc="predicting", unit="scans", progress=progress_wanted(), final=False):
+    for i, rec in enumerate(track(records, desc="predicting", unit="scans", progress=progress_wanted(),
+                                  final=False)):
         case_id = rec.case_id
         try:
             extra = {k: rec.extras[k] for k in ("pixel_spacing", "view") if rec.extras.get(k)}  # radiographs
@@ -300,17 +310,23 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], cases: Iterable[Case |
                      overlap=overlap, case_id=case_id)  # the stitched outputs too, before any window runs
         preds = infer_volume_models(models, image, roi_size=list(data_cfg.patch_size), overlap=overlap,
                                     tta=tta, cls_aggregate=s.cls_aggregate, sw_batch_size=sw_batch_size,
-                                    device=s.device)
+                                    device=s.device, **({"layout": s.layout} if multi else {}))
         row: dict[str, Any] = {"case_id": case_id, "patient_id": rec.patient_id, "fold": int(s.fold),
                                "y_true": rec.label}
+        if multi and preds[0].task_values is not None:
+            row.update(task_columns([p.task_values.numpy() for p in preds], s.layout, calibrations,
+                                    {t: v[i] for t, v in targets.items()}, member_names=names,
+                                    logits=s.logits))
         has_cls = preds[0].cls_probs is not None
         log_probs = [_log_probs(p.cls_probs) for p in preds] if has_cls else []
         member_probs = [apply_calibration(z, c) for z, c in zip(log_probs, calibrations)]
         probs = np.mean(member_probs, axis=0) if has_cls else None
-        for k, name in enumerate(labels):
-            row[f"p_{name}"] = float(probs[k]) if has_cls else float("nan")
-        row["y_pred"] = int(decide(probs[None], positive, threshold)[0]) if has_cls else -1
-        row["y_pred_argmax"] = int(np.argmax(probs)) if has_cls else -1
+        if not multi:
+            for k, name in enumerate(labels):
+                row[f"p_{name}"] = float(probs[k]) if has_cls else float("nan")
+        if not multi or s.layout.single_label is None:
+            row["y_pred"] = int(decide(probs[None], positive, threshold)[0]) if has_cls else -1
+            row["y_pred_argmax"] = int(np.argmax(probs)) if has_cls else -1
         row.update(rec.extras)
         view = getattr(image, "meta", {}).get("ViewPosition", "")  # a Code String already (the reader)
         if view and not str(row.get("view", "") or "").strip():  # a DICOM radiograph's own view, as a
@@ -347,20 +363,36 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 def write_fold_predictions(run_dir: str | os.PathLike[str], fold: int, model: nn.Module,
                            records: Iterable[Mapping[str, Any]], cfg: Any, name: str = "predictions", *,
-                           masks: bool = True, device: torch.device | str | None = None) -> pd.DataFrame:
+                           masks: bool = True, device: torch.device | str | None = None,
+                           task_scales: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Predict a fold's cases into ``run_dir/fold_<fold>/<name>.parquet`` and masks into ``fold_<fold>/seg/``.
 
     ``name`` is ``"predictions"`` (held-out cases), ``"inner_val_predictions"`` or ``"test_predictions"``;
     the case sets are disjoint within a fold, so all masks share ``seg/``. ``seg_path`` is relative to
     ``run_dir``. Window overlap, TTA and window aggregation come from ``cfg.evaluate``
     (``sliding_window_overlap``, ``tta_flips``, ``cls_aggregate``).
+
+    With ``tasks:`` the table has every task's columns, uncalibrated (``medres.training.calibrate`` then
+    rewrites ``p_<c>`` and the regression intervals); regression values are put in units with
+    ``task_scales`` (default: the fold's predicting checkpoint's).
     """
+    from medres.config.tasks import task_layout
+    from medres.inference.tasks import uses_tasks
+
     run_dir = Path(run_dir)
     fold_dir = RunFolder(run_dir).fold(fold)
     ev = cfg.evaluate
+    layout = task_layout(cfg) if cfg.tasks is not None else None
+    extra: dict[str, Any] = {}
+    if uses_tasks(layout):
+        if task_scales is None:
+            from medres.checkpoint import load_checkpoint
+
+            task_scales = load_checkpoint(fold_dir.predicting_checkpoint()).get("task_scales")
+        extra = {"layout": layout, "calibration": {"task_scales": dict(task_scales or {})}}
     df = predict_cases(model, records, cfg.data, fold=fold, seg_dir=fold_dir.seg_dir if masks else None,
                        seg_relative_to=run_dir, overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
-                       cls_aggregate=ev.cls_aggregate, device=device, logits=True)
+                       cls_aggregate=ev.cls_aggregate, device=device, logits=True, **extra)
     write_table(df, fold_dir.table(name))
     return df
 
@@ -372,6 +404,9 @@ class Prediction:
     probabilities: dict[str, float]
     mask: MetaTensor | None
     decision: str | None = None  # the class called at the operating point (``y_pred``)
+    # with tasks: per task, {label: probability} (binary, multiclass, multilabel) or
+    # {"value", "lo", "hi"} in the target's units (regression)
+    tasks: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def label(self) -> str | None:
@@ -385,6 +420,19 @@ class Prediction:
         return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
 
 
+def _task_dicts(row: pd.Series, layout: Any) -> dict[str, dict[str, float]]:
+    """Each task's output from one predictions-table row (see :class:`Prediction`)."""
+    out: dict[str, dict[str, float]] = {}
+    for slot in layout or ():
+        if slot.type == "regression":
+            t = slot.name
+            out[t] = {"value": float(row[f"pred_{t}"]), "lo": float(row[f"pred_{t}_lo"]),
+                      "hi": float(row[f"pred_{t}_hi"])}
+        else:
+            out[slot.name] = {c: float(row[f"p_{c}"]) for c in slot.classes}
+    return out
+
+
 class Predictor:
     """A trained model (or a run's fold ensemble) with its evaluation pipeline, for notebooks.
 
@@ -394,7 +442,8 @@ class Predictor:
     >>> p.probabilities, p.mask.shape, p.mask.affine   # mask overlays the source scan
 
     ``calibration`` is each model's fitted recalibration map (a checkpoint's ``calibration`` entry);
-    class probabilities are calibrated with it before the members are averaged.
+    class probabilities are calibrated with it before the members are averaged. With ``tasks:``,
+    ``predict(...).tasks`` holds every task's output (probabilities per label; value, lo, hi in units).
     """
 
     def __init__(self, model: nn.Module | Sequence[nn.Module], config: Any, *,
@@ -452,7 +501,11 @@ class Predictor:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.config.data.labels)
+        """The class names of the single-label task (``data.labels`` without ``tasks:``; [] without one)."""
+        layout = self.task_layout
+        if layout is None:
+            return list(self.config.data.labels)
+        return list(layout.single_label.classes) if layout.single_label is not None else []
 
     def decision_rule(self) -> str:
         """How ``y_pred`` is called: at the operating point chosen on inner validation, or the argmax."""
@@ -476,7 +529,20 @@ class Predictor:
         return PredictSettings(transform=self.transform, overlap=self.overlap, tta=self.tta,
                                cls_aggregate=self.cls_aggregate, sw_batch_size=self.sw_batch_size,
                                device=self.device, calibration=self.calibration,
-                               member_names=self.member_names)
+                               member_names=self.member_names, **self._task_settings())
+
+    def _task_settings(self) -> dict[str, Any]:
+        """The task layout and the single-label task's class names, for a ``tasks:`` configuration."""
+        if self.config.tasks is None:
+            return {}
+        from medres.config.tasks import task_layout
+
+        return {"layout": task_layout(self.config)}
+
+    @property
+    def task_layout(self) -> Any:
+        """The configuration's ``TaskLayout``, or None without ``tasks:``."""
+        return self._task_settings().get("layout")
 
     def predict_records(self, records: Iterable[Case | Mapping[str, Any]],
                         seg_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> pd.DataFrame:
@@ -497,12 +563,13 @@ class Predictor:
             row = df.iloc[0]
             probs = {c: float(row[f"p_{c}"]) for c in self.labels} if row["y_pred"] >= 0 else {}
             decision = self.labels[int(row["y_pred"])] if row["y_pred"] >= 0 else None
+            tasks = _task_dicts(row, self.task_layout)
             mask = None
             if "seg_path" in row and isinstance(row["seg_path"], str):
                 nii = nib.load(row["seg_path"])
                 mask = MetaTensor(torch.from_numpy(np.asarray(nii.dataobj)),
                                   affine=torch.as_tensor(nii.affine))
-        return Prediction(probs, mask, decision)
+        return Prediction(probs, mask, decision, tasks)
 
     def _to_files(self, image: Tensor | np.ndarray, folder: str) -> list[str]:
         """Write an in-memory scan as float32 NIfTI file(s): it then goes through the pipeline as a path."""

@@ -14,6 +14,11 @@ A volume larger than the training patch is covered by overlapping windows (MONAI
   scan. ``"mean"`` (softmax of the mean window logit) suits diffuse findings that every window sees.
   A volume no larger than the patch is a single window, and both choices give the plain model output.
 
+With a configuration's ``tasks:`` (a ``medres.config.tasks.TaskLayout``) each task aggregates its own slice
+of the windows' logits (:func:`aggregate_task_windows`): a binary/multiclass task as above on its softmax,
+a multilabel column by the max (or mean) of its logit over windows (the max logit is the max probability),
+a regression task by the mean of its standardised value.
+
 Flip test-time augmentation runs the identity and one flip per spatial axis (``1 + spatial_dims``
 passes); each pass's segmentation logits are flipped back before averaging, and the case-level
 class probabilities are averaged over passes. A 2D model on a volume runs slice by slice, each
@@ -24,13 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
-__all__ = ["VolumePrediction", "split_output", "aggregate_windows", "infer_volume", "infer_volume_models"]
+__all__ = ["VolumePrediction", "split_output", "aggregate_windows", "aggregate_task_windows", "infer_volume",
+           "infer_volume_models"]
 
 Aggregate = Literal["max", "mean"]
 
@@ -43,11 +49,15 @@ class VolumePrediction:
         cls_probs: ``[K]`` case-level class probabilities, or None without a classification head.
         seg_logits: ``[S, *spatial]`` stitched (TTA-averaged) segmentation logits, or None.
         window_probs: ``[passes, windows, K]`` per-window class probabilities (for inspection).
+        task_values: with a task layout, ``[width]`` case-level outputs by task slice (averaged over TTA
+            passes): a single-label task's class probabilities, a multilabel task's logits, a regression
+            task's standardised value; ``cls_probs`` and ``window_probs`` are then None.
     """
 
     cls_probs: Tensor | None
     seg_logits: Tensor | None
     window_probs: Tensor | None
+    task_values: Tensor | None = None
 
 
 def split_output(out: object) -> tuple[Tensor | None, Tensor | None]:
@@ -81,12 +91,33 @@ def aggregate_windows(probs: Tensor, how: Aggregate = "max") -> Tensor:
     raise ValueError(f"unknown window aggregation {how!r}; use 'max' or 'mean'")
 
 
+def aggregate_task_windows(logits: Tensor, layout: Any, how: Aggregate = "max") -> Tensor:
+    """Case-level task outputs ``[width]`` (float64) from the windows' logits ``[N, width]``, per slot of
+    ``layout``: single-label class probabilities (:func:`aggregate_windows` of its softmax), multilabel
+    logits (``max``: the max over windows; ``mean``: the mean), regression the mean standardised value."""
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"expected [windows, outputs] logits, got shape {tuple(logits.shape)}")
+    if how not in ("max", "mean"):
+        raise ValueError(f"unknown window aggregation {how!r}; use 'max' or 'mean'")
+    z = logits.double()
+    out = torch.empty(z.shape[1], dtype=torch.float64)
+    for slot in layout:
+        part = z[:, slot.start:slot.stop]
+        if slot.type in ("binary", "multiclass"):
+            out[slot.start:slot.stop] = aggregate_windows(torch.softmax(part, dim=1), how)
+        elif slot.type == "multilabel" and how == "max":
+            out[slot.start:slot.stop] = part.max(dim=0).values
+        else:  # multilabel mean, regression
+            out[slot.start:slot.stop] = part.mean(dim=0)
+    return out
+
+
 def _one_pass(models: Sequence[nn.Module], x: Tensor, roi_size: Sequence[int], overlap: float,
-              sw_batch_size: int, blend: str, device: torch.device
+              sw_batch_size: int, blend: str, device: torch.device, raw: bool = False
               ) -> list[tuple[Tensor | None, Tensor | None]]:
     """Sliding windows over ``x`` [1, C, *spatial]; each window goes through every model while in memory.
 
-    Returns per model (per-window class probabilities [N, K] | None, stitched seg logits
+    Returns per model (per-window class probabilities [N, K] (``raw``: logits) | None, stitched seg logits
     [1, S, *spatial] | None). The models' segmentation logits are stitched together as one tensor of
     concatenated channels: MONAI's blending is the same weighted sum per channel, so each model's share
     is exactly what stitching it alone gives.
@@ -100,7 +131,7 @@ def _one_pass(models: Sequence[nn.Module], x: Tensor, roi_size: Sequence[int], o
         for m, model in enumerate(models):
             cls, seg = split_output(model(patch))
             if cls is not None:
-                window_probs[m].append(torch.softmax(cls.float(), dim=1).cpu())
+                window_probs[m].append(cls.float().cpu() if raw else torch.softmax(cls.float(), dim=1).cpu())
             channels[m] = None if seg is None else int(seg.shape[1])
             # A classification-only model still needs a tensor for MONAI to stitch: one empty channel.
             segs.append(seg.float() if seg is not None else patch.new_zeros((patch.shape[0], 1,
@@ -122,7 +153,7 @@ def _one_pass(models: Sequence[nn.Module], x: Tensor, roi_size: Sequence[int], o
 def infer_volume(model: nn.Module, image: Tensor, *, roi_size: Sequence[int], overlap: float = 0.25,
                  tta: bool = False, cls_aggregate: Aggregate = "max", sw_batch_size: int = 1,
                  blend: Literal["gaussian", "constant"] = "gaussian",
-                 device: torch.device | str | None = None) -> VolumePrediction:
+                 device: torch.device | str | None = None, layout: Any = None) -> VolumePrediction:
     """Predict one volume ``image`` [C, *spatial] (after the evaluation pipeline) with ``model`` in eval mode.
 
     A 2D model on a volume (``image`` [C, X, Y, Z] with a 2D ``roi_size``) runs slice by slice along the
@@ -137,12 +168,13 @@ def infer_volume(model: nn.Module, image: Tensor, *, roi_size: Sequence[int], ov
         sw_batch_size: windows per forward pass.
         blend: MONAI's blending of overlapping segmentation windows.
         device: where the model runs (default: the model's parameters' device).
+        layout: a configuration's ``TaskLayout`` with ``tasks:`` (None or the single head: one softmax).
 
     Returns a ``VolumePrediction`` on the CPU, on ``image``'s grid.
     """
     return infer_volume_models([model], image, roi_size=roi_size, overlap=overlap, tta=tta,
                                cls_aggregate=cls_aggregate, sw_batch_size=sw_batch_size, blend=blend,
-                               device=device)[0]
+                               device=device, layout=layout)[0]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -154,7 +186,8 @@ def _device_of(model: nn.Module) -> torch.device:
 def infer_volume_models(models: Sequence[nn.Module], image: Tensor, *, roi_size: Sequence[int],
                         overlap: float = 0.25, tta: bool = False, cls_aggregate: Aggregate = "max",
                         sw_batch_size: int = 1, blend: Literal["gaussian", "constant"] = "gaussian",
-                        device: torch.device | str | None = None) -> list[VolumePrediction]:
+                        device: torch.device | str | None = None, layout: Any = None
+                        ) -> list[VolumePrediction]:
     """:func:`infer_volume` for several models (the folds of a run) in one sweep of windows.
 
     Each window (and each TTA flip, each slice of a 2D model) is cut once and passed through every
@@ -177,8 +210,10 @@ def infer_volume_models(models: Sequence[nn.Module], image: Tensor, *, roi_size:
     case_probs: list[list[Tensor]] = [[] for _ in models]
     seg_sum: list[Tensor | None] = [None] * n
 
+    tasks = layout is not None and not getattr(layout, "single_head", True)
+
     def run(xf: Tensor) -> list[tuple[Tensor | None, Tensor | None]]:
-        return _one_pass(models, xf, list(roi_size), overlap, sw_batch_size, blend, device)
+        return _one_pass(models, xf, list(roi_size), overlap, sw_batch_size, blend, device, raw=tasks)
 
     try:
         for dims in flips:
@@ -194,7 +229,9 @@ def infer_volume_models(models: Sequence[nn.Module], image: Tensor, *, roi_size:
             else:
                 per_model = run(xf)
             for m, (probs, seg) in enumerate(per_model):
-                if probs is not None:
+                if probs is not None and tasks:
+                    case_probs[m].append(aggregate_task_windows(probs, layout, cls_aggregate))
+                elif probs is not None:
                     all_probs[m].append(probs)
                     case_probs[m].append(aggregate_windows(probs, cls_aggregate))
                 if seg is not None:
@@ -209,5 +246,8 @@ def infer_volume_models(models: Sequence[nn.Module], image: Tensor, *, roi_size:
         seg_logits = (seg_sum[m] / len(flips))[0] if seg_sum[m] is not None else None
         ap = all_probs[m]
         window_probs = torch.stack(ap) if ap and len({p.shape for p in ap}) == 1 else None
+        if tasks:
+            out.append(VolumePrediction(None, seg_logits, None, task_values=cls))
+            continue
         out.append(VolumePrediction(cls, seg_logits, window_probs))
     return out

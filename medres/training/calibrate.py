@@ -70,6 +70,8 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
     from medres.metrics.calibration import choose_calibration
 
     fold = FoldFolder(Path(fold_dir))
+    if cfg.tasks is not None:
+        return _calibrate_tasks(fold, cfg)
     labels = list(cfg.data.labels)
     cols = [f"logit_{c}" for c in labels]
     val_path = fold.inner_val_predictions
@@ -106,4 +108,121 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
              cal["method"], cal["n"], f" (T = {cal['temperature']:.3g})" if "temperature" in cal else "",
              f"p_{labels[positive]} >= {op['threshold']:.3g} ({op['method']})" if op["threshold"] is not None
              else op["note"])
+    return cal
+
+
+def _fit_single_label(val: pd.DataFrame, labels: list[str], positive: int, cfg: Any) -> dict:
+    """The single-label task's map and operating point, as for the single head."""
+    from medres.metrics.calibration import choose_calibration
+
+    cols = [f"logit_{c}" for c in labels]
+    val = val[val["y_true"] >= 0]
+    method = cfg.evaluate.calibration if len(labels) == 2 or cfg.evaluate.calibration != "platt" \
+        else "temperature"
+    cal = choose_calibration(val[cols].to_numpy(np.float64), val["y_true"].to_numpy(),
+                             val["patient_id"].astype(str).to_numpy() if "patient_id" in val else None,
+                             method, positive=positive)
+    cal.update(labels=labels)
+    p_val = _recalibrate(val, labels, {**cal, "operating_point": {"positive": positive}})[
+        f"p_{labels[positive]}"].to_numpy()
+    cal["operating_point"] = choose_operating_point(val["y_true"].to_numpy(), p_val, cfg, positive=positive)
+    return cal
+
+
+def _fit_label(val: pd.DataFrame, column: str, cfg: Any) -> dict:
+    """One multilabel column: Platt on its logit where the evidence rule keeps it, and its operating point."""
+    from medres.inference.tasks import label_probability
+    from medres.metrics.calibration import choose_calibration
+
+    known = val[np.isfinite(val[f"y_{column}"].to_numpy(np.float64))]
+    z = known[f"logit_{column}"].to_numpy(np.float64)
+    y = known[f"y_{column}"].to_numpy(np.float64).astype(np.int64)
+    method = "none" if cfg.evaluate.calibration == "none" else "platt"
+    groups = known["patient_id"].astype(str).to_numpy() if "patient_id" in known else None
+    if len(np.unique(y)) < 2:  # nothing to fit on
+        cal = {"method": "none", "n": int(len(y)), "note": "inner validation holds one class only"}
+    else:
+        cal = choose_calibration(np.stack([np.zeros_like(z), z], axis=1), y, groups, method, positive=1)
+    cal["operating_point"] = choose_operating_point(y, label_probability(z, cal), cfg, positive=1)
+    return cal
+
+
+def _fit_interval(val: pd.DataFrame, task: Any) -> dict:
+    """A regression task's split-conformal half-width from the inner validation's absolute residuals."""
+    from medres.inference.tasks import conformal_half_width
+
+    t = task.name
+    r = (val[f"y_{t}"].to_numpy(np.float64) - val[f"pred_{t}"].to_numpy(np.float64))
+    r = r[np.isfinite(r)]
+    hw = conformal_half_width(r, task.interval)
+    return {"type": "regression", "level": float(task.interval), "n": int(r.size),
+            "half_width": hw if np.isfinite(hw) else None,
+            "note": "" if np.isfinite(hw) else f"too few inner-validation cases ({r.size}) for a "
+                                                 f"{task.interval:g} interval: it is unbounded"}
+
+
+def _apply_tasks(df: pd.DataFrame, layout: Any, cal: dict) -> pd.DataFrame:
+    """A fold table with every task's calibrated columns rebuilt from its logits and predictions."""
+    from medres.inference.tasks import label_probability
+
+    out = df.copy()
+    for slot in layout:
+        entry = cal["tasks"].get(slot.name) or {}
+        if slot.single_label and all(f"logit_{c}" in out for c in slot.classes):
+            out = _recalibrate(out, list(slot.classes), cal)
+        elif slot.type == "multilabel":
+            for c in slot.classes:
+                if f"logit_{c}" in out:
+                    out[f"p_{c}"] = label_probability(out[f"logit_{c}"].to_numpy(np.float64),
+                                                      entry["columns"][c])
+        elif slot.type == "regression" and f"pred_{slot.name}" in out:
+            hw = entry.get("half_width")
+            hw = np.inf if hw is None else float(hw)
+            out[f"pred_{slot.name}_lo"] = out[f"pred_{slot.name}"] - hw
+            out[f"pred_{slot.name}_hi"] = out[f"pred_{slot.name}"] + hw
+    return out
+
+
+def _calibrate_tasks(fold: FoldFolder, cfg: Any) -> dict | None:
+    """:func:`calibrate_fold` for a ``tasks:`` configuration: the single-label task as the single head,
+    Platt and an operating point per multilabel column, a conformal half-width per regression task; all
+    fitted on the inner validation, kept under ``tasks`` in the map."""
+    from medres.config.tasks import task_layout
+    from medres.inference.predictor import write_table
+
+    val_path = fold.inner_val_predictions
+    if not val_path.is_file():
+        return None
+    val = pd.read_parquet(val_path)
+    layout = task_layout(cfg)
+    single = layout.single_label
+    if single is not None and all(f"logit_{c}" in val for c in single.classes):
+        positive = len(single.classes) - 1 if single.type == "binary" else cfg.data.positive_index()
+        cal = _fit_single_label(val, list(single.classes), positive, cfg)
+    else:
+        cal = {"method": "none", "n": int(len(val))}
+    tasks: dict[str, dict] = {}
+    for slot in layout:
+        if slot.type == "multilabel":
+            tasks[slot.name] = {"type": "multilabel", "columns": {c: _fit_label(val, c, cfg)
+                                                                  for c in slot.classes}}
+        elif slot.type == "regression":
+            tasks[slot.name] = _fit_interval(val, slot.task)
+    cal.update(tasks=tasks, fitted_on="inner_val", case_ids_sha256=case_ids_digest(val["case_id"]))
+    ckpt = fold.predicting_checkpoint()
+    state = load_checkpoint(ckpt)
+    state["calibration"] = cal
+    save_checkpoint(state, ckpt, keep_previous=False)
+    fold.calibration.write_text(json.dumps(cal, indent=1) + "\n")
+    for name in TABLES:
+        path = fold.table(name)
+        if path.is_file():
+            write_table(_apply_tasks(pd.read_parquet(path), layout, cal), path)
+    for t, entry in tasks.items():
+        if entry["type"] == "regression":
+            log.info("%s: task %s: %g interval half-width %s from %d inner-validation cases", fold.dir.name,
+                     t, entry["level"], entry["half_width"], entry["n"])
+        else:
+            kept = [c for c, m in entry["columns"].items() if m["method"] != "none"]
+            log.info("%s: task %s: Platt kept for %s", fold.dir.name, t, kept or "no column")
     return cal
