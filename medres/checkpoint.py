@@ -44,7 +44,7 @@ from medres.runfolder import CHECKPOINT_BEST, CHECKPOINT_LAST, CHECKPOINT_PREV, 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "load_weights", "build_checked_model",
     "rebuild_model", "fold_model", "exported_model", "to_plain", "rng_state",
-    "set_rng_state", "unwrap_model", "clean_stale_temporaries",
+    "set_rng_state", "unwrap_model", "clean_stale_temporaries", "copy_checkpoint",
 ]
 
 log = logging.getLogger("medres.training")

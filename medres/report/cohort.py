@@ -6,7 +6,7 @@ import pandas as pd
 
 from medres.report.subgroups import add_age_band
 
-__all__ = ["cohort_table", "split_audit"]
+__all__ = ["cohort_table", "split_audit", "SPACING_COLUMNS"]
 
 SPACING_COLUMNS = ("spacing_x_mm", "spacing_y_mm", "spacing_z_mm")
 

@@ -275,7 +275,7 @@ def write_prediction_segs(table: Any, out_dir: str | Path | None,
     import nibabel as nib
 
     from medres import __version__
-    from medres.data.readers.io import _suffix
+    from medres.data.readers.io import image_suffix
 
     written: list[Path] = []
     if out_dir is None or table is None or "seg_path" not in getattr(table, "columns", ()):
@@ -293,7 +293,7 @@ def write_prediction_segs(table: Any, out_dir: str | Path | None,
         if not image or ";" in image:
             continue
         source = Path(image)
-        if _suffix(source) in (".nii", ".nii.gz", ".png", ".jpg", ".jpeg") or not source.exists():
+        if image_suffix(source) in (".nii", ".nii.gz", ".png", ".jpg", ".jpeg") or not source.exists():
             continue
         nifti = Path(seg_path) if Path(seg_path).is_absolute() else base / seg_path
         mask = nib.load(nifti)

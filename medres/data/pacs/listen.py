@@ -28,7 +28,8 @@ from pydicom.dataset import Dataset
 from medres.data.pacs.pull import DiskFull, _claim_export, _save_list, _series_folder, _Writer, pseudonym
 from medres.errors import ConfigError, DataError
 
-__all__ = ["Allowed", "Listener", "parse_allow", "OUT_OF_RESOURCES", "NOT_AUTHORIZED", "CANNOT_UNDERSTAND"]
+__all__ = ["Allowed", "Listener", "parse_allow", "OUT_OF_RESOURCES", "NOT_AUTHORIZED", "CANNOT_UNDERSTAND",
+           "DEFAULT_MIN_FREE"]
 
 log = logging.getLogger("medres.data.pacs")
 SUCCESS, OUT_OF_RESOURCES, NOT_AUTHORIZED, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0x0124, 0xC000

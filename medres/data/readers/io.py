@@ -37,7 +37,8 @@ from medres.data.readers.radiograph import RadiographOptions, read_radiograph_if
 from medres.data.readers.redact import safe_message
 from medres.errors import DataError
 
-__all__ = ["ACQUISITION_FIELDS", "MedresReader", "load_image", "check_image_mask", "SUFFIXES"]
+__all__ = ["ACQUISITION_FIELDS", "MedresReader", "load_image", "check_image_mask", "SUFFIXES",
+           "image_suffix"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ _NOT_SUPPORTED = {
 }
 
 
-def _suffix(path: Path) -> str:
+def image_suffix(path: Path) -> str:
+    """The file's suffix as the readers choose by it: lower case, ``.nii.gz`` as one."""
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
@@ -96,7 +98,7 @@ def _read_pil(path: Path, max_voxels: int | None = None) -> tuple[np.ndarray, di
 def _read_one(path: Path, series_uid: str | None, max_voxels: int | None = None,
               radiograph: RadiographOptions | None = None, max_files: int | None = None
               ) -> tuple[np.ndarray, dict]:
-    suffix = _suffix(path)
+    suffix = image_suffix(path)
     if not path.exists():
         raise DataError("does not exist", path=path, hint="check the path and the data root")
     if suffix in (".nii", ".nii.gz"):
@@ -167,7 +169,7 @@ class MedresReader(ImageReader):
 
     def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
         names = [filename] if isinstance(filename, (str, Path)) else list(filename)
-        return all(Path(n).is_dir() or _suffix(Path(n)) in SUFFIXES or _suffix(Path(n)) == "" for n in names)
+        return all(Path(n).is_dir() or image_suffix(Path(n)) in (*SUFFIXES, "") for n in names)
 
     def read(self, data: Sequence[str | Path] | str | Path, **kwargs: Any) -> _Loaded:
         """Load every path; never raises, so MONAI's LoadImage cannot swap in another reader."""

@@ -32,7 +32,7 @@ from medres.errors import DataError
 
 __all__ = ["RadiographOptions", "RADIOGRAPH_META_FIELDS", "RADIOGRAPH_RECORD_KEYS", "is_radiograph",
            "is_radiograph_class", "display_values", "radiograph_spacing", "read_radiograph",
-           "read_radiograph_if_any", "RadiographGeometryd", "parse_spacing"]
+           "read_radiograph_if_any", "RadiographGeometryd", "parse_spacing", "code_string"]
 
 logger = logging.getLogger(__name__)
 
