@@ -63,6 +63,7 @@ from medres.report.run_folder import RunData
 from medres.report.seg_classes import class_empty_counts
 from medres.report.seg_records import segmentation_records
 from medres.report.subgroups import subgroup_records
+from medres.report.tasks import task_report
 from medres.report.test_split import test_segmentation_records, test_segmentation_table
 from medres.runfolder import ReportFolder
 from medres.safe_text import csv_safe
@@ -107,6 +108,15 @@ def _json_safe(value):
     if isinstance(value, (np.floating,)):
         return _json_safe(float(value))
     return value
+
+
+def _json_tree(value):
+    """``value`` with every float made JSON-safe (non-finite: null), through dicts and lists."""
+    if isinstance(value, dict):
+        return {str(k): _json_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_tree(v) for v in value]
+    return _json_safe(value)
 
 
 def _json_record(record: dict) -> dict:
@@ -201,6 +211,7 @@ def build_bundle(
         comp_recs, comparison = compare_runs([run, *others], task, seed)
         records += comp_recs
     rec_df = pd.DataFrame(records)
+    tasks = task_report(preds, cfg, run_dir=run.run_dir, seed=seed)  # multilabel / regression tasks
 
     # figures
     g = preds["patient_id"].to_numpy()
@@ -334,15 +345,17 @@ def build_bundle(
         "guideline_table": table_html(guideline_table()),
         "provenance": {"medres_version": (provenance or {}).get("medres version", "")},
         "provenance_rows": list((provenance or {}).items()),
+        "tasks": tasks.sections,
     }
     bundle = ReportFolder(output)
     bundle.html.write_text(render_html(context), encoding="utf-8")
 
     keys = pseudonymise(preds["patient_id"])
     key_of = dict(zip(preds["patient_id"], keys))
-    csv_safe(export_predictions(preds, list(ev.subgroups), keys, labels, ids_shown)).to_csv(
-        bundle.predictions_csv, index=False
-    )
+    exported = export_predictions(preds, list(ev.subgroups), keys, labels, ids_shown)
+    if tasks.export_columns:
+        exported = exported.join(preds[[c for c in tasks.export_columns if c not in exported]])
+    csv_safe(exported).to_csv(bundle.predictions_csv, index=False)
     if seg_cases is not None:
         sc = seg_cases.drop(
             columns=[c for c in ("case_id", "patient_id", "image", "mask", "seg_path") if c in seg_cases]
@@ -360,7 +373,11 @@ def build_bundle(
         "task": {"positive_class": task.positive, "score_column": task.score_col, "labels": cfg.data.labels},
         "operating_points": [{k: _json_safe(v) for k, v in r.items()} for r in thresholds.to_dict("records")],
         "split_audit": audit.to_dict("records"),
-        "records": [_json_record(r) for r in records],
+        "records": [_json_record(r) for r in records + tasks.records],
     }
+    if tasks.summary:
+        summary["tasks"] = {name: _json_tree(part) for name, part in tasks.summary.items()}
     bundle.summary.write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
+    if tasks.records:
+        rec_df = pd.concat([rec_df, pd.DataFrame(tasks.records)], ignore_index=True)
     return Bundle(output, rec_df, preds, thresholds)

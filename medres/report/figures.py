@@ -26,6 +26,8 @@ __all__ = [
     "forest_figure",
     "seg_distribution_figure",
     "gallery_figure",
+    "bland_altman_figure",
+    "regression_calibration_figure",
 ]
 
 FPR_GRID = np.linspace(0, 1, 101)
@@ -230,4 +232,63 @@ def gallery_figure(
         flat = not np.ptp(heat) > 0
         ax2.set_title("Grad-CAM, model grid" + (" (flat map)" if flat else ""), fontsize=7)
         ax2.axis("off")
+    return to_data_uri(fig)
+
+
+def bland_altman_figure(
+    mean: np.ndarray,
+    difference: np.ndarray,
+    limits: dict[str, tuple[float, float, float]],
+    *,
+    unit: str = "",
+    level: float = 0.95,
+) -> str:
+    """Bland-Altman plot: each case's difference (predicted - reference) against the pair's mean, with the
+    bias and the limits of agreement (``limits``: name -> (value, ci_low, ci_high)) and their intervals."""
+    fig, ax = _subplots(figsize=(5.2, 4.2))
+    ax.plot(mean, difference, ".", color="C0", alpha=0.7, ms=5, label="cases")
+    x = ax.get_xlim()
+    for (name, (value, lo, hi)), style in zip(limits.items(), ("-", "--", "--")):
+        if not math.isfinite(value):
+            continue
+        ax.axhline(value, color="k", ls=style, lw=1.2, label=f"{name} {value:.3g}")
+        if math.isfinite(lo) and math.isfinite(hi):
+            ax.fill_between(x, lo, hi, color="0.6", alpha=0.25, lw=0)
+    ax.axhline(0, color="0.5", ls=":", lw=1)
+    ax.set_xlim(x)
+    suffix = f" ({unit})" if unit else ""
+    ax.set(xlabel=f"mean of predicted and reference{suffix}", ylabel=f"predicted - reference{suffix}",
+           title=f"Bland-Altman, shaded: {level:.0%} intervals")
+    ax.legend(fontsize=7, loc="best")
+    return to_data_uri(fig)
+
+
+def regression_calibration_figure(
+    y: np.ndarray,
+    pred: np.ndarray,
+    mean_predicted: np.ndarray,
+    mean_observed: np.ndarray,
+    counts: np.ndarray,
+    *,
+    intercept: float,
+    slope: float,
+    unit: str = "",
+) -> str:
+    """Observed against predicted: every case, the per-bin means (predicted quantile bins) and the fitted
+    line ``observed = intercept + slope * predicted`` beside the identity."""
+    fig, ax = _subplots(figsize=(4.8, 4.4))
+    ax.plot(pred, y, ".", color="0.6", alpha=0.6, ms=4, label="cases")
+    ok = np.asarray(counts) > 0
+    ax.plot(np.asarray(mean_predicted)[ok], np.asarray(mean_observed)[ok], "o-", color="C0",
+            label=f"bin means ({int(ok.sum())} bins)")
+    both = np.concatenate([np.asarray(y, float), np.asarray(pred, float)])
+    lo, hi = (float(np.min(both)), float(np.max(both))) if both.size else (0.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], ls=":", color="0.3", lw=1, label="identity")
+    if math.isfinite(intercept) and math.isfinite(slope):
+        ax.plot([lo, hi], [intercept + slope * lo, intercept + slope * hi], color="C1", lw=1.2,
+                label=f"fit: {intercept:.3g} + {slope:.3g} x predicted")
+    suffix = f" ({unit})" if unit else ""
+    ax.set(xlabel=f"predicted{suffix}", ylabel=f"reference{suffix}",
+           title="Calibration, predicted vs observed")
+    ax.legend(fontsize=7, loc="upper left")
     return to_data_uri(fig)

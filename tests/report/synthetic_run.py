@@ -9,6 +9,7 @@ a known seed; patient ids are deliberately recognisable strings so tests can che
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +24,15 @@ SITES = ["north", "south", "east"]
 SCANNERS = ["ScannerA", "ScannerB"]
 SHAPE = (16, 16, 8)
 SPACING = (0.8, 0.8, 2.5)
+FINDINGS = ["opacity", "effusion", "cardiomegaly"]
+#: the tasks of ``write_synthetic_run(tasks=True)``: the single label, findings and a ratio
+TASKS = [
+    {"name": "diagnosis", "type": "binary", "column": "label", "classes": list(LABELS)},
+    {"name": "findings", "type": "multilabel", "columns": FINDINGS},
+    {"name": "ctr", "type": "regression", "column": "ctr", "unit": "ratio", "interval": 0.9},
+]
+#: fold 0's calibration.json thresholds of the findings (the other folds name none: 0.5)
+FOLD0_THRESHOLDS = {"opacity": 0.4, "effusion": 0.6, "cardiomegaly": 0.3}
 
 
 def patient_id(i: int) -> str:
@@ -57,6 +67,7 @@ def write_synthetic_run(
     n_test_patients: int = 0,
     leave_site_out: bool = False,
     test_site: str | None = None,
+    tasks: bool = False,
 ) -> Path:
     """Write a manifest, its NIfTIs and a run folder under ``root``; return the run folder.
 
@@ -67,6 +78,9 @@ def write_synthetic_run(
     (``fold_k/test_predictions.parquet``). ``leave_site_out``: ``cv.strategy: leave_group_out`` on
     ``site``, fold k holding out the k-th site in text order (``n_folds`` is then the number of sites).
     ``test_site``: the test patients' site (e.g. one absent from development).
+    ``tasks``: the configuration lists `TASKS` and the tables hold their columns (tasks contract), drawn
+    from a second generator so the single-label columns stay as without; fold 0's calibration.json names
+    `FOLD0_THRESHOLDS`.
     """
     rng = np.random.default_rng(seed)
     data = root / "data"
@@ -94,6 +108,12 @@ def write_synthetic_run(
                 }
             )
     manifest = pd.DataFrame(rows)
+    task_rng = np.random.default_rng(seed + 1000)
+    if tasks:  # findings 0/1 with a few unknown cells (NaN); ctr a ratio
+        for c, prevalence in zip(FINDINGS, (0.4, 0.3, 0.35)):
+            manifest[c] = (task_rng.random(len(manifest)) < prevalence).astype(float)
+        manifest.loc[manifest.index[::7], "effusion"] = np.nan
+        manifest["ctr"] = np.round(task_rng.normal(0.5, 0.06, len(manifest)), 4)
     if n_test_patients:
         test_ids = {patient_id(i) for i in range(n_patients, n_patients + n_test_patients)}
         manifest["split"] = np.where(manifest.patient_id.isin(test_ids), "test", "train")
@@ -129,7 +149,11 @@ def write_synthetic_run(
     cfg.evaluate.min_positives = 3
     cfg.output.dir = str(root / "runs")
     cfg.output.name = name
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    dumped = cfg.model_dump(mode="json")
+    if tasks:
+        dumped["tasks"] = TASKS
+        Config.model_validate(dumped)
+    (run / "config.yaml").write_text(yaml.safe_dump(dumped, sort_keys=False))
 
     manifest["y"] = [LABELS.index(v) for v in manifest.label]
     test_df = manifest[manifest.get("split", pd.Series("train", index=manifest.index)) == "test"]
@@ -164,6 +188,15 @@ def write_synthetic_run(
         )
         for col in ("site", "scanner", "sex", "age", "smoker"):
             out[col] = df[col].to_numpy()
+        if tasks:
+            for c in FINDINGS:
+                truth = df[c].to_numpy()
+                z = task_rng.normal(0, 1, len(df)) + 2.0 * np.nan_to_num(truth) - 1.0
+                out[f"y_{c}"], out[f"logit_{c}"], out[f"p_{c}"] = truth, z, 1 / (1 + np.exp(-0.8 * z))
+            truth = df["ctr"].to_numpy()
+            pred = 0.8 * truth + 0.1 + task_rng.normal(0, 0.03, len(df))
+            out["y_ctr"], out["pred_ctr"] = truth, pred
+            out["pred_ctr_lo"], out["pred_ctr_hi"] = pred - 0.05, pred + 0.05
         out["image"] = [str(data / p) for p in df["image"]]
         out["mask"] = [str(data / p) for p in df["mask"]]
         if with_seg and write_seg:
@@ -181,6 +214,10 @@ def write_synthetic_run(
     for fold in range(n_folds):
         fdir = run / f"fold_{fold}"
         fdir.mkdir(exist_ok=True)
+        if tasks and fold == 0:
+            entry = {c: {"method": "none", "threshold": t} for c, t in FOLD0_THRESHOLDS.items()}
+            calibration = {"method": "none", "tasks": {"findings": entry}}
+            (fdir / "calibration.json").write_text(json.dumps(calibration))
         held = manifest[manifest.patient_id.map(fold_of) == fold]
         train = manifest[manifest.patient_id.map(fold_of) != fold]
         # every other training patient of each class (stratified, by patient)
