@@ -102,7 +102,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
     from medres.data.cohort import load_cohort
     from medres.logs import route_library_logs
     from medres.training.distributed import barrier, cleanup_distributed, init_distributed
-    from medres.training.fold import train_fold
+    from medres.training.fold import FoldJob, train_fold
     from medres.training.precision import resolve_compute_settings
     from medres.training.run_guard import claim_run, folds_sha256
 
@@ -170,6 +170,8 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         result = Run(run_dir=run_dir, config=cfg)
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else (
             run_dir / ".cache" if cfg.data.cache in ("disk", "mmap") else None)
+        job = FoldJob(compute=compute, dist_info=dist_info, resume=resume, force=force, progress=progress,
+                      should_stop=should_stop, cache_dir=cache_dir, folds_hash=folds_hash)
         for k in wanted:
             fold_dir = folder.fold(k).dir
             data = fold_data(cfg, df, fold_table, k, test)
@@ -180,10 +182,7 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
                                                                  seed=(cfg.cv.seed, k)))
             log.info("fold_%d of %d: %d training, %d inner-validation, %d held-out scans", k, cfg.cv.folds,
                      len(data.train), len(data.inner_val), len(data.heldout))
-            result.states[k] = train_fold(cfg, data, fold_dir, compute=compute, dist_info=dist_info,
-                                          resume=resume, force=force, progress=progress,
-                                          should_stop=should_stop, cache_dir=cache_dir,
-                                          folds_hash=folds_hash)
+            result.states[k] = train_fold(cfg, data, fold_dir, job)
             if is_main:
                 if train_fraction is not None:  # which training patients this fraction used
                     _write_train_patients(fold_dir, data.train)

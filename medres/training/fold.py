@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,8 @@ from medres.training.run_guard import check_fold_start, config_sha256
 from medres.training.sampling import EpochSampler
 from medres.training.tracking import MetricsTracker
 
-__all__ = ["build_model", "model_spec", "train_fold", "restore_state", "weights_digest", "FoldSettings",
-           "fold_meta", "save_fold_checkpoint", "epoch_end"]
+__all__ = ["build_model", "model_spec", "train_fold", "FoldJob", "restore_state", "weights_digest",
+           "FoldSettings", "fold_meta", "save_fold_checkpoint", "epoch_end"]
 
 log = logging.getLogger("medres.training")
 
@@ -158,19 +158,45 @@ def build_model(cfg: Config) -> nn.Module:
     return model
 
 
-def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeSettings,
-               dist_info: DistInfo | None = None, resume: bool = False, force: bool = False,
-               progress: bool = False, should_stop: Callable[[], int | None] = lambda: None,
-               cache_dir: Path | None = None, folds_hash: str | None = None) -> LoopState:
-    """Train fold ``data.fold`` into ``fold_dir`` (checkpoints, metrics.csv); return the final LoopState.
+def _no_signal() -> int | None:
+    return None
 
-    ``should_stop()`` returns the number of a received signal or None; when one arrives a resumable
-    checkpoint is written and :class:`Interrupted` raised. Raises :class:`TrainingDiverged` on a
-    non-finite loss or gradient, and ConfigError when ``fold_dir`` already holds a checkpoint and
-    neither ``resume`` nor ``force`` is given, when resuming with a changed configuration without
-    ``force``, or when resuming a checkpoint trained with folds other than ``folds_hash``
-    (:func:`medres.training.run_guard.folds_sha256` of the run's assignment, recorded in every checkpoint
-    with the configuration's hash).
+
+@dataclass(frozen=True)
+class FoldJob:
+    """What the run gives each fold it trains (the same for all its folds).
+
+    Attributes:
+        compute: the device, precision and compile settings (``medres.training.precision``).
+        dist_info: this process's rank among the DDP processes (default: a single process).
+        resume: continue from the fold's ``checkpoint_last.pt``.
+        force: start over even though the fold holds a checkpoint (or resume a changed configuration).
+        progress: show a progress bar or log lines.
+        should_stop: the number of a received signal, or None; when one arrives a resumable checkpoint is
+            written and :class:`Interrupted` raised.
+        cache_dir: the preprocessing cache's folder (``data.cache: disk/mmap``).
+        folds_hash: :func:`medres.training.run_guard.folds_sha256` of the run's fold assignment, recorded in
+            every checkpoint; resuming a checkpoint of other folds is refused.
+    """
+
+    compute: ComputeSettings
+    dist_info: DistInfo = field(default_factory=DistInfo)
+    resume: bool = False
+    force: bool = False
+    progress: bool = False
+    should_stop: Callable[[], int | None] = _no_signal
+    cache_dir: Path | None = None
+    folds_hash: str | None = None
+
+
+def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> LoopState:
+    """Train fold ``data.fold`` into ``fold_dir`` (checkpoints, metrics.csv) as ``job`` says; return the final
+    LoopState.
+
+    Raises :class:`Interrupted` when ``job.should_stop()`` reports a signal, :class:`TrainingDiverged` on a
+    non-finite loss or gradient, and ConfigError when ``fold_dir`` already holds a checkpoint and neither
+    ``job.resume`` nor ``job.force`` is set, when resuming with a changed configuration without ``force``,
+    or when resuming a checkpoint trained with folds other than ``job.folds_hash``.
     """
     from medres.data.pipeline.datasets import balanced_sample_weights, build_dataset, build_loader
     from medres.training.compute import apply_backend_flags, compile_model, use_fused_optimizer
@@ -178,7 +204,9 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, *, compute: ComputeS
     from medres.training.losses import build_loss
     from medres.training.optim import build_optimizer, build_scheduler
 
-    dist_info = dist_info or DistInfo()
+    compute, dist_info, resume, force = job.compute, job.dist_info, job.resume, job.force
+    progress, should_stop, cache_dir, folds_hash = job.progress, job.should_stop, job.cache_dir, \
+        job.folds_hash
     t, m, is_main = cfg.train, cfg.model, dist_info.is_main
     fs = FoldSettings.from_config(cfg, data.fold, len(data.train), compute, world_size=dist_info.world_size,
                                   progress=progress)

@@ -21,7 +21,7 @@ from medres.data.manifest import read_manifest
 from medres.data.pipeline.datasets import manifest_to_records
 from medres.errors import ConfigError, DataError
 from medres.models import DualOutput, create_model
-from medres.training.fold import train_fold
+from medres.training.fold import FoldJob, train_fold
 from medres.training.loop import (
     EpochSettings,
     Interrupted,
@@ -141,7 +141,7 @@ def tiny_fold(root, **overrides):
 
 def fold_run(cfg, data, fold_dir, **kwargs):  # fold_dir: <cohort>/runs/<name>
     compute = resolve_compute_settings(cfg.train, spatial_dims=3)
-    return train_fold(cfg, data, fold_dir, compute=compute, **kwargs)
+    return train_fold(cfg, data, fold_dir, FoldJob(compute=compute, **kwargs))
 
 
 @pytest.mark.slow
