@@ -145,6 +145,12 @@ def _find(recs: list[dict], metric: str, cls: str, how: str | None = None) -> di
     return None
 
 
+def _compact(recs: Any) -> list[dict]:
+    """The pooled records as summary.json's ``tasks`` section lists them."""
+    keys = ("class", "metric", "value", "ci_low", "ci_high", "ci_method")
+    return [{k: r[k] for k in keys} for r in recs]
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -194,7 +200,7 @@ def _multilabel(task: MultilabelTask, preds: pd.DataFrame, cfg: Config, run_dir:
         recs += multilabel_records(part, scope="fold", head=task.name, fold=str(int(k)))
 
     thresholds = label_thresholds(run_dir, task, sorted(int(k) for k in set(fold)))
-    op_recs, cal_recs, cal_figs = [], [], []
+    op_recs, cal_recs, cal_figs, thr_from = [], [], [], {}
     for j, c in enumerate(cols):
         known = ~np.isnan(y[:, j])
         by_fold = thresholds[thresholds["label"] == c].set_index("fold")
@@ -204,6 +210,8 @@ def _multilabel(task: MultilabelTask, preds: pd.DataFrame, cfg: Config, run_dir:
                 f"threshold {DEFAULT_THRESHOLD:g} (no threshold in any fold's {_CAL_FILE})"
                 if _CAL_FILE not in sources else
                 f"threshold from {_CAL_FILE} where the fold has one, else {DEFAULT_THRESHOLD:g}")
+        thr_from[c] = (_CAL_FILE if sources == [_CAL_FILE] else f"{DEFAULT_THRESHOLD:g}"
+                       if _CAL_FILE not in sources else f"{_CAL_FILE} or {DEFAULT_THRESHOLD:g}")
         op_recs += _op_records(y[known, j], s[known, j], thr[known], g[known], head=task.name, label=c,
                                level=ev.ci_level, scope="pooled", note=note)
         yk, pk, gk = y[known, j].astype(np.int8), s[known, j], g[known]
@@ -230,19 +238,20 @@ def _multilabel(task: MultilabelTask, preds: pd.DataFrame, cfg: Config, run_dir:
         lab = pooled.per_label[j]
         thr_src = _find(op_recs, "sensitivity", c)
         rows.append({
-            "label": c, "known scans": lab.n, "positives": lab.n_pos, "unknown": lab.n_missing,
+            "label": c, "scans known / positive / unknown": f"{lab.n} / {lab.n_pos} / {lab.n_missing}",
             "prevalence": _cell(_find(recs, "prevalence", c)),
             "AUROC (bootstrap)": _cell(_find(recs, "auroc", c, "bootstrap")),
             "AUROC (DeLong)": _cell(_find(recs, "auroc", c, "DeLong")),
             "AP": _cell(_find(recs, "average_precision", c)),
             "sensitivity": _cell(thr_src), "specificity": _cell(_find(op_recs, "specificity", c)),
             "PPV": _cell(_find(op_recs, "ppv", c)), "NPV": _cell(_find(op_recs, "npv", c)),
-            "threshold": (thr_src or {}).get("note", "").split(";")[0],
+            "threshold": thr_from[c],
         })
     for avg in ("macro", "micro"):
         rows.append({"label": f"{avg} average", "AUROC (bootstrap)": _cell(_find(recs, "auroc", avg)),
                      "AP": _cell(_find(recs, "average_precision", avg))})
-    main = pd.DataFrame(rows).fillna("")
+    main = pd.DataFrame(rows)
+    main = main.astype(object).where(main.notna(), "")
     thr_show = thresholds.assign(threshold=thresholds["threshold"].map(fmt))
     cal_rows = []
     for c in cols:
@@ -259,7 +268,7 @@ def _multilabel(task: MultilabelTask, preds: pd.DataFrame, cfg: Config, run_dir:
     level = f"{ev.ci_level:.0%}"
     section = TaskSection(
         name=task.name, type="multilabel", anchor=f"task-{task.name}",
-        description=f"multilabel findings: {', '.join(cols)}",
+        description=f"multilabel: {', '.join(cols)}",
         tables=[
             TaskTable("Per label, pooled out-of-fold", table_html(main),
                       f"Intervals {level}, patients as the unit: AUROC and AP by the patient bootstrap "
@@ -283,7 +292,7 @@ def _multilabel(task: MultilabelTask, preds: pd.DataFrame, cfg: Config, run_dir:
     )
     summary = {"type": "multilabel", "columns": cols,
                "operating_points": thresholds.to_dict("records"),
-               "cooccurrence": co.rows()}
+               "cooccurrence": co.rows(), "pooled": _compact(r for r in recs if r["scope"] == "pooled")}
     return recs, section, summary
 
 
@@ -423,8 +432,7 @@ def _regression(task: RegressionTask, preds: pd.DataFrame, cfg: Config, seed: in
     )
     summary = {"type": "regression", "column": col, "unit": task.unit, "n": len(y), "n_missing": n_missing,
                "interval_level": nominal if has_pi else None,
-               "metrics": {r["metric"] + ("" if not r["ci_method"] else f" ({r['ci_method'].split(',')[0]})"):
-                           r["value"] for r in pooled}}
+               "pooled": _compact(pooled)}
     return recs, section, summary
 
 

@@ -1,0 +1,278 @@
+"""The report per task: a synthetic run with multilabel findings and a regression target (known truth).
+
+Every number is checked against scikit-learn / scipy / numpy, or against the metrics functions the
+report is meant to use on the same rows; the HTML is opened in Chromium as the other report tests do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import pearsonr
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+    roc_auc_score,
+)
+
+from medres.errors import DataError
+from medres.metrics.multilabel import multilabel_metrics
+from medres.metrics.regression import regression_summary
+from medres.report import build_bundle, load_run
+from medres.report.tasks import label_thresholds
+from tests.report.synthetic_run import FINDINGS, FOLD0_THRESHOLDS, patient_id, write_synthetic_run
+from tests.report.test_browser import browser  # noqa: F401 - the Chromium fixture
+
+RESAMPLES = 200
+
+
+@pytest.fixture(scope="module")
+def task_run(tmp_path_factory):
+    return write_synthetic_run(tmp_path_factory.mktemp("tasks"), with_seg=False, tasks=True,
+                               bootstrap_resamples=RESAMPLES)
+
+
+@pytest.fixture(scope="module")
+def bundle(task_run):
+    return build_bundle(load_run(task_run), task_run.parent / "tasks_report")
+
+
+@pytest.fixture(scope="module")
+def summary(bundle):
+    return json.loads((bundle.output / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def records(summary):
+    return pd.DataFrame(summary["records"])
+
+
+@pytest.fixture(scope="module")
+def preds(task_run):
+    return load_run(task_run).predictions
+
+
+def one(records: pd.DataFrame, **where) -> pd.Series:
+    m = np.ones(len(records), bool)
+    for k, v in where.items():
+        col = records[k]
+        m &= col.str.contains(v[1:], regex=False).to_numpy() if isinstance(v, str) and v[:1] == "~" else (
+            col == v).to_numpy()
+    part = records[m]
+    assert len(part) == 1, (where, part[["scope", "class", "metric", "ci_method"]])
+    return part.iloc[0]
+
+
+def known(preds: pd.DataFrame, c: str) -> pd.DataFrame:
+    return preds[preds[f"y_{c}"].notna()]
+
+
+def test_multilabel_per_label_and_averages_against_sklearn(preds, records):
+    for c in FINDINGS:
+        k = known(preds, c)
+        y, p = k[f"y_{c}"].to_numpy(int), k[f"p_{c}"].to_numpy()
+        boot = one(records, scope="pooled", head="findings", **{"class": c}, metric="auroc",
+                   ci_method="~bootstrap")
+        delong = one(records, scope="pooled", head="findings", **{"class": c}, metric="auroc",
+                     ci_method="~DeLong")
+        assert boot["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert delong["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert delong["ci_low"] < delong["value"] < delong["ci_high"]
+        ap = one(records, scope="pooled", head="findings", **{"class": c}, metric="average_precision")
+        assert ap["value"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
+        prev = one(records, scope="pooled", head="findings", **{"class": c}, metric="prevalence")
+        assert prev["value"] == pytest.approx(y.mean()) and prev["n"] == len(k) and prev["n_pos"] == y.sum()
+    assert preds["y_effusion"].isna().sum() > 0  # unknown cells are left out and said so
+    assert "unknown left out" in one(records, scope="pooled", head="findings", **{"class": "effusion"},
+                                     metric="prevalence")["note"]
+    macro = one(records, scope="pooled", head="findings", **{"class": "macro"}, metric="auroc")
+    per = [roc_auc_score(known(preds, c)[f"y_{c}"], known(preds, c)[f"p_{c}"]) for c in FINDINGS]
+    assert macro["value"] == pytest.approx(np.mean(per), abs=1e-12)
+    y = preds[[f"y_{c}" for c in FINDINGS]].to_numpy()
+    s = preds[[f"p_{c}" for c in FINDINGS]].to_numpy()
+    cells = ~np.isnan(y)
+    micro = one(records, scope="pooled", head="findings", **{"class": "micro"}, metric="auroc")
+    assert micro["value"] == pytest.approx(roc_auc_score(y[cells], s[cells]), abs=1e-12)
+    micro_ap = one(records, scope="pooled", head="findings", **{"class": "micro"}, metric="average_precision")
+    assert micro_ap["value"] == pytest.approx(average_precision_score(y[cells], s[cells]), abs=1e-12)
+    # the intervals are those of the metrics function on the same rows and seed
+    ref = multilabel_metrics(y, s, preds["patient_id"], labels=FINDINGS, n_resamples=RESAMPLES, seed=0)
+    assert macro["ci_low"] == pytest.approx(ref.macro_auroc.ci_low)
+    assert macro["ci_high"] == pytest.approx(ref.macro_auroc.ci_high)
+    # one record set per fold, on that fold's cases
+    for f in sorted(preds["fold"].unique()):
+        part = preds[preds["fold"] == f]
+        kp = part[part["y_opacity"].notna()]
+        r = one(records, scope="fold", fold=str(f), head="findings", **{"class": "opacity"}, metric="auroc",
+                ci_method="~bootstrap")
+        assert r["value"] == pytest.approx(roc_auc_score(kp["y_opacity"], kp["p_opacity"]), abs=1e-12)
+
+
+def test_operating_points_from_calibration_json_else_half(task_run, preds, records, summary):
+    ops = pd.DataFrame(summary["tasks"]["findings"]["operating_points"])
+    for c in FINDINGS:
+        got = ops[ops["label"] == c].set_index("fold")["threshold"]
+        assert got[0] == FOLD0_THRESHOLDS[c]
+        assert (got.drop(index=0) == 0.5).all()
+        assert ops[ops["label"] == c].set_index("fold").loc[1, "source"].startswith("default 0.5")
+        k = known(preds, c)
+        thr = np.where(k["fold"] == 0, FOLD0_THRESHOLDS[c], 0.5)
+        y = k[f"y_{c}"].to_numpy(int)
+        called = (k[f"p_{c}"].to_numpy() >= thr).astype(int)
+        sens = one(records, scope="pooled", head="findings", **{"class": c}, metric="sensitivity")
+        spec = one(records, scope="pooled", head="findings", **{"class": c}, metric="specificity")
+        ppv = one(records, scope="pooled", head="findings", **{"class": c}, metric="ppv")
+        assert sens["value"] == pytest.approx(called[y == 1].mean())
+        assert spec["value"] == pytest.approx(1 - called[y == 0].mean())
+        assert ppv["value"] == pytest.approx(y[called == 1].mean())
+        assert sens["ci_low"] <= sens["value"] <= sens["ci_high"]
+        assert "else 0.5" in sens["note"]  # the report says where the thresholds came from
+    # without calibration.json anywhere: 0.5 for every fold
+    from medres.config.tasks import MultilabelTask
+
+    task = MultilabelTask(type="multilabel", name="findings", columns=FINDINGS)
+    bare = label_thresholds(task_run.parent / "no_such_run", task, [0, 1])
+    assert (bare["threshold"] == 0.5).all() and len(bare) == 2 * len(FINDINGS)
+
+
+def test_calibration_per_label(preds, records):
+    for c in FINDINGS:
+        k = known(preds, c)
+        y = k[f"y_{c}"].to_numpy(int)
+        used = one(records, scope="calibration", head="findings", **{"class": c}, metric="brier",
+                   subgroup="~calibrated (used")
+        assert used["value"] == pytest.approx(brier_score_loss(y, k[f"p_{c}"]), abs=1e-12)
+        raw = one(records, scope="calibration", head="findings", **{"class": c}, metric="brier",
+                  subgroup="~uncalibrated")
+        p_raw = 1 / (1 + np.exp(-k[f"logit_{c}"].to_numpy()))
+        assert raw["value"] == pytest.approx(brier_score_loss(y, p_raw), abs=1e-12)
+        assert used["ci_low"] <= used["value"] <= used["ci_high"]
+
+
+def test_cooccurrence_table(preds, summary):
+    rows = pd.DataFrame(summary["tasks"]["findings"]["cooccurrence"]).set_index(["given", "label"])
+    for a in FINDINGS:
+        for b in FINDINGS:
+            both = preds[preds[f"y_{a}"].notna() & preds[f"y_{b}"].notna()]
+            r = rows.loc[(a, b)]
+            assert r["n_both_known"] == len(both)
+            assert r["n_both_positive"] == int(((both[f"y_{a}"] == 1) & (both[f"y_{b}"] == 1)).sum())
+            assert r["p_given"] == pytest.approx((both.loc[both[f"y_{a}"] == 1, f"y_{b}"]).mean())
+
+
+def test_regression_against_sklearn_scipy_and_numpy(preds, records):
+    y, p = preds["y_ctr"].to_numpy(), preds["pred_ctr"].to_numpy()
+    g = preds["patient_id"].to_numpy()
+
+    def value(metric: str, how: str = "~") -> pd.Series:
+        return one(records, scope="pooled", head="ctr", **{"class": "ctr"}, metric=metric, ci_method=how)
+
+    assert value("mae")["value"] == pytest.approx(mean_absolute_error(y, p), abs=1e-12)
+    assert value("rmse")["value"] == pytest.approx(math.sqrt(mean_squared_error(y, p)), abs=1e-12)
+    assert value("r2")["value"] == pytest.approx(r2_score(y, p), abs=1e-10)
+    assert value("pearson_r", "~Fisher")["value"] == pytest.approx(pearsonr(y, p)[0], abs=1e-10)
+    ccc = 2 * np.cov(y, p, bias=True)[0, 1] / (y.var() + p.var() + (y.mean() - p.mean()) ** 2)
+    assert value("ccc", "~Fisher")["value"] == pytest.approx(ccc, abs=1e-10)
+    d = p - y
+    assert value("bias", "~t on")["value"] == pytest.approx(d.mean(), abs=1e-12)
+    assert value("loa_upper", "~Carkeet")["value"] == pytest.approx(d.mean() + 1.96 * d.std(ddof=1))
+    slope, intercept = np.polyfit(p, y, 1)
+    assert value("calibration_slope")["value"] == pytest.approx(slope, abs=1e-8)
+    assert value("calibration_intercept")["value"] == pytest.approx(intercept, abs=1e-8)
+    cover = value("interval_coverage")
+    inside = (preds["pred_ctr_lo"] <= preds["y_ctr"]) & (preds["y_ctr"] <= preds["pred_ctr_hi"])
+    assert cover["value"] == pytest.approx(inside.mean()) and "nominal 0.9" in cover["note"]
+    assert cover["ci_low"] <= cover["value"] <= cover["ci_high"]
+    # the intervals are the regression module's on the same rows and seed
+    ref = regression_summary(y, p, g, lo=preds["pred_ctr_lo"], hi=preds["pred_ctr_hi"], nominal=0.9,
+                             n_resamples=RESAMPLES, seed=0)
+    mae = value("mae", "~bootstrap")
+    assert (mae["ci_low"], mae["ci_high"]) == pytest.approx((ref.bootstrap["mae"].ci_low,
+                                                              ref.bootstrap["mae"].ci_high))
+    ba = value("loa_lower", "~Carkeet")
+    assert (ba["ci_low"], ba["ci_high"]) == pytest.approx((ref.bland_altman.lower.ci_low,
+                                                            ref.bland_altman.lower.ci_high))
+
+
+def test_subgroups_per_label_and_per_target(preds, records):
+    sub = records[(records["scope"] == "subgroup") & (records["head"] == "findings")]
+    assert set(sub["class"]) == set(FINDINGS)
+    for c in FINDINGS:
+        for level in ("F", "M"):
+            part = known(preds[preds["sex"] == level], c)
+            y = part[f"y_{c}"].to_numpy(int)
+            r = one(sub, subgroup=f"sex={level}", **{"class": c}, metric="auroc", ci_method="~bootstrap")
+            assert r["value"] == pytest.approx(roc_auc_score(y, part[f"p_{c}"]), abs=1e-12)
+    # a level below min_positives is not estimable, with its counts
+    small = sub[sub["note"].str.startswith("not estimable")]
+    assert len(small) and small["value"].isna().all()
+    reg = records[(records["scope"] == "subgroup") & (records["head"] == "ctr")]
+    part = preds[preds["site"] == "north"]
+    r = one(reg, subgroup="site=north", metric="mae")
+    assert r["value"] == pytest.approx(mean_absolute_error(part["y_ctr"], part["pred_ctr"]), abs=1e-12)
+    assert r["n"] == len(part)
+
+
+def test_html_has_a_section_per_task_and_no_identifier(bundle, task_run):
+    html = (bundle.output / "report.html").read_text()
+    for anchor in ("task-findings", "task-ctr"):
+        assert f'<section id="{anchor}">' in html and f'href="#{anchor}"' in html
+    assert "Co-occurrence" in html and "Bland-Altman" in html and "prediction-interval coverage" in html
+    assert "patient-" not in html or "SECRETPAT" not in html
+    exported = pd.read_csv(bundle.output / "predictions.csv")
+    assert {"y_opacity", "p_opacity", "pred_ctr", "y_ctr", "pred_ctr_lo"} <= set(exported.columns)
+    for path in bundle.output.rglob("*"):
+        if path.is_file() and "private" not in path.parts:
+            assert patient_id(0) not in path.read_text(errors="ignore"), path
+
+
+def test_single_label_part_is_the_same_with_and_without_tasks(tmp_path, records, summary):
+    """The tasks add records and a section; the single-label records stay those of a run without them."""
+    plain = write_synthetic_run(tmp_path, with_seg=False, bootstrap_resamples=RESAMPLES)
+    out = build_bundle(load_run(plain), tmp_path / "report")
+    alone = json.loads((out.output / "summary.json").read_text())
+    assert "tasks" not in alone and set(summary["tasks"]) == {"findings", "ctr"}
+    cls = records[records["head"] == "classification"].drop(columns="note").reset_index(drop=True)
+    ref = pd.DataFrame(alone["records"]).drop(columns="note")
+    pd.testing.assert_frame_equal(cls, ref[ref["head"] == "classification"].reset_index(drop=True))
+    assert "task-findings" not in (out.output / "report.html").read_text()
+
+
+def test_tables_without_the_task_columns_are_a_data_error(task_run):
+    run = load_run(task_run)
+    run.predictions = run.predictions.drop(columns=["pred_ctr"])
+    with pytest.raises(DataError, match="task 'ctr'.*pred_ctr"):
+        build_bundle(run, task_run.parent / "broken_report")
+
+
+@pytest.mark.browser
+def test_task_report_renders_in_chromium(bundle, browser):  # noqa: F811 - the imported fixture
+    for domain in ("Runtime", "Log", "Page", "Network"):
+        browser.send(f"{domain}.enable")
+    browser.send("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1,
+                 mobile=False)
+    browser.send("Page.navigate", url=(bundle.output / "report.html").resolve().as_uri())
+    browser.wait_for("Page.loadEventFired")
+    state = json.loads(browser.send("Runtime.evaluate", returnByValue=True, expression="""JSON.stringify({
+        images: Array.from(document.querySelectorAll('section[id^=task-] img'))
+                     .map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0})),
+        sections: Array.from(document.querySelectorAll('section[id^=task-]')).map(s => s.id),
+        wide: Array.from(document.querySelectorAll('section[id^=task-] .tablewrap'))
+                   .filter(w => w.scrollWidth > w.clientWidth).length})""")["result"]["value"])
+    assert state["sections"] == ["task-findings", "task-ctr"]
+    assert len(state["images"]) == len(FINDINGS) + 2  # reliability per label; Bland-Altman, calibration
+    assert [i["alt"] for i in state["images"] if not i["ok"]] == []
+    assert state["wide"] == 0
+    errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"
+              or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    assert errors == []
+    fetched = [e["params"]["request"]["url"] for e in browser.events
+               if e.get("method") == "Network.requestWillBeSent"]
+    assert all(u.startswith(("file:", "data:")) for u in fetched), fetched
