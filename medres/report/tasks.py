@@ -100,8 +100,8 @@ def task_columns(task: AnyTask) -> list[str]:
     """The table columns of a multilabel or regression task (contract names)."""
     if isinstance(task, MultilabelTask):
         return [f"{k}_{c}" for c in task.columns for k in ("y", "p", "logit")]
-    c = task.column
-    return [f"y_{c}", f"pred_{c}", f"pred_{c}_lo", f"pred_{c}_hi"]
+    t = task.name  # a regression task's columns are named by the task, not by its manifest column
+    return [f"y_{t}", f"pred_{t}", f"pred_{t}_lo", f"pred_{t}_hi"]
 
 
 def _need(df: pd.DataFrame, columns: list[str], task: AnyTask) -> None:
@@ -113,14 +113,15 @@ def _need(df: pd.DataFrame, columns: list[str], task: AnyTask) -> None:
 
 
 def label_thresholds(run_dir: Any, task: MultilabelTask, folds: list[int]) -> pd.DataFrame:
-    """Each fold's threshold per label: ``calibration.json["tasks"][task][label]["threshold"]`` (or its
-    ``operating_point.threshold``), else `DEFAULT_THRESHOLD`. Columns: fold, label, threshold, source."""
+    """Each fold's threshold per label: ``calibration.json["tasks"][task]["columns"][label]
+    ["operating_point"]["threshold"]`` (as ``medres.training.calibrate`` writes it), else
+    `DEFAULT_THRESHOLD`. Columns: fold, label, threshold, source."""
     maps = fold_maps(run_dir)
     rows = []
     for k in folds:
         entry = ((maps.get(k) or {}).get("tasks") or {}).get(task.name) or {}
         for c in task.columns:
-            cal = entry.get(c) or {}
+            cal = (entry.get("columns") or {}).get(c) or {}
             thr = cal.get("threshold")
             if thr is None:
                 thr = (cal.get("operating_point") or {}).get("threshold")
@@ -348,20 +349,20 @@ def _subgroup_table(recs: list[dict], metric: str, how: str = "bootstrap") -> pd
 def _regression(task: RegressionTask, preds: pd.DataFrame, cfg: Config, seed: int
                 ) -> tuple[list[dict], TaskSection, dict]:
     ev = cfg.evaluate
-    col = task.column
-    _need(preds, [f"y_{col}", f"pred_{col}"], task)
+    col, t = task.column, task.name  # records' class: the manifest column; table columns: the task
+    _need(preds, [f"y_{t}", f"pred_{t}"], task)
     nominal = float(getattr(task, "interval", None) or DEFAULT_INTERVAL)
     unit = task.unit or ""
-    y_all = preds[f"y_{col}"].to_numpy(np.float64)
-    p_all = preds[f"pred_{col}"].to_numpy(np.float64)
+    y_all = preds[f"y_{t}"].to_numpy(np.float64)
+    p_all = preds[f"pred_{t}"].to_numpy(np.float64)
     known = np.isfinite(y_all) & np.isfinite(p_all)
     n_missing = int((~known).sum())
     df = preds[known]
     y, p = y_all[known], p_all[known]
     g = df["patient_id"].astype(str).to_numpy()
-    has_pi = f"pred_{col}_lo" in df.columns and f"pred_{col}_hi" in df.columns
-    lo = df[f"pred_{col}_lo"].to_numpy(np.float64) if has_pi else None
-    hi = df[f"pred_{col}_hi"].to_numpy(np.float64) if has_pi else None
+    has_pi = f"pred_{t}_lo" in df.columns and f"pred_{t}_hi" in df.columns
+    lo = df[f"pred_{t}_lo"].to_numpy(np.float64) if has_pi else None
+    hi = df[f"pred_{t}_hi"].to_numpy(np.float64) if has_pi else None
     kw = dict(nominal=nominal, level=ev.ci_level, n_resamples=ev.bootstrap_resamples, seed=seed,
               n_bins=CAL_BINS)
     summ, warn = _quiet(regression_summary, y, p, g, lo=lo, hi=hi, **kw)

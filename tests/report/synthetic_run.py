@@ -29,7 +29,7 @@ FINDINGS = ["opacity", "effusion", "cardiomegaly"]
 TASKS = [
     {"name": "diagnosis", "type": "binary", "column": "label", "classes": list(LABELS)},
     {"name": "findings", "type": "multilabel", "columns": FINDINGS},
-    {"name": "ctr", "type": "regression", "column": "ctr", "unit": "ratio", "interval": 0.9},
+    {"name": "heart", "type": "regression", "column": "ctr", "unit": "ratio", "interval": 0.9},
 ]
 #: fold 0's calibration.json thresholds of the findings (the other folds name none: 0.5)
 FOLD0_THRESHOLDS = {"opacity": 0.4, "effusion": 0.6, "cardiomegaly": 0.3}
@@ -195,8 +195,8 @@ def write_synthetic_run(
                 out[f"y_{c}"], out[f"logit_{c}"], out[f"p_{c}"] = truth, z, 1 / (1 + np.exp(-0.8 * z))
             truth = df["ctr"].to_numpy()
             pred = 0.8 * truth + 0.1 + task_rng.normal(0, 0.03, len(df))
-            out["y_ctr"], out["pred_ctr"] = truth, pred
-            out["pred_ctr_lo"], out["pred_ctr_hi"] = pred - 0.05, pred + 0.05
+            out["y_heart"], out["pred_heart"] = truth, pred  # a regression task's columns: its name
+            out["pred_heart_lo"], out["pred_heart_hi"] = pred - 0.05, pred + 0.05
         out["image"] = [str(data / p) for p in df["image"]]
         out["mask"] = [str(data / p) for p in df["mask"]]
         if with_seg and write_seg:
@@ -215,8 +215,10 @@ def write_synthetic_run(
         fdir = run / f"fold_{fold}"
         fdir.mkdir(exist_ok=True)
         if tasks and fold == 0:
-            entry = {c: {"method": "none", "threshold": t} for c, t in FOLD0_THRESHOLDS.items()}
-            calibration = {"method": "none", "tasks": {"findings": entry}}
+            columns = {c: {"method": "none", "operating_point": {"threshold": t, "method": "youden"}}
+                       for c, t in FOLD0_THRESHOLDS.items()}
+            findings = {"type": "multilabel", "columns": columns}
+            calibration = {"method": "none", "tasks": {"findings": findings}}
             (fdir / "calibration.json").write_text(json.dumps(calibration))
         held = manifest[manifest.patient_id.map(fold_of) == fold]
         train = manifest[manifest.patient_id.map(fold_of) != fold]

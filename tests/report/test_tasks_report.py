@@ -168,11 +168,11 @@ def test_cooccurrence_table(preds, summary):
 
 
 def test_regression_against_sklearn_scipy_and_numpy(preds, records):
-    y, p = preds["y_ctr"].to_numpy(), preds["pred_ctr"].to_numpy()
+    y, p = preds["y_heart"].to_numpy(), preds["pred_heart"].to_numpy()
     g = preds["patient_id"].to_numpy()
 
     def value(metric: str, how: str = "~") -> pd.Series:
-        return one(records, scope="pooled", head="ctr", **{"class": "ctr"}, metric=metric, ci_method=how)
+        return one(records, scope="pooled", head="heart", **{"class": "ctr"}, metric=metric, ci_method=how)
 
     assert value("mae")["value"] == pytest.approx(mean_absolute_error(y, p), abs=1e-12)
     assert value("rmse")["value"] == pytest.approx(math.sqrt(mean_squared_error(y, p)), abs=1e-12)
@@ -187,11 +187,11 @@ def test_regression_against_sklearn_scipy_and_numpy(preds, records):
     assert value("calibration_slope")["value"] == pytest.approx(slope, abs=1e-8)
     assert value("calibration_intercept")["value"] == pytest.approx(intercept, abs=1e-8)
     cover = value("interval_coverage")
-    inside = (preds["pred_ctr_lo"] <= preds["y_ctr"]) & (preds["y_ctr"] <= preds["pred_ctr_hi"])
+    inside = (preds["pred_heart_lo"] <= preds["y_heart"]) & (preds["y_heart"] <= preds["pred_heart_hi"])
     assert cover["value"] == pytest.approx(inside.mean()) and "nominal 0.9" in cover["note"]
     assert cover["ci_low"] <= cover["value"] <= cover["ci_high"]
     # the intervals are the regression module's on the same rows and seed
-    ref = regression_summary(y, p, g, lo=preds["pred_ctr_lo"], hi=preds["pred_ctr_hi"], nominal=0.9,
+    ref = regression_summary(y, p, g, lo=preds["pred_heart_lo"], hi=preds["pred_heart_hi"], nominal=0.9,
                              n_resamples=RESAMPLES, seed=0)
     mae = value("mae", "~bootstrap")
     assert (mae["ci_low"], mae["ci_high"]) == pytest.approx((ref.bootstrap["mae"].ci_low,
@@ -213,21 +213,21 @@ def test_subgroups_per_label_and_per_target(preds, records):
     # a level below min_positives is not estimable, with its counts
     small = sub[sub["note"].str.startswith("not estimable")]
     assert len(small) and small["value"].isna().all()
-    reg = records[(records["scope"] == "subgroup") & (records["head"] == "ctr")]
+    reg = records[(records["scope"] == "subgroup") & (records["head"] == "heart")]
     part = preds[preds["site"] == "north"]
     r = one(reg, subgroup="site=north", metric="mae")
-    assert r["value"] == pytest.approx(mean_absolute_error(part["y_ctr"], part["pred_ctr"]), abs=1e-12)
+    assert r["value"] == pytest.approx(mean_absolute_error(part["y_heart"], part["pred_heart"]), abs=1e-12)
     assert r["n"] == len(part)
 
 
 def test_html_has_a_section_per_task_and_no_identifier(bundle, task_run):
     html = (bundle.output / "report.html").read_text()
-    for anchor in ("task-findings", "task-ctr"):
+    for anchor in ("task-findings", "task-heart"):
         assert f'<section id="{anchor}">' in html and f'href="#{anchor}"' in html
     assert "Co-occurrence" in html and "Bland-Altman" in html and "prediction-interval coverage" in html
     assert "patient-" not in html or "SECRETPAT" not in html
     exported = pd.read_csv(bundle.output / "predictions.csv")
-    assert {"y_opacity", "p_opacity", "pred_ctr", "y_ctr", "pred_ctr_lo"} <= set(exported.columns)
+    assert {"y_opacity", "p_opacity", "pred_heart", "y_heart", "pred_heart_lo"} <= set(exported.columns)
     for path in bundle.output.rglob("*"):
         if path.is_file() and "private" not in path.parts:
             assert patient_id(0) not in path.read_text(errors="ignore"), path
@@ -238,7 +238,7 @@ def test_single_label_part_is_the_same_with_and_without_tasks(tmp_path, records,
     plain = write_synthetic_run(tmp_path, with_seg=False, bootstrap_resamples=RESAMPLES)
     out = build_bundle(load_run(plain), tmp_path / "report")
     alone = json.loads((out.output / "summary.json").read_text())
-    assert "tasks" not in alone and set(summary["tasks"]) == {"findings", "ctr"}
+    assert "tasks" not in alone and set(summary["tasks"]) == {"findings", "heart"}
     cls = records[records["head"] == "classification"].drop(columns="note").reset_index(drop=True)
     ref = pd.DataFrame(alone["records"]).drop(columns="note")
     pd.testing.assert_frame_equal(cls, ref[ref["head"] == "classification"].reset_index(drop=True))
@@ -247,9 +247,23 @@ def test_single_label_part_is_the_same_with_and_without_tasks(tmp_path, records,
 
 def test_tables_without_the_task_columns_are_a_data_error(task_run):
     run = load_run(task_run)
-    run.predictions = run.predictions.drop(columns=["pred_ctr"])
-    with pytest.raises(DataError, match="task 'ctr'.*pred_ctr"):
+    run.predictions = run.predictions.drop(columns=["pred_heart"])
+    with pytest.raises(DataError, match="task 'heart'.*pred_heart"):
         build_bundle(run, task_run.parent / "broken_report")
+
+
+def test_task_figures_draw_text_from_data_as_written():
+    """A unit or label like ``$\\frac{a}$`` (broken mathtext) is drawn as text, never parsed."""
+    import medres.report.figures as figures
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=40)
+    p = y + rng.normal(0, 0.3, 40)
+    unit = "$\\frac{a}$ ^_"
+    ba = figures.bland_altman_figure((y + p) / 2, p - y, {"bias $x$": (0.0, -0.1, 0.1)}, unit=unit)
+    cal = figures.regression_calibration_figure(y, p, np.array([-1.0, 1.0]), np.array([-1.1, 0.9]),
+                                                np.array([20, 20]), intercept=0.0, slope=1.0, unit=unit)
+    assert ba.startswith("data:image/png;base64,") and cal.startswith("data:image/png;base64,")
 
 
 @pytest.mark.browser
@@ -266,7 +280,7 @@ def test_task_report_renders_in_chromium(bundle, browser):  # noqa: F811 - the i
         sections: Array.from(document.querySelectorAll('section[id^=task-]')).map(s => s.id),
         wide: Array.from(document.querySelectorAll('section[id^=task-] .tablewrap'))
                    .filter(w => w.scrollWidth > w.clientWidth).length})""")["result"]["value"])
-    assert state["sections"] == ["task-findings", "task-ctr"]
+    assert state["sections"] == ["task-findings", "task-heart"]
     assert len(state["images"]) == len(FINDINGS) + 2  # reliability per label; Bland-Altman, calibration
     assert [i["alt"] for i in state["images"] if not i["ok"]] == []
     assert state["wide"] == 0
