@@ -24,7 +24,7 @@ DICOM files carry made-up patient fields (``DEMO^0001``) so privacy tests have s
 
 ``generate_cxr_demo(out, findings=True)`` (``--kind cxr_findings``) writes the findings variant: the
 same patients, sites and opacity quota, and beside them, independently and co-occurring, a pleural
-effusion (a dense meniscus filling the lateral lung base, one or both sides, 20-90 mm high) in a third of
+effusion (a dense meniscus filling the lateral lung base, one or both sides, 25-90 mm high) in a third of
 the patients and cardiomegaly (cardiothoracic ratio > 0.5) in a third. Its manifest adds 0/1 columns
 ``opacity``, ``effusion``, ``cardiomegaly`` and the number ``ctr`` (max horizontal heart width / max inner
 thoracic width, from the generator's geometry in the PA projection); a few ``effusion`` cells are blank
@@ -160,7 +160,7 @@ def _fluid(x: np.ndarray, y: np.ndarray, p: _Patient, right: np.ndarray, left: n
         ellipse_floor = _LUNG_CY * s + _LUNG_AY * s * np.sqrt(np.maximum(1.0 - lateral ** 2, 0.0))
         dome = (85.0 if side < 0 else 95.0) * s + 0.006 * (x - cx) ** 2
         floor = np.minimum(ellipse_floor, dome)  # the lung's lower margin in this column
-        top = floor - height * (0.2 + 0.8 * np.clip((lateral + 0.3) / 1.3, 0.0, 1.0) ** 2)
+        top = floor - height * (0.3 + 0.7 * np.clip((lateral + 0.3) / 1.3, 0.0, 1.0) ** 2)
         out = np.maximum(out, np.clip((y - top) / 6.0 + 0.5, 0.0, 1.0) * lung)
     return out
 
@@ -217,7 +217,7 @@ def _add_findings(p: _Patient, effusion_ids: set[int], enlarged_ids: set[int], s
     ctr = r.uniform(0.51, 0.66) if p.index in enlarged_ids else r.uniform(0.38, 0.495)
     p.heart = float(ctr / cardiothoracic_ratio(1.0))
     sides = r.choice(3, p=[0.4, 0.3, 0.3])  # right, left, both
-    heights = np.exp(r.uniform(np.log(20.0), np.log(90.0), 2))  # mm: small ones are subtle
+    heights = np.exp(r.uniform(np.log(25.0), np.log(90.0), 2))  # mm: small ones are subtle
     if p.index in effusion_ids:
         p.effusion = (float(heights[0] * (sides != 1)), float(heights[1] * (sides != 0)))
 
