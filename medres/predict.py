@@ -32,14 +32,23 @@ operating point (chosen on inner validation, as the report's), ``y_pred_argmax``
 DICOM source also ``seg/<name>.dcm``, a DICOM SEG referencing the source series (for PACS viewers);
 ``<name>`` is ``medres.layout.case_file_stem(case_id)`` (a readable prefix and a hash of the exact id).
 A problem with the input is reported as one message and exit code 2, with no traceback.
+
+Under ``torchrun --nproc_per_node=N -m medres.predict ...`` (several GPUs, or several machines sharing
+``--output``) each rank loads the model once and predicts every N-th case (rank r: cases r, r+N, ...),
+writing its masks and SEGs under their usual names and its rows to a part file; rank 0 then merges the
+parts into ``predictions.csv`` in the input's order, the same table one process writes. When a rank fails,
+every rank stops, rank 0 names the failed rank, and no ``predictions.csv`` is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +58,9 @@ from medres.errors import ConfigError, DataError, MedresError
 __all__ = ["main", "input_records"]
 
 log = logging.getLogger("medres.predict")
+
+#: how long a rank that has predicted its share waits for the slowest one (under torchrun)
+_GROUP_TIMEOUT = timedelta(hours=24)
 
 # suffixes a case id is read without (DICOM files in a folder form one series)
 _SCAN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima")
@@ -114,17 +126,121 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      "input's SEG, seg/<name>.sr.dcm (--push writes it too)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if _rank_prefix() and os.environ.get("RANK") != "0":  # under torchrun rank 0 alone logs progress
+        logging.getLogger("medres").setLevel(logging.WARNING)
     from medres.logs import route_library_logs
 
     route_library_logs()  # highdicom's, MLflow's and alembic's INFO lines stay off the terminal
     try:
         return _run(args)
     except MedresError as e:
-        print(f"medres.predict: error: {e}", file=sys.stderr)
+        if not isinstance(e, _Reported):
+            _print_error(e)
         return 2
 
 
+def _print_error(e: BaseException) -> None:
+    print(f"medres.predict: error: {_rank_prefix()}{e}", file=sys.stderr, flush=True)
+
+
+def _rank_prefix() -> str:
+    """``"rank R of N: "`` under torchrun (several processes), else ``""``."""
+    size = os.environ.get("WORLD_SIZE", "1")
+    return f"rank {os.environ.get('RANK', '?')} of {size}: " if size.strip() not in ("", "0", "1") else ""
+
+
+class _Reported(MedresError):
+    """A failure at a step every rank takes together, already printed (by the failed rank and rank 0)."""
+
+
+@contextlib.contextmanager
+def _all_ranks(info: Any, step: str) -> Iterator[None]:
+    """Run ``step`` on every rank, then agree on how it went: when it failed on any rank, every rank stops
+    here (none waits for one that gave up). Each failed rank prints its error and rank 0 which rank failed,
+    all before any rank exits (torchrun stops the others once one has)."""
+    if not info.enabled:
+        yield
+        return
+    from medres.distributed import all_gather_objects, barrier
+
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as exc:
+        error = exc
+    said = None if error is None else f"{type(error).__name__}: {error}" if isinstance(error, MedresError) \
+        else f"{type(error).__name__} (its traceback is in that rank's output)"
+    failed = [(r, text) for r, text in enumerate(all_gather_objects(said)) if text is not None]
+    if not failed:
+        return
+    if isinstance(error, MedresError):
+        _print_error(error)
+    if info.is_main and error is None:
+        r, text = failed[0]
+        more = f" (and {len(failed) - 1} other rank(s))" if len(failed) > 1 else ""
+        print(f"medres.predict: error: rank {r} of {info.world_size}{more} failed while {step}: {text}; "
+              "predictions.csv was not written", file=sys.stderr, flush=True)
+    barrier()
+    if error is not None and not isinstance(error, MedresError):
+        raise error  # a bug, not the input: its traceback
+    raise _Reported(f"rank {failed[0][0]} failed while {step}")
+
+
+def _rank_device(device: str, info: Any) -> str:
+    """Each rank's device under torchrun: ``auto``/``cuda`` become ``cuda:LOCAL_RANK`` (one GPU a rank)."""
+    import torch
+
+    if info.enabled and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{info.local_rank}"
+    return device
+
+
+def _part_names(info: Any) -> list[str]:
+    """Each rank's part of the table under torchrun (rank 0 merges and removes them); [] for one process."""
+    n = info.world_size
+    return [f"predictions.part{r}of{n}.parquet" for r in range(n)] if info.enabled else []
+
+
+def _merge_parts(out: Path, parts: Sequence[str], n_cases: int) -> Any:
+    """The ranks' parts as one table in the cases' order (case i was row i // N of rank i % N's part),
+    with the columns in the order one process gives them (first appearance, case by case)."""
+    import pandas as pd
+
+    n = len(parts)
+    rows_by_rank: list[list[dict[str, Any]]] = []
+    for r, name in enumerate(parts):
+        expected = len(range(r, n_cases, n))
+        if expected == 0:
+            rows_by_rank.append([])
+            continue
+        path = out / name
+        if not path.is_file():
+            raise DataError(f"rank {r}'s part of the predictions is missing", path=path,
+                            hint="on several machines --output must be one folder all of them share "
+                                 "(a network file system); run the prediction again")
+        table = pd.read_parquet(path)
+        if len(table) != expected:
+            raise DataError(f"rank {r}'s part holds {len(table)} rows, not {expected}", path=path,
+                            hint="run the prediction again")
+        # a column some rows lack is empty (NA) there: keep it out of those rows, as one process does
+        sparse = {c for c in table.columns if table[c].isna().any() and not table[c].isna().all()}
+        rows_by_rank.append([{k: v for k, v in row.items() if k not in sparse or pd.notna(v)}
+                             for row in table.to_dict("records")])
+    return pd.DataFrame([rows_by_rank[i % n][i // n] for i in range(n_cases)])
+
+
 def _run(args: argparse.Namespace) -> int:
+    from medres.distributed import cleanup_distributed, init_distributed
+
+    # only small Python objects cross ranks (each rank's outcome): gloo, on GPU machines too
+    info = init_distributed(backend="gloo", timeout=_GROUP_TIMEOUT)
+    try:
+        return _predict(args, info)
+    finally:
+        cleanup_distributed()
+
+
+def _predict(args: argparse.Namespace, info: Any) -> int:
     import torch
 
     from medres.data.dicom_objects.seg_write import (
@@ -133,28 +249,48 @@ def _run(args: argparse.Namespace) -> int:
     from medres.files import claim_outputs
     from medres.inference.predictor import Predictor, write_table
 
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: no CUDA device is available", hint="use --device cpu")
-    _check_output(args)
-    if args.sr and args.no_masks:
-        raise ConfigError("--sr describes the predicted masks (it references the DICOM SEG), but --no-masks "
-                          "writes none", hint="leave out --no-masks")
-    if args.push or args.push_dimse:  # the server's address, credentials and --no-masks, before predicting
-        from medres.data.pacs.push import check_push_arguments
+    with _all_ranks(info, "loading the model and the cases"):
+        if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {args.device}: no CUDA device is available", hint="use --device cpu")
+        _check_output(args)
+        if args.sr and args.no_masks:
+            raise ConfigError("--sr describes the predicted masks (it references the DICOM SEG), but "
+                              "--no-masks writes none", hint="leave out --no-masks")
+        if args.push or args.push_dimse:  # the server's address, credentials, --no-masks: before predicting
+            from medres.data.pacs.push import check_push_arguments
 
-        check_push_arguments(args)
-    predictor = _predictor(args, Predictor)
-    records = input_records(args.input, predictor.config)
-    if not records:
-        raise DataError("lists no cases", path=args.input)
-    out = Path(args.output)
-    _check_output(args, records)
-    with claim_outputs(out, _written_names(args, records), what="--output folder"):
-        seg_dir = None if args.no_masks else out / "seg"
-        df = predictor.predict_records(records, seg_dir=seg_dir, seg_relative_to=out)
+            check_push_arguments(args)
+        device = _rank_device(args.device, info)
+        predictor = _predictor(argparse.Namespace(**{**vars(args), "device": device}), Predictor)
+        records = input_records(args.input, predictor.config)
+        if not records:
+            raise DataError("lists no cases", path=args.input)
+        _check_output(args, records)
         ckpt = _model_file(args)
-        write_prediction_segs(df, seg_dir, predictor.config.data.mask_labels, checkpoint=ckpt,
-                              relative_to=out)
+    out = Path(args.output)
+    parts = _part_names(info)
+    with contextlib.ExitStack() as claimed:
+        with _all_ranks(info, "claiming --output"):  # rank 0 lists every file before any rank writes one
+            if info.is_main:
+                claimed.enter_context(claim_outputs(out, _written_names(args, records) + parts,
+                                                    what="--output folder"))
+        seg_dir = None if args.no_masks else out / "seg"
+        try:
+            with _all_ranks(info, "predicting its cases"):
+                mine = records[info.rank::info.world_size]  # all of them for one process
+                df = predictor.predict_records(mine, seg_dir=seg_dir, seg_relative_to=out) if mine else None
+                write_prediction_segs(df, seg_dir, predictor.config.data.mask_labels, checkpoint=ckpt,
+                                      relative_to=out)
+                if parts and mine:
+                    write_table(df, out / parts[info.rank])
+            if not info.is_main:
+                return 0
+            if parts:
+                df = _merge_parts(out, parts, len(records))
+        finally:
+            if info.is_main:  # every rank has written its part, or failed: none is left as if a result
+                for name in parts:
+                    (out / name).unlink(missing_ok=True)
         table = write_table(df, out / "predictions.csv")
         log.info("%d case(s) -> %s%s", len(df), table, "" if args.no_masks else f"; masks in {out / 'seg'}")
         log.info("%s", predictor.decision_rule())
