@@ -20,6 +20,13 @@ Written to ``--out``:
   out-of-fold and test metrics with their intervals (taken from the run's ``report/summary.json``, so
   they match the report), calibration, subgroups, limitations, versions and hashes.
 
+With ``tasks:`` each graph has one named output per task, a slice of the classification head, in config
+order, then ``seg_logits``: a binary/multiclass task's logits ``[B, K]``, a multilabel task's logits ``[B,
+columns]`` (sigmoid each), a regression task's value ``[B, 1]`` in STANDARDISED units (value = output x sd +
+mean, with each member's ``task_scales`` in export.json); ``export.json`` lists the tasks and their outputs,
+the model card each task's prevalence (labels) or distribution (regression) in the cohort. The ensemble
+graph is written for today's single head only.
+
 No exported file holds a path or a patient identifier (TorchScript archives are written without
 their debug tables, which name source files). ``medres.predict --model DIR`` predicts from the
 export alone.
@@ -107,6 +114,69 @@ class _Plain:
         return Plain(model).eval()
 
 
+def _layout(config: Any) -> Any:
+    """The configuration's ``TaskLayout`` with ``tasks:``, else None (today's single head)."""
+    from medres.config.tasks import task_layout
+
+    return task_layout(config) if config.tasks is not None else None
+
+
+def output_names(config: Any) -> tuple[str, ...]:
+    """The exported graphs' outputs: ``cls_logits, seg_logits``, or with ``tasks:`` one per task (its name)
+    then ``seg_logits``."""
+    layout = _layout(config)
+    if layout is None:
+        return ("cls_logits", "seg_logits")
+    names = tuple(s.name for s in layout)
+    if "seg_logits" in names or "window" in names:
+        raise ConfigError("a task named 'seg_logits' or 'window' would clash with the exported graph's "
+                          "input or segmentation output", field="tasks",
+                          hint="rename the task before exporting")
+    return (*names, "seg_logits")
+
+
+class _TaskOutputs:
+    """Wrap a model so it returns one tensor per task (its slice of ``cls_logits``), then ``seg_logits``."""
+
+    @staticmethod
+    def wrap(model: Any, layout: Any) -> Any:
+        import torch
+        from torch import nn
+
+        bounds = [(s.start, s.stop) for s in layout]
+
+        class TaskOutputs(nn.Module):
+            def __init__(self, m: nn.Module) -> None:
+                super().__init__()
+                self.m = _Plain.wrap(m)
+
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                cls, seg = self.m(x)
+                return (*[cls[:, a:b] for a, b in bounds], seg)
+
+        return TaskOutputs(model).eval()
+
+
+class _Joined:
+    """An exported task graph read back as ``(cls_logits, seg_logits)``: its task outputs concatenated."""
+
+    @staticmethod
+    def wrap(runner: Any) -> Any:
+        import torch
+        from torch import nn
+
+        class Joined(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.r = runner
+
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                out = self.r(x)
+                return torch.cat(list(out[:-1]), dim=1), out[-1]
+
+        return Joined()
+
+
 def _ensemble_module(models: Sequence[Any], calibrations: Sequence[Mapping | None]) -> Any:
     """One module for all members: a window in; mean calibrated class probabilities, mean softmax map and
     each member's class logits out. Temperature and Platt maps are applied in the graph."""
@@ -171,16 +241,20 @@ class _OrtModel:
 
     @staticmethod
     def wrap(path: Path) -> Any:
+        import numpy as np
         import onnxruntime as ort
         import torch
         from torch import nn
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
+        names = [o.name for o in session.get_outputs()]
+
         class OrtModel(nn.Module):
             def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                cls, seg = session.run(["cls_logits", "seg_logits"], {"window": x.detach().cpu().numpy()})
-                return torch.from_numpy(cls), torch.from_numpy(seg)
+                out = session.run(names, {"window": x.detach().cpu().numpy()})
+                cls = out[0] if len(out) == 2 else np.concatenate(out[:-1], axis=1)  # task outputs joined
+                return torch.from_numpy(cls), torch.from_numpy(out[-1])
 
         return OrtModel()
 
@@ -204,12 +278,13 @@ def _probabilities(models: Sequence[Any], image: Any, config: Any) -> list[tuple
     from medres.inference.sliding import infer_volume_models
 
     ev = config.evaluate
+    layout = _layout(config)
     out = []
     for pred in infer_volume_models(models, image, roi_size=list(config.data.patch_size),
-                                    overlap=ev.sliding_window_overlap, device="cpu"):
+                                    overlap=ev.sliding_window_overlap, device="cpu", layout=layout):
         seg = torch.softmax(pred.seg_logits.float(), 0) if pred.seg_logits is not None and \
             pred.seg_logits.shape[0] else None
-        out.append((pred.cls_probs, seg))
+        out.append((pred.cls_probs if layout is None else pred.task_values, seg))
     return out
 
 
@@ -234,12 +309,70 @@ def _cohort(config: Any, manifest: Any) -> dict:
         if col in df.columns:
             values = df[col].astype(str).replace({"": "unknown", "nan": "unknown", "None": "unknown"})
             out[f"by_{col}"] = {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
-    if "label" in df.columns:
+    if config.tasks is not None:
+        out["tasks"] = task_summary(df, config.tasks)
+    elif "label" in df.columns:
         counts = df["label"].astype(str).value_counts()
         out["labels"] = {c: {"scans": int(counts.get(c, 0)),
                              "prevalence": float(counts.get(c, 0) / max(len(df), 1))}
                          for c in config.data.labels}
     return out
+
+
+def task_summary(df: Any, tasks: Sequence[Any]) -> dict:
+    """Per task: each label's known cases, positives and prevalence among the known (binary, multilabel;
+    per class for multiclass), or the distribution of a regression target (known, mean, sd, quartiles)."""
+    import numpy as np
+
+    from medres.data.tasks import parse_task_targets
+
+    table = parse_task_targets(df, list(tasks))
+    out: dict[str, Any] = {}
+    for task in tasks:
+        t = table[task.name]
+        entry: dict[str, Any] = {"type": task.type, "columns": {}}
+        for j, col in enumerate(t.columns):
+            v = t.values[:, j][np.isfinite(t.values[:, j])]
+            if task.type == "regression":
+                q = np.percentile(v, [0, 25, 50, 75, 100]) if v.size else [float("nan")] * 5
+                stats = {"known": int(v.size), "mean": float(v.mean()) if v.size else None,
+                         "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+                         **{k: float(x) if v.size else None for k, x in zip(("min", "q1", "median", "q3",
+                                                                              "max"), q)}}
+                entry["unit"] = task.unit
+            elif task.type == "multiclass":
+                classes = list(task.classes)
+                stats = {"known": int(v.size), "classes": {c: {"scans": int((v == k).sum()), "prevalence":
+                                                               float((v == k).mean()) if v.size else None}
+                                                           for k, c in enumerate(classes)}}
+            else:
+                stats = {"known": int(v.size), "positive": int(v.sum()),
+                         "prevalence": float(v.mean()) if v.size else None}
+            entry["columns"][col] = stats
+        out[task.name] = entry
+    return out
+
+
+def _task_lines(tasks: Mapping) -> list[str]:
+    """The model card's lines for the cohort's tasks."""
+    lines = ["", "**tasks**:"]
+    for name, entry in tasks.items():
+        parts = []
+        for col, st in entry["columns"].items():
+            if entry["type"] == "regression":
+                unit = f" {md(entry['unit'])}" if entry.get("unit") else ""
+                sd = "" if st["sd"] is None else f" (sd {st['sd']:.3g})"
+                parts.append(f"{md(col)}: {st['known']} known" + (
+                    f", mean {st['mean']:.4g}{unit}{sd}, median {st['median']:.4g} "
+                    f"[{st['q1']:.4g}, {st['q3']:.4g}]" if st["known"] else ""))
+            elif entry["type"] == "multiclass":
+                parts += [f"{md(c)}: {v['scans']} ({(v['prevalence'] or 0):.1%})"
+                          for c, v in st["classes"].items()]
+            else:
+                prev = "" if st["prevalence"] is None else f" ({st['prevalence']:.1%})"
+                parts.append(f"{md(col)}: {st['positive']} of {st['known']} known{prev}")
+        lines.append(f"- {md(name)} ({entry['type']}): " + "; ".join(parts))
+    return lines
 
 
 def _summary_metrics(summary: Mapping) -> dict:
@@ -321,6 +454,7 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
     in_ch = int(config.model.in_channels or 1)
     example = torch.zeros((1, in_ch, *patch))
     members = []
+    layout, outputs = _layout(config), output_names(config)
     from medres.checkpoint import load_checkpoint
 
     # the checked reader (mapped, not read again): the same files load_run_members just verified
@@ -332,10 +466,10 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
         files = {"safetensors": f"{name}.safetensors"}
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / files["safetensors"]),
                   metadata={"format": "medres", "member": name})
-        plain = _Plain.wrap(model)
+        plain = _Plain.wrap(model) if layout is None else _TaskOutputs.wrap(model, layout)
         if "onnx" in formats:
             files["onnx"] = f"{name}{_SUFFIX['onnx']}"
-            _onnx_export(plain, example, out / files["onnx"], ("cls_logits", "seg_logits"))
+            _onnx_export(plain, example, out / files["onnx"], outputs)
         if "torchscript" in formats:
             files["torchscript"] = f"{name}{_SUFFIX['torchscript']}"
             _torchscript_export(plain, example, out / files["torchscript"])
@@ -343,8 +477,10 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
                         "calibration": cal, "epoch": int(state.get("epoch", 0)),
                         "best": state.get("best"), "best_epoch": state.get("best_epoch"),
                         "parameters": int(sum(p.numel() for p in model.parameters())), "files": files})
+        if layout is not None:
+            members[-1]["task_scales"] = state.get("task_scales")
     ensemble_file = None
-    if "onnx" in formats and len(models) > 1:
+    if "onnx" in formats and len(models) > 1 and layout is None:
         ensemble_file = "ensemble.onnx"
         _onnx_export(_ensemble_module(models, cals), example, out / ensemble_file,
                      ("cls_probs", "seg_probs", "member_cls_logits"))
@@ -362,12 +498,30 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
             "window": {"inputs": ["window [B, C, *patch]"], "outputs": ["cls_logits [B, K]",
                                                                          "seg_logits [B, S, *patch]"]},
             "versions": versions, "sha256": hashes}
+    if layout is not None:
+        meta["window"]["outputs"] = [f"{s.name} [B, {s.stop - s.start}]" for s in layout] + \
+            ["seg_logits [B, S, *patch]"]
+        meta["tasks"] = task_outputs_meta(layout)
     (out / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
     card = model_card(config, cfg_plain, members, summary, run_dir, checks, versions, hashes, ensemble_file)
     (out / "model_card.json").write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
     (out / "model_card.md").write_text(card_markdown(card))
     log.info("exported %d model(s) to %s", len(members), out)
     return out
+
+
+def task_outputs_meta(layout: Any) -> list[dict]:
+    """export.json's ``tasks``: each task's output, its slice of the classification head and its meaning."""
+    softmax = "logits (softmax over the classes)"
+    meaning = {"binary": softmax, "multiclass": softmax,
+               "multilabel": "one logit per column (sigmoid each; calibration maps per column under each "
+                             "member's calibration.tasks)",
+               "regression": "standardised value: value = output x sd + mean (each member's task_scales); "
+                             "interval half-width under each member's calibration.tasks"}
+    return [{"name": s.name, "type": s.type, "output": s.name, "slice": [s.start, s.stop],
+             "classes": list(s.classes), "meaning": meaning[s.type],
+             **({"unit": s.task.unit, "interval": s.task.interval} if s.type == "regression" else {})}
+            for s in layout]
 
 
 def _run_checks(run_dir: Path, out: Path, config: Any, models: list, members: list[dict],
@@ -399,6 +553,8 @@ def _run_checks(run_dir: Path, out: Path, config: Any, models: list, members: li
         if "torchscript" in member["files"]:
             runners["torchscript"] = torch.jit.load(str(out / member["files"]["torchscript"]),
                                                     map_location="cpu")
+            if config.tasks is not None:
+                runners["torchscript"] = _Joined.wrap(runners["torchscript"])
         for fmt_name, runner in runners.items():
             (cls, seg), = _probabilities([runner], image, config)
             rows[fmt_name] = {"cls_max_abs_diff": _max_diff(cls, ref[m][0]),
@@ -484,7 +640,7 @@ def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mappi
     return {
         "model": f"medres {m['name']} fold ensemble ({len(members)} models)",
         "intended_use": (
-            f"Research use: {', '.join(config.data.labels)} classification of {d['modality']} scans and "
+            f"Research use: {_questions(config)} of {d['modality']} scans and "
             f"segmentation of {', '.join(v for k, v in config.data.mask_labels.items() if int(k) != 0)}, on "
             "scans like the training cohort's (same modality, protocol and population). Not a medical "
             "device; not validated for clinical decisions."),
@@ -520,6 +676,13 @@ def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mappi
         "sha256": hashes,
         "files": {"ensemble_onnx": ensemble_file, **{mm["name"]: mm["files"] for mm in members}},
     }
+
+
+def _questions(config: Any) -> str:
+    """What the model answers, for the intended use: the labels' classification, or each task."""
+    if config.tasks is None:
+        return f"{', '.join(config.data.labels)} classification"
+    return "; ".join(f"{t.name} ({t.type}: {', '.join(t.target_columns())})" for t in config.tasks)
 
 
 def _field_of_view_ml(config: Any, manifest: Any) -> float | None:
@@ -594,6 +757,8 @@ def card_markdown(card: Mapping) -> str:
             if key in c:
                 lines += ["", f"**{key[3:].replace('_', ' ')}**: " + ", ".join(f"{md(k)}: {v}"
                                                                               for k, v in c[key].items())]
+        if "tasks" in c:
+            lines += _task_lines(c["tasks"])
         if "labels" in c:
             lines += ["", "**labels**: " + ", ".join(f"{md(k)}: {v['scans']} ({v['prevalence']:.1%})"
                                                      for k, v in c["labels"].items())]

@@ -348,3 +348,80 @@ def test_model_card_flags_an_implausible_predicted_volume():
     assert "392 times the mean reference volume (12.0 mL)" in flags[0]
     assert implausible_volumes([rec("ref_volume_ml", 12.0), rec("pred_volume_ml", 30.0)], fov) == []
     assert implausible_volumes([rec("pred_volume_ml", 2000.0)], None) == []  # no bound known: no claim
+
+
+# -- several questions per scan (tasks:): one named output per task, the cohort's per-task statistics
+
+def _tasks_config():
+    return load_config({
+        "data": {"labels": ["normal", "nodule"], "windows": [{"name": "lung", "center": -600, "width": 1500}],
+                 "normalize": "window", "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
+        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
+        "tasks": [{"name": "nodule_task", "type": "binary", "column": "nodule"},
+                  {"name": "findings", "type": "multilabel", "columns": ["opacity", "effusion"]},
+                  {"name": "ctr_task", "type": "regression", "column": "ctr", "unit": "ratio"}]})
+
+
+def test_a_tasks_model_exports_one_named_output_per_task(tmp_path):
+    import onnxruntime as ort
+    import torch
+    from monai.data import MetaTensor
+
+    from medres.config.tasks import task_layout
+    from medres.export import (
+        _Joined,
+        _onnx_export,
+        _OrtModel,
+        _probabilities,
+        _TaskOutputs,
+        _torchscript_export,
+        output_names,
+    )
+    from medres.training.fold import build_model
+
+    cfg = _tasks_config()
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    layout = task_layout(cfg)
+    names = output_names(cfg)
+    assert names == ("nodule_task", "findings", "ctr_task", "seg_logits")
+    example = torch.zeros((1, 1, 16, 16, 16))
+    wrapped = _TaskOutputs.wrap(model, layout)
+    _onnx_export(wrapped, example, tmp_path / "m.onnx", names)
+    _torchscript_export(wrapped, example, tmp_path / "m.torchscript.pt")
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        want = model(x).cls_logits
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(names)
+    got = session.run(list(names), {"window": x.numpy()})
+    assert [g.shape[1] for g in got[:-1]] == [2, 2, 1]
+    for g, slot in zip(got, layout):
+        assert np.abs(g - want[:, slot.start:slot.stop].numpy()).max() < MAX_ABS_DIFF
+    scripted = _Joined.wrap(torch.jit.load(str(tmp_path / "m.torchscript.pt")))
+    assert torch.allclose(scripted(x)[0], want, atol=MAX_ABS_DIFF)
+    # the export check's path: whole-volume task outputs of the ONNX graph against PyTorch
+    image = MetaTensor(torch.randn(1, 20, 18, 16), affine=torch.eye(4))
+    (ref, _), = _probabilities([model], image, cfg)
+    (onnx_out, _), = _probabilities([_OrtModel.wrap(tmp_path / "m.onnx")], image, cfg)
+    assert ref.shape == (5,) and float((ref - onnx_out).abs().max()) < MAX_ABS_DIFF
+
+
+def test_the_model_card_gives_each_tasks_prevalence_or_distribution():
+    from medres.export import _task_lines, task_summary
+
+    cfg = _tasks_config()
+    df = pd.DataFrame({"case_id": list("abcdef"), "nodule": ["1", "0", "0", "1", "", "0"],
+                       "opacity": ["1", "1", "0", "0", "0", "-1"], "effusion": ["", "", "1", "0", "0", "0"],
+                       "ctr": ["0.40", "0.50", "", "0.45", "0.60", "0.55"]})
+    summary = task_summary(df, cfg.tasks)
+    assert summary["nodule_task"]["columns"]["nodule"] == {"known": 5, "positive": 2, "prevalence": 0.4}
+    assert summary["findings"]["columns"]["opacity"]["prevalence"] == pytest.approx(2 / 5)  # -1: unknown
+    assert summary["findings"]["columns"]["effusion"]["known"] == 4
+    ctr = summary["ctr_task"]["columns"]["ctr"]
+    values = np.array([0.40, 0.50, 0.45, 0.60, 0.55])
+    assert ctr["known"] == 5 and ctr["mean"] == pytest.approx(values.mean())
+    assert ctr["sd"] == pytest.approx(values.std(ddof=1)) and ctr["median"] == pytest.approx(0.5)
+    text = "\n".join(_task_lines(summary))
+    assert "nodule: 2 of 5 known (40.0%)" in text and "mean 0.5 ratio" in text
+    json.dumps(summary, allow_nan=False)  # model_card.json refuses NaN
