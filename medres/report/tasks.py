@@ -365,6 +365,15 @@ def _regression(task: RegressionTask, preds: pd.DataFrame, cfg: Config, seed: in
     hi = df[f"pred_{t}_hi"].to_numpy(np.float64) if has_pi else None
     kw = dict(nominal=nominal, level=ev.ci_level, n_resamples=ev.bootstrap_resamples, seed=seed,
               n_bins=CAL_BINS)
+    if len(np.unique(g)) < 2:  # e.g. a target never recorded: say so instead of failing the report
+        why = (f"not estimable: {len(y)} cases of {len(np.unique(g))} patients have a known value "
+               f"({n_missing} unknown); the statistics need at least 2 patients")
+        rec = MetricRecord(scope="pooled", subgroup="all", fold="pooled", head=t, class_name=col,
+                           metric="mae", value=math.nan, n=len(y), note=why).as_row()
+        section = TaskSection(name=t, type="regression", anchor=f"task-{t}",
+                              description=f"regression: {col}" + (f" ({unit})" if unit else ""), notes=[why])
+        return [rec], section, {"type": "regression", "column": col, "unit": task.unit, "n": len(y),
+                                "n_missing": n_missing, "note": why}
     summ, warn = _quiet(regression_summary, y, p, g, lo=lo, hi=hi, **kw)
     missing_note = f"{n_missing} cases with the value unknown left out" if n_missing else ""
     recs = regression_records(summ, scope="pooled", head=task.name, class_name=col)

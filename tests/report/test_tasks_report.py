@@ -245,6 +245,17 @@ def test_single_label_part_is_the_same_with_and_without_tasks(tmp_path, records,
     assert "task-findings" not in (out.output / "report.html").read_text()
 
 
+def test_a_target_without_known_values_is_not_estimable(task_run, tmp_path):
+    run = load_run(task_run)
+    run.predictions = run.predictions.assign(y_heart=np.nan)
+    out = build_bundle(run, tmp_path / "report")
+    r = one(out.records, head="heart", metric="mae")
+    assert math.isnan(r["value"]) and r["note"].startswith("not estimable") and r["n"] == 0
+    assert "not estimable: 0 cases" in (out.output / "report.html").read_text()
+    macro = one(out.records, scope="pooled", head="findings", **{"class": "macro"}, metric="auroc")
+    assert macro["value"] > 0.5
+
+
 def test_tables_without_the_task_columns_are_a_data_error(task_run):
     run = load_run(task_run)
     run.predictions = run.predictions.drop(columns=["pred_heart"])
