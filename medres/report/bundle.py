@@ -5,7 +5,8 @@ segmentation metrics and ready gallery images, and writes
 
 - ``report.html``: self-contained (inline CSS and PNG figures, no script, no external URL);
 - ``summary.json``: the long-format metric records (``records``) with the operating points and task
-  (a non-finite value is null there, with ``value_nonfinite`` "inf", "-inf" or "nan");
+  (a non-finite value is null there, with ``value_nonfinite`` "inf", "-inf" or "nan"); with ``tasks:``
+  also a ``tasks`` section, and report.html a section per multilabel / regression task (`report.tasks`);
 - ``predictions.csv``: the out-of-fold predictions with the operating point, patient ids replaced by
   pseudonymous keys (``patient-0001`` ...) and no file paths;
 - ``seg_cases.csv``: per-case segmentation metrics (same keys); ``cohort.csv``: the cohort table.
