@@ -59,7 +59,7 @@ def _fill(ds: Any, workers: int) -> None:
 def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None) -> dict[str, Any]:
     """Samples/s the training input pipeline delivers on the training device (model removed)."""
     from medres.data.cohort import load_cohort
-    from medres.data.pipeline.datasets import build_dataset, build_loader, manifest_to_records
+    from medres.data.pipeline.datasets import LoaderSettings, build_dataset, build_loader, manifest_to_records
     from medres.training.device_input import device_batches, host_data_config
     from medres.training.precision import resolve_compute_settings
     from medres.training.sampling import EpochSampler
@@ -79,9 +79,10 @@ def loader_rate(cfg: Config, *, batches: int = 20, cache_dir: Path | None = None
     per_batch = t.batch_size // d.patches_per_volume  # volumes per batch
     sampler = EpochSampler(len(ds), seed=t.seed, tag_epoch=True)
     loader = build_loader(ds, batch_size=per_batch, shuffle=False, seed=t.seed, epoch=0, sampler=sampler,
-                          num_workers=d.num_workers, pin_memory=fast.pin_memory,
-                          prefetch_factor=d.prefetch_factor, drop_last=len(ds) > per_batch,
-                          persistent_workers=d.persistent_workers)
+                          settings=LoaderSettings(num_workers=d.num_workers, pin_memory=fast.pin_memory,
+                                                  prefetch_factor=d.prefetch_factor,
+                                                  drop_last=len(ds) > per_batch,
+                                                  persistent_workers=d.persistent_workers))
     while done < batches:
         sampler.epoch = epoch
         feed = device_batches(loader, d, fast, seed=t.seed, epoch=epoch, first_batch=0,

@@ -198,7 +198,12 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
     ``job.resume`` nor ``job.force`` is set, when resuming with a changed configuration without ``force``,
     or when resuming a checkpoint trained with folds other than ``job.folds_hash``.
     """
-    from medres.data.pipeline.datasets import balanced_sample_weights, build_dataset, build_loader
+    from medres.data.pipeline.datasets import (
+        LoaderSettings,
+        balanced_sample_weights,
+        build_dataset,
+        build_loader,
+    )
     from medres.training.compute import apply_backend_flags, compile_model, use_fused_optimizer
     from medres.training.device_input import device_batches, host_data_config
     from medres.training.losses import build_loss
@@ -251,9 +256,10 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
 
     def loader(dataset: Any, sampler: EpochSampler, batch_size: int, epoch: int, drop: bool = False) -> Any:
         return build_loader(dataset, batch_size=batch_size, shuffle=False, seed=t.seed, epoch=epoch,
-                            sampler=sampler, num_workers=workers, pin_memory=compute.pin_memory,
-                            drop_last=drop, prefetch_factor=cfg.data.prefetch_factor,
-                            persistent_workers=cfg.data.persistent_workers)
+                            sampler=sampler, settings=LoaderSettings(
+                                num_workers=workers, pin_memory=compute.pin_memory, drop_last=drop,
+                                prefetch_factor=cfg.data.prefetch_factor,
+                                persistent_workers=cfg.data.persistent_workers))
 
     val_loader = None
     if data.inner_val:

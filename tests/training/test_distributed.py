@@ -65,13 +65,13 @@ class _WhoLoads(Dataset):
 
 
 def test_cohort_is_sharded_over_ranks_and_workers_without_duplicates():
-    from medres.data.pipeline.datasets import build_loader
+    from medres.data.pipeline.datasets import LoaderSettings, build_loader
 
     seen = []
     for rank in (0, 1):  # the engine's sampler for each of 2 ranks, each loader with 2 worker processes
         sampler = EpochSampler(12, seed=0, epoch=3, rank=rank, world_size=2)
         loader = build_loader(_WhoLoads(), batch_size=2, shuffle=False, seed=0, epoch=3, sampler=sampler,
-                              num_workers=2)
+                              settings=LoaderSettings(num_workers=2))
         for batch in loader:
             seen += [(rank, int(w), int(i)) for i, w in zip(batch["index"], batch["worker"])]
     indices = [i for _, _, i in seen]

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -50,7 +51,7 @@ from medres.errors import DataError
 from medres.files import atomic_write
 
 __all__ = ["manifest_to_records", "build_dataset", "build_loader", "CaseDataset", "item_seed",
-           "balanced_sample_weights", "file_fingerprint", "RECORD_KEYS", "Case"]
+           "balanced_sample_weights", "file_fingerprint", "RECORD_KEYS", "Case", "LoaderSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -418,10 +419,33 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(item_seed(seed, epoch, -1))
 
 
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a DataLoader loads, apart from what it loads and in which order (:func:`build_loader`).
+
+    Attributes:
+        num_workers: worker processes; a memory cache is filled first so that workers share it.
+        pin_memory: page-locked batches, for a faster copy to a CUDA device.
+        prefetch_factor: batches each worker loads ahead (with workers; torch's default 2 when None).
+        persistent_workers: keep the workers between iterations of the loader. They keep the epoch the
+            dataset had when they started, so iterate such a loader over several epochs only with a sampler
+            that tags its indices with the epoch (``EpochSampler(tag_epoch=True)``), changing its
+            ``epoch`` / ``skip`` before each pass; ``seed``/``epoch`` then only fix the first pass.
+        drop_last: drop an epoch's last, incomplete batch.
+        distributed: split the samples over ranks with ``DistributedSampler`` (seeded, ``set_epoch``).
+    """
+
+    num_workers: int = 0
+    pin_memory: bool = False
+    prefetch_factor: int | None = None
+    persistent_workers: bool = False
+    drop_last: bool = False
+    distributed: bool = False
+
+
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
-                 sampler: Sampler | Literal["balanced"] | None = None, num_workers: int = 0,
-                 distributed: bool = False, drop_last: bool = False, pin_memory: bool = False,
-                 prefetch_factor: int | None = None, persistent_workers: bool = False) -> DataLoader:
+                 sampler: Sampler | Literal["balanced"] | None = None,
+                 settings: LoaderSettings = LoaderSettings()) -> DataLoader:
     """A DataLoader whose order is a pure function of ``(seed, epoch)``.
 
     Args:
@@ -429,20 +453,15 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int,
         shuffle: a seeded random order (ignored when ``sampler`` is given).
         sampler: a Sampler, ``"balanced"`` (``WeightedRandomSampler`` with inverse class frequencies,
             seeded), or None.
-        distributed: split the samples over ranks with ``DistributedSampler`` (seeded, ``set_epoch``).
-        num_workers: worker processes; a memory cache is filled first so that workers share it.
-        prefetch_factor: batches each worker loads ahead (with workers; torch's default 2 when None).
-        persistent_workers: keep the workers between iterations of the loader. They keep the epoch the
-            dataset had when they started, so iterate such a loader over several epochs only with a sampler
-            that tags its indices with the epoch (``EpochSampler(tag_epoch=True)``), changing its
-            ``epoch`` / ``skip`` before each pass; ``seed``/``epoch`` here then only fix the first pass.
+        settings: workers, pinned memory, prefetching, the last batch and distribution.
     """
+    s, workers = settings, settings.num_workers
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    if distributed:
+    if s.distributed:
         if sampler is not None:
             raise ValueError("distributed loading takes no other sampler (balance with class weights)")
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=s.drop_last)
         sampler.set_epoch(epoch)
     elif sampler == "balanced":
         weights = balanced_sample_weights(dataset.labels())
@@ -450,10 +469,10 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int,
                                         generator=_generator(seed, epoch))
     elif isinstance(sampler, str):
         raise ValueError(f"unknown sampler {sampler!r}; use 'balanced', a Sampler or None")
-    if num_workers > 0 and isinstance(dataset, CaseDataset) and dataset.cache == "memory":
+    if workers > 0 and isinstance(dataset, CaseDataset) and dataset.cache == "memory":
         dataset.fill_cache()
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                      sampler=sampler, num_workers=num_workers, collate_fn=list_data_collate,
-                      generator=_generator(seed, epoch), drop_last=drop_last, pin_memory=pin_memory,
-                      persistent_workers=persistent_workers and num_workers > 0,
-                      prefetch_factor=prefetch_factor if num_workers > 0 else None)
+                      sampler=sampler, num_workers=workers, collate_fn=list_data_collate,
+                      generator=_generator(seed, epoch), drop_last=s.drop_last, pin_memory=s.pin_memory,
+                      persistent_workers=s.persistent_workers and workers > 0,
+                      prefetch_factor=s.prefetch_factor if workers > 0 else None)

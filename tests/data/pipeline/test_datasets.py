@@ -15,6 +15,7 @@ import torch
 from medres.config import DataConfig
 from medres.data import read_manifest
 from medres.data.pipeline.datasets import (
+    LoaderSettings,
     balanced_sample_weights,
     build_dataset,
     build_loader,
@@ -84,7 +85,8 @@ def test_loader_order_and_workers(records: list[dict]) -> None:
     assert first == order(2) and sorted(first) == sorted(r["case_id"] for r in records)
     assert first != order(3)
     ref = list(build_loader(ds, batch_size=4, shuffle=True, seed=0, epoch=1))
-    workers = list(build_loader(ds, batch_size=4, shuffle=True, seed=0, epoch=1, num_workers=2))
+    workers = list(build_loader(ds, batch_size=4, shuffle=True, seed=0, epoch=1,
+                                settings=LoaderSettings(num_workers=2)))
     assert len(ref) == len(workers) == 3
     for a, b in zip(ref, workers):
         assert a["case_id"] == b["case_id"] and torch.equal(a["image"], b["image"])
@@ -120,7 +122,8 @@ def test_distributed_sampler(records: list[dict], tmp_path: Path) -> None:
     try:
         ds = build_dataset(records[:6], _cfg(), train=False)
         ids = lambda epoch: [c for b in build_loader(ds, batch_size=1, shuffle=True, seed=0, epoch=epoch,  # noqa: E731
-                                                      distributed=True) for c in b["case_id"]]
+                                                      settings=LoaderSettings(distributed=True))
+                             for c in b["case_id"]]
         assert sorted(ids(0)) == sorted(r["case_id"] for r in records[:6]) and ids(0) == ids(0) != ids(1)
     finally:
         dist.destroy_process_group()
@@ -227,8 +230,8 @@ def test_persistent_workers_follow_the_epochs_of_a_tagged_sampler(records: list[
 
     ds = build_dataset(records[:6], _cfg(), train=True, seed=3)
     sampler = EpochSampler(len(ds), seed=3, tag_epoch=True)
-    loader = build_loader(ds, batch_size=2, shuffle=False, seed=0, epoch=0, sampler=sampler, num_workers=2,
-                          persistent_workers=True)
+    loader = build_loader(ds, batch_size=2, shuffle=False, seed=0, epoch=0, sampler=sampler,
+                          settings=LoaderSettings(num_workers=2, persistent_workers=True))
     seen, pids = [], []
     for epoch, skip in ((0, 0), (1, 0), (2, 2)):
         sampler.epoch, sampler.skip = epoch, skip
