@@ -28,6 +28,10 @@ columns of DESIGN.md: ``case_id, patient_id, fold, y_true, p_<class>..., y_pred,
 subgroup columns, ``image``, ``mask``, ``seg_path``; ``y_pred`` is the class called at the model's
 operating point (chosen on inner validation, as the report's), ``y_pred_argmax`` the most probable class;
 ``y_true`` and ``fold`` are -1 where unknown) and
+with ``tasks:`` also each task's columns (``medres.inference.tasks``: ``p_<c>``, ``y_<c>``, ``logit_<c>``
+per label; ``pred_<t>`` in the target's units with its conformal interval ``pred_<t>_lo`` / ``_hi``; for
+``--run`` each fold's ``p_<c>_fold<k>`` / ``pred_<t>_fold<k>``, the interval's half-width the mean of
+the folds') and
 ``seg/<name>.nii.gz``, each mask in its source scan's geometry (it overlays the original), and for a
 DICOM source also ``seg/<name>.dcm``, a DICOM SEG referencing the source series (for PACS viewers);
 ``<name>`` is ``medres.layout.case_file_stem(case_id)`` (a readable prefix and a hash of the exact id).

@@ -513,11 +513,14 @@ class Predictor:
 
         cals = self.calibration if isinstance(self.calibration, (list, tuple)) else [self.calibration]
         thr = ensemble_threshold(cals)
+        if not self.labels:
+            return "y_pred: -1 (no binary or multiclass task); each task's columns hold its output"
         if thr is None:
             notes = [((c or {}).get("operating_point") or {}).get("note") for c in cals]
             why = next((n for n in notes if n), "the model holds no operating point")
             return f"y_pred: the most probable class ({why}); y_pred_argmax: the same"
-        pos = self.labels[self.config.data.positive_index()]
+        op = (cals[0] or {}).get("operating_point") or {}
+        pos = self.labels[int(op.get("positive", self.config.data.positive_index()))]
         how = (cals[0] or {}).get("operating_point", {}).get("method", "?")
         how += ", mean of the folds" if len(cals) > 1 else ""
         return (f"y_pred: {pos} where p_{pos} >= {thr:.4g}, the operating point chosen on inner validation "
@@ -532,7 +535,7 @@ class Predictor:
                                member_names=self.member_names, **self._task_settings())
 
     def _task_settings(self) -> dict[str, Any]:
-        """The task layout and the single-label task's class names, for a ``tasks:`` configuration."""
+        """The :class:`PredictSettings` fields of a ``tasks:`` configuration (its task layout)."""
         if self.config.tasks is None:
             return {}
         from medres.config.tasks import task_layout

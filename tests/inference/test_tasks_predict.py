@@ -203,3 +203,30 @@ def test_predictor_returns_every_tasks_output(tmp_path):
     ctr = p.tasks["ctr_task"]
     assert ctr["hi"] - ctr["value"] == pytest.approx(0.05) and ctr["value"] - ctr["lo"] == pytest.approx(0.05)
     assert p.mask is not None and p.label in ("0", "1")
+
+
+def test_predict_cli_writes_every_tasks_columns_from_a_manifest(tmp_path):
+    import nibabel as nib
+
+    from medres.predict import main
+
+    cfg = config()
+    torch.manual_seed(1)
+    path = tmp_path / "run" / "fold_0" / "checkpoint_best.pt"
+    save_checkpoint({"model": build_model(cfg).state_dict(), "config": cfg.model_dump(mode="json"),
+                     "model_spec": model_spec(cfg), "epoch": 1, "fold": 0, "task_scales": SCALES}, path)
+    data = tmp_path / "data"
+    data.mkdir()
+    nib.save(nib.Nifti1Image(np.full((20, 20, 20), -500, np.float32), np.eye(4) * [4, 4, 4, 1]),
+             data / "a.nii.gz")
+    pd.DataFrame({"case_id": ["a"], "patient_id": ["p"], "image": ["a.nii.gz"], "nodule": ["0"],
+                  "opacity": ["1"], "effusion": ["-1"], "ctr": ["0.47"]}).to_csv(data / "m.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(path), "--input", str(data / "m.csv"), "--output", str(out),
+                 "--device", "cpu", "--no-masks"]) == 0
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    assert row["y_true"] == 0 and row["y_opacity"] == 1 and math.isnan(row["y_effusion"])
+    assert row["y_ctr_task"] == pytest.approx(0.47)
+    assert row["p_opacity"] == pytest.approx(sigmoid(row["logit_opacity"]))  # no calibration yet: sigmoid
+    assert row["p_0"] + row["p_1"] == pytest.approx(1.0) and math.isfinite(row["pred_ctr_task"])
+    assert math.isnan(row["pred_ctr_task_lo"])  # no conformal half-width before the fold is calibrated
