@@ -191,11 +191,12 @@ def _all_ranks(info: Any, step: str) -> Iterator[None]:
 
 
 def _rank_device(device: str, info: Any) -> str:
-    """Each rank's device under torchrun: ``auto``/``cuda`` become ``cuda:LOCAL_RANK`` (one GPU a rank)."""
+    """Each rank's device under torchrun: ``auto``/``cuda`` become the machine's GPU number ``LOCAL_RANK``
+    (modulo the GPUs there: more processes than GPUs share them)."""
     import torch
 
     if info.enabled and device in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{info.local_rank}"
+        return f"cuda:{info.local_rank % torch.cuda.device_count()}"
     return device
 
 
