@@ -31,6 +31,7 @@ from medres.checkpoint import (
     unwrap_model,
 )
 from medres.config import Config, flatten_dict
+from medres.config.tasks import TaskLayout, task_layout
 from medres.cv import FoldData
 from medres.runfolder import FoldFolder, fold_name
 from medres.training.distributed import DistInfo, all_reduce_mean, world_size
@@ -203,10 +204,11 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
         balanced_sample_weights,
         build_dataset,
         build_loader,
+        case_targets,
     )
     from medres.training.compute import apply_backend_flags, compile_model, use_fused_optimizer
     from medres.training.device_input import device_batches, host_data_config
-    from medres.training.losses import build_loss
+    from medres.training.losses import build_loss, build_task_loss, fit_task_scales
     from medres.training.optim import build_optimizer, build_scheduler
 
     compute, dist_info, resume, force = job.compute, job.dist_info, job.resume, job.force
@@ -217,8 +219,8 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
                                   progress=progress)
     fold_seed = fs.seed
     fold_dir.mkdir(parents=True, exist_ok=True)
-    last, best = FoldFolder(fold_dir).checkpoint_last, FoldFolder(fold_dir).checkpoint_best
     clean_stale_temporaries(fold_dir)
+    last, best = FoldFolder(fold_dir).checkpoint_last, FoldFolder(fold_dir).checkpoint_best
 
     # -- an existing checkpoint: resume it (when its folds and configuration are this run's), or refuse
     ckpt = check_fold_start(fold_dir, cfg, fold=data.fold, folds_hash=folds_hash, resume=resume, force=force,
@@ -227,9 +229,21 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
     # -- model, loss, optimizer
     torch.manual_seed(fold_seed)
     model = build_model(cfg).to(compute.device, memory_format=compute.memory_format(m.spatial_dims))
-    counts = [sum(1 for r in data.train if int(r["label"]) == c) for c in range(m.num_classes)]
-    loss_fn = build_loss(cfg.loss, class_counts=counts, num_classes=m.num_classes, seg_classes=m.seg_classes,
-                         cls_head=m.cls_head, seg_head=m.seg_head).to(compute.device)
+    layout = task_layout(cfg) if cfg.tasks is not None else None
+    task_scales, single = None, None
+    if layout is None:
+        counts = [sum(1 for r in data.train if int(r["label"]) == c) for c in range(m.num_classes)]
+        loss_fn = build_loss(cfg.loss, class_counts=counts, num_classes=m.num_classes,
+                             seg_classes=m.seg_classes, cls_head=m.cls_head, seg_head=m.seg_head)
+    else:  # the training fold's target scales and pos_weights, kept in the checkpoint as task_scales
+        train_targets = case_targets(data.train, cfg.tasks, cfg.data)
+        task_scales = fit_task_scales(layout, train_targets)
+        single = layout.single_label
+        counts = None if single is None else [int((train_targets[:, single.target_start] == c).sum())
+                                              for c in range(len(single.classes))]
+        loss_fn = build_task_loss(cfg.loss, layout, task_scales, class_counts=counts,
+                                  seg_classes=m.seg_classes, seg_head=m.seg_head)
+    loss_fn = loss_fn.to(compute.device)
     apply_backend_flags(t, compute.device)
     optimizer = build_optimizer(model, cfg.optim, extra_params=list(loss_fn.parameters()),
                                 fused=use_fused_optimizer(t, compute.device) or None)
@@ -237,7 +251,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
     # -- data: a seeded sampler per epoch, so epoch e's order and augmentation are f(seed, e, index);
     # with data.augment_on_device the random spatial transforms run on the batch after the copy
     train_set = build_dataset(data.train, host_data_config(cfg.data), train=True, cache_dir=cache_dir,
-                              seed=fold_seed)
+                              seed=fold_seed, tasks=cfg.tasks)
     if is_main and ckpt is None and cfg.data.modality != "natural":
         warn_patch_fits_none(train_set, cfg.data.patch_size)
     if is_main and progress and cfg.data.cache in ("disk", "mmap"):
@@ -246,8 +260,8 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
             log.info("fold_%d: %d of %d training scans are not in the preprocessing cache yet; the first "
                      "epoch preprocesses them (slower than the next ones)", data.fold, missing,
                      len(train_set))
-    weights = (balanced_sample_weights([int(r["label"]) for r in data.train]).tolist()
-               if cfg.loss.cls.balanced_sampler else None)
+    sample_labels = train_set.labels() if layout is not None else [int(r["label"]) for r in data.train]
+    weights = balanced_sample_weights(sample_labels).tolist() if cfg.loss.cls.balanced_sampler else None
     per_batch, drop_last, n_batches, workers = fs.per_batch, fs.drop_last, fs.n_batches, fs.workers
     scheduler = build_scheduler(optimizer, cfg.schedule, epochs=t.epochs, steps_per_epoch=fs.steps_per_epoch)
     scaler = compute.grad_scaler()
@@ -263,7 +277,7 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
 
     val_loader = None
     if data.inner_val:
-        val_set = build_dataset(data.inner_val, cfg.data, train=False, cache_dir=cache_dir)
+        val_set = build_dataset(data.inner_val, cfg.data, train=False, cache_dir=cache_dir, tasks=cfg.tasks)
         val_loader = loader(val_set, EpochSampler(len(val_set), shuffle=False, rank=dist_info.rank,
                                                   world_size=dist_info.world_size), 1, 0)
 
@@ -285,6 +299,8 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
         net = compile_model(net, t)
 
     meta = fold_meta(cfg, data.fold, folds_hash)
+    if task_scales is not None:
+        meta["task_scales"] = task_scales
     tracker = None
     if is_main:
         tracker = MetricsTracker(fold_dir, run_name=f"{cfg.output.name}/{fold_name(data.fold)}",
@@ -306,7 +322,13 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
                      state.batch_in_epoch)
 
     # -- the epochs
-    es, infer, positive = t.early_stopping, _volume_infer(cfg), cfg.data.positive_index()
+    es, infer, positive = t.early_stopping, _volume_infer(cfg, layout), cfg.data.positive_index()
+    monitor, mode = es.monitor, es.mode
+    if layout is not None:
+        if single is not None:  # a binary task's classes are [0, 1] in that order
+            positive = len(single.classes) - 1
+        if monitor == "val_auroc":  # with tasks the default monitor is every task's inner-validation loss
+            monitor, mode = "val_task_loss", "min"
     if resume_rng is not None and state.batch_in_epoch == 0:
         set_rng_state(resume_rng)
         resume_rng = None
@@ -341,18 +363,19 @@ def train_fold(cfg: Config, data: FoldData, fold_dir: Path, job: FoldJob) -> Loo
             improved = False
             validate = (state.epoch + 1) % t.val_every == 0 or state.epoch + 1 == t.epochs
             if val_loader is not None and validate:
-                records = evaluate_epoch(net, val_loader, loss_fn, fs.epoch, epoch=state.epoch, infer=infer)
+                records = evaluate_epoch(net, val_loader, loss_fn, fs.epoch, epoch=state.epoch, infer=infer,
+                                         layout=layout)
                 row.update(val_metrics(records, positive=positive))
-                value = row.get(es.monitor, math.nan)
+                value = row.get(monitor, math.nan)
                 improved = math.isfinite(value) and (state.best is None or (
-                    value > state.best if es.mode == "max" else value < state.best))
+                    value > state.best if mode == "max" else value < state.best))
                 if improved:
                     state.best, state.best_epoch, state.bad_rounds = value, state.epoch + 1, 0
                 else:
                     state.bad_rounds += 1
                 if es.patience is not None and state.bad_rounds > es.patience:
                     log.info("early stopping: %s has not improved for %d validation rounds "
-                             "(best %.4f at epoch %d)", es.monitor, state.bad_rounds,
+                             "(best %.4f at epoch %d)", monitor, state.bad_rounds,
                              state.best if state.best is not None else math.nan, state.best_epoch)
                     state.early_stopped = True
             state.epoch += 1
@@ -415,9 +438,12 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _volume_infer(cfg: Config) -> Callable[[nn.Module, torch.Tensor], tuple[Any, Any]]:
+def _volume_infer(cfg: Config, layout: TaskLayout | None = None
+                  ) -> Callable[[nn.Module, torch.Tensor], tuple[Any, Any]]:
     """Validation inference: MONAI sliding windows over the whole volume; a volume of exactly the patch
-    size is one plain forward pass (what a single blended window gives, without building the window)."""
+    size is one plain forward pass (what a single blended window gives, without building the window).
+    With tasks the windows' outputs are aggregated per task (a single-label task's log-probabilities,
+    multilabel logits, regression values in the ``cls`` slots)."""
     from medres.inference.sliding import infer_volume
 
     roi = list(cfg.data.patch_size)
@@ -426,6 +452,14 @@ def _volume_infer(cfg: Config) -> Callable[[nn.Module, torch.Tensor], tuple[Any,
     def infer(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if list(image.shape[2:]) == roi:
             return forward_volume(unwrap_model(model), image)
+        if layout is not None:
+            pred = infer_volume(unwrap_model(model), image[0], roi_size=roi, overlap=overlap, layout=layout)
+            values = pred.task_values.float().clone()
+            for slot in layout:
+                if slot.single_label:
+                    values[slot.logits] = torch.log(values[slot.logits].clamp_min(1e-12))
+            seg = pred.seg_logits[None].to(image.device) if pred.seg_logits is not None else None
+            return values[None].to(image.device), seg
         pred = infer_volume(unwrap_model(model), image[0], roi_size=roi, overlap=overlap)
         probs, seg = pred.cls_probs, pred.seg_logits
         cls = torch.log(probs.clamp_min(1e-12))[None].to(image.device) if probs is not None else None

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from medres.checkpoint import set_rng_state
+from medres.config.tasks import TaskLayout
 from medres.errors import DataError, MedresError
 from medres.training.distributed import all_reduce_grads, any_rank, gather_records, is_active
 from medres.training.precision import ComputeSettings
@@ -165,6 +166,8 @@ def train_one_epoch(
         with (model.no_sync() if not sync else contextlib.nullcontext()), compute.autocast():
             out = _as_dual(model(image))
             extra = {"has_mask": batch["has_mask"]} if "has_mask" in batch else {}
+            if "targets" in batch:  # the configuration's tasks
+                extra["targets"] = batch["targets"]
             loss, terms = loss_fn(out, labels, mask, state.epoch, **extra)
         if any_rank(not bool(torch.isfinite(loss.detach())), compute.device):  # every rank stops together
             raise TrainingDiverged(
@@ -224,6 +227,7 @@ def evaluate_epoch(
     model: nn.Module, loader: Iterable[Mapping[str, Any]], loss_fn: nn.Module | None, settings: EpochSettings,
     *, epoch: int = 0,
     infer: Callable[[nn.Module, Tensor], tuple[Tensor | None, Tensor | None]] = forward_volume,
+    layout: TaskLayout | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every validation case; return one record per case, gathered from all ranks.
 
@@ -231,6 +235,8 @@ def evaluate_epoch(
 
     Records: ``index`` (dataset index), ``case_id``, ``label``, ``probs`` (softmax, list), ``dice``
     (mean foreground Dice of the argmax mask, NaN when the reference has no foreground) and ``loss``.
+    With a task ``layout`` (and batches carrying ``targets``), ``probs`` is the single-label task's
+    softmax (empty without one) and ``task_losses`` holds each task's unweighted loss (NaN unknown).
     The loader must use batch size 1 (volumes differ in size) and a sampler whose order is known
     (``loader.batch_sampler`` gives each batch's dataset indices).
     """
@@ -253,7 +259,8 @@ def evaluate_epoch(
             if loss_fn is not None:
                 from medres.models import DualOutput
 
-                loss, _ = loss_fn(DualOutput(cls_logits, seg_logits), labels, mask, epoch)
+                extra = {"targets": batch["targets"]} if "targets" in batch else {}
+                loss, _ = loss_fn(DualOutput(cls_logits, seg_logits), labels, mask, epoch, **extra)
         rec = {"index": int(indices[0]), "case_id": case_ids[0], "label": int(labels[0]),
                "loss": float(loss) if loss is not None else math.nan, "probs": [], "dice": math.nan}
         for name, t in (("class", cls_logits), ("segmentation", seg_logits)):
@@ -262,6 +269,11 @@ def evaluate_epoch(
                     f"non-finite {name} output on validation case {case_ids[0]} after epoch {epoch + 1}; "
                     "training stopped and the last good checkpoint kept (try a lower lr, gradient clipping "
                     "or train.precision=fp32)")
+        if layout is not None and cls_logits is not None and "targets" in batch:
+            if loss_fn is not None and hasattr(loss_fn, "task_losses"):
+                rec["task_losses"] = loss_fn.task_losses(cls_logits.float(), batch["targets"])
+            single = layout.single_label
+            cls_logits = cls_logits[:, single.logits] if single is not None else None
         if cls_logits is not None:
             rec["probs"] = torch.softmax(cls_logits.float(), dim=1)[0].tolist()
         if seg_logits is not None and mask is not None:
@@ -276,7 +288,9 @@ def evaluate_epoch(
 
 def val_metrics(records: list[dict[str, Any]], *, positive: int = -1) -> dict[str, float]:
     """``val_loss``, ``val_auroc`` (scikit-learn; NaN with one class) and ``val_dice`` (mean over cases
-    whose reference mask has foreground) from :func:`evaluate_epoch`'s records."""
+    whose reference mask has foreground) from :func:`evaluate_epoch`'s records; with tasks also
+    ``val_loss_<task>`` (each task's mean loss over the cases where it is known) and ``val_task_loss``,
+    their unweighted mean (the default early-stopping monitor with tasks)."""
     from sklearn.metrics import roc_auc_score
 
     out = {"val_loss": float(np.nanmean([r["loss"] for r in records])) if records else math.nan,
@@ -293,5 +307,13 @@ def val_metrics(records: list[dict[str, Any]], *, positive: int = -1) -> dict[st
     dice = [r["dice"] for r in records if not math.isnan(r["dice"])]
     if dice:
         out["val_dice"] = float(np.mean(dice))
+    if records and "task_losses" in records[0]:
+        per_task = {}
+        for name in records[0]["task_losses"]:
+            values = [r["task_losses"][name] for r in records if not math.isnan(r["task_losses"][name])]
+            per_task[name] = float(np.mean(values)) if values else math.nan
+        out.update({f"val_loss_{k}": v for k, v in per_task.items()})
+        known = [v for v in per_task.values() if not math.isnan(v)]
+        out["val_task_loss"] = float(np.mean(known)) if known else math.nan
     return out
 

@@ -41,6 +41,7 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 
 from medres.config import DataConfig
+from medres.config.tasks import SINGLE_LABEL_TYPES, AnyTask
 from medres.data.pipeline.transforms import load_transforms, preprocess_signature, sample_transforms
 from medres.data.readers.dicom import ACQUISITION_FIELDS
 from medres.data.readers.limits import memory_error
@@ -50,7 +51,7 @@ from medres.data.records import RECORD_KEYS, Case
 from medres.errors import DataError
 from medres.files import atomic_write
 
-__all__ = ["manifest_to_records", "build_dataset", "build_loader", "CaseDataset", "item_seed",
+__all__ = ["manifest_to_records", "build_dataset", "build_loader", "CaseDataset", "item_seed", "case_targets",
            "balanced_sample_weights", "file_fingerprint", "RECORD_KEYS", "Case", "LoaderSettings"]
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,37 @@ def manifest_to_records(df: pd.DataFrame, data_cfg: DataConfig) -> list[Case]:
 
         raise DataErrors(problems, path=df.attrs.get("manifest"))
     return records
+
+
+def case_targets(records: Sequence[Mapping[str, Any]], tasks: Sequence[AnyTask],
+                 data_cfg: DataConfig) -> np.ndarray:
+    """The tasks' targets of ``records`` (Cases, or dicts with the tasks' columns), read once by
+    ``medres.data.tasks.parse_task_targets``: float32 ``[len(records), n_targets]`` in task order
+    (single-label: the class index; multilabel: 0/1 per column; regression: the raw value; NaN unknown).
+    A task reading ``label`` sees the cell's text (``data.labels[label]``, blank when -1).
+
+    Raises:
+        DataError / DataErrors: a missing column or a bad cell, naming the manifest row and column.
+    """
+    from medres.data.tasks import parse_task_targets
+
+    items = [r.as_item() if isinstance(r, Case) else r for r in records]
+    columns = list(dict.fromkeys(c for t in tasks for c in t.target_columns()))
+
+    def cell(rec: Mapping[str, Any], column: str) -> str | None:
+        value = rec.get(column)
+        if column == "label" and isinstance(value, (int, np.integer)):
+            return data_cfg.labels[value] if 0 <= value < len(data_cfg.labels) else ""
+        return None if value is None else str(value)
+
+    frame = pd.DataFrame({c: [cell(r, c) for r in items] for c in columns
+                          if all(c in r for r in items)},
+                         index=pd.Index([int(r.get("row") or i + 1) - 1 for i, r in enumerate(items)]))
+    frame["case_id"] = [str(r.get("case_id")) for r in items]
+    table = parse_task_targets(frame, tasks)
+    parts = [table[t.name].values for t in tasks]
+    out = np.concatenate(parts, axis=1) if parts else np.zeros((len(items), 0))
+    return out.astype(np.float32)
 
 
 def item_seed(seed: int, epoch: int, index: int, patch: int = 0) -> int:
@@ -175,14 +207,30 @@ class CaseDataset(Dataset):
             under ``cache_dir``: ``medres.data.pipeline.disk_cache``) or ``"none"``.
         cache_dir: folder of the disk cache (entries named by their key; shared safely between runs).
         seed: the run's seed; augmentation of item ``i`` in epoch ``e`` uses ``item_seed(seed, e, i)``.
+        tasks: the configuration's ``tasks`` (None without): each item then carries ``targets``
+            (:func:`case_targets`, a float32 tensor) and its ``label`` is the single-label task's class
+            index (-1 when unknown or when no task is single-label).
     """
 
     def __init__(self, records: Sequence[Mapping[str, Any]], data_cfg: DataConfig, *, train: bool,
                  cache: Literal["memory", "disk", "mmap", "none"] = "memory",
-                 cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None, seed: int = 0,
+                 tasks: Sequence[AnyTask] | None = None) -> None:
         if cache in ("disk", "mmap") and cache_dir is None:
             raise ValueError(f"cache={cache!r} needs a cache_dir")
         self.records = [r.as_item() if isinstance(r, Case) else dict(r) for r in records]
+        self.targets: np.ndarray | None = None
+        if tasks is not None:
+            self.targets = case_targets(self.records, tasks, data_cfg)
+            at, single = 0, None
+            for t in tasks:
+                if t.type in SINGLE_LABEL_TYPES:
+                    single = at
+                at += len(t.target_columns())
+            for rec, row in zip(self.records, self.targets):
+                rec["targets"] = torch.from_numpy(row.copy())
+                y = row[single] if single is not None else np.nan
+                rec["label"] = -1 if np.isnan(y) else int(y)
         self.cfg, self.train, self.cache, self.seed = data_cfg, train, cache, int(seed)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.epoch = 0
@@ -322,7 +370,9 @@ class CaseDataset(Dataset):
 
     def _sample(self, entry: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, Any]:
         """The record's fields with fresh copies of the cached tensors (never hand out the cached ones)."""
-        d: dict[str, Any] = {k: v for k, v in rec.items() if k not in ("image", "mask")}
+        d: dict[str, Any] = {k: v for k, v in rec.items() if k not in ("image", "mask", "targets")}
+        if "targets" in rec:
+            d["targets"] = rec["targets"].clone()
         for k in ("image", "mask"):
             if k in entry:
                 meta = dict(entry[f"{k}_meta"])
@@ -393,15 +443,17 @@ def _behind(exc: BaseException | None, kind: type[E]) -> E | None:
 
 
 def build_dataset(records: Sequence[Mapping[str, Any]], data_cfg: DataConfig, *, train: bool,
-                  cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> CaseDataset:
+                  cache_dir: str | os.PathLike[str] | None = None, seed: int = 0,
+                  tasks: Sequence[AnyTask] | None = None) -> CaseDataset:
     """A :class:`CaseDataset` with the configured cache (``data.cache``; ``disk`` goes to ``cache_dir``,
-    default ``data.cache_dir``; with neither, the memory cache)."""
+    default ``data.cache_dir``; with neither, the memory cache); ``tasks`` (``cfg.tasks``): items carry
+    ``targets``."""
     cache = data_cfg.cache
     folder = cache_dir if cache_dir is not None else data_cfg.cache_dir
     if cache in ("disk", "mmap") and folder is None:
         log.info("data.cache is %r but no cache folder is set; caching in memory", cache)
         cache = "memory"
-    return CaseDataset(records, data_cfg, train=train, cache=cache, cache_dir=folder, seed=seed)
+    return CaseDataset(records, data_cfg, train=train, cache=cache, cache_dir=folder, seed=seed, tasks=tasks)
 
 
 def balanced_sample_weights(labels: Sequence[int]) -> torch.Tensor:
