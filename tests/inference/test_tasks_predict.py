@@ -230,3 +230,32 @@ def test_predict_cli_writes_every_tasks_columns_from_a_manifest(tmp_path):
     assert row["p_opacity"] == pytest.approx(sigmoid(row["logit_opacity"]))  # no calibration yet: sigmoid
     assert row["p_0"] + row["p_1"] == pytest.approx(1.0) and math.isfinite(row["pred_ctr_task"])
     assert math.isnan(row["pred_ctr_task_lo"])  # no conformal half-width before the fold is calibrated
+
+
+def test_the_run_ensemble_of_tasks_folds_through_write_test_ensemble(tmp_path):
+    import nibabel as nib
+
+    from medres.inference.ensemble import write_test_ensemble
+
+    cfg = config()
+    run = tmp_path / "run"
+    for k, (mean, hw) in enumerate(((0.5, 0.02), (0.3, 0.06))):
+        torch.manual_seed(k)
+        save_checkpoint({"model": build_model(cfg).state_dict(), "config": cfg.model_dump(mode="json"),
+                         "model_spec": model_spec(cfg), "epoch": 1, "fold": k,
+                         "task_scales": {"ctr_task": {"mean": mean, "sd": 0.1}},
+                         "calibration": {"method": "none", "tasks": {"ctr_task": {"half_width": hw}}}},
+                        run / f"fold_{k}" / "checkpoint_best.pt")
+    nib.save(nib.Nifti1Image(np.full((20, 20, 20), -500, np.float32), np.eye(4) * [4, 4, 4, 1]),
+             tmp_path / "a.nii.gz")
+    case = Case(case_id="a", patient_id="p", image=str(tmp_path / "a.nii.gz"), extras={"ctr": "0.5"})
+    df = write_test_ensemble(run, [case], cfg, masks=False, device="cpu")
+    row = df.iloc[0]
+    members = (row["pred_ctr_task_fold0"], row["pred_ctr_task_fold1"])
+    assert row["pred_ctr_task"] == pytest.approx(np.mean(members)) and members[0] != members[1]
+    assert row["pred_ctr_task_hi"] - row["pred_ctr_task"] == pytest.approx(0.04)  # mean of 0.02 and 0.06
+    assert row["p_effusion"] == pytest.approx((row["p_effusion_fold0"] + row["p_effusion_fold1"]) / 2)
+    assert row["y_ctr_task"] == 0.5 and math.isnan(row["y_opacity"])  # the manifest lacks opacity
+    assert (run / "ensemble" / "test_predictions.parquet").is_file()
+    pred = Predictor.from_run(run, device="cpu").predict(str(tmp_path / "a.nii.gz"))
+    assert pred.tasks["ctr_task"]["value"] == pytest.approx(row["pred_ctr_task"], abs=1e-5)
