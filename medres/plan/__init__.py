@@ -6,6 +6,6 @@ training steps on the target device (``medres.plan.measure``). See ``medres.plan
 """
 
 from medres.plan.fingerprint import fingerprint_cohort
-from medres.plan.planner import Plan, plan_config
+from medres.plan.planner import Plan, PlanOptions, plan_config
 
-__all__ = ["Plan", "plan_config", "fingerprint_cohort"]
+__all__ = ["Plan", "PlanOptions", "plan_config", "fingerprint_cohort"]

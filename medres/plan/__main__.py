@@ -34,12 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medres.logs import route_library_logs
 
     route_library_logs()  # highdicom's, MLflow's and alembic's INFO lines stay off the terminal
-    from medres.plan.planner import plan_config
+    from medres.plan.planner import PlanOptions, plan_config
 
     try:
         plan = plan_config(args.manifest, args.out, modality=args.modality, device=args.device,
-                           memory_gb=args.memory_gb, minutes=args.minutes, folds=args.folds, name=args.name,
-                           force=args.force)
+                           memory_gb=args.memory_gb, minutes=args.minutes,
+                           options=PlanOptions(folds=args.folds, name=args.name, force=args.force))
     except MedresError as e:
         print(f"medres.plan: error: {e}", file=sys.stderr)
         return 2

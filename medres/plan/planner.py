@@ -26,7 +26,7 @@ from medres.data.readers.limits import resampled_shape
 from medres.errors import ConfigError, DataError
 from medres.files import atomic_write, check_output
 
-__all__ = ["Plan", "plan_config"]
+__all__ = ["Plan", "PlanOptions", "plan_config"]
 
 log = logging.getLogger("medres.plan")
 
@@ -49,6 +49,26 @@ class Plan:
     fingerprint: dict[str, Any]
     measurements: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """The choices of :func:`plan_config` besides the cohort and the training budget.
+
+    Attributes:
+        folds: cross-validation folds (fewer when a class has fewer patients).
+        seed: ``train.seed`` and ``cv.seed`` of the planned configuration.
+        fingerprint: a fingerprint already measured (skips reading the scans).
+        name: ``output.name`` (default: the stem of ``out``, else ``"planned"``).
+        force: replace an existing ``out`` (and a ``fingerprint.json`` beside it that medres did not
+            write); without it they are refused.
+    """
+
+    folds: int = 5
+    seed: int = 0
+    fingerprint: dict[str, Any] | None = None
+    name: str | None = None
+    force: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -418,9 +438,7 @@ def _is_fingerprint(path: Path) -> bool:
 
 def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
                 modality: str | None = None, device: str = "cpu", memory_gb: float | None = None,
-                minutes: float | None = None, folds: int = 5, seed: int = 0,
-                fingerprint: dict[str, Any] | None = None, name: str | None = None,
-                force: bool = False) -> Plan:
+                minutes: float | None = None, options: PlanOptions = PlanOptions()) -> Plan:
     """Fingerprint ``manifest`` and derive a complete configuration (see the module docstring).
 
     Args:
@@ -431,12 +449,9 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
         memory_gb: the memory budget of one training process; default: half the free memory now (CPU),
             90% of the free device memory (CUDA).
         minutes: the wall-clock budget of the whole cross-validation; None: the recipe's epochs.
-        folds: cross-validation folds.
-        fingerprint: a fingerprint already measured (skips reading the scans).
-        name: ``output.name`` (default: the stem of ``out``, else ``"planned"``).
-        force: replace an existing ``out`` (and a ``fingerprint.json`` beside it that medres did not
-            write); without it they are refused. ``out`` must end in ``.yaml``/``.yml`` and may not be
-            (or be beside as ``fingerprint.json``) the manifest (:func:`medres.files.check_output`).
+        options: the folds and seed, a fingerprint already measured, ``output.name``, whether to replace
+            ``out`` (:class:`PlanOptions`). ``out`` must end in ``.yaml``/``.yml`` and may not be (or be
+            beside as ``fingerprint.json``) the manifest (:func:`medres.files.check_output`).
 
     Returns:
         A :class:`Plan`; its ``config`` is what ``medres.load_config`` reads from the written file.
@@ -447,6 +462,8 @@ def plan_config(manifest: str | os.PathLike[str], out: str | os.PathLike[str] | 
     from medres.plan.fingerprint import fingerprint_cohort, write_fingerprint
     from medres.plan.measure import available_memory_bytes
 
+    folds, seed, fingerprint, name, force = options.folds, options.seed, options.fingerprint, options.name, \
+        options.force
     manifest = Path(manifest).resolve()
     if out is not None:
         _check_out(manifest, Path(out), force)

@@ -16,7 +16,7 @@ import torch
 from medres.config import load_config
 from medres.data.demo import generate_demo
 from medres.errors import DataError
-from medres.plan import fingerprint_cohort, plan_config
+from medres.plan import PlanOptions, fingerprint_cohort, plan_config
 from medres.plan.fingerprint import ras_geometry
 from medres.plan.measure import measure_step
 from medres.plan.planner import _Bench, _coarser, _target_spacing
@@ -142,7 +142,7 @@ def test_two_cohorts_of_different_geometry_get_different_sensible_plans(tmp_path
     assert m.data.labels == ["normal", "lesion"] or m.data.labels == ["lesion", "normal"]
     # a tight time budget costs epochs (or resolution), and the comment says so
     quick = plan_config(demo_manifest, tmp_path / "cfg" / "quick.yaml", minutes=0.3,
-                        fingerprint=demo.fingerprint)
+                        options=PlanOptions(fingerprint=demo.fingerprint))
     assert (quick.config.train.epochs < d.train.epochs
             or np.prod(quick.config.data.patch_size) < np.prod(d.data.patch_size))
     assert "budget of 0.3 min" in quick.path.read_text()
