@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from medres.errors import DataError
 from medres.files import WRITTEN_LIST
 from medres.predict import main
 from tests.test_predict import AFFINE, ROOT, ct_volume
@@ -111,3 +112,30 @@ def test_a_failed_rank_fails_the_run_and_merges_nothing(checkpoint, cases, tmp_p
     assert sorted(listed) == [f for f in files if f != WRITTEN_LIST]
     assert len([f for f in listed if f.startswith("seg/")]) == 2  # rank 0's two cases: a and b
     assert np.asarray(nib.load(out / listed[0]).dataobj).shape in {(30, 26, 9), (20, 22, 7)}
+
+
+def test_merged_parts_equal_the_one_process_table(tmp_path):
+    """Rows split as the ranks split them (case i on rank i % N), written as parts and merged: the table
+    one process builds from the same rows, a column only some rows have (a radiograph's ``view``) in its
+    place, and a rank with no case (more ranks than cases) handled."""
+    from medres.inference.predictor import write_table
+    from medres.predict import _merge_parts
+
+    rows = [{"case_id": f"c{i}", "y_true": i % 2, "p_a": i / 7, "p_b": float("nan"), "site": "S",
+             **({"view": "PA"} if i in (1, 4) else {}), "image": f"s{i}.png"} for i in range(5)]
+    for n in (2, 3, 7):
+        parts = [f"part{r}.parquet" for r in range(n)]
+        for r in range(min(n, len(rows))):
+            write_table(pd.DataFrame(rows[r::n]), tmp_path / parts[r])
+        merged = _merge_parts(tmp_path, parts, len(rows))
+        expected = pd.DataFrame(rows)
+        assert list(merged.columns) == ["case_id", "y_true", "p_a", "p_b", "site", "image", "view"]
+        assert merged.to_csv(index=False) == expected.to_csv(index=False)
+        pd.testing.assert_frame_equal(merged, expected)
+        for name in parts:
+            (tmp_path / name).unlink(missing_ok=True)
+    write_table(pd.DataFrame(rows[0:4:2]), tmp_path / "part0.parquet")
+    with pytest.raises(DataError, match="rank 1's part of the predictions is missing"):
+        _merge_parts(tmp_path, ["part0.parquet", "part1.parquet"], 4)  # not a shared --output folder
+    with pytest.raises(DataError, match="rank 0's part holds 2 rows, not 3"):
+        _merge_parts(tmp_path, ["part0.parquet", "part1.parquet"], 5)
