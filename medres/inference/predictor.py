@@ -446,27 +446,28 @@ class Predictor:
     ``predict(...).tasks`` holds every task's output (probabilities per label; value, lo, hi in units).
     """
 
-    def __init__(self, model: nn.Module | Sequence[nn.Module], config: Any, *,
-                 device: torch.device | str = "auto", tta: bool | None = None, overlap: float | None = None,
-                 cls_aggregate: Aggregate | None = None, sw_batch_size: int = 1,
-                 calibration: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
-                 member_names: Sequence[str] | None = None) -> None:
-        check_window(config, sw_batch_size)  # before a model is moved or a window allocated
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+    def __init__(self, model: nn.Module | Sequence[nn.Module], config: Any,
+                 settings: PredictSettings | None = None, **changes: Any) -> None:
+        """``settings``: how to predict (default: the configuration's ``evaluate`` window overlap, flips and
+        aggregation, the best device); ``changes``: :class:`PredictSettings` fields replacing its values
+        (``device``, ``tta``, ``overlap``, ``cls_aggregate``, ``sw_batch_size``, ``calibration``,
+        ``member_names``; None keeps the value)."""
+        ev = config.evaluate
+        s = settings or PredictSettings(overlap=ev.sliding_window_overlap, tta=ev.tta_flips,
+                                        cls_aggregate=ev.cls_aggregate)
+        s = s.updated(**{k: v for k, v in changes.items() if v is not None})
+        check_window(config, s.sw_batch_size)  # before a model is moved or a window allocated
+        auto = s.device in (None, "auto")
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else s.device)
         models = list(model) if isinstance(model, (list, tuple)) else [model]
         self.models = [m.to(self.device).eval() for m in models]
         self.model = self.models[0]
-        self.calibration = calibration
-        self.member_names = list(member_names) if member_names is not None else None
+        self.calibration = s.calibration
+        self.member_names = list(s.member_names) if s.member_names is not None else None
         self.config = config
-        ev = config.evaluate
-        self.tta = ev.tta_flips if tta is None else tta
-        self.overlap = ev.sliding_window_overlap if overlap is None else overlap
-        self.cls_aggregate = cls_aggregate or ev.cls_aggregate
-        self.sw_batch_size = sw_batch_size
-        self.transform = _eval_transform(config.data)
+        self.tta, self.overlap, self.cls_aggregate = s.tta, s.overlap, s.cls_aggregate
+        self.sw_batch_size = s.sw_batch_size
+        self.transform = s.transform or _eval_transform(config.data)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
