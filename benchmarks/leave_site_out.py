@@ -11,7 +11,7 @@ is refused by leave-group-out (he would be trained on and held out at once), so 
 manifest next to the demo's that keeps each patient's scans at the site of the first scan only, and
 says how many scans it left out.
 
-    python benchmarks/leave_site_out.py                               # 150 patients, as in BENCHMARKS.md
+    python benchmarks/leave_site_out.py --set train.epochs=8          # 150 patients, as in BENCHMARKS.md
     python benchmarks/leave_site_out.py --patients 15 --set train.epochs=1 --set data.spacing=[12,12] \\
         --set data.patch_size=[32,32]                                 # a smoke run (tests use this)
 """
