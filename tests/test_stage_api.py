@@ -137,3 +137,30 @@ def test_the_check_sees_a_reach_in(tmp_path):
                                    "medres.train:3 -> medres.training.plain:helper"]
     assert stage("medres.data.readers.io") == "data.readers" and stage("medres.data.manifest") == "data"
     assert stage("medres.train") is None and stage("medres.inference.predictor") == "inference"
+
+
+def _chooses_best_else_last(tree: ast.AST) -> list[int]:
+    """Lines of a choice between a fold's best and last checkpoint (``best if best.exists() else last``,
+    ``best or last``, an ``if`` on the best that falls back to the last, runfolder's best-first order)."""
+    def names(node: ast.AST) -> set[str]:
+        return {n.attr if isinstance(n, ast.Attribute) else getattr(n, "id", "") for n in ast.walk(node)}
+
+    def chooses(node: ast.AST) -> bool:
+        if isinstance(node, (ast.IfExp, ast.BoolOp)):
+            return {"checkpoint_best", "checkpoint_last"} <= names(node)
+        if isinstance(node, ast.If):
+            branches = set().union(*(names(n) for n in node.body + node.orelse))
+            return "checkpoint_best" in names(node.test) and "checkpoint_last" in branches
+        return "CHECKPOINTS_BEST_FIRST" in (getattr(node, "id", None), getattr(node, "attr", None))
+
+    return [node.lineno for node in ast.walk(tree) if chooses(node)]
+
+
+def test_best_else_last_is_decided_in_runfolder_only():
+    """Which checkpoint a fold predicts with is ``medres.runfolder``'s ``predicting_checkpoint``."""
+    found = {f.relative_to(ROOT).as_posix(): lines for f in sorted((ROOT / "medres").rglob("*.py"))
+             if f.name != "runfolder.py" and (lines := _chooses_best_else_last(ast.parse(f.read_text())))}
+    assert found == {}, found
+    assert "predicting_checkpoint" in (ROOT / "medres" / "runfolder.py").read_text()
+    sample = "p = f.checkpoint_best if f.checkpoint_best.exists() else f.checkpoint_last\n"
+    assert _chooses_best_else_last(ast.parse(sample)) == [1]
