@@ -19,7 +19,7 @@ from medres.config import load_config
 from medres.cv import TRAIN_ONLY
 from medres.data.demo.cxr import generate_cxr_demo
 from medres.report import load_run
-from medres.report.conformal import TEST_ENSEMBLE, test_conformal_section
+from medres.report.conformal import TEST_ENSEMBLE, conformal_test_split_section
 from tests.report.synthetic_run import LABELS, write_synthetic_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_test_split_sets_are_calibrated_on_the_out_of_fold_predictions(run_with_
     cfg = run.config
     alpha = cfg.evaluate.conformal_alpha
     cols = [f"p_{c}" for c in LABELS]
-    recs, ctx = test_conformal_section(run.predictions, run.test, cfg, seed=0)
+    recs, ctx = conformal_test_split_section(run.predictions, run.test, cfg, seed=0)
     df = pd.DataFrame(recs)
     assert set(df["scope"]) == {"test_conformal"}
     by = df.set_index(["subgroup", "fold", "metric"])
@@ -81,8 +81,8 @@ def test_test_split_sets_are_calibrated_on_the_out_of_fold_predictions(run_with_
     assert "out-of-fold" in ctx["note"] and "mean of the fold models" in ctx["table"]
     # off, or no test split: nothing
     off = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"conformal_alpha": None})})
-    assert test_conformal_section(run.predictions, run.test, off) == ([], None)
-    assert test_conformal_section(run.predictions, None, cfg) == ([], None)
+    assert conformal_test_split_section(run.predictions, run.test, off) == ([], None)
+    assert conformal_test_split_section(run.predictions, None, cfg) == ([], None)
 
 
 def test_test_split_sets_in_the_report(run_with_test, tmp_path):

@@ -45,7 +45,7 @@ from medres.report.aggregate import (
 from medres.report.calibration import calibration_section
 from medres.report.cohort import cohort_table, split_audit
 from medres.report.compare import comparisons as compare_runs
-from medres.report.conformal import SET_COLUMN, conformal_section, test_conformal_section
+from medres.report.conformal import SET_COLUMN, conformal_section, conformal_test_split_section
 from medres.report.external import external_group_table, external_records, external_test_table
 from medres.report.guidelines import guideline_table
 from medres.report.html import (
@@ -196,7 +196,7 @@ def build_bundle(
     has_test = run.test is not None and len(run.test) > 0
     if has_test:
         records += holdout_test_records(run.test, thresholds, task, cfg, seed=seed)
-    test_conf_recs, test_conformal = test_conformal_section(preds, run.test, cfg, seed=seed)  # OOF-calibrated
+    test_conf_recs, test_conformal = conformal_test_split_section(preds, run.test, cfg, seed=seed)
     records += test_conf_recs
     ext_recs = external_records(preds, run.inner_val, run.test, task, cfg, seed=seed)  # held-out sites
     records += ext_recs

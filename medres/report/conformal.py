@@ -8,8 +8,8 @@ fold, per true class (what Mondrian sets guarantee) and per subgroup level, wher
 below ``1 - alpha`` while it holds overall.
 
 The held-out test split (manifest ``split=test``) gets its sets from the out-of-fold predictions instead
-(`test_conformal_section`): cases no model was tuned on, so the sets are calibrated on cross-validation's
-held-out cases and evaluated on the test cases (scope ``test_conformal``).
+(`conformal_test_split_section`): cases no model was tuned on, so the sets are calibrated on
+cross-validation's held-out cases and evaluated on the test cases (scope ``test_conformal``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from medres.report.aggregate import _quiet, _record
 from medres.report.html import fmt, fmt_ci, table_html
 from medres.report.subgroups import add_age_band, level_order
 
-__all__ = ["SET_COLUMN", "TEST_ENSEMBLE", "conformal_section", "conformal_sets", "test_conformal_section"]
+__all__ = ["SET_COLUMN", "TEST_ENSEMBLE", "conformal_section", "conformal_sets",
+           "conformal_test_split_section"]
 
 #: the predictions tables' column of each case's set: class names joined by "|" ("" for an empty set)
 SET_COLUMN = "conformal_set"
@@ -150,7 +151,7 @@ def _n_calibration(fit: ConformalFit, mondrian: bool) -> str:
     return "/".join(str(int(c)) for c in fit.n_calibration) if mondrian else str(int(fit.n_calibration[0]))
 
 
-def test_conformal_section(predictions: pd.DataFrame, test: pd.DataFrame | None, config: Config, *,
+def conformal_test_split_section(predictions: pd.DataFrame, test: pd.DataFrame | None, config: Config, *,
                            seed: int = 0) -> tuple[list[dict], dict | None]:
     """Conformal sets for the test split, calibrated on the out-of-fold predictions: records (scope
     ``test_conformal``) and the HTML context of the report's test-split section.
