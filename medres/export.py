@@ -275,13 +275,13 @@ def _check_volume(config: Any, records: list[dict]) -> tuple[Any, str] | None:
 def _probabilities(models: Sequence[Any], image: Any, config: Any) -> list[tuple[Any, Any]]:
     import torch
 
-    from medres.inference.sliding import infer_volume_models
+    from medres.inference.sliding import SlidingWindow, infer_volume_models
 
     ev = config.evaluate
     layout = _layout(config)
     out = []
-    for pred in infer_volume_models(models, image, roi_size=list(config.data.patch_size),
-                                    overlap=ev.sliding_window_overlap, device="cpu", layout=layout):
+    window = SlidingWindow(list(config.data.patch_size), ev.sliding_window_overlap)
+    for pred in infer_volume_models(models, image, window, device="cpu", layout=layout):
         seg = torch.softmax(pred.seg_logits.float(), 0) if pred.seg_logits is not None and \
             pred.seg_logits.shape[0] else None
         out.append((pred.cls_probs if layout is None else pred.task_values, seg))

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from medres.data.records import RECORD_KEYS, Case, as_cases
 from medres.errors import DataError
 from medres.files import atomic_write
-from medres.inference.sliding import Aggregate, infer_volume_models
+from medres.inference.sliding import Aggregate, SlidingWindow, infer_volume_models
 from medres.layout import case_file_stems
 from medres.runfolder import RunFolder
 from medres.safe_text import csv_safe
@@ -308,9 +308,9 @@ def predict_cases(model: nn.Module | Sequence[nn.Module], cases: Iterable[Case |
         image = sample["image"]
         check_window(data_cfg, sw_batch_size, shape=tuple(image.shape[1:]), members=len(models), tta=tta,
                      overlap=overlap, case_id=case_id)  # the stitched outputs too, before any window runs
-        preds = infer_volume_models(models, image, roi_size=list(data_cfg.patch_size), overlap=overlap,
-                                    tta=tta, cls_aggregate=s.cls_aggregate, sw_batch_size=sw_batch_size,
-                                    device=s.device, **({"layout": s.layout} if multi else {}))
+        window = SlidingWindow(list(data_cfg.patch_size), overlap, tta, s.cls_aggregate, sw_batch_size)
+        preds = infer_volume_models(models, image, window, device=s.device,
+                                    **({"layout": s.layout} if multi else {}))
         row: dict[str, Any] = {"case_id": case_id, "patient_id": rec.patient_id, "fold": int(s.fold),
                                "y_true": rec.label}
         if multi and preds[0].task_values is not None:

@@ -35,10 +35,32 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
-__all__ = ["VolumePrediction", "split_output", "aggregate_windows", "aggregate_task_windows", "infer_volume",
-           "infer_volume_models"]
+__all__ = ["VolumePrediction", "SlidingWindow", "split_output", "aggregate_windows", "aggregate_task_windows",
+           "infer_volume", "infer_volume_models"]
 
 Aggregate = Literal["max", "mean"]
+
+
+@dataclass(frozen=True)
+class SlidingWindow:
+    """How a volume is cut into windows and their outputs put together (:func:`infer_volume`).
+
+    Attributes:
+        roi_size: the window, normally the training patch (``data.patch_size``); a volume smaller than
+            it is padded (MONAI) and the output cropped back. A 2D window on a volume runs slice by slice.
+        overlap: window overlap fraction per axis (``evaluate.sliding_window_overlap``).
+        tta: flip test-time augmentation (identity + one flip per spatial axis).
+        cls_aggregate: ``"max"`` (most abnormal window; default) or ``"mean"``; see the module docstring.
+        sw_batch_size: windows per forward pass.
+        blend: MONAI's blending of overlapping segmentation windows.
+    """
+
+    roi_size: Sequence[int]
+    overlap: float = 0.25
+    tta: bool = False
+    cls_aggregate: Aggregate = "max"
+    sw_batch_size: int = 1
+    blend: Literal["gaussian", "constant"] = "gaussian"
 
 
 @dataclass
@@ -150,9 +172,7 @@ def _one_pass(models: Sequence[nn.Module], x: Tensor, roi_size: Sequence[int], o
 
 
 @torch.inference_mode()
-def infer_volume(model: nn.Module, image: Tensor, *, roi_size: Sequence[int], overlap: float = 0.25,
-                 tta: bool = False, cls_aggregate: Aggregate = "max", sw_batch_size: int = 1,
-                 blend: Literal["gaussian", "constant"] = "gaussian",
+def infer_volume(model: nn.Module, image: Tensor, window: SlidingWindow, *,
                  device: torch.device | str | None = None, layout: Any = None) -> VolumePrediction:
     """Predict one volume ``image`` [C, *spatial] (after the evaluation pipeline) with ``model`` in eval mode.
 
@@ -160,21 +180,13 @@ def infer_volume(model: nn.Module, image: Tensor, *, roi_size: Sequence[int], ov
     last (axial, after RAS orientation) axis; every slice's windows then count as the case's windows.
 
     Args:
-        roi_size: the window, normally the training patch (``data.patch_size``); a volume smaller than
-            it is padded (MONAI) and the output cropped back.
-        overlap: window overlap fraction per axis (``evaluate.sliding_window_overlap``).
-        tta: flip test-time augmentation (identity + one flip per spatial axis).
-        cls_aggregate: ``"max"`` (most abnormal window; default) or ``"mean"``; see the module docstring.
-        sw_batch_size: windows per forward pass.
-        blend: MONAI's blending of overlapping segmentation windows.
+        window: the window's size, overlap, flips, aggregation, batch and blending (:class:`SlidingWindow`).
         device: where the model runs (default: the model's parameters' device).
         layout: a configuration's ``TaskLayout`` with ``tasks:`` (None or the single head: one softmax).
 
     Returns a ``VolumePrediction`` on the CPU, on ``image``'s grid.
     """
-    return infer_volume_models([model], image, roi_size=roi_size, overlap=overlap, tta=tta,
-                               cls_aggregate=cls_aggregate, sw_batch_size=sw_batch_size, blend=blend,
-                               device=device, layout=layout)[0]
+    return infer_volume_models([model], image, window, device=device, layout=layout)[0]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -183,9 +195,7 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.inference_mode()
-def infer_volume_models(models: Sequence[nn.Module], image: Tensor, *, roi_size: Sequence[int],
-                        overlap: float = 0.25, tta: bool = False, cls_aggregate: Aggregate = "max",
-                        sw_batch_size: int = 1, blend: Literal["gaussian", "constant"] = "gaussian",
+def infer_volume_models(models: Sequence[nn.Module], image: Tensor, window: SlidingWindow, *,
                         device: torch.device | str | None = None, layout: Any = None
                         ) -> list[VolumePrediction]:
     """:func:`infer_volume` for several models (the folds of a run) in one sweep of windows.
@@ -194,6 +204,8 @@ def infer_volume_models(models: Sequence[nn.Module], image: Tensor, *, roi_size:
     model while it is in memory; the result for each model is exactly what :func:`infer_volume` gives
     for it alone (same windows, same blending). Returns one ``VolumePrediction`` per model.
     """
+    roi_size, overlap, tta, cls_aggregate = window.roi_size, window.overlap, window.tta, window.cls_aggregate
+    sw_batch_size, blend = window.sw_batch_size, window.blend
     models = list(models)
     if not models:
         raise ValueError("infer_volume_models needs at least one model")

@@ -444,7 +444,7 @@ def _volume_infer(cfg: Config, layout: TaskLayout | None = None
     size is one plain forward pass (what a single blended window gives, without building the window).
     With tasks the windows' outputs are aggregated per task (a single-label task's log-probabilities,
     multilabel logits, regression values in the ``cls`` slots)."""
-    from medres.inference.sliding import infer_volume
+    from medres.inference.sliding import SlidingWindow, infer_volume
 
     roi = list(cfg.data.patch_size)
     overlap = cfg.evaluate.sliding_window_overlap
@@ -453,14 +453,14 @@ def _volume_infer(cfg: Config, layout: TaskLayout | None = None
         if list(image.shape[2:]) == roi:
             return forward_volume(unwrap_model(model), image)
         if layout is not None:
-            pred = infer_volume(unwrap_model(model), image[0], roi_size=roi, overlap=overlap, layout=layout)
+            pred = infer_volume(unwrap_model(model), image[0], SlidingWindow(roi, overlap), layout=layout)
             values = pred.task_values.float().clone()
             for slot in layout:
                 if slot.single_label:
                     values[slot.logits] = torch.log(values[slot.logits].clamp_min(1e-12))
             seg = pred.seg_logits[None].to(image.device) if pred.seg_logits is not None else None
             return values[None].to(image.device), seg
-        pred = infer_volume(unwrap_model(model), image[0], roi_size=roi, overlap=overlap)
+        pred = infer_volume(unwrap_model(model), image[0], SlidingWindow(roi, overlap))
         probs, seg = pred.cls_probs, pred.seg_logits
         cls = torch.log(probs.clamp_min(1e-12))[None].to(image.device) if probs is not None else None
         seg = seg[None].to(image.device) if seg is not None else None

@@ -15,7 +15,7 @@ from medres.config import load_config
 from medres.errors import ConfigError, DataError
 from medres.inference.ensemble import load_run_members, run_folds, write_test_ensemble
 from medres.inference.predictor import Predictor, source_geometry, source_probabilities
-from medres.inference.sliding import infer_volume, infer_volume_models
+from medres.inference.sliding import SlidingWindow, infer_volume, infer_volume_models
 from medres.layout import case_file_stem
 from medres.metrics.calibration import apply_calibration
 from medres.predict import main
@@ -79,9 +79,9 @@ def test_one_sweep_gives_each_model_exactly_its_own_prediction(run_dir, scan):
     image = Predictor(models[0], cfg, device="cpu").transform({"image": str(scan)})["image"]
     assert all(s > 16 for s in image.shape[1:])  # several windows
     for tta in (False, True):
-        together = infer_volume_models(models, image, roi_size=[16, 16, 16], overlap=0.5, tta=tta)
+        together = infer_volume_models(models, image, SlidingWindow([16, 16, 16], overlap=0.5, tta=tta))
         for model, pred in zip(models, together):
-            alone = infer_volume(model, image, roi_size=[16, 16, 16], overlap=0.5, tta=tta)
+            alone = infer_volume(model, image, SlidingWindow([16, 16, 16], overlap=0.5, tta=tta))
             torch.testing.assert_close(pred.cls_probs, alone.cls_probs, rtol=0, atol=1e-6)
             torch.testing.assert_close(pred.seg_logits, alone.seg_logits, rtol=0, atol=1e-5)
     # the models do differ, so the check above has teeth
@@ -114,7 +114,7 @@ def test_ensemble_is_exactly_the_mean_of_the_calibrated_folds(run_dir, scan, tmp
     image = pred.transform({"image": str(scan)})["image"]
     src_affine, src_shape = source_geometry(image)
     maps = [source_probabilities(torch.softmax(p.seg_logits, 0), image.affine, src_affine, src_shape)
-            for p in infer_volume_models(pred.models, image, roi_size=[16, 16, 16], overlap=0.5)]
+            for p in infer_volume_models(pred.models, image, SlidingWindow([16, 16, 16], overlap=0.5))]
     expected = torch.argmax(torch.stack(maps).mean(0), dim=0).numpy()
     got = nib.load(tmp_path / "ens" / f"{case_file_stem('big')}.nii.gz")
     assert got.shape == nib.load(scan).shape

@@ -17,7 +17,7 @@ from medres.config import Config, load_config
 from medres.data.readers.io import MedresReader
 from medres.errors import DataError
 from medres.inference.predictor import mask_to_source, predict_cases, write_fold_predictions
-from medres.inference.sliding import aggregate_windows, infer_volume
+from medres.inference.sliding import SlidingWindow, aggregate_windows, infer_volume
 from medres.layout import case_file_stem
 from medres.models import DualOutput, create_model
 
@@ -86,7 +86,7 @@ def test_single_window_equals_plain_forward():
     model = create_model("dual_resnet10", spatial_dims=3, in_channels=1, num_classes=2, seg_classes=2,
                          base_channels=8).eval()
     x = torch.randn(1, 24, 24, 24)
-    pred = infer_volume(model, x, roi_size=[24, 24, 24])
+    pred = infer_volume(model, x, SlidingWindow([24, 24, 24]))
     with torch.no_grad():
         out = model(x[None])
     torch.testing.assert_close(pred.seg_logits, out.seg_logits[0])
@@ -96,7 +96,7 @@ def test_single_window_equals_plain_forward():
 def test_sliding_windows_stitch_and_max_pool_a_small_finding():
     x = torch.from_numpy(blob_volume())[None]  # [1, 40, 34, 18], windows of 16^3
     model = ThresholdModel()
-    pred = infer_volume(model, x, roi_size=[16, 16, 16], overlap=0.25)
+    pred = infer_volume(model, x, SlidingWindow([16, 16, 16], overlap=0.25))
     with torch.no_grad():
         full = model(x[None]).seg_logits[0]
     # a pointwise model gives the same logits whichever windows cover a voxel
@@ -104,26 +104,26 @@ def test_sliding_windows_stitch_and_max_pool_a_small_finding():
     windows = pred.window_probs[0]
     assert windows.shape[0] > 8 and (windows[:, 1] < 0.5).sum() > 0  # most windows miss the blob
     assert pred.cls_probs[1] == pytest.approx(float(windows[:, 1].max()))
-    mean = infer_volume(model, x, roi_size=[16, 16, 16], cls_aggregate="mean").cls_probs
+    mean = infer_volume(model, x, SlidingWindow([16, 16, 16], cls_aggregate="mean")).cls_probs
     assert mean[1] < pred.cls_probs[1] - 0.2  # averaging dilutes the one window that sees the finding
 
 
 def test_flip_tta_unflips_segmentation():
     x = torch.from_numpy(blob_volume())[None]
     model = ThresholdModel()
-    plain = infer_volume(model, x, roi_size=[16, 16, 16])
-    tta = infer_volume(model, x, roi_size=[16, 16, 16], tta=True)
+    plain = infer_volume(model, x, SlidingWindow([16, 16, 16]))
+    tta = infer_volume(model, x, SlidingWindow([16, 16, 16], tta=True))
     assert tta.window_probs.shape[0] == 4  # identity + one flip per axis
     torch.testing.assert_close(tta.seg_logits, plain.seg_logits, atol=1e-4, rtol=1e-4)
     # Without un-flipping, the off-centre blob's average would move: check the test can fail.
-    flipped = infer_volume(model, torch.flip(x, [1]), roi_size=[16, 16, 16]).seg_logits
+    flipped = infer_volume(model, torch.flip(x, [1]), SlidingWindow([16, 16, 16])).seg_logits
     assert (flipped - plain.seg_logits).abs().max() > 1.0
 
 
 def test_2d_model_on_a_volume_runs_slice_by_slice():
     x = torch.from_numpy(blob_volume())[None]  # [1, 40, 34, 18]
     model = ThresholdModel()
-    pred = infer_volume(model, x, roi_size=[16, 16], tta=True)
+    pred = infer_volume(model, x, SlidingWindow([16, 16], tta=True))
     with torch.no_grad():
         full = model(x[None]).seg_logits[0]
     torch.testing.assert_close(pred.seg_logits, full, atol=1e-4, rtol=1e-4)
@@ -222,7 +222,7 @@ def test_window_aggregation_set_in_a_config_file_reaches_the_fold_table(source, 
         recs = [{"case_id": "a", "patient_id": "p1", "image": str(source), "mask": None, "label": 1}]
         tables[how] = write_fold_predictions(tmp_path / how, 0, ThresholdModel(), recs, cfg, masks=False)
     x = eval_pipeline()({"image": str(source)})["image"]
-    ref = {how: float(infer_volume(ThresholdModel(), x, roi_size=[16, 16, 16], cls_aggregate=how)
+    ref = {how: float(infer_volume(ThresholdModel(), x, SlidingWindow([16, 16, 16], cls_aggregate=how))
                       .cls_probs[1]) for how in ("max", "mean")}
     assert ref["mean"] < ref["max"] - 0.1  # the check can fail: the two aggregations differ on this scan
     for how in ("max", "mean"):

@@ -306,7 +306,7 @@ def test_bf16_if_native_follows_the_cpu(monkeypatch, caplog):
 
 def test_patch_sized_volume_shortcut_matches_sliding_window(tmp_path):
     from medres.config import Config
-    from medres.inference.sliding import infer_volume
+    from medres.inference.sliding import SlidingWindow, infer_volume
     from medres.training.fold import _volume_infer
 
     t = make(tmp_path)
@@ -315,7 +315,7 @@ def test_patch_sized_volume_shortcut_matches_sliding_window(tmp_path):
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         cls, seg = _volume_infer(cfg)(t.model, x)
-    ref = infer_volume(t.model, x[0], roi_size=[16, 16, 16])
+    ref = infer_volume(t.model, x[0], SlidingWindow([16, 16, 16]))
     assert torch.allclose(torch.softmax(cls, 1)[0], ref.cls_probs, atol=1e-5)
     assert torch.allclose(seg[0], ref.seg_logits, atol=1e-4)
 
