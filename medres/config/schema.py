@@ -70,7 +70,8 @@ class DemoConfig(_Section):
     out: str = "demo_data/ct_chest"
     n_patients: int = Field(100, ge=4)
     seed: int = 0
-    kind: Literal["ct_chest", "cxr"] = "ct_chest"  # (radiographs) cxr: the chest X-ray demo cohort
+    # (radiographs) cxr: the chest X-ray demo cohort; cxr_findings: it with effusion, cardiomegaly and ctr
+    kind: Literal["ct_chest", "cxr", "cxr_findings"] = "ct_chest"
     # --- full-resolution demo grid ---
     grid: Literal["coarse", "fullres"] = "coarse"  # fullres: 0.7-0.9 mm pixels, 1.25-2 mm slices
     grid_scale: float = Field(1.0, gt=0)  # voxels this many times larger, same field (quick tests)

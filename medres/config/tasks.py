@@ -274,6 +274,22 @@ def _fields(i: int, task: AnyTask) -> Iterator[tuple[str, str]]:
         yield f"tasks.{i}.column", task.column
 
 
+def _check_output_columns(layout: TaskLayout) -> None:
+    """Refuse two tasks writing the same prediction-table column (e.g. a multilabel column ``opacity``
+    beside a single-label class ``opacity``: two ``p_opacity``)."""
+    owner: dict[str, tuple[int, TaskSlot]] = {}
+    for i, slot in enumerate(layout):
+        extra = ("y_true", "y_pred", "y_pred_argmax") if slot.single_label else ()
+        for col in (*slot.outputs, *extra):
+            if col in owner and owner[col][1].name != slot.name:
+                first = owner[col][1]
+                raise ConfigError(f"tasks {first.name!r} ({first.type}) and {slot.name!r} ({slot.type}) both "
+                                  f"write the prediction column {col!r}", field=f"tasks.{i}",
+                                  hint=f"rename a class of {first.name!r} or a column / name of "
+                                  f"{slot.name!r} so that their outputs differ")
+            owner.setdefault(col, (i, slot))
+
+
 def check_tasks(cfg: Any) -> None:
     """Refuse a ``tasks:`` list of ``cfg`` (a ``Config``, which imports this module) that cannot mean
     what it says (no-op without one).
@@ -283,7 +299,8 @@ def check_tasks(cfg: Any) -> None:
         blank, not a plain word, repeated, or that clashes with a reserved manifest column, a head or a
         ``data.mask_labels`` name; an empty or repeated column list; a column that is an id, path or split
         column, or that two tasks read; ``classes`` that are too few or repeated; ``pos_weight`` or
-        ``uncertain`` keys that are not the task's columns, or a weight that is not positive.
+        ``uncertain`` keys that are not the task's columns, or a weight that is not positive; two tasks
+        writing the same prediction column (``p_<c>``, ``y_<c>``, ``pred_<t>``, ...).
     """
     tasks = cfg.tasks
     if tasks is None:
@@ -379,6 +396,7 @@ def check_tasks(cfg: Any) -> None:
         raise ConfigError(f"one binary/multiclass task per configuration for now; tasks {names_} are "
                           "single-label", field=f"tasks.{single[1]}.type",
                           hint="keep one of them, or write the others as one multilabel task of 0/1 columns")
+    _check_output_columns(task_layout(cfg))
     if not cfg.model.cls_head:
         raise ConfigError("tasks are answered by the classification head, but model.cls_head is off",
                           field="model.cls_head", hint="set model.cls_head: true, or remove tasks:")

@@ -79,11 +79,11 @@ def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
                  d.demo.n_patients)
         from medres.progress import progress_wanted
 
-        if d.demo.kind == "cxr":  # the chest X-ray demo (medres.data.demo.cxr)
+        if d.demo.kind in ("cxr", "cxr_findings"):  # the chest X-ray demo (medres.data.demo.cxr)
             from medres.data.demo.cxr import generate_cxr_demo
 
             manifest = generate_cxr_demo(d.demo.out, n_patients=d.demo.n_patients, seed=d.demo.seed,
-                                         progress=progress_wanted())
+                                         findings=d.demo.kind == "cxr_findings", progress=progress_wanted())
         else:
             from medres.data.demo import generate_demo
 
@@ -99,4 +99,6 @@ def load_cohort(cfg: Config) -> tuple[Config, pd.DataFrame]:
         from medres.data.tasks import parse_task_targets
 
         parse_task_targets(df, cfg.tasks)
+        if "label" in df.columns and not any("label" in t.target_columns() for t in cfg.tasks):
+            df = df.drop(columns="label")  # no task reads it, so data.labels need not name its values
     return cfg, df

@@ -14,7 +14,7 @@ import pandas as pd
 from medres.evaluation.scans import first_path, load_scan, to_ras
 from medres.report import GalleryItem, binary_task, case_labels
 from medres.report.figures import gallery_figure
-from medres.report.run_folder import RunData
+from medres.report.run_folder import RunData, has_single_label
 from medres.runfolder import RunFolder
 
 __all__ = ["worst_cases", "gallery", "radiograph_view", "radiograph_figure"]
@@ -22,15 +22,16 @@ __all__ = ["worst_cases", "gallery", "radiograph_view", "radiograph_figure"]
 
 def worst_cases(run: RunData, seg_cases: pd.DataFrame, k: int = 4) -> list[tuple[str, str]]:
     """Up to ``k`` (case_id, why) pairs: the worst classification errors and the lowest Dice scores."""
-    task = binary_task(run.config)
-    p = run.predictions
-    y = p["y_true"].to_numpy() == task.index
-    score = p[task.score_col].to_numpy(np.float64)
-    err = np.where(y, 1 - score, score)
     picks: dict[str, str] = {}
-    n_cls = k // 2 if len(seg_cases) else k
-    for i in np.argsort(-err, kind="stable")[:n_cls]:
-        picks[p["case_id"].iloc[i]] = f"classification error {err[i]:.2f}"
+    if has_single_label(run.config):  # tasks without a single-label task: the mask scores only
+        task = binary_task(run.config)
+        p = run.predictions
+        y = p["y_true"].to_numpy() == task.index
+        score = p[task.score_col].to_numpy(np.float64)
+        err = np.where(y, 1 - score, score)
+        n_cls = k // 2 if len(seg_cases) else k
+        for i in np.argsort(-err, kind="stable")[:n_cls]:
+            picks[p["case_id"].iloc[i]] = f"classification error {err[i]:.2f}"
     if len(seg_cases):
         present = seg_cases[seg_cases["empty"] != "both"].sort_values("dice", kind="stable")
         for case, dice in zip(present["case_id"], present["dice"]):
@@ -107,7 +108,7 @@ class GradCam:
         self.run = run
         self.models: dict[int, object] = {}
         self.transform = None
-        self.ok = run.config.model.cls_head and bool(run.checkpoints)
+        self.ok = run.config.model.cls_head and bool(run.checkpoints) and has_single_label(run.config)
         self.note = (
             ""
             if self.ok
@@ -115,6 +116,8 @@ class GradCam:
             + (
                 "the model has no classification head."
                 if not run.config.model.cls_head
+                else "the tasks have no single-label class to explain."
+                if not has_single_label(run.config)
                 else "the run folder holds no checkpoints."
             )
         )
@@ -258,7 +261,8 @@ def radiograph_figure(row: pd.Series, run: RunData, title: str) -> str:
             ax.plot([], [], color=colour, linestyle=style, label=f"{name} ({source})")
     ax.legend(fontsize=5, loc="lower right")
     side = "patient's right on the left" if orient else "as stored (no PatientOrientation)"
-    ax.set_title(f"{title}: {run.labels[int(row['y_true'])]}, " + (f"view {view}, " if view else "") + side,
-                 fontsize=6)
+    y = int(row["y_true"]) if "y_true" in row and pd.notna(row["y_true"]) else -1
+    shown = f"{run.labels[y]}, " if 0 <= y < len(run.labels) else ""
+    ax.set_title(f"{title}: {shown}" + (f"view {view}, " if view else "") + side, fontsize=6)
     ax.axis("off")
     return to_data_uri(fig)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 import medres.report.figures as figures
+from medres.config.tasks import task_layout
 from medres.metrics.calibration import calibration_intercept_slope, reliability_curve
 from medres.metrics.curves import roc_band
 from medres.metrics.decision import decision_curve
@@ -51,6 +52,7 @@ from medres.report.guidelines import guideline_table
 from medres.report.html import (
     delong_note,
     fmt,
+    fmt_ci,
     fold_table,
     holdout_test_table,
     render_html,
@@ -153,6 +155,10 @@ def build_bundle(
     output.mkdir(parents=True, exist_ok=True)
     cfg, ev = run.config, run.config.evaluate
     seed = cfg.train.seed
+    if cfg.tasks is not None and task_layout(cfg).single_label is None:  # no p_<class> / y_true to report
+        return _build_tasks_only(run, output, seg_cases=seg_cases, gallery=gallery, provenance=provenance,
+                                 seg_policy=seg_policy, gallery_note=gallery_note,
+                                 test_seg_cases=test_seg_cases)
     task = binary_task(cfg)
     labels, ids_shown = case_labels(run.predictions)
     preds, thresholds = operating_points(
@@ -295,6 +301,7 @@ def build_bundle(
     thr_show = thresholds.assign(threshold=thresholds["threshold"].map(fmt))
     ovr = rec_df[rec_df["metric"].isin(["auroc_ovr", "auroc_macro"])]
     context = {
+        "tasks_only": False,
         "run_name": run.run_dir.name,
         "task_description": f"{task.positive} vs rest (classes: {', '.join(cfg.data.labels)})",
         "n_folds": int(preds["fold"].nunique()),
@@ -378,6 +385,132 @@ def build_bundle(
     }
     if tasks.summary:
         summary["tasks"] = {name: _json_tree(part) for name, part in tasks.summary.items()}
+    bundle.summary.write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
+    if tasks.records:
+        rec_df = pd.concat([rec_df, pd.DataFrame(tasks.records)], ignore_index=True)
+    return Bundle(output, rec_df, preds, thresholds)
+
+
+def _task_cards(preds: pd.DataFrame, task_records: list[dict], cfg) -> list[dict]:
+    """Summary cards of a run without a single-label task: the cohort, each label's AUROC and each
+    regression task's MAE (pooled out of fold)."""
+    recs = pd.DataFrame(task_records)
+    cards = [{"label": "patients / scans", "value": f"{preds['patient_id'].nunique()} / {len(preds)}",
+              "detail": "held out once each", "id": ""}]
+    if recs.empty:
+        return cards
+    pooled = recs[recs["scope"] == "pooled"]
+    for task in cfg.tasks:
+        metric = "auroc" if task.type == "multilabel" else "mae"
+        for col in task.target_columns():
+            rec = pooled[(pooled["head"] == task.name) & (pooled["class"] == col)
+                         & (pooled["metric"] == metric)]
+            if len(rec):
+                r = rec.iloc[0]
+                cards.append({"label": f"{task.name}: {col} {metric.upper()}", "value": fmt(r["value"]),
+                              "detail": fmt_ci(r["value"], r["ci_low"], r["ci_high"]), "id": ""})
+    return cards
+
+
+def _build_tasks_only(
+    run: RunData,
+    output: str | Path,
+    *,
+    seg_cases: pd.DataFrame | None,
+    gallery: list[GalleryItem] | None,
+    provenance: dict[str, str] | None,
+    seg_policy: str | None,
+    gallery_note: str,
+    test_seg_cases: pd.DataFrame | None,
+) -> Bundle:
+    """`build_bundle` for a run whose tasks are multilabel and regression only: the cohort, the split
+    audit, the segmentation and a section per task; no classification section (there is no single-label
+    ``y_true`` or ``p_<class>`` to score)."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    cfg, ev = run.config, run.config.evaluate
+    seed = cfg.train.seed
+    labels, ids_shown = case_labels(run.predictions)
+    preds = run.predictions.copy()
+    thresholds = pd.DataFrame(columns=["fold", "threshold", "method"])
+    seg_recs = (
+        segmentation_records(seg_cases, cfg, seed=seed) if seg_cases is not None and len(seg_cases) else []
+    )
+    records = across_fold_records([r for r in seg_recs if r["scope"] == "fold"]) + seg_recs
+    test_seg_recs = test_segmentation_records(test_seg_cases, cfg, seed=seed)
+    records += test_seg_recs
+    rec_df = pd.DataFrame(records)
+    tasks = task_report(preds, cfg, run_dir=run.run_dir, seed=seed)
+    seg_ctx = None
+    if seg_recs:
+        seg_ctx = {
+            "policy": seg_policy or empty_mask_policy(cfg.evaluate.nsd_tolerance_mm),
+            "table": table_html(segmentation_table(rec_df)),
+            "classes": table_html(class_empty_counts(seg_cases)),
+            "figures": [_Figure(figures.seg_distribution_figure(seg_cases), "Dice and HD95 distributions",
+                                "Per-case Dice and HD95 by fold; undefined cases left out.")],
+        }
+    audit = split_audit(preds, run.folds, run.inner_val, run.test)
+    cohort = cohort_table(preds, [])
+    context = {
+        "tasks_only": True,
+        "run_name": run.run_dir.name,
+        "task_description": "tasks: " + ", ".join(f"{t.name} ({t.type})" for t in cfg.tasks),
+        "n_folds": int(preds["fold"].nunique()),
+        "audit_failed": not bool(audit["passed"].all()),
+        "cards": _task_cards(preds, tasks.records, cfg),
+        "n_resamples": ev.bootstrap_resamples,
+        "seed": seed,
+        "ci_level": f"{ev.ci_level:.0%}",
+        "privacy_note": (
+            "Patient identifiers are not shown: the report counts patients and names cases by their manifest "
+            "case id only."
+            if ids_shown
+            else "Patient identifiers are not shown: the report counts patients. The manifest's case ids "
+            "contain patient ids, so cases are named by keys (case-0001, ...); the key-to-case map is in "
+            "private/case_keys.csv next to this report: do not share that file."
+        ),
+        "cohort_table": table_html(cohort, index=True),
+        "audit": audit.to_dict("records"),
+        "test_seg_table": table_html(test_segmentation_table(rec_df)) if test_seg_recs else "",
+        "seg": seg_ctx,
+        "gallery": gallery or [],
+        "gallery_note": gallery_note,
+        "comparison": None,
+        "guideline_table": table_html(guideline_table()),
+        "provenance": {"medres_version": (provenance or {}).get("medres version", "")},
+        "provenance_rows": list((provenance or {}).items()),
+        "tasks": tasks.sections,
+    }
+    bundle = ReportFolder(output)
+    bundle.html.write_text(render_html(context), encoding="utf-8")
+    keys = pseudonymise(preds["patient_id"])
+    key_of = dict(zip(preds["patient_id"], keys))
+    exported = export_predictions(preds, list(ev.subgroups), keys, labels, ids_shown)
+    exported = exported.drop(columns=[c for c in ("y_true", "y_pred", "y_pred_argmax") if c in exported])
+    if tasks.export_columns:
+        exported = exported.join(preds[[c for c in tasks.export_columns if c not in exported]])
+    csv_safe(exported).to_csv(bundle.predictions_csv, index=False)
+    if seg_cases is not None:
+        sc = seg_cases.drop(
+            columns=[c for c in ("case_id", "patient_id", "image", "mask", "seg_path") if c in seg_cases]
+        )
+        sc.insert(0, "case_id" if ids_shown else "case_key", seg_cases["case_id"].map(labels).to_numpy())
+        sc.insert(1, "patient_key", seg_cases["patient_id"].map(key_of).to_numpy())
+        csv_safe(sc).to_csv(bundle.seg_cases, index=False)
+    if not ids_shown:
+        bundle.case_keys.parent.mkdir(exist_ok=True)
+        keys_table = pd.DataFrame({"case_key": preds["case_id"].map(labels), "case_id": preds["case_id"]})
+        csv_safe(keys_table).to_csv(bundle.case_keys, index=False)
+    csv_safe(cohort).to_csv(bundle.cohort)
+    summary = {
+        "run": run.run_dir.name,
+        "task": None,
+        "operating_points": [],
+        "split_audit": audit.to_dict("records"),
+        "records": [_json_record(r) for r in records + tasks.records],
+        "tasks": {name: _json_tree(part) for name, part in tasks.summary.items()},
+    }
     bundle.summary.write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
     if tasks.records:
         rec_df = pd.concat([rec_df, pd.DataFrame(tasks.records)], ignore_index=True)

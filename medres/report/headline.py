@@ -45,13 +45,36 @@ def _pick(records: pd.DataFrame, **where: str) -> pd.Series | None:
     return sel.iloc[0] if len(sel) else None
 
 
+def _task_lines(pooled: pd.DataFrame, tasks: dict) -> list[str]:
+    """Each multilabel task's AUROC per label and each regression task's MAE, with their intervals (the
+    patient bootstrap's record first, as the report's tables show it)."""
+    lines = []
+    if not tasks or "head" not in pooled:
+        return lines
+    for name in tasks:
+        recs = pooled[pooled["head"] == name]
+        for metric, label in (("auroc", "AUROC"), ("mae", "MAE")):
+            rows = recs[recs["metric"] == metric]
+            for cls in dict.fromkeys(rows["class"]):
+                if cls in ("macro", "micro"):
+                    continue
+                rec = _pick(rows, **{"class": cls})
+                text = _with_ci(rec)
+                if metric == "auroc" and "n_pos" in rec and pd.notna(rec["n_pos"]):
+                    text += f"  ({int(rec['n_pos'])} of {int(rec['n'])} known scans positive)"
+                elif pd.notna(rec.get("n")):
+                    text += f"  (over {int(rec['n'])} scans with a value)"
+                lines.append(_line(f"{label} {cls if metric == 'auroc' else name}", text))
+    return lines
+
+
 def headline(report_dir: str | Path, *, ci_level: float = 0.95) -> str:
     """The headline of the report bundle in ``report_dir`` (``summary.json``, ``cohort.csv``)."""
     bundle = ReportFolder(Path(report_dir))
     summary = json.loads(bundle.summary.read_text(encoding="utf-8"))
     records = pd.DataFrame(summary["records"])
-    task = summary["task"]
-    pos = task["positive_class"]
+    task = summary.get("task") or {}
+    pos = task.get("positive_class")
     level = f"{ci_level:.0%} CI"
     cohort = bundle.cohort
     counts = ""
@@ -64,10 +87,11 @@ def headline(report_dir: str | Path, *, ci_level: float = 0.95) -> str:
     lines = [f"{summary['run']}: out-of-fold results{counts}, {level}s"]
     pooled = records[records["scope"] == "pooled"]
     cls = pooled[pooled["head"] == "classification"]
-    auroc = _pick(cls, metric="auroc", **{"class": pos})
+    auroc = _pick(cls, metric="auroc", **{"class": pos}) if pos is not None else None
     if auroc is not None:
         lines.append(_line(f"AUROC ({pos} vs rest)", f"{_with_ci(auroc)}  ({int(auroc['n_pos'])} of "
                                                      f"{int(auroc['n'])} scans {pos}; {auroc['ci_method']})"))
+    lines += _task_lines(pooled, summary.get("tasks") or {})
     seg = pooled[(pooled["head"] == "segmentation") & (pooled["metric"] == "dice")]
     for name in dict.fromkeys(c for c in seg["class"] if not c.endswith("(reference present)")):
         present = _pick(seg, **{"class": f"{name} (reference present)"})

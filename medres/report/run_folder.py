@@ -14,12 +14,21 @@ from pathlib import Path
 import pandas as pd
 
 from medres.config import Config, load_config
+from medres.config.tasks import task_layout
 from medres.errors import DataError
 from medres.runfolder import RunFolder
 
-__all__ = ["RunData", "load_run", "read_run_config"]
+__all__ = ["RunData", "load_run", "read_run_config", "has_single_label"]
 
 REQUIRED_COLUMNS = ("case_id", "patient_id", "fold", "y_true")
+#: A run whose tasks have no binary/multiclass task has no ``y_true`` / ``p_<class>`` to require.
+TASKS_ONLY_COLUMNS = ("case_id", "patient_id", "fold")
+
+
+def has_single_label(config: Config) -> bool:
+    """Whether the run scores one single-label head (``y_true``, ``p_<data.labels>``): always without
+    ``tasks:``, else when one task is binary or multiclass."""
+    return config.tasks is None or task_layout(config).single_label is not None
 
 
 @dataclass
@@ -48,7 +57,8 @@ class RunData:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.config.data.labels)
+        """The single-label classes (``data.labels``); empty when the tasks have no single-label task."""
+        return list(self.config.data.labels) if has_single_label(self.config) else []
 
     @property
     def has_seg(self) -> bool:
@@ -67,7 +77,7 @@ def read_run_config(run_dir: Path) -> Config:
     return load_config(path)
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
     try:
         df = pd.read_parquet(path)
     except Exception as exc:
@@ -76,12 +86,13 @@ def _read_parquet(path: Path) -> pd.DataFrame:
             path=path,
             hint="the file is damaged or not parquet; re-run inference for this fold",
         ) from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(
             f"predictions lack the columns {missing}",
             path=path,
-            hint="predictions need case_id, patient_id, fold, y_true and p_<class> columns",
+            hint=f"predictions need {', '.join(required)}"
+            + (" and p_<class> columns" if "y_true" in required else " and the tasks' columns"),
         )
     df["case_id"] = df["case_id"].astype(str)
     df["patient_id"] = df["patient_id"].astype(str)
@@ -114,6 +125,8 @@ def load_run(run_dir: str | Path) -> RunData:
     config = read_run_config(run_dir)
     folder = RunFolder(run_dir)
     parts, inner, tests, logs, ckpts = [], [], [], [], []
+    single = has_single_label(config)
+    required = REQUIRED_COLUMNS if single else TASKS_ONLY_COLUMNS
     for fold in folder.folds():
         pred = fold.predictions
         if not pred.is_file():
@@ -122,13 +135,14 @@ def load_run(run_dir: str | Path) -> RunData:
                 path=fold.dir,
                 hint="the fold's training did not finish; re-run it with --fold",
             )
-        df = _read_parquet(pred)
-        _check_scores(df, config.data.labels, pred)
+        df = _read_parquet(pred, required)
+        if single:
+            _check_scores(df, config.data.labels, pred)
         parts.append(df)
         if fold.inner_val_predictions.is_file():
-            inner.append(_read_parquet(fold.inner_val_predictions))
+            inner.append(_read_parquet(fold.inner_val_predictions, required))
         if fold.test_predictions.is_file():
-            tests.append(_read_parquet(fold.test_predictions))
+            tests.append(_read_parquet(fold.test_predictions, required))
         if fold.metrics_csv.is_file():
             logs.append(pd.read_csv(fold.metrics_csv).assign(fold=fold.index))
         ckpts += [p.relative_to(run_dir) for p in fold.checkpoints()]

@@ -363,6 +363,9 @@ def _regression(task: RegressionTask, preds: pd.DataFrame, cfg: Config, seed: in
     has_pi = f"pred_{t}_lo" in df.columns and f"pred_{t}_hi" in df.columns
     lo = df[f"pred_{t}_lo"].to_numpy(np.float64) if has_pi else None
     hi = df[f"pred_{t}_hi"].to_numpy(np.float64) if has_pi else None
+    unbounded = has_pi and not (np.isfinite(lo).all() and np.isfinite(hi).all())
+    if unbounded:  # too few inner-validation cases for the level: the interval is the whole line
+        lo = hi = None
     kw = dict(nominal=nominal, level=ev.ci_level, n_resamples=ev.bootstrap_resamples, seed=seed,
               n_bins=CAL_BINS)
     if len(np.unique(g)) < 2:  # e.g. a target never recorded: say so instead of failing the report
@@ -375,7 +378,10 @@ def _regression(task: RegressionTask, preds: pd.DataFrame, cfg: Config, seed: in
         return [rec], section, {"type": "regression", "column": col, "unit": task.unit, "n": len(y),
                                 "n_missing": n_missing, "note": why}
     summ, warn = _quiet(regression_summary, y, p, g, lo=lo, hi=hi, **kw)
-    missing_note = f"{n_missing} cases with the value unknown left out" if n_missing else ""
+    missing_note = "; ".join(x for x in (
+        f"{n_missing} cases with the value unknown left out" if n_missing else "",
+        "coverage not estimated: some prediction intervals are unbounded (too few inner-validation cases "
+        "for the interval's level)" if unbounded else "") if x)
     recs = regression_records(summ, scope="pooled", head=task.name, class_name=col)
     for r in recs:
         r["note"] = "; ".join(x for x in (missing_note, r["note"]) if x)

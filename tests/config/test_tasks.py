@@ -153,3 +153,17 @@ def test_set_changes_one_task_and_names_what_is_wrong():
     assert load_config(windows, ["data.windows.0.center=-500"]).data.windows[0].center == -500
     with pytest.raises(ConfigError, match="did you mean 'center'"):
         load_config(windows, ["data.windows.0.centre=-500"])
+
+
+@pytest.mark.parametrize("tasks, column", [
+    # a multilabel column named like the single-label task's class: two p_opacity columns
+    ([{"name": "status", "type": "binary", "column": "label", "classes": ["normal", "opacity"]}, FINDINGS],
+     "p_opacity"),
+    # a multilabel column named like a regression task: two y_ctr columns
+    ([{**FINDINGS, "columns": ["opacity", "ctr"]}, {**CTR, "column": "ctr_measured"}], "y_ctr"),
+])
+def test_two_tasks_writing_one_prediction_column_are_refused(tasks, column):
+    err = refused(tasks)
+    first, second = tasks[0]["name"], tasks[1]["name"]
+    assert err.field == "tasks.1"
+    assert repr(column) in str(err) and repr(first) in str(err) and repr(second) in str(err)
