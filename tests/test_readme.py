@@ -244,6 +244,12 @@ def _train_cxr(w: Walk, c: str) -> None:
     assert (w.cwd / "runs" / "cxr" / "fold_0" / "predictions.parquet").is_file()
 
 
+def _train_cxr_findings(w: Walk, c: str) -> None:
+    w.python(_argv(c) + ["--fold", "0", "--set", *TINY_CXR, "tasks.1.interval=0.5"])
+    assert (w.cwd / "demo_data" / "cxr_findings" / "manifest.csv").is_file()
+    assert (w.cwd / "runs" / "cxr_findings" / "fold_0" / "predictions.parquet").is_file()
+
+
 def _demo_cxr(w: Walk, c: str) -> None:
     w.python(_argv(c) + ["--n-patients", "6"])
     assert (w.cwd / "demo_cxr" / "manifest.csv").is_file()
@@ -279,6 +285,7 @@ HANDLED = {
     "python -m medres.data.demo --out demo_export --layout export": _demo_export,
     "python -m medres.data.index": _index,
     "python -m medres.train --config cxr.yaml": _train_cxr,
+    "python -m medres.train --config cxr_findings.yaml": _train_cxr_findings,
     "python -m medres.data.demo --kind cxr --out demo_cxr": _demo_cxr,
     "python -m medres.evaluate --run runs/ct_chest [": _evaluate,
     "python -m medres.predict": _predict,
