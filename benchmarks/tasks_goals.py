@@ -35,7 +35,7 @@ from medres.config.tasks import MultilabelTask, RegressionTask
 from medres.data.demo.cxr import FIELD_MM
 from medres.evaluation.scans import load_scan
 from medres.metrics.regression import interval_coverage, regression_bootstrap
-from medres.report.run_folder import load_run
+from medres.report.run_folder import RunData, load_run
 
 FEATURES = ("thorax_mm", "gap_max_mm", "gap_median_mm", "gap_p90_mm", "gap_max_ratio", "gap_median_ratio",
             "gap_p90_ratio")
@@ -72,21 +72,36 @@ def mask_features(path: str | Path) -> dict[str, float]:
     return out
 
 
-def fold_baseline(table: pd.DataFrame, features: pd.DataFrame, target: str) -> np.ndarray:
-    """Out-of-fold predictions of a linear regression on ``features``: for each fold, fitted on the
-    other folds' cases with a known target and features, applied to the fold's cases."""
-    pred = np.full(len(table), np.nan)
-    y = table[target].to_numpy(np.float64)
-    fold = table["fold"].to_numpy()
-    ok = features.notna().all(axis=1).to_numpy()
-    for k in np.unique(fold):
-        fit = (fold != k) & ok & np.isfinite(y)
-        use = (fold == k) & ok
-        if fit.sum() <= features.shape[1] or not use.any():  # too few cases to fit: left unpredicted
+def fold_baseline(train: pd.DataFrame, test: pd.DataFrame, target: str) -> np.ndarray:
+    """Predictions for ``test`` (columns ``fold`` and `FEATURES`) of a linear regression fitted, for each
+    fold k, on the ``train`` cases (``fold``, `FEATURES`, ``target``) of the other folds with known values;
+    NaN where a case has no features or its fold's fit has too few cases."""
+    pred = np.full(len(test), np.nan)
+    cols = list(FEATURES)
+    ok_train = (train[cols].notna().all(axis=1) & train[target].notna()).to_numpy()
+    ok_test = test[cols].notna().all(axis=1).to_numpy()
+    for k in np.unique(test["fold"]):
+        fit = ok_train & (train["fold"] != k).to_numpy()
+        use = ok_test & (test["fold"] == k).to_numpy()
+        if fit.sum() <= len(cols) or not use.any():
             continue
-        model = LinearRegression().fit(features[fit].to_numpy(), y[fit])
-        pred[use] = model.predict(features[use].to_numpy())
+        model = LinearRegression().fit(train.loc[fit, cols].to_numpy(), train.loc[fit, target].to_numpy())
+        pred[use] = model.predict(test.loc[use, cols].to_numpy())
     return pred
+
+
+def reference_table(run: RunData, column: str) -> pd.DataFrame:
+    """Every development case of the run's manifest with its fold (``folds.csv``), its target ``column``
+    and the features of its reference mask (the baseline's training cases)."""
+    manifest = Path(run.config.data.manifest)
+    df = pd.read_csv(manifest, dtype={"patient_id": str, "case_id": str}, keep_default_na=True)
+    if "split" in df:
+        df = df[df["split"].fillna("").astype(str).str.lower() != "test"]
+    folds = run.folds.assign(patient_id=run.folds["patient_id"].astype(str))
+    df = df.merge(folds[["patient_id", "fold"]], on="patient_id", how="inner")
+    masks = df["mask"].map(lambda m: m if Path(m).is_absolute() else str(manifest.parent / m))
+    feats = pd.DataFrame([mask_features(m) for m in masks], index=df.index)
+    return pd.concat([df[["case_id", "patient_id", "fold", column]], feats], axis=1)
 
 
 def paired_mae_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: np.ndarray, *,
@@ -139,12 +154,17 @@ def goals(run_dir: str | Path, *, n_resamples: int = 2000, seed: int = 0) -> dic
             y, p, gk = (table[f"y_{t}"].to_numpy(np.float64), table[f"pred_{t}"].to_numpy(np.float64),
                         g[known.to_numpy()])
             entry: dict = {"model": _mae(y, p, gk, n_resamples, seed), "unit": task.unit}
-            sources = {"reference masks": table["mask"].map(str)}
-            if "seg_path" in table and table["seg_path"].notna().all():
-                sources["the model's predicted masks"] = table["seg_path"].map(lambda s: str(run.run_dir / s))
-            for name, paths in sources.items():
-                feats = pd.DataFrame([mask_features(s) for s in paths])
-                base = fold_baseline(table, feats, f"y_{t}")
+            ref = reference_table(run, task.column)
+            by_case = ref.set_index("case_id")
+            held = by_case.loc[table["case_id"].astype(str), ["fold", *FEATURES]].reset_index(drop=True)
+            baselines = {"reference masks": fold_baseline(ref, held, task.column)}
+            all_folds = set(range(cfg.cv.folds)) <= set(preds["fold"].astype(int))
+            if "seg_path" in table and table["seg_path"].notna().all() and all_folds:
+                # the model's own out-of-fold masks: fitted on the other folds' predicted masks
+                pred_feats = pd.DataFrame([mask_features(run.run_dir / s) for s in table["seg_path"]])
+                own = pd.concat([table[["fold"]], pred_feats], axis=1).assign(**{task.column: y})
+                baselines["the model's predicted masks"] = fold_baseline(own, own, task.column)
+            for name, base in baselines.items():
                 ok = np.isfinite(base)
                 if ok.sum() < 2:
                     entry[f"linear regression on {name}"] = {"note": f"{int(ok.sum())} cases with features"}
