@@ -102,8 +102,11 @@ def _manifest_records(path: Path, config: Any) -> list[dict[str, Any]]:
     from medres.data.manifest import read_manifest
     from medres.data.pipeline.datasets import manifest_to_records
 
-    return manifest_to_records(read_manifest(path, link_roots=config.data.link_roots,
-                                             key_file=config.data.index.key_file), config.data)
+    df = read_manifest(path, link_roots=config.data.link_roots, key_file=config.data.index.key_file)
+    tasks = getattr(config, "tasks", None)
+    if tasks is not None and "label" in df.columns and not any("label" in t.target_columns() for t in tasks):
+        df = df.drop(columns="label")  # no task reads it (as in training), so data.labels need not name it
+    return manifest_to_records(df, config.data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
