@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medres.data.check import main
+from medres.data.check.__main__ import main
 from tests.data.conftest import write_nifti
 from tests.data.dicom_factory import write_series
 
@@ -95,6 +95,7 @@ def test_module_entry_point(tmp_path, monkeypatch, capsys):
 
     manifest = _cohort(tmp_path, planted=True)
     monkeypatch.setattr(sys, "argv", ["medres.data.check", "--manifest", str(manifest)])
+    monkeypatch.delitem(sys.modules, "medres.data.check.__main__", raising=False)  # runpy runs it afresh
     with pytest.raises(SystemExit) as info:
         runpy.run_module("medres.data.check", run_name="__main__", alter_sys=True)
     assert info.value.code == 1

@@ -200,7 +200,7 @@ def test_a_link_roots_file_the_data_folder_ships_grants_nothing(layout, tmp_path
 def test_the_user_names_the_folders_links_may_lead_into(layout, tmp_path):
     """data.link_roots / read_manifest(link_roots=) / check --link-root: the user's own trust."""
     from medres.config import load_config
-    from medres.data.check import main as check_main
+    from medres.data.check.__main__ import main as check_main
     from medres.errors import ConfigError
 
     root, outside = layout
@@ -224,7 +224,7 @@ def test_the_user_names_the_folders_links_may_lead_into(layout, tmp_path):
 def test_paths_no_file_system_takes_are_row_errors_not_tracebacks(layout, capsys):
     """A NUL byte, a 300-byte file name, a path past the system's length limit and a leading '~' are
     each a row error saying what is wrong (also with --manifest-only), never a raw ValueError/OSError."""
-    from medres.data.check import main as check_main
+    from medres.data.check.__main__ import main as check_main
 
     root, _ = layout
     deep = "/".join(["d" * 200] * 30)  # every name fits, the whole path does not (PATH_MAX 4096)
