@@ -12,7 +12,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Spacing
 
-from medres.data.check import check_cohort, main
+from medres.data.check import check_cohort
+from medres.data.check.__main__ import main
 from medres.data.readers.limits import resampled_shape
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])

@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import TypeAdapter
 
 from medres.config import load_config
+from medres.config.tasks import AnyTask
 from medres.data.cohort import load_cohort
 from medres.data.tasks import manifest_rows, parse_task_targets
 from medres.errors import ConfigError, DataError, DataErrors
@@ -21,9 +23,10 @@ TASKS = [{"name": "findings", "type": "multilabel", "columns": ["opacity", "effu
 
 
 def tasks(*edits: dict) -> list:
-    """The configuration's tasks, validated; ``edits[i]`` updates task i."""
+    """The tasks, each validated by its model (not the whole configuration, which allows one single-label
+    task: the cell parser reads any number); ``edits[i]`` updates task i."""
     raw = [dict(t, **(edits[i] if i < len(edits) else {})) for i, t in enumerate(TASKS)]
-    return load_config({"tasks": raw}).tasks
+    return TypeAdapter(list[AnyTask]).validate_python(raw)
 
 
 def manifest(**columns: list[str]) -> pd.DataFrame:
@@ -173,7 +176,8 @@ def test_a_run_refuses_a_bad_cell_before_training(tmp_path):
 
 
 def test_the_cohort_check_lists_bad_task_cells(tmp_path, capsys):
-    from medres.data.check import check_cohort, main
+    from medres.data.check import check_cohort
+    from medres.data.check.__main__ import main
 
     (tmp_path / "img").mkdir()
     rows = []
