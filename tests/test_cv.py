@@ -428,14 +428,14 @@ def test_a_finding_rarer_than_the_folds_is_refused_by_name():
         make_folds(df, n_folds=10, seed=0, tasks=configured(TASKS))
 
 
-def test_multiclass_and_binary_tasks_stratify_their_classes():
+def test_a_multiclass_task_stratifies_its_classes_beside_a_finding():
     df = task_cohort(200)
     df["grade"] = np.where(df["cardio"] == "1", "high", np.where(df["effusion"] == "1", "mid", "low"))
     tasks = configured([{"name": "grading", "type": "multiclass", "column": "grade",
                          "classes": ["low", "mid", "high"]},
-                        {"name": "eff", "type": "binary", "column": "effusion"}])
-    folds = make_folds(df, n_folds=5, seed=0, tasks=tasks)
-    assert folds.attrs["strata"] == ["grading:low", "grading:mid", "grading:high", "eff"]
+                        {"name": "eff", "type": "multilabel", "columns": ["effusion"]}])
+    folds = make_folds(df, n_folds=5, seed=0, tasks=tasks)  # one single-label task per configuration
+    assert folds.attrs["strata"] == ["grading:low", "grading:mid", "grading:high", "eff:effusion"]
     dev = df[df["split"] != "test"]
     grade = dev.groupby("patient_id")["grade"].agg(lambda g: max(g, key=["low", "mid", "high"].index))
     fold = folds.set_index("patient_id")["fold"].reindex(grade.index)
