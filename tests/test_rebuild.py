@@ -121,8 +121,8 @@ def test_every_loader_refuses_weights_that_do_not_fit_their_spec_alike(tmp_path)
 
     path, state = _mismatched(tmp_path)
     run, export = tmp_path / "run", tmp_path / "export"
-    gradcam = GradCam(SimpleNamespace(run_dir=run, checkpoints=[path],
-                                      config=SimpleNamespace(model=SimpleNamespace(cls_head=True))))
+    config = SimpleNamespace(model=SimpleNamespace(cls_head=True), tasks=None)
+    gradcam = GradCam(SimpleNamespace(run_dir=run, checkpoints=[path], config=config))
     loaders = {
         "rebuild_model(file)": (lambda: rebuild_model(path), path),
         "rebuild_model(dict)": (lambda: rebuild_model(state, path=path), path),
