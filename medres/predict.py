@@ -238,12 +238,14 @@ def _merge_parts(out: Path, parts: Sequence[str], n_cases: int) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medres.distributed import cleanup_distributed, init_distributed
+    from medres.distributed import barrier, cleanup_distributed, init_distributed
 
     # only small Python objects cross ranks (each rank's outcome): gloo, on GPU machines too
     info = init_distributed(backend="gloo", timeout=_GROUP_TIMEOUT)
     try:
-        return _predict(args, info)
+        code = _predict(args, info)
+        barrier()  # no rank leaves the group while another still uses it (gloo aborts the process)
+        return code
     finally:
         cleanup_distributed()
 
