@@ -311,14 +311,7 @@ def build_bundle(
         "n_resamples": ev.bootstrap_resamples,
         "seed": seed,
         "ci_level": f"{ev.ci_level:.0%}",
-        "privacy_note": (
-            "Patient identifiers are not shown: the report counts patients and names cases by their manifest "
-            "case id only."
-            if ids_shown
-            else "Patient identifiers are not shown: the report counts patients. The manifest's case ids "
-            "contain patient ids, so cases are named by keys (case-0001, ...); the key-to-case map is in "
-            "private/case_keys.csv next to this report: do not share that file."
-        ),
+        "privacy_note": _privacy_note(ids_shown),
         "cohort_table": table_html(cohort, index=True),
         "audit": audit.to_dict("records"),
         "fold_table": table_html(fold_table(rec_df, thresholds)),
@@ -462,14 +455,7 @@ def _build_tasks_only(
         "n_resamples": ev.bootstrap_resamples,
         "seed": seed,
         "ci_level": f"{ev.ci_level:.0%}",
-        "privacy_note": (
-            "Patient identifiers are not shown: the report counts patients and names cases by their manifest "
-            "case id only."
-            if ids_shown
-            else "Patient identifiers are not shown: the report counts patients. The manifest's case ids "
-            "contain patient ids, so cases are named by keys (case-0001, ...); the key-to-case map is in "
-            "private/case_keys.csv next to this report: do not share that file."
-        ),
+        "privacy_note": _privacy_note(ids_shown),
         "cohort_table": table_html(cohort, index=True),
         "audit": audit.to_dict("records"),
         "test_seg_table": table_html(test_segmentation_table(rec_df)) if test_seg_recs else "",
@@ -515,3 +501,13 @@ def _build_tasks_only(
     if tasks.records:
         rec_df = pd.concat([rec_df, pd.DataFrame(tasks.records)], ignore_index=True)
     return Bundle(output, rec_df, preds, thresholds)
+
+
+def _privacy_note(ids_shown: bool) -> str:
+    """What the report says about patient identifiers (both report kinds)."""
+    if ids_shown:
+        return ("Patient identifiers are not shown: the report counts patients and names cases by their "
+                "manifest case id only.")
+    return ("Patient identifiers are not shown: the report counts patients. The manifest's case ids contain "
+            "patient ids, so cases are named by keys (case-0001, ...); the key-to-case map is in "
+            "private/case_keys.csv next to this report: do not share that file.")

@@ -92,11 +92,7 @@ def calibrate_fold(fold_dir: str | os.PathLike[str], cfg: Any) -> dict | None:
                labels=labels)
     p_val = _recalibrate(val, labels, cal)[f"p_{labels[positive]}"].to_numpy()
     cal["operating_point"] = choose_operating_point(val["y_true"].to_numpy(), p_val, cfg)
-    ckpt = fold.predicting_checkpoint()
-    state = load_checkpoint(ckpt)
-    state["calibration"] = cal
-    save_checkpoint(state, ckpt, keep_previous=False)
-    fold.calibration.write_text(json.dumps(cal, indent=1) + "\n")
+    _store(fold, cal)
     for name in TABLES:
         path = fold.table(name)
         if path.is_file():
@@ -209,11 +205,7 @@ def _calibrate_tasks(fold: FoldFolder, cfg: Any) -> dict | None:
         elif slot.type == "regression":
             tasks[slot.name] = _fit_interval(val, slot.task)
     cal.update(tasks=tasks, fitted_on="inner_val", case_ids_sha256=case_ids_digest(val["case_id"]))
-    ckpt = fold.predicting_checkpoint()
-    state = load_checkpoint(ckpt)
-    state["calibration"] = cal
-    save_checkpoint(state, ckpt, keep_previous=False)
-    fold.calibration.write_text(json.dumps(cal, indent=1) + "\n")
+    _store(fold, cal)
     for name in TABLES:
         path = fold.table(name)
         if path.is_file():
@@ -226,3 +218,12 @@ def _calibrate_tasks(fold: FoldFolder, cfg: Any) -> dict | None:
             kept = [c for c, m in entry["columns"].items() if m["method"] != "none"]
             log.info("%s: task %s: Platt kept for %s", fold.dir.name, t, kept or "no column")
     return cal
+
+
+def _store(fold: Any, cal: dict) -> None:
+    """The fitted map into the fold's predicting checkpoint and its calibration.json."""
+    ckpt = fold.predicting_checkpoint()
+    state = load_checkpoint(ckpt)
+    state["calibration"] = cal
+    save_checkpoint(state, ckpt, keep_previous=False)
+    fold.calibration.write_text(json.dumps(cal, indent=1) + "\n")
