@@ -264,6 +264,13 @@ def _save_cache(path: Path, fingerprint: str, files: list[tuple[str, int, int]],
         raise
 
 
+def series_identity(ids: dict[str, str]) -> dict[str, str]:
+    """A series' identifying fields as ``private/pseudonyms.csv`` keeps them (read from a header's ids)."""
+    return {"PatientID": ids["patient_id"], "AccessionNumber": ids["accession"],
+            "StudyInstanceUID": ids["study_uid"], "SeriesInstanceUID": ids["series_uid"],
+            "SeriesDescription": ids["description"]}
+
+
 def _hashed(record: dict[str, Any], pseudo: _Pseudonyms) -> dict[str, Any]:
     """The cacheable part of a header record: fields, ids as pseudonyms, annotation references hashed."""
     out = {"status": record["status"], "reason": record.get("reason", "")}
@@ -553,11 +560,7 @@ def index_dicom(root: str | os.PathLike[str], out: str | os.PathLike[str], *,
     for k, record in zip(todo, fresh):
         entries[k] = _hashed(record, pseudo)
         if record["status"] == "dicom":
-            ids = record["ids"]
-            identities[entries[k]["keys"]["series"]] = {
-                "PatientID": ids["patient_id"], "AccessionNumber": ids["accession"],
-                "StudyInstanceUID": ids["study_uid"], "SeriesInstanceUID": ids["series_uid"],
-                "SeriesDescription": ids["description"]}
+            identities[entries[k]["keys"]["series"]] = series_identity(record["ids"])
     result.files, result.read, result.cached = len(files), len(todo), len(files) - len(todo)
     if todo or len(cache) != len(files):
         _save_cache(cache_path, pseudo.fingerprint, files, path_keys, entries)

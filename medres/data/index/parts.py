@@ -33,6 +33,7 @@ from medres.data.index.build import (
     _walk,
     _write_csv,
     index_dicom,
+    series_identity,
 )
 from medres.data.project_key import project_key
 from medres.data.readers.limits import DEFAULT_MAX_FILES_PER_SERIES
@@ -124,11 +125,7 @@ def index_part(root: str | os.PathLike[str], out: str | os.PathLike[str], *, num
     for k, record in zip(todo, _read_all(root, [files[k][0] for k in todo], workers, progress)):
         entries[k] = _hashed(record, pseudo)
         if record["status"] == "dicom":
-            ids = record["ids"]
-            identities[entries[k]["keys"]["series"]] = {
-                "PatientID": ids["patient_id"], "AccessionNumber": ids["accession"],
-                "StudyInstanceUID": ids["study_uid"], "SeriesInstanceUID": ids["series_uid"],
-                "SeriesDescription": ids["description"]}
+            identities[entries[k]["keys"]["series"]] = series_identity(record["ids"])
     (folder / _PART_FILE).unlink(missing_ok=True)  # a part is complete only once part.json is back
     _save_cache(folder / "header_cache.json", pseudo.fingerprint, files, path_keys, entries)
     _atomic_json(folder / "identities.json", identities)
