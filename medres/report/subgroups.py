@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
+from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from medres.config import Config
 from medres.report.aggregate import BinaryTask, _record, classification_records
 
-__all__ = ["AGE_BANDS", "add_age_band", "level_order", "subgroup_records"]
+__all__ = ["AGE_BANDS", "SubgroupLevel", "add_age_band", "level_order", "subgroup_levels", "subgroup_records"]
 
 AGE_BANDS = (
     (0, 40, "<40"),
@@ -50,6 +53,31 @@ def level_order(level: str) -> tuple[int, float, str]:
     return (0, float(number.group()) - (0.5 if below else 0.0), level)
 
 
+class SubgroupLevel(NamedTuple):
+    """One level of a subgroup column: ``label`` is ``column=level``; ``rows`` the boolean mask of the
+    frame's rows (by position) at that level."""
+
+    label: str
+    rows: np.ndarray
+
+
+def subgroup_levels(df: pd.DataFrame, columns: Iterable[str]) -> tuple[list[SubgroupLevel], list[str]]:
+    """Every level of each subgroup column of ``df`` (``age_band`` derived from ``age``), in
+    `level_order`: an empty or absent value is the level "missing".
+
+    Returns the levels (columns in the order given) and one note per column that ``df`` lacks.
+    """
+    df = add_age_band(df)
+    levels, notes = [], []
+    for col in columns:
+        if col not in df.columns:
+            notes.append(f"subgroup column {col!r} is not in the predictions.")
+            continue
+        values = df[col].astype(str).replace({"": "missing", "nan": "missing", "None": "missing"}).to_numpy()
+        levels += [SubgroupLevel(f"{col}={v}", values == v) for v in sorted(set(values), key=level_order)]
+    return levels, notes
+
+
 def subgroup_records(
     df: pd.DataFrame, task: BinaryTask, config: Config, *, seed: int = 0
 ) -> tuple[list[dict], list[str]]:
@@ -60,42 +88,34 @@ def subgroup_records(
     notes on requested columns that the predictions lack.
     """
     ev = config.evaluate
-    df = add_age_band(df)
-    recs, missing = [], []
-    for col in ev.subgroups:
-        if col not in df.columns:
-            missing.append(f"subgroup column {col!r} is not in the predictions")
-            continue
-        levels = df[col].astype(str).replace({"": "missing", "nan": "missing", "None": "missing"})
-        for level in sorted(levels.unique(), key=level_order):
-            part = df[levels == level]
-            y = part["y_true"].to_numpy() == task.index
-            n, n_pos = len(part), int(y.sum())
-            label = f"{col}={level}"
-            if n_pos < ev.min_positives or n - n_pos < ev.min_positives:
-                note = (
-                    f"not estimable: {n_pos} positive and {n - n_pos} negative cases "
-                    f"(minimum {ev.min_positives} of each)"
-                )
-                for metric in ("auroc", "sensitivity", "specificity"):
-                    recs.append(
-                        _record(
-                            "subgroup",
-                            metric,
-                            math.nan,
-                            subgroup=label,
-                            cls=task.positive,
-                            n=n,
-                            n_pos=n_pos,
-                            note=note,
-                        )
+    levels, missing = subgroup_levels(df, ev.subgroups)
+    recs = []
+    for label, rows in levels:
+        part = df[rows]
+        y = part["y_true"].to_numpy() == task.index
+        n, n_pos = len(part), int(y.sum())
+        if n_pos < ev.min_positives or n - n_pos < ev.min_positives:
+            note = (
+                f"not estimable: {n_pos} positive and {n - n_pos} negative cases "
+                f"(minimum {ev.min_positives} of each)"
+            )
+            for metric in ("auroc", "sensitivity", "specificity"):
+                recs.append(
+                    _record(
+                        "subgroup",
+                        metric,
+                        math.nan,
+                        subgroup=label,
+                        cls=task.positive,
+                        n=n,
+                        n_pos=n_pos,
+                        note=note,
                     )
-                continue
-            recs += [
-                r
-                for r in classification_records(
-                    part, task, config, scope="subgroup", subgroup=label, seed=seed
                 )
-                if r["metric"] in ("auroc", "sensitivity", "specificity", "prevalence")
-            ]
+            continue
+        recs += [
+            r
+            for r in classification_records(part, task, config, scope="subgroup", subgroup=label, seed=seed)
+            if r["metric"] in ("auroc", "sensitivity", "specificity", "prevalence")
+        ]
     return recs, missing

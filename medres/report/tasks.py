@@ -39,7 +39,7 @@ from medres.report.aggregate import _RATIOS, _interval_record, _quiet, _record
 from medres.report.calibration import _figure as reliability_versions_figure
 from medres.report.calibration import calibration_records, fold_maps
 from medres.report.html import fmt, fmt_ci, table_html
-from medres.report.subgroups import add_age_band, level_order
+from medres.report.subgroups import subgroup_levels
 from medres.runfolder import FoldFolder
 
 __all__ = ["DEFAULT_THRESHOLD", "DEFAULT_INTERVAL", "TaskFigure", "TaskTable", "TaskSection", "TaskReport",
@@ -297,38 +297,28 @@ def _multilabel(task: MultilabelTask, preds: pd.DataFrame, cfg: Config, run_dir:
     return recs, section, summary
 
 
-def _levels(df: pd.DataFrame, col: str) -> pd.Series:
-    return df[col].astype(str).replace({"": "missing", "nan": "missing", "None": "missing"})
-
-
 def _multilabel_subgroups(task: MultilabelTask, preds: pd.DataFrame, cfg: Config, seed: int
                           ) -> tuple[list[dict], list[str]]:
     ev = cfg.evaluate
-    df = add_age_band(preds)
-    recs, missing = [], []
-    for col in ev.subgroups:
-        if col not in df.columns:
-            missing.append(f"subgroup column {col!r} is not in the predictions.")
-            continue
-        levels = _levels(df, col)
-        for level in sorted(levels.unique(), key=level_order):
-            part = df[levels == level]
-            for c in task.columns:
-                yc = part[f"y_{c}"].to_numpy(np.float64)
-                known = ~np.isnan(yc)
-                n, n_pos = int(known.sum()), int(np.nansum(yc))
-                label = f"{col}={level}"
-                if n_pos < ev.min_positives or n - n_pos < ev.min_positives:
-                    recs.append(_record("subgroup", "auroc", math.nan, subgroup=label, head=task.name, cls=c,
-                                        n=n, n_pos=n_pos,
-                                        note=f"not estimable: {n_pos} positive and {n - n_pos} negative "
-                                             f"known cases (minimum {ev.min_positives} of each)"))
-                    continue
-                summ, note = _quiet(multilabel_metrics, yc[known, None], part[f"p_{c}"].to_numpy(
-                    np.float64)[known, None], part["patient_id"].astype(str).to_numpy()[known], labels=[c],
-                    n_resamples=ev.bootstrap_resamples, level=ev.ci_level, seed=seed)
-                recs += [r for r in multilabel_records(summ, scope="subgroup", head=task.name, subgroup=label)
-                         if r["class"] == c and r["metric"] in ("prevalence", "auroc", "average_precision")]
+    levels, missing = subgroup_levels(preds, ev.subgroups)
+    recs = []
+    for label, rows in levels:
+        part = preds[rows]
+        for c in task.columns:
+            yc = part[f"y_{c}"].to_numpy(np.float64)
+            known = ~np.isnan(yc)
+            n, n_pos = int(known.sum()), int(np.nansum(yc))
+            if n_pos < ev.min_positives or n - n_pos < ev.min_positives:
+                recs.append(_record("subgroup", "auroc", math.nan, subgroup=label, head=task.name, cls=c,
+                                    n=n, n_pos=n_pos,
+                                    note=f"not estimable: {n_pos} positive and {n - n_pos} negative "
+                                         f"known cases (minimum {ev.min_positives} of each)"))
+                continue
+            summ, note = _quiet(multilabel_metrics, yc[known, None], part[f"p_{c}"].to_numpy(
+                np.float64)[known, None], part["patient_id"].astype(str).to_numpy()[known], labels=[c],
+                n_resamples=ev.bootstrap_resamples, level=ev.ci_level, seed=seed)
+            recs += [r for r in multilabel_records(summ, scope="subgroup", head=task.name, subgroup=label)
+                     if r["class"] == c and r["metric"] in ("prevalence", "auroc", "average_precision")]
     return recs, missing
 
 
@@ -455,31 +445,26 @@ def _regression(task: RegressionTask, preds: pd.DataFrame, cfg: Config, seed: in
 def _regression_subgroups(task: RegressionTask, df: pd.DataFrame, y: np.ndarray, p: np.ndarray, cfg: Config,
                           seed: int) -> tuple[list[dict], list[str]]:
     ev = cfg.evaluate
-    df = add_age_band(df)
-    recs, missing = [], []
-    for col in ev.subgroups:
-        if col not in df.columns:
-            missing.append(f"subgroup column {col!r} is not in the predictions.")
+    levels, missing = subgroup_levels(df, ev.subgroups)
+    patients = df["patient_id"].astype(str).to_numpy()
+    recs = []
+    for label, m in levels:
+        g = patients[m]
+        n, n_pat = int(m.sum()), len(np.unique(g))
+        common = dict(scope="subgroup", subgroup=label, fold="pooled", head=task.name,
+                      class_name=task.column, n=n)
+        if n < ev.min_positives or n_pat < 2:
+            for metric in ("mae", "bias"):
+                note = (f"not estimable: {n} known cases of {n_pat} patients (minimum "
+                        f"{ev.min_positives} cases, 2 patients)")
+                recs.append(MetricRecord(metric=metric, value=math.nan, note=note, **common).as_row())
             continue
-        levels = _levels(df, col).to_numpy()
-        for level in sorted(set(levels), key=level_order):
-            m = levels == level
-            g = df["patient_id"].astype(str).to_numpy()[m]
-            n, n_pat = int(m.sum()), len(np.unique(g))
-            common = dict(scope="subgroup", subgroup=f"{col}={level}", fold="pooled", head=task.name,
-                          class_name=task.column, n=n)
-            if n < ev.min_positives or n_pat < 2:
-                for metric in ("mae", "bias"):
-                    note = (f"not estimable: {n} known cases of {n_pat} patients (minimum "
-                            f"{ev.min_positives} cases, 2 patients)")
-                    recs.append(MetricRecord(metric=metric, value=math.nan, note=note, **common).as_row())
-                continue
-            boot, _ = _quiet(regression_bootstrap, y[m], p[m], g, metrics=("mae", "rmse", "bias"),
-                             n_resamples=ev.bootstrap_resamples, level=ev.ci_level, seed=seed)
-            for metric, res in boot.items():
-                recs.append(MetricRecord(metric=metric, value=res.estimate, ci_low=res.ci_low,
-                                         ci_high=res.ci_high, ci_method=res.ci_method, note=res.reason,
-                                         **common).as_row())
+        boot, _ = _quiet(regression_bootstrap, y[m], p[m], g, metrics=("mae", "rmse", "bias"),
+                         n_resamples=ev.bootstrap_resamples, level=ev.ci_level, seed=seed)
+        for metric, res in boot.items():
+            recs.append(MetricRecord(metric=metric, value=res.estimate, ci_low=res.ci_low,
+                                     ci_high=res.ci_high, ci_method=res.ci_method, note=res.reason,
+                                     **common).as_row())
     return recs, missing
 
 

@@ -168,7 +168,7 @@ def test_missing_subgroup_column_is_reported(run, op):
     cfg = run.config.model_copy(deep=True)
     cfg.evaluate.subgroups = ["site", "smoking_pack_years"]
     _, missing = subgroup_records(preds, task, cfg)
-    assert missing == ["subgroup column 'smoking_pack_years' is not in the predictions"]
+    assert missing == ["subgroup column 'smoking_pack_years' is not in the predictions."]
 
 
 def test_age_bands():
