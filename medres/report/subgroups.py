@@ -73,7 +73,8 @@ def subgroup_levels(df: pd.DataFrame, columns: Iterable[str]) -> tuple[list[Subg
         if col not in df.columns:
             notes.append(f"subgroup column {col!r} is not in the predictions.")
             continue
-        values = df[col].astype(str).replace({"": "missing", "nan": "missing", "None": "missing"}).to_numpy()
+        text = df[col].astype(str).fillna("missing")  # pandas 3 keeps a missing value missing in str
+        values = text.replace({"": "missing", "nan": "missing", "None": "missing"}).to_numpy()
         levels += [SubgroupLevel(f"{col}={v}", values == v) for v in sorted(set(values), key=level_order)]
     return levels, notes
 

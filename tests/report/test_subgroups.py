@@ -20,7 +20,7 @@ def test_numbers_by_value_then_text():
 
 
 def test_subgroup_levels_masks_missing_level_and_absent_columns():
-    df = pd.DataFrame({"site": ["b", "", "a", "", "b"], "age": ["057Y", "39", "", "80", "52"]},
+    df = pd.DataFrame({"site": ["b", "", "a", None, "b"], "age": ["057Y", "39", "", "80", "52"]},
                       index=[10, 3, 7, 7, 1])  # not a range, with a repeat: the masks are by position
     levels, notes = subgroup_levels(df, ["site", "scanner", "age_band"])
     assert notes == ["subgroup column 'scanner' is not in the predictions."]
