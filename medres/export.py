@@ -24,8 +24,11 @@ With ``tasks:`` each graph has one named output per task, a slice of the classif
 order, then ``seg_logits``: a binary/multiclass task's logits ``[B, K]``, a multilabel task's logits ``[B,
 columns]`` (sigmoid each), a regression task's value ``[B, 1]`` in STANDARDISED units (value = output x sd +
 mean, with each member's ``task_scales`` in export.json); ``export.json`` lists the tasks and their outputs,
-the model card each task's prevalence (labels) or distribution (regression) in the cohort. The ensemble
-graph is written for today's single head only.
+the model card each task's prevalence (labels) or distribution (regression) in the cohort. ``ensemble.onnx``
+then has one output per task too, in config order (the members' means: calibrated probabilities of a
+binary/multiclass task ``[B, K]``, calibrated probabilities per column of a multilabel task ``[B, columns]``,
+a regression task's value in the target's UNITS ``[B, 1]``), then ``seg_probs`` and ``member_cls_logits``
+(export.json's ``ensemble_window`` lists them).
 
 No exported file holds a path or a patient identifier (TorchScript archives are written without
 their debug tables, which name source files). ``medres.predict --model DIR`` predicts from the
@@ -209,6 +212,96 @@ def _ensemble_module(models: Sequence[Any], calibrations: Sequence[Mapping | Non
             return torch.stack(probs).mean(0), torch.stack(segs).mean(0), torch.stack(logits, dim=1)
 
     return Ensemble().eval()
+
+
+#: the ensemble graph's outputs after its task outputs (with ``tasks:``) or instead of ``cls_probs``
+ENSEMBLE_OUTPUTS = ("seg_probs", "member_cls_logits")
+
+
+def ensemble_output_names(config: Any) -> tuple[str, ...]:
+    """``ensemble.onnx``'s outputs: ``cls_probs, seg_probs, member_cls_logits``, or with ``tasks:`` one per
+    task (its name, in config order), then ``seg_probs, member_cls_logits``."""
+    layout = _layout(config)
+    if layout is None:
+        return ("cls_probs", *ENSEMBLE_OUTPUTS)
+    names = tuple(s.name for s in layout)
+    clash = sorted(set(names) & {*ENSEMBLE_OUTPUTS, "window"})
+    if clash:
+        raise ConfigError(f"a task named {clash[0]!r} would clash with an output of the exported ensemble "
+                          "graph", field="tasks", hint="rename the task before exporting")
+    return (*names, *ENSEMBLE_OUTPUTS)
+
+
+def _task_ensemble_module(models: Sequence[Any], calibrations: Sequence[Mapping | None], layout: Any) -> Any:
+    """The fold ensemble of a ``tasks:`` model in one module: a window in; per task (config order) the mean
+    over members of a binary/multiclass task's calibrated class probabilities ``[B, K]``, of a multilabel
+    task's calibrated probabilities per column ``[B, columns]`` (each column's map under the member's
+    ``calibration.tasks``), of a regression task's value in the target's units ``[B, 1]`` (each member's
+    ``task_scales``); then the mean softmax map and each member's head outputs ``[B, members, width]``.
+    The maps are applied in the graph as `medres.inference.tasks.task_outputs` applies them."""
+    import torch
+    from torch import nn
+
+    from medres.inference.tasks import regression_scale
+
+    def column_map(cal: Mapping | None, task: str, column: str) -> dict:
+        entry = ((((cal or {}).get("tasks") or {}).get(task) or {}).get("columns") or {}).get(column) or {}
+        return {k: v for k, v in entry.items() if k != "operating_point"} or {"method": "none"}
+
+    slots = list(layout)
+    maps = [{s.name: ([column_map(c, s.name, col) for col in s.classes] if s.type == "multilabel" else
+                      regression_scale(c, s.name) if s.type == "regression" else None) for s in slots}
+            for c in calibrations]
+
+    def calibrated(z: torch.Tensor, cal: Mapping) -> torch.Tensor:
+        """Probabilities ``[B, K]`` from log-probabilities or two-class logits ``[B, K]``."""
+        method = cal.get("method", "none")
+        if method == "temperature":
+            return torch.softmax(z / float(cal["temperature"]), dim=1)
+        if method == "platt":
+            pos = int(cal["positive"])
+            pp = torch.sigmoid(float(cal["a"]) * (z[:, pos] - z[:, 1 - pos]) + float(cal["b"]))
+            return torch.stack([1 - pp, pp] if pos == 1 else [pp, 1 - pp], dim=1)
+        if method != "none":
+            raise ConfigError(f"unknown calibration method {method!r} in a member's map",
+                              hint="export a run whose calibration.json medres wrote")
+        return torch.softmax(z, dim=1)
+
+    class TaskEnsemble(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList([_Plain.wrap(m) for m in models])
+            self.cal = [dict(c) if c else {} for c in calibrations]
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            per_task: list[list[torch.Tensor]] = [[] for _ in slots]
+            segs, logits = [], []
+            for member, cal, mm in zip(self.members, self.cal, maps):
+                cls, seg = member(x)
+                for i, s in enumerate(slots):
+                    z = cls[:, s.start:s.stop]
+                    if s.type == "multilabel":
+                        cols = [calibrated(torch.stack([torch.zeros_like(z[:, j]), z[:, j]], dim=1),
+                                           mm[s.name][j])[:, 1] for j in range(z.shape[1])]
+                        per_task[i].append(torch.stack(cols, dim=1))
+                    elif s.type == "regression":
+                        mean, sd = mm[s.name]
+                        per_task[i].append(z * sd + mean)
+                    else:  # binary / multiclass: the member's top-level map, as for today's head
+                        per_task[i].append(calibrated(torch.log_softmax(z, dim=1), cal))
+                segs.append(torch.softmax(seg, dim=1))
+                logits.append(cls)
+            return (*[torch.stack(p).mean(0) for p in per_task], torch.stack(segs).mean(0),
+                    torch.stack(logits, dim=1))
+
+    return TaskEnsemble().eval()
+
+
+def _ensemble_graph(models: Sequence[Any], calibrations: Sequence[Mapping | None], layout: Any) -> Any:
+    """The module ``ensemble.onnx`` is traced from (today's head, or one output per task)."""
+    if layout is None:
+        return _ensemble_module(models, calibrations)
+    return _task_ensemble_module(models, calibrations, layout)
 
 
 def _onnx_export(module: Any, example: Any, path: Path, outputs: Sequence[str]) -> None:
@@ -480,10 +573,10 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
         if layout is not None:
             members[-1]["task_scales"] = state.get("task_scales")
     ensemble_file = None
-    if "onnx" in formats and len(models) > 1 and layout is None:
+    if "onnx" in formats and len(models) > 1:
         ensemble_file = "ensemble.onnx"
-        _onnx_export(_ensemble_module(models, cals), example, out / ensemble_file,
-                     ("cls_probs", "seg_probs", "member_cls_logits"))
+        _onnx_export(_ensemble_graph(models, cals, layout), example, out / ensemble_file,
+                     ensemble_output_names(config))
 
     checks = _run_checks(run_dir, out, config, models, members, ensemble_file, example) if check else {}
     (out / "checks.json").write_text(json.dumps(checks, indent=1) + "\n")
@@ -502,6 +595,9 @@ def _write_export(run_dir: Path, out: Path, formats: Sequence[str], models: list
         meta["window"]["outputs"] = [f"{s.name} [B, {s.stop - s.start}]" for s in layout] + \
             ["seg_logits [B, S, *patch]"]
         meta["tasks"] = task_outputs_meta(layout)
+    if ensemble_file is not None:
+        meta["ensemble_window"] = {"inputs": ["window [B, C, *patch]"], "outputs": _ensemble_outputs_meta(
+            layout, len(members))}
     (out / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
     card = model_card(config, cfg_plain, members, summary, run_dir, checks, versions, hashes, ensemble_file)
     (out / "model_card.json").write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
@@ -522,6 +618,20 @@ def task_outputs_meta(layout: Any) -> list[dict]:
              "classes": list(s.classes), "meaning": meaning[s.type],
              **({"unit": s.task.unit, "interval": s.task.interval} if s.type == "regression" else {})}
             for s in layout]
+
+
+def _ensemble_outputs_meta(layout: Any, n_members: int) -> list[str]:
+    """export.json's ``ensemble_window.outputs``: each output of ``ensemble.onnx``, shape and meaning."""
+    tail = ["seg_probs [B, S, *patch]: mean of the members' softmax maps",
+            f"member_cls_logits [B, {n_members}, K]: each member's head outputs"]
+    if layout is None:
+        return ["cls_probs [B, K]: mean of the members' calibrated class probabilities", *tail]
+    meaning = {"binary": "mean of the members' calibrated class probabilities",
+               "multiclass": "mean of the members' calibrated class probabilities",
+               "multilabel": "mean of the members' calibrated probabilities per column",
+               "regression": "mean of the members' values in the target's units (interval half-width: the "
+                             "mean of the members' calibration.tasks half-widths)"}
+    return [f"{s.name} [B, {s.stop - s.start}]: {meaning[s.type]}" for s in layout] + tail
 
 
 def _run_checks(run_dir: Path, out: Path, config: Any, models: list, members: list[dict],
@@ -561,15 +671,9 @@ def _run_checks(run_dir: Path, out: Path, config: Any, models: list, members: li
                               "seg_max_abs_diff": _max_diff(seg, ref[m][1])}
         result["members"][member["name"]] = rows
     if ensemble_file is not None:
-        import onnxruntime as ort
-
         window = _center_window(image, list(config.data.patch_size))
-        session = ort.InferenceSession(str(out / ensemble_file), providers=["CPUExecutionProvider"])
-        got = session.run(["cls_probs", "seg_probs"], {"window": window.numpy()})
-        want = _ensemble_module(models, [m["calibration"] for m in members])(window)
-        result["ensemble_window"] = {
-            "cls_max_abs_diff": _max_diff(torch.from_numpy(got[0]), want[0]),
-            "seg_max_abs_diff": _max_diff(torch.from_numpy(got[1]), want[1])}
+        result["ensemble_window"] = _ensemble_window_check(out / ensemble_file, config, models,
+                                                           [m["calibration"] for m in members], window)
     diffs = [v for rows in result["members"].values() for r in rows.values() for v in r.values()]
     diffs += list(result.get("ensemble_window", {}).values())
     result["max_abs_diff"] = max(diffs) if diffs else None
@@ -578,6 +682,21 @@ def _run_checks(run_dir: Path, out: Path, config: Any, models: list, members: li
         raise ConfigError(f"an exported graph differs from PyTorch by {max(diffs):.3g} (> {MAX_ABS_DIFF})",
                           path=out / "checks.json", hint="report this; export with --format torchscript only")
     return result
+
+
+def _ensemble_window_check(path: Path, config: Any, models: Sequence[Any],
+                           calibrations: Sequence[Mapping | None], window: Any) -> dict[str, float]:
+    """``ensemble.onnx`` (onnxruntime) against the PyTorch ensemble on one window: the largest difference
+    of the task or class outputs and of the mean softmax map."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = ensemble_output_names(config)[:-1]  # the probabilities (and values), not the members' logits
+    got = session.run(list(names), {"window": window.numpy()})
+    want = _ensemble_graph(models, calibrations, _layout(config))(window)
+    cls_diff = max(_max_diff(torch.from_numpy(g), w) for g, w in zip(got[:-1], want[:-1]))
+    return {"cls_max_abs_diff": cls_diff, "seg_max_abs_diff": _max_diff(torch.from_numpy(got[-1]), want[-2])}
 
 
 def _center_window(image: Any, patch: list[int]) -> Any:

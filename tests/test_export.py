@@ -425,3 +425,73 @@ def test_the_model_card_gives_each_tasks_prevalence_or_distribution():
     text = "\n".join(_task_lines(summary))
     assert "nodule: 2 of 5 known (40.0%)" in text and "mean 0.5 ratio" in text
     json.dumps(summary, allow_nan=False)  # model_card.json refuses NaN
+
+
+def test_a_tasks_ensemble_exports_one_output_per_task_as_inference_computes_them(tmp_path):
+    """ensemble.onnx of a tasks model: per task the mean over folds of what `task_outputs` (the inference
+    path) gives each fold model on the window: calibrated class and label probabilities, values in units."""
+    import onnxruntime as ort
+    import torch
+
+    from medres.config.tasks import task_layout
+    from medres.errors import ConfigError
+    from medres.export import (
+        _ensemble_outputs_meta,
+        _ensemble_window_check,
+        _onnx_export,
+        _task_ensemble_module,
+        ensemble_output_names,
+    )
+    from medres.inference.tasks import task_outputs
+    from medres.training.fold import build_model
+
+    cfg = _tasks_config()
+    layout = task_layout(cfg)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(build_model(cfg).eval())
+    platt = {"method": "platt", "a": 1.7, "b": -0.4, "positive": 1, "operating_point": {"threshold": 0.3}}
+    cals = [{"method": "temperature", "temperature": 1.8,
+             "task_scales": {"ctr_task": {"mean": 0.5, "sd": 0.05}},
+             "tasks": {"findings": {"columns": {"opacity": platt}}, "ctr_task": {"half_width": 0.04}}},
+            {"method": "none", "task_scales": {"ctr_task": {"mean": 0.48, "sd": 0.07}},
+             "tasks": {"findings": {"columns": {"opacity": {**platt, "a": 0.6, "b": 0.9},
+                                                "effusion": {"method": "temperature", "temperature": 2.5}}}}}]
+    names = ensemble_output_names(cfg)
+    assert names == ("nodule_task", "findings", "ctr_task", "seg_probs", "member_cls_logits")
+    module = _task_ensemble_module(models, cals, layout)
+    example = torch.zeros((1, 1, 16, 16, 16))
+    with torch.no_grad():
+        _onnx_export(module, example, tmp_path / "ensemble.onnx", names)
+    x = torch.randn(3, 1, 16, 16, 16)
+    session = ort.InferenceSession(str(tmp_path / "ensemble.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(names)
+    got = dict(zip(names, session.run(list(names), {"window": x.numpy()})))
+    with torch.no_grad():
+        outs = [m(x) for m in models]
+    for b in range(len(x)):  # each window as the inference path reads one case's task values
+        values = []
+        for o in outs:
+            z = o.cls_logits[b].double()
+            v = z.clone()
+            v[0:2] = torch.softmax(z[0:2], dim=0)  # a single-label task's values are its probabilities
+            values.append(v.numpy())
+        ref = task_outputs(values, layout, cals)
+        np.testing.assert_allclose(got["nodule_task"][b], np.mean(ref["nodule_task"]["probs"], axis=0),
+                                   atol=MAX_ABS_DIFF)
+        np.testing.assert_allclose(got["findings"][b], np.mean(ref["findings"]["p"], axis=0),
+                                   atol=MAX_ABS_DIFF)
+        assert got["ctr_task"][b, 0] == pytest.approx(np.mean(ref["ctr_task"]["value"]), abs=MAX_ABS_DIFF)
+    assert got["nodule_task"].sum(axis=1) == pytest.approx(np.ones(3), abs=1e-5)
+    seg = torch.stack([torch.softmax(o.seg_logits, dim=1) for o in outs]).mean(0)
+    assert np.abs(got["seg_probs"] - seg.numpy()).max() < MAX_ABS_DIFF
+    assert got["member_cls_logits"].shape == (3, 2, 5)
+    assert np.abs(got["member_cls_logits"][:, 1] - outs[1].cls_logits.numpy()).max() < MAX_ABS_DIFF
+    with torch.no_grad():  # the export's own check of the graph (checks.json's ensemble_window)
+        check = _ensemble_window_check(tmp_path / "ensemble.onnx", cfg, models, cals, x[:1])
+    assert set(check) == {"cls_max_abs_diff", "seg_max_abs_diff"} and max(check.values()) < MAX_ABS_DIFF
+    meta = _ensemble_outputs_meta(layout, 2)
+    assert [m.split(" ")[0] for m in meta] == list(names) and "units" in meta[2]
+    with pytest.raises(ConfigError, match="task_scales"):  # a regression member without its scale
+        _task_ensemble_module(models, [cals[0], {"method": "none"}], layout)
