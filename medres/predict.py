@@ -308,13 +308,21 @@ def _predict(args: argparse.Namespace, info: Any) -> int:
             from medres.data.pacs.push import push_predictions
 
             push_predictions(args, df, out, list(predictor.config.data.labels),
-                             predictor.config.data.mask_labels, ckpt)
+                             predictor.config.data.mask_labels, ckpt, **_sr_tasks(predictor))
         elif args.sr:
             from medres.data.pacs.push import write_prediction_srs
 
             write_prediction_srs(df, out, list(predictor.config.data.labels),
-                                 predictor.config.data.mask_labels, ckpt)
+                                 predictor.config.data.mask_labels, ckpt, **_sr_tasks(predictor))
     return 0
+
+
+def _sr_tasks(predictor: Any) -> dict[str, Any]:
+    """The SR's ``tasks`` findings: the configuration's tasks and the members' calibration maps (their
+    operating points per label)."""
+    cals = predictor.calibration
+    return {"tasks": predictor.config.tasks,
+            "calibrations": list(cals) if isinstance(cals, (list, tuple)) else [cals]}
 
 
 def _written_names(args: argparse.Namespace, records: Sequence[dict[str, Any]]) -> list[str]:

@@ -5,12 +5,25 @@ operating point's decision (present / absent), per segment of the DICOM SEG medr
 mL measured from the predicted mask (referencing that segment and the source series), the algorithm's
 name, version and model hash, and the source series and the SEG as evidence. It belongs to the source
 study (patient and study modules copied from the source, as the SEG's).
+
+With ``tasks:`` (:func:`task_findings`) each task adds its findings, one measurement group each with the
+task as its finding category: per multilabel column the label as the finding, its calibrated probability
+and, where the model holds an operating point for it, the decision present / absent (probability >=
+threshold; for a fold ensemble the mean of the folds' thresholds, as for the single-label class); per
+regression task its value in the task's unit (UCUM) with the prediction interval as the lower and upper
+measurement uncertainty (TID 310: value - low, high - value), its nominal level in the group's tracking
+identifier.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -18,10 +31,125 @@ from pydicom.dataset import Dataset
 from medres.data.readers.redact import quiet_pydicom, safe_message
 from medres.errors import DataError
 
-__all__ = ["write_prediction_sr", "mask_volumes_ml", "PROBABILITY"]
+__all__ = ["write_prediction_sr", "mask_volumes_ml", "PROBABILITY", "LabelFinding", "ValueFinding",
+           "task_findings", "private_code", "ucum_unit"]
 
 # DICOM has no code for "the calibrated probability a classifier gives a class": a private scheme, named
 PROBABILITY = ("CALPROB", "99MEDRES", "Calibrated probability")
+_SCHEME = "99MEDRES"
+
+
+@dataclass(frozen=True)
+class LabelFinding:
+    """A multilabel column of one case: its calibrated probability and the operating point's threshold
+    (None: the model holds none, so no decision is reported)."""
+
+    task: str
+    label: str
+    probability: float
+    threshold: float | None = None
+
+    @property
+    def present(self) -> bool | None:
+        return None if self.threshold is None else bool(self.probability >= self.threshold)
+
+
+@dataclass(frozen=True)
+class ValueFinding:
+    """A regression task's value of one case in ``unit``, with its prediction interval ``[low, high]``
+    (None or non-finite: no interval) of nominal coverage ``level``."""
+
+    task: str
+    column: str
+    value: float
+    unit: str | None = None
+    low: float | None = None
+    high: float | None = None
+    level: float | None = None
+
+
+def private_code(name: str) -> tuple[str, str, str]:
+    """``(value, scheme, meaning)`` of a medres name in the private scheme: the name itself when it fits
+    a code value (16 characters), else its first 7 characters and a digest of the whole (no two names
+    share a code)."""
+    name = str(name)
+    value = name if len(name) <= 16 else f"{name[:7]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return value, _SCHEME, name[:64]
+
+
+def ucum_unit(unit: str | None) -> Any:
+    """The UCUM code of a task's unit: pydicom's UCUM code whose code, meaning or name the unit is
+    (``mm``, ``ratio``, ``%``, ...), ``1`` without a unit, else the unit as a UCUM annotation
+    (``{bpm}``: a count of what the annotation says)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if unit is None or not str(unit).strip():
+        return codes.UCUM.NoUnits
+    text = str(unit).strip()
+    aliases = {"ml": "mL", "l": "L", "hu": "[hnsf'U]", "years": "a", "year": "a", "bpm": "/min"}
+    want = aliases.get(text.lower(), text)
+    more = {"mL": "milliliter", "L": "liter", "g": "gram", "kg": "kilogram"}  # UCUM codes pydicom lacks
+    if want in more:
+        return hd.sr.CodedConcept(value=want, scheme_designator="UCUM", meaning=more[want])
+    for name in codes.UCUM.dir():
+        code = getattr(codes.UCUM, name)
+        if want == code.value or want.lower() in (code.meaning.lower(), name.lower()):
+            return code
+    annotation = re.sub(r"[^!-z|~]", "_", text)[:62]  # printable ASCII without '{' and '}'
+    return hd.sr.CodedConcept(value=f"{{{annotation}}}", scheme_designator="UCUM", meaning=text[:64])
+
+
+def _mean_threshold(calibrations: Sequence[Mapping[str, Any] | None], task: str, label: str) -> float | None:
+    """The members' operating point for one multilabel column (the mean of theirs; None when one has none)."""
+    thr = []
+    for cal in calibrations:
+        entry = ((((cal or {}).get("tasks") or {}).get(task) or {}).get("columns") or {}).get(label) or {}
+        t = entry.get("threshold", (entry.get("operating_point") or {}).get("threshold"))
+        if t is None or not math.isfinite(float(t)):
+            return None
+        thr.append(float(t))
+    return float(np.mean(thr)) if thr else None
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def task_findings(row: Mapping[str, Any], tasks: Sequence[Any] | None,
+                  calibrations: Sequence[Mapping[str, Any] | None] = ()) -> list[LabelFinding | ValueFinding]:
+    """The multilabel and regression findings of one predictions row (``p_<c>``; ``pred_<t>``,
+    ``pred_<t>_lo`` / ``_hi``) for the configuration's ``tasks`` (none without ``tasks:``), with each
+    label's threshold from the members' ``calibration["tasks"]``.
+
+    Raises:
+        DataError: the row lacks a task's prediction column (a table predicted with another configuration).
+    """
+    out: list[LabelFinding | ValueFinding] = []
+    for task in tasks or []:
+        if task.type == "multilabel":
+            names = {c: f"p_{c}" for c in task.columns}
+        elif task.type == "regression":
+            names = {task.column: f"pred_{task.name}"}
+        else:
+            continue  # a binary / multiclass task: the single-label probabilities and decision
+        missing = [n for n in names.values() if _finite(row.get(n)) is None]
+        if missing:
+            raise DataError(f"task {task.name!r}: a case's predictions have no finite {missing[0]} for the "
+                            "DICOM SR", hint="predict again with this model's configuration")
+        if task.type == "multilabel":
+            out += [LabelFinding(task.name, c, float(row[n]), _mean_threshold(calibrations, task.name, c))
+                    for c, n in names.items()]
+        else:
+            t = task.name
+            out.append(ValueFinding(t, task.column, float(row[f"pred_{t}"]), task.unit,
+                                    _finite(row.get(f"pred_{t}_lo")), _finite(row.get(f"pred_{t}_hi")),
+                                    float(task.interval)))
+    return out
 
 
 def mask_volumes_ml(labels: np.ndarray, affine: np.ndarray, n_labels: int) -> dict[int, float]:
@@ -34,7 +162,8 @@ def mask_volumes_ml(labels: np.ndarray, affine: np.ndarray, n_labels: int) -> di
 def write_prediction_sr(seg: Dataset, source_datasets: Sequence[Dataset], probabilities: Mapping[str, float],
                         decision: str | None, volumes_ml: Mapping[int, float], out_path: str | Path, *,
                         algorithm_version: str, model_hash: str, algorithm_name: str = "medres",
-                        series_number: int = 9902) -> Path:
+                        series_number: int = 9902,
+                        findings: Sequence[LabelFinding | ValueFinding] = ()) -> Path:
     """Write the TID 1500 SR of one case.
 
     Args:
@@ -44,6 +173,8 @@ def write_prediction_sr(seg: Dataset, source_datasets: Sequence[Dataset], probab
         decision: the class called at the operating point (``y_pred``), or None.
         volumes_ml: ``{segment number: mL}`` of the predicted mask.
         out_path: the ``.dcm`` to write (atomically).
+        findings: with ``tasks:``, each multilabel column's and regression task's finding
+            (:func:`task_findings`).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -72,6 +203,7 @@ def write_prediction_sr(seg: Dataset, source_datasets: Sequence[Dataset], probab
             measurements=[hd.sr.Measurement(name=prob_code, value=float(p), unit=codes.UCUM.NoUnits,
                                             algorithm_id=algorithm)],
             qualitative_evaluations=evaluations or None))
+    groups += _task_groups(findings, algorithm)
     ml = hd.sr.CodedConcept(value="mL", scheme_designator="UCUM", meaning="milliliter")
     for item in seg.SegmentSequence:
         number = int(item.SegmentNumber)
@@ -108,3 +240,38 @@ def write_prediction_sr(seg: Dataset, source_datasets: Sequence[Dataset], probab
     sr.save_as(tmp, enforce_file_format=True)
     tmp.replace(out_path)
     return out_path
+
+
+def _task_groups(findings: Sequence[LabelFinding | ValueFinding], algorithm: Any) -> list:
+    """One TID 1501 measurement group per multilabel column and per regression task (module docstring)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    groups = []
+    prob_code = hd.sr.CodedConcept(*PROBABILITY)
+    for f in findings:
+        category = hd.sr.CodedConcept(*private_code(f.task))
+        if isinstance(f, LabelFinding):
+            finding = hd.sr.CodedConcept(*private_code(f.label))
+            evaluations = None if f.present is None else [hd.sr.QualitativeEvaluation(
+                name=finding, value=codes.SCT.Present if f.present else codes.SCT.Absent)]
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
+                                                             identifier=f"{f.task}: {f.label}"[:64]),
+                finding_type=finding, finding_category=category, algorithm_id=algorithm,
+                measurements=[hd.sr.Measurement(name=prob_code, value=float(f.probability),
+                                                unit=codes.UCUM.NoUnits, algorithm_id=algorithm)],
+                qualitative_evaluations=evaluations))
+            continue
+        target = hd.sr.CodedConcept(*private_code(f.column))
+        bounded = f.low is not None and f.high is not None and math.isfinite(f.low) and math.isfinite(f.high)
+        properties = hd.sr.MeasurementProperties(
+            lower_measurement_uncertainty=max(0.0, float(f.value - f.low)),
+            upper_measurement_uncertainty=max(0.0, float(f.high - f.value))) if bounded else None
+        level = f" ({f.level:.0%} interval)" if bounded and f.level is not None else ""
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{f.task}{level}"[:64]),
+            finding_type=target, finding_category=category, algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(name=target, value=float(f.value), unit=ucum_unit(f.unit),
+                                            algorithm_id=algorithm, properties=properties)]))
+    return groups

