@@ -19,7 +19,7 @@ from medres.data.readers.dicom_geometry import ORIENTATION_ATOL
 from medres.data.readers.frame_headers import check_encapsulated_frames
 from medres.data.readers.limits import memory_error
 from medres.data.readers.redact import quiet_pydicom, safe_message
-from medres.data.readers.source_series import PLANE_ATOL_MM, SourceSeries
+from medres.data.readers.source_series import PLANE_ATOL_MM, SourceSeries, finite_floats
 from medres.errors import DataError
 
 __all__ = ["SEG_SOP_CLASSES", "seg_layers"]
@@ -38,11 +38,8 @@ def _group_value(groups: list[Dataset | None], sequence: str, keyword: str) -> o
 
 
 def _vector(value: object, n: int, what: str, where: Path) -> np.ndarray:
-    try:
-        out = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
-    except Exception:
-        out = np.zeros(0)
-    if out.shape != (n,) or not np.all(np.isfinite(out)):
+    out = finite_floats(value, n)
+    if out is None:
         raise DataError(f"the SEG lacks a valid {what} for its frames", path=where,
                         hint="medres converts SEGs whose frames carry their plane geometry; re-export it")
     return out
@@ -97,8 +94,7 @@ def seg_layers(path: Path, grid: SourceSeries, mapping: Callable[[str], str | No
     if len(per_frame) != n_frames:
         raise DataError(f"the SEG lists {len(per_frame)} per-frame groups for {n_frames} frames", path=path,
                         hint="medres converts SEGs whose frames carry their plane geometry; re-export it")
-    src_orientation = np.asarray([float(v) for v in grid.datasets[0].ImageOrientationPatient])
-    src_spacing = np.asarray([float(v) for v in grid.datasets[0].PixelSpacing])
+    src_orientation, src_spacing = grid.orientation, grid.pixel_spacing
     normal, depths = grid.normal, grid.slice_depths
     positions = [np.asarray([float(v) for v in ds.ImagePositionPatient]) for ds in grid.datasets]
     uid_to_z = {uid: z for z, uid in enumerate(grid.sop_uids)}

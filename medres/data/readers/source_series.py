@@ -25,12 +25,24 @@ from medres.data.readers.limits import memory_error
 from medres.data.readers.redact import quiet_pydicom, safe_message
 from medres.errors import DataError
 
-__all__ = ["PLANE_ATOL_MM", "SourceSeries", "read_headers", "series_in_folder", "source_series"]
+__all__ = ["PLANE_ATOL_MM", "SourceSeries", "finite_floats", "read_headers", "series_in_folder",
+           "source_series"]
 
 #: annotation frames and contours must lie this close (mm) to a source slice plane and the image edges
 PLANE_ATOL_MM = 0.01
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def finite_floats(value: object, n: int) -> np.ndarray | None:
+    """A multi-valued DICOM number (ImagePositionPatient, ImageOrientationPatient, PixelSpacing) as ``n``
+    finite floats; None when it is absent, holds another count of values, or a non-number or NaN: the
+    caller says which tag of which file, and what to do."""
+    try:
+        out = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    return out if out.shape == (n,) and np.all(np.isfinite(out)) else None
 
 
 @dataclass
@@ -64,9 +76,19 @@ class SourceSeries:
         return pts @ inv[:3, :3].T + inv[:3, 3]
 
     @property
+    def orientation(self) -> np.ndarray:
+        """The slices' ImageOrientationPatient (six direction cosines, LPS)."""
+        return np.asarray([float(v) for v in self.datasets[0].ImageOrientationPatient])
+
+    @property
+    def pixel_spacing(self) -> np.ndarray:
+        """The slices' PixelSpacing (mm between rows, between columns)."""
+        return np.asarray([float(v) for v in self.datasets[0].PixelSpacing])
+
+    @property
     def normal(self) -> np.ndarray:
         """The unit slice normal in LPS (cross product of the ImageOrientationPatient vectors)."""
-        iop = np.asarray([float(v) for v in self.datasets[0].ImageOrientationPatient])
+        iop = self.orientation
         n = np.cross(iop[:3], iop[3:])
         return n / np.linalg.norm(n)
 
@@ -104,11 +126,8 @@ def read_headers(paths: Sequence[Path]) -> list[tuple[Path, Dataset]]:
 
 
 def _floats(ds: Dataset, keyword: str, n: int, path: Path | None) -> np.ndarray:
-    try:
-        values = np.asarray([float(v) for v in ds.get(keyword) or []], dtype=np.float64)
-    except Exception:
-        values = np.zeros(0)
-    if values.shape != (n,) or not np.all(np.isfinite(values)):
+    values = finite_floats(ds.get(keyword), n)
+    if values is None:
         raise DataError(f"lacks a valid {keyword}, so its place in the series is unknown", path=path,
                         hint="re-export the source series with its geometry tags")
     return values

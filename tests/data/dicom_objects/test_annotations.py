@@ -359,6 +359,19 @@ def test_seg_frame_off_the_slices(tmp_path, source, shift):
         annotation_to_mask(seg, paths, LABELS, None, tmp_path / "m.nii.gz")
 
 
+def test_seg_frame_without_a_valid_position(tmp_path, source):
+    folder, paths = source
+
+    def unplace(seg):  # highdicom reads it; medres refuses to place the frame
+        seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient = [
+            1.0, float("inf"), 2.0]
+
+    seg = highdicom_seg(paths, _seg_frames(), ["nodule", "a", "b"], tmp_path / "seg.dcm", edit=unplace)
+    with pytest.raises(DataError, match="the SEG lacks a valid ImagePositionPatient for its frames") as err:
+        annotation_to_mask(seg, paths, LABELS, None, tmp_path / "m.nii.gz")
+    assert "seg.dcm" in str(err.value) and "re-export it" in str(err.value)
+
+
 def test_two_segs_for_one_series(tmp_path, source):
     """Each SEG converts on its own, the same whatever the order of the source files; both at once are
     refused (choosing between them is the indexer's decision)."""
