@@ -24,7 +24,7 @@ from medres.metrics.bootstrap import patient_bootstrap_ci
 from medres.metrics.conformal import ConformalFit, fit_conformal, prediction_sets, set_coverage
 from medres.report.aggregate import _quiet, _record
 from medres.report.html import fmt, fmt_ci, table_html
-from medres.report.subgroups import add_age_band, level_order
+from medres.report.subgroups import subgroup_levels
 
 __all__ = ["SET_COLUMN", "TEST_ENSEMBLE", "conformal_section", "conformal_sets",
            "conformal_test_split_section"]
@@ -90,15 +90,10 @@ def _breakdown(member: np.ndarray, predictions: pd.DataFrame, config: Config, *,
         if rows.any():
             recs += _records(member[rows], predictions[rows], config, subgroup=f"true class={name}",
                              fold=fold, seed=seed, method=method, scope=scope)
-    df = add_age_band(predictions)
-    for col in config.evaluate.subgroups:
-        if col not in df.columns:
-            continue
-        levels = df[col].astype(str).replace({"": "missing", "nan": "missing", "None": "missing"}).to_numpy()
-        for level in sorted(set(levels), key=level_order):
-            rows = levels == level
-            recs += _records(member[rows], predictions[rows], config, subgroup=f"{col}={level}",
-                             fold=fold, seed=seed, method=method, scope=scope)
+    levels, _ = subgroup_levels(predictions, config.evaluate.subgroups)
+    for label, rows in levels:
+        recs += _records(member[rows], predictions[rows], config, subgroup=label,
+                         fold=fold, seed=seed, method=method, scope=scope)
     return recs
 
 
