@@ -218,7 +218,7 @@ def build_bundle(
         comp_recs, comparison = compare_runs([run, *others], task, seed)
         records += comp_recs
     rec_df = pd.DataFrame(records)
-    tasks = task_report(preds, cfg, run_dir=run.run_dir, seed=seed)  # multilabel / regression tasks
+    tasks = task_report(preds, cfg, run_dir=run.run_dir, seed=seed, test=run.test)  # multilabel / regression
 
     # figures
     g = preds["patient_id"].to_numpy()
@@ -433,7 +433,7 @@ def _build_tasks_only(
     test_seg_recs = test_segmentation_records(test_seg_cases, cfg, seed=seed)
     records += test_seg_recs
     rec_df = pd.DataFrame(records)
-    tasks = task_report(preds, cfg, run_dir=run.run_dir, seed=seed)
+    tasks = task_report(preds, cfg, run_dir=run.run_dir, seed=seed, test=run.test)
     seg_ctx = None
     if seg_recs:
         seg_ctx = {

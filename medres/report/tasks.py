@@ -12,6 +12,11 @@ task's name and ``class`` = the label or the target column.
 - regression (`medres.metrics.regression`): MAE, RMSE, R², Pearson r and Lin's CCC with patient-bootstrap
   intervals, Bland-Altman with its intervals, binned calibration, the coverage of the prediction
   intervals and subgroups.
+
+The held-out test split (manifest ``split=test``, `holdout_task_records`) is scored as the single-label
+head's: each fold's model (scope ``test``, fold ``k``; a label at the fold's operating point) and the mean
+of the fold models per scan (scope ``test_ensemble``, fold `TEST_ENSEMBLE_FOLD`; the mean of the folds'
+thresholds), one table in each task's section.
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ from medres.report.html import fmt, fmt_ci, table_html
 from medres.report.subgroups import subgroup_levels
 from medres.runfolder import FoldFolder
 
-__all__ = ["DEFAULT_THRESHOLD", "DEFAULT_INTERVAL", "TaskFigure", "TaskTable", "TaskSection", "TaskReport",
-           "report_tasks", "label_thresholds", "task_columns", "task_report"]
+__all__ = ["DEFAULT_THRESHOLD", "DEFAULT_INTERVAL", "TEST_ENSEMBLE_FOLD", "TaskFigure", "TaskTable",
+           "TaskSection", "TaskReport", "report_tasks", "label_thresholds", "task_columns", "task_report",
+           "holdout_task_records"]
 
 #: a multilabel column's threshold when its fold's calibration.json names none
 DEFAULT_THRESHOLD = 0.5
@@ -160,11 +166,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def _op_records(y: np.ndarray, p: np.ndarray, thr: np.ndarray, g: np.ndarray, *, head: str, label: str,
-                level: float, scope: str, subgroup: str = "all", note: str = "") -> list[dict]:
+                level: float, scope: str, subgroup: str = "all", note: str = "", fold: str = "pooled"
+                ) -> list[dict]:
     """Metrics at the operating point of one label (rows with the label known)."""
     op = (p >= thr).astype(np.int8)
     yi = y.astype(np.int8)
-    common = dict(subgroup=subgroup, head=head, cls=label, n=len(yi), n_pos=int(yi.sum()))
+    common = dict(subgroup=subgroup, head=head, cls=label, n=len(yi), n_pos=int(yi.sum()), fold=fold)
     tm = metrics_from_counts(confusion_counts(yi, op))
     recs = []
     for name, value in tm.as_dict().items():
@@ -478,19 +485,160 @@ def _regression_subgroup_table(recs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
+# --- the held-out test split (manifest split = test) ---------------------------------------------------
+
+#: the ``fold`` of the mean of the fold models on the test split (as the single-label head's records)
+TEST_ENSEMBLE_FOLD = "mean of folds"
+
+
+def _test_parts(test: pd.DataFrame, mean_columns: list[str], first_columns: list[str]
+                ) -> list[tuple[str, str, pd.DataFrame]]:
+    """``(scope, fold, rows)``: each fold's model on the test split (scope ``test``), then the mean of the
+    fold models' outputs per case (scope ``test_ensemble``, fold `TEST_ENSEMBLE_FOLD`)."""
+    folds = sorted(int(k) for k in pd.unique(test["fold"]))
+    parts = [("test", str(k), test[test["fold"].astype(int) == k]) for k in folds]
+    agg = {"patient_id": "first", **{c: "first" for c in first_columns}, **{c: "mean" for c in mean_columns}}
+    ens = test.groupby("case_id", sort=False).agg(agg).reset_index()
+    return parts + [("test_ensemble", TEST_ENSEMBLE_FOLD, ens)]
+
+
+def _model_name(scope: str, fold: str) -> str:
+    return f"fold {fold} model" if scope == "test" else "mean of the fold models"
+
+
+def _multilabel_test(task: MultilabelTask, test: pd.DataFrame, cfg: Config, run_dir: Any, seed: int
+                     ) -> tuple[list[dict], TaskTable]:
+    ev = cfg.evaluate
+    cols = list(task.columns)
+    _need(test, [f"y_{c}" for c in cols] + [f"p_{c}" for c in cols], task)
+    folds = sorted(int(k) for k in pd.unique(test["fold"]))
+    thresholds = label_thresholds(run_dir, task, folds)
+    thr = {(int(r.fold), r.label): float(r.threshold) for r in thresholds.itertuples()}
+    recs, rows = [], []
+    for scope, fold, df in _test_parts(test, [f"p_{c}" for c in cols], [f"y_{c}" for c in cols]):
+        y = df[[f"y_{c}" for c in cols]].to_numpy(np.float64)
+        s = df[[f"p_{c}" for c in cols]].to_numpy(np.float64)
+        g = df["patient_id"].astype(str).to_numpy()
+        part: list[dict] = []
+        try:
+            summ, _ = _quiet(multilabel_metrics, y, s, g, labels=cols, n_resamples=ev.bootstrap_resamples,
+                             level=ev.ci_level, seed=seed)
+            part += multilabel_records(summ, scope=scope, head=task.name, fold=fold)
+        except DataError as exc:  # e.g. one patient: no interval
+            part.append(_record(scope, "auroc", math.nan, fold=fold, head=task.name, cls="macro", n=len(df),
+                                note=str(exc)))
+        for j, c in enumerate(cols):
+            cut = thr[(int(fold), c)] if scope == "test" else float(np.mean([thr[(k, c)] for k in folds]))
+            how = "the fold's threshold" if scope == "test" else "the mean of the folds' thresholds"
+            known = ~np.isnan(y[:, j])
+            ops = _op_records(y[known, j], s[known, j], np.full(int(known.sum()), cut), g[known],
+                              head=task.name, label=c, level=ev.ci_level, scope=scope, fold=fold,
+                              note=f"{how} {fmt(cut)}")
+            part += ops
+            rows.append({"model": _model_name(scope, fold), "label": c,
+                         "scans known / positive": f"{int(known.sum())} / {int(np.nansum(y[:, j]))}",
+                         "AUROC": _cell(_find(part, "auroc", c, "bootstrap")),
+                         "AP": _cell(_find(part, "average_precision", c)), "threshold": fmt(cut),
+                         "sensitivity": _cell(_find(ops, "sensitivity", c)),
+                         "specificity": _cell(_find(ops, "specificity", c))})
+        rows.append({"model": _model_name(scope, fold), "label": "macro average",
+                     "AUROC": _cell(_find(part, "auroc", "macro"))})
+        recs += part
+    table = pd.DataFrame(rows)
+    note = (f"Scans of the manifest's split = test, never used in cross-validation, predicted by each fold's "
+            f"model at its own operating point (from its {_CAL_FILE}, else {DEFAULT_THRESHOLD:g}); the mean "
+            "of the fold models averages their calibrated probabilities per scan and uses the mean of their "
+            f"thresholds. {ev.ci_level:.0%} intervals with patients as the unit, as above.")
+    return recs, TaskTable("Held-out test set (manifest split = test)",
+                           table_html(table.astype(object).where(table.notna(), "")), note)
+
+
+def _regression_test(task: RegressionTask, test: pd.DataFrame, cfg: Config, seed: int
+                     ) -> tuple[list[dict], TaskTable]:
+    ev = cfg.evaluate
+    col, t = task.column, task.name
+    _need(test, [f"y_{t}", f"pred_{t}"], task)
+    nominal = float(getattr(task, "interval", None) or DEFAULT_INTERVAL)
+    bounds = [c for c in (f"pred_{t}_lo", f"pred_{t}_hi") if c in test.columns]
+    recs, rows = [], []
+    for scope, fold, df in _test_parts(test, [f"pred_{t}", *bounds], [f"y_{t}"]):
+        y, p = df[f"y_{t}"].to_numpy(np.float64), df[f"pred_{t}"].to_numpy(np.float64)
+        known = np.isfinite(y) & np.isfinite(p)
+        g = df["patient_id"].astype(str).to_numpy()[known]
+        lo = df[bounds[0]].to_numpy(np.float64)[known] if len(bounds) == 2 else None
+        hi = df[bounds[1]].to_numpy(np.float64)[known] if len(bounds) == 2 else None
+        if lo is not None and not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            lo = hi = None  # unbounded intervals: no coverage
+        part: list[dict] = []
+        try:
+            if len(np.unique(g)) < 2:
+                raise DataError(f"not estimable: {int(known.sum())} cases of {len(np.unique(g))} patients "
+                                "have a known value; the statistics need at least 2 patients")
+            summ, _ = _quiet(regression_summary, y[known], p[known], g, lo=lo, hi=hi, nominal=nominal,
+                             level=ev.ci_level, n_resamples=ev.bootstrap_resamples, seed=seed,
+                             n_bins=CAL_BINS)
+            part += regression_records(summ, scope=scope, head=t, fold=fold, class_name=col)
+        except DataError as exc:
+            part.append(_record(scope, "mae", math.nan, fold=fold, head=t, cls=col, n=int(known.sum()),
+                                note=exc.reason))
+        row = {"model": _model_name(scope, fold), "scans": int(known.sum())}
+        for label, metric in (("MAE", "mae"), ("RMSE", "rmse"), ("bias (predicted - reference)", "bias")):
+            row[label] = _cell(_find(part, metric, col, "bootstrap" if metric == "bias" else None), 4)
+        if lo is not None:
+            row[f"interval coverage (nominal {nominal:g})"] = _cell(_find(part, "interval_coverage", col), 3)
+        row["note"] = next((r["note"] for r in part if r["metric"] == "mae"
+                            and not math.isfinite(r["value"])), "")
+        rows.append(row)
+        recs += part
+    note = ("Scans of the manifest's split = test, never used in cross-validation, predicted by each fold's "
+            "model; the mean of the fold models averages their values (and interval bounds) per scan. "
+            f"{ev.ci_level:.0%} intervals with patients as the unit.")
+    table = pd.DataFrame(rows)
+    return recs, TaskTable("Held-out test set (manifest split = test)",
+                           table_html(table.astype(object).where(table.notna(), "")), note)
+
+
+def holdout_task_records(test: pd.DataFrame | None, cfg: Config, *, run_dir: Any = None, seed: int = 0
+                      ) -> tuple[list[dict], dict[str, TaskTable]]:
+    """Records and one table per multilabel / regression task on the test split (``fold_k/
+    test_predictions.parquet``, manifest ``split=test``): scope ``test`` per fold model (fold ``k``),
+    ``test_ensemble`` for the mean of the fold models (fold `TEST_ENSEMBLE_FOLD`), as the single-label
+    head's test records (`medres.report.aggregate.holdout_test_records`). None or no rows: nothing."""
+    recs: list[dict] = []
+    tables: dict[str, TaskTable] = {}
+    if test is None or not len(test):
+        return recs, tables
+    for task in report_tasks(cfg):
+        if isinstance(task, MultilabelTask):
+            part, table = _multilabel_test(task, test, cfg, run_dir, seed)
+        else:
+            part, table = _regression_test(task, test, cfg, seed)
+        recs += part
+        tables[task.name] = table
+    return recs, tables
+
+
 # --- all tasks -----------------------------------------------------------------------------------------
 
 
-def task_report(preds: pd.DataFrame, cfg: Config, *, run_dir: Any = None, seed: int = 0) -> TaskReport:
+def task_report(preds: pd.DataFrame, cfg: Config, *, run_dir: Any = None, seed: int = 0,
+                test: pd.DataFrame | None = None) -> TaskReport:
     """Records, sections and summary of every multilabel and regression task of ``cfg`` on the pooled
-    out-of-fold ``preds`` (an empty `TaskReport` without ``tasks:``)."""
+    out-of-fold ``preds`` (an empty `TaskReport` without ``tasks:``); with ``test`` (the fold models'
+    test-split tables) also each task's test-split records and table (`holdout_task_records`)."""
     out = TaskReport()
+    test_recs, test_tables = holdout_task_records(test, cfg, run_dir=run_dir, seed=seed)
     for task in report_tasks(cfg):
         if isinstance(task, MultilabelTask):
             recs, section, summary = _multilabel(task, preds, cfg, run_dir, seed)
         else:
             recs, section, summary = _regression(task, preds, cfg, seed)
         out.records += recs
+        if task.name in test_tables:
+            section.tables.append(test_tables[task.name])
+            mine = [r for r in test_recs if r["head"] == task.name]
+            out.records += mine
+            summary["test"] = _compact(mine)
         out.sections.append(section)
         out.summary[task.name] = summary
         out.export_columns += [c for c in task_columns(task) if c in preds.columns]

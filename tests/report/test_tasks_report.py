@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy.stats import pearsonr
 from sklearn.metrics import (
     average_precision_score,
@@ -301,3 +305,108 @@ def test_task_report_renders_in_chromium(bundle, browser):  # noqa: F811 - the i
     fetched = [e["params"]["request"]["url"] for e in browser.events
                if e.get("method") == "Network.requestWillBeSent"]
     assert all(u.startswith(("file:", "data:")) for u in fetched), fetched
+
+
+# -- the held-out test split (manifest split = test) of a run with no single-label task
+
+
+def _tasks_only(run: Path) -> None:
+    """Drop the single-label task from the run's config.yaml: findings and heart only."""
+    path = run / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["tasks"] = [t for t in cfg["tasks"] if t["type"] in ("multilabel", "regression")]
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _add_test_masks(run: Path) -> None:
+    """Each fold's test masks: the reference shifted by the fold number along x; the fold ensemble's
+    (``ensemble/``) the reference as it is."""
+    for k, fd in enumerate(sorted(run.glob("fold_*"))):
+        table = pd.read_parquet(fd / "test_predictions.parquet")
+        for case, mask in zip(table["case_id"], table["mask"]):
+            ref = nib.load(mask)
+            nib.save(nib.Nifti1Image(np.roll(np.asarray(ref.dataobj), k, axis=0), ref.affine),
+                     fd / "seg" / f"test_{case}.nii.gz")
+        table["seg_path"] = [f"{fd.name}/seg/test_{c}.nii.gz" for c in table["case_id"]]
+        table.to_parquet(fd / "test_predictions.parquet", index=False)
+    (run / "ensemble" / "seg").mkdir(parents=True)
+    for case, mask in zip(table["case_id"], table["mask"]):
+        shutil.copy(mask, run / "ensemble" / "seg" / f"{case}.nii.gz")
+    table.assign(fold=-1, seg_path=[f"ensemble/seg/{c}.nii.gz" for c in table["case_id"]]).to_parquet(
+        run / "ensemble" / "test_predictions.parquet", index=False)
+
+
+@pytest.fixture(scope="module")
+def test_split_bundle(tmp_path_factory):
+    from medres.evaluation import segmentation_cases, test_segmentation_cases
+
+    run_dir = write_synthetic_run(tmp_path_factory.mktemp("tasks_test"), tasks=True, n_test_patients=12,
+                                  bootstrap_resamples=RESAMPLES)
+    _tasks_only(run_dir)
+    _add_test_masks(run_dir)
+    run = load_run(run_dir)
+    out = build_bundle(run, run_dir.parent / "report", seg_cases=segmentation_cases(run),
+                       test_seg_cases=test_segmentation_cases(run))
+    return run, out
+
+
+def test_a_tasks_only_report_scores_each_task_on_the_test_split(test_split_bundle):
+    run, out = test_split_bundle
+    test = run.test
+    records = pd.DataFrame(json.loads((out.output / "summary.json").read_text())["records"])
+    folds = sorted(test["fold"].unique())
+    assert len(folds) == 3
+    thr = {k: FOLD0_THRESHOLDS if k == 0 else dict.fromkeys(FINDINGS, 0.5) for k in folds}
+    mean = test.groupby("case_id", sort=False).agg(
+        {"patient_id": "first", **{f"y_{c}": "first" for c in FINDINGS}, "y_heart": "first",
+         **{f"p_{c}": "mean" for c in FINDINGS}, "pred_heart": "mean", "pred_heart_lo": "mean",
+         "pred_heart_hi": "mean"})
+    models = [("test", str(k), test[test["fold"] == k], thr[k]) for k in folds]
+    models.append(("test_ensemble", "mean of folds", mean,
+                   {c: np.mean([thr[k][c] for k in folds]) for c in FINDINGS}))
+    for scope, fold, df, cut in models:
+        for c in FINDINGS:
+            kn = known(df, c)
+            y, p = kn[f"y_{c}"].to_numpy(int), kn[f"p_{c}"].to_numpy()
+            assert 0 < y.sum() < len(y)
+            auroc = one(records, scope=scope, fold=fold, head="findings", metric="auroc",
+                        ci_method="~bootstrap", **{"class": c})
+            assert auroc["value"] == pytest.approx(roc_auc_score(y, p)) and auroc["n"] == len(y)
+            sens = one(records, scope=scope, fold=fold, head="findings", metric="sensitivity", **{"class": c})
+            assert sens["value"] == pytest.approx(((p >= cut[c]) & (y == 1)).sum() / y.sum())
+            assert sens["ci_low"] <= sens["value"] <= sens["ci_high"]
+        y, p = df["y_heart"].to_numpy(), df["pred_heart"].to_numpy()
+        mae = one(records, scope=scope, fold=fold, head="heart", metric="mae")
+        assert mae["value"] == pytest.approx(mean_absolute_error(y, p)) and mae["ci_low"] < mae["value"]
+        cover = one(records, scope=scope, fold=fold, head="heart", metric="interval_coverage")
+        inside = (df["pred_heart_lo"] <= df["y_heart"]) & (df["y_heart"] <= df["pred_heart_hi"])
+        assert cover["value"] == pytest.approx(inside.mean())
+    # the ensemble's AUROC is not any fold's: the mean of their probabilities per case
+    ens = one(records, scope="test_ensemble", head="findings", metric="auroc", ci_method="~bootstrap",
+              **{"class": "opacity"})
+    assert ens["value"] not in {one(records, scope="test", fold=str(k), head="findings", metric="auroc",
+                                    ci_method="~bootstrap", **{"class": "opacity"})["value"] for k in folds}
+    summary = json.loads((out.output / "summary.json").read_text())["tasks"]
+    assert {r["metric"] for r in summary["heart"]["test"]} >= {"mae", "rmse", "interval_coverage"}
+    held_out = records["scope"].isin(["test", "test_ensemble"])
+    assert len(summary["findings"]["test"]) == len(records[(records["head"] == "findings") & held_out])
+
+
+def test_a_tasks_only_report_shows_the_test_split_tables(test_split_bundle):
+    run, out = test_split_bundle
+    html = (out.output / "report.html").read_text()
+    assert 'id="classification"' not in html  # no single-label task
+    for anchor in ("task-findings", "task-heart"):
+        section = html.split(f'<section id="{anchor}">')[1].split("</section>")[0]
+        assert "Held-out test set (manifest split = test)" in section
+        assert "fold 2 model" in section and "mean of the fold models" in section
+    seg = html.split('<section id="test-segmentation">')[1].split("</section>")[0]
+    assert "fold ensemble (mean softmax)" in seg and "fold 1 model" in seg
+    assert 'href="#test-segmentation"' in html
+    records = out.records
+    ens = records[(records["scope"] == "test_ensemble") & (records["head"] == "segmentation")
+                  & (records["metric"] == "dice")]
+    assert len(ens) and (ens["value"] == 1.0).all()  # the ensemble's masks are the references
+    assert (records.loc[(records["scope"] == "test") & (records["head"] == "segmentation")
+                        & (records["metric"] == "dice") & (records["fold"] == "1"), "value"] < 1).all()
+    assert patient_id(len(FINDINGS)) not in html
