@@ -634,17 +634,29 @@ def _ensemble_outputs_meta(layout: Any, n_members: int) -> list[str]:
     return [f"{s.name} [B, {s.stop - s.start}]: {meaning[s.type]}" for s in layout] + tail
 
 
+def _read_cohort_manifest(config: Any) -> Any:
+    """The run's manifest as training read it: ``label`` from ``data.labels`` without ``tasks:``; with
+    ``tasks:`` the label column dropped when no task reads it (its values need not be in ``data.labels``)."""
+    from medres.data.manifest import read_manifest
+
+    tasks = config.tasks
+    df = read_manifest(config.data.manifest, vocabulary=config.data.labels if tasks is None else None,
+                       root=config.data.root, link_roots=config.data.link_roots,
+                       key_file=config.data.index.key_file)
+    if tasks is not None and "label" in df.columns and not any("label" in t.target_columns() for t in tasks):
+        df = df.drop(columns="label")
+    return df
+
+
 def _run_checks(run_dir: Path, out: Path, config: Any, models: list, members: list[dict],
                 ensemble_file: str | None, example: Any) -> dict:
     """Exported graphs against PyTorch on a real cohort scan (whole pipeline, sliding windows)."""
     import torch
 
-    from medres.data.manifest import read_manifest
     from medres.data.pipeline.datasets import manifest_to_records
 
     try:
-        manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root,
-                                 link_roots=config.data.link_roots, key_file=config.data.index.key_file)
+        manifest = _read_cohort_manifest(config)
         found = _check_volume(config, manifest_to_records(manifest, config.data))
     except (MedresError, OSError, TypeError):
         found = None
@@ -744,12 +756,9 @@ def _metric_lines(records: list[dict]) -> list[str]:
 def model_card(config: Any, cfg_plain: dict, members: list[dict], summary: Mapping, run_dir: Path,
                checks: dict, versions: dict, hashes: dict, ensemble_file: str | None) -> dict:
     """The model card as plain data (``model_card.json``); :func:`card_markdown` renders it."""
-    from medres.data.manifest import read_manifest
-
     manifest = None
     try:
-        manifest = read_manifest(config.data.manifest, vocabulary=config.data.labels, root=config.data.root,
-                                 link_roots=config.data.link_roots, key_file=config.data.index.key_file)
+        manifest = _read_cohort_manifest(config)
         cohort = _cohort(config, manifest)
     except (MedresError, OSError, TypeError):
         cohort = {"note": "the training manifest could not be read at export time"}

@@ -495,3 +495,27 @@ def test_a_tasks_ensemble_exports_one_output_per_task_as_inference_computes_them
     assert [m.split(" ")[0] for m in meta] == list(names) and "units" in meta[2]
     with pytest.raises(ConfigError, match="task_scales"):  # a regression member without its scale
         _task_ensemble_module(models, [cals[0], {"method": "none"}], layout)
+
+
+def test_the_export_reads_a_tasks_cohort_whose_label_column_no_task_reads(tmp_path):
+    """As training does: with tasks: that do not read ``label``, its values need not be in data.labels (the
+    export's checks and model card read the cohort through this)."""
+    from medres.errors import DataError
+    from medres.export import _read_cohort_manifest
+
+    for k in range(2):
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), tmp_path / f"s{k}.nii.gz")
+    pd.DataFrame({"case_id": ["a", "b"], "patient_id": ["p1", "p2"], "image": ["s0.nii.gz", "s1.nii.gz"],
+                  "label": ["opacity", "normal"], "opacity": ["1", "0"], "effusion": ["0", ""],
+                  "ctr": ["0.5", "0.45"]}).to_csv(tmp_path / "manifest.csv", index=False)
+    cfg = load_config({"data": {"manifest": str(tmp_path / "manifest.csv"), "labels": ["normal", "nodule"],
+                                "patch_size": [16, 16, 16]},
+                       "tasks": [{"name": "findings", "type": "multilabel",
+                                  "columns": ["opacity", "effusion"]},
+                                 {"name": "ctr_task", "type": "regression", "column": "ctr"}]})
+    df = _read_cohort_manifest(cfg)
+    assert list(df["case_id"]) == ["a", "b"] and "label" not in df.columns and "opacity" in df.columns
+    single = load_config({"data": {"manifest": str(tmp_path / "manifest.csv"), "labels": ["normal", "nodule"],
+                                   "patch_size": [16, 16, 16]}})
+    with pytest.raises(DataError, match="not in the vocabulary"):  # the single head's labels are checked
+        _read_cohort_manifest(single)
