@@ -165,3 +165,48 @@ def test_a_tasks_sr_passes_dciodvfy_with_long_names_and_a_free_text_unit(tmp_pat
     groups = _groups(hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path)))
     (rate,) = groups["heart_rate (90% interval)"].get_measurements()
     assert len(groups) == 3 and rate.unit.value == "{beats}" and rate.value == pytest.approx(71.0)
+
+
+def test_predict_cli_sr_of_a_tasks_checkpoint(tmp_path):
+    """``medres.predict --checkpoint --sr`` of a tasks model on a DICOM series: the SR's findings are the
+    predictions.csv values, decided at the checkpoint's operating points."""
+    from medres.checkpoint import save_checkpoint
+    from medres.predict import main
+    from medres.training.fold import build_model, model_spec
+    from tests.data.dicom_factory import write_series
+
+    cfg = load_config({
+        "data": {"windows": [{"name": "lung", "center": -600, "width": 1500}], "normalize": "window",
+                 "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
+        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
+        "tasks": [{"name": "findings", "type": "multilabel", "columns": ["opacity", "effusion"]},
+                  {"name": "ctr", "type": "regression", "column": "ctr", "unit": "ratio", "interval": 0.8}]})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    columns = {"opacity": _op(0.0), "effusion": _op(1.0)}
+    calibration = {"method": "none", "tasks": {"findings": {"columns": columns},
+                                               "ctr": {"half_width": 0.05, "level": 0.8}}}
+    ckpt = tmp_path / "run" / "fold_0" / "checkpoint_best.pt"
+    save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
+                     "model_spec": model_spec(cfg), "epoch": 1, "fold": 0,
+                     "task_scales": {"ctr": {"mean": 0.5, "sd": 0.1}}, "calibration": calibration}, ckpt)
+    series = tmp_path / "series_1"
+    write_series(series, 4)
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(ckpt), "--input", str(series), "--output", str(out), "--sr"]) == 0
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    (sr_path,) = (out / "seg").glob("*.sr.dcm")
+    groups = _groups(hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path)))
+    assert set(groups) == {"findings: opacity", "findings: effusion", "ctr (80% interval)"}
+    for label, present in (("opacity", True), ("effusion", False)):  # thresholds 0 and 1: always, never
+        g = groups[f"findings: {label}"]
+        (prob,) = g.get_measurements(name=hd.sr.CodedConcept(*PROBABILITY))
+        assert prob.value == pytest.approx(row[f"p_{label}"], abs=1e-6) and 0 < prob.value < 1
+        (ev,) = g.get_qualitative_evaluations(name=g.finding_type)
+        assert ev.value == (codes.SCT.Present if present else codes.SCT.Absent)
+    (value,) = groups["ctr (80% interval)"].get_measurements()
+    assert value.value == pytest.approx(row["pred_ctr"], abs=1e-6)
+    (high,) = value[0].ContentSequence.find(codes.SCT.RangeOfUpperMeasurementUncertainty)
+    assert float(high.MeasuredValueSequence[0].NumericValue) == pytest.approx(0.05, abs=1e-6)
+    if dciodvfy() is not None:
+        assert dciodvfy_errors(sr_path) == []
