@@ -3,13 +3,20 @@
 Every call has a timeout; connection errors and 5xx answers are retried with backoff by the session
 (:func:`medres.data.pacs.auth.http_session`); what still fails becomes a :class:`medres.DataError` that
 names the server (never the credentials) and what to check.
+
+WADO-RS answers are read as the bytes the server sent (:meth:`DicomWeb.receive`): each part's header is
+parsed to check that it is a DICOM file of the series (and the instance) asked for, and the pull writes
+those bytes unchanged, without decoding and re-encoding every element.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,11 +25,15 @@ from pydicom.dataset import Dataset
 from medres.data.pacs.auth import Credentials, ServerUnavailable, http_session, server_name
 from medres.errors import ConfigError, DataError
 
-__all__ = ["DicomWeb", "from_json"]
+__all__ = ["DicomWeb", "Received", "from_json"]
 
 _STUDY_FIELDS = ("StudyInstanceUID", "AccessionNumber", "ModalitiesInStudy", "NumberOfStudyRelatedSeries")
 _SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesNumber",
                   "NumberOfSeriesRelatedInstances")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+# what dicomweb-client asks for: a series in the server's default transfer syntax, an instance in any
+_ACCEPT_SERIES = 'multipart/related; type="application/dicom"'
+_ACCEPT_INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 def _read_timed_out(exc: BaseException) -> bool:
@@ -36,6 +47,30 @@ def _read_timed_out(exc: BaseException) -> bool:
 def from_json(item: dict[str, Any]) -> Dataset:
     """A DICOM JSON object (QIDO answer) as a pydicom Dataset (bulk data left out)."""
     return Dataset.from_json(item, bulk_data_uri_handler=lambda *_: b"")
+
+
+@dataclass(frozen=True)
+class Received:
+    """One instance as the server sent it: its DICOM file's bytes and their header (no pixel data)."""
+
+    header: Dataset
+    data: bytes
+
+    @property
+    def sop_uid(self) -> str:
+        return str(self.header.get("SOPInstanceUID", ""))
+
+
+def _received(data: bytes) -> Received:
+    """A WADO-RS part as a :class:`Received`; an InvalidDicomError (caught by :meth:`DicomWeb.errors`)
+    when it is not a DICOM file (PS3.10: preamble, ``DICM``, file meta with the transfer syntax)."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    header = dcmread(BytesIO(data), stop_before_pixels=True)
+    if not header.file_meta.get("TransferSyntaxUID"):
+        raise InvalidDicomError("no transfer syntax in the file meta")
+    return Received(header, data)
 
 
 class DicomWeb:
@@ -63,7 +98,9 @@ class DicomWeb:
         self.credentials = credentials or Credentials()
         session = http_session(self.credentials, ca_bundle=ca_bundle, insecure=insecure, workers=workers,
                                retries=retries)
-        self.client = DICOMwebClient(self.url, session=session, timeout=(min(10.0, timeout_s), timeout_s))
+        self.session = session  # WADO-RS reads its answers' bytes through the same session
+        self.timeout = (min(10.0, timeout_s), timeout_s)
+        self.client = DICOMwebClient(self.url, session=session, timeout=self.timeout)
         self.client.set_http_retry_params(retry=False)  # one retry policy: the session's (with backoff)
         logging.getLogger("retrying").setLevel(logging.CRITICAL)  # it logs each failed try's traceback
 
@@ -98,6 +135,10 @@ class DicomWeb:
         except requests.Timeout:
             raise DataError(f"the server did not answer in time while {doing}{where}", path=self.name,
                             hint="check that it is up and reachable, then rerun") from None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+            raise DataError(f"the connection broke off while {doing}{where}", path=self.name,
+                            hint="check the server and the network, then rerun (what arrived is kept)"
+                            ) from None
         except (requests.ConnectionError, requests.exceptions.RetryError) as exc:
             if _read_timed_out(exc):  # urllib3's retries end a read timeout as a ConnectionError
                 raise DataError(f"the server did not answer in time (--timeout) while {doing}{where}",
@@ -145,29 +186,62 @@ class DicomWeb:
 
     def retrieve(self, study_uid: str, series_uid: str, sop_uids: Sequence[str] | None, where: str = ""
                  ) -> Iterator[Dataset]:
-        """The instances ``sop_uids`` of a series (None: all): one streamed WADO-RS series request when
-        several are asked (the others the series holds are dropped), else one instance request."""
+        """The instances ``sop_uids`` of a series (None: all) as pydicom Datasets (see :meth:`receive`)."""
+        from pydicom import dcmread
+
+        for item in self.receive(study_uid, series_uid, sop_uids, where=where):
+            with self.errors("reading an instance", where):
+                ds = dcmread(BytesIO(item.data))
+            yield ds
+
+    def receive(self, study_uid: str, series_uid: str, sop_uids: Sequence[str] | None, where: str = ""
+                ) -> Iterator[Received]:
+        """The instances ``sop_uids`` of a series (None: all) as the server sent them: one streamed
+        WADO-RS series request when several are asked (the others the series holds are dropped), else
+        one instance request. Each part must be a DICOM file of this series (and the instance asked for)."""
+        for uid in (study_uid, series_uid, *(sop_uids or ())):
+            if not _UID.fullmatch(uid):
+                raise DataError(f"the server listed an invalid UID ({where})", path=self.name,
+                                hint="check the server's data")
+        series_url = f"{self.url}/studies/{study_uid}/series/{series_uid}"
         if sop_uids is None or len(sop_uids) > 1:
             wanted = None if sop_uids is None else set(sop_uids)
-            with self.errors("retrieving a series", where):
-                stream = self.client.iter_series(study_uid, series_uid)
-            while True:
-                with self.errors("retrieving a series", where):
-                    ds = next(stream, None)
-                if ds is None:
-                    return
-                if not isinstance(ds, Dataset):
-                    raise DataError(f"the server sent something that is not DICOM ({where})", path=self.name,
-                                    hint="check the server; rerun to fetch it again")
-                if wanted is None or str(ds.get("SOPInstanceUID", "")) in wanted:
-                    yield ds
+            for item in self._parts(series_url, _ACCEPT_SERIES, series_uid, "retrieving a series", where):
+                if wanted is None or item.sop_uid in wanted:
+                    yield item
+            return
         for sop in sop_uids:
-            with self.errors("retrieving an instance", where):
-                ds = self.client.retrieve_instance(study_uid, series_uid, sop)
-            if not isinstance(ds, Dataset) or str(ds.get("SOPInstanceUID", "")) != sop:
+            got = list(self._parts(f"{series_url}/instances/{sop}", _ACCEPT_INSTANCE, series_uid,
+                                   "retrieving an instance", where))
+            if len(got) != 1 or got[0].sop_uid != sop:
                 raise DataError(f"the server sent something other than the instance asked for ({where})",
                                 path=self.name, hint="check the server; rerun to fetch it again")
-            yield ds
+            yield got[0]
+
+    def _parts(self, url: str, accept: str, series_uid: str, doing: str, where: str) -> Iterator[Received]:
+        """The parts of one streamed WADO-RS answer, each checked to be a DICOM file of ``series_uid``."""
+        with self.errors(doing, where):
+            response = self.session.get(url, headers={"Accept": accept}, stream=True, timeout=self.timeout)
+        try:
+            with self.errors(doing, where):
+                response.raise_for_status()
+                kind = response.headers.get("Content-Type", "")
+                # a single part without the multipart envelope (some servers; dicomweb-client reads it too);
+                # else dicomweb-client's own streaming multipart reader (its public calls give Datasets)
+                parts = iter([response.content]) if kind.startswith("application/dicom") else \
+                    self.client._decode_multipart_message(response, stream=True)
+            while True:
+                with self.errors(doing, where):
+                    data = next(parts, None)
+                    if data is None:
+                        return
+                    item = _received(bytes(data))
+                if str(item.header.get("SeriesInstanceUID", "")) != series_uid:
+                    raise DataError(f"the server sent an instance of another series ({where})",
+                                    path=self.name, hint="check the server; rerun to fetch it again")
+                yield item
+        finally:
+            response.close()
 
     # -- STOW-RS ------------------------------------------------------------------------------------
     def store(self, datasets: Sequence[Dataset], where: str = "") -> None:

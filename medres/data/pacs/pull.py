@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from pydicom.dataset import Dataset
 
 from medres.data.pacs.auth import ServerUnavailable
+from medres.data.pacs.dicomweb import Received
 from medres.errors import ConfigError, DataError, did_you_mean
 from medres.files import WRITTEN_LIST, save_written, written_list
 
@@ -35,7 +36,9 @@ _STUDY = re.compile(r"s[0-9a-f]{12}")  # the pull's study folders (pseudonyms)
 
 
 class Server(Protocol):
-    """What the pull needs of a PACS (DICOMweb and DIMSE give the same)."""
+    """What the pull needs of a PACS (DICOMweb and DIMSE give the same). A server that also has
+    ``receive`` (same arguments as ``retrieve``, yielding :class:`Received`: the bytes as sent, header
+    checked) is read through it, and those bytes are written unchanged."""
 
     name: str
     batch: str  # "instance": a resumed series' instances are retrieved one by one; "series": together
@@ -174,8 +177,10 @@ class _Writer:
         self.lock = threading.Lock()
         self.written: set[str] = set()
 
-    def write(self, ds: Dataset, folder: Path, where: str) -> Path:
-        sop = str(ds.get("SOPInstanceUID", ""))
+    def write(self, item: Dataset | Received, folder: Path, where: str) -> Path:
+        """``item`` as ``folder/<SOPInstanceUID>.dcm``: a :class:`Received`'s bytes as the server sent
+        them, a Dataset encoded as a DICOM file."""
+        sop = item.sop_uid if isinstance(item, Received) else str(item.get("SOPInstanceUID", ""))
         if not _UID.fullmatch(sop):
             raise DataError(f"the server sent an instance without a valid SOPInstanceUID ({where})",
                             path=self.server_name, hint="check the server's data")
@@ -183,9 +188,13 @@ class _Writer:
         tmp = None
         try:  # a new file (O_EXCL): a link planted under a temporary name is never written through
             fd, name = tempfile.mkstemp(prefix=f".{sop}.", suffix=".dcm.part", dir=folder)
-            os.close(fd)
             tmp = Path(name)
-            ds.save_as(tmp, enforce_file_format=True)
+            if isinstance(item, Received):
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(item.data)
+            else:
+                os.close(fd)
+                item.save_as(tmp, enforce_file_format=True)
             os.replace(tmp, target)
             with self.lock:
                 self.written.add(target.relative_to(self.out).as_posix())
@@ -348,6 +357,7 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
             if missing is None or missing:
                 jobs.append((row, study_uid, series_uid, missing, folder))
     tasks: list[tuple[SeriesResult, Callable[[], int]]] = []
+    fetch = getattr(server, "receive", server.retrieve)  # the bytes as sent where the server can
     for row, study_uid, series_uid, missing, folder in jobs:
         where = f"study {row.study}, series {row.series}"
         # a whole series in one streamed request; a resumed one instance by instance (DICOMweb)
@@ -358,8 +368,8 @@ def pull(server: Server, out: str | os.PathLike[str], *, accessions: Sequence[st
             def task(study_uid: str = study_uid, series_uid: str = series_uid,
                      batch: list[str] | None = batch, folder: Path = folder, where: str = where) -> int:
                 n = 0
-                for ds in server.retrieve(study_uid, series_uid, batch, where=where):
-                    writer.write(ds, folder, where)
+                for item in fetch(study_uid, series_uid, batch, where=where):
+                    writer.write(item, folder, where)
                     n += 1
                 return n
             tasks.append((row, task))

@@ -1,7 +1,8 @@
 """``python -m medres.data.pull`` over DICOMweb against a real Orthanc: what arrives equals what was
-uploaded (SOPInstanceUIDs and pixels, read with pydicom), a rerun fetches nothing, a lost file is
-fetched again, the series filter keeps localizers off the disk, and a wrong password, a down server, an
-open credentials file and an oversized query are clear errors without the secret."""
+uploaded (SOPInstanceUIDs and pixels, read with pydicom; the files byte for byte), a rerun fetches
+nothing, a lost file is fetched again, the series filter keeps localizers off the disk, and a wrong
+password, a down server, an open credentials file and an oversized query are clear errors without the
+secret; so are a 500, an answer that is not DICOM (or not of the series asked for) and one cut short."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import csv
 import os
 import subprocess
 import sys
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -171,9 +173,10 @@ def test_pull_then_index_and_an_ambiguous_accession(orthanc: Orthanc, cohort: di
 
 
 class _FaultyFront:
-    """A real HTTP server on 127.0.0.1 in front of Orthanc that answers 500 (or a body that is not DICOM)
-    for the instances named in ``faults`` (SOPInstanceUID -> "500" | "500-once" | "garbage"): what
-    Orthanc itself cannot be made to do."""
+    """A real HTTP server on 127.0.0.1 in front of Orthanc that answers 500, a body that is not DICOM,
+    the given bytes as the one part, or Orthanc's answer cut short, for the instances named in ``faults``
+    (SOPInstanceUID -> "500" | "500-once" | "garbage" | bytes | "cut"): what Orthanc itself cannot be
+    made to do."""
 
     def __init__(self, backend: str) -> None:
         import http.server
@@ -183,7 +186,7 @@ class _FaultyFront:
 
         relay = requests.Session()
         relay.trust_env = False  # forwards the client's Authorization as it came (no ~/.netrc of its own)
-        self.faults: dict[str, str] = {}
+        self.faults: dict[str, str | bytes] = {}
         self.authorization: list[str] = []  # the Authorization headers received
         front = self
 
@@ -201,8 +204,9 @@ class _FaultyFront:
                     self.send_response(500)
                     self.end_headers()
                     return
-                if fault == "garbage":
-                    body = b"--b\r\nContent-Type: application/dicom\r\n\r\nnot a DICOM file\r\n--b--"
+                if fault == "garbage" or isinstance(fault, bytes):
+                    part = fault if isinstance(fault, bytes) else b"not a DICOM file"
+                    body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n--b--"
                     self.send_response(200)
                     kind = 'multipart/related; type="application/dicom"; boundary=b'
                     self.send_header("Content-Type", kind)
@@ -218,7 +222,7 @@ class _FaultyFront:
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(r.content)))
                 self.end_headers()
-                self.wfile.write(r.content)
+                self.wfile.write(r.content[:len(r.content) // 2] if fault == "cut" else r.content)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -354,3 +358,61 @@ def test_a_pull_writes_only_into_a_folder_it_made(orthanc: Orthanc, cohort: dict
     (series / f".{lost.stem}.dcm.part").symlink_to(victim)  # the old fixed temporary name
     again = pull(_web(orthanc), out, accessions=["ACC1"], key=key, progress=False)
     assert again.fetched == 1 and lost.is_file() and victim.read_text() == "precious"
+
+
+def test_the_pull_writes_the_servers_bytes_unchanged(empty_orthanc: Orthanc, tmp_path: Path) -> None:
+    """Files whose file meta lacks the implementation UID and version (pydicom's encoder would add them)
+    arrive byte for byte, streamed as a series and fetched one by one (a resumed series)."""
+    paths = write_series(tmp_path / "src", 3)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        del ds.file_meta.ImplementationClassUID, ds.file_meta.ImplementationVersionName
+        pydicom.dcmwrite(p, ds, enforce_file_format=False)
+    sources = {str(pydicom.dcmread(p).SOPInstanceUID): p.read_bytes() for p in paths}
+    encoded = BytesIO()
+    pydicom.dcmread(paths[0]).save_as(encoded, enforce_file_format=True)
+    assert encoded.getvalue() != paths[0].read_bytes()  # decoding and re-encoding would change them
+    empty_orthanc.upload(paths)
+    study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    out = tmp_path / "export"
+    result = pull(_web(empty_orthanc), out, filters={"StudyInstanceUID": study}, key=KEY.encode(),
+                  progress=False)
+    assert result.fetched == 3 and {sop: p.read_bytes() for sop, p in _on_disk(out).items()} == sources
+    for sop in sorted(sources)[:2]:
+        _on_disk(out)[sop].unlink()
+    again = pull(_web(empty_orthanc), out, filters={"StudyInstanceUID": study}, key=KEY.encode(),
+                 progress=False)
+    assert again.fetched == 2 and {sop: p.read_bytes() for sop, p in _on_disk(out).items()} == sources
+
+
+def test_another_series_no_transfer_syntax_or_a_cut_answer_is_refused(orthanc: Orthanc, cohort: dict
+                                                                       ) -> None:
+    """Each a DataError naming the server, not the password: a part of another series (the instance's
+    SOPInstanceUID), a DICOM file without a transfer syntax, an answer cut short."""
+    path = cohort["ACC1"]["axial"][0]
+    source = pydicom.dcmread(path)
+    study, series = str(source.StudyInstanceUID), str(source.SeriesInstanceUID)
+    sop = str(source.SOPInstanceUID)
+    moved, bare = BytesIO(), BytesIO()
+    elsewhere = pydicom.dcmread(path)
+    elsewhere.SeriesInstanceUID = generate_uid()
+    elsewhere.save_as(moved, enforce_file_format=True)
+    no_syntax = pydicom.dcmread(path)
+    del no_syntax.file_meta.TransferSyntaxUID
+    pydicom.dcmwrite(bare, no_syntax, enforce_file_format=False)
+    front = _FaultyFront(orthanc.url)
+    try:
+        web = DicomWeb(f"{front.url}/dicom-web", Credentials(orthanc.user, orthanc.password), timeout_s=20,
+                       retries=0)
+        for fault, message in ((moved.getvalue(), "an instance of another series"),
+                               (bare.getvalue(), "could not be read"), ("cut", "broke off")):
+            front.faults = {sop: fault}
+            with pytest.raises(DataError, match=message) as err:
+                list(web.receive(study, series, [sop], where="study s1, series r1"))
+            text = str(err.value)
+            assert front.url in text and "study s1, series r1" in text and orthanc.password not in text
+        front.faults = {}
+        (item,) = web.receive(study, series, [sop])
+        assert item.sop_uid == sop and item.data == path.read_bytes()
+    finally:
+        front.close()
