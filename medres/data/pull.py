@@ -6,7 +6,9 @@
     python -m medres.data.pull --dimse HOST:PORT --called-aet PACS --move-dest MEDRES --move-port 11112 ...
 
 Studies are found by accession number (a CSV with an ``AccessionNumber`` column) or by attribute
-filters (QIDO-RS or C-FIND at study level); each matching series is retrieved (WADO-RS per instance,
+filters (QIDO-RS or C-FIND at study level); each matching series is retrieved (WADO-RS: one streamed request
+per series, each instance written as the server's bytes after its header is checked; a resumed series
+is streamed again and only its missing instances kept, a single missing one asked for alone;
 or C-GET, or with ``--move-dest`` C-MOVE to a Storage SCP medres runs meanwhile, per series) into
 ``OUT/<study pseudonym>/<series pseudonym>/<SOPInstanceUID>.dcm``: the
 pseudonyms are HMAC-SHA256 of the UIDs under the project key (the index's ``study_id`` is the same
