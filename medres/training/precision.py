@@ -9,7 +9,8 @@ Every choice comes from ``train.*`` in the config; ``"auto"`` picks a sensible d
   The loop's NaN guard is the backstop.
   ``bf16_if_native``: bf16 where it is native and sound, fp32 elsewhere: on a GPU that has bf16, and on
   a CPU with AVX-512 BF16 / AMX for a 2D model; fp32 on other CPUs (where bf16 would be emulated, and
-  slower than fp32), for 3D models on the CPU and on GPUs without bf16. What it chose is logged.
+  slower than fp32, including a CPU whose kernels ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA`` limit
+  to an ISA without bf16), for 3D models on the CPU and on GPUs without bf16. What it chose is logged.
 - channels_last: on for 2D models, off for 3D, where it did not pay (docs/reference.md §6).
 - pin_memory: on with a GPU only.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,14 +31,41 @@ from medres.errors import ConfigError
 if TYPE_CHECKING:
     from medres.config import TrainConfig
 
-__all__ = ["ComputeSettings", "resolve_compute_settings", "resolve_device", "cpu_supports_bf16"]
+__all__ = ["ComputeSettings", "resolve_compute_settings", "resolve_device", "cpu_supports_bf16", "isa_limit"]
 
 log = logging.getLogger("medres.training")
 
 
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) whose kernels compute bf16 natively: AVX-512 BF16 and above
+_ONEDNN_BF16_ISAS = frozenset({
+    "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "ALL",
+})
+
+
+def isa_limit() -> str | None:
+    """The instruction-set limit the environment puts on the CPU kernels, when it rules out native bf16:
+    ``ATEN_CPU_CAPABILITY`` below AVX-512 (ATen's vectorised kernels) or ``ONEDNN_MAX_CPU_ISA`` (or its
+    older name ``DNNL_MAX_CPU_ISA``) below ``AVX512_CORE_BF16`` (oneDNN's convolutions and matmuls);
+    None when neither does. Both are read once, when the process starts computing, so a limit set in the
+    environment describes the CPU this process computes on (e.g. an AVX2-only CPU emulated on a newer one).
+    """
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip()
+    if aten and not aten.lower().startswith(("avx512", "amx")):
+        return f"ATEN_CPU_CAPABILITY={aten}"
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        isa = os.environ.get(name, "").strip()
+        if isa:
+            return None if isa.upper() in _ONEDNN_BF16_ISAS else f"{name}={isa}"
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX-512 bf16 or AMX), probed with a tiny matmul."""
+    """True when the CPU has native bf16 arithmetic (AVX-512 bf16 or AMX), probed with a tiny matmul;
+    False when the environment limits the kernels to an ISA without it (:func:`isa_limit`)."""
+    if isa_limit() is not None:
+        return False
     if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
         try:
             with open("/proc/cpuinfo") as f:
@@ -107,7 +136,9 @@ def _bf16_if_native(gpu: bool, spatial_dims: int) -> str:
     elif spatial_dims == 3:
         native, why = False, "bf16 Conv3d weight gradients are wrong on the CPU"
     else:
-        native, why = cpu_supports_bf16(), "this CPU has no native bf16 (AVX-512 BF16 / AMX)"
+        limit = isa_limit()
+        native, why = cpu_supports_bf16(), (f"{limit}: the CPU kernels have no native bf16" if limit
+                                            else "this CPU has no native bf16 (AVX-512 BF16 / AMX)")
     if not native:
         log.info("precision bf16_if_native: fp32 (%s)", why)
     return "bf16" if native else "fp32"
