@@ -381,6 +381,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from medres.training.threads import passive_openmp_waits
+
+    passive_openmp_waits()  # before torch is imported (medres.training.threads says why)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.list_configs:
