@@ -113,15 +113,37 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str], *,
     plain = to_plain(dict(state))
 
     def keep_previous_file() -> None:
-        if keep_previous and path.exists() and _loads(path):
+        if keep_previous and path.exists() and (_written_here(path) or _loads(path)):
             os.replace(path, _previous(path))
 
     try:
-        return atomic_write(path, lambda tmp: torch.save(plain, tmp), before_replace=keep_previous_file)
+        written = atomic_write(path, lambda tmp: torch.save(plain, tmp), before_replace=keep_previous_file)
     except (OSError, RuntimeError) as exc:
         if _is_write_failure(exc):
             raise _write_error(exc, path) from None
         raise
+    _WRITTEN[os.path.abspath(written)] = _identity(written)
+    return written
+
+
+# the files save_checkpoint wrote (and synced) in this process, by path: (inode, size, mtime) when written
+_WRITTEN: dict[str, tuple[int, int, int]] = {}
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _written_here(path: Path) -> bool:
+    """True when ``path`` is still the very file this process's :func:`save_checkpoint` wrote there (same
+    inode, size and modification time): written whole and synced before its atomic rename, it needs no
+    re-read to be kept as the previous one (a full ``torch.load`` each epoch). Any other file, e.g. one
+    left by an earlier process or changed since, is loaded first."""
+    try:
+        return _WRITTEN.get(os.path.abspath(path)) == _identity(path)
+    except OSError:
+        return False
 
 
 def _previous(path: Path) -> Path:

@@ -84,3 +84,22 @@ def test_load_model_rebuilds_the_model(tmp_path):
     with torch.no_grad():
         a, b = model(x), back(x)
     assert torch.equal(a.cls_logits, b.cls_logits) and torch.equal(a.seg_logits, b.seg_logits)
+
+
+def test_own_last_checkpoint_is_kept_as_previous_without_reloading(tmp_path, monkeypatch):
+    """The file this process wrote is kept as checkpoint_prev.pt without a torch.load of it; a file
+    written by anyone else (here: replaced in place with the same content) is loaded first."""
+    import medres.checkpoint as checkpoint
+
+    loaded = []
+    real = checkpoint._loads
+    monkeypatch.setattr(checkpoint, "_loads", lambda p: loaded.append(p) or real(p))
+    save_checkpoint({"step": 1, "model": _W}, tmp_path / LAST)
+    save_checkpoint({"step": 2, "model": _W}, tmp_path / LAST)
+    assert loaded == [] and load_checkpoint(tmp_path / PREV)["step"] == 1
+    data = (tmp_path / LAST).read_bytes()
+    (tmp_path / LAST).unlink()
+    (tmp_path / LAST).write_bytes(data)  # step 2 again, but not the file this process wrote
+    save_checkpoint({"step": 3, "model": _W}, tmp_path / LAST)
+    assert loaded == [tmp_path / LAST]
+    assert load_checkpoint(tmp_path / PREV)["step"] == 2 and load_checkpoint(tmp_path / LAST)["step"] == 3
