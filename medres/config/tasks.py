@@ -34,7 +34,7 @@ from medres.errors import ConfigError, did_you_mean
 __all__ = [
     "TaskConfig", "AnyTask", "BinaryTask", "MulticlassTask", "MultilabelTask", "RegressionTask", "TASK_TYPES",
     "RESERVED_COLUMNS", "ID_COLUMNS", "HEAD_NAMES", "SINGLE_HEAD", "effective_tasks", "check_tasks",
-    "uncertain_policy", "TaskSlot", "TaskLayout", "task_layout", "SINGLE_LABEL_TYPES",
+    "uncertain_policy", "TaskSlot", "TaskLayout", "task_layout", "SINGLE_LABEL_TYPES", "mask_scores",
 ]
 
 #: Manifest columns medres reads for something else (data_manifests/README.md): no task may be named so.
@@ -100,6 +100,9 @@ class MultilabelTask(_Task):
     uncertain: Uncertain | dict[str, Uncertain] = "ignore"  # one policy, or one per column
     loss: Literal["bce", "focal"] = "bce"
     pos_weight: Literal["balanced", "none"] | dict[str, float] = "none"
+    # {column: mask label}: that finding scored from the segmentation head, the logit of the mask label's
+    # most confident pixel, instead of its own logit (a small lesion dilutes into globally pooled features)
+    from_mask: dict[str, str] = Field(default_factory=dict)
 
     def target_columns(self) -> list[str]:
         return list(self.columns)
@@ -265,6 +268,20 @@ def task_layout(cfg: Any) -> TaskLayout:
     return TaskLayout(slots=tuple(slots), single_head=single_head)
 
 
+def mask_scores(cfg: Any) -> list[list[int]]:
+    """``[[logit, mask class], ...]`` of the multilabel columns that ``from_mask`` scores from the
+    segmentation head (the model's ``mask_scores`` option; empty without any)."""
+    if cfg.tasks is None:
+        return []
+    by_name = {name: int(v) for v, name in cfg.data.mask_labels.items()}
+    pairs = []
+    for slot in task_layout(cfg):
+        if isinstance(slot.task, MultilabelTask):
+            for col, label in slot.task.from_mask.items():
+                pairs.append([slot.start + slot.classes.index(col), by_name[label]])
+    return pairs
+
+
 def _fields(i: int, task: AnyTask) -> Iterator[tuple[str, str]]:
     """(dotted field, column) for each column of task ``i``."""
     if isinstance(task, MultilabelTask):
@@ -386,6 +403,8 @@ def check_tasks(cfg: Any) -> None:
                     raise ConfigError(f"task {name!r}: pos_weight of {col!r} is {value}; it must be a "
                                       "positive number", field=f"tasks.{i}.pos_weight.{col}",
                                       hint="e.g. 3.0 counts each positive three times; or 'balanced'")
+        if isinstance(task, MultilabelTask) and task.from_mask:
+            _check_from_mask(cfg, i, task)
         if isinstance(task, BinaryTask) and task.classes is not None and task.uncertain != "ignore":
             raise ConfigError(f"task {name!r}: uncertain applies to 0/1/-1 cells, but the task reads the "
                               f"class names {task.classes}", field=f"tasks.{i}.uncertain",
@@ -400,3 +419,26 @@ def check_tasks(cfg: Any) -> None:
     if not cfg.model.cls_head:
         raise ConfigError("tasks are answered by the classification head, but model.cls_head is off",
                           field="model.cls_head", hint="set model.cls_head: true, or remove tasks:")
+
+
+def _check_from_mask(cfg: Any, i: int, task: MultilabelTask) -> None:
+    """A ``from_mask`` entry must map one of the task's columns to a foreground ``data.mask_labels`` name,
+    with the segmentation head on."""
+    labels = {name: v for v, name in cfg.data.mask_labels.items() if int(v) != 0}
+    for col, label in task.from_mask.items():
+        field = f"tasks.{i}.from_mask.{col}"
+        if col not in task.columns:
+            close = did_you_mean(col, task.columns)
+            raise ConfigError(f"task {task.name!r}: from_mask names {col!r}, which is not one of its columns "
+                              f"{task.columns}", field=field,
+                              hint=f"did you mean {close[0]!r}?" if close else f"use one of {task.columns}")
+        if label not in labels:
+            close = did_you_mean(label, list(labels))
+            raise ConfigError(f"task {task.name!r}: from_mask scores {col!r} from mask label {label!r}, "
+                              f"which is not a foreground label of data.mask_labels {sorted(labels)}",
+                              field=field,
+                              hint=f"did you mean {close[0]!r}?" if close else "name a foreground mask label")
+        if not (cfg.model.seg_head and cfg.model.name.startswith("dual_")):
+            raise ConfigError(f"task {task.name!r}: from_mask reads the segmentation head, which "
+                              f"{cfg.model.name} has not or which is off", field="model.seg_head",
+                              hint="use a dual_* model with model.seg_head: true, or remove from_mask")

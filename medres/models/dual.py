@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from medres.errors import ConfigError
@@ -35,6 +36,11 @@ class DualHeadResNet(nn.Module):
             plain deconvolution stack from layer4.
         dropout: dropout before the classification layer (the backbone's ``drop_rate``).
         decoder_channels: widths of the four decoder stages (default 4x, 2x, 1x, 1/2x base_channels).
+        mask_scores: ``(logit, mask class)`` pairs: that classification logit is replaced by the logit of
+            the mask class's largest softmax probability in the input (the most confident pixel: a finding
+            is there when its lesion is segmented), taken without gradient so the mask is trained by the
+            segmentation loss alone. A small lesion dilutes into the globally pooled features; its mask
+            does not. Needs both heads; none by default.
         **backbone_kwargs: passed to ``ResNet`` (norm, act, base_channels, groups, width_per_group,
             stem_kernel, stem_stride, stem_pool, replace_stride_with_dilation, grad_checkpointing, ...).
             ``norm`` and ``act`` also shape the decoder.
@@ -57,6 +63,7 @@ class DualHeadResNet(nn.Module):
         skip_connections: bool = True,
         dropout: float | None = None,
         decoder_channels: Sequence[int] | None = None,
+        mask_scores: Sequence[Sequence[int]] = (),
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -66,6 +73,7 @@ class DualHeadResNet(nn.Module):
                 field="model",
                 hint="keep cls_head or seg_head, or use a plain ResNet for features",
             )
+        self.mask_scores = _check_mask_scores(mask_scores, cls_head and seg_head, num_classes, seg_classes)
         if dropout is not None:
             backbone_kwargs["drop_rate"] = dropout
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
@@ -117,7 +125,42 @@ class DualHeadResNet(nn.Module):
         else:
             top, seg = self.backbone.forward_features(x), None
         cls = self.backbone.forward_head(top) if self._has_cls else None
+        if self.mask_scores:
+            cls = _with_mask_scores(cls, seg, self.mask_scores)
         return DualOutput(cls, seg)
+
+
+def mask_score_logits(seg_logits: Tensor, classes: Sequence[int]) -> Tensor:
+    """``[B, K, *spatial]`` segmentation logits -> ``[B, len(classes)]``: the logit of each class's largest
+    softmax probability in the input (clamped to [1e-6, 1 - 1e-6]), without gradient."""
+    probs = torch.softmax(seg_logits.detach().float(), dim=1)[:, list(classes)].flatten(2)
+    return torch.logit(probs.amax(dim=2).clamp(1e-6, 1 - 1e-6))
+
+
+def _with_mask_scores(cls: Tensor, seg: Tensor, pairs: tuple[tuple[int, int], ...]) -> Tensor:
+    scores = mask_score_logits(seg, [k for _, k in pairs]).to(cls.dtype)
+    where = {i: j for j, (i, _) in enumerate(pairs)}
+    return torch.stack([scores[:, where[i]] if i in where else cls[:, i] for i in range(cls.shape[1])], dim=1)
+
+
+def _check_mask_scores(pairs: Sequence[Sequence[int]], both_heads: bool, num_classes: int, seg_classes: int
+                       ) -> tuple[tuple[int, int], ...]:
+    out = tuple((int(p[0]), int(p[1])) for p in pairs if len(p) == 2)
+    field = "model.options.mask_scores"
+    if len(out) != len(pairs):
+        raise ConfigError("mask_scores must be (logit, mask class) pairs", field=field,
+                          hint="e.g. [[0, 2]]: logit 0 scored from mask class 2")
+    if out and not both_heads:
+        raise ConfigError("mask_scores read the segmentation head into the classification logits, but one "
+                          "head is off", field=field, hint="keep both heads, or remove mask_scores")
+    for i, k in out:
+        if not (0 <= i < num_classes and 1 <= k < seg_classes):
+            raise ConfigError(f"mask_scores pair ({i}, {k}) is outside the {num_classes} logits or the "
+                              f"foreground mask classes 1..{seg_classes - 1}", field=field,
+                              hint="name an existing logit and a foreground mask class")
+    if len({i for i, _ in out}) != len(out):
+        raise ConfigError("mask_scores replace one logit twice", field=field, hint="one pair per logit")
+    return out
 
 
 def _dual(arch: str, kwargs: dict[str, Any]) -> DualHeadResNet:

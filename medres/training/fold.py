@@ -31,7 +31,7 @@ from medres.checkpoint import (
     unwrap_model,
 )
 from medres.config import Config, flatten_dict
-from medres.config.tasks import TaskLayout, task_layout
+from medres.config.tasks import TaskLayout, mask_scores, task_layout
 from medres.cv import FoldData
 from medres.runfolder import FoldFolder, fold_name
 from medres.training.distributed import DistInfo, all_reduce_mean, world_size
@@ -142,6 +142,8 @@ def model_spec(cfg: Config) -> dict[str, Any]:
     kwargs = {"spatial_dims": m.spatial_dims, "in_channels": m.in_channels, "num_classes": m.num_classes}
     if m.name.startswith("dual_"):  # plain backbones (resnet50, ...) have a classifier only
         kwargs.update(seg_classes=m.seg_classes, cls_head=m.cls_head, seg_head=m.seg_head)
+        if pairs := mask_scores(cfg):
+            kwargs["mask_scores"] = pairs
     kwargs.update(m.options)
     return {"name": m.name, "kwargs": kwargs}
 

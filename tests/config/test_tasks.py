@@ -105,12 +105,35 @@ def test_effective_tasks_is_the_single_head_without_tasks():
     ([{"name": "x", "column": "x"}], "tasks.0.type", ["missing"]),
     ([{**CTR, "weight": -1}], "tasks.0.weight", ["greater than or equal to 0"]),
     ([], "tasks", ["empty"]),
+    ([{**FINDINGS, "from_mask": {"opacty": "opacity"}}], "tasks.0.from_mask.opacty",
+     ["'findings'", "not one of its columns", "did you mean 'opacity'"]),
+    ([{**FINDINGS, "from_mask": {"opacity": "opacities"}}], "tasks.0.from_mask.opacity",
+     ["mask label 'opacities'", "did you mean 'opacity'"]),
+    ([{**FINDINGS, "from_mask": {"opacity": "background"}}], "tasks.0.from_mask.opacity",
+     ["not a foreground label"]),
+    ([{**CTR, "from_mask": {"ctr": "lung"}}], "tasks.0.from_mask", ["unknown key 'from_mask'"]),
 ])
 def test_bad_tasks_name_the_field_task_and_column(tasks, field, words):
     err = refused(tasks)
     assert err.field == field, str(err)
     for word in words:
         assert word in str(err), (word, str(err))
+
+
+def test_from_mask_gives_the_model_its_logit_and_mask_class():
+    from medres.config.tasks import mask_scores
+    from medres.training.fold import model_spec
+
+    cfg = load([CTR, {**FINDINGS, "from_mask": {"effusion": "lung", "opacity": "opacity"}}])
+    # ctr is logit 0, the findings 1..3 in column order; mask classes by data.mask_labels
+    assert mask_scores(cfg) == [[2, 1], [1, 2]]
+    assert model_spec(cfg)["kwargs"]["mask_scores"] == [[2, 1], [1, 2]]
+    assert "mask_scores" not in model_spec(load([CTR, FINDINGS]))["kwargs"]
+    with pytest.raises(ConfigError, match="segmentation head") as info:
+        load_config({"data": {"mask_labels": {0: "background", 1: "lung", 2: "opacity"}},
+                     "model": {"seg_head": False},
+                     "tasks": [{**FINDINGS, "from_mask": {"opacity": "opacity"}}]})
+    assert info.value.field == "model.seg_head"
 
 
 def test_tasks_need_a_manifest_not_class_folders(tmp_path):

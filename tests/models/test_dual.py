@@ -117,3 +117,36 @@ def _arch(name):
 
     block, layers, _ = ARCHS[name]
     return block, layers
+
+
+@pytest.mark.parametrize("size", [(40, 36), (17, 24, 20)])
+def test_mask_scores_replace_logits_with_the_masks_most_confident_pixel(size):
+    kw = {"spatial_dims": len(size), "in_channels": 1, "num_classes": 3, "seg_classes": 3, "base_channels": 8}
+    torch.manual_seed(0)
+    plain = create_model("dual_resnet18", **kw).eval()
+    torch.manual_seed(0)
+    scored = create_model("dual_resnet18", mask_scores=[[2, 1], [0, 2]], **kw).eval()
+    assert scored.state_dict().keys() == plain.state_dict().keys()  # no parameters of its own
+    x = torch.randn(2, 1, *size)
+    a, b = plain(x), scored(x)
+    torch.testing.assert_close(b.seg_logits, a.seg_logits)
+    top = torch.softmax(a.seg_logits, 1).flatten(2).amax(2)  # [B, K]: each class's most confident pixel
+    torch.testing.assert_close(b.cls_logits[:, 2], torch.logit(top[:, 1]))
+    torch.testing.assert_close(b.cls_logits[:, 0], torch.logit(top[:, 2]))
+    torch.testing.assert_close(b.cls_logits[:, 1], a.cls_logits[:, 1])
+    # the score's loss trains nothing: the mask is the segmentation loss's alone
+    scored.train()
+    scored(x).cls_logits[:, [0, 2]].sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in scored.parameters())
+
+
+@pytest.mark.parametrize("pairs, words", [
+    ([[3, 1]], "outside"), ([[0, 0]], "outside"), ([[0, 3]], "outside"), ([[0, 1], [0, 2]], "twice"),
+    ([[0]], "pairs"),
+])
+def test_bad_mask_scores_are_refused(pairs, words):
+    kw = {"spatial_dims": 2, "num_classes": 3, "seg_classes": 3, "base_channels": 8}
+    with pytest.raises(ConfigError, match=words):
+        create_model("dual_resnet18", mask_scores=pairs, **kw)
+    with pytest.raises(ConfigError, match="head is off"):
+        create_model("dual_resnet18", mask_scores=[[0, 1]], seg_head=False, **kw)
