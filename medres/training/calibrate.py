@@ -144,16 +144,23 @@ def _fit_label(val: pd.DataFrame, column: str, cfg: Any) -> dict:
 
 
 def _fit_interval(val: pd.DataFrame, task: Any) -> dict:
-    """A regression task's split-conformal half-width from the inner validation's absolute residuals."""
+    """A regression task's split-conformal half-width from the inner validation, patients as the units:
+    each patient's score is the largest absolute residual of their scans, so the interval covers all of a
+    new patient's scans with probability >= the level (Dunn, Wasserman and Ramdas 2022, JASA, on
+    conformal prediction for grouped data); scans of one patient are not exchangeable with one another,
+    patients are. With one scan per patient it is the usual split-conformal rule."""
     from medres.inference.tasks import conformal_half_width
 
     t = task.name
-    r = (val[f"y_{t}"].to_numpy(np.float64) - val[f"pred_{t}"].to_numpy(np.float64))
-    r = r[np.isfinite(r)]
-    hw = conformal_half_width(r, task.interval)
-    return {"type": "regression", "level": float(task.interval), "n": int(r.size),
+    r = np.abs(val[f"y_{t}"].to_numpy(np.float64) - val[f"pred_{t}"].to_numpy(np.float64))
+    ok = np.isfinite(r)
+    patients = val["patient_id"].astype(str).to_numpy()[ok] if "patient_id" in val else np.arange(ok.sum())
+    scores = pd.Series(r[ok]).groupby(patients).max().to_numpy()
+    hw = conformal_half_width(scores, task.interval)
+    return {"type": "regression", "level": float(task.interval), "n": int(ok.sum()),
+            "n_patients": int(scores.size), "score": "largest absolute residual per patient",
             "half_width": hw if np.isfinite(hw) else None,
-            "note": "" if np.isfinite(hw) else f"too few inner-validation cases ({r.size}) for a "
+            "note": "" if np.isfinite(hw) else f"too few inner-validation patients ({scores.size}) for a "
                                                  f"{task.interval:g} interval: it is unbounded"}
 
 

@@ -138,6 +138,30 @@ def test_conformal_half_width_is_the_ceil_n_plus_one_level_th_residual():
     assert conformal_half_width(r[:5], 0.9) == math.inf  # ceil(6 * 0.9) = 6 > 5 residuals
 
 
+def test_the_interval_takes_each_patients_largest_residual(tmp_path):
+    cfg = config()
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    save_checkpoint({"model": {"w": torch.zeros(1)}, "config": cfg.model_dump(mode="json"), "epoch": 1},
+                    fold / "checkpoint_best.pt")
+    rng = np.random.default_rng(1)
+    n = 60  # 30 patients with two scans each, and the residuals of a patient alike
+    patients = np.repeat([f"p{i}" for i in range(30)], 2)
+    pred = rng.normal(0.5, 0.1, n)
+    err = np.repeat(rng.normal(0, 0.05, 30), 2) + rng.normal(0, 0.01, n)
+    val = pd.DataFrame({"case_id": [f"v{i}" for i in range(n)], "patient_id": patients,
+                        "y_true": 0, "logit_0": 0.0, "logit_1": 0.0, "logit_opacity": 0.0, "y_opacity": 0.0,
+                        "p_opacity": 0.5, "logit_effusion": 0.0, "y_effusion": 0.0, "p_effusion": 0.5,
+                        "pred_ctr_task": pred, "y_ctr_task": pred + err})
+    val.to_parquet(fold / "inner_val_predictions.parquet")
+    val.iloc[:2].to_parquet(fold / "predictions.parquet")
+    got = calibrate_fold(fold, cfg)["tasks"]["ctr_task"]
+    per_patient = np.sort(pd.Series(np.abs(err)).groupby(patients).max().to_numpy())
+    assert got["half_width"] == pytest.approx(per_patient[math.ceil(31 * 0.8) - 1])
+    assert got["n"] == 60 and got["n_patients"] == 30
+    assert got["half_width"] > np.sort(np.abs(err))[math.ceil(61 * 0.8) - 1]  # wider than scans as units
+
+
 def test_calibrate_fold_fits_each_label_and_interval_on_inner_validation(tmp_path):
     import statsmodels.api as sm
 
@@ -174,7 +198,7 @@ def test_calibrate_fold_fits_each_label_and_interval_on_inner_validation(tmp_pat
     r = np.abs(y_ctr - pred)[10:]
     hw = np.sort(r)[math.ceil((len(r) + 1) * 0.8) - 1]
     assert cal["tasks"]["ctr_task"]["half_width"] == pytest.approx(hw)
-    assert cal["tasks"]["ctr_task"]["n"] == n - 10
+    assert cal["tasks"]["ctr_task"]["n"] == cal["tasks"]["ctr_task"]["n_patients"] == n - 10
     assert json.loads((fold / "calibration.json").read_text())["tasks"]["ctr_task"]["level"] == 0.8
     assert load_checkpoint(fold / "checkpoint_best.pt")["calibration"]["tasks"]["ctr_task"]["half_width"] == \
         pytest.approx(hw)
