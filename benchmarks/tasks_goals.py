@@ -7,9 +7,11 @@
   fold k, fitted on the cases of the other folds and applied to fold k's held-out cases. Features, from
   each case's reference mask (lung and opacity labels: the aerated lung): the lungs' widest extent across
   the image, the gap between the two lungs per image row (its maximum, median and 90th percentile: the
-  heart and mediastinum) and the three gaps over the width; the same features from the model's own
-  predicted masks (``seg_path``) as a second baseline. Goal: the model's MAE no worse than the baseline;
-  the paired patient-bootstrap interval of the difference is printed;
+  heart and mediastinum) and the three gaps over the width; the same features from the image alone
+  (no annotation: the lungs as the dark regions below Otsu's threshold not touching the edge) and from the
+  model's own predicted masks (``seg_path``, once every fold is in) as further baselines. Goal: the
+  model's MAE no worse than the baseline; the paired patient-bootstrap interval of the difference is
+  printed;
 - the coverage of the regression intervals (``pred_ctr_lo`` .. ``pred_ctr_hi``) on the held-out cases with
   its clustered Clopper-Pearson interval, against the nominal level: goal within 3 points.
 
@@ -43,9 +45,25 @@ FEATURES = ("thorax_mm", "gap_max_mm", "gap_median_mm", "gap_p90_mm", "gap_max_r
 
 def mask_features(path: str | Path) -> dict[str, float]:
     """The hand-made width features of one label map (lung 1, opacity 2 drawn over lung); NaN when it
-    does not hold two lungs. Millimetres from the demo's field (every image spans ``FIELD_MM``)."""
+    does not hold two lungs."""
     labels = load_scan(path)[0]
-    lung = np.isin(np.rint(labels), (1, 2))
+    return width_features(np.isin(np.rint(labels), (1, 2)), path)
+
+
+def image_features(path: str | Path) -> dict[str, float]:
+    """The same width features from the image alone, no annotation: the lungs as the dark regions
+    (below Otsu's threshold, scikit-image) that do not touch the image's edge (the air around the body)."""
+    from skimage.filters import threshold_otsu
+
+    img = load_scan(path)[0].astype(np.float64)
+    lab, k = ndimage.label(img < threshold_otsu(img))
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    return width_features(np.isin(lab, np.setdiff1d(np.arange(1, k + 1), edge)), path)
+
+
+def width_features(lung: np.ndarray, path: str | Path) -> dict[str, float]:
+    """`FEATURES` of a 2D lung mask: the two largest regions are the lungs. Millimetres from the demo's
+    field (every image spans ``FIELD_MM``)."""
     if lung.ndim != 2:
         raise ValueError(f"{path}: a 2D label map is expected, got shape {lung.shape}")
     n = lung.shape[0]  # medres's readers give [x, y]: axis 0 runs across the patient
@@ -90,17 +108,19 @@ def fold_baseline(train: pd.DataFrame, test: pd.DataFrame, target: str) -> np.nd
     return pred
 
 
-def reference_table(run: RunData, column: str) -> pd.DataFrame:
+def reference_table(run: RunData, column: str, source: str = "mask") -> pd.DataFrame:
     """Every development case of the run's manifest with its fold (``folds.csv``), its target ``column``
-    and the features of its reference mask (the baseline's training cases)."""
+    and the features of its reference mask (``source`` "mask") or of its image alone ("image"): the
+    baseline's training cases."""
     manifest = Path(run.config.data.manifest)
     df = pd.read_csv(manifest, dtype={"patient_id": str, "case_id": str}, keep_default_na=True)
     if "split" in df:
         df = df[df["split"].fillna("").astype(str).str.lower() != "test"]
     folds = run.folds.assign(patient_id=run.folds["patient_id"].astype(str))
     df = df.merge(folds[["patient_id", "fold"]], on="patient_id", how="inner")
-    masks = df["mask"].map(lambda m: m if Path(m).is_absolute() else str(manifest.parent / m))
-    feats = pd.DataFrame([mask_features(m) for m in masks], index=df.index)
+    files = df[source].map(lambda m: m if Path(m).is_absolute() else str(manifest.parent / m))
+    features = mask_features if source == "mask" else image_features
+    feats = pd.DataFrame([features(m) for m in files], index=df.index)
     return pd.concat([df[["case_id", "patient_id", "fold", column]], feats], axis=1)
 
 
@@ -158,6 +178,10 @@ def goals(run_dir: str | Path, *, n_resamples: int = 2000, seed: int = 0) -> dic
             by_case = ref.set_index("case_id")
             held = by_case.loc[table["case_id"].astype(str), ["fold", *FEATURES]].reset_index(drop=True)
             baselines = {"reference masks": fold_baseline(ref, held, task.column)}
+            img = reference_table(run, task.column, "image").set_index("case_id")
+            held_img = img.loc[table["case_id"].astype(str), ["fold", *FEATURES]].reset_index(drop=True)
+            baselines["the image alone (Otsu lungs)"] = fold_baseline(img.reset_index(), held_img,
+                                                                     task.column)
             all_folds = set(range(cfg.cv.folds)) <= set(preds["fold"].astype(int))
             if "seg_path" in table and table["seg_path"].notna().all() and all_folds:
                 # the model's own out-of-fold masks: fitted on the other folds' predicted masks
