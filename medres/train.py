@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # the rest is imported where it is used, so that --help answe
 __all__ = ["Run", "run", "learning_curve", "nested_patient_subset", "main"]
 
 log = logging.getLogger("medres.train")
+#: how OpenMP threads wait, as chosen by :func:`main` (medres.training.threads)
+OPENMP_WAITS = "not chosen"
 
 
 class _StopFlag:
@@ -116,7 +118,9 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         compute = resolve_compute_settings(cfg.train, spatial_dims=cfg.model.spatial_dims,
                                            local_rank=dist_info.local_rank)
         if is_main:
-            log.info("%s; %d CPU threads%s", compute.describe(), torch.get_num_threads(),
+            log.info("%s; %d CPU threads (OpenMP waits: %s)%s", compute.describe(), torch.get_num_threads(),
+                     os.environ.get("OMP_WAIT_POLICY", "spin") + ("" if OPENMP_WAITS in ("spin", "passive")
+                                                                   else f", {OPENMP_WAITS}"),
                      f"; {dist_info.world_size} processes (DDP)" if dist_info.enabled else "")
         progress = is_main and not quiet  # bar or log lines: medres.progress decides
 
@@ -381,9 +385,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from medres.training.threads import passive_openmp_waits
+    global OPENMP_WAITS
+    from medres.training.threads import choose_openmp_waits
 
-    passive_openmp_waits()  # before torch is imported (medres.training.threads says why)
+    OPENMP_WAITS = choose_openmp_waits()  # before torch is imported (medres.training.threads says why)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.list_configs:

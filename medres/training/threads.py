@@ -1,13 +1,17 @@
-"""How the CPU's compute threads wait: set before torch is imported (torch-free on purpose).
+"""How the CPU's compute threads wait: chosen before torch is imported (torch-free on purpose).
 
 PyTorch's CPU kernels (ATen, oneDNN, MKL) run on one OpenMP thread pool. By default GNU OpenMP threads
-spin at every barrier before they sleep; when the machine has other work (more runnable threads than
-cores: another job, the data loader, a second user), a spinning thread takes the core from the one it
-waits for, and a training step takes several times longer. ``OMP_WAIT_POLICY=PASSIVE`` makes waiting
-threads sleep instead. It changes how threads wait, not how work is split among them, so every result
-is bit-identical; on an otherwise idle machine it costs a wake-up per parallel region. OpenMP reads the
-variable once, when its runtime loads (with torch), so it is set before the first ``import torch``;
-a value already in the environment is kept.
+spin at every barrier before they sleep. On cores of their own that is the fastest way to wait; when the
+machine has other work (more runnable threads than cores: another job, a second user), a spinning thread
+takes the core from the thread it waits for, and a training step takes several times longer.
+``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep instead, at the price of a wake-up per parallel
+region. Measured (BENCHMARKS.md, "The main jobs on an AVX2-only CPU"): the CT job's epoch 1.7-2.2 s
+spinning vs 2.4-3.1 s passive on an idle 2-core machine, 6.5-7.5 s vs 3.9-4.9 s beside two busy
+processes. So the policy follows the machine: passive when the cores cannot hold both the other work
+(the 1-minute load average) and this process's threads, the OpenMP default otherwise. Either way only
+how threads wait changes, not how work is split among them: results are bit-identical. OpenMP reads the
+variable once, when its runtime loads (with torch), so it is set before the first ``import torch``; a
+value already in the environment is kept.
 """
 
 from __future__ import annotations
@@ -15,16 +19,39 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["WAIT_POLICY", "passive_openmp_waits"]
+__all__ = ["WAIT_POLICY", "choose_openmp_waits"]
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
 
 
-def passive_openmp_waits() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set already; return whether the policy in force is the
-    environment's (False when torch was imported before this call: its OpenMP runtime read the
-    environment then, so setting it now would change nothing)."""
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def choose_openmp_waits(load: float | None = None, cpus: int | None = None) -> str:
+    """Set ``OMP_WAIT_POLICY`` for this process's OpenMP runtime unless it is set already; return what
+    decided, for the log: ``"environment"`` (kept), ``"too late"`` (torch already imported: its runtime
+    read the environment then), ``"passive"`` (the 1-minute load average ``load`` plus the threads torch
+    will start, one per usable CPU or ``OMP_NUM_THREADS``, exceed the ``cpus`` by more than half a core)
+    or ``"spin"`` (the OpenMP default: the cores are free)."""
+    if WAIT_POLICY in os.environ:
+        return "environment"
     if "torch" in sys.modules:
-        return False
-    os.environ.setdefault(WAIT_POLICY, "PASSIVE")
-    return True
+        return "too late"
+    cpus = _usable_cpus() if cpus is None else cpus
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            return "spin"
+    try:
+        threads = int(os.environ.get("OMP_NUM_THREADS", "")) or cpus
+    except ValueError:
+        threads = cpus
+    if load + min(threads, cpus) > cpus + 0.5:
+        os.environ[WAIT_POLICY] = "PASSIVE"
+        return "passive"
+    return "spin"
