@@ -48,3 +48,18 @@ def test_train_entry_point_chooses_it():
             "print(t.OPENMP_WAITS, os.environ.get('OMP_WAIT_POLICY', 'unset'))")
     decided, policy = _run(code)
     assert (decided, policy) in (("spin", "unset"), ("passive", "PASSIVE"))
+
+
+def test_other_work_counts_running_threads_besides_this_one():
+    """A busy child process is other work; this process alone is none."""
+    from medres.training.threads import other_work
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.5)
+        assert other_work() >= 1
+    finally:
+        busy.kill()
+        busy.wait()
