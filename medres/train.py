@@ -117,11 +117,6 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
     try:
         compute = resolve_compute_settings(cfg.train, spatial_dims=cfg.model.spatial_dims,
                                            local_rank=dist_info.local_rank)
-        if is_main:
-            log.info("%s; %d CPU threads (OpenMP waits: %s)%s", compute.describe(), torch.get_num_threads(),
-                     os.environ.get("OMP_WAIT_POLICY", "spin") + ("" if OPENMP_WAITS in ("spin", "passive")
-                                                                   else f", {OPENMP_WAITS}"),
-                     f"; {dist_info.world_size} processes (DDP)" if dist_info.enabled else "")
         progress = is_main and not quiet  # bar or log lines: medres.progress decides
 
         # -- the cohort (rank 0 first: it may write the demo cohort) and the run folder
@@ -166,6 +161,10 @@ def run(config: Config | str | os.PathLike[str], *, overrides: Sequence[str] = (
         if is_main:
             claim = claim_run(run_dir, cfg, fold_table, wanted, resume=resume, force=force)
             route_library_logs(folder.log, medres_too=True)  # library chatter: not the terminal
+            log.info("%s; %d CPU threads (OpenMP waits: %s)%s", compute.describe(), torch.get_num_threads(),
+                     os.environ.get("OMP_WAIT_POLICY", "spin") + ("" if OPENMP_WAITS in ("spin", "passive")
+                                                                   else f", {OPENMP_WAITS}"),
+                     f"; {dist_info.world_size} processes (DDP)" if dist_info.enabled else "")
             log.info("run folder: %s (%d scans, %d folds%s)", run_dir.resolve(), len(df), cfg.cv.folds,
                      f", {len(test)} test scans held out" if len(test) else "")
         barrier()
