@@ -318,10 +318,10 @@ def _predict(args: argparse.Namespace, info: Any) -> int:
 
 
 def _sr_tasks(predictor: Any) -> dict[str, Any]:
-    """The SR's ``tasks`` findings: the configuration's tasks and the members' calibration maps (their
-    operating points per label)."""
+    """The SR's ``tasks`` findings: the configuration's task layout (None without ``tasks:``) and the
+    members' calibration maps (their operating points per label)."""
     cals = predictor.calibration
-    return {"tasks": predictor.config.tasks,
+    return {"layout": predictor.task_layout,
             "calibrations": list(cals) if isinstance(cals, (list, tuple)) else [cals]}
 
 

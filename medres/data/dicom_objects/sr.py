@@ -7,12 +7,15 @@ name, version and model hash, and the source series and the SEG as evidence. It 
 study (patient and study modules copied from the source, as the SEG's).
 
 With ``tasks:`` (:func:`task_findings`) each task adds its findings, one measurement group each with the
-task as its finding category: per multilabel column the label as the finding, its calibrated probability
-and, where the model holds an operating point for it, the decision present / absent (probability >=
-threshold; for a fold ensemble the mean of the folds' thresholds, as for the single-label class); per
-regression task its value in the task's unit (UCUM) with the prediction interval as the lower and upper
-measurement uncertainty (TID 310: value - low, high - value), its nominal level in the group's tracking
-identifier.
+task as its finding category: for the binary or multiclass task the single head's finding
+(:func:`single_label_finding`: the positive class of a binary task, named by its column when its cells are
+0/1, or each class of a multiclass task, with its calibrated probability and present / absent as the class
+called at the operating point, ``y_pred``); per multilabel column the label as the finding, its calibrated
+probability and, where the model holds an operating point for it, the decision present / absent
+(probability >= threshold; for a fold ensemble the mean of the folds' thresholds, as for the single-label
+class); per regression task its value in the task's unit (UCUM) with the prediction interval as the lower
+and upper measurement uncertainty (TID 310: value - low, high - value), its nominal level in the group's
+tracking identifier.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -31,8 +34,11 @@ from pydicom.dataset import Dataset
 from medres.data.readers.redact import quiet_pydicom, safe_message
 from medres.errors import DataError
 
-__all__ = ["write_prediction_sr", "mask_volumes_ml", "PROBABILITY", "LabelFinding", "ValueFinding",
-           "task_findings", "private_code", "ucum_unit"]
+if TYPE_CHECKING:
+    from medres.config.tasks import TaskLayout
+
+__all__ = ["write_prediction_sr", "mask_volumes_ml", "PROBABILITY", "LabelFinding", "ClassFinding",
+           "ValueFinding", "task_findings", "single_label_finding", "private_code", "ucum_unit"]
 
 # DICOM has no code for "the calibrated probability a classifier gives a class": a private scheme, named
 PROBABILITY = ("CALPROB", "99MEDRES", "Calibrated probability")
@@ -52,6 +58,17 @@ class LabelFinding:
     @property
     def present(self) -> bool | None:
         return None if self.threshold is None else bool(self.probability >= self.threshold)
+
+
+@dataclass(frozen=True)
+class ClassFinding:
+    """A class of a binary or multiclass task of one case: its calibrated probability and whether it is
+    the class called at the operating point (None: no class was called, so no decision is reported)."""
+
+    task: str
+    label: str
+    probability: float
+    present: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -120,28 +137,50 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def task_findings(row: Mapping[str, Any], tasks: Sequence[Any] | None,
-                  calibrations: Sequence[Mapping[str, Any] | None] = ()) -> list[LabelFinding | ValueFinding]:
-    """The multilabel and regression findings of one predictions row (``p_<c>``; ``pred_<t>``,
-    ``pred_<t>_lo`` / ``_hi``) for the configuration's ``tasks`` (none without ``tasks:``), with each
-    label's threshold from the members' ``calibration["tasks"]``.
+def single_label_finding(row: Mapping[str, Any], classes: Sequence[str]
+                         ) -> tuple[dict[str, float], str | None]:
+    """The single-label finding of one predictions row as the SR reports it: ``{class: p_<class>}`` of the
+    classes in the row (a binary task: its positive class, the last, alone) and the class called at the
+    operating point (``y_pred``, an index into ``classes``; None when it is -1 or missing)."""
+    classes = [str(c) for c in classes]
+    probs = {c: float(row[f"p_{c}"]) for c in classes if f"p_{c}" in row}
+    if len(classes) == 2:  # a binary task: the finding is the positive class
+        probs = {classes[-1]: probs[classes[-1]]} if classes[-1] in probs else probs
+    y_pred = int(row.get("y_pred", -1)) if str(row.get("y_pred", "")).lstrip("-").isdigit() else -1
+    return probs, classes[y_pred] if 0 <= y_pred < len(classes) else None
+
+
+def task_findings(row: Mapping[str, Any], layout: TaskLayout | None,
+                  calibrations: Sequence[Mapping[str, Any] | None] = ()
+                  ) -> list[LabelFinding | ClassFinding | ValueFinding]:
+    """The findings of one predictions row for each task of a ``tasks:`` configuration's ``layout``
+    (:func:`medres.config.tasks.task_layout`; none without ``tasks:``, whose single head the SR reports
+    as before): the binary / multiclass task's classes (``p_<class>``, ``y_pred``; a 0/1 task's positive
+    class named by its column), each multilabel column (``p_<c>``, its threshold from the members'
+    ``calibration["tasks"]``), each regression task (``pred_<t>``, ``pred_<t>_lo`` / ``_hi``).
 
     Raises:
         DataError: the row lacks a task's prediction column (a table predicted with another configuration).
     """
-    out: list[LabelFinding | ValueFinding] = []
-    for task in tasks or []:
-        if task.type == "multilabel":
-            names = {c: f"p_{c}" for c in task.columns}
-        elif task.type == "regression":
+    out: list[LabelFinding | ClassFinding | ValueFinding] = []
+    if layout is None or layout.single_head:
+        return out
+    for slot in layout:
+        task = slot.task
+        if slot.type == "regression":
             names = {task.column: f"pred_{task.name}"}
-        else:
-            continue  # a binary / multiclass task: the single-label probabilities and decision
+        else:  # a single-label task's classes or a multilabel task's columns
+            names = {c: f"p_{c}" for c in slot.classes}
         missing = [n for n in names.values() if _finite(row.get(n)) is None]
         if missing:
             raise DataError(f"task {task.name!r}: a case's predictions have no finite {missing[0]} for the "
                             "DICOM SR", hint="predict again with this model's configuration")
-        if task.type == "multilabel":
+        if slot.single_label:
+            probs, decision = single_label_finding(row, slot.classes)
+            named = task.column if slot.type == "binary" and task.classes is None else None  # 0/1 cells
+            out += [ClassFinding(task.name, named or c, p, None if decision is None else decision == c)
+                    for c, p in probs.items()]
+        elif slot.type == "multilabel":
             out += [LabelFinding(task.name, c, float(row[n]), _mean_threshold(calibrations, task.name, c))
                     for c, n in names.items()]
         else:
@@ -163,7 +202,7 @@ def write_prediction_sr(seg: Dataset, source_datasets: Sequence[Dataset], probab
                         decision: str | None, volumes_ml: Mapping[int, float], out_path: str | Path, *,
                         algorithm_version: str, model_hash: str, algorithm_name: str = "medres",
                         series_number: int = 9902,
-                        findings: Sequence[LabelFinding | ValueFinding] = ()) -> Path:
+                        findings: Sequence[LabelFinding | ClassFinding | ValueFinding] = ()) -> Path:
     """Write the TID 1500 SR of one case.
 
     Args:
@@ -173,8 +212,7 @@ def write_prediction_sr(seg: Dataset, source_datasets: Sequence[Dataset], probab
         decision: the class called at the operating point (``y_pred``), or None.
         volumes_ml: ``{segment number: mL}`` of the predicted mask.
         out_path: the ``.dcm`` to write (atomically).
-        findings: with ``tasks:``, each multilabel column's and regression task's finding
-            (:func:`task_findings`).
+        findings: with ``tasks:``, each task's findings (:func:`task_findings`).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -242,8 +280,9 @@ def write_prediction_sr(seg: Dataset, source_datasets: Sequence[Dataset], probab
     return out_path
 
 
-def _task_groups(findings: Sequence[LabelFinding | ValueFinding], algorithm: Any) -> list:
-    """One TID 1501 measurement group per multilabel column and per regression task (module docstring)."""
+def _task_groups(findings: Sequence[LabelFinding | ClassFinding | ValueFinding], algorithm: Any) -> list:
+    """One TID 1501 measurement group per reported class of a binary / multiclass task, per multilabel
+    column and per regression task (module docstring)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -251,7 +290,7 @@ def _task_groups(findings: Sequence[LabelFinding | ValueFinding], algorithm: Any
     prob_code = hd.sr.CodedConcept(*PROBABILITY)
     for f in findings:
         category = hd.sr.CodedConcept(*private_code(f.task))
-        if isinstance(f, LabelFinding):
+        if isinstance(f, (LabelFinding, ClassFinding)):
             finding = hd.sr.CodedConcept(*private_code(f.label))
             evaluations = None if f.present is None else [hd.sr.QualitativeEvaluation(
                 name=finding, value=codes.SCT.Present if f.present else codes.SCT.Absent)]

@@ -97,22 +97,29 @@ def _target(args: argparse.Namespace) -> Target:
 
 def _case_srs(table: Any, seg_dir: Path, labels: Sequence[str],
               mask_labels: Sequence[str] | Mapping[int, str], model_hash: str, relative_to: Path, *,
-              tasks: Sequence[Any] | None = None, calibrations: Sequence[Mapping | None] = ()
+              layout: Any = None, calibrations: Sequence[Mapping | None] = ()
               ) -> list[Path]:
-    """The SEG and a TID 1500 SR of each case that has a SEG, in table order (with ``tasks:`` each task's
-    findings too, the labels' decisions at the members' ``calibrations``' operating points)."""
+    """The SEG and a TID 1500 SR of each case that has a SEG, in table order: the single head's finding
+    of ``labels``, or with a ``tasks:`` configuration's ``layout`` (``TaskLayout``) each task's findings
+    instead, the labels' decisions at the members' ``calibrations``' operating points."""
     import nibabel as nib
     import numpy as np
     import pydicom
 
     from medres import __version__
-    from medres.data.dicom_objects.sr import mask_volumes_ml, task_findings, write_prediction_sr
+    from medres.data.dicom_objects.sr import (
+        mask_volumes_ml,
+        single_label_finding,
+        task_findings,
+        write_prediction_sr,
+    )
     from medres.data.readers.source_series import series_in_folder, source_series
     from medres.layout import case_file_stems
 
     if isinstance(mask_labels, Mapping):
         mask_labels = [str(mask_labels[k]) for k in sorted(mask_labels, key=int)]
     records = [r for r in table.to_dict("records") if isinstance(r.get("seg_path"), str) and r["seg_path"]]
+    tasks = layout is not None and not layout.single_head  # the binary / multiclass class is a task's finding
     stems = case_file_stems(records)
     objects: list[Path] = []
     for rec in records:
@@ -125,15 +132,11 @@ def _case_srs(table: Any, seg_dir: Path, labels: Sequence[str],
         nifti = nifti if nifti.is_absolute() else relative_to / nifti
         mask = nib.load(nifti)
         volumes = mask_volumes_ml(np.asarray(mask.dataobj), mask.affine, len(mask_labels))
-        probs = {c: float(rec[f"p_{c}"]) for c in labels if f"p_{c}" in rec}
-        if len(labels) == 2:  # a binary task: the finding is the positive class
-            probs = {labels[-1]: probs[labels[-1]]} if labels[-1] in probs else probs
-        y_pred = int(rec.get("y_pred", -1)) if str(rec.get("y_pred", "")).lstrip("-").isdigit() else -1
-        decision = labels[y_pred] if 0 <= y_pred < len(labels) else None
+        probs, decision = ({}, None) if tasks else single_label_finding(rec, labels)
         sr_path = seg_path.with_name(f"{seg_path.stem}.sr.dcm")
         write_prediction_sr(pydicom.dcmread(seg_path), grid.datasets, probs, decision, volumes, sr_path,
                             algorithm_version=__version__, model_hash=model_hash,
-                            findings=task_findings(rec, tasks, calibrations))
+                            findings=task_findings(rec, layout, calibrations))
         objects += [seg_path, sr_path]
     return objects
 
@@ -149,7 +152,7 @@ def check_push_arguments(args: argparse.Namespace) -> None:
 
 def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Sequence[str],
                      mask_labels: Sequence[str] | Mapping[int, str], model_file: Path, *,
-                     tasks: Sequence[Any] | None = None, calibrations: Sequence[Mapping | None] = ()
+                     layout: Any = None, calibrations: Sequence[Mapping | None] = ()
                      ) -> list[PushResult]:
     """predict's hook: write each DICOM case's SR beside its SEG, push both, write ``push.csv``.
 
@@ -160,7 +163,7 @@ def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Se
 
     check_push_arguments(args)
     target = _target(args)
-    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out, tasks=tasks,
+    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out, layout=layout,
                         calibrations=calibrations)
     if not objects:
         log.warning("--push: no input is a DICOM series, so there is no DICOM SEG or SR to send")
@@ -169,12 +172,12 @@ def push_predictions(args: argparse.Namespace, table: Any, out: Path, labels: Se
 
 def write_prediction_srs(table: Any, out: Path, labels: Sequence[str],
                          mask_labels: Sequence[str] | Mapping[int, str], model_file: Path, *,
-                         tasks: Sequence[Any] | None = None, calibrations: Sequence[Mapping | None] = ()
+                         layout: Any = None, calibrations: Sequence[Mapping | None] = ()
                          ) -> list[Path]:
     """predict ``--sr``: write each DICOM case's SR beside its SEG (``seg/<name>.sr.dcm``) without pushing."""
     from medres.data.dicom_objects.seg_write import file_sha256
 
-    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out, tasks=tasks,
+    objects = _case_srs(table, out / "seg", labels, mask_labels, file_sha256(model_file), out, layout=layout,
                         calibrations=calibrations)
     srs = [p for p in objects if p.name.endswith(".sr.dcm")]
     log.info("%d DICOM SR(s) beside the SEGs in %s", len(srs), out / "seg")

