@@ -138,12 +138,17 @@ def test_conformal_half_width_is_the_ceil_n_plus_one_level_th_residual():
     assert conformal_half_width(r[:5], 0.9) == math.inf  # ceil(6 * 0.9) = 6 > 5 residuals
 
 
-def test_the_interval_takes_each_patients_largest_residual(tmp_path):
-    cfg = config()
+def _fold_with_checkpoint(tmp_path, cfg):
     fold = tmp_path / "fold_0"
     fold.mkdir()
     save_checkpoint({"model": {"w": torch.zeros(1)}, "config": cfg.model_dump(mode="json"), "epoch": 1},
                     fold / "checkpoint_best.pt")
+    return fold
+
+
+def test_the_interval_takes_each_patients_largest_residual(tmp_path):
+    cfg = config()
+    fold = _fold_with_checkpoint(tmp_path, cfg)
     rng = np.random.default_rng(1)
     n = 60  # 30 patients with two scans each, and the residuals of a patient alike
     patients = np.repeat([f"p{i}" for i in range(30)], 2)
@@ -166,10 +171,7 @@ def test_calibrate_fold_fits_each_label_and_interval_on_inner_validation(tmp_pat
     import statsmodels.api as sm
 
     cfg = config()
-    fold = tmp_path / "fold_0"
-    fold.mkdir()
-    save_checkpoint({"model": {"w": torch.zeros(1)}, "config": cfg.model_dump(mode="json"), "epoch": 1},
-                    fold / "checkpoint_best.pt")
+    fold = _fold_with_checkpoint(tmp_path, cfg)
     rng = np.random.default_rng(0)
     n = 400
     z = rng.normal(0, 2, n)
