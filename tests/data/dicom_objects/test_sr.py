@@ -65,6 +65,17 @@ def _groups(report: hd.sr.Comprehensive3DSR) -> dict[str, object]:
     return {g.tracking_identifier: g for g in report.content.get_image_measurement_groups()}
 
 
+def _series_with_mask(tmp_path):
+    """A 6-slice source series and its predicted mask at pred/seg/c.nii.gz: (series folder, pred folder)."""
+    folder = tmp_path / "series"
+    write_source(folder, 6)
+    image = load_image(folder)
+    out = tmp_path / "pred"
+    save_mask(MetaTensor(torch.from_numpy(labelled_mask(tuple(image.shape))), affine=image.affine),
+              out / "seg" / "c.nii.gz")
+    return folder, out
+
+
 def test_task_findings_of_a_row():
     findings = task_findings(ROW, task_layout(_config()), CALS)
     labels = {f.label: f for f in findings if isinstance(f, LabelFinding)}
@@ -189,12 +200,7 @@ def test_sr_of_a_binary_task_beside_a_multilabel_task(tmp_path):
         "model": {"name": "dual_resnet10", "options": {"base_channels": 4}},
         "tasks": [{"name": "findings", "type": "multilabel", "columns": ["opacity", "effusion"]},
                   {"name": "ptx", "type": "binary", "column": "pneumothorax"}]})
-    folder = tmp_path / "series"
-    write_source(folder, 6)
-    image = load_image(folder)
-    out = tmp_path / "pred"
-    save_mask(MetaTensor(torch.from_numpy(labelled_mask(tuple(image.shape))), affine=image.affine),
-              out / "seg" / "c.nii.gz")
+    folder, out = _series_with_mask(tmp_path)
     cals = [{**_op(0.6), "tasks": {"findings": {"columns": {"opacity": _op(0.3), "effusion": _op(0.2)}}}}]
     rows = [{"case_id": "c", "image": str(folder), "seg_path": "seg/c.nii.gz", "p_opacity": 0.45,
              "p_effusion": 0.1, "p_0": 0.35, "p_1": 0.65, "y_true": -1, "y_pred": 1, "y_pred_argmax": 1}]
@@ -237,12 +243,7 @@ def test_a_tasks_sr_passes_dciodvfy_with_long_names_and_a_free_text_unit(tmp_pat
                    "columns": ["pleural_effusion_left", "pleural_effusion_right"]},
                   {"name": "heart_rate", "type": "regression", "column": "heart_rate_at_scan",
                    "unit": "beats"}]})
-    folder = tmp_path / "series"
-    write_source(folder, 6)
-    image = load_image(folder)
-    out = tmp_path / "pred"
-    save_mask(MetaTensor(torch.from_numpy(labelled_mask(tuple(image.shape))), affine=image.affine),
-              out / "seg" / "c.nii.gz")
+    folder, out = _series_with_mask(tmp_path)
     table = pd.DataFrame([{"case_id": "c", "image": str(folder), "seg_path": "seg/c.nii.gz",
                            "p_pleural_effusion_left": 0.2, "p_pleural_effusion_right": 0.7,
                            "pred_heart_rate": 71.0, "pred_heart_rate_lo": 60.0, "pred_heart_rate_hi": 80.0}])
